@@ -1,0 +1,54 @@
+"""Operator-wide settings, from the environment (the operator's Deployment sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aliasroll import __version__
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    serving_image: str = f"ghcr.io/aliasroll/serving:{__version__}"
+    registry_timeout_seconds: float = 5.0
+    registry_max_backoff_seconds: float = 60.0
+    # Past this many models due at once for one registry, one search sweep replaces per-model calls.
+    registry_sweep_threshold: int = 25
+    progress_deadline_seconds: int = 600
+    # Retry delay after a failed pass (Kubernetes API errors, missing Secret), doubled up to the cap.
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SystemExit(f"{name}={raw!r} is not a number") from None
+            if value <= 0:
+                raise SystemExit(f"{name}={raw!r} must be above zero")
+            return value
+
+        return cls(
+            serving_image=env.get("ALIASROLL_SERVING_IMAGE") or defaults.serving_image,
+            registry_timeout_seconds=number("ALIASROLL_REGISTRY_TIMEOUT", defaults.registry_timeout_seconds),
+            registry_max_backoff_seconds=number(
+                "ALIASROLL_REGISTRY_MAX_BACKOFF", defaults.registry_max_backoff_seconds
+            ),
+            registry_sweep_threshold=int(
+                number("ALIASROLL_REGISTRY_SWEEP_THRESHOLD", defaults.registry_sweep_threshold)
+            ),
+            progress_deadline_seconds=int(
+                number("ALIASROLL_PROGRESS_DEADLINE", defaults.progress_deadline_seconds)
+            ),
+            retry_max_seconds=number("ALIASROLL_RETRY_MAX", defaults.retry_max_seconds),
+        )

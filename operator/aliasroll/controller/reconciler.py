@@ -1,0 +1,180 @@
+"""One reconcile pass: observe, plan, apply, write status once, post events.
+
+All I/O of a pass lives here and in aliasroll.kube; every decision is in aliasroll.planning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from lightkube import AsyncClient
+
+from aliasroll import conditions, reasons
+from aliasroll.conditions import FALSE, Condition
+from aliasroll.errors import AliasrollError, InvalidSpec, KubernetesApplyFailed
+from aliasroll.kube.applier import Applier
+from aliasroll.kube.credentials import read_credentials
+from aliasroll.kube.observe import observe
+from aliasroll.planning import planner
+from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
+from aliasroll.planning.workloads import WorkloadDefaults
+from aliasroll.registry.poller import RegistryPoller
+from aliasroll.registry.types import Credentials, Endpoint
+from aliasroll.spec import ModelDeploymentSpec, ResourceRef, parse_spec
+
+log = logging.getLogger(__name__)
+
+Wake = Callable[[], None]
+
+
+class EventSink(Protocol):
+    def post(self, body: Mapping[str, Any], event: EventRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """When the next pass is due if nothing wakes the resource earlier; `failed` asks for backoff."""
+
+    next_in: float | None
+    failed: AliasrollError | None = None
+
+
+def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
+    meta = body["metadata"]
+    return ResourceRef(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta["uid"],
+        generation=int(meta.get("generation") or 0),
+        labels=dict(meta.get("labels") or {}),
+    )
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        client: AsyncClient,
+        registry: RegistryPoller,
+        events: EventSink,
+        defaults: WorkloadDefaults,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._client = client
+        self._registry = registry
+        self._applier = Applier(client)
+        self._events = events
+        self._defaults = defaults
+        self._clock = clock
+
+    async def reconcile(self, body: Mapping[str, Any], *, wake: Wake) -> PassResult:
+        owner = resource_ref(body)
+        previous_status: Mapping[str, Any] = body.get("status") or {}
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpec as error:
+            # Nothing is applied or pruned: what runs keeps running until the spec is fixed.
+            await self._report_failure(body, owner, previous_status, error)
+            return PassResult(next_in=None)
+
+        observation = await observe(self._client, owner)
+        view = await self._registry_view(owner, spec, wake)
+        plan = planner.plan(
+            owner=owner,
+            spec=spec,
+            view=view,
+            observed=observation.state,
+            previous_status=previous_status,
+            now=self._clock(),
+            defaults=self._defaults,
+        )
+        try:
+            written = await self._applier.apply(plan.objects, observation.live)
+            pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
+        except KubernetesApplyFailed as error:
+            await self._report_failure(body, owner, plan.status, error)
+            return PassResult(next_in=spec.registry.poll_seconds, failed=error)
+        if written or pruned:
+            log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
+        if plan.status != previous_status:
+            await self._applier.write_status(owner, plan.status)
+        for event in plan.events:
+            self._events.post(body, event)
+        failed = view.error if view.error is not None and view.error.transient else None
+        return PassResult(next_in=spec.registry.poll_seconds, failed=failed)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._registry.unsubscribe(key)
+
+    async def _registry_view(self, owner: ResourceRef, spec: ModelDeploymentSpec, wake: Wake) -> RegistryView:
+        model = spec.model.name
+        try:
+            credentials: Credentials | None = None
+            if spec.registry.credentials_secret:
+                credentials = await read_credentials(
+                    self._client, namespace=owner.namespace, secret_name=spec.registry.credentials_secret
+                )
+            endpoint = Endpoint(spec.registry.tracking_uri, credentials)
+            snapshot = await self._registry.subscribe(
+                subscriber=owner.key,
+                endpoint=endpoint,
+                model=model,
+                interval=spec.registry.poll_seconds,
+                wake=wake,
+            )
+            if snapshot.error is not None:
+                return RegistryView(model=model, error=snapshot.error)
+            aliases = snapshot.aliases or {}
+
+            async def target(alias: str) -> AliasTarget:
+                version = aliases.get(alias)
+                if version is None:
+                    return AliasTarget(alias=alias, version=None)
+                info = await self._registry.version(endpoint, model, version, ttl=spec.registry.poll_seconds)
+                return AliasTarget(alias=alias, version=version, info=info)
+
+            return RegistryView(
+                model=model,
+                production=await target(spec.model.alias),
+                canary=await target(spec.canary.alias) if spec.canary else None,
+                answered_at=snapshot.fetched_at,
+            )
+        except AliasrollError as error:
+            return RegistryView(model=model, error=error)
+
+    async def _report_failure(
+        self,
+        body: Mapping[str, Any],
+        owner: ResourceRef,
+        status: Mapping[str, Any],
+        error: AliasrollError,
+    ) -> None:
+        """Ready=False with the error's reason; everything else in status stays as it was."""
+        previous_conditions = list((body.get("status") or {}).get("conditions") or ())
+        wanted = [
+            Condition(reasons.READY, FALSE, error.reason, error.message),
+            *(
+                Condition(str(c["type"]), str(c["status"]), str(c["reason"]), str(c.get("message", "")))
+                for c in status.get("conditions") or ()
+                if c.get("type") != reasons.READY
+            ),
+        ]
+        new_status = {
+            **status,
+            "observedGeneration": owner.generation,
+            "conditions": conditions.merge(
+                previous_conditions,
+                wanted,
+                now=planner.timestamp(self._clock()),
+                observed_generation=owner.generation,
+            ),
+        }
+        ready_before = conditions.find(previous_conditions, reasons.READY)
+        if ready_before is None or ready_before.get("reason") != error.reason:
+            self._events.post(body, EventRecord("Warning", error.reason, error.message))
+        if new_status != body.get("status"):
+            await self._applier.write_status(owner, new_status)

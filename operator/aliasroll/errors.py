@@ -1,0 +1,69 @@
+"""Domain errors, mapped once at the edges (registry client, Kubernetes client, spec parser).
+
+Each carries the condition reason it surfaces as and a message that says what to fix. Messages
+end up in status and events, so they never include credentials or request payloads.
+"""
+
+from __future__ import annotations
+
+from aliasroll import reasons
+
+
+class AliasrollError(Exception):
+    """Base class: `reason` is a CamelCase condition reason, `str(error)` the user-facing message."""
+
+    reason: str = "Error"
+    transient: bool = False
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class InvalidSpec(AliasrollError):
+    """A field the schema accepted but the operator cannot use (or a resource older than the CRD)."""
+
+    reason = reasons.INVALID_SPEC
+
+    def __init__(self, field_path: str, problem: str) -> None:
+        super().__init__(f"{field_path}: {problem}")
+        self.field_path = field_path
+
+
+class CredentialsNotFound(AliasrollError):
+    """The registry credentials Secret, or a key it should hold, is missing."""
+
+    reason = reasons.CREDENTIALS_NOT_FOUND
+    transient = True  # the Secret may be created later; keep retrying with backoff
+
+
+class RegistryError(AliasrollError):
+    """The registry could not answer the question: nothing may roll on this basis."""
+
+    reason = reasons.REGISTRY_REJECTED
+
+
+class RegistryUnavailable(RegistryError):
+    """Connection refused, timeout, or a 5xx/429 answer: worth retrying."""
+
+    reason = reasons.REGISTRY_UNREACHABLE
+    transient = True
+
+
+class RegistryAuthFailed(RegistryError):
+    """401 or 403: the credentials are wrong or lack permission on the model."""
+
+    reason = reasons.REGISTRY_AUTH_FAILED
+    transient = True  # credentials may be fixed in the Secret without touching the resource
+
+
+class ModelNotFound(RegistryError):
+    reason = reasons.MODEL_NOT_FOUND
+    transient = True  # the model may be registered later
+
+
+class KubernetesApplyFailed(AliasrollError):
+    """The API server refused an object the planner produced (for example a missing CRD)."""
+
+    reason = reasons.APPLY_FAILED
+    transient = True

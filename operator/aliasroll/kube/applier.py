@@ -1,0 +1,125 @@
+"""The one writer: server-side apply of desired objects, pruning, and the status subresource.
+
+Every write goes through here with one field manager, so `kubectl get -o yaml --show-managed-fields`
+shows exactly what the operator owns, and hand edits of those fields are taken back on the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.types import CascadeType, PatchType
+
+from aliasroll.errors import KubernetesApplyFailed
+from aliasroll.kube.observe import Key
+from aliasroll.kube.resources import ModelDeployment, resource_for
+from aliasroll.planning.state import ChildRef
+from aliasroll.planning.workloads import MANAGER, Manifest
+from aliasroll.spec import API_VERSION, KIND, ResourceRef
+
+log = logging.getLogger(__name__)
+
+
+class Applier:
+    def __init__(self, client: AsyncClient, *, field_manager: str = MANAGER) -> None:
+        self._client = client
+        self._field_manager = field_manager
+
+    async def apply(self, objects: Iterable[Manifest], live: Mapping[Key, Mapping[str, Any]]) -> list[Key]:
+        """Applies what differs from the live objects; returns what was written."""
+        written: list[Key] = []
+        for obj in objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            current = live.get((kind, name))
+            if current is not None and is_subset(obj, current):
+                continue  # already as wanted: no write, no new resourceVersion
+            try:
+                await self._client.patch(
+                    resource_for(obj["apiVersion"], kind),
+                    name,
+                    obj,
+                    namespace=obj["metadata"]["namespace"],
+                    patch_type=PatchType.APPLY,
+                    field_manager=self._field_manager,
+                    force=True,  # the operator's fields are the operator's: take them back from hand edits
+                )
+            except ApiError as error:
+                raise KubernetesApplyFailed(_explain(kind, name, error)) from None
+            written.append((kind, name))
+        return written
+
+    async def prune(self, children: Iterable[ChildRef], *, namespace: str) -> list[Key]:
+        deleted: list[Key] = []
+        for child in children:
+            try:
+                await self._client.delete(
+                    resource_for(child.api_version, child.kind),
+                    child.name,
+                    namespace=namespace,
+                    cascade=CascadeType.BACKGROUND,
+                )
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise KubernetesApplyFailed(_explain(child.kind, child.name, error)) from None
+            deleted.append((child.kind, child.name))
+        return deleted
+
+    async def write_status(self, owner: ResourceRef, status: Mapping[str, Any]) -> bool:
+        """Applies the whole status; False when the resource is gone (deleted during the pass)."""
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": owner.name, "namespace": owner.namespace},
+            "status": status,
+        }
+        try:
+            await self._client.patch(
+                ModelDeployment.Status,
+                owner.name,
+                body,
+                namespace=owner.namespace,
+                patch_type=PatchType.APPLY,
+                field_manager=self._field_manager,
+                force=True,
+            )
+        except ApiError as error:
+            if error.status.code == 404:
+                return False
+            raise KubernetesApplyFailed(_explain(KIND, owner.name, error)) from None
+        return True
+
+
+def is_subset(wanted: Any, live: Any) -> bool:
+    """True when every field the operator wants is already present with the same value.
+
+    API defaults add fields and never change ours; where the server normalises a value (quantities,
+    for instance) this says 'differs' and costs one no-op apply, never a missed change.
+    """
+    if isinstance(wanted, Mapping):
+        return isinstance(live, Mapping) and all(
+            key in live and is_subset(value, live[key]) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(wanted) == len(live)
+            and all(is_subset(a, b) for a, b in zip(wanted, live, strict=True))
+        )
+    return bool(wanted == live)
+
+
+def _explain(kind: str, name: str, error: ApiError) -> str:
+    code = error.status.code
+    message = error.status.message or str(error)
+    if code == 404 and kind == "HTTPRoute":
+        return (
+            f"cannot create HTTPRoute {name}: the Gateway API CRDs are not installed "
+            "(install them, or set spec.traffic.router: replicas)"
+        )
+    if code == 403:
+        return f"the operator may not write {kind} {name} (RBAC): {message}"
+    return f"cannot apply {kind} {name} (HTTP {code}): {message}"

@@ -1,0 +1,129 @@
+"""Reads the objects a ModelDeployment owns and reduces them to the planner's ObservedState."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.core.resource import api_info
+
+from aliasroll.kube.resources import OWNED_KINDS
+from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
+from aliasroll.planning.workloads import (
+    ANNOTATION_MODEL_URI,
+    ANNOTATION_RUN_ID,
+    LABEL_OWNER,
+    LABEL_TRACK,
+    LABEL_VERSION,
+)
+from aliasroll.spec import ResourceRef, Track
+
+Key = tuple[str, str]  # (kind, name)
+
+
+@dataclass(frozen=True)
+class Observation:
+    state: ObservedState
+    live: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)  # for skipping no-op applies
+
+
+async def observe(client: AsyncClient, owner: ResourceRef) -> Observation:
+    """Lists every kind the operator may own, by label, keeping only objects this resource controls."""
+    listed = await asyncio.gather(*(_list(client, resource, owner) for resource in OWNED_KINDS.values()))
+    live: dict[Key, Mapping[str, Any]] = {}
+    children: list[ChildRef] = []
+    workloads: dict[Track, ObservedWorkload] = {}
+    for objects in listed:
+        for obj in objects:
+            meta = obj.get("metadata") or {}
+            if not _controlled_by(meta, owner):
+                continue  # same labels, someone else's object: never touch it
+            kind, name = obj["kind"], meta["name"]
+            live[(kind, name)] = obj
+            children.append(
+                ChildRef(api_version=obj["apiVersion"], kind=kind, name=name, uid=meta.get("uid"))
+            )
+            if kind == "Deployment" and (workload := reduce_deployment(obj)) is not None:
+                workloads[workload.track] = workload
+    return Observation(state=ObservedState(workloads=workloads, children=tuple(children)), live=live)
+
+
+async def _list(client: AsyncClient, resource: Any, owner: ResourceRef) -> list[dict[str, Any]]:
+    try:
+        return [
+            _as_dict(item, resource)
+            async for item in client.list(
+                resource, namespace=owner.namespace, labels={LABEL_OWNER: owner.name}
+            )
+        ]
+    except ApiError as error:
+        if error.status.code == 404:
+            return []  # the kind is not installed (Gateway API CRDs): nothing of it can be owned
+        raise
+
+
+def _as_dict(item: Any, resource: Any) -> dict[str, Any]:
+    data: dict[str, Any] = dict(item) if isinstance(item, dict) else item.to_dict()
+    # Lists leave apiVersion/kind out of items; the resource class knows them.
+    info = api_info(resource).resource
+    data.setdefault("apiVersion", info.api_version)
+    data.setdefault("kind", info.kind)
+    return data
+
+
+def _controlled_by(meta: Mapping[str, Any], owner: ResourceRef) -> bool:
+    return any(
+        ref.get("uid") == owner.uid and ref.get("controller") for ref in meta.get("ownerReferences") or ()
+    )
+
+
+def reduce_deployment(obj: Mapping[str, Any]) -> ObservedWorkload | None:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        track = Track(str(labels.get(LABEL_TRACK)))
+    except ValueError:
+        return None
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    template = spec.get("template") or {}
+    template_meta = template.get("metadata") or {}
+    model, version = _parse_model_uri((template_meta.get("annotations") or {}).get(ANNOTATION_MODEL_URI))
+    version = (template_meta.get("labels") or {}).get(LABEL_VERSION) or version
+    replicas = int(spec.get("replicas", 1))
+    updated = int(status.get("updatedReplicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    # The rule `kubectl rollout status` uses: the controller saw this generation, every replica is
+    # updated, no old replica is left, and every updated replica is available.
+    rolled_out = (
+        int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+        and updated >= replicas
+        and int(status.get("replicas", 0)) <= updated
+        and available >= updated
+    )
+    stalled = None
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            stalled = condition.get("message") or "the Deployment exceeded its progress deadline"
+    return ObservedWorkload(
+        name=str(meta.get("name")),
+        track=track,
+        model=model,
+        version=version,
+        replicas=replicas,
+        available=available,
+        rolled_out=rolled_out,
+        stalled=stalled,
+        run_id=(template_meta.get("annotations") or {}).get(ANNOTATION_RUN_ID),
+    )
+
+
+def _parse_model_uri(uri: str | None) -> tuple[str | None, str | None]:
+    if not uri or not uri.startswith("models:/"):
+        return None, None
+    name, _, version = uri[len("models:/") :].rpartition("/")
+    return (name or None), (version or None)

@@ -1,0 +1,28 @@
+"""The API resources the operator reads and writes, as lightkube resource classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Service
+
+from aliasroll.spec import GROUP, KIND, PLURAL, VERSION
+
+ModelDeployment = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+
+# Every kind the operator may own, in apply order (workloads before the objects that route to them).
+OWNED_KINDS: dict[tuple[str, str], Any] = {
+    ("apps/v1", "Deployment"): Deployment,
+    ("v1", "Service"): Service,
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTPRoute,
+}
+
+
+def resource_for(api_version: str, kind: str) -> Any:
+    try:
+        return OWNED_KINDS[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"the operator does not manage {kind} ({api_version})") from None

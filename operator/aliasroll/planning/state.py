@@ -1,0 +1,90 @@
+"""The planner's inputs and small outputs, as frozen dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aliasroll.errors import AliasrollError
+from aliasroll.registry.types import VersionInfo
+from aliasroll.spec import Track
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A pinned model version as the cluster runs it."""
+
+    model: str
+    version: str
+    run_id: str | None = None
+    source: str | None = None
+
+    @property
+    def uri(self) -> str:
+        # Never the alias URI: a restarted pod must load exactly this version.
+        return f"models:/{self.model}/{self.version}"
+
+    @classmethod
+    def of(cls, info: VersionInfo) -> ServedVersion:
+        return cls(model=info.model, version=info.version, run_id=info.run_id, source=info.source)
+
+
+@dataclass(frozen=True)
+class AliasTarget:
+    """What one alias points at: `version` None when the alias is not set; `info` None when the
+    version it names does not exist."""
+
+    alias: str
+    version: str | None
+    info: VersionInfo | None = None
+
+
+@dataclass(frozen=True)
+class RegistryView:
+    """The registry's answer for one resource; `error` set when there is no usable answer."""
+
+    model: str
+    production: AliasTarget | None = None
+    canary: AliasTarget | None = None
+    error: AliasrollError | None = None
+    answered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ObservedWorkload:
+    """One owned Deployment, reduced to what the planner decides on."""
+
+    name: str
+    track: Track
+    model: str | None  # from the pinned model URI in the pod template
+    version: str | None
+    replicas: int
+    available: int
+    rolled_out: bool
+    stalled: str | None = None  # the Deployment's own message when it exceeded its progress deadline
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """Any object this resource owns, for pruning."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    workloads: Mapping[Track, ObservedWorkload] = field(default_factory=dict)
+    children: tuple[ChildRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A Kubernetes event to post about the resource."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str

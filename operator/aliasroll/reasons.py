@@ -1,0 +1,48 @@
+"""Condition types, condition reasons and event reasons: the operator's whole vocabulary, in one place.
+
+Reasons are CamelCase, as the Kubernetes API conventions ask, so `kubectl describe`, alerts and
+kstatus-based tools (Flux, Argo CD) can match on them.
+"""
+
+from typing import Final
+
+# Condition types.
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+REGISTRY_REACHABLE: Final = "RegistryReachable"
+ALIASES_RESOLVED: Final = "AliasesResolved"
+
+# Ready.
+SERVING: Final = "Serving"
+ROLLING_OUT: Final = "RollingOut"
+NOTHING_TO_SERVE: Final = "NothingToServe"
+INVALID_SPEC: Final = "InvalidSpec"
+APPLY_FAILED: Final = "ApplyFailed"
+
+# Progressing.
+ROLLOUT_COMPLETE: Final = "RolloutComplete"
+ROLLOUT_STALLED: Final = "RolloutStalled"
+
+# RegistryReachable.
+REGISTRY_ANSWERED: Final = "RegistryAnswered"
+REGISTRY_UNREACHABLE: Final = "RegistryUnreachable"
+REGISTRY_AUTH_FAILED: Final = "RegistryAuthFailed"
+REGISTRY_REJECTED: Final = "RegistryRejected"
+CREDENTIALS_NOT_FOUND: Final = "CredentialsNotFound"
+
+# AliasesResolved.
+RESOLVED: Final = "Resolved"
+MODEL_NOT_FOUND: Final = "ModelNotFound"
+ALIAS_NOT_FOUND: Final = "AliasNotFound"
+VERSION_NOT_FOUND: Final = "VersionNotFound"
+VERSION_NOT_READY: Final = "VersionNotReady"
+REGISTRY_NOT_CONSULTED: Final = "RegistryNotConsulted"
+
+# Events only (conditions reuse the reasons above for their warnings).
+ROLLOUT_STARTED: Final = "RolloutStarted"
+ROLLBACK_STARTED: Final = "RollbackStarted"
+CANARY_STARTED: Final = "CanaryStarted"
+CANARY_UPDATED: Final = "CanaryUpdated"
+CANARY_PROMOTED: Final = "CanaryPromoted"
+CANARY_REMOVED: Final = "CanaryRemoved"
+TRAFFIC_SHIFTED: Final = "TrafficShifted"

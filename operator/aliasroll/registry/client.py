@@ -1,0 +1,187 @@
+"""Blocking calls to one MLflow registry, on the MLflow client library, with errors mapped once.
+
+The registry store is built per endpoint (tracking URI + credentials) rather than through the
+MLFLOW_TRACKING_* environment variables, so resources that name different registries or different
+Secrets never share credentials. Timeouts and retries are the operator's, not MLflow's defaults
+(120 s and 7 retries would stall a reconcile loop): the poller retries with its own backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.store.model_registry.rest_store import RestStore
+from mlflow.utils.rest_utils import MlflowHostCreds
+
+from aliasroll.errors import (
+    ModelNotFound,
+    RegistryAuthFailed,
+    RegistryError,
+    RegistryUnavailable,
+)
+from aliasroll.registry.types import READY, Credentials, Endpoint, VersionInfo
+
+# MLflow refuses max_results above 1000 for search_registered_models.
+SEARCH_PAGE_SIZE = 1000
+_AUTH_CODES = {"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"}
+_NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+_MESSAGE_LIMIT = 300
+
+
+class CallCounter:
+    """Counts registry calls by method: the figure the batching promise is measured in."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, method: str) -> None:
+        with self._lock:
+            self._counts[method] = self._counts.get(method, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+
+class RegistryClient:
+    """Thread-safe blocking client; the async poller runs its calls in worker threads."""
+
+    def __init__(self, *, timeout_seconds: float = 5.0) -> None:
+        # MLflow reads these per request; the operator process owns them.
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_seconds)))
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        self.calls = CallCounter()
+        self._stores: dict[Endpoint, RestStore] = {}
+        self._lock = threading.Lock()
+
+    def model_aliases(self, endpoint: Endpoint, model: str) -> dict[str, str]:
+        """All aliases of one registered model, in one call: {alias: version}."""
+        registered = self._call(
+            endpoint,
+            "get_registered_model",
+            lambda store: store.get_registered_model(model),
+            subject=f"registered model {model!r}",
+        )
+        return normalize_aliases(registered.aliases)
+
+    def all_model_aliases(self, endpoint: Endpoint) -> dict[str, dict[str, str]]:
+        """Aliases of every registered model, 1,000 models a call: cheaper than one call per model
+        once a poll needs more than a few dozen models of the same registry."""
+        found: dict[str, dict[str, str]] = {}
+        for page in self._search_pages(endpoint):
+            for registered in page:
+                found[registered.name] = normalize_aliases(registered.aliases)
+        return found
+
+    def version(self, endpoint: Endpoint, model: str, version: str) -> VersionInfo | None:
+        """Details of one version, or None when the registry has no such version."""
+        try:
+            found = self._call(
+                endpoint,
+                "get_model_version",
+                lambda store: store.get_model_version(model, version),
+                subject=f"version {version} of {model!r}",
+            )
+        except ModelNotFound:
+            return None
+        return VersionInfo(
+            model=model,
+            version=str(found.version),
+            status=str(found.status or READY),
+            run_id=found.run_id or None,
+            source=found.source or None,
+        )
+
+    def _search_pages(self, endpoint: Endpoint) -> Iterator[Any]:
+        token: str | None = None
+        while True:
+            page = self._call(
+                endpoint,
+                "search_registered_models",
+                partial(_search_page, page_token=token),
+                subject="registered models",
+            )
+            yield page
+            token = page.token
+            if not token:
+                return
+
+    def _store(self, endpoint: Endpoint) -> RestStore:
+        with self._lock:
+            store = self._stores.get(endpoint)
+            if store is None:
+                creds = endpoint.credentials or Credentials()
+                host = MlflowHostCreds(
+                    endpoint.tracking_uri,
+                    username=creds.username,
+                    password=creds.password,
+                    token=creds.token,
+                    ignore_tls_verification=creds.insecure_tls,
+                )
+                store = RestStore(lambda: host)
+                self._stores[endpoint] = store
+            return store
+
+    def _call(
+        self, endpoint: Endpoint, method: str, call: Callable[[RestStore], Any], *, subject: str
+    ) -> Any:
+        self.calls.add(method)
+        try:
+            return call(self._store(endpoint))
+        except MlflowException as error:
+            raise map_registry_error(error, endpoint=endpoint, subject=subject) from None
+
+
+def _search_page(store: RestStore, *, page_token: str | None) -> Any:
+    return store.search_registered_models(max_results=SEARCH_PAGE_SIZE, page_token=page_token)
+
+
+def normalize_aliases(aliases: Any) -> dict[str, str]:
+    """Alias versions come back as strings over REST and ints from a SQL store: always strings."""
+    if isinstance(aliases, dict):
+        return {str(alias): str(version) for alias, version in aliases.items()}
+    return {str(item.alias): str(item.version) for item in aliases or ()}
+
+
+def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: str) -> RegistryError:
+    """One place that decides what an MLflow error means to the operator."""
+    code = str(error.error_code or "")
+    detail = _short(error.message if isinstance(error, RestException) else str(error))
+    if isinstance(error, RestException):
+        status = error.get_http_status_code()
+        if code in _NOT_FOUND_CODES or status == 404:
+            return ModelNotFound(f"the registry at {endpoint.tracking_uri} has no {subject}")
+        if code in _AUTH_CODES or status in (401, 403):
+            return RegistryAuthFailed(
+                f"the registry at {endpoint.tracking_uri} refused the credentials for {subject} "
+                f"(HTTP {status}); check spec.registry.credentialsSecretRef"
+            )
+        if status >= 500 or status == 429:
+            return RegistryUnavailable(
+                f"the registry at {endpoint.tracking_uri} failed (HTTP {status}): {detail}"
+            )
+        return RegistryError(
+            f"the registry at {endpoint.tracking_uri} rejected the request for {subject}: {detail}"
+        )
+    if code in _AUTH_CODES:
+        return RegistryAuthFailed(
+            f"the registry at {endpoint.tracking_uri} refused the credentials for {subject}; "
+            "check spec.registry.credentialsSecretRef"
+        )
+    return RegistryUnavailable(f"the registry at {endpoint.tracking_uri} did not answer: {detail}")
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"

@@ -1,0 +1,22 @@
+"""Traffic routers: each turns (spec, versions, observed pods) into replica counts and routing objects.
+
+Routers only compute desired objects; the one applier writes them. Add a router by implementing
+`TrafficRouter` and registering it in ROUTERS; the contract tests run over every entry.
+"""
+
+from aliasroll.routers.base import TrafficInput, TrafficPlan, TrafficRouter
+from aliasroll.routers.gateway_api import GatewayAPIRouter
+from aliasroll.routers.replicas import ReplicaRatioRouter
+from aliasroll.spec import RouterKind
+
+ROUTERS: dict[RouterKind, TrafficRouter] = {
+    RouterKind.REPLICAS: ReplicaRatioRouter(),
+    RouterKind.GATEWAY_API: GatewayAPIRouter(),
+}
+
+
+def router_for(kind: RouterKind) -> TrafficRouter:
+    return ROUTERS[kind]
+
+
+__all__ = ["ROUTERS", "TrafficInput", "TrafficPlan", "TrafficRouter", "router_for"]

@@ -1,0 +1,248 @@
+"""The ModelDeployment resource as the operator reads it.
+
+The CRD's schema and CEL rules reject bad input at `kubectl apply` time; this module turns an accepted
+`spec` into frozen dataclasses with the same defaults, so the planner never handles raw dicts. It
+still checks what it relies on, because a resource may predate the installed CRD: such a resource
+gets an `InvalidSpec` condition naming the field, never a crash.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aliasroll.errors import InvalidSpec
+
+GROUP = "aliasroll.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+DEFAULT_PRODUCTION_ALIAS = "production"
+DEFAULT_CANARY_ALIAS = "canary"
+DEFAULT_POLL_INTERVAL = "30s"
+DEFAULT_PORT = 8080
+MIN_POLL_SECONDS = 1.0
+MAX_POLL_SECONDS = 24 * 3600.0
+
+# MLflow's own rule for alias names; `v<number>` and `latest` are reserved by the registry.
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_RESERVED_ALIAS = re.compile(r"^([vV]\d+|[lL][aA][tT][eE][sS][tT])$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Track(StrEnum):
+    """A traffic track: which alias a workload follows."""
+
+    PRODUCTION = "production"
+    CANARY = "canary"
+
+
+class RouterKind(StrEnum):
+    REPLICAS = "replicas"
+    GATEWAY_API = "gatewayAPI"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    alias: str
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    alias: str
+    weight: int
+    replicas: int | None
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    tracking_uri: str
+    credentials_secret: str | None
+    poll_seconds: float
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    image: str | None
+    port: int
+    resources: Mapping[str, Any]
+    env: tuple[Mapping[str, Any], ...]
+    service_account_name: str | None
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    name: str
+    namespace: str | None = None
+    group: str | None = None
+    kind: str | None = None
+    section_name: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    router: RouterKind
+    parent_refs: tuple[ParentRef, ...] = ()
+    hostnames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelDeploymentSpec:
+    model: ModelRef
+    registry: RegistrySpec
+    replicas: int
+    serving: ServingSpec
+    traffic: TrafficSpec
+    canary: CanarySpec | None = None
+
+    @property
+    def canary_wanted(self) -> bool:
+        """A canary is asked for when a canary alias is configured with a weight above zero."""
+        return self.canary is not None and self.canary.weight > 0
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    """Identity of one ModelDeployment, enough to own children and write status."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+def parse_duration(text: str, *, field_path: str) -> float:
+    """Parses a Go-style duration (`30s`, `1m30s`, `500ms`) into seconds."""
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise InvalidSpec(field_path, f"{text!r} is not a duration; write it like 30s, 2m or 1m30s")
+    return total
+
+
+def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
+    """Builds the typed spec, applying the CRD's defaults; raises InvalidSpec naming the bad field."""
+    model = _mapping(spec, "model", required=True)
+    model_name = _string(model, "name", path="spec.model.name", required=True)
+    alias = _alias(model.get("alias", DEFAULT_PRODUCTION_ALIAS), path="spec.model.alias")
+
+    registry = _mapping(spec, "registry", required=True)
+    tracking_uri = _string(registry, "trackingUri", path="spec.registry.trackingUri", required=True)
+    if not tracking_uri.startswith(("http://", "https://")):
+        raise InvalidSpec("spec.registry.trackingUri", f"{tracking_uri!r} must be an http:// or https:// URL")
+    secret_ref = registry.get("credentialsSecretRef") or {}
+    credentials_secret = secret_ref.get("name") if isinstance(secret_ref, Mapping) else None
+    poll_seconds = parse_duration(
+        str(registry.get("pollInterval", DEFAULT_POLL_INTERVAL)), field_path="spec.registry.pollInterval"
+    )
+    if not MIN_POLL_SECONDS <= poll_seconds <= MAX_POLL_SECONDS:
+        raise InvalidSpec("spec.registry.pollInterval", "must be between 1s and 24h")
+
+    replicas = _int(spec.get("replicas", 1), path="spec.replicas", low=0, high=1000)
+
+    canary: CanarySpec | None = None
+    if (raw_canary := spec.get("canary")) is not None:
+        if not isinstance(raw_canary, Mapping):
+            raise InvalidSpec("spec.canary", "must be an object")
+        canary_alias = _alias(raw_canary.get("alias", DEFAULT_CANARY_ALIAS), path="spec.canary.alias")
+        if canary_alias == alias:
+            raise InvalidSpec("spec.canary.alias", f"must differ from spec.model.alias ({alias!r})")
+        canary_replicas = raw_canary.get("replicas")
+        canary = CanarySpec(
+            alias=canary_alias,
+            weight=_int(raw_canary.get("weight", 0), path="spec.canary.weight", low=0, high=100),
+            replicas=None
+            if canary_replicas is None
+            else _int(canary_replicas, path="spec.canary.replicas", low=1, high=1000),
+        )
+
+    serving = spec.get("serving") or {}
+    traffic = spec.get("traffic") or {}
+    router_name = traffic.get("router", RouterKind.REPLICAS.value)
+    try:
+        router = RouterKind(router_name)
+    except ValueError:
+        known = ", ".join(kind.value for kind in RouterKind)
+        raise InvalidSpec(
+            "spec.traffic.router", f"{router_name!r} is not a router; use one of: {known}"
+        ) from None
+    gateway = traffic.get("gatewayAPI") or {}
+    return ModelDeploymentSpec(
+        model=ModelRef(name=model_name, alias=alias),
+        registry=RegistrySpec(
+            tracking_uri=tracking_uri, credentials_secret=credentials_secret, poll_seconds=poll_seconds
+        ),
+        replicas=replicas,
+        canary=canary,
+        serving=ServingSpec(
+            image=serving.get("image") or None,
+            port=_int(serving.get("port", DEFAULT_PORT), path="spec.serving.port", low=1, high=65535),
+            resources=serving.get("resources") or {},
+            env=tuple(serving.get("env") or ()),
+            service_account_name=serving.get("serviceAccountName") or None,
+        ),
+        traffic=TrafficSpec(
+            router=router,
+            parent_refs=tuple(
+                ParentRef(
+                    name=_string(
+                        ref, "name", path="spec.traffic.gatewayAPI.parentRefs[].name", required=True
+                    ),
+                    namespace=ref.get("namespace"),
+                    group=ref.get("group"),
+                    kind=ref.get("kind"),
+                    section_name=ref.get("sectionName"),
+                    port=ref.get("port"),
+                )
+                for ref in gateway.get("parentRefs") or ()
+            ),
+            hostnames=tuple(gateway.get("hostnames") or ()),
+        ),
+    )
+
+
+def _mapping(parent: Mapping[str, Any], key: str, *, required: bool) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidSpec(f"spec.{key}", "is required" if value is None else "must be an object")
+    return value
+
+
+def _string(parent: Mapping[str, Any], key: str, *, path: str, required: bool) -> str:
+    value = parent.get(key)
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise InvalidSpec(path, "is required and must be a non-empty string")
+    return value
+
+
+def _alias(value: object, *, path: str) -> str:
+    if not isinstance(value, str) or not _ALIAS.match(value):
+        raise InvalidSpec(path, f"{value!r} is not an MLflow alias (letters, digits, '_' and '-')")
+    if _RESERVED_ALIAS.match(value):
+        raise InvalidSpec(path, f"{value!r} is reserved by the MLflow registry (v<number>, latest)")
+    return value
+
+
+def _int(value: object, *, path: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidSpec(path, f"must be an integer from {low} to {high}, got {value!r}")
+    return value

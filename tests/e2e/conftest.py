@@ -1,0 +1,88 @@
+"""One control plane and one operator per session; a namespace per test.
+
+The operator runs as `python -m aliasroll` with a token minted for its own ServiceAccount, bound by
+the RBAC in manifests/, so a missing rule fails these tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, Kube, OperatorProcess
+
+from localcluster import LocalCluster
+
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    state = REPO / ".work" / "e2e-cluster"
+    if state.exists():
+        LocalCluster(state).stop()  # a previous session that was killed
+        shutil.rmtree(state, ignore_errors=True)
+    with LocalCluster(state) as local:
+        local.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        local.kubectl(
+            "wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io", "--timeout=60s"
+        )
+        local.install_gateway_api_crds()
+        local.kubectl("apply", "-k", str(REPO / "manifests"))
+        yield local
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: LocalCluster) -> Kube:
+    return Kube(cluster)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    token = cluster.mint_token(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, expiration_seconds=24 * 3600)
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = cluster.write_kubeconfig_for_token(workdir / "kubeconfig", token)
+    process = OperatorProcess(kubeconfig=kubeconfig, log_path=REPO / ".work" / "e2e-operator.log")
+    process.log_path.unlink(missing_ok=True)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, cluster: LocalCluster) -> Iterator[str]:
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{next(_namespaces)}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    # ModelDeployments first, while the operator (if any) still runs; then the namespace.
+    cluster.kubectl("delete", "modeldeployments", "--all", "-n", name, "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.failed:
+        funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+        if "operator" in funcargs:
+            report.sections.append(("operator log (tail)", funcargs["operator"].log_tail(80)))
+        if "cluster" in funcargs:
+            report.sections.append(("control plane logs (tails)", funcargs["cluster"].log_tails(15)))
+        if "namespace" in funcargs and "kube" in funcargs:
+            kube: Kube = funcargs["kube"]
+            out = kube.cluster.kubectl(
+                "get",
+                "mdep,deploy,svc,httproute,events",
+                "-n",
+                funcargs["namespace"],
+                "-o",
+                "wide",
+                check=False,
+            )
+            report.sections.append(("namespace objects", out.stdout + out.stderr))
+    return report

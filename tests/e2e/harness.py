@@ -1,0 +1,167 @@
+"""The end-to-end harness: the operator as a process, kubectl helpers, and polling with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from localcluster import LocalCluster
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_NAMESPACE = "aliasroll-system"
+OPERATOR_ACCOUNT = "aliasroll"
+
+
+def wait_for(check: Callable[[], T | None], *, timeout: float = 60, what: str, interval: float = 0.2) -> T:
+    """Polls `check` until it returns something truthy; fails with `what` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last seen: {last!r})")
+        time.sleep(interval)
+
+
+class Kube:
+    """kubectl for one cluster, returning parsed JSON."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+
+    def apply(self, manifest: dict[str, Any] | str, *, namespace: str | None = None) -> str:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        args = ["apply", "-f", "-"] + (["-n", namespace] if namespace else [])
+        return self.cluster.kubectl(*args, input=text).stdout
+
+    def try_apply(self, manifest: dict[str, Any], *, namespace: str) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False
+        )
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise AssertionError(result.stderr)
+        found: dict[str, Any] = json.loads(result.stdout)
+        return found
+
+    def list(self, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+        items: list[dict[str, Any]] = json.loads(self.cluster.kubectl(*args).stdout)["items"]
+        return items
+
+    def events(self, namespace: str, name: str) -> list[tuple[str, str, str]]:
+        return [
+            (event["type"], event["reason"], event["message"])
+            for event in self.list("events", namespace)
+            if event["involvedObject"].get("name") == name
+            and event["involvedObject"].get("kind") == "ModelDeployment"
+        ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """`python -m aliasroll`, as users run it, with the kubeconfig of its own ServiceAccount."""
+
+    def __init__(self, *, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra_env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = free_port()
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            # Short delays, so outages and recoveries show within a test's patience.
+            "ALIASROLL_REGISTRY_TIMEOUT": "2",
+            "ALIASROLL_REGISTRY_MAX_BACKOFF": "2",
+            "ALIASROLL_RETRY_MAX": "3",
+            "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",
+            **self.extra_env,
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        log.write(f"\n===== operator start {time.strftime('%H:%M:%S')} =====\n".encode())
+        log.flush()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aliasroll",
+                "--verbose",
+                f"--liveness=http://127.0.0.1:{self.port}/healthz",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint")
+
+    def _healthy(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"the operator exited during start:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def ensure_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def model_deployment(name: str, model: str, tracking_uri: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"name": model},
+        "registry": {"trackingUri": tracking_uri, "pollInterval": "1s"},
+        "replicas": 2,
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "aliasroll.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": body,
+    }

@@ -1,0 +1,218 @@
+"""The registry client and the shared poller against a real MLflow server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+from mlflow import MlflowClient
+
+from aliasroll.errors import ModelNotFound, RegistryUnavailable
+from aliasroll.registry.client import RegistryClient
+from aliasroll.registry.poller import RegistryPoller
+from aliasroll.registry.types import Endpoint
+from support.mlflow_server import MlflowServer
+from support.registry import quick_versions
+
+pytestmark = pytest.mark.integration
+
+GET_MODEL = "GET /api/2.0/mlflow/registered-models/get?"
+SEARCH_MODELS = "/api/2.0/mlflow/registered-models/search"
+
+
+def test_aliases_come_back_as_strings_in_one_call(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    quick_versions(registry, model_name, 3)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    registry.set_registered_model_alias(model_name, "canary", "3")
+    client = RegistryClient()
+    before = mlflow_server.count_requests(GET_MODEL)
+
+    aliases = client.model_aliases(Endpoint(mlflow_server.url), model_name)
+
+    assert aliases == {"production": "1", "canary": "3"}
+    assert mlflow_server.count_requests(GET_MODEL) - before == 1
+
+
+def test_seed_workflow_version_details(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    """A model logged and registered the way MLflow's docs do it: READY, with its run and source."""
+    from examples.sentiment.register import register_version
+
+    version = register_version(mlflow_server.url, model_name, alias="production")
+    info = RegistryClient().version(Endpoint(mlflow_server.url), model_name, version)
+
+    assert info is not None
+    assert (info.version, info.status, info.ready) == (version, "READY", True)
+    assert info.run_id == registry.get_model_version(model_name, version).run_id
+    assert info.source
+
+
+def test_missing_model_alias_and_version(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    client = RegistryClient()
+    endpoint = Endpoint(mlflow_server.url)
+    with pytest.raises(ModelNotFound, match=f"no registered model '{model_name}'"):
+        client.model_aliases(endpoint, model_name)
+    quick_versions(registry, model_name, 1)
+    assert client.model_aliases(endpoint, model_name) == {}
+    assert client.version(endpoint, model_name, "42") is None
+
+
+def test_unreachable_registry_is_a_quick_clear_error() -> None:
+    client = RegistryClient(timeout_seconds=2)
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match=r"registry at http://127\.0\.0\.1:9 did not answer"):
+        client.model_aliases(Endpoint("http://127.0.0.1:9"), "sentiment")
+    assert time.monotonic() - started < 5, "no retries or long timeouts inside one poll"
+
+
+async def _subscribe_all(
+    poller: RegistryPoller, endpoint: Endpoint, models: list[str], *, resources: int, interval: float
+) -> Counter[str]:
+    wakes: Counter[str] = Counter()
+
+    async def one(index: int) -> None:
+        model = models[index % len(models)]
+        await poller.subscribe(
+            subscriber=("ns", f"resource-{index}"),
+            endpoint=endpoint,
+            model=model,
+            interval=interval,
+            wake=lambda: wakes.update([model]),
+        )
+
+    await asyncio.gather(*(one(i) for i in range(resources)))
+    return wakes
+
+
+async def test_200_resources_over_20_models_cost_20_calls_a_poll(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    models = [f"{model_name}-{i}" for i in range(20)]
+    for model in models:
+        quick_versions(registry, model, 1)
+        registry.set_registered_model_alias(model, "production", "1")
+    interval = 2.0
+    poller = RegistryPoller(RegistryClient(), sweep_threshold=25)
+    endpoint = Endpoint(mlflow_server.url)
+    try:
+        start_count = mlflow_server.count_requests(GET_MODEL)
+        await _subscribe_all(poller, endpoint, models, resources=200, interval=interval)
+        first_poll = mlflow_server.count_requests(GET_MODEL) - start_count
+        assert first_poll <= 20, f"{first_poll} get_registered_model calls for 200 resources"
+
+        # Three more poll intervals: each model is asked about once per interval, whoever follows it.
+        counted_from = mlflow_server.count_requests(GET_MODEL)
+        await asyncio.sleep(3 * interval + interval / 2)
+        later = mlflow_server.count_requests(GET_MODEL) - counted_from
+        assert later <= 3 * 20, f"{later} calls in 3 polls of 20 models"
+        assert later >= 2 * 20, "the poller keeps polling"
+    finally:
+        await poller.close()
+
+
+async def test_many_models_are_swept_in_one_search_call(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    models = [f"{model_name}-{i}" for i in range(30)]
+    for model in models:
+        quick_versions(registry, model, 2)
+        registry.set_registered_model_alias(model, "production", "2")
+    poller = RegistryPoller(RegistryClient(), sweep_threshold=25)
+    try:
+        gets, searches = mlflow_server.count_requests(GET_MODEL), mlflow_server.count_requests(SEARCH_MODELS)
+        await _subscribe_all(poller, Endpoint(mlflow_server.url), models, resources=90, interval=60)
+        assert mlflow_server.count_requests(GET_MODEL) == gets
+        assert mlflow_server.count_requests(SEARCH_MODELS) - searches == 1
+        snapshot = await poller.subscribe(
+            subscriber="probe",
+            endpoint=Endpoint(mlflow_server.url),
+            model=models[7],
+            interval=60,
+            wake=lambda: None,
+        )
+        assert snapshot.aliases == {"production": "2"}
+    finally:
+        await poller.close()
+
+
+async def test_an_alias_move_wakes_followers_within_the_interval(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    quick_versions(registry, model_name, 2)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    poller = RegistryPoller(RegistryClient())
+    woken = asyncio.Event()
+    endpoint = Endpoint(mlflow_server.url)
+    try:
+        first = await poller.subscribe(
+            subscriber="a", endpoint=endpoint, model=model_name, interval=0.5, wake=woken.set
+        )
+        assert first.aliases == {"production": "1"}
+        woken.clear()
+        registry.set_registered_model_alias(model_name, "production", "2")
+        moved_at = time.monotonic()
+        await asyncio.wait_for(woken.wait(), timeout=5)
+        assert time.monotonic() - moved_at < 0.5 + 0.5
+        again = await poller.subscribe(
+            subscriber="a", endpoint=endpoint, model=model_name, interval=0.5, wake=woken.set
+        )
+        assert again.aliases == {"production": "2"}
+    finally:
+        await poller.close()
+
+
+async def test_version_details_are_asked_once(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    quick_versions(registry, model_name, 1)
+    poller = RegistryPoller(RegistryClient())
+    endpoint = Endpoint(mlflow_server.url)
+    try:
+        before = mlflow_server.count_requests("model-versions/get?")
+        infos = await asyncio.gather(*(poller.version(endpoint, model_name, "1", ttl=30) for _ in range(50)))
+        await poller.version(endpoint, model_name, "1", ttl=30)
+        assert {info.status for info in infos if info} == {"READY"}
+        assert mlflow_server.count_requests("model-versions/get?") - before == 1
+    finally:
+        await poller.close()
+
+
+async def test_registry_down_then_back(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    """An outage becomes an error answer (with a wake), retried with backoff; recovery wakes again."""
+    quick_versions(registry, model_name, 1)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    poller = RegistryPoller(RegistryClient(timeout_seconds=2), max_backoff=2)
+    endpoint = Endpoint(mlflow_server.url)
+    woken = asyncio.Event()
+
+    async def current() -> tuple[object, object]:
+        snapshot = await poller.subscribe(
+            subscriber="r", endpoint=endpoint, model=model_name, interval=0.5, wake=woken.set
+        )
+        return snapshot.aliases, snapshot.error
+
+    try:
+        assert await current() == ({"production": "1"}, None)
+        woken.clear()
+        mlflow_server.stop()
+        await asyncio.wait_for(woken.wait(), timeout=15)
+        aliases, error = await current()
+        assert aliases is None
+        assert isinstance(error, RegistryUnavailable)
+        woken.clear()
+        await asyncio.to_thread(mlflow_server.start)
+        await asyncio.wait_for(woken.wait(), timeout=20)
+        assert await current() == ({"production": "1"}, None)
+    finally:
+        if not mlflow_server.is_running():
+            mlflow_server.start()
+        await poller.close()

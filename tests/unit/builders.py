@@ -1,0 +1,92 @@
+"""Small builders for planner and router tests: named arguments in, frozen inputs out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aliasroll.errors import AliasrollError
+from aliasroll.planning.state import AliasTarget, ObservedState, ObservedWorkload, RegistryView
+from aliasroll.registry.types import VersionInfo
+from aliasroll.spec import ModelDeploymentSpec, ResourceRef, Track, parse_spec
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+OWNER = ResourceRef(namespace="ml", name="sentiment", uid="uid-1", generation=3)
+
+
+def spec(**overrides: Any) -> ModelDeploymentSpec:
+    raw: dict[str, Any] = {
+        "model": {"name": "sentiment", "alias": "production"},
+        "registry": {"trackingUri": "http://mlflow:5000", "pollInterval": "30s"},
+        "replicas": 2,
+    }
+    raw.update(overrides)
+    return parse_spec(raw)
+
+
+def canary_spec(weight: int = 20, *, replicas: int = 10, router: str = "replicas") -> ModelDeploymentSpec:
+    return spec(canary={"alias": "canary", "weight": weight}, replicas=replicas, traffic={"router": router})
+
+
+def info(version: str, status: str = "READY") -> VersionInfo:
+    return VersionInfo(
+        model="sentiment", version=version, status=status, run_id=f"run-{version}", source=None
+    )
+
+
+def view(
+    production: str | None = "1",
+    canary: str | None = None,
+    *,
+    not_ready: tuple[str, ...] = (),
+    missing: tuple[str, ...] = (),
+    error: AliasrollError | None = None,
+) -> RegistryView:
+    if error is not None:
+        return RegistryView(model="sentiment", error=error)
+
+    def target(alias: str, version: str | None) -> AliasTarget:
+        if version is None:
+            return AliasTarget(alias=alias, version=None)
+        found = (
+            None
+            if version in missing
+            else info(version, "PENDING_REGISTRATION" if version in not_ready else "READY")
+        )
+        return AliasTarget(alias=alias, version=version, info=found)
+
+    return RegistryView(
+        model="sentiment", production=target("production", production), canary=target("canary", canary)
+    )
+
+
+def workload(
+    track: Track,
+    version: str,
+    *,
+    replicas: int = 2,
+    available: int | None = None,
+    rolled_out: bool = True,
+    stalled: str | None = None,
+) -> ObservedWorkload:
+    return ObservedWorkload(
+        name=f"sentiment-{track.value}",
+        track=track,
+        model="sentiment",
+        version=version,
+        replicas=replicas,
+        available=replicas if available is None else available,
+        rolled_out=rolled_out,
+        stalled=stalled,
+        run_id=f"run-{version}",
+    )
+
+
+def observed(
+    *workloads: ObservedWorkload, extra_children: tuple[tuple[str, str, str], ...] = ()
+) -> ObservedState:
+    from aliasroll.planning.state import ChildRef
+
+    children = [ChildRef("apps/v1", "Deployment", w.name) for w in workloads]
+    children += [ChildRef(api, kind, name) for api, kind, name in extra_children]
+    return ObservedState(workloads={w.track: w for w in workloads}, children=tuple(children))
