@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # Registering the handlers is importing the module.
     import aliasroll.controller.handlers  # noqa: F401
 

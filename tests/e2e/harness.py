@@ -51,8 +51,11 @@ class Kube:
             "apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False
         )
 
-    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        result = self.cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    def get(
+        self, kind: str, name: str, namespace: str, *, managed_fields: bool = False
+    ) -> dict[str, Any] | None:
+        extra = ["--show-managed-fields"] if managed_fields else []
+        result = self.cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", *extra, check=False)
         if result.returncode != 0:
             if "NotFound" in result.stderr:
                 return None
@@ -165,3 +168,51 @@ def model_deployment(name: str, model: str, tracking_uri: str, **spec: Any) -> d
         "metadata": {"name": name},
         "spec": body,
     }
+
+
+def deployment_version(kube: Kube, namespace: str, name: str) -> str | None:
+    """The model version pinned in a Deployment's pod template (None if the Deployment is absent)."""
+    deployment = kube.get("deployment", name, namespace)
+    if deployment is None:
+        return None
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels.get("aliasroll.io/model-version")
+
+
+def available_at(kube: Kube, namespace: str, name: str, version: str) -> dict[str, Any] | None:
+    """The Deployment once it runs `version` on all its replicas and all are available."""
+    deployment = kube.get("deployment", name, namespace)
+    if deployment is None:
+        return None
+    spec, status = deployment["spec"], deployment.get("status", {})
+    rolled = (
+        spec["template"]["metadata"]["labels"].get("aliasroll.io/model-version") == version
+        and status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+        and status.get("updatedReplicas", 0) == spec["replicas"]
+        and status.get("availableReplicas", 0) == spec["replicas"]
+        and status.get("replicas", 0) == spec["replicas"]
+    )
+    return deployment if rolled else None
+
+
+def condition(resource: dict[str, Any] | None, type_: str) -> tuple[str, str] | None:
+    for item in (resource or {}).get("status", {}).get("conditions", []):
+        if item["type"] == type_:
+            return item["status"], item["reason"]
+    return None
+
+
+def ready_at(
+    kube: Kube, namespace: str, name: str, production: str, canary: str | None = None
+) -> dict[str, Any] | None:
+    """The ModelDeployment once its status says Ready with these versions."""
+    resource = kube.get("mdep", name, namespace)
+    status = (resource or {}).get("status", {})
+    if (
+        condition(resource, "Ready") == ("True", "Serving")
+        and status.get("production", {}).get("version") == production
+        and status.get("canary", {}).get("version") == canary
+        and status.get("observedGeneration") == resource["metadata"]["generation"]  # type: ignore[index]
+    ):
+        return resource
+    return None

@@ -70,10 +70,14 @@ class Reconciler:
         self._events = events
         self._defaults = defaults
         self._clock = clock
+        # The status each resource was last given, by uid. The watch delivers our own status write
+        # a moment later, and a pass that ran on the older body would otherwise announce the same
+        # rollout twice. Empty after a restart, when the listed bodies are current anyway.
+        self._written: dict[str, Mapping[str, Any]] = {}
 
     async def reconcile(self, body: Mapping[str, Any], *, wake: Wake) -> PassResult:
         owner = resource_ref(body)
-        previous_status: Mapping[str, Any] = body.get("status") or {}
+        previous_status: Mapping[str, Any] = self._written.get(owner.uid) or body.get("status") or {}
         try:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec as error:
@@ -100,15 +104,25 @@ class Reconciler:
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
-        if plan.status != previous_status:
-            await self._applier.write_status(owner, plan.status)
+        await self._write_status(body, owner, plan.status)
         for event in plan.events:
             self._events.post(body, event)
         failed = view.error if view.error is not None and view.error.transient else None
         return PassResult(next_in=spec.registry.poll_seconds, failed=failed)
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: tuple[str, str], body: Mapping[str, Any] | None) -> None:
+        """The resource is gone (or no longer watched): drop its subscription and memory."""
         self._registry.unsubscribe(key)
+        uid = ((body or {}).get("metadata") or {}).get("uid")
+        if uid:
+            self._written.pop(uid, None)
+
+    async def _write_status(
+        self, body: Mapping[str, Any], owner: ResourceRef, status: Mapping[str, Any]
+    ) -> None:
+        """Written once per pass, and only when it differs from what the API server holds."""
+        if status != body.get("status") and await self._applier.write_status(owner, status):
+            self._written[owner.uid] = status
 
     async def _registry_view(self, owner: ResourceRef, spec: ModelDeploymentSpec, wake: Wake) -> RegistryView:
         model = spec.model.name
@@ -154,7 +168,9 @@ class Reconciler:
         error: AliasrollError,
     ) -> None:
         """Ready=False with the error's reason; everything else in status stays as it was."""
-        previous_conditions = list((body.get("status") or {}).get("conditions") or ())
+        previous_conditions = list(
+            (self._written.get(owner.uid) or body.get("status") or {}).get("conditions") or ()
+        )
         wanted = [
             Condition(reasons.READY, FALSE, error.reason, error.message),
             *(
@@ -176,5 +192,4 @@ class Reconciler:
         ready_before = conditions.find(previous_conditions, reasons.READY)
         if ready_before is None or ready_before.get("reason") != error.reason:
             self._events.post(body, EventRecord("Warning", error.reason, error.message))
-        if new_status != body.get("status"):
-            await self._applier.write_status(owner, new_status)
+        await self._write_status(body, owner, new_status)

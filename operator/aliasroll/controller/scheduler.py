@@ -32,7 +32,7 @@ class Scheduler:
         self,
         *,
         reconcile: Reconcile,
-        forget: Callable[[Key], None],
+        forget: Callable[[Key, Mapping[str, Any] | None], None],
         retry_base: float = 1.0,
         retry_max: float = 60.0,
     ) -> None:
@@ -61,9 +61,9 @@ class Scheduler:
 
     async def remove(self, key: Key) -> None:
         task = self._workers.pop(key, None)
-        self._bodies.pop(key, None)
+        body = self._bodies.pop(key, None)
         self._wakes.pop(key, None)
-        self._forget(key)
+        self._forget(key, body)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,6 +23,11 @@ from aliasroll.spec import API_VERSION, KIND, ResourceRef
 
 log = logging.getLogger(__name__)
 
+# Maps that must hold exactly the operator's keys. Server-side apply leaves keys other managers
+# added, which elsewhere is what we want (labels, injected env), but one extra key in a Service
+# selector sends traffic to other pods, or to none.
+EXACT_MAPS: dict[str, tuple[tuple[str, ...], ...]] = {"Service": (("spec", "selector"),)}
+
 
 class Applier:
     def __init__(self, client: AsyncClient, *, field_manager: str = MANAGER) -> None:
@@ -35,9 +40,18 @@ class Applier:
         for obj in objects:
             kind, name = obj["kind"], obj["metadata"]["name"]
             current = live.get((kind, name))
-            if current is not None and is_subset(obj, current):
+            if current is not None and is_subset(obj, current) and not _extra_keys(obj, current):
                 continue  # already as wanted: no write, no new resourceVersion
             try:
+                if current is not None and (removals := _extra_keys(obj, current)):
+                    await self._client.patch(
+                        resource_for(obj["apiVersion"], kind),
+                        name,
+                        removals,
+                        namespace=obj["metadata"]["namespace"],
+                        patch_type=PatchType.MERGE,
+                        field_manager=self._field_manager,
+                    )
                 await self._client.patch(
                     resource_for(obj["apiVersion"], kind),
                     name,
@@ -110,6 +124,24 @@ def is_subset(wanted: Any, live: Any) -> bool:
             and all(is_subset(a, b) for a, b in zip(wanted, live, strict=True))
         )
     return bool(wanted == live)
+
+
+def _extra_keys(wanted: Manifest, live: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that deletes keys others added to the maps in EXACT_MAPS (empty if none)."""
+    patch: dict[str, Any] = {}
+    for path in EXACT_MAPS.get(wanted["kind"], ()):
+        want: Any = wanted
+        have: Any = live
+        for part in path:
+            want = want.get(part, {}) if isinstance(want, Mapping) else {}
+            have = have.get(part, {}) if isinstance(have, Mapping) else {}
+        extra = {key: None for key in have if key not in want}
+        if extra:
+            node = patch
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = extra
+    return patch
 
 
 def _explain(kind: str, name: str, error: ApiError) -> str:

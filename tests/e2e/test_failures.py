@@ -1,0 +1,192 @@
+"""Bad days: the registry down, an alias gone, a Secret missing, a model not registered yet.
+
+In each, what serves keeps serving, a condition and an event say why, and the operator recovers by
+itself once the cause is gone.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness import (
+    Kube,
+    OperatorProcess,
+    available_at,
+    condition,
+    deployment_version,
+    model_deployment,
+    ready_at,
+    wait_for,
+)
+from mlflow import MlflowClient
+
+from support.mlflow_server import MlflowServer
+from support.registry import quick_versions
+
+
+def test_registry_outage_rolls_nothing_and_recovers(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    quick_versions(registry, model_name, 2)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+
+    mlflow_server.stop()
+    try:
+        down = wait_for(
+            lambda: (
+                (r := kube.get("mdep", "sentiment", namespace))
+                and condition(r, "RegistryReachable") == ("False", "RegistryUnreachable")
+                and r
+            ),
+            timeout=30,
+            what="RegistryReachable=False",
+        )
+        # Still serving: Ready, same version, every object in place.
+        assert condition(down, "Ready") == ("True", "Serving")
+        assert "not followed until the registry answers" in next(
+            c["message"] for c in down["status"]["conditions"] if c["type"] == "Ready"
+        )
+        time.sleep(3)  # several failed polls
+        assert available_at(kube, namespace, "sentiment-production", "1")
+        assert kube.get("service", "sentiment", namespace) is not None
+        assert ("Warning", "RegistryUnreachable") in [
+            (t, r) for t, r, _ in kube.events(namespace, "sentiment")
+        ]
+    finally:
+        mlflow_server.start()
+
+    # Back: the next poll answers and an alias move rolls again.
+    wait_for(
+        lambda: (
+            condition(kube.get("mdep", "sentiment", namespace), "RegistryReachable")
+            == ("True", "RegistryAnswered")
+        ),
+        timeout=30,
+        what="RegistryReachable=True again",
+    )
+    registry.set_registered_model_alias(model_name, "production", "2")
+    wait_for(
+        lambda: ready_at(kube, namespace, "sentiment", "2"), timeout=60, what="rolled to v2 after the outage"
+    )
+
+
+def test_deleted_alias_keeps_the_version_serving(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    quick_versions(registry, model_name, 1)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+
+    registry.delete_registered_model_alias(model_name, "production")
+    resource = wait_for(
+        lambda: (
+            (r := kube.get("mdep", "sentiment", namespace))
+            and condition(r, "AliasesResolved") == ("False", "AliasNotFound")
+            and r
+        ),
+        timeout=30,
+        what="AliasesResolved=False/AliasNotFound",
+    )
+    message = next(c["message"] for c in resource["status"]["conditions"] if c["type"] == "AliasesResolved")
+    assert "has no alias @production" in message
+    assert "version 1 keeps serving" in message
+    assert condition(resource, "Ready") == ("True", "Serving")
+    assert deployment_version(kube, namespace, "sentiment-production") == "1"
+    assert ("Warning", "AliasNotFound") in [(t, r) for t, r, _ in kube.events(namespace, "sentiment")]
+
+    registry.set_registered_model_alias(model_name, "production", "1")
+    wait_for(
+        lambda: (
+            condition(kube.get("mdep", "sentiment", namespace), "AliasesResolved") == ("True", "Resolved")
+        ),
+        timeout=30,
+        what="resolved again",
+    )
+
+
+def test_missing_credentials_secret_then_created(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    quick_versions(registry, model_name, 1)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    manifest = model_deployment("sentiment", model_name, mlflow_server.url)
+    manifest["spec"]["registry"]["credentialsSecretRef"] = {"name": "mlflow-credentials"}
+    kube.apply(manifest, namespace=namespace)
+
+    resource = wait_for(
+        lambda: (
+            (r := kube.get("mdep", "sentiment", namespace))
+            and condition(r, "RegistryReachable") == ("False", "CredentialsNotFound")
+            and r
+        ),
+        timeout=30,
+        what="CredentialsNotFound",
+    )
+    assert condition(resource, "Ready") == ("False", "NothingToServe")
+    assert kube.get("deployment", "sentiment-production", namespace) is None
+
+    secret_value = "s3cr3t-token-value"
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "mlflow-credentials"},
+            "stringData": {"MLFLOW_TRACKING_TOKEN": secret_value},
+        },
+        namespace=namespace,
+    )
+    deployment = wait_for(
+        lambda: available_at(kube, namespace, "sentiment-production", "1"),
+        timeout=60,
+        what="deployed once the Secret exists",
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]
+    # Nothing secret in status or events.
+    resource = wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=30, what="Ready")
+    assert secret_value not in str(resource)
+    assert secret_value not in str(kube.events(namespace, "sentiment"))
+    assert secret_value not in operator.log_tail(100_000)
+
+
+def test_model_registered_after_the_resource(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
+    resource = wait_for(
+        lambda: (
+            (r := kube.get("mdep", "sentiment", namespace))
+            and condition(r, "AliasesResolved") == ("False", "ModelNotFound")
+            and r
+        ),
+        timeout=30,
+        what="ModelNotFound",
+    )
+    assert condition(resource, "Ready") == ("False", "NothingToServe")
+
+    quick_versions(registry, model_name, 1)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="deployed once registered")

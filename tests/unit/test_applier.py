@@ -1,0 +1,40 @@
+"""The applier's decisions that need no API server: when a write is needed, and what drift to undo."""
+
+from __future__ import annotations
+
+from aliasroll.kube.applier import _extra_keys, is_subset
+
+SERVICE = {"kind": "Service", "spec": {"selector": {"app": "x"}, "ports": [{"port": 80, "name": "http"}]}}
+
+
+def test_defaults_added_by_the_server_need_no_write() -> None:
+    live = {
+        "kind": "Service",
+        "spec": {
+            "selector": {"app": "x"},
+            "clusterIP": "10.0.0.1",
+            "ports": [{"port": 80, "name": "http", "protocol": "TCP"}],
+        },
+    }
+    assert is_subset(SERVICE, live)
+    assert _extra_keys(SERVICE, live) == {}
+
+
+def test_changed_or_missing_fields_need_a_write() -> None:
+    assert not is_subset(
+        SERVICE, {"kind": "Service", "spec": {"selector": {"app": "y"}, "ports": [{"port": 80}]}}
+    )
+    assert not is_subset(
+        {"spec": {"ports": [{"port": 80}, {"port": 81}]}}, {"spec": {"ports": [{"port": 80}]}}
+    )
+    assert not is_subset({"spec": {"replicas": 2}}, {"spec": {}})
+
+
+def test_a_selector_key_added_by_hand_is_removed() -> None:
+    live = {"kind": "Service", "spec": {"selector": {"app": "x", "other": "y"}, "ports": [{"port": 80}]}}
+    assert _extra_keys(SERVICE, live) == {"spec": {"selector": {"other": None}}}
+
+
+def test_extra_keys_elsewhere_are_left_to_their_owners() -> None:
+    wanted = {"kind": "Deployment", "metadata": {"labels": {"a": "1"}}}
+    assert _extra_keys(wanted, {"kind": "Deployment", "metadata": {"labels": {"a": "1", "team": "ml"}}}) == {}
