@@ -67,6 +67,10 @@ run: venv ## Run the operator locally against the current kubeconfig
 demo: venv ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch
 	$(PY) demo/demo.py
 
+.PHONY: demo-down
+demo-down: venv ## Stop what the demo left running (operator, MLflow server, local control plane)
+	$(PY) demo/demo.py down
+
 .PHONY: bench
 bench: venv ## Benchmarks: alias move -> rollout latency
 	$(PY) bench/rollout_latency.py
@@ -74,7 +78,7 @@ bench: venv ## Benchmarks: alias move -> rollout latency
 .PHONY: manifests
 manifests: venv ## Render the install bundle (CRD + operator) to dist/install.yaml
 	@mkdir -p dist
-	@kubectl=$$($(PY) cluster/localcluster.py kubectl-path); \
+	@kubectl=$$($(PY) localenv/localcluster.py kubectl-path); \
 	  { cat crds/*.yaml; echo "---"; $$kubectl kustomize manifests/; } > dist/install.yaml
 	@echo "wrote dist/install.yaml"
 
@@ -85,13 +89,13 @@ deploy: ## Install the CRD and the operator into the current kubeconfig's cluste
 
 .PHONY: cluster-up
 cluster-up: venv ## Start the local control plane (etcd, apiserver, controllers, kwok) and write its kubeconfig
-	$(PY) cluster/localcluster.py up
+	$(PY) localenv/localcluster.py up
 
 .PHONY: cluster-down
 cluster-down: venv ## Stop the local control plane
-	$(PY) cluster/localcluster.py down
+	$(PY) localenv/localcluster.py down
 
 .PHONY: clean
 clean: ## Remove .venv, .work and caches inside the clone (not the user-level binary cache)
-	-$(PY) cluster/localcluster.py down 2>/dev/null
+	-$(PY) localenv/localcluster.py down 2>/dev/null
 	rm -rf $(VENV) $(WORK) dist .pytest_cache .mypy_cache .ruff_cache

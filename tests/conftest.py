@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from support.mlflow_server import MlflowServer
+from mlflowserver import MlflowServer
 
 TESTS = Path(__file__).resolve().parent
 _names = itertools.count(1)

@@ -8,7 +8,7 @@ import pytest
 from harness import Kube, OperatorProcess, available_at, model_deployment, ready_at, wait_for
 from mlflow import MlflowClient
 
-from support.mlflow_server import MlflowServer
+from mlflowserver import MlflowServer
 from support.registry import quick_versions
 
 

@@ -20,7 +20,7 @@ from harness import (
 )
 from mlflow import MlflowClient
 
-from support.mlflow_server import MlflowServer
+from mlflowserver import MlflowServer
 from support.registry import quick_versions
 
 
@@ -190,3 +190,38 @@ def test_model_registered_after_the_resource(
     quick_versions(registry, model_name, 1)
     registry.set_registered_model_alias(model_name, "production", "1")
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="deployed once registered")
+
+
+def test_gateway_router_without_gateway_api_crds(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    """A cluster without the Gateway API: the replicas router works, gatewayAPI says what to install."""
+    quick_versions(registry, model_name, 1)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    kube.cluster.kubectl("delete", "crd", "httproutes.gateway.networking.k8s.io", "--wait=true")
+    try:
+        kube.apply(model_deployment("plain", model_name, mlflow_server.url), namespace=namespace)
+        kube.apply(
+            model_deployment("routed", model_name, mlflow_server.url, traffic={"router": "gatewayAPI"}),
+            namespace=namespace,
+        )
+        wait_for(lambda: ready_at(kube, namespace, "plain", "1"), timeout=60, what="replicas router Ready")
+        routed = wait_for(
+            lambda: (
+                (r := kube.get("mdep", "routed", namespace))
+                and condition(r, "Ready") == ("False", "ApplyFailed")
+                and r
+            ),
+            timeout=30,
+            what="gatewayAPI router: Ready=False/ApplyFailed",
+        )
+        message = next(c["message"] for c in routed["status"]["conditions"] if c["type"] == "Ready")
+        assert "Gateway API CRDs are not installed" in message
+    finally:
+        kube.cluster.install_gateway_api_crds()
+    wait_for(lambda: ready_at(kube, namespace, "routed", "1"), timeout=60, what="Ready once the CRDs exist")

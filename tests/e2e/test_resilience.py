@@ -15,7 +15,7 @@ from harness import (
 )
 from mlflow import MlflowClient
 
-from support.mlflow_server import MlflowServer
+from mlflowserver import MlflowServer
 from support.registry import quick_versions
 
 OWNED = "aliasroll.io/modeldeployment=sentiment"

@@ -14,7 +14,7 @@ from harness import (
 )
 from mlflow import MlflowClient
 
-from support.mlflow_server import MlflowServer
+from mlflowserver import MlflowServer
 
 
 def test_alias_moves_roll_forward_and_back(

@@ -13,7 +13,7 @@ from aliasroll.errors import ModelNotFound, RegistryUnavailable
 from aliasroll.registry.client import RegistryClient
 from aliasroll.registry.poller import RegistryPoller
 from aliasroll.registry.types import Endpoint
-from support.mlflow_server import MlflowServer
+from mlflowserver import MlflowServer
 from support.registry import quick_versions
 
 pytestmark = pytest.mark.integration

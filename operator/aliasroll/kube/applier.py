@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.types import CascadeType, PatchType
@@ -61,7 +62,7 @@ class Applier:
                     field_manager=self._field_manager,
                     force=True,  # the operator's fields are the operator's: take them back from hand edits
                 )
-            except ApiError as error:
+            except httpx2.HTTPStatusError as error:
                 raise KubernetesApplyFailed(_explain(kind, name, error)) from None
             written.append((kind, name))
         return written
@@ -76,8 +77,8 @@ class Applier:
                     namespace=namespace,
                     cascade=CascadeType.BACKGROUND,
                 )
-            except ApiError as error:
-                if error.status.code != 404:
+            except httpx2.HTTPStatusError as error:
+                if error.response.status_code != 404:
                     raise KubernetesApplyFailed(_explain(child.kind, child.name, error)) from None
             deleted.append((child.kind, child.name))
         return deleted
@@ -100,8 +101,8 @@ class Applier:
                 field_manager=self._field_manager,
                 force=True,
             )
-        except ApiError as error:
-            if error.status.code == 404:
+        except httpx2.HTTPStatusError as error:
+            if error.response.status_code == 404:
                 return False
             raise KubernetesApplyFailed(_explain(KIND, owner.name, error)) from None
         return True
@@ -144,9 +145,10 @@ def _extra_keys(wanted: Manifest, live: Mapping[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def _explain(kind: str, name: str, error: ApiError) -> str:
-    code = error.status.code
-    message = error.status.message or str(error)
+def _explain(kind: str, name: str, error: httpx2.HTTPStatusError) -> str:
+    code = error.response.status_code
+    # An ApiError carries the API server's Status message; a bare 404 (kind not installed) does not.
+    message = (error.status.message if isinstance(error, ApiError) else None) or error.response.reason_phrase
     if code == 404 and kind == "HTTPRoute":
         return (
             f"cannot create HTTPRoute {name}: the Gateway API CRDs are not installed "

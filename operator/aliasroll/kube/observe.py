@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import api_info
 
 from aliasroll.kube.resources import OWNED_KINDS
@@ -60,9 +60,10 @@ async def _list(client: AsyncClient, resource: Any, owner: ResourceRef) -> list[
                 resource, namespace=owner.namespace, labels={LABEL_OWNER: owner.name}
             )
         ]
-    except ApiError as error:
-        if error.status.code == 404:
-            return []  # the kind is not installed (Gateway API CRDs): nothing of it can be owned
+    except httpx2.HTTPStatusError as error:
+        # A kind that is not installed (Gateway API CRDs) answers a bare 404 page, not an ApiError.
+        if error.response.status_code == 404:
+            return []  # nothing of it can be owned
         raise
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane from source (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, kwok) and caches the binaries outside the clone, keyed on the pinned
-# go.mod/go.sum of each wrapper module under cluster/go/. A warm cache makes this a no-op, so a
+# go.mod/go.sum of each wrapper module under localenv/go/. A warm cache makes this a no-op, so a
 # fresh clone in CI reuses the binaries of earlier runs on the same machine.
 #
 # Prints the directory holding the binaries (one per component group, all linked into bin/).
@@ -18,7 +18,7 @@ export GOSUMDB=off
 
 key_of() { cat "$here/go/$1/go.mod" "$here/go/$1/go.sum" | sha256sum | cut -c1-12; }
 
-log() { printf '[cluster/build] %s\n' "$*" >&2; }
+log() { printf '[localenv/build] %s\n' "$*" >&2; }
 
 # build GROUP "binaries..." "packages..." [ldflags]
 build() {

@@ -2,17 +2,17 @@
 
 No container runtime is needed: etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as
 plain processes, and kwok plays the kubelet of one fake node, so pods scheduled to it become Running and
-Ready (no container ever runs) and Deployments become Available. Binaries come from ``cluster/build.sh``
+Ready (no container ever runs) and Deployments become Available. Binaries come from ``localenv/build.sh``
 (or the directory named by ``ALIASROLL_CLUSTER_BIN_DIR``).
 
 Command line (default state dir: ``<repo>/.work/cluster``)::
 
-    python cluster/localcluster.py up [--dir DIR]        # start in the background, print the kubeconfig
-    python cluster/localcluster.py status [--dir DIR]    # exit 0 when running and healthy, 1 otherwise
-    python cluster/localcluster.py selftest [--dir DIR]  # a 2-replica Deployment must become Available
-    python cluster/localcluster.py gateway-crds [--dir DIR]  # install the Gateway API standard CRDs
-    python cluster/localcluster.py down [--dir DIR]      # stop by saved PIDs, remove the state dir
-    python cluster/localcluster.py kubectl-path          # print the built kubectl's path (stdout only)
+    python localenv/localcluster.py up [--dir DIR]        # start in the background, print the kubeconfig
+    python localenv/localcluster.py status [--dir DIR]    # exit 0 when running and healthy, 1 otherwise
+    python localenv/localcluster.py selftest [--dir DIR]  # a 2-replica Deployment must become Available
+    python localenv/localcluster.py gateway-crds [--dir DIR]  # install the Gateway API standard CRDs
+    python localenv/localcluster.py down [--dir DIR]      # stop by saved PIDs, remove the state dir
+    python localenv/localcluster.py kubectl-path          # print the built kubectl's path (stdout only)
 
 Library (pytest)::
 
@@ -62,7 +62,7 @@ from typing import Any, Self
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = REPO_ROOT / ".work" / "cluster"
-BUILD_SCRIPT = REPO_ROOT / "cluster" / "build.sh"
+BUILD_SCRIPT = REPO_ROOT / "localenv" / "build.sh"
 BIN_DIR_ENV = "ALIASROLL_CLUSTER_BIN_DIR"
 
 #: Components in start order; each is also the name of its binary, log file and PID file.
@@ -195,7 +195,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def resolve_bin_dir() -> Path:
-    """``$ALIASROLL_CLUSTER_BIN_DIR`` or the directory printed by cluster/build.sh (builds on first use)."""
+    """``$ALIASROLL_CLUSTER_BIN_DIR`` or the directory printed by localenv/build.sh (builds on first use)."""
     override = os.environ.get(BIN_DIR_ENV)
     if override:
         bin_dir = Path(override)
@@ -488,7 +488,7 @@ class LocalCluster:
                 else:
                     child.unlink()
         d.mkdir(parents=True, exist_ok=True)
-        (d / _MARKER).write_text("state dir of cluster/localcluster.py; `localcluster.py down` removes it\n")
+        (d / _MARKER).write_text("state dir of localenv/localcluster.py; `localcluster.py down` removes it\n")
         for sub in (self.pki_dir, self.logs_dir, self.pids_dir):
             sub.mkdir(parents=True, exist_ok=True)
 

@@ -153,6 +153,10 @@ class MlflowServer:
                     raise
                 self._port = None
 
+    def keep_running_after_exit(self) -> None:
+        """Leave the server up when this process exits (the demo hands it to the user)."""
+        atexit.unregister(self.stop)
+
     def stop(self) -> None:
         """SIGTERM the saved PID (mlflow forwards it to uvicorn), then SIGKILL its group after the
         deadline. Also ends anything left in the group (uvicorn or job runners that outlived it)."""

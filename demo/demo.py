@@ -1,0 +1,317 @@
+"""`make demo`: the whole story on this machine, as it happens.
+
+A local control plane (or the cluster in KUBECONFIG, with DEMO_CLUSTER=current), a real MLflow
+server, the operator running as its own ServiceAccount, and the seed's sentiment model: register
+v1 and deploy it; move @production to v2 and back; put v3 on @canary with 20% of requests; promote
+it. Each step prints what the cluster shows. Everything stays up afterwards; `make demo-down` (or
+`python demo/demo.py down`) stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "localenv"), str(REPO)]
+
+from localcluster import LocalCluster  # noqa: E402
+from mlflowserver import MlflowServer  # noqa: E402
+
+STATE = REPO / ".work" / "demo"
+NAMESPACE = "demo"
+MODEL = "sentiment"
+POLL = "2s"
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"\033[1m[{time.monotonic() - STARTED:6.1f}s]\033[0m {message}", flush=True)
+
+
+def step(title: str) -> None:
+    print(f"\n\033[1;36m== {title}\033[0m", flush=True)
+
+
+class Kubectl:
+    def __init__(self, binary: str, kubeconfig: Path | None) -> None:
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        cmd = [self.binary, *([f"--kubeconfig={self.kubeconfig}"] if self.kubeconfig else []), *args]
+        result = subprocess.run(cmd, input=input, capture_output=True, text=True, check=False)
+        if check and result.returncode != 0:
+            raise SystemExit(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
+    def json(self, *args: str) -> dict[str, Any]:
+        out = self(*args, "-o", "json", check=False)
+        return json.loads(out) if out.strip() else {}
+
+    def show(self, *args: str) -> None:
+        print(self(*args, check=False).rstrip(), flush=True)
+
+
+def wait(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}; see {STATE}/operator.log")
+        time.sleep(0.2)
+    say(what)
+
+
+def pinned(kubectl: Kubectl, track: str) -> str | None:
+    deployment = kubectl.json("get", "deployment", f"{MODEL}-{track}", "-n", NAMESPACE)
+    return (
+        deployment.get("spec", {})
+        .get("template", {})
+        .get("metadata", {})
+        .get("labels", {})
+        .get("aliasroll.io/model-version")
+    )
+
+
+def ready(kubectl: Kubectl, production: str, canary: str | None = None) -> bool:
+    resource = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE)
+    status = resource.get("status", {})
+    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    return (
+        conditions.get("Ready") == "True"
+        and status.get("production", {}).get("version") == production
+        and status.get("canary", {}).get("version") == canary
+    )
+
+
+def table(kubectl: Kubectl) -> None:
+    kubectl.show("get", "mdep,deployments,services", "-n", NAMESPACE)
+
+
+def history(kubectl: Kubectl) -> None:
+    status = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE).get("status", {})
+    print(f"{'TRACK':<11} {'VERSION':<8} {'FROM':<21} {'TO':<21} REASON")
+    for entry in status.get("history", []):
+        print(
+            f"{entry['track']:<11} {entry['version']:<8} {entry['from']:<21} "
+            f"{entry.get('to', '(serving)'):<21} {entry.get('reason', '')}"
+        )
+
+
+def start_operator(cluster: LocalCluster | None, kubectl: Kubectl) -> Path | None:
+    """Runs `python -m aliasroll` in the background, as its own ServiceAccount on the local cluster."""
+    env = dict(os.environ)
+    if cluster is not None:
+        token = cluster.mint_token("aliasroll-system", "aliasroll", expiration_seconds=7 * 24 * 3600)
+        env["KUBECONFIG"] = str(cluster.write_kubeconfig_for_token(STATE / "operator.kubeconfig", token))
+    pid_file = STATE / "operator.pid"
+    stop_pid(pid_file)
+    log = open(STATE / "operator.log", "ab")  # noqa: SIM115 - the operator keeps it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aliasroll"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        cwd=REPO,
+    )
+    pid_file.write_text(str(process.pid))
+    return pid_file
+
+
+def stop_pid(pid_file: Path) -> None:
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    pid_file.unlink()
+
+
+def up(use_current: bool) -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    step("1. A Kubernetes control plane")
+    cluster: LocalCluster | None = None
+    if use_current:
+        kubeconfig = os.environ.get("KUBECONFIG")
+        say(f"using the cluster of the current kubeconfig ({kubeconfig or '~/.kube/config'})")
+        binary = subprocess.run(
+            [sys.executable, str(REPO / "localenv/localcluster.py"), "kubectl-path"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        kubectl = Kubectl(binary, None)
+    else:
+        cluster = LocalCluster(REPO / ".work" / "cluster")
+        if cluster.is_running():
+            say("the local control plane is already running")
+        else:
+            say(
+                "starting etcd, kube-apiserver, controller-manager, scheduler and kwok "
+                "(the first run builds them)"
+            )
+            cluster.start()
+        kubectl = Kubectl(str(cluster.bin_dir / "kubectl"), cluster.kubeconfig)
+        say(f"kubeconfig: {cluster.kubeconfig}")
+    kubectl.show("get", "nodes")
+
+    step("2. Install the CRD and the operator's RBAC; run the operator as its ServiceAccount")
+    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io", "--timeout=60s")
+    if cluster is not None:
+        kubectl("apply", "-k", str(REPO / "manifests"))
+        # The in-cluster operator pod is a kwok stand-in; the real operator runs here, with its token.
+        kubectl("scale", "deployment/aliasroll", "-n", "aliasroll-system", "--replicas=0")
+    start_operator(cluster, kubectl)
+    say(f"operator running (log: {STATE / 'operator.log'})")
+
+    step("3. A real MLflow server; log and register the sentiment model, as MLflow's docs do")
+    server = MlflowServer(STATE / "mlflow", port=_saved_port())
+    if not _mlflow_healthy(server):
+        server.start()
+        (STATE / "mlflow.port").write_text(str(server.port))
+        (STATE / "mlflow.pid").write_text(str(server.pid))
+    server.keep_running_after_exit()
+    say(f"MLflow at {server.url}")
+    from examples.sentiment.register import register_version  # imports mlflow: after the servers are up
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    # A rerun starts the story over.
+    kubectl("delete", "mdep", MODEL, "-n", NAMESPACE, "--ignore-not-found", "--wait=true", check=False)
+    _fresh_model(client)
+    v1 = register_version(server.url, MODEL, variant="v1", alias="production")
+    say(f"registered {MODEL} version {v1}; @production -> {v1}")
+
+    step("4. kubectl apply a ModelDeployment")
+    kubectl("create", "namespace", NAMESPACE, check=False)
+    manifest = {
+        "apiVersion": "aliasroll.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": MODEL, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": MODEL, "alias": "production"},
+            "registry": {"trackingUri": server.url, "pollInterval": POLL},
+            "replicas": 4,
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait(lambda: pinned(kubectl, "production") == v1, f"Deployment {MODEL}-production pinned to version {v1}")
+    wait(lambda: ready(kubectl, v1), "Ready: version 1 serves production")
+    table(kubectl)
+
+    step("5. Register v2 and move @production: the operator rolls")
+    v2 = register_version(server.url, MODEL, variant="v2")
+    client.set_registered_model_alias(MODEL, "production", v2)
+    say(f"@production -> {v2} (in MLflow; nothing edited in the cluster)")
+    wait(lambda: pinned(kubectl, "production") == v2, f"pod template pinned to version {v2}")
+    wait(lambda: ready(kubectl, v2), f"rollout complete: version {v2} serves production")
+    table(kubectl)
+
+    step("6. Move it back: a rollback is an alias move too")
+    client.set_registered_model_alias(MODEL, "production", v1)
+    say(f"@production -> {v1}")
+    wait(lambda: ready(kubectl, v1), f"rolled back: version {v1} serves production")
+
+    step("7. Register v3, point @canary at it, and give the canary 20% of requests")
+    v3 = register_version(server.url, MODEL, variant="v3")
+    client.set_registered_model_alias(MODEL, "canary", v3)
+    manifest["spec"]["canary"] = {"alias": "canary", "weight": 20}
+    manifest["spec"]["replicas"] = 5
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait(lambda: ready(kubectl, v1, v3), f"canary version {v3} runs beside version {v1}")
+    table(kubectl)
+    traffic = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE)["status"]["traffic"]
+    say(f"traffic: {traffic['message']}")
+
+    step("8. Promote: move @production to the canary's version")
+    client.set_registered_model_alias(MODEL, "production", v3)
+    say(f"@production -> {v3}")
+    wait(lambda: ready(kubectl, v3), f"version {v3} serves everything; the canary is gone")
+    table(kubectl)
+
+    step("What happened, as the resource records it")
+    history(kubectl)
+    print()
+    kubectl.show(
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        "involvedObject.kind=ModelDeployment",
+        "--sort-by=.lastTimestamp",
+        "-o",
+        "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+    )
+
+    step("Still running; poke at it")
+    kc = f"--kubeconfig={cluster.kubeconfig} " if cluster else ""
+    print(f"""  kubectl {kc}get mdep -n {NAMESPACE} -w
+  kubectl {kc}describe mdep {MODEL} -n {NAMESPACE}
+  MLflow UI: {server.url}   (move an alias there, or:)
+  MLFLOW_TRACKING_URI={server.url} {sys.executable} -c "from mlflow import MlflowClient; \\
+    MlflowClient().set_registered_model_alias('{MODEL}', 'production', '{v2}')"
+  operator log: {STATE / "operator.log"}
+  kubectl binary: {kubectl.binary}
+  tear down: make demo-down""")
+
+
+def down() -> None:
+    stop_pid(STATE / "operator.pid")
+    if (STATE / "mlflow.pid").exists():
+        pid = (STATE / "mlflow.pid").read_text().strip()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGTERM)
+    cluster = LocalCluster(REPO / ".work" / "cluster")
+    if cluster.is_running():
+        cluster.stop()
+    print("demo stopped (operator, MLflow server, local control plane)")
+
+
+def _saved_port() -> int | None:
+    path = STATE / "mlflow.port"
+    return int(path.read_text()) if path.exists() else None
+
+
+def _mlflow_healthy(server: MlflowServer) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{server.url}/health", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (OSError, RuntimeError):
+        return False
+
+
+def _fresh_model(client: Any) -> None:
+    """Versions start again from 1 on a rerun."""
+    with contextlib.suppress(Exception):
+        client.delete_registered_model(MODEL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("action", nargs="?", choices=["up", "down"], default="up")
+    args = parser.parse_args()
+    if args.action == "down":
+        down()
+    else:
+        up(use_current=os.environ.get("DEMO_CLUSTER") == "current")
+
+
+if __name__ == "__main__":
+    main()
