@@ -72,8 +72,25 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 	$(PY) demo/demo.py down
 
 .PHONY: bench
-bench: venv ## Benchmarks: alias move -> rollout latency
+bench: bench-rollout bench-serving ## Both benchmarks (about 5 minutes)
+
+.PHONY: bench-rollout
+bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max vs the poll interval
 	$(PY) bench/rollout_latency.py
+
+.PHONY: bench-serving
+bench-serving: venv ## The model server against `mlflow models serve`: cold start, req/s, p50/p99 at c=1/8/32
+	$(PY) bench/serving.py
+
+.PHONY: serving-requirements
+serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requirements.in
+	$(UV) pip compile --quiet --python-version 3.11 --no-header serving-image/requirements.in \
+	  -o serving-image/requirements.txt
+
+.PHONY: images
+images: ## Build the operator and serving images (needs a container engine)
+	docker build -f operator/Dockerfile -t ghcr.io/aliasroll/operator:0.1.0 .
+	docker build -f serving-image/Dockerfile -t ghcr.io/aliasroll/serving:0.1.0 .
 
 .PHONY: manifests
 manifests: venv ## Render the install bundle (CRD + operator) to dist/install.yaml

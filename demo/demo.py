@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# The story is the cluster's; MLflow's own chatter (run links, INFO lines) would drown it.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 sys.path[:0] = [str(REPO / "localenv"), str(REPO)]
 
 from localcluster import LocalCluster  # noqa: E402
@@ -126,6 +129,58 @@ def start_operator(cluster: LocalCluster | None, kubectl: Kubectl) -> Path | Non
     )
     pid_file.write_text(str(process.pid))
     return pid_file
+
+
+def start_model_server(kubectl: Kubectl, tracking_uri: str) -> int:
+    """Runs `python -m aliasroll.serving` (the image's entry point) with the pod template's MODEL_URI."""
+    import socket
+    import urllib.request
+
+    template = kubectl.json("get", "deployment", f"{MODEL}-production", "-n", NAMESPACE)["spec"]["template"]
+    env = {item["name"]: item.get("value", "") for item in template["spec"]["containers"][0]["env"]}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pid_file = STATE / "model-server.pid"
+    stop_pid(pid_file)
+    scratch = STATE / f"scratch-{port}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    log = open(STATE / "model-server.log", "ab")  # noqa: SIM115 - the server keeps it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aliasroll.serving"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={
+            **os.environ,
+            "MODEL_URI": env["MODEL_URI"],
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "PORT": str(port),
+            "SCRATCH_DIR": str(scratch),
+            "HOST": "127.0.0.1",
+        },
+    )
+    pid_file.write_text(str(process.pid))
+    say(f"MODEL_URI={env['MODEL_URI']} (pinned in the pod template)")
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    wait(ready, "the model server is ready (loaded and warmed up)", timeout=60)
+    for text in ("this is great", "this is terrible"):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": [text]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            (score,) = json.loads(answer.read())["predictions"]
+            say(f"{text!r}: {score:.3f}   (X-Model-Version: {answer.headers['X-Model-Version']})")
+    return port
 
 
 def stop_pid(pid_file: Path) -> None:
@@ -255,6 +310,10 @@ def up(use_current: bool) -> None:
         "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
     )
 
+    step("9. Ask the model: the serving image's entry point, on the version production runs")
+    model_port = start_model_server(kubectl, server.url)
+    say(f"model server for the production version on http://127.0.0.1:{model_port}")
+
     step("Still running; poke at it")
     kc = f"--kubeconfig={cluster.kubeconfig} " if cluster else ""
     print(f"""  kubectl {kc}get mdep -n {NAMESPACE} -w
@@ -262,6 +321,8 @@ def up(use_current: bool) -> None:
   MLflow UI: {server.url}   (move an alias there, or:)
   MLFLOW_TRACKING_URI={server.url} {sys.executable} -c "from mlflow import MlflowClient; \\
     MlflowClient().set_registered_model_alias('{MODEL}', 'production', '{v2}')"
+  curl -s http://127.0.0.1:{model_port}/invocations -H 'Content-Type: application/json' \\
+    -d '{{"inputs": ["this is great", "this is terrible"]}}'
   operator log: {STATE / "operator.log"}
   kubectl binary: {kubectl.binary}
   tear down: make demo-down""")
@@ -269,6 +330,7 @@ def up(use_current: bool) -> None:
 
 def down() -> None:
     stop_pid(STATE / "operator.pid")
+    stop_pid(STATE / "model-server.pid")
     if (STATE / "mlflow.pid").exists():
         pid = (STATE / "mlflow.pid").read_text().strip()
         if pid:

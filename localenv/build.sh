@@ -53,6 +53,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 build etcd "etcd" "go.etcd.io/etcd/server/v3"
+build hey "hey" "github.com/rakyll/hey"  # the serving benchmark's load generator
 build kwok "kwok" "sigs.k8s.io/kwok/cmd/kwok"
 # One go build for the four Kubernetes commands, so they share compiled packages.
 build kube "kube-apiserver kube-controller-manager kube-scheduler kubectl" \

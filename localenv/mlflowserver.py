@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -99,6 +100,7 @@ class MlflowServer:
         host: str = "127.0.0.1",
         job_execution: bool = False,
         extra_env: dict[str, str] | None = None,
+        extra_args: Sequence[str] = (),
         startup_timeout: float = STARTUP_TIMEOUT_S,
         stop_timeout: float = STOP_TIMEOUT_S,
     ) -> None:
@@ -109,6 +111,7 @@ class MlflowServer:
         )
         self.job_execution = job_execution
         self.extra_env = dict(extra_env or {})
+        self.extra_args = list(extra_args)  # e.g. ["--app-name", "basic-auth"]
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._port = port
@@ -227,6 +230,7 @@ class MlflowServer:
             f"sqlite:///{self.data_dir / 'mlflow.db'}",
             "--artifacts-destination",
             str(self.data_dir / "artifacts"),
+            *self.extra_args,
         ]
 
     def _env(self) -> dict[str, str]:

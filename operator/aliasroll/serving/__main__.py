@@ -1,0 +1,58 @@
+"""`python -m aliasroll.serving`: the serving image's entry point (and the tests').
+
+Exit codes: 0 on a normal stop, 1 when the model version cannot be downloaded, loaded or warmed up
+(Kubernetes restarts the pod and the rollout stalls instead of sending traffic to it), 2 for a bad
+setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from aliasroll.serving.app import ServingApp
+from aliasroll.serving.config import ConfigError, ServingConfig
+
+log = logging.getLogger("aliasroll.serving")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = ServingConfig.from_env()
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    logging.getLogger().setLevel(config.log_level.upper())
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def fatal(message: str) -> None:
+        log.error("%s", message)
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = ServingApp(config, on_fatal=fatal)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,  # the metrics count requests; a log line each costs more than the request
+            log_level=config.log_level,
+            timeout_keep_alive=75,  # longer than common client and load-balancer idle timeouts
+        )
+    )
+    log.info("serving %s on %s:%d (loading)", config.model_uri, config.host, config.port)
+    server.run()
+    return 1 if failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The HTTP side: a plain ASGI application (no framework: each layer costs per request).
+
+Endpoints: MLflow's `POST /invocations`, `GET /ping`, `/health`, `/version`; and for Kubernetes
+`GET /ready` (model loaded and warmed up), `GET /live`, `GET /metrics` (Prometheus). Every answer
+names the model version that gave it (`X-Model-Version`), so a canary split can be measured from
+the client side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from aliasroll.serving.batching import Batcher
+from aliasroll.serving.config import ServingConfig
+from aliasroll.serving.metrics import Metrics
+from aliasroll.serving.model import ModelLoadError, ServedModel
+from aliasroll.serving.protocol import RequestError, decode
+
+log = logging.getLogger("aliasroll.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+
+
+class ClientGone(Exception):
+    pass
+
+
+class ServingApp:
+    def __init__(self, config: ServingConfig, *, on_fatal: Callable[[str], None]) -> None:
+        self.config = config
+        self.metrics = Metrics(config)
+        self.model: ServedModel | None = None
+        self.batcher: Batcher | None = None
+        self._on_fatal = on_fatal
+        self._loader: asyncio.Task[None] | None = None
+        self._identity = [
+            (b"x-model-name", config.model_name.encode()),
+            (b"x-model-version", config.model_version.encode()),
+            (b"x-model-uri", config.model_uri.encode()),
+        ]
+        try:
+            self._mlflow_version = importlib.metadata.version("mlflow-skinny").encode()
+        except importlib.metadata.PackageNotFoundError:
+            self._mlflow_version = importlib.metadata.version("mlflow").encode()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/invocations":
+            if method != "POST":
+                await self._send(send, 405, b'{"error_code":"BAD_REQUEST","message":"use POST"}')
+                return
+            await self._invocations(scope, receive, send)
+        elif method not in ("GET", "HEAD"):
+            await self._send(send, 405, b"method not allowed\n", TEXT)
+        elif path in ("/ping", "/health"):
+            # MLflow's health check: healthy once the model is there.
+            await self._send(send, 200 if self.ready else 503, b"\n")
+        elif path == "/ready":
+            body = {"ready": self.ready, "model": self.config.model_uri}
+            await self._send(send, 200 if self.ready else 503, orjson.dumps(body))
+        elif path == "/live":
+            await self._send(send, 200, b'{"live":true}')
+        elif path == "/version":
+            await self._send(send, 200, self._mlflow_version)
+        elif path == "/metrics":
+            await self._send(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+        else:
+            await self._send(send, 404, b"not found\n", TEXT)
+
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        status, cause = 200, None
+        try:
+            if self.batcher is None:
+                raise RequestError(
+                    503, "The model is still loading; retry shortly.", error_code="TEMPORARILY_UNAVAILABLE"
+                )
+            body = await self._read_body(scope, receive)
+            request = decode(body, _header(scope, b"content-type"))
+            try:
+                async with asyncio.timeout(self.config.request_timeout_seconds):
+                    answer = await self.batcher.score(request)
+            except TimeoutError:
+                raise RequestError(
+                    504, "Request processing time exceeded limit", error_code="DEADLINE_EXCEEDED"
+                ) from None
+            await self._send(send, 200, answer)
+        except RequestError as error:
+            status, cause = error.status, error.error_code
+            # Logged without the payload (and without the message, which may quote the input).
+            # 503 while loading is expected (probes, early clients); 5xx is ours; 4xx is the client's.
+            if error.status == 503:
+                level = logging.DEBUG
+            else:
+                level = logging.WARNING if error.status >= 500 else logging.INFO
+            log.log(level, "invocations answered %d %s", error.status, error.error_code)
+            await self._send(send, error.status, error.body())
+        except ClientGone:
+            status, cause = 499, "CLIENT_CLOSED"
+        finally:
+            self.metrics.observe(code=status, seconds=time.perf_counter() - started, cause=cause)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.config.max_request_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _send(self, send: Send, status: int, body: bytes, content_type: bytes = JSON) -> None:
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            *self._identity,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # Lifecycle: the server listens at once (liveness), and turns ready once loaded and warmed up.
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._loader = asyncio.get_running_loop().create_task(self._load(), name="load model")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._loader is not None:
+                    self._loader.cancel()
+                if self.batcher is not None:
+                    await self.batcher.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            model = await asyncio.to_thread(ServedModel.load, self.config)
+            warmed = await asyncio.to_thread(model.warm_up)
+        except ModelLoadError as error:
+            self._on_fatal(str(error))
+            return
+        except Exception as error:  # a warm-up that fails means the version cannot serve
+            self._on_fatal(
+                f"the warm-up prediction of {self.config.model_uri} failed: {type(error).__name__}: {error}"
+            )
+            return
+        self.model = model
+        self.batcher = Batcher(
+            model,
+            enabled=self.config.batching,
+            max_batch_rows=self.config.max_batch_rows,
+            threads=self.config.predict_threads,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.metrics.set_ready()
+        log.info(
+            "ready: %s in %.1f s (%s)",
+            self.config.model_uri,
+            time.monotonic() - started,
+            "warmed up on the model's input example" if warmed else "no input example to warm up with",
+        )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _too_large(limit: int) -> RequestError:
+    return RequestError(
+        413,
+        f"The request body is larger than {limit} bytes (ALIASROLL_MAX_REQUEST_BYTES); "
+        "send fewer rows per request.",
+        error_code="REQUEST_LIMIT_EXCEEDED",
+    )

@@ -1,0 +1,87 @@
+"""The server's settings, from the environment the operator gives its pods (see README)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+_PINNED = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+class ConfigError(Exception):
+    """A setting the server cannot start with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    model_uri: str
+    model_name: str
+    model_version: str
+    host: str = "0.0.0.0"
+    port: int = 8080
+    scratch_dir: Path = Path("/scratch")
+    max_request_bytes: int = 16 * 1024 * 1024
+    request_timeout_seconds: float = 60.0
+    batching: bool = True
+    max_batch_rows: int = 1024
+    predict_threads: int = 2
+    track: str = ""
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
+        env = os.environ if env is None else env
+        uri = env.get("MODEL_URI", "").strip()
+        if not uri:
+            raise ConfigError("MODEL_URI is not set: give the pinned version, e.g. models:/sentiment/3")
+        if "@" in uri:
+            raise ConfigError(
+                f"MODEL_URI={uri!r} names an alias: a restarted pod could load another version. "
+                "Give models:/<name>/<version>."
+            )
+        pinned = _PINNED.match(uri)
+        name, version = (pinned["name"], pinned["version"]) if pinned else (uri, "unknown")
+        return cls(
+            model_uri=uri,
+            model_name=name,
+            model_version=version,
+            host=env.get("HOST", "0.0.0.0"),
+            port=_int(env, "PORT", 8080, low=1, high=65535),
+            scratch_dir=Path(env.get("SCRATCH_DIR") or "/scratch"),
+            max_request_bytes=_int(env, "ALIASROLL_MAX_REQUEST_BYTES", 16 * 1024 * 1024, low=1, high=2**31),
+            request_timeout_seconds=float(
+                _int(env, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", 60, low=1, high=86400)
+            ),
+            batching=_flag(env, "ALIASROLL_BATCHING", default=True),
+            max_batch_rows=_int(env, "ALIASROLL_MAX_BATCH_ROWS", 1024, low=1, high=1_000_000),
+            predict_threads=_int(env, "ALIASROLL_PREDICT_THREADS", 2, low=1, high=64),
+            track=env.get("ALIASROLL_TRACK", ""),
+            log_level=env.get("ALIASROLL_LOG_LEVEL", "info").lower(),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: use on or off")

@@ -1,0 +1,82 @@
+"""Prometheus metrics of the server, labelled with the model version that answered."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from aliasroll.serving.config import ServingConfig
+
+# The *_created series double what is scraped and tell nothing a restart counter does not.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, config: ServingConfig) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"model": config.model_name, "version": config.model_version, "track": config.track}
+        names = list(labels)
+        self.requests = Counter(
+            "aliasroll_serving_requests",
+            "Scoring requests by HTTP status",
+            [*names, "code"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "aliasroll_serving_errors",
+            "Scoring requests that failed, by cause",
+            [*names, "cause"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "aliasroll_serving_request_duration_seconds",
+            "Time to answer a scoring request",
+            names,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "aliasroll_serving_batch_requests",
+            "Requests scored by one predict call",
+            names,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.info = Gauge(
+            "aliasroll_serving_model_info",
+            "The model version this server serves",
+            [*names, "uri"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "aliasroll_serving_ready",
+            "1 once the model is loaded and warmed up",
+            names,
+            registry=self.registry,
+        )
+        self._labels = labels
+        self.info.labels(**labels, uri=config.model_uri).set(1)
+        self.ready.labels(**labels).set(0)
+
+    def observe(self, *, code: int, seconds: float, cause: str | None) -> None:
+        self.requests.labels(**self._labels, code=str(code)).inc()
+        self.latency.labels(**self._labels).observe(seconds)
+        if cause is not None:
+            self.errors.labels(**self._labels, cause=cause).inc()
+
+    def observe_batch(self, size: int, batched: bool) -> None:
+        self.batch_size.labels(**self._labels).observe(size if batched else 1)
+
+    def set_ready(self) -> None:
+        self.ready.labels(**self._labels).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

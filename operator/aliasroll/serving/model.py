@@ -1,0 +1,188 @@
+"""The pinned model: downloaded once into scratch, loaded, warmed up, then scored request by request
+or batch by batch. Everything here runs in worker threads, never on the event loop."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from aliasroll.serving.config import ServingConfig
+from aliasroll.serving.protocol import (
+    CONTENT_CSV,
+    INPUTS,
+    ParsedRequest,
+    RequestError,
+    encode_predictions,
+    merge,
+    shorten,
+)
+
+log = logging.getLogger("aliasroll.serving")
+
+
+class ModelLoadError(Exception):
+    """The version could not be downloaded or loaded: the process must exit non-zero."""
+
+
+@dataclass
+class BatchOutcome:
+    """Per-request answers of one group, and whether the group was scored as one batch."""
+
+    answers: list[bytes | RequestError]
+    batched: bool
+
+
+class ServedModel:
+    def __init__(self, pyfunc: Any, *, local_path: Path) -> None:
+        from mlflow.models import Model
+
+        self.pyfunc = pyfunc
+        self.local_path = local_path
+        self.input_schema = pyfunc.metadata.get_input_schema()
+        self.accepts_params = "params" in inspect.signature(pyfunc.predict).parameters
+        # Models whose signature comes from type hints take `inputs` as it is, unparsed (MLflow's rule).
+        from_hints = getattr(pyfunc.metadata, "_is_signature_from_type_hint", None)
+        self.unparsed_inputs = bool(from_hints()) if callable(from_hints) else False
+        self.input_example = Model.load(str(local_path)).load_input_example(str(local_path))
+
+    @classmethod
+    def load(cls, config: ServingConfig) -> ServedModel:
+        """Downloads the pinned version into scratch and loads it (MLflow client + credentials from env)."""
+        config.scratch_dir.mkdir(parents=True, exist_ok=True)
+        # The root filesystem is read-only in the image: every temporary file goes to scratch.
+        os.environ.setdefault("TMPDIR", str(config.scratch_dir))
+        started = time.monotonic()
+        try:
+            import mlflow.artifacts
+            import mlflow.pyfunc
+
+            destination = config.scratch_dir / "model"
+            destination.mkdir(parents=True, exist_ok=True)
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=config.model_uri, dst_path=str(destination))
+            )
+            downloaded = time.monotonic()
+            pyfunc = mlflow.pyfunc.load_model(str(local))
+        except Exception as error:
+            raise ModelLoadError(
+                f"cannot load {config.model_uri} from "
+                f"{os.environ.get('MLFLOW_TRACKING_URI', '(MLFLOW_TRACKING_URI is not set)')}: "
+                f"{type(error).__name__}: {shorten(str(error))}"
+            ) from error
+        log.info(
+            "loaded %s (download %.1f s, load %.1f s)",
+            config.model_uri,
+            downloaded - started,
+            time.monotonic() - downloaded,
+        )
+        return cls(pyfunc, local_path=local)
+
+    def warm_up(self) -> bool:
+        """One prediction on the model's input example; False when the model has none."""
+        if self.input_example is None:
+            return False
+        self.pyfunc.predict(self.input_example)
+        return True
+
+    # Scoring.
+
+    def answer(self, request: ParsedRequest) -> bytes:
+        """The response body for one request; raises RequestError."""
+        data = self._parse(request)
+        return encode_predictions(self._jsonable(self._predict(data, request.params)))
+
+    def answer_group(self, group: Sequence[ParsedRequest]) -> BatchOutcome:
+        """Scores compatible requests as one batch; falls back to one by one when the batch fails
+        or its output is not one prediction per row, so a bad request only fails itself."""
+        if len(group) > 1:
+            try:
+                data = self._parse_body(merge(group))
+                jsonable = self._jsonable(self._predict(data, None))
+                rows = [request.rows or 0 for request in group]
+                if isinstance(jsonable, list) and len(jsonable) == sum(rows):
+                    answers: list[bytes | RequestError] = []
+                    start = 0
+                    for count in rows:
+                        answers.append(encode_predictions(jsonable[start : start + count]))
+                        start += count
+                    return BatchOutcome(answers, batched=True)
+            except Exception:
+                pass
+        return BatchOutcome([self._answer_or_error(request) for request in group], batched=False)
+
+    def _answer_or_error(self, request: ParsedRequest) -> bytes | RequestError:
+        try:
+            return self.answer(request)
+        except RequestError as error:
+            return error
+        except Exception as error:  # a bug of ours, not the client's
+            log.exception("unexpected error while scoring")
+            return RequestError(500, f"internal error: {type(error).__name__}", error_code="INTERNAL_ERROR")
+
+    def _parse(self, request: ParsedRequest) -> Any:
+        if request.content_type == CONTENT_CSV:
+            from mlflow.pyfunc.scoring_server import parse_csv_input
+
+            return self._mlflow_call(parse_csv_input, StringIO(request.payload), self.input_schema)
+        return self._parse_body({request.format or "": request.payload})
+
+    def _parse_body(self, body: dict[str, Any]) -> Any:
+        if self.unparsed_inputs:
+            if INPUTS not in body:
+                raise RequestError(400, "This model takes its input under the 'inputs' key.")
+            return body[INPUTS]
+        from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+        return self._mlflow_call(infer_and_parse_data, body, self.input_schema)
+
+    def _predict(self, data: Any, params: dict[str, Any] | None) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if self.accepts_params:
+                return self.pyfunc.predict(data, params=params)
+            return self.pyfunc.predict(data)
+        except MlflowException as error:
+            # Schema enforcement and input conversion: the request does not fit the model.
+            raise RequestError(
+                error.get_http_status_code() if error.get_http_status_code() < 500 else 400,
+                f"The input does not fit the model: {error.message}",
+            ) from None
+        except Exception as error:
+            raise RequestError(
+                400,
+                f"The model raised {type(error).__name__} on this input: {error}. Check that the input "
+                "matches the model's signature.",
+            ) from None
+
+    @staticmethod
+    def _jsonable(raw: Any) -> Any:
+        from mlflow.utils.proto_json_utils import _get_jsonable_obj
+
+        try:
+            return _get_jsonable_obj(raw, pandas_orient="records")
+        except Exception as error:
+            raise RequestError(
+                500,
+                f"The model's output cannot be serialized: {type(error).__name__}",
+                error_code="INTERNAL_ERROR",
+            ) from None
+
+    @staticmethod
+    def _mlflow_call(fn: Any, *args: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args)
+        except MlflowException as error:
+            status = error.get_http_status_code()
+            raise RequestError(status if 400 <= status < 500 else 400, error.message) from None
+        except (ValueError, TypeError, KeyError) as error:
+            raise RequestError(400, f"Failed to parse the input: {error}") from None
