@@ -14,7 +14,7 @@ from prometheus_client import (
 from aliasroll.serving.config import ServingConfig
 
 # The *_created series double what is scraped and tell nothing a restart counter does not.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
