@@ -17,7 +17,7 @@ PYTEST      := $(PY) -m pytest
 
 .PHONY: help
 help: ## Show the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(UV):
 	@echo "installing uv $(UV_VERSION) into $(CACHE_DIR)/tools"
@@ -32,8 +32,14 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 .PHONY: venv
 venv: $(VENV)/.synced ## Create .venv with the locked dependencies
 
+# The control plane binaries, built from source on first use (about 10 minutes on 2 cores), then cached
+# under $(CACHE_DIR)/bin. Built here rather than inside pytest so the progress shows as it happens.
+.PHONY: cluster-binaries
+cluster-binaries:
+	@localenv/build.sh >/dev/null
+
 .PHONY: test
-test: venv lint ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane)
+test: venv lint cluster-binaries ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane)
 	$(PYTEST) tests/unit tests/integration tests/e2e
 
 .PHONY: unit
@@ -45,7 +51,7 @@ integration: venv ## Integration tests against a real mlflow server
 	$(PYTEST) tests/integration
 
 .PHONY: e2e
-e2e: venv ## End-to-end tests against the local control plane (built on first use)
+e2e: venv cluster-binaries ## End-to-end tests against the local control plane (built on first use)
 	$(PYTEST) tests/e2e
 
 .PHONY: lint
@@ -64,7 +70,7 @@ run: venv ## Run the operator locally against the current kubeconfig
 	$(PY) -m aliasroll --verbose
 
 .PHONY: demo
-demo: venv ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch
+demo: venv cluster-binaries ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch
 	$(PY) demo/demo.py
 
 .PHONY: demo-down
