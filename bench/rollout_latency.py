@@ -31,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests")]
 
+from aliasroll.kube.observe import reduce_deployment  # noqa: E402
 from aliasroll.spec import parse_duration  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 from mlflowserver import MlflowServer  # noqa: E402
@@ -53,21 +54,15 @@ def deployment(cluster: LocalCluster) -> dict[str, Any]:
 
 
 def template_version(obj: dict[str, Any]) -> str | None:
-    labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
-    version: str | None = labels.get("aliasroll.io/model-version")
-    return version
+    workload = reduce_deployment(obj) if obj else None
+    return workload.version if workload else None
 
 
 def rolled_out(obj: dict[str, Any], version: str) -> bool:
-    spec, status = obj.get("spec", {}), obj.get("status", {})
-    want = spec.get("replicas", -1)
-    return (
-        template_version(obj) == version
-        and status.get("observedGeneration", 0) >= obj.get("metadata", {}).get("generation", 1)
-        and status.get("updatedReplicas") == want
-        and status.get("availableReplicas") == want
-        and status.get("replicas") == want
-    )
+    """The rule the operator itself applies (and `kubectl rollout status`): every replica updated
+    to this version and available, no old replica left."""
+    workload = reduce_deployment(obj) if obj else None
+    return workload is not None and workload.version == version and workload.rolled_out
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "localenv"), str(REPO)]
 
-from mlflowserver import MlflowServer  # noqa: E402
+from mlflowserver import MlflowServer, free_port  # noqa: E402
 
 BODY = json.dumps({"dataframe_split": {"columns": ["text"], "data": [["this is great, I love it"]]}}).encode()
 CONCURRENCY = (1, 8, 32)
@@ -48,13 +47,6 @@ class Load:
 class Result:
     cold_start_s: float
     loads: dict[int, Load]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def first_prediction(port: int, process: subprocess.Popen[bytes], timeout: float = 180) -> float:

@@ -36,7 +36,7 @@ _LISTENING = "uvicorn running on"
 _ACCESS_LINE = re.compile(r' - "(?P<request>[A-Z]+ \S+ HTTP/[\d.]+)" \d{3}\b')
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
@@ -145,12 +145,12 @@ class MlflowServer:
         first_start = self._port is None
         for attempt in range(3):
             if self._port is None:
-                self._port = _free_port(self.host)
+                self._port = free_port(self.host)
             try:
                 self._launch_and_wait()
                 return
             except PortInUseError:
-                # Another process took the port between _free_port() and the bind; only a first start
+                # Another process took the port between free_port() and the bind; only a first start
                 # may move to another port, a restart must keep the URL clients already have.
                 if not first_start or attempt == 2:
                     raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from localcluster import LocalCluster
+from mlflowserver import free_port
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -75,13 +75,6 @@ class Kube:
             if event["involvedObject"].get("name") == name
             and event["involvedObject"].get("kind") == "ModelDeployment"
         ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class OperatorProcess:
@@ -200,6 +193,31 @@ def condition(resource: dict[str, Any] | None, type_: str) -> tuple[str, str] | 
         if item["type"] == type_:
             return item["status"], item["reason"]
     return None
+
+
+def wait_condition(
+    kube: Kube, namespace: str, name: str, type_: str, expected: tuple[str, str], *, timeout: float = 30
+) -> dict[str, Any]:
+    """The ModelDeployment once its condition `type_` has (status, reason) == `expected`."""
+
+    def check() -> dict[str, Any] | None:
+        resource = kube.get("mdep", name, namespace)
+        return resource if condition(resource, type_) == expected else None
+
+    return wait_for(check, timeout=timeout, what=f"{name}: {type_}={expected[0]}/{expected[1]}")
+
+
+def condition_message(resource: dict[str, Any], type_: str) -> str:
+    return str(next(c["message"] for c in resource["status"]["conditions"] if c["type"] == type_))
+
+
+def registered(registry: Any, model: str, versions: int, **aliases: str) -> None:
+    """`versions` new versions of a new model, with aliases set (alias=version)."""
+    from support.registry import quick_versions
+
+    quick_versions(registry, model, versions)
+    for alias, version in aliases.items():
+        registry.set_registered_model_alias(model, alias, version)
 
 
 def ready_at(

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import Kube, OperatorProcess, available_at, model_deployment, ready_at, wait_for
+from harness import (
+    Kube,
+    OperatorProcess,
+    available_at,
+    model_deployment,
+    ready_at,
+    registered,
+    wait_for,
+)
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
@@ -41,9 +49,7 @@ def test_canary_weight_promotion_and_removal(
     model_name: str,
     router: str,
 ) -> None:
-    quick_versions(registry, model_name, 3)
-    registry.set_registered_model_alias(model_name, "production", "2")
-    registry.set_registered_model_alias(model_name, "canary", "3")
+    registered(registry, model_name, 3, production="2", canary="3")
     manifest = model_deployment(
         "sentiment",
         model_name,

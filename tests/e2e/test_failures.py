@@ -13,15 +13,17 @@ from harness import (
     OperatorProcess,
     available_at,
     condition,
+    condition_message,
     deployment_version,
     model_deployment,
     ready_at,
+    registered,
+    wait_condition,
     wait_for,
 )
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
-from support.registry import quick_versions
 
 
 def test_registry_outage_rolls_nothing_and_recovers(
@@ -32,27 +34,18 @@ def test_registry_outage_rolls_nothing_and_recovers(
     namespace: str,
     model_name: str,
 ) -> None:
-    quick_versions(registry, model_name, 2)
-    registry.set_registered_model_alias(model_name, "production", "1")
+    registered(registry, model_name, 2, production="1")
     kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
 
     mlflow_server.stop()
     try:
-        down = wait_for(
-            lambda: (
-                (r := kube.get("mdep", "sentiment", namespace))
-                and condition(r, "RegistryReachable") == ("False", "RegistryUnreachable")
-                and r
-            ),
-            timeout=30,
-            what="RegistryReachable=False",
+        down = wait_condition(
+            kube, namespace, "sentiment", "RegistryReachable", ("False", "RegistryUnreachable"), timeout=30
         )
         # Still serving: Ready, same version, every object in place.
         assert condition(down, "Ready") == ("True", "Serving")
-        assert "not followed until the registry answers" in next(
-            c["message"] for c in down["status"]["conditions"] if c["type"] == "Ready"
-        )
+        assert "not followed until the registry answers" in condition_message(down, "Ready")
         time.sleep(3)  # several failed polls
         assert available_at(kube, namespace, "sentiment-production", "1")
         assert kube.get("service", "sentiment", namespace) is not None
@@ -85,22 +78,15 @@ def test_deleted_alias_keeps_the_version_serving(
     namespace: str,
     model_name: str,
 ) -> None:
-    quick_versions(registry, model_name, 1)
-    registry.set_registered_model_alias(model_name, "production", "1")
+    registered(registry, model_name, 1, production="1")
     kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
 
     registry.delete_registered_model_alias(model_name, "production")
-    resource = wait_for(
-        lambda: (
-            (r := kube.get("mdep", "sentiment", namespace))
-            and condition(r, "AliasesResolved") == ("False", "AliasNotFound")
-            and r
-        ),
-        timeout=30,
-        what="AliasesResolved=False/AliasNotFound",
+    resource = wait_condition(
+        kube, namespace, "sentiment", "AliasesResolved", ("False", "AliasNotFound"), timeout=30
     )
-    message = next(c["message"] for c in resource["status"]["conditions"] if c["type"] == "AliasesResolved")
+    message = condition_message(resource, "AliasesResolved")
     assert "has no alias @production" in message
     assert "version 1 keeps serving" in message
     assert condition(resource, "Ready") == ("True", "Serving")
@@ -125,20 +111,13 @@ def test_missing_credentials_secret_then_created(
     namespace: str,
     model_name: str,
 ) -> None:
-    quick_versions(registry, model_name, 1)
-    registry.set_registered_model_alias(model_name, "production", "1")
+    registered(registry, model_name, 1, production="1")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url)
     manifest["spec"]["registry"]["credentialsSecretRef"] = {"name": "mlflow-credentials"}
     kube.apply(manifest, namespace=namespace)
 
-    resource = wait_for(
-        lambda: (
-            (r := kube.get("mdep", "sentiment", namespace))
-            and condition(r, "RegistryReachable") == ("False", "CredentialsNotFound")
-            and r
-        ),
-        timeout=30,
-        what="CredentialsNotFound",
+    resource = wait_condition(
+        kube, namespace, "sentiment", "RegistryReachable", ("False", "CredentialsNotFound"), timeout=30
     )
     assert condition(resource, "Ready") == ("False", "NothingToServe")
     assert kube.get("deployment", "sentiment-production", namespace) is None
@@ -176,19 +155,12 @@ def test_model_registered_after_the_resource(
     model_name: str,
 ) -> None:
     kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
-    resource = wait_for(
-        lambda: (
-            (r := kube.get("mdep", "sentiment", namespace))
-            and condition(r, "AliasesResolved") == ("False", "ModelNotFound")
-            and r
-        ),
-        timeout=30,
-        what="ModelNotFound",
+    resource = wait_condition(
+        kube, namespace, "sentiment", "AliasesResolved", ("False", "ModelNotFound"), timeout=30
     )
     assert condition(resource, "Ready") == ("False", "NothingToServe")
 
-    quick_versions(registry, model_name, 1)
-    registry.set_registered_model_alias(model_name, "production", "1")
+    registered(registry, model_name, 1, production="1")
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="deployed once registered")
 
 
@@ -201,8 +173,7 @@ def test_gateway_router_without_gateway_api_crds(
     model_name: str,
 ) -> None:
     """A cluster without the Gateway API: the replicas router works, gatewayAPI says what to install."""
-    quick_versions(registry, model_name, 1)
-    registry.set_registered_model_alias(model_name, "production", "1")
+    registered(registry, model_name, 1, production="1")
     kube.cluster.kubectl("delete", "crd", "httproutes.gateway.networking.k8s.io", "--wait=true")
     try:
         kube.apply(model_deployment("plain", model_name, mlflow_server.url), namespace=namespace)
@@ -211,16 +182,8 @@ def test_gateway_router_without_gateway_api_crds(
             namespace=namespace,
         )
         wait_for(lambda: ready_at(kube, namespace, "plain", "1"), timeout=60, what="replicas router Ready")
-        routed = wait_for(
-            lambda: (
-                (r := kube.get("mdep", "routed", namespace))
-                and condition(r, "Ready") == ("False", "ApplyFailed")
-                and r
-            ),
-            timeout=30,
-            what="gatewayAPI router: Ready=False/ApplyFailed",
-        )
-        message = next(c["message"] for c in routed["status"]["conditions"] if c["type"] == "Ready")
+        routed = wait_condition(kube, namespace, "routed", "Ready", ("False", "ApplyFailed"), timeout=30)
+        message = condition_message(routed, "Ready")
         assert "Gateway API CRDs are not installed" in message
     finally:
         kube.cluster.install_gateway_api_crds()

@@ -11,12 +11,12 @@ from harness import (
     deployment_version,
     model_deployment,
     ready_at,
+    registered,
     wait_for,
 )
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
-from support.registry import quick_versions
 
 OWNED = "aliasroll.io/modeldeployment=sentiment"
 
@@ -29,9 +29,7 @@ def test_operator_killed_mid_rollout_converges(
     namespace: str,
     model_name: str,
 ) -> None:
-    quick_versions(registry, model_name, 2)
-    registry.set_registered_model_alias(model_name, "production", "1")
-    registry.set_registered_model_alias(model_name, "canary", "2")
+    registered(registry, model_name, 2, production="1", canary="2")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url, replicas=4, canary={"weight": 25})
     kube.apply(manifest, namespace=namespace)
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready 1+2")
@@ -68,9 +66,7 @@ def test_deleting_the_resource_removes_everything_it_owned(
     namespace: str,
     model_name: str,
 ) -> None:
-    quick_versions(registry, model_name, 2)
-    registry.set_registered_model_alias(model_name, "production", "1")
-    registry.set_registered_model_alias(model_name, "canary", "2")
+    registered(registry, model_name, 2, production="1", canary="2")
     manifest = model_deployment(
         "sentiment", model_name, mlflow_server.url, canary={"weight": 50}, traffic={"router": "gatewayAPI"}
     )
@@ -94,8 +90,7 @@ def test_hand_edits_and_deletions_are_restored(
     namespace: str,
     model_name: str,
 ) -> None:
-    quick_versions(registry, model_name, 1)
-    registry.set_registered_model_alias(model_name, "production", "1")
+    registered(registry, model_name, 1, production="1")
     kube.apply(model_deployment("sentiment", model_name, mlflow_server.url, replicas=2), namespace=namespace)
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
 
