@@ -64,8 +64,16 @@ def test_missing_model_alias_and_version(
     assert client.version(endpoint, model_name, "42") is None
 
 
+@pytest.fixture
+def operator_http_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's registry timeouts (configure_http), undone after the test."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+@pytest.mark.usefixtures("operator_http_settings")
 def test_unreachable_registry_is_a_quick_clear_error() -> None:
-    client = RegistryClient(timeout_seconds=2)
+    client = RegistryClient()
     started = time.monotonic()
     with pytest.raises(RegistryUnavailable, match=r"registry at http://127\.0\.0\.1:9 did not answer"):
         client.model_aliases(Endpoint("http://127.0.0.1:9"), "sentiment")
@@ -184,13 +192,14 @@ async def test_version_details_are_asked_once(
         await poller.close()
 
 
+@pytest.mark.usefixtures("operator_http_settings")
 async def test_registry_down_then_back(
     registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
 ) -> None:
     """An outage becomes an error answer (with a wake), retried with backoff; recovery wakes again."""
     quick_versions(registry, model_name, 1)
     registry.set_registered_model_alias(model_name, "production", "1")
-    poller = RegistryPoller(RegistryClient(timeout_seconds=2), max_backoff=2)
+    poller = RegistryPoller(RegistryClient(), max_backoff=2)
     endpoint = Endpoint(mlflow_server.url)
     woken = asyncio.Event()
 

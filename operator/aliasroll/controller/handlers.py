@@ -21,7 +21,7 @@ from aliasroll.controller.reconciler import Reconciler, Wake
 from aliasroll.controller.scheduler import Scheduler
 from aliasroll.planning.state import EventRecord
 from aliasroll.planning.workloads import LABEL_MANAGED_BY, LABEL_OWNER, MANAGER, WorkloadDefaults
-from aliasroll.registry.client import RegistryClient
+from aliasroll.registry.client import RegistryClient, configure_http
 from aliasroll.registry.poller import RegistryPoller
 from aliasroll.spec import GROUP, PLURAL, VERSION
 
@@ -41,9 +41,10 @@ class Runtime:
 
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
+        configure_http(timeout_seconds=config.registry_timeout_seconds)
         self.client = AsyncClient(field_manager=MANAGER)
         self.registry = RegistryPoller(
-            RegistryClient(timeout_seconds=config.registry_timeout_seconds),
+            RegistryClient(),
             sweep_threshold=config.registry_sweep_threshold,
             max_backoff=config.registry_max_backoff_seconds,
         )

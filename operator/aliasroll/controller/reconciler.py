@@ -121,8 +121,9 @@ class Reconciler:
         self, body: Mapping[str, Any], owner: ResourceRef, status: Mapping[str, Any]
     ) -> None:
         """Written once per pass, and only when it differs from what the API server holds."""
-        if status != body.get("status") and await self._applier.write_status(owner, status):
-            self._written[owner.uid] = status
+        if status != body.get("status") and not await self._applier.write_status(owner, status):
+            return  # the resource was deleted during the pass
+        self._written[owner.uid] = status
 
     async def _registry_view(self, owner: ResourceRef, spec: ModelDeploymentSpec, wake: Wake) -> RegistryView:
         model = spec.model.name

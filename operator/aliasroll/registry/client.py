@@ -2,8 +2,8 @@
 
 The registry store is built per endpoint (tracking URI + credentials) rather than through the
 MLFLOW_TRACKING_* environment variables, so resources that name different registries or different
-Secrets never share credentials. Timeouts and retries are the operator's, not MLflow's defaults
-(120 s and 7 retries would stall a reconcile loop): the poller retries with its own backoff.
+Secrets never share credentials. Timeouts and retries are the operator's (`configure_http`), not
+MLflow's defaults: 120 s and 7 retries would stall a reconcile loop.
 """
 
 from __future__ import annotations
@@ -54,13 +54,20 @@ class CallCounter:
             return sum(self._counts.values())
 
 
+def configure_http(*, timeout_seconds: float) -> None:
+    """Sets the timeout of every MLflow request of this process, and no retries inside a call.
+
+    MLflow reads both from the environment at each request and has no per-call setting; the operator
+    owns its process, so it sets them once at start. The poller retries with its own backoff.
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_seconds)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+
+
 class RegistryClient:
     """Thread-safe blocking client; the async poller runs its calls in worker threads."""
 
-    def __init__(self, *, timeout_seconds: float = 5.0) -> None:
-        # MLflow reads these per request; the operator process owns them.
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_seconds)))
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    def __init__(self) -> None:
         self.calls = CallCounter()
         self._stores: dict[Endpoint, RestStore] = {}
         self._lock = threading.Lock()
