@@ -458,3 +458,36 @@ def test_status_names_versions_run_ids_and_split() -> None:
     assert result.status["traffic"]["requestedCanaryWeight"] == 20
     assert result.status["registry"]["aliases"] == {"production": "2", "canary": "3"}
     assert result.status["observedGeneration"] == OWNER.generation
+
+
+def test_pod_template_follows_the_serving_image_contract() -> None:
+    the_spec = spec(
+        registry={"trackingUri": "http://mlflow:5000", "credentialsSecretRef": {"name": "creds"}},
+        serving={"port": 9000, "env": [{"name": "EXTRA", "value": "1"}]},
+    )
+    pod = deployments(run(the_spec, view("4"), observed(), {}))["sentiment-production"]["spec"]["template"][
+        "spec"
+    ]
+    (container,) = pod["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env == {
+        "MODEL_URI": "models:/sentiment/4",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "PORT": "9000",
+        "SCRATCH_DIR": "/scratch",
+        "ALIASROLL_TRACK": "production",
+        "EXTRA": "1",
+    }
+    assert container["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/live", "port": "http"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"}]
+    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    strategy = deployments(run(the_spec, view("4"), observed(), {}))["sentiment-production"]["spec"][
+        "strategy"
+    ]
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0, "a roll never drops below the asked capacity"
