@@ -491,3 +491,9 @@ def test_pod_template_follows_the_serving_image_contract() -> None:
         "strategy"
     ]
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0, "a roll never drops below the asked capacity"
+
+
+def test_no_empty_maps_in_status() -> None:
+    """The API server reads an empty map as null, which the status schema refuses."""
+    result = run(spec(), view(None), observed(workload(P, "2")), status_for("2"))
+    assert result.status["registry"] == {"trackingUri": "http://mlflow:5000"}

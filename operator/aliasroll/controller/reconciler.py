@@ -50,7 +50,6 @@ def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
         name=meta["name"],
         uid=meta["uid"],
         generation=int(meta.get("generation") or 0),
-        labels=dict(meta.get("labels") or {}),
     )
 
 
@@ -104,7 +103,11 @@ class Reconciler:
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
-        await self._write_status(body, owner, plan.status)
+        try:
+            await self._write_status(body, owner, plan.status)
+        except KubernetesApplyFailed as error:
+            log.error("%s/%s: %s", owner.namespace, owner.name, error)
+            return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         for event in plan.events:
             self._events.post(body, event)
         failed = view.error if view.error is not None and view.error.transient else None
@@ -156,7 +159,6 @@ class Reconciler:
                 model=model,
                 production=await target(spec.model.alias),
                 canary=await target(spec.canary.alias) if spec.canary else None,
-                answered_at=snapshot.fetched_at,
             )
         except AliasrollError as error:
             return RegistryView(model=model, error=error)

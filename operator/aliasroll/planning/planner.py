@@ -243,7 +243,9 @@ def _status(
         if target is not None and target.version is not None
     }
     if view.error is None:
-        status["registry"] = {"trackingUri": spec.registry.tracking_uri, "aliases": aliases}
+        status["registry"] = {"trackingUri": spec.registry.tracking_uri}
+        if aliases:  # an empty map would be sent as null, which the status schema refuses
+            status["registry"]["aliases"] = aliases
     elif previous.get("registry"):
         status["registry"] = dict(previous["registry"])  # last answer stands until a new one comes
     if history:

@@ -47,7 +47,6 @@ class RegistryView:
     production: AliasTarget | None = None
     canary: AliasTarget | None = None
     error: AliasrollError | None = None
-    answered_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -33,27 +33,6 @@ _NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 _MESSAGE_LIMIT = 300
 
 
-class CallCounter:
-    """Counts registry calls by method: the figure the batching promise is measured in."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-
-    def add(self, method: str) -> None:
-        with self._lock:
-            self._counts[method] = self._counts.get(method, 0) + 1
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._counts.values())
-
-
 def configure_http(*, timeout_seconds: float) -> None:
     """Sets the timeout of every MLflow request of this process, and no retries inside a call.
 
@@ -68,7 +47,6 @@ class RegistryClient:
     """Thread-safe blocking client; the async poller runs its calls in worker threads."""
 
     def __init__(self) -> None:
-        self.calls = CallCounter()
         self._stores: dict[Endpoint, RestStore] = {}
         self._lock = threading.Lock()
 
@@ -143,7 +121,6 @@ class RegistryClient:
     def _call(
         self, endpoint: Endpoint, method: str, call: Callable[[RestStore], Any], *, subject: str
     ) -> Any:
-        self.calls.add(method)
         try:
             return call(self._store(endpoint))
         except MlflowException as error:

@@ -45,7 +45,6 @@ class ModelSnapshot:
     model: str
     aliases: Mapping[str, str] | None
     error: RegistryError | None
-    fetched_at: float  # wall-clock seconds, for status
 
     def same_answer(self, other: ModelSnapshot | None) -> bool:
         if other is None:
@@ -217,9 +216,9 @@ class RegistryPoller:
                     raise result
                 else:
                     answers[entry.model] = result
-        now, wall = self._clock(), time.time()
+        now = self._clock()
         for entry in due:
-            self._record(entry, answers[entry.model], now=now, wall=wall)
+            self._record(entry, answers[entry.model], now=now)
 
     def _sweep_pays_off(self, endpoint: Endpoint, due: int) -> bool:
         if due < self._sweep_threshold:
@@ -242,19 +241,17 @@ class RegistryPoller:
             for model in models
         }
 
-    def _record(
-        self, entry: _Entry, answer: dict[str, str] | RegistryError, *, now: float, wall: float
-    ) -> None:
+    def _record(self, entry: _Entry, answer: dict[str, str] | RegistryError, *, now: float) -> None:
         if isinstance(answer, RegistryError):
             entry.failures += 1
-            snapshot = ModelSnapshot(model=entry.model, aliases=None, error=answer, fetched_at=wall)
+            snapshot = ModelSnapshot(model=entry.model, aliases=None, error=answer)
             entry.next_due = now + min(self._max_backoff, 2.0 ** (entry.failures - 1))
             log.warning(
                 "registry: %s (attempt %d, next in %.0f s)", answer, entry.failures, entry.next_due - now
             )
         else:
             entry.failures = 0
-            snapshot = ModelSnapshot(model=entry.model, aliases=answer, error=None, fetched_at=wall)
+            snapshot = ModelSnapshot(model=entry.model, aliases=answer, error=None)
             entry.next_due = now + entry.interval
         changed = not snapshot.same_answer(entry.snapshot)
         entry.snapshot = snapshot
