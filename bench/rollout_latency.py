@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +32,7 @@ from aliasroll.kube.observe import reduce_deployment  # noqa: E402
 from aliasroll.spec import parse_duration  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 from mlflowserver import MlflowServer  # noqa: E402
+from operatorprocess import OperatorProcess  # noqa: E402
 
 NAMESPACE = "bench"
 NAME = "bench"
@@ -82,22 +80,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-"))
     cluster = LocalCluster(work / "cluster")
     server = MlflowServer(work / "mlflow")
-    operator: subprocess.Popen[bytes] | None = None
+    operator: OperatorProcess | None = None
     try:
         print("starting the control plane and the mlflow server ...", flush=True)
         cluster.start()
         server.start()
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
-        log = open(work / "operator.log", "wb")  # noqa: SIM115 - handed to the child
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "aliasroll"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "ALIASROLL_SERVING_IMAGE": "bench:1"},
-            start_new_session=True,
+        operator = OperatorProcess(
+            kubeconfig=cluster.kubeconfig,
+            log_path=work / "operator.log",
+            env={"ALIASROLL_SERVING_IMAGE": "bench:1"},
         )
+        operator.start()
         client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
         quick_versions(client, "bench-model", 2)
         client.set_registered_model_alias("bench-model", "production", "1")
@@ -165,8 +160,7 @@ def main() -> None:
         )
     finally:
         if operator is not None:
-            os.killpg(operator.pid, signal.SIGTERM)
-            operator.wait(timeout=20)
+            operator.stop()
         server.stop()
         cluster.stop()
 

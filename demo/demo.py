@@ -29,6 +29,7 @@ sys.path[:0] = [str(REPO / "localenv"), str(REPO)]
 
 from localcluster import LocalCluster  # noqa: E402
 from mlflowserver import MlflowServer  # noqa: E402
+from operatorprocess import OperatorProcess  # noqa: E402
 
 STATE = REPO / ".work" / "demo"
 NAMESPACE = "demo"
@@ -110,25 +111,18 @@ def history(kubectl: Kubectl) -> None:
         )
 
 
-def start_operator(cluster: LocalCluster | None, kubectl: Kubectl) -> Path | None:
+def start_operator(cluster: LocalCluster | None) -> None:
     """Runs `python -m aliasroll` in the background, as its own ServiceAccount on the local cluster."""
-    env = dict(os.environ)
     if cluster is not None:
         token = cluster.mint_token("aliasroll-system", "aliasroll", expiration_seconds=7 * 24 * 3600)
-        env["KUBECONFIG"] = str(cluster.write_kubeconfig_for_token(STATE / "operator.kubeconfig", token))
+        kubeconfig = cluster.write_kubeconfig_for_token(STATE / "operator.kubeconfig", token)
+    else:
+        kubeconfig = Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
     pid_file = STATE / "operator.pid"
     stop_pid(pid_file)
-    log = open(STATE / "operator.log", "ab")  # noqa: SIM115 - the operator keeps it
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aliasroll"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-        cwd=REPO,
-    )
-    pid_file.write_text(str(process.pid))
-    return pid_file
+    operator = OperatorProcess(kubeconfig=kubeconfig, log_path=STATE / "operator.log")
+    operator.start()
+    pid_file.write_text(str(operator.pid))
 
 
 def start_model_server(kubectl: Kubectl, tracking_uri: str) -> int:
@@ -227,7 +221,7 @@ def up(use_current: bool) -> None:
         kubectl("apply", "-k", str(REPO / "manifests"))
         # The in-cluster operator pod is a kwok stand-in; the real operator runs here, with its token.
         kubectl("scale", "deployment/aliasroll", "-n", "aliasroll-system", "--replicas=0")
-    start_operator(cluster, kubectl)
+    start_operator(cluster)
     say(f"operator running (log: {STATE / 'operator.log'})")
 
     step("3. A real MLflow server; log and register the sentiment model, as MLflow's docs do")

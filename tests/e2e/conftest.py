@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, Kube, OperatorProcess
+from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, Kube
 
 from localcluster import LocalCluster
+from operatorprocess import OperatorProcess
 
 _namespaces = itertools.count(1)
 
@@ -46,7 +47,18 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     token = cluster.mint_token(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, expiration_seconds=24 * 3600)
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = cluster.write_kubeconfig_for_token(workdir / "kubeconfig", token)
-    process = OperatorProcess(kubeconfig=kubeconfig, log_path=REPO / ".work" / "e2e-operator.log")
+    process = OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=REPO / ".work" / "e2e-operator.log",
+        verbose=True,
+        env={
+            # Short delays, so outages and recoveries show within a test's patience.
+            "ALIASROLL_REGISTRY_TIMEOUT": "2",
+            "ALIASROLL_REGISTRY_MAX_BACKOFF": "2",
+            "ALIASROLL_RETRY_MAX": "3",
+            "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",
+        },
+    )
     process.log_path.unlink(missing_ok=True)
     process.start()
     yield process

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from localcluster import LocalCluster
-from mlflowserver import free_port
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -75,77 +70,6 @@ class Kube:
             if event["involvedObject"].get("name") == name
             and event["involvedObject"].get("kind") == "ModelDeployment"
         ]
-
-
-class OperatorProcess:
-    """`python -m aliasroll`, as users run it, with the kubeconfig of its own ServiceAccount."""
-
-    def __init__(self, *, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.extra_env = env or {}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = free_port()
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            # Short delays, so outages and recoveries show within a test's patience.
-            "ALIASROLL_REGISTRY_TIMEOUT": "2",
-            "ALIASROLL_REGISTRY_MAX_BACKOFF": "2",
-            "ALIASROLL_RETRY_MAX": "3",
-            "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",
-            **self.extra_env,
-        }
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        log.write(f"\n===== operator start {time.strftime('%H:%M:%S')} =====\n".encode())
-        log.flush()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aliasroll",
-                "--verbose",
-                f"--liveness=http://127.0.0.1:{self.port}/healthz",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-            start_new_session=True,
-        )
-        log.close()
-        wait_for(self._healthy, timeout=60, what="the operator's liveness endpoint")
-
-    def _healthy(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise AssertionError(f"the operator exited during start:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def ensure_running(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            self.start()
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
 
 
 def model_deployment(name: str, model: str, tracking_uri: str, **spec: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from harness import (
     Kube,
-    OperatorProcess,
     available_at,
     model_deployment,
     ready_at,
@@ -17,6 +16,7 @@ from harness import (
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
 from support.registry import quick_versions
 
 

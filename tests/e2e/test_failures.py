@@ -10,7 +10,6 @@ import time
 
 from harness import (
     Kube,
-    OperatorProcess,
     available_at,
     condition,
     condition_message,
@@ -24,6 +23,7 @@ from harness import (
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
 
 
 def test_registry_outage_rolls_nothing_and_recovers(

@@ -6,7 +6,6 @@ import json
 
 from harness import (
     Kube,
-    OperatorProcess,
     available_at,
     deployment_version,
     model_deployment,
@@ -17,6 +16,7 @@ from harness import (
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
 
 OWNED = "aliasroll.io/modeldeployment=sentiment"
 

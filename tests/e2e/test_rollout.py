@@ -5,7 +5,6 @@ from __future__ import annotations
 from examples.sentiment.register import register_version
 from harness import (
     Kube,
-    OperatorProcess,
     available_at,
     deployment_version,
     model_deployment,
@@ -15,6 +14,7 @@ from harness import (
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
 
 
 def test_alias_moves_roll_forward_and_back(

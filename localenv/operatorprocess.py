@@ -1,0 +1,83 @@
+"""The operator as users run it, `python -m aliasroll`, as a background process.
+
+Shared by the end-to-end tests, the demo and the rollout benchmark. Started in its own session with
+its log in a file; ready once its liveness endpoint answers; stopped by its saved PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflowserver import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class OperatorProcess:
+    def __init__(
+        self, *, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None, verbose: bool = False
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra_env = dict(env or {})
+        self.verbose = verbose
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = free_port()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, *, timeout: float = 60) -> None:
+        """Starts it and waits for its liveness endpoint; raises with the log's tail if it exits."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env}
+        command = [sys.executable, "-m", "aliasroll", f"--liveness=http://127.0.0.1:{self.port}/healthz"]
+        if self.verbose:
+            command.append("--verbose")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== operator start {time.strftime('%H:%M:%S')} =====\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the operator did not become live in {timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"the operator exited during start:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def ensure_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
