@@ -373,6 +373,11 @@ def _conditions(
                 f"{track.value} rolling to version {decision.target.version} "
                 f"({available}/{traffic.replicas.get(track, 0)} available)"
             )
+        elif workload is not None and workload.replicas != traffic.replicas.get(track, 0):
+            # The replica split is not in place while a track still scales.
+            rolling.append(
+                f"{track.value} scaling from {workload.replicas} to {traffic.replicas.get(track, 0)} pods"
+            )
     serving = f"version {production.target.version} serves production"
     if canary.target is not None:
         serving += f", canary version {canary.target.version} gets {traffic.canary_weight}% of requests"
