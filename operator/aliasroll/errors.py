@@ -63,7 +63,22 @@ class ModelNotFound(RegistryError):
 
 
 class KubernetesApplyFailed(AliasrollError):
-    """The API server refused an object the planner produced (for example a missing CRD)."""
+    """The API server refused an object the planner produced (for example a missing CRD or RBAC rule)."""
 
     reason = reasons.APPLY_FAILED
     transient = True
+
+
+class KubernetesUnavailable(AliasrollError):
+    """The API server could not answer now (429, 5xx, conflict, connection lost): retry, change nothing.
+
+    Not a user's mistake, so it never flips Ready: the pass is retried after `retry_after` seconds
+    (the server's Retry-After when it gave one) and what runs keeps running.
+    """
+
+    reason = reasons.KUBERNETES_UNAVAILABLE
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

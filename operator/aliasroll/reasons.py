@@ -18,6 +18,7 @@ ROLLING_OUT: Final = "RollingOut"
 NOTHING_TO_SERVE: Final = "NothingToServe"
 INVALID_SPEC: Final = "InvalidSpec"
 APPLY_FAILED: Final = "ApplyFailed"
+KUBERNETES_UNAVAILABLE: Final = "KubernetesUnavailable"  # logged and retried, never a condition
 
 # Progressing.
 ROLLOUT_COMPLETE: Final = "RolloutComplete"

@@ -15,7 +15,7 @@ from lightkube import AsyncClient
 
 from aliasroll import conditions, reasons
 from aliasroll.conditions import FALSE, Condition
-from aliasroll.errors import AliasrollError, InvalidSpec, KubernetesApplyFailed
+from aliasroll.errors import AliasrollError, InvalidSpec, KubernetesApplyFailed, KubernetesUnavailable
 from aliasroll.kube.applier import Applier
 from aliasroll.kube.credentials import read_credentials
 from aliasroll.kube.observe import observe
@@ -75,6 +75,15 @@ class Reconciler:
         self._written: dict[str, Mapping[str, Any]] = {}
 
     async def reconcile(self, body: Mapping[str, Any], *, wake: Wake) -> PassResult:
+        try:
+            return await self._reconcile(body, wake)
+        except KubernetesUnavailable as error:
+            # Nothing was pruned on a partial picture, and status is left as it was: retry soon.
+            meta = body["metadata"]
+            log.warning("%s/%s: %s; will retry", meta["namespace"], meta["name"], error)
+            return PassResult(next_in=error.retry_after, failed=error)
+
+    async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> PassResult:
         owner = resource_ref(body)
         previous_status: Mapping[str, Any] = self._written.get(owner.uid) or body.get("status") or {}
         try:
@@ -84,7 +93,11 @@ class Reconciler:
             await self._report_failure(body, owner, previous_status, error)
             return PassResult(next_in=None)
 
-        observation = await observe(self._client, owner)
+        try:
+            observation = await observe(self._client, owner)
+        except KubernetesApplyFailed as error:  # RBAC on a list: nothing applied or pruned blind
+            await self._report_failure(body, owner, previous_status, error)
+            return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         view = await self._registry_view(owner, spec, wake)
         plan = planner.plan(
             owner=owner,
@@ -160,6 +173,8 @@ class Reconciler:
                 production=await target(spec.model.alias),
                 canary=await target(spec.canary.alias) if spec.canary else None,
             )
+        except KubernetesUnavailable:
+            raise  # the API server, not the registry: the whole pass is retried
         except AliasrollError as error:
             return RegistryView(model=model, error=error)
 
@@ -195,4 +210,7 @@ class Reconciler:
         ready_before = conditions.find(previous_conditions, reasons.READY)
         if ready_before is None or ready_before.get("reason") != error.reason:
             self._events.post(body, EventRecord("Warning", error.reason, error.message))
-        await self._write_status(body, owner, new_status)
+        try:
+            await self._write_status(body, owner, new_status)
+        except KubernetesApplyFailed as write_error:  # the event above still says what is wrong
+            log.error("%s/%s: %s (while reporting: %s)", owner.namespace, owner.name, write_error, error)

@@ -12,10 +12,9 @@ from typing import Any
 
 import httpx2
 from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
 from lightkube.types import CascadeType, PatchType
 
-from aliasroll.errors import KubernetesApplyFailed
+from aliasroll.kube.failures import api_failure
 from aliasroll.kube.observe import Key
 from aliasroll.kube.resources import ModelDeployment, resource_for
 from aliasroll.planning.state import ChildRef
@@ -62,8 +61,8 @@ class Applier:
                     field_manager=self._field_manager,
                     force=True,  # the operator's fields are the operator's: take them back from hand edits
                 )
-            except httpx2.HTTPStatusError as error:
-                raise KubernetesApplyFailed(_explain(kind, name, error)) from None
+            except httpx2.HTTPError as error:
+                raise api_failure("apply", kind, name, error) from None
             written.append((kind, name))
         return written
 
@@ -77,9 +76,9 @@ class Applier:
                     namespace=namespace,
                     cascade=CascadeType.BACKGROUND,
                 )
-            except httpx2.HTTPStatusError as error:
-                if error.response.status_code != 404:
-                    raise KubernetesApplyFailed(_explain(child.kind, child.name, error)) from None
+            except httpx2.HTTPError as error:
+                if not _is_not_found(error):
+                    raise api_failure("delete", child.kind, child.name, error) from None
             deleted.append((child.kind, child.name))
         return deleted
 
@@ -101,10 +100,10 @@ class Applier:
                 field_manager=self._field_manager,
                 force=True,
             )
-        except httpx2.HTTPStatusError as error:
-            if error.response.status_code == 404:
+        except httpx2.HTTPError as error:
+            if _is_not_found(error):
                 return False
-            raise KubernetesApplyFailed(_explain(KIND, owner.name, error)) from None
+            raise api_failure("write the status of", KIND, owner.name, error) from None
         return True
 
 
@@ -145,15 +144,5 @@ def _extra_keys(wanted: Manifest, live: Mapping[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def _explain(kind: str, name: str, error: httpx2.HTTPStatusError) -> str:
-    code = error.response.status_code
-    # An ApiError carries the API server's Status message; a bare 404 (kind not installed) does not.
-    message = (error.status.message if isinstance(error, ApiError) else None) or error.response.reason_phrase
-    if code == 404 and kind == "HTTPRoute":
-        return (
-            f"cannot create HTTPRoute {name}: the Gateway API CRDs are not installed "
-            "(install them, or set spec.traffic.router: replicas)"
-        )
-    if code == 403:
-        return f"the operator may not write {kind} {name} (RBAC): {message}"
-    return f"cannot apply {kind} {name} (HTTP {code}): {message}"
+def _is_not_found(error: httpx2.HTTPError) -> bool:
+    return isinstance(error, httpx2.HTTPStatusError) and error.response.status_code == 404

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 
+import httpx2
 from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Secret
 
 from aliasroll.errors import CredentialsNotFound
+from aliasroll.kube.failures import api_failure
 from aliasroll.registry.types import Credentials
 
 USERNAME = "MLFLOW_TRACKING_USERNAME"
@@ -25,17 +26,18 @@ INSECURE_TLS = "MLFLOW_TRACKING_INSECURE_TLS"
 async def read_credentials(client: AsyncClient, *, namespace: str, secret_name: str) -> Credentials:
     try:
         secret = await client.get(Secret, secret_name, namespace=namespace)
-    except ApiError as error:
-        if error.status.code == 404:
+    except httpx2.HTTPError as error:
+        code = error.response.status_code if isinstance(error, httpx2.HTTPStatusError) else None
+        if code == 404:
             raise CredentialsNotFound(
                 f"Secret {secret_name!r} (spec.registry.credentialsSecretRef) does not exist in "
                 f"namespace {namespace!r}"
             ) from None
-        if error.status.code == 403:
+        if code == 403:
             raise CredentialsNotFound(
                 f"the operator may not read Secret {secret_name!r} in namespace {namespace!r} (RBAC)"
             ) from None
-        raise
+        raise api_failure("read", "Secret", secret_name, error) from None
     values = {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
     values.update(secret.stringData or {})
     return credentials_from(values, secret_name=secret_name)

@@ -11,6 +11,7 @@ import httpx2
 from lightkube import AsyncClient
 from lightkube.core.resource import api_info
 
+from aliasroll.kube.failures import api_failure
 from aliasroll.kube.resources import OWNED_KINDS
 from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
 from aliasroll.planning.workloads import (
@@ -32,7 +33,11 @@ class Observation:
 
 
 async def observe(client: AsyncClient, owner: ResourceRef) -> Observation:
-    """Lists every kind the operator may own, by label, keeping only objects this resource controls."""
+    """Lists every kind the operator may own, by label, keeping only objects this resource controls.
+
+    Raises KubernetesApplyFailed or KubernetesUnavailable when a list fails: without a full picture
+    of what exists, the pass must neither apply nor prune.
+    """
     listed = await asyncio.gather(*(_list(client, resource, owner) for resource in OWNED_KINDS.values()))
     live: dict[Key, Mapping[str, Any]] = {}
     children: list[ChildRef] = []
@@ -60,11 +65,11 @@ async def _list(client: AsyncClient, resource: Any, owner: ResourceRef) -> list[
                 resource, namespace=owner.namespace, labels={LABEL_OWNER: owner.name}
             )
         ]
-    except httpx2.HTTPStatusError as error:
+    except httpx2.HTTPError as error:
         # A kind that is not installed (Gateway API CRDs) answers a bare 404 page, not an ApiError.
-        if error.response.status_code == 404:
+        if isinstance(error, httpx2.HTTPStatusError) and error.response.status_code == 404:
             return []  # nothing of it can be owned
-        raise
+        raise api_failure("list", api_info(resource).resource.kind, None, error) from None
 
 
 def _as_dict(item: Any, resource: Any) -> dict[str, Any]:
