@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from mlflow import MlflowClient
 
-from aliasroll.errors import ModelNotFound, RegistryUnavailable
+from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable
 from aliasroll.registry.client import RegistryClient
 from aliasroll.registry.poller import RegistryPoller
 from aliasroll.registry.types import Endpoint
@@ -75,9 +78,47 @@ def operator_http_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unreachable_registry_is_a_quick_clear_error() -> None:
     client = RegistryClient()
     started = time.monotonic()
-    with pytest.raises(RegistryUnavailable, match=r"registry at http://127\.0\.0\.1:9 did not answer"):
+    unreachable = r"registry at http://127\.0\.0\.1:9 did not answer: connection refused"
+    with pytest.raises(RegistryUnavailable, match=unreachable):
         client.model_aliases(Endpoint("http://127.0.0.1:9"), "sentiment")
     assert time.monotonic() - started < 5, "no retries or long timeouts inside one poll"
+
+
+class _NotMlflow(BaseHTTPRequestHandler):
+    """Another web server where the registry should be: a 404 page, or a UI that answers 200 HTML
+    on every path (the MLflow UI's own address behind a proxy, say)."""
+
+    def do_GET(self) -> None:
+        status = 200 if self.path.startswith("/spa/") else 404
+        body = b"<!doctype html><html><body>not the REST API</body></html>"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_mlflow() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotMlflow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.usefixtures("operator_http_settings")
+@pytest.mark.parametrize("path", ["", "/spa"], ids=["404 page", "200 html"])
+def test_a_tracking_uri_that_is_not_mlflow_says_so(not_mlflow: str, path: str) -> None:
+    with pytest.raises(RegistryError) as raised:
+        RegistryClient().model_aliases(Endpoint(not_mlflow + path), "sentiment")
+    assert type(raised.value) is RegistryError, "not worth a fast retry: the address is wrong"
+    assert "is it an MLflow tracking server? check spec.registry.trackingUri" in raised.value.message
+    assert "<html" not in raised.value.message, "the page itself is noise in a condition"
 
 
 async def _subscribe_all(

@@ -42,6 +42,34 @@ ENDPOINT = Endpoint("http://mlflow:5000")
             RegistryUnavailable,
             "did not answer",
         ),
+        (
+            MlflowException(
+                "API request to endpoint /api/2.0/mlflow/registered-models/get failed with error code "
+                "502 != 200. Response body: '<html>Bad Gateway</html>'"
+            ),
+            RegistryUnavailable,
+            "failed (HTTP 502)",
+        ),
+        (
+            MlflowException(
+                "API request to http://mlflow:5000/x failed with exception HTTPConnectionPool(host='mlflow', "
+                'port=5000): Max retries exceeded (Caused by NameResolutionError("Failed to resolve"))'
+            ),
+            RegistryUnavailable,
+            "the host name does not resolve",
+        ),
+        (
+            MlflowException(
+                "API request failed with exception ReadTimeoutError: Read timed out. (timeout=2)"
+            ),
+            RegistryUnavailable,
+            "timed out (ALIASROLL_REGISTRY_TIMEOUT)",
+        ),
+        (
+            MlflowException("API request failed with exception SSLError: CERTIFICATE_VERIFY_FAILED"),
+            RegistryUnavailable,
+            "MLFLOW_TRACKING_INSECURE_TLS",
+        ),
     ],
 )
 def test_errors_map_to_domain_errors(

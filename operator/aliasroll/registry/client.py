@@ -9,6 +9,7 @@ MLflow's defaults: 120 s and 7 retries would stall a reconcile loop.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -163,7 +164,51 @@ def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: s
             f"the registry at {endpoint.tracking_uri} refused the credentials for {subject}; "
             "check spec.registry.credentialsSecretRef"
         )
-    return RegistryUnavailable(f"the registry at {endpoint.tracking_uri} did not answer: {detail}")
+    text = str(error)
+    # MLflow raises a plain MlflowException when the answer is not its JSON error format: some
+    # other server (a wrong trackingUri, an ingress error page) or no server at all.
+    if (match := _NON_JSON_STATUS.search(text)) is not None:
+        status = int(match.group(1))
+        if status >= 500 or status == 429:
+            return RegistryUnavailable(f"the registry at {endpoint.tracking_uri} failed (HTTP {status})")
+        return RegistryError(_not_mlflow(endpoint, f"HTTP {status} with a non-MLflow answer"))
+    if _NON_JSON_SUCCESS in text:
+        return RegistryError(_not_mlflow(endpoint, "an answer that is not JSON"))
+    return RegistryUnavailable(
+        f"the registry at {endpoint.tracking_uri} did not answer: {_transport_problem(text) or detail}"
+    )
+
+
+_NON_JSON_STATUS = re.compile(r"failed with error code (\d+) != 200")
+_NON_JSON_SUCCESS = "response body was not in a valid JSON format"
+# What the connection failures of requests/urllib3 say, in the words a user would search for.
+_TRANSPORT_PROBLEMS = (
+    (
+        ("NameResolutionError", "Name or service not known", "nodename nor servname"),
+        "the host name does not resolve",
+    ),
+    (("Connection refused",), "connection refused"),
+    (("ConnectTimeout", "ReadTimeout", "timed out"), "timed out (ALIASROLL_REGISTRY_TIMEOUT)"),
+    (
+        ("SSLError", "CERTIFICATE_VERIFY_FAILED"),
+        "TLS verification failed (trust its CA, or set MLFLOW_TRACKING_INSECURE_TLS "
+        "in the credentials Secret)",
+    ),
+)
+
+
+def _transport_problem(text: str) -> str | None:
+    for needles, problem in _TRANSPORT_PROBLEMS:
+        if any(needle in text for needle in needles):
+            return problem
+    return None
+
+
+def _not_mlflow(endpoint: Endpoint, what: str) -> str:
+    return (
+        f"{endpoint.tracking_uri} gave {what} on the MLflow REST API: is it an MLflow tracking server? "
+        "check spec.registry.trackingUri (the server's base URL, without /api or #/ paths)"
+    )
 
 
 def _short(text: str) -> str:
