@@ -325,6 +325,19 @@ CASES = [
         events=(reasons.VERSION_NOT_READY,),
     ),
     Case(
+        name="canary available, production still scaling down: not Ready until the split is in place",
+        spec=canary_spec(20),
+        view=view("2", "3"),
+        observed=observed(workload(P, "2", replicas=8, available=10), workload(C, "3", replicas=2)),
+        previous=status_for("2", "3"),
+        production=("2", 8),
+        canary=("3", 2),
+        conditions={
+            reasons.READY: ("False", reasons.ROLLING_OUT),
+            reasons.PROGRESSING: ("True", reasons.ROLLING_OUT),
+        },
+    ),
+    Case(
         name="owned Deployment deleted by hand: recreated at the recorded version when the registry is down",
         spec=spec(),
         view=view(error=RegistryUnavailable("down")),

@@ -18,7 +18,14 @@ from aliasroll import conditions, reasons
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.planning import workloads
 from aliasroll.planning.decide import TrackDecision, decide_canary, decide_production, is_rollback
-from aliasroll.planning.state import ChildRef, EventRecord, ObservedState, RegistryView, ServedVersion
+from aliasroll.planning.state import (
+    ChildRef,
+    EventRecord,
+    ObservedState,
+    ObservedWorkload,
+    RegistryView,
+    ServedVersion,
+)
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
 from aliasroll.routers import TrafficInput, TrafficPlan, router_for
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, Track
@@ -122,6 +129,12 @@ def _settled(observed: ObservedState, track: Track, version: ServedVersion | Non
         and workload.model == version.model
         and workload.rolled_out
     )
+
+
+def _scaled(workload: ObservedWorkload, wanted: int) -> bool:
+    """The track runs exactly `wanted` pods: its spec says so, and no surplus pod of a scale-down
+    is still counted available (the achieved split would be reported too early)."""
+    return workload.replicas == wanted and workload.available <= wanted
 
 
 def _prunable(
@@ -373,10 +386,10 @@ def _conditions(
                 f"{track.value} rolling to version {decision.target.version} "
                 f"({available}/{traffic.replicas.get(track, 0)} available)"
             )
-        elif workload is not None and workload.replicas != traffic.replicas.get(track, 0):
+        elif workload is not None and not _scaled(workload, traffic.replicas.get(track, 0)):
             # The replica split is not in place while a track still scales.
             rolling.append(
-                f"{track.value} scaling from {workload.replicas} to {traffic.replicas.get(track, 0)} pods"
+                f"{track.value} scaling from {workload.available} to {traffic.replicas.get(track, 0)} pods"
             )
     serving = f"version {production.target.version} serves production"
     if canary.target is not None:
