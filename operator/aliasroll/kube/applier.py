@@ -14,7 +14,7 @@ import httpx2
 from lightkube import AsyncClient
 from lightkube.types import CascadeType, PatchType
 
-from aliasroll.kube.failures import api_failure
+from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.observe import Key
 from aliasroll.kube.resources import ModelDeployment, resource_for
 from aliasroll.planning.state import ChildRef
@@ -77,7 +77,7 @@ class Applier:
                     cascade=CascadeType.BACKGROUND,
                 )
             except httpx2.HTTPError as error:
-                if not _is_not_found(error):
+                if status_code(error) != 404:
                     raise api_failure("delete", child.kind, child.name, error) from None
             deleted.append((child.kind, child.name))
         return deleted
@@ -101,7 +101,7 @@ class Applier:
                 force=True,
             )
         except httpx2.HTTPError as error:
-            if _is_not_found(error):
+            if status_code(error) == 404:
                 return False
             raise api_failure("write the status of", KIND, owner.name, error) from None
         return True
@@ -142,7 +142,3 @@ def _extra_keys(wanted: Manifest, live: Mapping[str, Any]) -> dict[str, Any]:
                 node = node.setdefault(part, {})
             node[path[-1]] = extra
     return patch
-
-
-def _is_not_found(error: httpx2.HTTPError) -> bool:
-    return isinstance(error, httpx2.HTTPStatusError) and error.response.status_code == 404

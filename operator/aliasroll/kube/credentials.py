@@ -14,7 +14,7 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 
 from aliasroll.errors import CredentialsNotFound
-from aliasroll.kube.failures import api_failure
+from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.registry.types import Credentials
 
 USERNAME = "MLFLOW_TRACKING_USERNAME"
@@ -27,7 +27,7 @@ async def read_credentials(client: AsyncClient, *, namespace: str, secret_name: 
     try:
         secret = await client.get(Secret, secret_name, namespace=namespace)
     except httpx2.HTTPError as error:
-        code = error.response.status_code if isinstance(error, httpx2.HTTPStatusError) else None
+        code = status_code(error)
         if code == 404:
             raise CredentialsNotFound(
                 f"Secret {secret_name!r} (spec.registry.credentialsSecretRef) does not exist in "

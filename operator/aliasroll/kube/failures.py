@@ -42,6 +42,11 @@ def api_failure(
     return KubernetesApplyFailed(f"cannot {action} {target} (HTTP {code}): {message}")
 
 
+def status_code(error: httpx2.HTTPError) -> int | None:
+    """The HTTP status of an answer, or None when the API server gave none (connection lost)."""
+    return error.response.status_code if isinstance(error, httpx2.HTTPStatusError) else None
+
+
 def _retry_after(error: httpx2.HTTPStatusError) -> float | None:
     header = error.response.headers.get("Retry-After")
     try:

@@ -11,7 +11,7 @@ import httpx2
 from lightkube import AsyncClient
 from lightkube.core.resource import api_info
 
-from aliasroll.kube.failures import api_failure
+from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.resources import OWNED_KINDS
 from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
 from aliasroll.planning.workloads import (
@@ -67,7 +67,7 @@ async def _list(client: AsyncClient, resource: Any, owner: ResourceRef) -> list[
         ]
     except httpx2.HTTPError as error:
         # A kind that is not installed (Gateway API CRDs) answers a bare 404 page, not an ApiError.
-        if isinstance(error, httpx2.HTTPStatusError) and error.response.status_code == 404:
+        if status_code(error) == 404:
             return []  # nothing of it can be owned
         raise api_failure("list", api_info(resource).resource.kind, None, error) from None
 
