@@ -69,6 +69,13 @@ class KubernetesApplyFailed(AliasrollError):
     transient = True
 
 
+class NameConflict(AliasrollError):
+    """A name the operator would create is taken by an object this resource does not control."""
+
+    reason = reasons.NAME_CONFLICT
+    transient = True  # the other object may be renamed or deleted; keep looking, with backoff
+
+
 class KubernetesUnavailable(AliasrollError):
     """The API server could not answer now (429, 5xx, conflict, connection lost): retry, change nothing.
 

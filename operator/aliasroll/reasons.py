@@ -14,15 +14,20 @@ ALIASES_RESOLVED: Final = "AliasesResolved"
 
 # Ready.
 SERVING: Final = "Serving"
+SCALED_TO_ZERO: Final = "ScaledToZero"  # True: spec.replicas is 0, nothing is wrong
 ROLLING_OUT: Final = "RollingOut"
 NOTHING_TO_SERVE: Final = "NothingToServe"
 INVALID_SPEC: Final = "InvalidSpec"
 APPLY_FAILED: Final = "ApplyFailed"
+NAME_CONFLICT: Final = (
+    "NameConflict"  # a name the operator would create is taken by an object it does not control
+)
 KUBERNETES_UNAVAILABLE: Final = "KubernetesUnavailable"  # logged and retried, never a condition
 
 # Progressing.
 ROLLOUT_COMPLETE: Final = "RolloutComplete"
 ROLLOUT_STALLED: Final = "RolloutStalled"
+SUSPENDED: Final = "Suspended"  # spec.suspend: alias moves are not followed (also an event)
 
 # RegistryReachable.
 REGISTRY_ANSWERED: Final = "RegistryAnswered"

@@ -102,6 +102,7 @@ class ModelDeploymentSpec:
     serving: ServingSpec
     traffic: TrafficSpec
     canary: CanarySpec | None = None
+    suspend: bool = False  # alias moves are not followed; what runs keeps running
 
     @property
     def canary_wanted(self) -> bool:
@@ -183,7 +184,11 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
             "spec.traffic.router", f"{router_name!r} is not a router; use one of: {known}"
         ) from None
     gateway = traffic.get("gatewayAPI") or {}
+    suspend = spec.get("suspend", False)
+    if not isinstance(suspend, bool):
+        raise InvalidSpec("spec.suspend", f"must be true or false, got {suspend!r}")
     return ModelDeploymentSpec(
+        suspend=suspend,
         model=ModelRef(name=model_name, alias=alias),
         registry=RegistrySpec(
             tracking_uri=tracking_uri, credentials_secret=credentials_secret, poll_seconds=poll_seconds

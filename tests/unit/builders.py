@@ -28,10 +28,8 @@ def canary_spec(weight: int = 20, *, replicas: int = 10, router: str = "replicas
     return spec(canary={"alias": "canary", "weight": weight}, replicas=replicas, traffic={"router": router})
 
 
-def info(version: str, status: str = "READY") -> VersionInfo:
-    return VersionInfo(
-        model="sentiment", version=version, status=status, run_id=f"run-{version}", source=None
-    )
+def info(version: str, status: str = "READY", *, model: str = "sentiment") -> VersionInfo:
+    return VersionInfo(model=model, version=version, status=status, run_id=f"run-{version}", source=None)
 
 
 def view(
@@ -41,9 +39,10 @@ def view(
     not_ready: tuple[str, ...] = (),
     missing: tuple[str, ...] = (),
     error: AliasrollError | None = None,
+    model: str = "sentiment",
 ) -> RegistryView:
     if error is not None:
-        return RegistryView(model="sentiment", error=error)
+        return RegistryView(model=model, error=error)
 
     def target(alias: str, version: str | None) -> AliasTarget:
         if version is None:
@@ -51,12 +50,12 @@ def view(
         found = (
             None
             if version in missing
-            else info(version, "PENDING_REGISTRATION" if version in not_ready else "READY")
+            else info(version, "PENDING_REGISTRATION" if version in not_ready else "READY", model=model)
         )
         return AliasTarget(alias=alias, version=version, info=found)
 
     return RegistryView(
-        model="sentiment", production=target("production", production), canary=target("canary", canary)
+        model=model, production=target("production", production), canary=target("canary", canary)
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 from builders import OWNER, canary_spec, observed, workload
 
 from aliasroll.planning.state import ObservedState, ServedVersion
-from aliasroll.routers import ROUTERS, TrafficInput, TrafficRouter
+from aliasroll.routers import ROUTERS, Routing, TrafficInput, TrafficRouter
 from aliasroll.spec import RouterKind, Track
 
 P, C = Track.PRODUCTION, Track.CANARY
@@ -41,44 +41,69 @@ def router(request: pytest.FixtureRequest) -> TrafficRouter:
     return request.param  # type: ignore[no-any-return]
 
 
+def plan(router: TrafficRouter, traffic_input: TrafficInput) -> tuple[dict[Track, int], Routing]:
+    """The router's final split, and its routing when each track runs what the split asks."""
+    split = dict(router.split(traffic_input))
+    return split, router.route(traffic_input, split)
+
+
 # The contract.
 
 
 def test_no_canary_means_every_request_to_production(router: TrafficRouter) -> None:
-    plan = router.plan(traffic(router.kind, canary=None))
-    assert plan.replicas == {P: 10}
-    assert plan.canary_weight == 0
+    split, routing = plan(router, traffic(router.kind, canary=None))
+    assert split == {P: 10}
+    assert routing.canary_weight == 0
 
 
 def test_no_traffic_to_a_canary_without_available_replicas(router: TrafficRouter) -> None:
     state = observed(
         workload(P, "2", replicas=10), workload(C, "3", replicas=2, available=0, rolled_out=False)
     )
-    plan = router.plan(traffic(router.kind, state=state))
-    assert plan.canary_weight == 0
-    assert plan.replicas[C] >= 1, "the canary is still started"
+    split, routing = plan(router, traffic(router.kind, state=state))
+    assert routing.canary_weight == 0
+    assert split[C] >= 1, "the canary is still started"
 
 
-def test_production_keeps_full_capacity_until_canary_is_available(router: TrafficRouter) -> None:
-    plan = router.plan(traffic(router.kind, state=observed(workload(P, "2", replicas=10))))
-    assert plan.replicas[P] == 10
+@pytest.mark.parametrize("weight", [1, 5, 20, 50, 99, 100])
+@pytest.mark.parametrize("total", [1, 2, 5, 10])
+def test_the_canary_never_gets_more_than_its_available_pods_carry(
+    router: TrafficRouter, weight: int, total: int
+) -> None:
+    """Whatever share is asked, the canary's weight never exceeds the share of its pods that are up."""
+    wanted = dict(router.split(traffic(router.kind, weight=weight, replicas=total)))
+    for canary_up in range(wanted[C] + 1):
+        state = observed(
+            workload(P, "2", replicas=wanted[P]),
+            workload(C, "3", replicas=wanted[C], available=canary_up, rolled_out=canary_up == wanted[C]),
+        )
+        routing = router.route(traffic(router.kind, weight=weight, replicas=total, state=state), wanted)
+        assert (
+            routing.canary_weight <= weight * canary_up / wanted[C] + 1e-9
+            or router.kind is RouterKind.REPLICAS
+        )
+        assert routing.canary_weight <= round(100 * canary_up / max(1, canary_up + wanted[P])) or (
+            router.kind is RouterKind.GATEWAY_API
+        )
+        if canary_up == 0:
+            assert routing.canary_weight == 0
 
 
 def test_available_canary_gets_about_the_asked_share(router: TrafficRouter) -> None:
     state = observed(workload(P, "2", replicas=8), workload(C, "3", replicas=2))
-    plan = router.plan(traffic(router.kind, state=state))
-    assert plan.canary_weight == 20
-    assert "20%" in plan.message
+    _, routing = plan(router, traffic(router.kind, state=state))
+    assert routing.canary_weight == 20
+    assert "20%" in routing.message
 
 
 def test_stable_service_named_after_the_resource(router: TrafficRouter) -> None:
-    plan = router.plan(traffic(router.kind))
-    names = {(obj["kind"], obj["metadata"]["name"]) for obj in plan.objects}
+    _, routing = plan(router, traffic(router.kind))
+    names = {(obj["kind"], obj["metadata"]["name"]) for obj in routing.objects}
     assert ("Service", "sentiment") in names
 
 
 def test_routing_objects_are_owned(router: TrafficRouter) -> None:
-    for obj in router.plan(traffic(router.kind)).objects:
+    for obj in plan(router, traffic(router.kind))[1].objects:
         assert obj["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
         assert obj["metadata"]["namespace"] == OWNER.namespace
 
@@ -86,36 +111,35 @@ def test_routing_objects_are_owned(router: TrafficRouter) -> None:
 # Replica-ratio split.
 
 REPLICA_CASES = [
-    # (name, total, weight, canary available, production available) -> (production, canary, achieved %)
-    ("20% of 10, canary up", 10, 20, 2, 8, (8, 2, 20)),
-    ("20% of 10, canary starting", 10, 20, 0, 10, (10, 2, 0)),
-    ("50% of 2", 2, 50, 1, 1, (1, 1, 50)),
-    ("20% of 1: one pod each, 50% achieved", 1, 20, 1, 1, (1, 1, 50)),
-    ("1% of 10 rounds up to one pod", 10, 1, 1, 9, (9, 1, 10)),
-    ("100% moves everything to the canary", 4, 100, 4, 0, (0, 4, 100)),
+    # (name, total, weight) -> (production, canary) once the split is in place
+    ("20% of 10", 10, 20, (8, 2)),
+    ("50% of 2", 2, 50, (1, 1)),
+    ("20% of 1: one pod each", 1, 20, (1, 1)),
+    ("1% of 10 rounds up to one pod", 10, 1, (9, 1)),
+    ("99% of 10 keeps one production pod", 10, 99, (1, 9)),
+    ("100% moves everything to the canary", 4, 100, (0, 4)),
 ]
 
 
 @pytest.mark.parametrize(
-    ("name", "total", "weight", "canary_up", "production_up", "expected"),
-    REPLICA_CASES,
-    ids=[case[0] for case in REPLICA_CASES],
+    ("name", "total", "weight", "expected"), REPLICA_CASES, ids=[case[0] for case in REPLICA_CASES]
 )
-def test_replica_split(
-    name: str, total: int, weight: int, canary_up: int, production_up: int, expected: tuple[int, int, int]
-) -> None:
-    state = observed(
-        workload(P, "2", replicas=production_up, available=production_up),
-        workload(C, "3", replicas=canary_up, available=canary_up),
+def test_replica_split(name: str, total: int, weight: int, expected: tuple[int, int]) -> None:
+    split = ROUTERS[RouterKind.REPLICAS].split(traffic(RouterKind.REPLICAS, weight=weight, replicas=total))
+    assert (split[P], split[C]) == expected
+
+
+def test_replica_router_reports_the_share_its_ready_pods_give() -> None:
+    state = observed(workload(P, "2", replicas=1, available=1), workload(C, "3", replicas=1))
+    routing = ROUTERS[RouterKind.REPLICAS].route(
+        traffic(RouterKind.REPLICAS, weight=20, replicas=1, state=state), {P: 1, C: 1}
     )
-    plan = ROUTERS[RouterKind.REPLICAS].plan(
-        traffic(RouterKind.REPLICAS, weight=weight, replicas=total, state=state)
-    )
-    assert (plan.replicas[P], plan.replicas[C], plan.canary_weight) == expected
+    assert routing.canary_weight == 50
+    assert "asked 20%" in routing.message
 
 
 def test_replica_router_one_service_selects_both_tracks() -> None:
-    (service,) = ROUTERS[RouterKind.REPLICAS].plan(traffic(RouterKind.REPLICAS)).objects
+    (service,) = plan(ROUTERS[RouterKind.REPLICAS], traffic(RouterKind.REPLICAS))[1].objects
     assert service["spec"]["selector"] == {"aliasroll.io/modeldeployment": "sentiment"}
 
 
@@ -126,28 +150,62 @@ def route(plan_objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     return next(obj for obj in plan_objects if obj["kind"] == "HTTPRoute")
 
 
+def backends(routing: Routing) -> list[tuple[str, int]]:
+    return [(b["name"], b["weight"]) for b in route(routing.objects)["spec"]["rules"][0]["backendRefs"]]
+
+
 def test_gateway_route_weights_follow_the_spec_exactly() -> None:
     state = observed(workload(P, "2", replicas=10), workload(C, "3", replicas=1))
-    plan = ROUTERS[RouterKind.GATEWAY_API].plan(traffic(RouterKind.GATEWAY_API, weight=7, state=state))
-    backends = route(plan.objects)["spec"]["rules"][0]["backendRefs"]
-    assert [(b["name"], b["weight"]) for b in backends] == [
-        ("sentiment-production", 93),
-        ("sentiment-canary", 7),
-    ]
-    assert plan.replicas == {P: 10, C: 1}
+    split, routing = plan(
+        ROUTERS[RouterKind.GATEWAY_API], traffic(RouterKind.GATEWAY_API, weight=7, state=state)
+    )
+    assert backends(routing) == [("sentiment-production", 93), ("sentiment-canary", 7)]
+    assert split == {P: 10, C: 1}
+
+
+GATEWAY_ROLLOUT = [
+    # (name, canary pods available of 5 wanted) -> canary weight, asked 50%
+    ("no canary pod yet", 0, 0),
+    ("1 of 5 canary pods: a fifth of the asked share", 1, 10),
+    ("3 of 5", 3, 30),
+    ("all 5: the asked share", 5, 50),
+]
+
+
+@pytest.mark.parametrize(("name", "up", "weight"), GATEWAY_ROLLOUT, ids=[case[0] for case in GATEWAY_ROLLOUT])
+def test_gateway_weight_grows_with_the_canarys_available_pods(name: str, up: int, weight: int) -> None:
+    state = observed(
+        workload(P, "2", replicas=10), workload(C, "3", replicas=5, available=up, rolled_out=up == 5)
+    )
+    _, routing = plan(
+        ROUTERS[RouterKind.GATEWAY_API], traffic(RouterKind.GATEWAY_API, weight=50, state=state)
+    )
+    assert routing.canary_weight == weight
+    assert backends(routing) == [("sentiment-production", 100 - weight), ("sentiment-canary", weight)]
+
+
+def test_gateway_draining_canary_gets_no_requests() -> None:
+    state = observed(workload(P, "2", replicas=10), workload(C, "3", replicas=1))
+    routing = ROUTERS[RouterKind.GATEWAY_API].route(
+        traffic(RouterKind.GATEWAY_API, canary=None, state=state), {P: 10, C: 1}
+    )
+    assert backends(routing) == [("sentiment-production", 100)]
+    assert routing.canary_weight == 0
 
 
 def test_gateway_route_attaches_to_the_stable_service_by_default() -> None:
-    plan = ROUTERS[RouterKind.GATEWAY_API].plan(traffic(RouterKind.GATEWAY_API))
-    assert route(plan.objects)["spec"]["parentRefs"] == [
+    _, routing = plan(ROUTERS[RouterKind.GATEWAY_API], traffic(RouterKind.GATEWAY_API))
+    assert route(routing.objects)["spec"]["parentRefs"] == [
         {"group": "", "kind": "Service", "name": "sentiment", "port": 80}
     ]
 
 
 def test_gateway_track_services_select_one_track_each() -> None:
-    plan = ROUTERS[RouterKind.GATEWAY_API].plan(traffic(RouterKind.GATEWAY_API))
+    _, routing = plan(ROUTERS[RouterKind.GATEWAY_API], traffic(RouterKind.GATEWAY_API))
     selectors = {
-        obj["metadata"]["name"]: obj["spec"]["selector"] for obj in plan.objects if obj["kind"] == "Service"
+        obj["metadata"]["name"]: obj["spec"]["selector"]
+        for obj in routing.objects
+        if obj["kind"] == "Service"
     }
     assert selectors["sentiment-canary"] == {
         "aliasroll.io/modeldeployment": "sentiment",

@@ -13,12 +13,16 @@ from typing import Any, Protocol
 
 from lightkube import AsyncClient
 
-from aliasroll import conditions, reasons
-from aliasroll.conditions import FALSE, Condition
-from aliasroll.errors import AliasrollError, InvalidSpec, KubernetesApplyFailed, KubernetesUnavailable
+from aliasroll.errors import (
+    AliasrollError,
+    InvalidSpec,
+    KubernetesApplyFailed,
+    KubernetesUnavailable,
+    NameConflict,
+)
 from aliasroll.kube.applier import Applier
 from aliasroll.kube.credentials import read_credentials
-from aliasroll.kube.observe import observe
+from aliasroll.kube.observe import observe, taken_names
 from aliasroll.planning import planner
 from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
@@ -90,13 +94,13 @@ class Reconciler:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec as error:
             # Nothing is applied or pruned: what runs keeps running until the spec is fixed.
-            await self._report_failure(body, owner, previous_status, error)
+            await self._refuse(body, owner, previous_status, error)
             return PassResult(next_in=None)
 
         try:
             observation = await observe(self._client, owner)
         except KubernetesApplyFailed as error:  # RBAC on a list: nothing applied or pruned blind
-            await self._report_failure(body, owner, previous_status, error)
+            await self._refuse(body, owner, previous_status, error)
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         view = await self._registry_view(owner, spec, wake)
         plan = planner.plan(
@@ -109,10 +113,16 @@ class Reconciler:
             defaults=self._defaults,
         )
         try:
+            if taken := await taken_names(self._client, owner, plan.objects, observation.live):
+                raise NameConflict(
+                    f"{'; '.join(taken)}: the name is taken by an object this ModelDeployment does not "
+                    "control, so nothing was changed; rename the ModelDeployment or remove that object"
+                )
             written = await self._applier.apply(plan.objects, observation.live)
             pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
-        except KubernetesApplyFailed as error:
-            await self._report_failure(body, owner, plan.status, error)
+        except (KubernetesApplyFailed, NameConflict) as error:
+            # Status keeps saying what runs; the plan's status would claim what was not applied.
+            await self._refuse(body, owner, previous_status, error)
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
@@ -178,39 +188,20 @@ class Reconciler:
         except AliasrollError as error:
             return RegistryView(model=model, error=error)
 
-    async def _report_failure(
+    async def _refuse(
         self,
         body: Mapping[str, Any],
         owner: ResourceRef,
-        status: Mapping[str, Any],
+        previous_status: Mapping[str, Any],
         error: AliasrollError,
     ) -> None:
         """Ready=False with the error's reason; everything else in status stays as it was."""
-        previous_conditions = list(
-            (self._written.get(owner.uid) or body.get("status") or {}).get("conditions") or ()
+        refusal = planner.refused(
+            owner=owner, previous_status=previous_status, error=error, now=self._clock()
         )
-        wanted = [
-            Condition(reasons.READY, FALSE, error.reason, error.message),
-            *(
-                Condition(str(c["type"]), str(c["status"]), str(c["reason"]), str(c.get("message", "")))
-                for c in status.get("conditions") or ()
-                if c.get("type") != reasons.READY
-            ),
-        ]
-        new_status = {
-            **status,
-            "observedGeneration": owner.generation,
-            "conditions": conditions.merge(
-                previous_conditions,
-                wanted,
-                now=planner.timestamp(self._clock()),
-                observed_generation=owner.generation,
-            ),
-        }
-        ready_before = conditions.find(previous_conditions, reasons.READY)
-        if ready_before is None or ready_before.get("reason") != error.reason:
-            self._events.post(body, EventRecord("Warning", error.reason, error.message))
+        for event in refusal.events:
+            self._events.post(body, event)
         try:
-            await self._write_status(body, owner, new_status)
+            await self._write_status(body, owner, refusal.status)
         except KubernetesApplyFailed as write_error:  # the event above still says what is wrong
             log.error("%s/%s: %s (while reporting: %s)", owner.namespace, owner.name, write_error, error)

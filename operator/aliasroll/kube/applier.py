@@ -15,7 +15,7 @@ from lightkube import AsyncClient
 from lightkube.types import CascadeType, PatchType
 
 from aliasroll.kube.failures import api_failure, status_code
-from aliasroll.kube.observe import Key
+from aliasroll.kube.observe import ObjectKey
 from aliasroll.kube.resources import ModelDeployment, resource_for
 from aliasroll.planning.state import ChildRef
 from aliasroll.planning.workloads import MANAGER, Manifest
@@ -23,10 +23,13 @@ from aliasroll.spec import API_VERSION, KIND, ResourceRef
 
 log = logging.getLogger(__name__)
 
-# Maps that must hold exactly the operator's keys. Server-side apply leaves keys other managers
-# added, which elsewhere is what we want (labels, injected env), but one extra key in a Service
-# selector sends traffic to other pods, or to none.
-EXACT_MAPS: dict[str, tuple[tuple[str, ...], ...]] = {"Service": (("spec", "selector"),)}
+# Maps that server-side apply replaces whole (x-kubernetes-map-type: atomic). A key someone added by
+# hand to a Service selector sends traffic to other pods, or to none; the live map must equal ours,
+# and applying ours (forced) puts it back.
+ATOMIC_MAPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Service": (("spec", "selector"),),
+    "PodDisruptionBudget": (("spec", "selector", "matchLabels"),),
+}
 
 
 class Applier:
@@ -34,24 +37,17 @@ class Applier:
         self._client = client
         self._field_manager = field_manager
 
-    async def apply(self, objects: Iterable[Manifest], live: Mapping[Key, Mapping[str, Any]]) -> list[Key]:
+    async def apply(
+        self, objects: Iterable[Manifest], live: Mapping[ObjectKey, Mapping[str, Any]]
+    ) -> list[ObjectKey]:
         """Applies what differs from the live objects; returns what was written."""
-        written: list[Key] = []
+        written: list[ObjectKey] = []
         for obj in objects:
             kind, name = obj["kind"], obj["metadata"]["name"]
             current = live.get((kind, name))
-            if current is not None and is_subset(obj, current) and not _extra_keys(obj, current):
+            if current is not None and up_to_date(obj, current):
                 continue  # already as wanted: no write, no new resourceVersion
             try:
-                if current is not None and (removals := _extra_keys(obj, current)):
-                    await self._client.patch(
-                        resource_for(obj["apiVersion"], kind),
-                        name,
-                        removals,
-                        namespace=obj["metadata"]["namespace"],
-                        patch_type=PatchType.MERGE,
-                        field_manager=self._field_manager,
-                    )
                 await self._client.patch(
                     resource_for(obj["apiVersion"], kind),
                     name,
@@ -66,8 +62,8 @@ class Applier:
             written.append((kind, name))
         return written
 
-    async def prune(self, children: Iterable[ChildRef], *, namespace: str) -> list[Key]:
-        deleted: list[Key] = []
+    async def prune(self, children: Iterable[ChildRef], *, namespace: str) -> list[ObjectKey]:
+        deleted: list[ObjectKey] = []
         for child in children:
             try:
                 await self._client.delete(
@@ -126,19 +122,15 @@ def is_subset(wanted: Any, live: Any) -> bool:
     return bool(wanted == live)
 
 
-def _extra_keys(wanted: Manifest, live: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch that deletes keys others added to the maps in EXACT_MAPS (empty if none)."""
-    patch: dict[str, Any] = {}
-    for path in EXACT_MAPS.get(wanted["kind"], ()):
-        want: Any = wanted
-        have: Any = live
-        for part in path:
-            want = want.get(part, {}) if isinstance(want, Mapping) else {}
-            have = have.get(part, {}) if isinstance(have, Mapping) else {}
-        extra = {key: None for key in have if key not in want}
-        if extra:
-            node = patch
-            for part in path[:-1]:
-                node = node.setdefault(part, {})
-            node[path[-1]] = extra
-    return patch
+def up_to_date(wanted: Manifest, live: Mapping[str, Any]) -> bool:
+    """True when applying `wanted` would change nothing the operator owns."""
+    return is_subset(wanted, live) and all(
+        _at(wanted, path) == _at(live, path) for path in ATOMIC_MAPS.get(wanted["kind"], ())
+    )
+
+
+def _at(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = obj
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ from lightkube import AsyncClient
 from lightkube.core.resource import api_info
 
 from aliasroll.kube.failures import api_failure, status_code
-from aliasroll.kube.resources import OWNED_KINDS
+from aliasroll.kube.resources import OWNED_KINDS, resource_for
 from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
 from aliasroll.planning.workloads import (
     ANNOTATION_MODEL_URI,
@@ -20,16 +20,17 @@ from aliasroll.planning.workloads import (
     LABEL_OWNER,
     LABEL_TRACK,
     LABEL_VERSION,
+    Manifest,
 )
 from aliasroll.spec import ResourceRef, Track
 
-Key = tuple[str, str]  # (kind, name)
+ObjectKey = tuple[str, str]  # (kind, name) of an object in the resource's namespace
 
 
 @dataclass(frozen=True)
 class Observation:
     state: ObservedState
-    live: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)  # for skipping no-op applies
+    live: Mapping[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)  # for skipping no-op applies
 
 
 async def observe(client: AsyncClient, owner: ResourceRef) -> Observation:
@@ -39,7 +40,7 @@ async def observe(client: AsyncClient, owner: ResourceRef) -> Observation:
     of what exists, the pass must neither apply nor prune.
     """
     listed = await asyncio.gather(*(_list(client, resource, owner) for resource in OWNED_KINDS.values()))
-    live: dict[Key, Mapping[str, Any]] = {}
+    live: dict[ObjectKey, Mapping[str, Any]] = {}
     children: list[ChildRef] = []
     workloads: dict[Track, ObservedWorkload] = {}
     for objects in listed:
@@ -55,6 +56,41 @@ async def observe(client: AsyncClient, owner: ResourceRef) -> Observation:
             if kind == "Deployment" and (workload := reduce_deployment(obj)) is not None:
                 workloads[workload.track] = workload
     return Observation(state=ObservedState(workloads=workloads, children=tuple(children)), live=live)
+
+
+async def taken_names(
+    client: AsyncClient, owner: ResourceRef, objects: Iterable[Manifest], live: Mapping[ObjectKey, Any]
+) -> list[str]:
+    """Objects the plan would create whose name is already taken by an object this resource does not
+    control, each described for a condition message (kind, name and who controls it). Empty when
+    every name is free or ours.
+
+    Listing by label finds only the objects that carry our labels; a name can be taken by anything,
+    so each object the pass would create is looked up by name first. That costs a GET only when an
+    object is missing, which is rare once a resource has converged.
+    """
+    taken: list[str] = []
+    for obj in objects:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if (kind, name) in live:
+            continue  # ours
+        resource = resource_for(obj["apiVersion"], kind)
+        try:
+            found = await client.get(resource, name, namespace=owner.namespace)
+        except httpx2.HTTPError as error:
+            if status_code(error) == 404:
+                continue  # free
+            raise api_failure("read", kind, name, error) from None
+        meta = _as_dict(found, resource).get("metadata") or {}
+        taken.append(f"{kind} {name!r} ({_controller_of(meta)})")
+    return taken
+
+
+def _controller_of(meta: Mapping[str, Any]) -> str:
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller"):
+            return f"controlled by {ref.get('kind')} {ref.get('name')!r}, uid {ref.get('uid')}"
+    return "controlled by nothing: made by hand or by another tool"
 
 
 async def _list(client: AsyncClient, resource: Any, owner: ResourceRef) -> list[dict[str, Any]]:

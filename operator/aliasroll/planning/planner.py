@@ -1,10 +1,14 @@
-"""The planner: every decision of a reconcile pass, as one pure function.
+"""The planner: every decision of a reconcile pass, as pure functions.
 
     plan(owner, spec, registry view, observed children, previous status, now) -> Plan
+    refused(owner, previous status, error, now) -> Plan   (a pass that may change nothing)
 
 A Plan holds the desired objects (applied with server-side apply), the owned objects to prune, the
 new status and the events to post. Calling it twice with the same inputs gives the same plan, so
-every trigger (create, update, timer, registry change, drift) can run the same pass.
+every trigger (create, update, timer, registry change, drift) can run the same pass. Each decision
+is a small function of its own module: which version each track follows (decide), how many pods
+each track may run now (capacity), how requests are routed (routers), what the audit trail says
+(history) and which conditions hold (health).
 """
 
 from __future__ import annotations
@@ -15,29 +19,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aliasroll import conditions, reasons
-from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
-from aliasroll.planning import workloads
-from aliasroll.planning.decide import TrackDecision, decide_canary, decide_production, is_rollback
-from aliasroll.planning.state import (
-    ChildRef,
-    EventRecord,
-    ObservedState,
-    ObservedWorkload,
-    RegistryView,
-    ServedVersion,
-)
+from aliasroll.conditions import FALSE, Condition
+from aliasroll.errors import AliasrollError
+from aliasroll.planning import capacity, health, history, workloads
+from aliasroll.planning.decide import TrackDecision, decide_canary, decide_production
+from aliasroll.planning.state import ChildRef, EventRecord, ObservedState, RegistryView, ServedVersion
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
-from aliasroll.routers import TrafficInput, TrafficPlan, router_for
+from aliasroll.routers import Routing, TrafficInput, router_for
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, Track
 
-HISTORY_LIMIT = 20
-# Registry-level failures: the registry gave no usable answer at all.
-_REGISTRY_FAILURES = {
-    reasons.REGISTRY_UNREACHABLE,
-    reasons.REGISTRY_AUTH_FAILED,
-    reasons.REGISTRY_REJECTED,
-    reasons.CREDENTIALS_NOT_FOUND,
-}
+HISTORY_LIMIT = history.HISTORY_LIMIT
 
 
 @dataclass(frozen=True)
@@ -46,6 +37,16 @@ class Plan:
     prune: tuple[ChildRef, ...]
     status: dict[str, Any]
     events: tuple[EventRecord, ...]
+
+
+@dataclass(frozen=True)
+class _Workloads:
+    """The tracks this pass runs: their versions, replicas now, the router's final split and routing."""
+
+    served: dict[Track, ServedVersion]
+    replicas: dict[Track, int]
+    targets: Mapping[Track, int]
+    routing: Routing
 
 
 def timestamp(now: datetime) -> str:
@@ -62,33 +63,36 @@ def plan(
     now: datetime,
     defaults: WorkloadDefaults,
 ) -> Plan:
-    model = spec.model.name
-    current = {track: _current(track, model, observed, previous_status) for track in Track}
+    current = {track: _current(track, spec.model.name, observed, previous_status) for track in Track}
     production = decide_production(spec=spec, view=view, current=current[Track.PRODUCTION])
     canary = decide_canary(spec=spec, view=view, current=current[Track.CANARY], production=production.target)
+    if spec.suspend:
+        production, canary = (
+            _held(production, current[Track.PRODUCTION]),
+            _held(canary, current[Track.CANARY] if spec.canary_wanted else None),
+        )
 
     objects: list[Manifest] = []
-    traffic: TrafficPlan | None = None
     prune: tuple[ChildRef, ...] = ()
+    placed: _Workloads | None = None
     if production.target is not None:
-        traffic = router_for(spec.traffic.router).plan(
-            TrafficInput(
-                owner=owner, spec=spec, production=production.target, canary=canary.target, observed=observed
-            )
+        placed = _place(
+            owner=owner, spec=spec, observed=observed, production=production.target, canary=canary.target
         )
-        versions = {Track.PRODUCTION: production.target, Track.CANARY: canary.target}
-        for track, replicas in traffic.replicas.items():
-            version = versions[track]
-            assert version is not None, "routers only give replicas to tracks with a version"
+        for track, replicas in placed.replicas.items():
             objects.append(
                 workloads.deployment(
-                    owner=owner, spec=spec, track=track, version=version, replicas=replicas, defaults=defaults
+                    owner=owner,
+                    spec=spec,
+                    track=track,
+                    version=placed.served[track],
+                    replicas=replicas,
+                    defaults=defaults,
                 )
             )
-        objects.extend(traffic.objects)
-        prune = _prunable(
-            owner, objects, observed, production.target, canary_wanted=canary.target is not None
-        )
+        objects.extend(placed.routing.objects)
+        wanted = {(item["kind"], item["metadata"]["name"]) for item in objects}
+        prune = tuple(child for child in observed.children if (child.kind, child.name) not in wanted)
     # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
 
     status, events = _status(
@@ -99,10 +103,39 @@ def plan(
         previous=previous_status,
         production=production,
         canary=canary,
-        traffic=traffic,
+        placed=placed,
         now=timestamp(now),
     )
     return Plan(objects=tuple(objects), prune=prune, status=status, events=tuple(events))
+
+
+def refused(
+    *, owner: ResourceRef, previous_status: Mapping[str, Any], error: AliasrollError, now: datetime
+) -> Plan:
+    """The plan of a pass that may not change the cluster (an invalid spec, a name taken by someone
+    else, an object the API server refused): status keeps saying what runs, and Ready says why
+    nothing else happens. Nothing is applied or pruned."""
+    previous_conditions = list(previous_status.get("conditions") or ())
+    wanted = [
+        Condition(reasons.READY, FALSE, error.reason, error.message),
+        *(
+            Condition(str(c["type"]), str(c["status"]), str(c.get("reason", "")), str(c.get("message", "")))
+            for c in previous_conditions
+            if c.get("type") != reasons.READY
+        ),
+    ]
+    status = {
+        **previous_status,
+        "observedGeneration": owner.generation,
+        "conditions": conditions.merge(
+            previous_conditions, wanted, now=timestamp(now), observed_generation=owner.generation
+        ),
+    }
+    ready_before = conditions.find(previous_conditions, reasons.READY)
+    events: tuple[EventRecord, ...] = ()
+    if ready_before is None or ready_before.get("reason") != error.reason:
+        events = (EventRecord("Warning", error.reason, error.message),)
+    return Plan(objects=(), prune=(), status=status, events=events)
 
 
 def _current(
@@ -112,50 +145,61 @@ def _current(
     workload = observed.workloads.get(track)
     if workload is not None and workload.version and workload.model == model:
         return ServedVersion(model=model, version=workload.version, run_id=workload.run_id)
-    recorded = previous_status.get(track.value) or {}
-    version = recorded.get("version")
-    if version and recorded.get("modelUri") == f"models:/{model}/{version}":
-        return ServedVersion(model=model, version=str(version), run_id=recorded.get("runId"))
-    return None
+    recorded = history.recorded(previous_status, track, model=model)
+    return recorded if recorded is not None and recorded.model == model else None
 
 
-def _settled(observed: ObservedState, track: Track, version: ServedVersion | None) -> bool:
-    """True when the track's Deployment runs `version` on all its replicas."""
+def _pinned(observed: ObservedState, track: Track) -> ServedVersion | None:
     workload = observed.workloads.get(track)
-    return (
-        version is not None
-        and workload is not None
-        and workload.version == version.version
-        and workload.model == version.model
-        and workload.rolled_out
-    )
+    if workload is None or not workload.model or not workload.version:
+        return None
+    return ServedVersion(model=workload.model, version=workload.version, run_id=workload.run_id)
 
 
-def _scaled(workload: ObservedWorkload, wanted: int) -> bool:
-    """The track runs exactly `wanted` pods: its spec says so, and no surplus pod of a scale-down
-    is still counted available (the achieved split would be reported too early)."""
-    return workload.replicas == wanted and workload.available <= wanted
+def _held(decision: TrackDecision, current: ServedVersion | None) -> TrackDecision:
+    """Suspended: the track keeps what it runs; what the alias says is kept for the conditions."""
+    return TrackDecision(target=current, problem=decision.problem, pointed_at=decision.pointed_at)
 
 
-def _prunable(
+def _place(
+    *,
     owner: ResourceRef,
-    desired: list[Manifest],
+    spec: ModelDeploymentSpec,
     observed: ObservedState,
     production: ServedVersion,
-    *,
-    canary_wanted: bool,
-) -> tuple[ChildRef, ...]:
-    wanted = {(item["kind"], item["metadata"]["name"]) for item in desired}
-    # A canary that is no longer wanted keeps serving until production has rolled (a promotion
-    # must not lose the capacity the canary gives while production pods are replaced).
-    draining: set[tuple[str, str]] = set()
-    if not canary_wanted and not _settled(observed, Track.PRODUCTION, production):
-        canary_name = workloads.workload_name(owner, Track.CANARY)
-        draining = {("Deployment", canary_name), ("Service", canary_name)}
-    return tuple(
-        child
-        for child in observed.children
-        if (child.kind, child.name) not in wanted and (child.kind, child.name) not in draining
+    canary: ServedVersion | None,
+) -> _Workloads:
+    router = router_for(spec.traffic.router)
+    traffic = TrafficInput(owner=owner, spec=spec, production=production, canary=canary, observed=observed)
+    targets = router.split(traffic)
+    running = {
+        track: capacity.Running(replicas=workload.replicas, available=workload.available)
+        for track, workload in observed.workloads.items()
+    }
+    # A canary that ends keeps serving what its Deployment pins (even a model the spec no longer
+    # names) while it drains; one whose version cannot be read is only pruned.
+    running_canary = _pinned(observed, Track.CANARY)
+    if running_canary is None:
+        running.pop(Track.CANARY, None)
+    # It also stays whole until production runs its version on every replica (a promotion must not
+    # lose the capacity the canary gives while production pods are replaced).
+    production_now = observed.workloads.get(Track.PRODUCTION)
+    production_settled = (
+        production_now is not None
+        and health.settled(
+            production_now.model, production_now.version, production_now.rolled_out, production
+        )
+        and production_now.replicas == targets[Track.PRODUCTION]
+    )
+    hold = frozenset() if canary is not None or production_settled else frozenset({Track.CANARY})
+    replicas = capacity.replicas_now(targets=targets, running=running, hold=hold)
+    served = {Track.PRODUCTION: production}
+    if Track.CANARY in replicas:
+        draining = canary or running_canary
+        assert draining is not None, "capacity keeps a canary only when one runs or is wanted"
+        served[Track.CANARY] = draining
+    return _Workloads(
+        served=served, replicas=replicas, targets=targets, routing=router.route(traffic, replicas)
     )
 
 
@@ -168,272 +212,95 @@ def _status(
     previous: Mapping[str, Any],
     production: TrackDecision,
     canary: TrackDecision,
-    traffic: TrafficPlan | None,
+    placed: _Workloads | None,
     now: str,
 ) -> tuple[dict[str, Any], list[EventRecord]]:
-    events: list[EventRecord] = []
-    history = [dict(entry) for entry in previous.get("history") or ()]
-    previous_versions = {track: (previous.get(track.value) or {}).get("version") for track in Track}
+    served: Mapping[Track, ServedVersion] = placed.served if placed else {}
+    changes = history.track_changes(spec=spec, previous=previous, served=served, canary=canary, now=now)
+    events = list(changes.events)
 
-    # Version changes: history spans and the Normal events of the audit trail.
-    tracks_status: dict[str, dict[str, Any]] = {}
-    for track, decision in ((Track.PRODUCTION, production), (Track.CANARY, canary)):
-        before = previous_versions[track]
-        after = decision.target.version if decision.target else None
-        since = (previous.get(track.value) or {}).get("since")
-        if after != before:
-            reason, message = _change_event(
-                track=track,
-                before=before,
-                after=after,
-                spec=spec,
-                decision=decision,
-                promoted_from_canary=previous_versions[Track.CANARY],
-            )
-            if (
-                track is Track.CANARY
-                and after is None
-                and production.target is not None
-                and before == production.target.version
-            ):
-                reason, message = "", ""  # told once, as CanaryPromoted on the production track
-            if reason:
-                events.append(EventRecord("Normal", reason, message))
-            history = _close(history, track=track, now=now)
-            if after is not None:
-                history.append({"track": track.value, "version": after, "from": now, "reason": reason})
-            since = now
-        if decision.target is not None and traffic is not None:
+    status: dict[str, Any] = {"observedGeneration": owner.generation}
+    if placed is not None:
+        for track, version in placed.served.items():
             workload = observed.workloads.get(track)
             alias = (
-                spec.model.alias if track is Track.PRODUCTION else (spec.canary.alias if spec.canary else "")
+                spec.model.alias
+                if track is Track.PRODUCTION
+                else (spec.canary.alias if spec.canary else "canary")
             )
-            tracks_status[track.value] = {
+            entry = {
                 "alias": alias,
-                "version": decision.target.version,
-                "modelUri": decision.target.uri,
-                "runId": decision.target.run_id,
-                "since": since,
-                "replicas": traffic.replicas.get(track, 0),
+                "version": version.version,
+                "modelUri": version.uri,
+                "runId": version.run_id,
+                "since": changes.since.get(track, now),
+                "replicas": placed.replicas.get(track, 0),
                 "availableReplicas": workload.available if workload else 0,
             }
-            tracks_status[track.value] = {
-                k: v for k, v in tracks_status[track.value].items() if v is not None
-            }
-    history = _bounded(history)
-
-    requested = spec.canary.weight if spec.canary and canary.target else 0
-    previous_traffic = previous.get("traffic") or {}
-    if (
-        canary.target is not None
-        and previous_versions[Track.CANARY] == canary.target.version
-        and previous_traffic.get("requestedCanaryWeight") not in (None, requested)
-    ):
-        events.append(
-            EventRecord(
-                "Normal",
-                reasons.TRAFFIC_SHIFTED,
-                f"canary weight changed from {previous_traffic['requestedCanaryWeight']}% to {requested}%",
-            )
-        )
-
-    wanted = _conditions(
-        spec=spec, view=view, observed=observed, production=production, canary=canary, traffic=traffic
-    )
-    previous_conditions = list(previous.get("conditions") or ())
-    events += _condition_events(previous_conditions, wanted)
-    status: dict[str, Any] = {"observedGeneration": owner.generation, **tracks_status}
-    if traffic is not None:
+            status[track.value] = {key: value for key, value in entry.items() if value is not None}
+        requested = spec.canary.weight if spec.canary and canary.target else 0
+        events += _weight_event(previous, canary, requested)
         status["traffic"] = {
             "router": spec.traffic.router.value,
             "requestedCanaryWeight": requested,
-            "canaryWeight": traffic.canary_weight,
-            "message": traffic.message,
+            "canaryWeight": placed.routing.canary_weight,
+            "message": placed.routing.message,
         }
-    aliases = {
-        target.alias: target.version
-        for target in (view.production, view.canary)
-        if target is not None and target.version is not None
-    }
+    # The scale subresource (kubectl scale, HorizontalPodAutoscaler): pods of both tracks.
+    status["replicas"] = sum(workload.replicas for workload in observed.workloads.values())
+    status["selector"] = f"{workloads.LABEL_OWNER}={owner.name}"
     if view.error is None:
         status["registry"] = {"trackingUri": spec.registry.tracking_uri}
+        aliases = {
+            target.alias: target.version
+            for target in (view.production, view.canary)
+            if target is not None and target.version is not None
+        }
         if aliases:  # an empty map would be sent as null, which the status schema refuses
             status["registry"]["aliases"] = aliases
     elif previous.get("registry"):
         status["registry"] = dict(previous["registry"])  # last answer stands until a new one comes
-    if history:
-        status["history"] = history
+    if changes.history:
+        status["history"] = changes.history
+
+    registry = health.registry_condition(spec, view)
+    resolved = health.aliases_condition(spec, view, production, canary)
+    if placed is None:
+        ready, progressing = health.nothing_to_serve(production)
+    else:
+        ready, progressing = health.rollout_conditions(
+            spec=spec,
+            observed=observed,
+            rollout=health.Rollout(
+                served=placed.served, targets=placed.targets, canary_weight=placed.routing.canary_weight
+            ),
+            registry_ok=registry.status == conditions.TRUE,
+            not_followed=_not_followed(spec, production, placed.served[Track.PRODUCTION]),
+        )
+    wanted = [ready, progressing, registry, resolved]
+    previous_conditions = list(previous.get("conditions") or ())
+    events += health.condition_events(previous_conditions, wanted)
     status["conditions"] = conditions.merge(
         previous_conditions, wanted, now=now, observed_generation=owner.generation
     )
     return status, events
 
 
-def _change_event(
-    *,
-    track: Track,
-    before: str | None,
-    after: str | None,
-    spec: ModelDeploymentSpec,
-    decision: TrackDecision,
-    promoted_from_canary: str | None,
-) -> tuple[str, str]:
-    model = spec.model.name
-    if track is Track.PRODUCTION:
-        alias = spec.model.alias
-        if after is None:
-            return "", ""
-        if before is None:
-            return reasons.ROLLOUT_STARTED, f"deploying version {after} of {model!r} (@{alias})"
-        if after == promoted_from_canary:
-            return reasons.CANARY_PROMOTED, (
-                f"@{alias} moved to the canary's version {after}: production rolls from {before} to "
-                f"{after} and the canary ends"
-            )
-        old = ServedVersion(model=model, version=before)
-        new = ServedVersion(model=model, version=after)
-        if is_rollback(old, new):
-            return (
-                reasons.ROLLBACK_STARTED,
-                f"@{alias} moved back: rolling production from {before} to {after}",
-            )
-        return reasons.ROLLOUT_STARTED, f"@{alias} moved: rolling production from {before} to {after}"
-    alias = spec.canary.alias if spec.canary else "canary"
-    weight = spec.canary.weight if spec.canary else 0
-    if after is None:
-        why = (
-            "the canary weight is 0"
-            if spec.canary and spec.canary.weight == 0
-            else ("spec.canary was removed" if spec.canary is None else f"@{alias} is not set")
-        )
-        return reasons.CANARY_REMOVED, f"canary version {before} removed: {why}"
-    if before is None:
-        return reasons.CANARY_STARTED, f"canary version {after} (@{alias}) starts with {weight}% of requests"
-    return reasons.CANARY_UPDATED, f"@{alias} moved: canary rolls from {before} to {after}"
-
-
-def _close(history: list[dict[str, Any]], *, track: Track, now: str) -> list[dict[str, Any]]:
+def _weight_event(previous: Mapping[str, Any], canary: TrackDecision, requested: int) -> list[EventRecord]:
+    before = (previous.get("traffic") or {}).get("requestedCanaryWeight")
+    canary_before = (previous.get(Track.CANARY.value) or {}).get("version")
+    if canary.target is None or canary_before != canary.target.version or before in (None, requested):
+        return []
     return [
-        {**entry, "to": now} if entry.get("track") == track.value and "to" not in entry else entry
-        for entry in history
+        EventRecord(
+            "Normal", reasons.TRAFFIC_SHIFTED, f"canary weight changed from {before}% to {requested}%"
+        )
     ]
 
 
-def _bounded(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # Drop the oldest finished spans first; open spans (what serves now) always stay.
-    while len(history) > HISTORY_LIMIT:
-        oldest_closed = next((i for i, entry in enumerate(history) if "to" in entry), 0)
-        del history[oldest_closed]
-    return history
-
-
-def _conditions(
-    *,
-    spec: ModelDeploymentSpec,
-    view: RegistryView,
-    observed: ObservedState,
-    production: TrackDecision,
-    canary: TrackDecision,
-    traffic: TrafficPlan | None,
-) -> list[Condition]:
-    error = view.error
-    if error is not None and error.reason in _REGISTRY_FAILURES:
-        registry = Condition(reasons.REGISTRY_REACHABLE, FALSE, error.reason, error.message)
-        resolved = Condition(
-            reasons.ALIASES_RESOLVED,
-            UNKNOWN,
-            reasons.REGISTRY_NOT_CONSULTED,
-            "the registry gave no answer; the versions that run now keep running",
-        )
-    else:
-        registry = Condition(
-            reasons.REGISTRY_REACHABLE,
-            TRUE,
-            reasons.REGISTRY_ANSWERED,
-            f"the registry at {spec.registry.tracking_uri} answers",
-        )
-        problems = [decision.problem for decision in (production, canary) if decision.problem is not None]
-        if problems:
-            resolved = Condition(
-                reasons.ALIASES_RESOLVED,
-                FALSE,
-                problems[0].reason,
-                "; ".join(problem.message for problem in problems),
-            )
-        else:
-            pointed = [f"@{spec.model.alias} -> {production.pointed_at}"]
-            if spec.canary is not None and canary.pointed_at:
-                pointed.append(f"@{spec.canary.alias} -> {canary.pointed_at}")
-            resolved = Condition(reasons.ALIASES_RESOLVED, TRUE, reasons.RESOLVED, ", ".join(pointed))
-
-    # Progress of the wanted workloads towards their versions.
-    if production.target is None or traffic is None:
-        why = production.problem.message if production.problem else "no version resolved yet"
-        progressing = Condition(reasons.PROGRESSING, FALSE, reasons.NOTHING_TO_SERVE, why)
-        ready = Condition(reasons.READY, FALSE, reasons.NOTHING_TO_SERVE, why)
-        return [ready, progressing, registry, resolved]
-    rolling: list[str] = []
-    stalled: list[str] = []
-    for track, decision in ((Track.PRODUCTION, production), (Track.CANARY, canary)):
-        if decision.target is None:
-            continue
-        workload = observed.workloads.get(track)
-        if workload is not None and workload.stalled:
-            stalled.append(f"{track.value} rolling to version {decision.target.version}: {workload.stalled}")
-        elif not _settled(observed, track, decision.target):
-            available = workload.available if workload else 0
-            rolling.append(
-                f"{track.value} rolling to version {decision.target.version} "
-                f"({available}/{traffic.replicas.get(track, 0)} available)"
-            )
-        elif workload is not None and not _scaled(workload, traffic.replicas.get(track, 0)):
-            # The replica split is not in place while a track still scales.
-            rolling.append(
-                f"{track.value} scaling from {workload.available} to {traffic.replicas.get(track, 0)} pods"
-            )
-    serving = f"version {production.target.version} serves production"
-    if canary.target is not None:
-        serving += f", canary version {canary.target.version} gets {traffic.canary_weight}% of requests"
-    caveat = ""
-    if registry.status != TRUE:
-        caveat = "; alias moves are not followed until the registry answers"
-    if stalled:
-        progressing = Condition(reasons.PROGRESSING, FALSE, reasons.ROLLOUT_STALLED, "; ".join(stalled))
-        ready = Condition(
-            reasons.READY,
-            FALSE,
-            reasons.ROLLOUT_STALLED,
-            "; ".join(stalled) + "; the previous pods keep serving",
-        )
-    elif rolling:
-        progressing = Condition(reasons.PROGRESSING, TRUE, reasons.ROLLING_OUT, "; ".join(rolling))
-        ready = Condition(reasons.READY, FALSE, reasons.ROLLING_OUT, "; ".join(rolling))
-    else:
-        progressing = Condition(reasons.PROGRESSING, FALSE, reasons.ROLLOUT_COMPLETE, serving)
-        ready = Condition(reasons.READY, TRUE, reasons.SERVING, serving + caveat)
-    return [ready, progressing, registry, resolved]
-
-
-def _condition_events(previous: list[Mapping[str, Any]], wanted: list[Condition]) -> list[EventRecord]:
-    """Warnings when a condition turns bad (or bad for a new reason); RolloutComplete when a roll ends."""
-    events: list[EventRecord] = []
-    for condition in wanted:
-        old = conditions.find(previous, condition.type)
-        changed = old is None or (old.get("status"), old.get("reason")) != (
-            condition.status,
-            condition.reason,
-        )
-        if not changed:
-            continue
-        healthy = condition.status == TRUE or condition.reason in (
-            reasons.ROLLOUT_COMPLETE,
-            reasons.ROLLING_OUT,
-            reasons.REGISTRY_NOT_CONSULTED,
-            reasons.SERVING,
-        )
-        if condition.type == reasons.PROGRESSING and condition.reason == reasons.ROLLOUT_COMPLETE:
-            if old is not None and old.get("reason") == reasons.ROLLING_OUT:
-                events.append(EventRecord("Normal", reasons.ROLLOUT_COMPLETE, condition.message))
-        elif not healthy and condition.type != reasons.READY:
-            events.append(EventRecord("Warning", condition.reason, condition.message))
-    return events
+def _not_followed(spec: ModelDeploymentSpec, production: TrackDecision, serving: ServedVersion) -> str | None:
+    if not spec.suspend:
+        return None
+    pointed = production.pointed_at
+    moved = f" (@{spec.model.alias} points at {pointed})" if pointed and pointed != serving.version else ""
+    return f"spec.suspend is true: alias moves are not followed{moved}"

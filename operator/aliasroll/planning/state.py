@@ -17,7 +17,6 @@ class ServedVersion:
     model: str
     version: str
     run_id: str | None = None
-    source: str | None = None
 
     @property
     def uri(self) -> str:
@@ -26,7 +25,7 @@ class ServedVersion:
 
     @classmethod
     def of(cls, info: VersionInfo) -> ServedVersion:
-        return cls(model=info.model, version=info.version, run_id=info.run_id, source=info.source)
+        return cls(model=info.model, version=info.version, run_id=info.run_id)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,11 @@
-"""The router interface and what routers share."""
+"""The router interface and what routers share.
+
+A router answers two questions, both pure: where the split should end up (`split`: replicas per
+track once the transition is over), and how requests are routed given the replicas this pass runs
+(`route`: Services, routes, the canary's share now). How fast the cluster may move from the running
+split to the router's is not the router's business: planning/capacity.py decides that, once, for
+every router.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ class TrafficInput:
     owner: ResourceRef
     spec: ModelDeploymentSpec
     production: ServedVersion
-    canary: ServedVersion | None  # None: no canary workload is wanted
+    canary: ServedVersion | None  # None: no canary is wanted (one may still be draining)
     observed: ObservedState
 
     def available(self, track: Track) -> int:
@@ -29,8 +36,7 @@ class TrafficInput:
 
 
 @dataclass(frozen=True)
-class TrafficPlan:
-    replicas: Mapping[Track, int]  # desired replicas of each wanted track
+class Routing:
     objects: tuple[Manifest, ...]  # routing objects: Services, routes
     canary_weight: int  # share of requests the canary gets now, in percent
     message: str
@@ -39,8 +45,15 @@ class TrafficPlan:
 class TrafficRouter(Protocol):
     kind: RouterKind
 
-    def plan(self, traffic: TrafficInput) -> TrafficPlan:
-        """Replica counts and routing objects. Must never send traffic to a canary without
-        available replicas, and must keep production at its full replica count until canary
-        replicas are available to take their share."""
+    def split(self, traffic: TrafficInput) -> Mapping[Track, int]:
+        """Replicas of each wanted track once the split is in place (no canary key: no canary)."""
         ...
+
+    def route(self, traffic: TrafficInput, replicas: Mapping[Track, int]) -> Routing:
+        """Routing objects for the tracks in `replicas` (a canary there but not wanted is
+        draining). Never sends a track more requests than its available pods can carry."""
+        ...
+
+
+def percent(part: int, whole: int) -> int:
+    return round(100 * part / whole) if whole else 0

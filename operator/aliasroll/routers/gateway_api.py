@@ -1,6 +1,7 @@
 """Gateway API split: a Service per track and an HTTPRoute with weighted backendRefs.
 
-The weight is exact whatever the replica counts. Without spec.traffic.gatewayAPI.parentRefs the
+The weight is exact whatever the replica counts, once the canary's pods are all available; until
+then it is scaled by the share of them that is. Without spec.traffic.gatewayAPI.parentRefs the
 route attaches to the stable Service itself (the GAMMA convention for service meshes); with them it
 attaches to the named Gateways. The stable Service selects production pods, so clients that bypass
 the mesh still reach a pinned, known version.
@@ -9,11 +10,12 @@ the mesh still reach a pinned, known version.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from aliasroll.planning import workloads
 from aliasroll.planning.workloads import Manifest
-from aliasroll.routers.base import TrafficInput, TrafficPlan
+from aliasroll.routers.base import Routing, TrafficInput
 from aliasroll.spec import RouterKind, Track
 
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -22,10 +24,17 @@ HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
 class GatewayAPIRouter:
     kind = RouterKind.GATEWAY_API
 
-    def plan(self, traffic: TrafficInput) -> TrafficPlan:
+    def split(self, traffic: TrafficInput) -> Mapping[Track, int]:
+        spec = traffic.spec
+        if traffic.canary is None or spec.canary is None:
+            return {Track.PRODUCTION: spec.replicas}
+        # Production keeps every replica: the route, not the pod count, moves requests.
+        canary = spec.canary.replicas or max(1, math.ceil(spec.replicas * spec.canary.weight / 100))
+        return {Track.PRODUCTION: spec.replicas, Track.CANARY: canary}
+
+    def route(self, traffic: TrafficInput, replicas: Mapping[Track, int]) -> Routing:
         owner, spec = traffic.owner, traffic.spec
-        total = spec.replicas
-        tracks = [Track.PRODUCTION] if traffic.canary is None else [Track.PRODUCTION, Track.CANARY]
+        tracks = [track for track in (Track.PRODUCTION, Track.CANARY) if track in replicas]
         objects: list[Manifest] = [
             workloads.service(
                 owner=owner,
@@ -43,25 +52,25 @@ class GatewayAPIRouter:
             )
             for track in tracks
         ]
-        replicas = {Track.PRODUCTION: total}
-        weight = 0
-        if traffic.canary is not None and spec.canary is not None:
-            replicas[Track.CANARY] = spec.canary.replicas or max(
-                1, math.ceil(total * spec.canary.weight / 100)
-            )
-            # A canary with no available replica gets no requests, whatever was asked.
-            weight = spec.canary.weight if traffic.available(Track.CANARY) > 0 else 0
-        objects.append(self._route(traffic, tracks, weight))
+        asked = traffic.requested_weight
+        wanted_canary = replicas.get(Track.CANARY, 0) if traffic.canary is not None else 0
+        available = min(traffic.available(Track.CANARY), wanted_canary)
+        # The canary's share grows with its available pods: 50% asked with 1 of 5 pods up is 10%.
+        weight = math.floor(asked * available / wanted_canary) if wanted_canary else 0
+        routed = [Track.PRODUCTION] if traffic.canary is None else tracks
+        objects.append(self._route(traffic, routed, weight))
         if traffic.canary is None:
             message = "all requests go to production"
-        elif weight == traffic.requested_weight:
+            if Track.CANARY in replicas:
+                message += "; the canary's pods go once production carries every request"
+        elif weight == asked:
             message = f"the HTTPRoute sends {weight}% of requests to the canary"
         else:
             message = (
-                f"the HTTPRoute sends no requests to the canary until one of its pods is available "
-                f"(asked {traffic.requested_weight}%)"
+                f"the HTTPRoute sends {weight}% of requests to the canary while {available} of its "
+                f"{wanted_canary} pods are available (asked {asked}%)"
             )
-        return TrafficPlan(replicas=replicas, objects=tuple(objects), canary_weight=weight, message=message)
+        return Routing(objects=tuple(objects), canary_weight=weight, message=message)
 
     def _route(self, traffic: TrafficInput, tracks: list[Track], canary_weight: int) -> Manifest:
         owner, gateway = traffic.owner, traffic.spec.traffic

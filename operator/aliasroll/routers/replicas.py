@@ -1,52 +1,55 @@
 """Replica-ratio split: one Service selects both tracks, and the share of pods sets the share of requests.
 
 Needs no mesh or gateway. The split is as fine as the replica count allows (1 canary pod of 5 is
-20%; of 2 it is 50%), and status says how close it gets. Production gives up pods only as canary
-pods become available, so total ready capacity never drops below spec.replicas.
+20%; of 2 it is 50%), and status says how close it gets. Since the Service sends requests to ready
+pods only, the canary's share grows exactly as its pods become available.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aliasroll.planning import workloads
-from aliasroll.routers.base import TrafficInput, TrafficPlan
+from aliasroll.routers.base import Routing, TrafficInput, percent
 from aliasroll.spec import RouterKind, Track
 
 
 class ReplicaRatioRouter:
     kind = RouterKind.REPLICAS
 
-    def plan(self, traffic: TrafficInput) -> TrafficPlan:
+    def split(self, traffic: TrafficInput) -> Mapping[Track, int]:
         total = traffic.spec.replicas
+        weight = traffic.requested_weight
+        if traffic.canary is None or total == 0 or weight == 0:
+            return {Track.PRODUCTION: total}
+        if weight == 100:
+            return {Track.PRODUCTION: 0, Track.CANARY: total}
+        # Both tracks keep at least one pod while both are wanted (so 20% of 1 runs 1 + 1).
+        canary = max(1, min(total - 1, round(total * weight / 100)))
+        return {Track.PRODUCTION: max(1, total - canary), Track.CANARY: canary}
+
+    def route(self, traffic: TrafficInput, replicas: Mapping[Track, int]) -> Routing:
         stable = workloads.service(
             owner=traffic.owner,
             name=traffic.owner.name,
             selector={workloads.LABEL_OWNER: traffic.owner.name},
             spec=traffic.spec,
         )
-        weight = traffic.requested_weight
-        if traffic.canary is None or total == 0 or weight == 0:
-            return TrafficPlan(
-                replicas={Track.PRODUCTION: total},
-                objects=(stable,),
-                canary_weight=0,
-                message=f"all requests go to production ({total} replicas)",
-            )
-        canary = total if weight == 100 else max(1, round(total * weight / 100))
-        canary_ready = traffic.available(Track.CANARY)
-        production_floor = 0 if weight == 100 else 1
-        production = max(production_floor, total - min(canary, canary_ready))
         production_ready = traffic.available(Track.PRODUCTION)
-        achieved = _percent(canary_ready, canary_ready + production_ready)
-        return TrafficPlan(
-            replicas={Track.PRODUCTION: production, Track.CANARY: canary},
-            objects=(stable,),
-            canary_weight=achieved,
-            message=(
+        if Track.CANARY not in replicas:
+            message = f"all requests go to production ({replicas[Track.PRODUCTION]} replicas)"
+            return Routing(objects=(stable,), canary_weight=0, message=message)
+        canary_ready = traffic.available(Track.CANARY)
+        achieved = percent(canary_ready, canary_ready + production_ready)
+        if traffic.canary is None:
+            message = (
+                f"the canary is ending: {canary_ready} of {canary_ready + production_ready} ready pods "
+                "still run it while production's pods become available"
+            )
+        else:
+            message = (
                 f"{canary_ready} of {canary_ready + production_ready} ready pods run the canary: about "
-                f"{achieved}% of requests (asked {weight}%; the replicas router splits by pod count)"
-            ),
-        )
-
-
-def _percent(part: int, whole: int) -> int:
-    return round(100 * part / whole) if whole else 0
+                f"{achieved}% of requests (asked {traffic.requested_weight}%; the replicas router splits "
+                "by pod count)"
+            )
+        return Routing(objects=(stable,), canary_weight=achieved, message=message)

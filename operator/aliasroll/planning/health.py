@@ -1,0 +1,183 @@
+"""The conditions of a plan, one small decision each: can the registry be read, do the aliases
+resolve, and is what serves in place (Ready, Progressing).
+
+Ready follows the Kubernetes conventions, so kstatus-based tools read it: True only once every
+track runs its version with the split in place; False with the reason that says why not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aliasroll import conditions, reasons
+from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
+from aliasroll.planning.decide import TrackDecision
+from aliasroll.planning.state import EventRecord, ObservedState, RegistryView, ServedVersion
+from aliasroll.spec import ModelDeploymentSpec, Track
+
+# Registry-level failures: the registry gave no usable answer at all.
+REGISTRY_FAILURES = frozenset(
+    {
+        reasons.REGISTRY_UNREACHABLE,
+        reasons.REGISTRY_AUTH_FAILED,
+        reasons.REGISTRY_REJECTED,
+        reasons.CREDENTIALS_NOT_FOUND,
+    }
+)
+# Condition reasons that are not worth a Warning event when a condition takes them.
+HEALTHY_REASONS = frozenset(
+    {
+        reasons.SERVING,
+        reasons.SCALED_TO_ZERO,
+        reasons.ROLLOUT_COMPLETE,
+        reasons.ROLLING_OUT,
+        reasons.SUSPENDED,
+        reasons.REGISTRY_NOT_CONSULTED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What one pass puts in place, for the Ready and Progressing conditions."""
+
+    served: Mapping[Track, ServedVersion]  # the version each running track's Deployment pins
+    targets: Mapping[Track, int]  # the router's split once the transition is over
+    canary_weight: int
+
+
+def registry_condition(spec: ModelDeploymentSpec, view: RegistryView) -> Condition:
+    error = view.error
+    if error is not None and error.reason in REGISTRY_FAILURES:
+        return Condition(reasons.REGISTRY_REACHABLE, FALSE, error.reason, error.message)
+    return Condition(
+        reasons.REGISTRY_REACHABLE,
+        TRUE,
+        reasons.REGISTRY_ANSWERED,
+        f"the registry at {spec.registry.tracking_uri} answers",
+    )
+
+
+def aliases_condition(
+    spec: ModelDeploymentSpec, view: RegistryView, production: TrackDecision, canary: TrackDecision
+) -> Condition:
+    if view.error is not None and view.error.reason in REGISTRY_FAILURES:
+        return Condition(
+            reasons.ALIASES_RESOLVED,
+            UNKNOWN,
+            reasons.REGISTRY_NOT_CONSULTED,
+            "the registry gave no answer; the versions that run now keep running",
+        )
+    problems = [decision.problem for decision in (production, canary) if decision.problem is not None]
+    if problems:
+        return Condition(
+            reasons.ALIASES_RESOLVED,
+            FALSE,
+            problems[0].reason,
+            "; ".join(problem.message for problem in problems),
+        )
+    pointed = [f"@{spec.model.alias} -> {production.pointed_at}"]
+    if spec.canary is not None and canary.pointed_at:
+        pointed.append(f"@{spec.canary.alias} -> {canary.pointed_at}")
+    return Condition(reasons.ALIASES_RESOLVED, TRUE, reasons.RESOLVED, ", ".join(pointed))
+
+
+def nothing_to_serve(production: TrackDecision) -> tuple[Condition, Condition]:
+    why = production.problem.message if production.problem else "no version resolved yet"
+    return (
+        Condition(reasons.READY, FALSE, reasons.NOTHING_TO_SERVE, why),
+        Condition(reasons.PROGRESSING, FALSE, reasons.NOTHING_TO_SERVE, why),
+    )
+
+
+def rollout_conditions(
+    *,
+    spec: ModelDeploymentSpec,
+    observed: ObservedState,
+    rollout: Rollout,
+    registry_ok: bool,
+    not_followed: str | None,
+) -> tuple[Condition, Condition]:
+    """(Ready, Progressing). `not_followed` says why alias moves are not followed now, if they aren't."""
+    stalled: list[str] = []
+    moving: list[str] = []
+    for track, version in rollout.served.items():
+        workload = observed.workloads.get(track)
+        final = rollout.targets.get(track, 0)
+        available = workload.available if workload else 0
+        if workload is not None and workload.stalled:
+            stalled.append(f"{track.value} rolling to version {version.version}: {workload.stalled}")
+        elif track not in rollout.targets:
+            moving.append(
+                f"{track.value} version {version.version} ending: {available} pods left, removed as the "
+                "other track's pods become available"
+            )
+        elif not (
+            workload is not None and settled(workload.model, workload.version, workload.rolled_out, version)
+        ):
+            moving.append(
+                f"{track.value} rolling to version {version.version} ({available}/{final} available)"
+            )
+        elif workload.replicas != final or workload.available > final:
+            # The split is not in place while a track still scales (surplus pods still count).
+            moving.append(f"{track.value} scaling from {workload.available} to {final} pods")
+
+    production = rollout.served[Track.PRODUCTION]
+    serving = f"version {production.version} serves production"
+    canary = rollout.served.get(Track.CANARY)
+    if canary is not None and Track.CANARY in rollout.targets:
+        serving += f", canary version {canary.version} gets {rollout.canary_weight}% of requests"
+    caveat = "" if registry_ok else "; alias moves are not followed until the registry answers"
+    if not_followed:
+        caveat += f"; {not_followed}"
+    if stalled:
+        message = "; ".join(stalled)
+        return (
+            Condition(
+                reasons.READY, FALSE, reasons.ROLLOUT_STALLED, message + "; the previous pods keep serving"
+            ),
+            Condition(reasons.PROGRESSING, FALSE, reasons.ROLLOUT_STALLED, message),
+        )
+    if moving:
+        message = "; ".join(moving)
+        return (
+            Condition(reasons.READY, FALSE, reasons.ROLLING_OUT, message),
+            Condition(reasons.PROGRESSING, TRUE, reasons.ROLLING_OUT, message),
+        )
+    if not_followed:
+        progressing = Condition(reasons.PROGRESSING, FALSE, reasons.SUSPENDED, not_followed)
+    else:
+        progressing = Condition(reasons.PROGRESSING, FALSE, reasons.ROLLOUT_COMPLETE, serving)
+    if spec.replicas == 0:
+        message = f"spec.replicas is 0: no pod serves; version {production.version} runs when scaled up"
+        return Condition(reasons.READY, TRUE, reasons.SCALED_TO_ZERO, message + caveat), progressing
+    return Condition(reasons.READY, TRUE, reasons.SERVING, serving + caveat), progressing
+
+
+def settled(model: str | None, version: str | None, rolled_out: bool, wanted: ServedVersion) -> bool:
+    """The track's Deployment runs `wanted` on all its replicas."""
+    return rolled_out and model == wanted.model and version == wanted.version
+
+
+def condition_events(previous: list[Mapping[str, object]], wanted: list[Condition]) -> list[EventRecord]:
+    """Warnings when a condition turns bad (or bad for a new reason); RolloutComplete when a roll
+    ends; Suspended when alias moves stop being followed."""
+    events: list[EventRecord] = []
+    for condition in wanted:
+        old = conditions.find(previous, condition.type)
+        if old is not None and (old.get("status"), old.get("reason")) == (condition.status, condition.reason):
+            continue
+        if condition.type == reasons.PROGRESSING and condition.reason == reasons.ROLLOUT_COMPLETE:
+            if old is not None and old.get("reason") == reasons.ROLLING_OUT:
+                events.append(EventRecord("Normal", reasons.ROLLOUT_COMPLETE, condition.message))
+        elif condition.type == reasons.PROGRESSING and condition.reason == reasons.SUSPENDED:
+            events.append(EventRecord("Normal", reasons.SUSPENDED, condition.message))
+        elif (
+            condition.type != reasons.READY
+            and condition.status != TRUE
+            and condition.reason not in HEALTHY_REASONS
+        ):
+            # Ready's own reason always repeats another condition's: warn once, on that one.
+            events.append(EventRecord("Warning", condition.reason, condition.message))
+    return events
