@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -42,12 +43,12 @@ class DrainingServer(uvicorn.Server):
         self._drain_announced = False
 
     @classmethod
-    def for_app(cls, app: ServingApp, **uvicorn_settings: object) -> DrainingServer:
+    def for_app(cls, app: ServingApp, **uvicorn_settings: Any) -> DrainingServer:
         config = uvicorn.Config(
             app,
             # uvicorn's own mechanism finishes what is in flight once the accept window is over.
             timeout_graceful_shutdown=app.config.drain_seconds - app.config.drain_accept_seconds,
-            **uvicorn_settings,  # type: ignore[arg-type]
+            **uvicorn_settings,
         )
         return cls(config, app=app)
 
