@@ -383,7 +383,7 @@ def wait_for_log(server: ServedProcess, text: str, *, timeout: float = 30) -> No
 def test_sigterm_drains_without_losing_a_request(
     picky_uri: str, mlflow_server: MlflowServer, workdir: Path
 ) -> None:
-    drain, accept = 15, 3
+    drain, accept = 15, 5
     server = ServedProcess(
         model_uri=picky_uri,
         tracking_uri=mlflow_server.url,
@@ -395,8 +395,8 @@ def test_sigterm_drains_without_losing_a_request(
         server.wait_until("/ready")
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             # Longer than the accept window: it is still in flight when the listener closes.
-            in_flight = pool.submit(server.post, {"dataframe_records": [{"text": "sleep 5"}]})
-            wait_for_log(server, "picky model: sleeping on 'sleep 5'")
+            in_flight = pool.submit(server.post, {"dataframe_records": [{"text": "sleep 7"}]})
+            wait_for_log(server, "picky model: sleeping on 'sleep 7'")
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
 
@@ -411,7 +411,7 @@ def test_sigterm_drains_without_losing_a_request(
             assert late.headers["Connection"] == "close"
 
             answer = in_flight.result(timeout=drain)
-            assert (answer.status_code, answer.json()) == (200, {"predictions": [len("sleep 5")]})
+            assert (answer.status_code, answer.json()) == (200, {"predictions": [len("sleep 7")]})
         assert server.wait_exit(timeout=drain) == 0
         assert time.monotonic() - signalled < drain
         assert "draining: not ready" in server.log()
