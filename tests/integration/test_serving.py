@@ -1,7 +1,8 @@
 """The model server against a real MLflow registry, started as the image starts it.
 
 Covers MLflow's scoring protocol (every input format, the response shape), the version header,
-readiness before and after the load, the bad-input table, and a version that cannot load.
+readiness before and after the load, the bad-input table, a model that raises (500, counted apart
+from bad input), the drain on SIGTERM, and a version that cannot load.
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlflowserver import MlflowServer
 from support.served import ServedProcess
@@ -23,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 PICKY_MODEL = Path(__file__).parent / "models" / "picky_model.py"
 
 GREAT, TERRIBLE = "this is great", "this is terrible"
+# The registry token the picky server gets (the test registry ignores it): it must never show.
+TOKEN = "tok-3f9a1c7e5b2d"
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +78,7 @@ def picky(picky_uri: str, mlflow_server: MlflowServer, workdir: Path) -> Iterato
         model_uri=picky_uri,
         tracking_uri=mlflow_server.url,
         workdir=workdir,
-        env={"ALIASROLL_MAX_REQUEST_BYTES": "2048"},
+        env={"ALIASROLL_MAX_REQUEST_BYTES": "2048", "MLFLOW_TRACKING_TOKEN": TOKEN},
     ).start()
     server.wait_until("/ready")
     yield server
@@ -249,13 +256,6 @@ BAD_INPUT: list[tuple[str, bytes, str, int, str]] = [
         "does not fit the model",
     ),
     ("params not an object", b'{"inputs": ["x"], "params": [1]}', "application/json", 400, "'params'"),
-    (
-        "model raises",
-        b'{"dataframe_records": [{"text": "boom"}]}',
-        "application/json",
-        400,
-        "The model raised ValueError",
-    ),
     ("unsupported content type", b"hello", "text/plain", 415, "only supports the following content types"),
     ("not UTF-8", b'{"inputs": ["x"]}', "application/json; charset=latin-1", 415, "only supports UTF-8"),
     (
@@ -281,7 +281,6 @@ def test_bad_input_gets_a_clear_client_error(
     assert message in error["message"]
     assert error["error_code"]
     assert "x" * 100 not in picky.log()
-    assert "boom" not in picky.log()
     # The server keeps serving.
     assert picky.post({"dataframe_records": [{"text": "still here"}]}).json() == {"predictions": [10]}
 
@@ -292,9 +291,158 @@ def test_a_failing_request_in_a_batch_fails_alone(picky: ServedProcess) -> None:
         answers = list(pool.map(lambda body: picky.post(body), bodies))
     for index, answer in enumerate(answers):
         if index == 5:
-            assert answer.status_code == 400
+            assert answer.status_code == 500
         else:
             assert answer.json() == {"predictions": [len(f"row {index}")]}
+
+
+# A model that raises is the server's failure (500), counted apart from bad input, per version.
+
+
+def scrape(server: ServedProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = server.session.get(server.url + "/metrics").text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(value for (n, have), value in samples.items() if n == name and wanted <= have)
+
+
+def test_a_model_that_raises_answers_500_and_is_counted_apart_from_bad_input(
+    picky: ServedProcess, picky_uri: str
+) -> None:
+    version = picky_uri.rsplit("/", 1)[1]
+    before = scrape(picky)
+
+    failed = picky.post({"dataframe_records": [{"text": "boom"}]})
+    assert failed.status_code == 500, failed.text
+    assert failed.headers["Content-Type"] == "application/json"
+    assert failed.headers["X-Model-Version"] == version
+    assert failed.json() == {
+        "error_code": "INTERNAL_ERROR",
+        "message": "The model failed on this request: it raised ValueError. "
+        "The server's log has the traceback.",
+    }
+    malformed = picky.post(None, raw=b'{"inputs": [1,')
+    assert malformed.status_code == 400, malformed.text
+    assert "valid JSON" in malformed.json()["message"]
+    wrong_schema = picky.post({"dataframe_split": {"columns": ["a"], "data": [[1]]}})
+    assert wrong_schema.status_code == 400, wrong_schema.text
+    assert "does not fit the model" in wrong_schema.json()["message"]
+
+    after = scrape(picky)
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(after, name, version=version, **labels) - metric(
+            before, name, version=version, **labels
+        )
+
+    failures = "aliasroll_serving_prediction_failures_total"
+    assert (grew(failures, kind="model"), grew(failures, kind="input"), grew(failures, kind="server")) == (
+        1,
+        2,
+        0,
+    )
+    requests_total = "aliasroll_serving_requests_total"
+    assert (grew(requests_total, code="500"), grew(requests_total, code="400")) == (1, 2)
+    # What a canary analysis derives per version: the 5xx share and latency percentiles.
+    assert grew("aliasroll_serving_request_duration_seconds_count") == 3
+    assert grew("aliasroll_serving_request_duration_seconds_bucket", le="+Inf") == 3
+    # The traceback is in the log, for the model's owner.
+    log = picky.log()
+    assert "the model raised on a request (answered 500)" in log
+    assert "Traceback (most recent call last)" in log
+    assert "ValueError: the model does not take 'boom'" in log
+
+
+def test_a_model_failure_never_shows_the_credentials(picky: ServedProcess) -> None:
+    failed = picky.post({"dataframe_records": [{"text": "leak"}]})
+    assert failed.status_code == 500, failed.text
+    assert "ConnectionError" in failed.json()["message"]
+    assert TOKEN not in failed.text
+    assert "ConnectionError: cannot reach https://***@features.internal (token ***)" in picky.log()
+    assert TOKEN not in picky.log()
+
+
+# The drain on SIGTERM: out of the endpoints at once, nothing in flight lost, out within DRAIN_SECONDS.
+
+
+def wait_for_log(server: ServedProcess, text: str, *, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never showed in the log:\n{server.log()}")
+        time.sleep(0.02)
+
+
+def test_sigterm_drains_without_losing_a_request(
+    picky_uri: str, mlflow_server: MlflowServer, workdir: Path
+) -> None:
+    drain, accept = 15, 5
+    server = ServedProcess(
+        model_uri=picky_uri,
+        tracking_uri=mlflow_server.url,
+        workdir=workdir,
+        env={"DRAIN_SECONDS": str(drain), "DRAIN_ACCEPT_SECONDS": str(accept)},
+    ).start()
+    assert server.process is not None
+    try:
+        server.wait_until("/ready")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # Longer than the accept window: it is still in flight when the listener closes.
+            in_flight = pool.submit(server.post, {"dataframe_records": [{"text": "sleep 7"}]})
+            wait_for_log(server, "picky model: sleeping on 'sleep 7'")
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+
+            not_ready = server.wait_until("/ready", status=503, timeout=accept)
+            assert not_ready.json() == {"ready": False, "model": picky_uri, "draining": True}
+            assert server.session.get(server.url + "/live").status_code == 200
+            # A client whose routing has not caught up yet is still answered, told to reconnect.
+            late = requests.post(
+                server.url + "/invocations", json={"dataframe_records": [{"text": "late"}]}, timeout=10
+            )
+            assert (late.status_code, late.json()) == (200, {"predictions": [4]})
+            assert late.headers["Connection"] == "close"
+
+            answer = in_flight.result(timeout=drain)
+            assert (answer.status_code, answer.json()) == (200, {"predictions": [len("sleep 7")]})
+        assert server.wait_exit(timeout=drain) == 0
+        assert time.monotonic() - signalled < drain
+        assert "draining: not ready" in server.log()
+    finally:
+        server.stop()
+
+
+def test_a_request_longer_than_the_drain_does_not_hold_the_process(
+    picky_uri: str, mlflow_server: MlflowServer, workdir: Path
+) -> None:
+    server = ServedProcess(
+        model_uri=picky_uri,
+        tracking_uri=mlflow_server.url,
+        workdir=workdir,
+        env={"DRAIN_SECONDS": "3", "DRAIN_ACCEPT_SECONDS": "1"},
+    ).start()
+    assert server.process is not None
+    try:
+        server.wait_until("/ready")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(server.post, {"dataframe_records": [{"text": "sleep 120"}]})
+            wait_for_log(server, "picky model: sleeping on 'sleep 120'")
+            server.process.send_signal(signal.SIGTERM)
+            # DRAIN_SECONDS, then 2 s for the predict thread, then out: far before the model wakes.
+            assert server.wait_exit(timeout=30) == 1
+            answer = stuck.result(timeout=10)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert "past the drain deadline" in server.log()
+    finally:
+        server.stop()
 
 
 def test_dockerfile_runs_the_entry_point_the_tests_run() -> None:

@@ -1,8 +1,8 @@
 """`python -m aliasroll.serving`: the serving image's entry point (and the tests').
 
-Exit codes: 0 on a normal stop, 1 when the model version cannot be downloaded, loaded or warmed up
-(Kubernetes restarts the pod and the rollout stalls instead of sending traffic to it), 2 for a bad
-setting.
+Exit codes: 0 on a normal stop (SIGTERM, drained: see server.py), 1 when the model version cannot
+be downloaded, loaded or warmed up (Kubernetes restarts the pod and the rollout stalls instead of
+sending traffic to it) or when a predict call outlived the drain, 2 for a bad setting.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
-
 from aliasroll.serving.app import ServingApp
 from aliasroll.serving.config import ConfigError, ServingConfig
+from aliasroll.serving.server import DrainingServer
 
 log = logging.getLogger("aliasroll.serving")
 
@@ -27,7 +26,7 @@ def main() -> int:
         return 2
     logging.getLogger().setLevel(config.log_level.upper())
     failure: list[str] = []
-    server: uvicorn.Server | None = None
+    server: DrainingServer | None = None
 
     def fatal(message: str) -> None:
         log.error("%s", message)
@@ -36,18 +35,16 @@ def main() -> int:
             server.should_exit = True
 
     app = ServingApp(config, on_fatal=fatal)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,  # the metrics count requests; a log line each costs more than the request
-            log_level=config.log_level,
-            timeout_keep_alive=75,  # longer than common client and load-balancer idle timeouts
-        )
+    server = DrainingServer.for_app(
+        app,
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # the metrics count requests; a log line each costs more than the request
+        log_level=config.log_level,
+        timeout_keep_alive=75,  # longer than common client and load-balancer idle timeouts
     )
     log.info("serving %s on %s:%d (loading)", config.model_uri, config.host, config.port)
     server.run()

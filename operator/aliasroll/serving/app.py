@@ -1,9 +1,13 @@
 """The HTTP side: a plain ASGI application (no framework: each layer costs per request).
 
 Endpoints: MLflow's `POST /invocations`, `GET /ping`, `/health`, `/version`; and for Kubernetes
-`GET /ready` (model loaded and warmed up), `GET /live`, `GET /metrics` (Prometheus). Every answer
-names the model version that gave it (`X-Model-Version`), so a canary split can be measured from
-the client side.
+`GET /ready` (model loaded and warmed up, and not draining), `GET /live`, `GET /metrics`
+(Prometheus). Every answer names the model version that gave it (`X-Model-Version`), so a canary
+split can be measured from the client side.
+
+Draining (server.py sets `draining` on SIGTERM): readiness turns 503 at once so the pod leaves the
+Service's endpoints, while /invocations keeps scoring; every answer then carries `Connection: close`
+so keep-alive clients reconnect, to another pod, before the listener closes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -21,7 +26,8 @@ from aliasroll.serving.batching import Batcher
 from aliasroll.serving.config import ServingConfig
 from aliasroll.serving.metrics import Metrics
 from aliasroll.serving.model import ModelLoadError, ServedModel
-from aliasroll.serving.protocol import RequestError, decode
+from aliasroll.serving.protocol import FailureKind, RequestError, decode
+from aliasroll.serving.redaction import redact, secret_values
 
 log = logging.getLogger("aliasroll.serving")
 
@@ -45,6 +51,8 @@ class ServingApp:
         self.model: ServedModel | None = None
         self.batcher: Batcher | None = None
         self._on_fatal = on_fatal
+        # Set from a signal handler: a plain attribute, read once per answer.
+        self.draining = False
         self._loader: asyncio.Task[None] | None = None
         self._identity = [
             (b"x-model-name", config.model_name.encode()),
@@ -58,7 +66,7 @@ class ServingApp:
 
     @property
     def ready(self) -> bool:
-        return self.batcher is not None
+        return self.batcher is not None and not self.draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,7 +86,9 @@ class ServingApp:
             # MLflow's health check: healthy once the model is there.
             await self._send(send, 200 if self.ready else 503, b"\n")
         elif path == "/ready":
-            body = {"ready": self.ready, "model": self.config.model_uri}
+            body: dict[str, object] = {"ready": self.ready, "model": self.config.model_uri}
+            if self.draining:
+                body["draining"] = True
             await self._send(send, 200 if self.ready else 503, orjson.dumps(body))
         elif path == "/live":
             await self._send(send, 200, b'{"live":true}')
@@ -91,7 +101,9 @@ class ServingApp:
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status, cause = 200, None
+        status = 500  # counted if something escapes every handler below
+        cause: str | None = "INTERNAL_ERROR"
+        failure: FailureKind | None = "server"
         try:
             if self.batcher is None:
                 raise RequestError(
@@ -107,8 +119,9 @@ class ServingApp:
                     504, "Request processing time exceeded limit", error_code="DEADLINE_EXCEEDED"
                 ) from None
             await self._send(send, 200, answer)
+            status, cause, failure = 200, None, None
         except RequestError as error:
-            status, cause = error.status, error.error_code
+            status, cause, failure = error.status, error.error_code, error.kind
             # Logged without the payload (and without the message, which may quote the input).
             # 503 while loading is expected (probes, early clients); 5xx is ours; 4xx is the client's.
             if error.status == 503:
@@ -118,9 +131,27 @@ class ServingApp:
             log.log(level, "invocations answered %d %s", error.status, error.error_code)
             await self._send(send, error.status, error.body())
         except ClientGone:
-            status, cause = 499, "CLIENT_CLOSED"
+            status, cause, failure = 499, "CLIENT_CLOSED", None
+        except asyncio.CancelledError:
+            # Only a drain that overran DRAIN_SECONDS cancels a request (uvicorn's
+            # timeout_graceful_shutdown): the client gets a 503 it can retry elsewhere rather than
+            # uvicorn's plain-text 500, and the request task, ours alone, ends here.
+            status, cause, failure = 503, "TEMPORARILY_UNAVAILABLE", "server"
+            log.warning("a request in flight was cancelled: the drain deadline passed (answered 503)")
+            stopped = RequestError(
+                503,
+                "The server stopped before this request finished (DRAIN_SECONDS passed); retry it.",
+                error_code="TEMPORARILY_UNAVAILABLE",
+            )
+            await self._send(send, 503, stopped.body())
+        except Exception:  # a bug of ours: still an answer in MLflow's shape, and counted
+            log.exception("unexpected error while answering /invocations (answered 500)")
+            status, cause, failure = 500, "INTERNAL_ERROR", "server"
+            await self._send(send, 500, RequestError(500, "internal error", error_code=cause).body())
         finally:
-            self.metrics.observe(code=status, seconds=time.perf_counter() - started, cause=cause)
+            self.metrics.observe(
+                code=status, seconds=time.perf_counter() - started, cause=cause, kind=failure
+            )
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.config.max_request_bytes
@@ -147,6 +178,8 @@ class ServingApp:
             (b"content-length", str(len(body)).encode()),
             *self._identity,
         ]
+        if self.draining:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -176,7 +209,11 @@ class ServingApp:
             return
         except Exception as error:  # a warm-up that fails means the version cannot serve
             self._on_fatal(
-                f"the warm-up prediction of {self.config.model_uri} failed: {type(error).__name__}: {error}"
+                redact(
+                    f"the warm-up prediction of {self.config.model_uri} failed: "
+                    f"{type(error).__name__}: {error}",
+                    secret_values(os.environ),
+                )
             )
             return
         self.model = model
@@ -187,7 +224,7 @@ class ServingApp:
             threads=self.config.predict_threads,
             on_batch=self.metrics.observe_batch,
         )
-        self.metrics.set_ready()
+        self.metrics.set_ready(not self.draining)
         log.info(
             "ready: %s in %.1f s (%s)",
             self.config.model_uri,

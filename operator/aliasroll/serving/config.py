@@ -8,6 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# The pod's terminationGracePeriodSeconds (40) minus its preStop sleep (5) is what the process has
+# after SIGTERM; the drain, plus up to 2 s for a hung predict call to be abandoned, must fit in it.
+MAX_DRAIN_SECONDS = 30
+
 _PINNED = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
@@ -30,6 +34,8 @@ class ServingConfig:
     predict_threads: int = 2
     track: str = ""
     log_level: str = "info"
+    drain_seconds: int = 20
+    drain_accept_seconds: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
@@ -41,6 +47,20 @@ class ServingConfig:
             raise ConfigError(
                 f"MODEL_URI={uri!r} names an alias: a restarted pod could load another version. "
                 "Give models:/<name>/<version>."
+            )
+        drain = _int(
+            env,
+            "DRAIN_SECONDS",
+            20,
+            low=1,
+            high=MAX_DRAIN_SECONDS,
+            hint=" (the pod's terminationGracePeriodSeconds minus its preStop sleep must exceed it by 2 s)",
+        )
+        accept = _int(env, "DRAIN_ACCEPT_SECONDS", min(3, drain - 1), low=0, high=MAX_DRAIN_SECONDS)
+        if accept >= drain:
+            raise ConfigError(
+                f"DRAIN_ACCEPT_SECONDS={accept} must be less than DRAIN_SECONDS={drain}: "
+                "the drain must leave time to finish the requests in flight"
             )
         pinned = _PINNED.match(uri)
         name, version = (pinned["name"], pinned["version"]) if pinned else (uri, "unknown")
@@ -60,10 +80,12 @@ class ServingConfig:
             predict_threads=_int(env, "ALIASROLL_PREDICT_THREADS", 2, low=1, high=64),
             track=env.get("ALIASROLL_TRACK", ""),
             log_level=env.get("ALIASROLL_LOG_LEVEL", "info").lower(),
+            drain_seconds=drain,
+            drain_accept_seconds=accept,
         )
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int, hint: str = "") -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -72,7 +94,7 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if not low <= value <= high:
-        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}")
+        raise ConfigError(f"{name}={raw!r} must be between {low} and {high}{hint}")
     return value
 
 

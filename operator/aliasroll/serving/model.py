@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import StringIO
@@ -23,12 +24,55 @@ from aliasroll.serving.protocol import (
     merge,
     shorten,
 )
+from aliasroll.serving.redaction import redact, secret_values
 
 log = logging.getLogger("aliasroll.serving")
 
 
 class ModelLoadError(Exception):
     """The version could not be downloaded or loaded: the process must exit non-zero."""
+
+
+# MLflow raises these for input that does not fit a model, with its default error code (500).
+_TYPE_HINT_VALIDATION = "Failed to validate the input data against the type hint"
+
+
+def prediction_failure(error: Exception) -> RequestError:
+    """What a request answers when the model's predict call raised `error`.
+
+    The call runs MLflow's input checks before the model's own code: their MlflowExceptions (schema
+    enforcement, params, type hints, pydantic validation) are the input's fault, a 4xx saying what
+    does not fit. Anything else the model raised is the server's failure: 500, counted as the
+    model's, with a message that quotes nothing of the exception (its text may hold input or
+    credentials; the log has it, redacted).
+    """
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, RequestError):
+        return error
+    if isinstance(error, MlflowException):
+        status = error.get_http_status_code()
+        if 400 <= status < 500 or _is_input_validation(error):
+            return RequestError(
+                status if 400 <= status < 500 else 400,
+                f"The input does not fit the model: {error.message}",
+                kind="input",
+            )
+    return RequestError(
+        500,
+        f"The model failed on this request: it raised {type(error).__name__}. "
+        "The server's log has the traceback.",
+        error_code="INTERNAL_ERROR",
+        kind="model",
+    )
+
+
+def _is_input_validation(error: Any) -> bool:
+    import pydantic
+
+    return str(error.message).startswith(_TYPE_HINT_VALIDATION) or isinstance(
+        error.__cause__, pydantic.ValidationError
+    )
 
 
 @dataclass
@@ -51,6 +95,7 @@ class ServedModel:
         from_hints = getattr(pyfunc.metadata, "_is_signature_from_type_hint", None)
         self.unparsed_inputs = bool(from_hints()) if callable(from_hints) else False
         self.input_example = Model.load(str(local_path)).load_input_example(str(local_path))
+        self._secrets = secret_values(os.environ)
 
     @classmethod
     def load(cls, config: ServingConfig) -> ServedModel:
@@ -72,9 +117,12 @@ class ServedModel:
             pyfunc = mlflow.pyfunc.load_model(str(local))
         except Exception as error:
             raise ModelLoadError(
-                f"cannot load {config.model_uri} from "
-                f"{os.environ.get('MLFLOW_TRACKING_URI', '(MLFLOW_TRACKING_URI is not set)')}: "
-                f"{type(error).__name__}: {shorten(str(error))}"
+                redact(
+                    f"cannot load {config.model_uri} from "
+                    f"{os.environ.get('MLFLOW_TRACKING_URI', '(MLFLOW_TRACKING_URI is not set)')}: "
+                    f"{type(error).__name__}: {shorten(str(error))}",
+                    secret_values(os.environ),
+                )
             ) from error
         log.info(
             "loaded %s (download %.1f s, load %.1f s)",
@@ -96,7 +144,14 @@ class ServedModel:
     def answer(self, request: ParsedRequest) -> bytes:
         """The response body for one request; raises RequestError."""
         data = self._parse(request)
-        return encode_predictions(self._jsonable(self._predict(data, request.params)))
+        try:
+            predictions = self._predict(data, request.params)
+        except Exception as error:
+            failure = prediction_failure(error)
+            if failure.kind == "model":
+                self._log_traceback("the model raised on a request (answered 500)", error)
+            raise failure from None
+        return encode_predictions(self._jsonable(predictions))
 
     def answer_group(self, group: Sequence[ParsedRequest]) -> BatchOutcome:
         """Scores compatible requests as one batch; falls back to one by one when the batch fails
@@ -123,8 +178,14 @@ class ServedModel:
         except RequestError as error:
             return error
         except Exception as error:  # a bug of ours, not the client's
-            log.exception("unexpected error while scoring")
+            self._log_traceback("unexpected error while scoring (answered 500)", error)
             return RequestError(500, f"internal error: {type(error).__name__}", error_code="INTERNAL_ERROR")
+
+    def _log_traceback(self, what: str, error: Exception) -> None:
+        # The traceback is what the model's owner needs; the exception's text can quote anything
+        # the model had at hand, so credentials are masked first.
+        text = "".join(traceback.format_exception(error)).rstrip()
+        log.error("%s:\n%s", what, redact(text, self._secrets))
 
     def _parse(self, request: ParsedRequest) -> Any:
         if request.content_type == CONTENT_CSV:
@@ -143,24 +204,9 @@ class ServedModel:
         return self._mlflow_call(infer_and_parse_data, body, self.input_schema)
 
     def _predict(self, data: Any, params: dict[str, Any] | None) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            if self.accepts_params:
-                return self.pyfunc.predict(data, params=params)
-            return self.pyfunc.predict(data)
-        except MlflowException as error:
-            # Schema enforcement and input conversion: the request does not fit the model.
-            raise RequestError(
-                error.get_http_status_code() if error.get_http_status_code() < 500 else 400,
-                f"The input does not fit the model: {error.message}",
-            ) from None
-        except Exception as error:
-            raise RequestError(
-                400,
-                f"The model raised {type(error).__name__} on this input: {error}. Check that the input "
-                "matches the model's signature.",
-            ) from None
+        if self.accepts_params:
+            return self.pyfunc.predict(data, params=params)
+        return self.pyfunc.predict(data)
 
     @staticmethod
     def _jsonable(raw: Any) -> Any:
@@ -173,6 +219,7 @@ class ServedModel:
                 500,
                 f"The model's output cannot be serialized: {type(error).__name__}",
                 error_code="INTERNAL_ERROR",
+                kind="model",
             ) from None
 
     @staticmethod

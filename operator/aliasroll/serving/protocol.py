@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -28,13 +28,29 @@ CONTENT_CSV = "text/csv"
 _MESSAGE_LIMIT = 500
 
 
-class RequestError(Exception):
-    """A request the server will not score: `status` 4xx for the client's faults, 5xx for ours."""
+# Whose fault a failed scoring request is, as the metrics count it (a closed set: a label value).
+# input: the client's request (4xx); model: the model raised, or returned what cannot be serialized
+# (500); server: the server's own state or limits (503 while loading, 504 past the deadline, a bug).
+FailureKind = Literal["input", "model", "server"]
 
-    def __init__(self, status: int, message: str, *, error_code: str = "BAD_REQUEST") -> None:
+
+class RequestError(Exception):
+    """A request the server will not score: `status` 4xx for the client's faults, 5xx for ours.
+
+    `kind` defaults from the status; a model's own failure says "model" explicitly."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_code: str = "BAD_REQUEST",
+        kind: FailureKind | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error_code = error_code
+        self.kind: FailureKind = kind or ("input" if status < 500 else "server")
 
     def body(self) -> bytes:
         # The shape of MLflow's MlflowException.serialize_as_json, without a stack trace.
