@@ -1,10 +1,13 @@
-"""The namespaced install (manifests/namespaced) as users apply it, proven against the real API server.
+"""The install manifests as users apply them, against the real API server and kubectl's kustomize.
 
-The component is rendered by kubectl's kustomize over the default install, the way the README says, with a
-name prefix so its cluster-scoped objects (ClusterRole, ClusterRoleBinding) and its ServiceAccount do not
-replace the cluster-wide install that the session applied for the other tests. Its ServiceAccount then
-asks the API server what it may do (`kubectl auth can-i` with a token of its own): everything the operator
-needs in the watched namespace, nothing in any other, and no Secrets cluster-wide.
+The Argo CD health check (manifests/argocd) is merged into an argocd-cm both ways the README shows.
+
+The namespaced install (manifests/namespaced) is rendered over the default install the way the README
+says, with a name prefix so its cluster-scoped objects (ClusterRole, ClusterRoleBinding) and its
+ServiceAccount do not replace the cluster-wide install that the session applied for the other tests.
+Its ServiceAccount then asks the API server what it may do (`kubectl auth can-i` with a token of its
+own): everything the operator needs in the watched namespace, nothing in any other, and no Secrets
+cluster-wide. Last, the operator runs with that token and those flags alone.
 """
 
 from __future__ import annotations
@@ -197,3 +200,52 @@ def test_the_operator_runs_with_these_rights_alone(kube: Kube, namespaced_operat
     assert "Handler 'model_deployment_event' succeeded." in log
     for trouble in ("Not enough permissions", "forbidden", "Forbidden", "Failed to post"):
         assert trouble not in log, f"{trouble!r} in the operator's log:\n{namespaced_operator.log_tail(40)}"
+
+
+ARGOCD = REPO / "manifests" / "argocd"
+HEALTH_KEY = "resource.customizations.health.aliasroll.io_ModelDeployment"
+ARGOCD_CM = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "argocd-cm"},
+    "data": {"url": "https://argocd.example.com"},
+}
+
+
+def test_kubectl_patch_merges_the_health_check_into_argocd_cm(cluster: LocalCluster, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ARGOCD_CM))
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "argocd-cm",
+        "-n",
+        namespace,
+        "--patch-file",
+        str(ARGOCD / "argocd-cm-patch.yaml"),
+    )
+    data = yaml.safe_load(
+        cluster.kubectl("get", "configmap", "argocd-cm", "-n", namespace, "-o", "yaml").stdout
+    )["data"]
+    assert data == {"url": "https://argocd.example.com", HEALTH_KEY: (ARGOCD / "health.lua").read_text()}
+
+
+@pytest.mark.parametrize(
+    "argocd_namespace", [None, "argocd"], ids=["argocd-cm without namespace", "in argocd"]
+)
+def test_the_kustomize_component_merges_the_health_check_into_argocd_cm(
+    cluster: LocalCluster, tmp_path: Path, argocd_namespace: str | None
+) -> None:
+    # Argo CD's install.yaml leaves namespaces out; kustomizations that vendor it often set one.
+    configmap = {**ARGOCD_CM, "metadata": {"name": "argocd-cm", "namespace": argocd_namespace}}
+    (tmp_path / "argocd-cm.yaml").write_text(yaml.safe_dump(configmap))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": ["argocd-cm.yaml"], "components": [os.path.relpath(ARGOCD, tmp_path)]})
+    )
+    [rendered] = [
+        doc for doc in yaml.safe_load_all(cluster.kubectl("kustomize", str(tmp_path)).stdout) if doc
+    ]
+    assert rendered["metadata"].get("namespace") == argocd_namespace
+    assert rendered["data"] == {
+        "url": "https://argocd.example.com",
+        HEALTH_KEY: (ARGOCD / "health.lua").read_text(),
+    }

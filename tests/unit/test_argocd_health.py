@@ -258,4 +258,6 @@ def test_the_argocd_cm_patch_carries_the_script_verbatim() -> None:
 def test_the_kustomize_component_applies_the_patch() -> None:
     component = yaml.safe_load((ARGOCD / "kustomization.yaml").read_text())
     assert component["kind"] == "Component"
-    assert {"path": "argocd-cm-patch.yaml"} in component["patches"]
+    [patch] = component["patches"]
+    assert patch["path"] == "argocd-cm-patch.yaml"
+    assert patch["target"] == {"version": "v1", "kind": "ConfigMap", "name": "argocd-cm"}
