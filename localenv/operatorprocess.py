@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from mlflowserver import free_port
@@ -21,11 +22,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 class OperatorProcess:
     def __init__(
-        self, *, kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None, verbose: bool = False
+        self,
+        *,
+        kubeconfig: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        verbose: bool = False,
+        args: Sequence[str] = (),
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_env = dict(env or {})
+        self.extra_args = list(args)  # e.g. ["--namespace", "team-a"]
         self.verbose = verbose
         self.process: subprocess.Popen[bytes] | None = None
         self.port = free_port()
@@ -40,6 +48,7 @@ class OperatorProcess:
         command = [sys.executable, "-m", "aliasroll", f"--liveness=http://127.0.0.1:{self.port}/healthz"]
         if self.verbose:
             command.append("--verbose")
+        command.extend(self.extra_args)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== operator start {time.strftime('%H:%M:%S')} =====\n".encode())

@@ -1,0 +1,123 @@
+"""The install manifests agree with each other: the namespaced install grants what the cluster-wide one does.
+
+manifests/rbac.yaml is the cluster-wide install's ClusterRole (the e2e tests run the operator with it, so
+a missing rule fails them); manifests/namespaced/ grants the same namespaced rules through a Role in each
+watched namespace. These checks keep the two from drifting apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+NAMESPACED = MANIFESTS / "namespaced"
+
+# (apiGroup, resource) pairs of rbac.yaml that are cluster-scoped: granted by a ClusterRole in both installs.
+# A rule for anything else is taken as namespaced and must be in the Role of each watched namespace.
+CLUSTER_SCOPED = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("", "namespaces"),
+}
+
+Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def grants(rules: list[dict[str, Any]]) -> set[Grant]:
+    """Every (apiGroup, resource, verb) a list of PolicyRules allows, expanded one by one."""
+    expanded = set()
+    for rule in rules:
+        assert "resourceNames" not in rule, "rules naming objects need a comparison that knows them"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    expanded.add((group, resource, verb))
+    return expanded
+
+
+def is_cluster_scoped(grant: Grant) -> bool:
+    return (grant[0], grant[1]) in CLUSTER_SCOPED
+
+
+CLUSTER_WIDE = grants(only(documents(MANIFESTS / "rbac.yaml"), "ClusterRole")["rules"])
+ROLE_DOCS = documents(NAMESPACED / "watched-namespace" / "role.yaml")
+NAMESPACED_ROLE = grants(only(ROLE_DOCS, "Role")["rules"])
+NAMESPACED_CLUSTER_ROLE = grants(only(documents(NAMESPACED / "cluster-role.yaml"), "ClusterRole")["rules"])
+
+
+def test_the_role_covers_every_namespaced_rule_of_the_cluster_wide_install() -> None:
+    namespaced = {grant for grant in CLUSTER_WIDE if not is_cluster_scoped(grant)}
+    missing = sorted(namespaced - NAMESPACED_ROLE)
+    assert not missing, (
+        "manifests/rbac.yaml grants these namespaced (apiGroup, resource, verb) that "
+        f"manifests/namespaced/watched-namespace/role.yaml does not: {missing}"
+    )
+
+
+def test_the_role_holds_nothing_cluster_scoped() -> None:
+    # A Role cannot grant cluster-scoped resources: such a rule would only look like it works.
+    assert not {grant for grant in NAMESPACED_ROLE if is_cluster_scoped(grant)}
+
+
+def test_the_cluster_role_keeps_exactly_the_cluster_scoped_rules() -> None:
+    cluster_scoped = {grant for grant in CLUSTER_WIDE if is_cluster_scoped(grant)}
+    assert cluster_scoped, "rbac.yaml grants Kopf's cluster-scoped reads (CRDs, namespaces)"
+    assert cluster_scoped == NAMESPACED_CLUSTER_ROLE, (
+        "manifests/namespaced/cluster-role.yaml must hold the cluster-scoped rules of manifests/rbac.yaml "
+        "and nothing namespaced (those go in the Role)"
+    )
+
+
+def test_secrets_are_read_by_name_only_in_both_installs() -> None:
+    # The security model promises it: no list or watch of Secrets, only a get of the one a resource names.
+    for install in (CLUSTER_WIDE, NAMESPACED_ROLE):
+        assert {verb for group, resource, verb in install if (group, resource) == ("", "secrets")} == {"get"}
+
+
+def test_the_role_binding_binds_the_role_to_the_operators_service_account() -> None:
+    account = only(documents(MANIFESTS / "rbac.yaml"), "ServiceAccount")["metadata"]["name"]
+    operator_namespace = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["namespace"]
+    role = only(ROLE_DOCS, "Role")
+    binding = only(ROLE_DOCS, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": operator_namespace}
+    ]
+
+
+def test_every_watched_namespace_has_a_role_and_a_namespace_flag() -> None:
+    component = yaml.safe_load((NAMESPACED / "kustomization.yaml").read_text())
+    with_role = set()
+    for resource in component["resources"]:
+        folder = NAMESPACED / resource
+        assert folder.parent == NAMESPACED / "namespaces", f"{resource}: one folder per watched namespace"
+        with_role.add(yaml.safe_load((folder / "kustomization.yaml").read_text())["namespace"])
+    [args_patch] = [
+        patch for patch in component["patches"] if patch.get("target", {}).get("kind") == "Deployment"
+    ]
+    flags = set()
+    for op in yaml.safe_load(args_patch["patch"]):
+        assert (op["op"], op["path"]) == ("add", "/spec/template/spec/containers/0/args/-")
+        flag, _, namespace = op["value"].partition("=")
+        assert flag == "--namespace", op
+        assert namespace, op
+        flags.add(namespace)
+    assert with_role, "the example watches one namespace"
+    assert flags == with_role, "each watched namespace needs both its Role folder and its --namespace flag"
