@@ -70,7 +70,7 @@ BAD = [
     (
         "env name twice",
         with_spec("spec.serving", {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}),
-        'spec.serving.env[1]: Duplicate value: map[string]interface {}{"name":"A"}',
+        'spec.serving.env[1]: Duplicate value: {"name":"A"}',
     ),
     (
         "unknown field in an env item",
