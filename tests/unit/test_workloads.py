@@ -45,13 +45,10 @@ def template(serving: dict[str, Any]) -> dict[str, Any]:
     return built
 
 
-def pod(serving: dict[str, Any]) -> dict[str, Any]:
-    return template(serving)["spec"]  # type: ignore[no-any-return]
-
-
 def container(serving: dict[str, Any]) -> dict[str, Any]:
-    (only,) = pod(serving)["containers"]
-    return only  # type: ignore[no-any-return]
+    only: dict[str, Any]
+    (only,) = template(serving)["spec"]["containers"]
+    return only
 
 
 # (case, spec.serving, where to look in the pod template, what is expected there)

@@ -1,8 +1,9 @@
 """Registry credentials from a Secret whose keys are MLflow's own variable names.
 
-The same Secret is mounted into serving pods with envFrom, so one Secret serves the operator (to
-resolve aliases) and the pods (to download the pinned version). Values never leave this module
-except inside a Credentials object, whose repr is masked.
+The same Secret is given to serving pods with envFrom (unless spec.serving.credentialsSecretRef names
+one of their own, say a read-only token), so one Secret can serve the operator (to resolve aliases)
+and the pods (to download the pinned version). Only MLflow's keys are read: the Secret may hold
+other things. Values never leave this module except inside a Credentials object, whose repr is masked.
 """
 
 from __future__ import annotations
