@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from aliasroll.errors import InvalidSpec
@@ -68,6 +69,49 @@ class RegistrySpec:
     poll_seconds: float
 
 
+DEFAULT_SCRATCH_SIZE = "10Gi"
+# Env names the operator sets itself, and pod label/annotation keys it selects or pins versions by:
+# the CRD refuses them with a message; parse_serving refuses them for resources older than the CRD.
+OPERATOR_ENV = frozenset({"MODEL_URI", "MLFLOW_TRACKING_URI", "PORT", "SCRATCH_DIR", "ALIASROLL_TRACK"})
+OPERATOR_LABELS = frozenset(
+    {"app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
+)
+OPERATOR_PREFIX = "aliasroll.io/"
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+@dataclass(frozen=True)
+class PodSecurity:
+    """The user and groups of the serving pods (the operator keeps runAsNonRoot and seccomp)."""
+
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    fs_group: int | None = None
+    supplemental_groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """spec.serving.podTemplate: what users add to the pods the operator builds.
+
+    Kubernetes-shaped values (tolerations, affinity, topology spread) are kept as the API server
+    validated them, deep-frozen (read-only mappings and tuples), and passed through as they are.
+    """
+
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    annotations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    node_selector: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+    security: PodSecurity = PodSecurity()
+
+
 @dataclass(frozen=True)
 class ServingSpec:
     image: str | None
@@ -75,6 +119,10 @@ class ServingSpec:
     resources: Mapping[str, Any]
     env: tuple[Mapping[str, Any], ...]
     service_account_name: str | None
+    # The Secret pods get with envFrom; None: spec.registry.credentialsSecretRef (see pod_credentials_secret).
+    credentials_secret: str | None = None
+    scratch_size: str = DEFAULT_SCRATCH_SIZE
+    pod: PodSettings = PodSettings()
 
 
 @dataclass(frozen=True)
@@ -195,13 +243,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
         ),
         replicas=replicas,
         canary=canary,
-        serving=ServingSpec(
-            image=serving.get("image") or None,
-            port=_int(serving.get("port", DEFAULT_PORT), path="spec.serving.port", low=1, high=65535),
-            resources=serving.get("resources") or {},
-            env=tuple(serving.get("env") or ()),
-            service_account_name=serving.get("serviceAccountName") or None,
-        ),
+        serving=parse_serving(serving),
         traffic=TrafficSpec(
             router=router,
             parent_refs=tuple(
@@ -249,4 +291,152 @@ def _alias(value: object, *, path: str) -> str:
 def _int(value: object, *, path: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidSpec(path, f"must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def parse_serving(raw: object) -> ServingSpec:
+    """spec.serving, checked as the CRD checks it (a resource may predate the installed CRD)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec("spec.serving", "must be an object")
+    env = _list(raw.get("env"), path="spec.serving.env")
+    seen: set[str] = set()
+    for item in env:
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidSpec("spec.serving.env", "every item needs a name")
+        if name in OPERATOR_ENV:
+            raise InvalidSpec("spec.serving.env", f"cannot set {name}: the operator sets it")
+        if name in seen:
+            # Server-side apply refuses a Deployment whose env names repeat.
+            raise InvalidSpec("spec.serving.env", f"{name} is set twice; names must be unique")
+        seen.add(name)
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise InvalidSpec("spec.serving.resources", "must be an object")
+    scratch_size = str(raw.get("scratchSize", DEFAULT_SCRATCH_SIZE))
+    if not _QUANTITY.match(scratch_size):
+        raise InvalidSpec("spec.serving.scratchSize", f"{scratch_size!r} is not a quantity such as 10Gi")
+    secret_ref = raw.get("credentialsSecretRef")
+    return ServingSpec(
+        image=raw.get("image") or None,
+        port=_int(raw.get("port", DEFAULT_PORT), path="spec.serving.port", low=1, high=65535),
+        resources=_frozen(resources),
+        env=tuple(_frozen(item) for item in env),
+        service_account_name=raw.get("serviceAccountName") or None,
+        credentials_secret=(secret_ref.get("name") or None) if isinstance(secret_ref, Mapping) else None,
+        scratch_size=scratch_size,
+        pod=_pod_settings(raw.get("podTemplate")),
+    )
+
+
+def _pod_settings(raw: object) -> PodSettings:
+    path = "spec.serving.podTemplate"
+    if raw is None:
+        return PodSettings()
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec(path, "must be an object")
+    meta = _object(raw.get("metadata"), path=f"{path}.metadata")
+    pod = _object(raw.get("spec"), path=f"{path}.spec")
+    labels = _strings(meta.get("labels"), path=f"{path}.metadata.labels")
+    for key in labels:
+        if key in OPERATOR_LABELS or key.startswith(OPERATOR_PREFIX):
+            raise InvalidSpec(
+                f"{path}.metadata.labels", f"cannot set {key}: the operator selects its pods by it"
+            )
+    annotations = _strings(meta.get("annotations"), path=f"{path}.metadata.annotations")
+    for key in annotations:
+        if key.startswith(OPERATOR_PREFIX):
+            raise InvalidSpec(f"{path}.metadata.annotations", f"cannot set {key}: the operator sets it")
+    security = _object(pod.get("securityContext"), path=f"{path}.spec.securityContext")
+    secrets = _list(pod.get("imagePullSecrets"), path=f"{path}.spec.imagePullSecrets")
+    affinity = pod.get("affinity")
+    return PodSettings(
+        labels=MappingProxyType(dict(labels)),
+        annotations=MappingProxyType(dict(annotations)),
+        node_selector=MappingProxyType(
+            dict(_strings(pod.get("nodeSelector"), path=f"{path}.spec.nodeSelector"))
+        ),
+        tolerations=tuple(
+            _frozen(item) for item in _list(pod.get("tolerations"), path=f"{path}.spec.tolerations")
+        ),
+        affinity=_frozen(_object(affinity, path=f"{path}.spec.affinity")) if affinity else None,
+        image_pull_secrets=tuple(
+            str(item["name"]) for item in secrets if isinstance(item, Mapping) and item.get("name")
+        ),
+        priority_class_name=pod.get("priorityClassName") or None,
+        runtime_class_name=pod.get("runtimeClassName") or None,
+        topology_spread_constraints=tuple(
+            _frozen(item)
+            for item in _list(
+                pod.get("topologySpreadConstraints"), path=f"{path}.spec.topologySpreadConstraints"
+            )
+        ),
+        security=PodSecurity(
+            run_as_user=_id(security.get("runAsUser"), path=f"{path}.spec.securityContext.runAsUser", low=1),
+            run_as_group=_id(
+                security.get("runAsGroup"), path=f"{path}.spec.securityContext.runAsGroup", low=1
+            ),
+            fs_group=_id(security.get("fsGroup"), path=f"{path}.spec.securityContext.fsGroup", low=0),
+            supplemental_groups=tuple(
+                _int(group, path=f"{path}.spec.securityContext.supplementalGroups", low=0, high=_MAX_ID)
+                for group in _list(
+                    security.get("supplementalGroups"), path=f"{path}.spec.securityContext.supplementalGroups"
+                )
+            ),
+        ),
+    )
+
+
+_MAX_ID = 2**31 - 1
+
+
+def _id(value: object, *, path: str, low: int) -> int | None:
+    if value is None:
+        return None
+    if low == 1 and value == 0:
+        raise InvalidSpec(path, "cannot be 0: serving pods run as non-root")
+    return _int(value, path=path, low=low, high=_MAX_ID)
+
+
+def _object(value: object, *, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidSpec(path, "must be an object")
+    return value
+
+
+def _list(value: object, *, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise InvalidSpec(path, "must be a list")
+    return list(value)
+
+
+def _strings(value: object, *, path: str) -> Mapping[str, str]:
+    mapping = _object(value, path=path)
+    for key, item in mapping.items():
+        if not isinstance(item, str):
+            raise InvalidSpec(path, f"the value of {key} must be a string")
+    return mapping
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only deep copy of a JSON value: the spec must not change under the planner."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _frozen(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(item) for item in value)
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """A plain dict/list copy of a frozen value, for a manifest."""
+    if isinstance(value, Mapping):
+        return {key: thawed(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [thawed(item) for item in value]
     return value

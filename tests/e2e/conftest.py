@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, Kube
+from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, Kube, wait_for
 
 from localcluster import LocalCluster
 from operatorprocess import OperatorProcess
@@ -29,8 +29,20 @@ def cluster() -> Iterator[LocalCluster]:
         shutil.rmtree(state, ignore_errors=True)
     with LocalCluster(state) as local:
         local.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        local.kubectl(
-            "wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io", "--timeout=60s"
+        # Polled rather than `kubectl wait --for=condition`, which fails at once ("accessor error")
+        # when it reads the CRD between its creation and its first status conditions.
+        wait_for(
+            lambda: (
+                local.kubectl(
+                    "get",
+                    "crd/modeldeployments.aliasroll.io",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                ).stdout
+                == "True"
+            ),
+            timeout=60,
+            what="the ModelDeployment CRD Established",
         )
         local.install_gateway_api_crds()
         local.kubectl("apply", "-k", str(REPO / "manifests"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
+import yaml
+from hack.crdgen import crdgen
 from harness import Kube, model_deployment
 
 GOOD = model_deployment("good", "sentiment", "http://mlflow:5000")
@@ -65,6 +68,91 @@ BAD = [
         "spec.serving.env",
     ),
     ("name too long for Services", with_spec("metadata.name", "n" * 53), "metadata.name"),
+    # Server-side apply of the Deployment would fail on these later, far from the user's eyes.
+    (
+        "env name twice",
+        with_spec("spec.serving", {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}),
+        'spec.serving.env[1]: Duplicate value: {"name":"A"}',
+    ),
+    (
+        "unknown field in an env item",
+        with_spec("spec.serving", {"env": [{"name": "A", "valu": "1"}]}),
+        'unknown field "spec.serving.env[0].valu"',
+    ),
+    (
+        "env value and valueFrom",
+        with_spec(
+            "spec.serving",
+            {"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+        ),
+        "an item sets value or valueFrom, not both",
+    ),
+    (
+        "env valueFrom without a key",
+        with_spec("spec.serving", {"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s"}}}]}),
+        "spec.serving.env[0].valueFrom.secretKeyRef.key: Required value",
+    ),
+    (
+        "resources not quantities",
+        with_spec("spec.serving", {"resources": {"limits": {"memory": "lots"}}}),
+        "spec.serving.resources.limits.memory",
+    ),
+    (
+        "scratch size not a quantity",
+        with_spec("spec.serving", {"scratchSize": "big"}),
+        "spec.serving.scratchSize",
+    ),
+    (
+        "pod label the operator selects by",
+        with_spec(
+            "spec.serving", {"podTemplate": {"metadata": {"labels": {"aliasroll.io/track": "canary"}}}}
+        ),
+        "spec.serving.podTemplate.metadata.labels cannot set app.kubernetes.io/managed-by",
+    ),
+    (
+        "pod label managed-by",
+        with_spec(
+            "spec.serving",
+            {"podTemplate": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "helm"}}}},
+        ),
+        "the operator selects its pods by them",
+    ),
+    (
+        "pod annotation the operator pins versions with",
+        with_spec(
+            "spec.serving",
+            {"podTemplate": {"metadata": {"annotations": {"aliasroll.io/model-uri": "models:/x/1"}}}},
+        ),
+        "spec.serving.podTemplate.metadata.annotations cannot set aliasroll.io/*",
+    ),
+    (
+        "root user",
+        with_spec("spec.serving", {"podTemplate": {"spec": {"securityContext": {"runAsUser": 0}}}}),
+        "runAsUser cannot be 0: serving pods run as non-root",
+    ),
+    (
+        "root group",
+        with_spec("spec.serving", {"podTemplate": {"spec": {"securityContext": {"runAsGroup": 0}}}}),
+        "runAsGroup cannot be 0: serving pods run as non-root",
+    ),
+    (
+        "privileged setting outside the offered ones",
+        with_spec("spec.serving", {"podTemplate": {"spec": {"hostNetwork": True}}}),
+        'unknown field "spec.serving.podTemplate.spec.hostNetwork"',
+    ),
+    (
+        "toleration seconds as text",
+        with_spec(
+            "spec.serving",
+            {"podTemplate": {"spec": {"tolerations": [{"key": "gpu", "tolerationSeconds": "soon"}]}}},
+        ),
+        "spec.serving.podTemplate.spec.tolerations[0].tolerationSeconds",
+    ),
+    (
+        "image pull secret without a name",
+        with_spec("spec.serving", {"podTemplate": {"spec": {"imagePullSecrets": [{}]}}}),
+        "spec.serving.podTemplate.spec.imagePullSecrets[0].name: Required value",
+    ),
 ]
 
 
@@ -86,8 +174,102 @@ def test_defaults_and_printer_columns(kube: Kube, namespace: str) -> None:
     assert stored["spec"]["registry"]["pollInterval"] == "1s"
     assert stored["spec"]["traffic"]["router"] == "replicas"
     assert stored["spec"]["serving"]["port"] == 8080
+    assert stored["spec"]["serving"]["scratchSize"] == "10Gi"
 
     header = kube.cluster.kubectl("get", "mdep", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "MODEL", "ALIAS", "PRODUCTION", "CANARY", "WEIGHT", "READY", "AGE"]
     wide = kube.cluster.kubectl("get", "mdep", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert "REASON" in wide
+
+
+def test_unknown_env_fields_are_pruned_not_stored(kube: Kube, namespace: str) -> None:
+    """Without strict validation (older clients, GitOps tools) a typo is dropped, not kept to break SSA."""
+    body = with_spec("spec.serving", {"env": [{"name": "A", "value": "1", "valu": "2"}]}, name="pruned")
+    kube.cluster.kubectl("apply", "--validate=false", "-n", namespace, "-f", "-", input=json.dumps(body))
+    stored = kube.get("mdep", "pruned", namespace)
+    assert stored is not None
+    assert stored["spec"]["serving"]["env"] == [{"name": "A", "value": "1"}]
+
+
+def test_a_full_pod_template_is_accepted(kube: Kube, namespace: str) -> None:
+    serving = {
+        "serviceAccountName": "model-reader",
+        "credentialsSecretRef": {"name": "read-only"},
+        "scratchSize": "20Gi",
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": 1}},
+        "env": [
+            {"name": "LOG_LEVEL", "value": "debug"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": True}}},
+            {
+                "name": "MEM",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
+        ],
+        "podTemplate": {
+            "metadata": {"labels": {"team": "search"}, "annotations": {"prometheus.io/scrape": "true"}},
+            "spec": {
+                "nodeSelector": {"gpu": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {
+                    "podAntiAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": {"team": "search"}},
+                                },
+                            }
+                        ]
+                    }
+                },
+                "imagePullSecrets": [{"name": "regcred"}],
+                "priorityClassName": "high",
+                "runtimeClassName": "nvidia",
+                "topologySpreadConstraints": [
+                    {
+                        "maxSkew": 1,
+                        "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                    }
+                ],
+                "securityContext": {
+                    "runAsUser": 1000,
+                    "runAsGroup": 1000,
+                    "fsGroup": 1000,
+                    "supplementalGroups": [5],
+                },
+            },
+        },
+    }
+    body = with_spec("spec.serving", serving, name="full")
+    result = kube.try_apply(body, namespace=namespace)
+    assert result.returncode == 0, result.stderr
+    stored = kube.get("mdep", "full", namespace)
+    assert stored is not None
+    assert stored["spec"]["serving"] == {**serving, "port": 8080}
+
+
+def test_schema_source_is_the_running_kubernetes(kube: Kube) -> None:
+    """hack/crdgen's excerpt of Kubernetes' OpenAPI is what this API server serves: no drift after an upgrade.
+
+    The API server adds `enum` lists (and their description) that the published spec leaves out; the
+    CRD keeps to the published one, so it never refuses what Kubernetes itself accepts (`effect: ""`).
+    """
+    served = json.loads(kube.cluster.kubectl("get", "--raw", "/openapi/v3/api/v1").stdout)
+    source = yaml.safe_load(crdgen.SOURCE.read_text())
+    assert without_enums(crdgen.excerpt(served, source)) == crdgen.load_definitions(), (
+        "run: make -C hack crd-openapi"
+    )
+
+
+def without_enums(node: Any) -> Any:
+    if isinstance(node, list):
+        return [without_enums(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: without_enums(value) for key, value in node.items() if key != "enum"}
+    if "enum" in node and isinstance(out.get("description"), str):
+        out["description"] = out["description"].split("\n\nPossible enum values:")[0]
+    return out

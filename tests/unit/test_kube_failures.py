@@ -19,6 +19,13 @@ def api_error(code: int, message: str, headers: dict[str, str] | None = None) ->
     return ApiError(request=request, response=response)
 
 
+DUPLICATE_ENV = (
+    "Internal error occurred: failed to create typed patch object (ml/sentiment-production; apps/v1, "
+    'Kind=Deployment): .spec.template.spec.containers[name="model-server"].env: duplicate entries for '
+    'key [name="LOG_LEVEL"]'
+)
+
+
 def bare_error(code: int) -> httpx2.HTTPStatusError:
     request = httpx2.Request("GET", URL)
     response = httpx2.Response(code, text="404 page not found", request=request)
@@ -35,6 +42,24 @@ def bare_error(code: int) -> httpx2.HTTPStatusError:
         ("server fault", api_error(500, "etcdserver: timeout"), KubernetesUnavailable, "etcdserver"),
         ("unavailable", api_error(503, "service unavailable"), KubernetesUnavailable, "HTTP 503"),
         ("kind not installed", bare_error(404), KubernetesApplyFailed, "HTTP 404"),
+        (
+            "duplicate env names (server-side apply)",
+            api_error(500, DUPLICATE_ENV),
+            KubernetesApplyFailed,
+            'duplicate entries for key [name="LOG_LEVEL"]',
+        ),
+        (
+            "live object SSA cannot read",
+            api_error(500, "failed to create typed live object (ml/sentiment-production; ...): bad"),
+            KubernetesApplyFailed,
+            "failed to create typed live object",
+        ),
+        (
+            "invalid pod template",
+            api_error(422, 'Deployment.apps "x" is invalid: spec.template.spec.tolerations[0].operator'),
+            KubernetesApplyFailed,
+            "tolerations[0].operator",
+        ),
         (
             "connection refused",
             httpx2.ConnectError("[Errno 111] Connection refused"),

@@ -615,7 +615,7 @@ def test_pod_template_follows_the_serving_image_contract() -> None:
     assert container["startupProbe"]["httpGet"] == {"path": "/live", "port": "http"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"}]
-    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {}}]
+    assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}}]
     assert pod["securityContext"]["runAsNonRoot"] is True
     strategy = deployments(run(the_spec, view("4"), observed(), {}))["sentiment-production"]["spec"][
         "strategy"

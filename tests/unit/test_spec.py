@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from aliasroll.errors import InvalidSpec
-from aliasroll.spec import RouterKind, parse_duration, parse_spec
+from aliasroll.spec import PodSecurity, PodSettings, RouterKind, parse_duration, parse_spec
 
 MINIMAL: dict[str, Any] = {"model": {"name": "sentiment"}, "registry": {"trackingUri": "http://mlflow:5000"}}
 
@@ -56,6 +56,54 @@ BAD = [
     ("unknown router", {**MINIMAL, "traffic": {"router": "istio"}}, "spec.traffic.router"),
     ("negative replicas", {**MINIMAL, "replicas": -1}, "spec.replicas"),
     ("replicas as text", {**MINIMAL, "replicas": "2"}, "spec.replicas"),
+    (
+        "env name twice (server-side apply would refuse the Deployment)",
+        {**MINIMAL, "serving": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
+        "spec.serving.env",
+    ),
+    (
+        "operator-owned env",
+        {**MINIMAL, "serving": {"env": [{"name": "PORT", "value": "1"}]}},
+        "spec.serving.env",
+    ),
+    ("env without a name", {**MINIMAL, "serving": {"env": [{"value": "1"}]}}, "spec.serving.env"),
+    ("bad scratch size", {**MINIMAL, "serving": {"scratchSize": "lots"}}, "spec.serving.scratchSize"),
+    (
+        "label the operator selects by",
+        {**MINIMAL, "serving": {"podTemplate": {"metadata": {"labels": {"aliasroll.io/track": "canary"}}}}},
+        "spec.serving.podTemplate.metadata.labels",
+    ),
+    (
+        "managed-by label",
+        {
+            **MINIMAL,
+            "serving": {"podTemplate": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "helm"}}}},
+        },
+        "spec.serving.podTemplate.metadata.labels",
+    ),
+    (
+        "operator annotation",
+        {
+            **MINIMAL,
+            "serving": {"podTemplate": {"metadata": {"annotations": {"aliasroll.io/model-uri": "x"}}}},
+        },
+        "spec.serving.podTemplate.metadata.annotations",
+    ),
+    (
+        "root user",
+        {**MINIMAL, "serving": {"podTemplate": {"spec": {"securityContext": {"runAsUser": 0}}}}},
+        "spec.serving.podTemplate.spec.securityContext.runAsUser",
+    ),
+    (
+        "root group",
+        {**MINIMAL, "serving": {"podTemplate": {"spec": {"securityContext": {"runAsGroup": 0}}}}},
+        "spec.serving.podTemplate.spec.securityContext.runAsGroup",
+    ),
+    (
+        "tolerations not a list",
+        {**MINIMAL, "serving": {"podTemplate": {"spec": {"tolerations": {"key": "gpu"}}}}},
+        "spec.serving.podTemplate.spec.tolerations",
+    ),
 ]
 
 
@@ -65,3 +113,48 @@ def test_bad_fields_are_named(name: str, raw: dict[str, Any], field: str) -> Non
         parse_spec(raw)
     assert caught.value.field_path == field
     assert str(caught.value).startswith(field)
+
+
+def test_serving_settings_are_typed_and_read_only() -> None:
+    raw = {
+        **MINIMAL,
+        "serving": {
+            "serviceAccountName": "reader",
+            "credentialsSecretRef": {"name": "read-only"},
+            "scratchSize": "20Gi",
+            "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+            "podTemplate": {
+                "metadata": {"labels": {"team": "search"}, "annotations": {"note": "x"}},
+                "spec": {
+                    "nodeSelector": {"gpu": "a100"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                    "imagePullSecrets": [{"name": "regcred"}],
+                    "priorityClassName": "high",
+                    "runtimeClassName": "nvidia",
+                    "securityContext": {"runAsUser": 1000, "fsGroup": 0, "supplementalGroups": [5]},
+                },
+            },
+        },
+    }
+    serving = parse_spec(raw).serving
+    assert serving.credentials_secret == "read-only"
+    assert serving.scratch_size == "20Gi"
+    pod = serving.pod
+    assert pod.labels == {"team": "search"}
+    assert pod.image_pull_secrets == ("regcred",)
+    assert (pod.priority_class_name, pod.runtime_class_name) == ("high", "nvidia")
+    assert pod.security == PodSecurity(run_as_user=1000, fs_group=0, supplemental_groups=(5,))
+    assert pod.tolerations[0]["key"] == "nvidia.com/gpu"
+    with pytest.raises(TypeError):
+        pod.labels["team"] = "other"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        serving.env[0]["valueFrom"]["secretKeyRef"]["key"] = "x"
+    raw["serving"]["podTemplate"]["metadata"]["labels"]["team"] = "changed"
+    assert pod.labels["team"] == "search", "the spec is a copy, not a view of the raw object"
+
+
+def test_serving_defaults() -> None:
+    serving = parse_spec(MINIMAL).serving
+    assert serving.scratch_size == "10Gi"
+    assert serving.credentials_secret is None
+    assert serving.pod == PodSettings()

@@ -1,13 +1,16 @@
 """Registry credentials from a Secret whose keys are MLflow's own variable names.
 
-The same Secret is mounted into serving pods with envFrom, so one Secret serves the operator (to
-resolve aliases) and the pods (to download the pinned version). Values never leave this module
-except inside a Credentials object, whose repr is masked.
+The same Secret is given to serving pods with envFrom (unless spec.serving.credentialsSecretRef names
+one of their own, say a read-only token), so one Secret can serve the operator (to resolve aliases)
+and the pods (to download the pinned version). Only MLflow's keys are read: the Secret may hold
+other things. Values never leave this module except inside a Credentials object, whose repr is masked.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+from collections.abc import Iterable, Mapping
 
 import httpx2
 from lightkube import AsyncClient
@@ -21,6 +24,7 @@ USERNAME = "MLFLOW_TRACKING_USERNAME"
 PASSWORD = "MLFLOW_TRACKING_PASSWORD"
 TOKEN = "MLFLOW_TRACKING_TOKEN"
 INSECURE_TLS = "MLFLOW_TRACKING_INSECURE_TLS"
+MLFLOW_KEYS = (USERNAME, PASSWORD, TOKEN, INSECURE_TLS)
 
 
 async def read_credentials(client: AsyncClient, *, namespace: str, secret_name: str) -> Credentials:
@@ -38,17 +42,40 @@ async def read_credentials(client: AsyncClient, *, namespace: str, secret_name: 
                 f"the operator may not read Secret {secret_name!r} in namespace {namespace!r} (RBAC)"
             ) from None
         raise api_failure("read", "Secret", secret_name, error) from None
-    values = {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
-    values.update(secret.stringData or {})
-    return credentials_from(values, secret_name=secret_name)
+    data = secret.data or {}
+    return credentials_from(
+        secret_values(data, secret_name=secret_name), secret_name=secret_name, present_keys=data.keys()
+    )
 
 
-def credentials_from(values: dict[str, str], *, secret_name: str) -> Credentials:
+def secret_values(data: Mapping[str, str], *, secret_name: str) -> dict[str, str]:
+    """The MLflow keys of a Secret's data, decoded; every other key is left alone.
+
+    A Secret may hold more than MLflow's variables (a CA bundle, a keystore, a token for another
+    tool): decoding those could fail on binary values, and they are none of the operator's business.
+    """
+    values: dict[str, str] = {}
+    for key in MLFLOW_KEYS:
+        if (encoded := data.get(key)) is None:
+            continue
+        try:
+            values[key] = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise CredentialsNotFound(
+                f"key {key} of Secret {secret_name!r} is not text (base64 of UTF-8)"
+            ) from None
+    return values
+
+
+def credentials_from(
+    values: Mapping[str, str], *, secret_name: str, present_keys: Iterable[str] | None = None
+) -> Credentials:
+    """`present_keys` are all the Secret's key names (not values), to say what it holds instead."""
     username, password, token = values.get(USERNAME), values.get(PASSWORD), values.get(TOKEN)
     if not token and not (username and password):
         raise CredentialsNotFound(
             f"Secret {secret_name!r} needs {TOKEN}, or both {USERNAME} and {PASSWORD} "
-            f"(it has: {', '.join(sorted(values)) or 'no keys'})"
+            f"(it has: {', '.join(sorted(values if present_keys is None else present_keys)) or 'no keys'})"
         )
     return Credentials(
         username=username or None,

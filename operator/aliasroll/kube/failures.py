@@ -16,6 +16,17 @@ from aliasroll.errors import KubernetesApplyFailed, KubernetesUnavailable
 # 429: throttled, or "storage is (re)initializing" just after a CRD was installed.
 RETRYABLE_CODES = frozenset({409, 429, 500, 502, 503, 504})
 
+# Server-side apply answers these as HTTP 500 although they come from the object itself (duplicate
+# keys in a list-map such as env, a value of the wrong type): the same object fails the same way on
+# every retry, so they are shown to the user instead of retried forever.
+# (k8s.io/apimachinery/pkg/util/managedfields/internal/structuredmerge.go)
+DETERMINISTIC_APPLY_ERRORS = (
+    "failed to create typed patch object",
+    "failed to create typed live object",
+    "to smd typed",
+    "failed to convert new typed object",
+)
+
 
 def api_failure(
     action: str, kind: str, name: str | None, error: httpx2.HTTPError
@@ -28,6 +39,8 @@ def api_failure(
     # An ApiError carries the API server's Status message; a bare 404 (kind not installed) does not.
     status = error.status if isinstance(error, ApiError) else None
     message = (status.message if status is not None else None) or error.response.reason_phrase
+    if code == 500 and any(marker in message for marker in DETERMINISTIC_APPLY_ERRORS):
+        return KubernetesApplyFailed(f"cannot {action} {target}: the API server refused it: {message}")
     if code in RETRYABLE_CODES:
         return KubernetesUnavailable(
             f"cannot {action} {target} (HTTP {code}): {message}", retry_after=_retry_after(error)

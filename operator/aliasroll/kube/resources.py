@@ -7,6 +7,7 @@ from typing import Any
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Service
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 
 from aliasroll.spec import GROUP, KIND, PLURAL, VERSION
 
@@ -16,6 +17,8 @@ HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPR
 # Every kind the operator may own, in apply order (workloads before the objects that route to them).
 OWNED_KINDS: dict[tuple[str, str], Any] = {
     ("apps/v1", "Deployment"): Deployment,
+    # After its Deployment: a budget guards pods that exist (one per track, named like the Deployment).
+    ("policy/v1", "PodDisruptionBudget"): PodDisruptionBudget,
     ("v1", "Service"): Service,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTPRoute,
 }

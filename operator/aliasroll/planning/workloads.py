@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aliasroll.planning.state import ServedVersion
-from aliasroll.spec import API_VERSION, KIND, ModelDeploymentSpec, ResourceRef, Track
+from aliasroll.spec import API_VERSION, KIND, ModelDeploymentSpec, ResourceRef, ServingSpec, Track, thawed
 
 Manifest = dict[str, Any]
 
@@ -32,6 +32,13 @@ SCRATCH_PATH = "/scratch"
 # The serving image's contract (serving-image/README): readiness means loaded and warmed up.
 READINESS_PATH = "/ready"
 LIVENESS_PATH = "/live"
+# Drain: on delete, the pod keeps serving during preStop while endpoints drop it (kube-proxy and
+# gateways take a few seconds to notice); then SIGTERM and the server drains in-flight requests
+# (DRAIN_SECONDS, 20 by default in the serving image). The grace period covers both with margin,
+# so the kubelet never SIGKILLs a pod that is still answering.
+PRE_STOP_SECONDS = 5
+SERVER_DRAIN_SECONDS = 20
+TERMINATION_GRACE_SECONDS = 40
 
 
 @dataclass(frozen=True)
@@ -97,18 +104,13 @@ def deployment(
         "name": CONTAINER_NAME,
         "image": spec.serving.image or defaults.image,
         "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
-        "env": [
-            {"name": "MODEL_URI", "value": version.uri},
-            {"name": "MLFLOW_TRACKING_URI", "value": spec.registry.tracking_uri},
-            {"name": "PORT", "value": str(spec.serving.port)},
-            {"name": "SCRATCH_DIR", "value": SCRATCH_PATH},
-            {"name": "ALIASROLL_TRACK", "value": track.value},
-            *[dict(item) for item in spec.serving.env],
-        ],
+        "env": _env(spec, track=track, version=version),
         "readinessProbe": _probe(READINESS_PATH, period=5, failures=3),
         "livenessProbe": _probe(LIVENESS_PATH, period=10, failures=3),
         # Downloading and loading a model can take minutes; liveness waits for it.
         "startupProbe": _probe(LIVENESS_PATH, period=5, failures=120),
+        # The sleep action needs no binary in the image.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -117,17 +119,12 @@ def deployment(
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_PATH}],
     }
     if spec.serving.resources:
-        container["resources"] = dict(spec.serving.resources)
-    if spec.registry.credentials_secret:
+        container["resources"] = thawed(spec.serving.resources)
+    if secret := pod_credentials_secret(spec):
         # The Secret's keys are MLflow's own variable names (MLFLOW_TRACKING_USERNAME, ...).
-        container["envFrom"] = [{"secretRef": {"name": spec.registry.credentials_secret}}]
-    pod_spec: dict[str, Any] = {
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": [{"name": "scratch", "emptyDir": {}}],
-    }
-    if spec.serving.service_account_name:
-        pod_spec["serviceAccountName"] = spec.serving.service_account_name
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    template_labels = {**spec.serving.pod.labels, **labels}
+    template_annotations = {**spec.serving.pod.annotations, **annotations}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -139,8 +136,95 @@ def deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
             "revisionHistoryLimit": 5,
             "progressDeadlineSeconds": defaults.progress_deadline_seconds,
-            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": template_labels, "annotations": template_annotations},
+                "spec": pod_spec(spec.serving, container),
+            },
         },
+    }
+
+
+def pod_credentials_secret(spec: ModelDeploymentSpec) -> str | None:
+    """The Secret pods get MLflow credentials from: their own (say, read-only), else the operator's."""
+    return spec.serving.credentials_secret or spec.registry.credentials_secret
+
+
+def pod_spec(serving: ServingSpec, container: dict[str, Any]) -> dict[str, Any]:
+    """The operator's pod with spec.serving.podTemplate merged in: the operator's settings win."""
+    pod = serving.pod
+    security: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("runAsUser", pod.security.run_as_user),
+            ("runAsGroup", pod.security.run_as_group),
+            ("fsGroup", pod.security.fs_group),
+            ("supplementalGroups", list(pod.security.supplemental_groups) or None),
+        )
+        if value is not None
+    }
+    security.update({"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}})
+    # No API access unless the user gives the pods an identity of their own.
+    result: dict[str, Any] = {"automountServiceAccountToken": bool(serving.service_account_name)}
+    if serving.service_account_name:
+        result["serviceAccountName"] = serving.service_account_name
+    optional: dict[str, Any] = {
+        "nodeSelector": thawed(pod.node_selector),
+        "tolerations": thawed(pod.tolerations),
+        "affinity": thawed(pod.affinity),
+        "imagePullSecrets": [{"name": name} for name in pod.image_pull_secrets],
+        "priorityClassName": pod.priority_class_name,
+        "runtimeClassName": pod.runtime_class_name,
+        "topologySpreadConstraints": thawed(pod.topology_spread_constraints),
+    }
+    result.update({key: value for key, value in optional.items() if value})
+    result.update(
+        {
+            "securityContext": security,
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+            "containers": [container],
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": serving.scratch_size}}],
+        }
+    )
+    return result
+
+
+def _env(spec: ModelDeploymentSpec, *, track: Track, version: ServedVersion) -> list[dict[str, Any]]:
+    own = [
+        {"name": "MODEL_URI", "value": version.uri},
+        {"name": "MLFLOW_TRACKING_URI", "value": spec.registry.tracking_uri},
+        {"name": "PORT", "value": str(spec.serving.port)},
+        {"name": "SCRATCH_DIR", "value": SCRATCH_PATH},
+        {"name": "ALIASROLL_TRACK", "value": track.value},
+    ]
+    taken = {item["name"] for item in own}
+    # The CRD and parse_spec refuse these names; dropping them here keeps the env a valid list-map
+    # (unique names) whatever reaches the builder.
+    return own + [thawed(item) for item in spec.serving.env if item.get("name") not in taken]
+
+
+def pod_disruption_budget(*, owner: ResourceRef, track: Track, replicas: int) -> Manifest:
+    """Limits voluntary evictions (node drains) of one track's pods, named like its Deployment.
+
+    Two or more pods: one at a time may go. One pod (a lone canary, or replicas 1): none may go, so
+    a node drain waits until the track has more pods or ends, instead of leaving the track with no
+    pod at all (a canary with no pod gets no traffic and its comparison stops). Unhealthy pods may
+    always be evicted: they serve nothing, and keeping them would block drains for no gain.
+    """
+    budget: dict[str, Any] = {
+        "selector": {"matchLabels": track_selector(owner, track)},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    if replicas >= 2:
+        budget["maxUnavailable"] = 1
+    else:
+        budget["minAvailable"] = 1
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(
+            owner, workload_name(owner, track), {**common_labels(owner), LABEL_TRACK: track.value}
+        ),
+        "spec": budget,
     }
 
 

@@ -1,0 +1,278 @@
+"""The serving pods the operator builds: spec.serving in, pod template out; the operator's own fields win."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from builders import OWNER, spec
+
+from aliasroll.planning.state import ServedVersion
+from aliasroll.planning.workloads import (
+    TERMINATION_GRACE_SECONDS,
+    WorkloadDefaults,
+    deployment,
+    pod_disruption_budget,
+    track_selector,
+)
+from aliasroll.spec import ModelDeploymentSpec, PodSettings, Track
+
+VERSION = ServedVersion(model="sentiment", version="4", run_id="run-4")
+REGISTRY = {"trackingUri": "http://mlflow:5000", "credentialsSecretRef": {"name": "operator-creds"}}
+TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a100"]}]}
+            ]
+        }
+    }
+}
+SPREAD = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+
+
+def build(the_spec: ModelDeploymentSpec, track: Track = Track.PRODUCTION) -> dict[str, Any]:
+    return deployment(
+        owner=OWNER, spec=the_spec, track=track, version=VERSION, replicas=2, defaults=WorkloadDefaults()
+    )
+
+
+def template(serving: dict[str, Any]) -> dict[str, Any]:
+    built: dict[str, Any] = build(spec(registry=REGISTRY, serving=serving))["spec"]["template"]
+    return built
+
+
+def container(serving: dict[str, Any]) -> dict[str, Any]:
+    only: dict[str, Any]
+    (only,) = template(serving)["spec"]["containers"]
+    return only
+
+
+# (case, spec.serving, where to look in the pod template, what is expected there)
+CASES: list[tuple[str, dict[str, Any], str, Any]] = [
+    ("no API token by default", {}, "spec.automountServiceAccountToken", False),
+    ("no service account by default", {}, "spec.serviceAccountName", None),
+    (
+        "own service account gets its token",
+        {"serviceAccountName": "reader"},
+        "spec.automountServiceAccountToken",
+        True,
+    ),
+    ("own service account is used", {"serviceAccountName": "reader"}, "spec.serviceAccountName", "reader"),
+    (
+        "pods get the registry Secret by default",
+        {},
+        "container.envFrom",
+        [{"secretRef": {"name": "operator-creds"}}],
+    ),
+    (
+        "pods get their own Secret when given",
+        {"credentialsSecretRef": {"name": "read-only"}},
+        "container.envFrom",
+        [{"secretRef": {"name": "read-only"}}],
+    ),
+    (
+        "scratch is limited to 10Gi by default",
+        {},
+        "spec.volumes",
+        [{"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}}],
+    ),
+    (
+        "scratch size as asked",
+        {"scratchSize": "50Gi"},
+        "spec.volumes",
+        [{"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}}],
+    ),
+    (
+        "preStop sleeps while endpoints drop the pod",
+        {},
+        "container.lifecycle",
+        {"preStop": {"sleep": {"seconds": 5}}},
+    ),
+    ("grace covers preStop and the server's drain", {}, "spec.terminationGracePeriodSeconds", 40),
+    (
+        "tolerations for tainted GPU nodes",
+        {"podTemplate": {"spec": {"tolerations": [TOLERATION]}}},
+        "spec.tolerations",
+        [TOLERATION],
+    ),
+    (
+        "node selector",
+        {"podTemplate": {"spec": {"nodeSelector": {"gpu": "a100"}}}},
+        "spec.nodeSelector",
+        {"gpu": "a100"},
+    ),
+    ("affinity", {"podTemplate": {"spec": {"affinity": AFFINITY}}}, "spec.affinity", AFFINITY),
+    (
+        "pull secrets for a private registry",
+        {"podTemplate": {"spec": {"imagePullSecrets": [{"name": "regcred"}]}}},
+        "spec.imagePullSecrets",
+        [{"name": "regcred"}],
+    ),
+    (
+        "priority class",
+        {"podTemplate": {"spec": {"priorityClassName": "high"}}},
+        "spec.priorityClassName",
+        "high",
+    ),
+    (
+        "runtime class",
+        {"podTemplate": {"spec": {"runtimeClassName": "nvidia"}}},
+        "spec.runtimeClassName",
+        "nvidia",
+    ),
+    (
+        "topology spread",
+        {"podTemplate": {"spec": {"topologySpreadConstraints": [SPREAD]}}},
+        "spec.topologySpreadConstraints",
+        [SPREAD],
+    ),
+    (
+        "user and groups beside the operator's non-root and seccomp settings",
+        {
+            "podTemplate": {
+                "spec": {
+                    "securityContext": {
+                        "runAsUser": 1000,
+                        "runAsGroup": 3000,
+                        "fsGroup": 2000,
+                        "supplementalGroups": [4000],
+                    }
+                }
+            }
+        },
+        "spec.securityContext",
+        {
+            "runAsUser": 1000,
+            "runAsGroup": 3000,
+            "fsGroup": 2000,
+            "supplementalGroups": [4000],
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    ),
+    (
+        "labels are added to the operator's",
+        {"podTemplate": {"metadata": {"labels": {"team": "search"}}}},
+        "metadata.labels",
+        {
+            "team": "search",
+            "app.kubernetes.io/managed-by": "aliasroll",
+            "app.kubernetes.io/instance": "sentiment",
+            "app.kubernetes.io/component": "model-server",
+            "aliasroll.io/modeldeployment": "sentiment",
+            "aliasroll.io/track": "production",
+            "aliasroll.io/model-version": "4",
+        },
+    ),
+    (
+        "annotations are added to the operator's",
+        {"podTemplate": {"metadata": {"annotations": {"prometheus.io/scrape": "true"}}}},
+        "metadata.annotations",
+        {
+            "prometheus.io/scrape": "true",
+            "aliasroll.io/model-uri": "models:/sentiment/4",
+            "aliasroll.io/run-id": "run-4",
+        },
+    ),
+    ("nothing the user did not ask for", {}, "spec.tolerations", None),
+]
+
+
+def look(built: dict[str, Any], where: str) -> Any:
+    if where.startswith("container."):
+        (only,) = built["spec"]["containers"]
+        return only.get(where.removeprefix("container."))
+    section, key = where.split(".")
+    return built[section].get(key)
+
+
+@pytest.mark.parametrize(("case", "serving", "where", "expected"), CASES, ids=[case[0] for case in CASES])
+def test_serving_settings_shape_the_pod_template(
+    case: str, serving: dict[str, Any], where: str, expected: Any
+) -> None:
+    assert look(template(serving), where) == expected, case
+
+
+def overridden(**pod_settings: Any) -> ModelDeploymentSpec:
+    """A spec whose pod settings bypass parsing (as from a resource older than the CRD's rules)."""
+    the_spec = spec(registry=REGISTRY)
+    settings = PodSettings(**pod_settings)
+    return dataclasses.replace(the_spec, serving=dataclasses.replace(the_spec.serving, pod=settings))
+
+
+def test_the_operators_labels_and_annotations_win() -> None:
+    the_spec = overridden(
+        labels=MappingProxyType({"app.kubernetes.io/instance": "other", "aliasroll.io/track": "canary"}),
+        annotations=MappingProxyType({"aliasroll.io/model-uri": "models:/other/1"}),
+    )
+    built = build(the_spec)["spec"]["template"]
+    assert built["metadata"]["labels"]["app.kubernetes.io/instance"] == "sentiment"
+    assert built["metadata"]["labels"]["aliasroll.io/track"] == "production"
+    assert built["metadata"]["annotations"]["aliasroll.io/model-uri"] == "models:/sentiment/4"
+
+
+def test_the_operators_env_wins() -> None:
+    the_spec = spec(registry=REGISTRY, serving={"env": [{"name": "EXTRA", "value": "1"}]})
+    forged = dataclasses.replace(
+        the_spec,
+        serving=dataclasses.replace(
+            the_spec.serving,
+            env=(*the_spec.serving.env, MappingProxyType({"name": "MODEL_URI", "value": "x"})),
+        ),
+    )
+    (only,) = build(forged)["spec"]["template"]["spec"]["containers"]
+    names = [item["name"] for item in only["env"]]
+    assert names == ["MODEL_URI", "MLFLOW_TRACKING_URI", "PORT", "SCRATCH_DIR", "ALIASROLL_TRACK", "EXTRA"]
+    assert only["env"][0]["value"] == "models:/sentiment/4"
+
+
+def test_user_env_keeps_value_from() -> None:
+    item = {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}
+    env = container({"env": [item]})["env"]
+    assert env[-1] == item
+    assert isinstance(env[-1]["valueFrom"], dict), "manifests hold plain dicts, not the spec's frozen ones"
+
+
+def test_the_operators_probes_and_container_security_are_kept() -> None:
+    only = container({"podTemplate": {"spec": {"securityContext": {"runAsUser": 1000}}}})
+    assert only["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert only["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+def test_grace_outlasts_prestop_and_the_server_drain() -> None:
+    # preStop 5 s + DRAIN_SECONDS (20 by default in the serving image) + margin
+    assert TERMINATION_GRACE_SECONDS > 5 + 20
+
+
+@pytest.mark.parametrize(
+    ("replicas", "budget"),
+    [
+        (1, {"minAvailable": 1}),  # a lone pod is never evicted voluntarily: the drain waits
+        (2, {"maxUnavailable": 1}),
+        (10, {"maxUnavailable": 1}),
+    ],
+)
+def test_pod_disruption_budget_per_track(replicas: int, budget: dict[str, int]) -> None:
+    for track in Track:
+        pdb = pod_disruption_budget(owner=OWNER, track=track, replicas=replicas)
+        assert pdb["apiVersion"] == "policy/v1"
+        assert pdb["kind"] == "PodDisruptionBudget"
+        assert pdb["metadata"]["name"] == f"sentiment-{track.value}"
+        assert pdb["metadata"]["namespace"] == "ml"
+        assert pdb["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        assert pdb["spec"] == {
+            "selector": {"matchLabels": track_selector(OWNER, track)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            **budget,
+        }
+        assert build(spec(), track)["spec"]["selector"] == pdb["spec"]["selector"], (
+            "it selects the track's pods"
+        )
