@@ -89,7 +89,8 @@ class Runtime:
             async for item in self.client.list(ModelDeployment, namespace=namespace):
                 # A generic resource is the JSON object itself (a dict), as Kopf's bodies are.
                 listed.append(dict(cast(Mapping[str, Any], item)))
-        await self.scheduler.resync(listed, list_began=began)
+        plan = await self.scheduler.resync(listed, list_began=began)
+        log.debug("resync: %d listed, %d stopped, %d started", len(listed), len(plan.stop), len(plan.start))
 
     async def _resync_forever(self) -> None:
         failures = 0
