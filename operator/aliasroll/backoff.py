@@ -21,8 +21,9 @@ class Backoff:
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.base <= 0 or self.cap < self.base:
-            raise ValueError(f"backoff needs 0 < base <= cap (got base={self.base}, cap={self.cap})")
+        # A cap below the base is allowed (every delay is the cap): settings are checked one by one.
+        if self.base <= 0 or self.cap <= 0:
+            raise ValueError(f"backoff needs base and cap above zero (got base={self.base}, cap={self.cap})")
         if not 0 <= self.jitter < 1:
             raise ValueError(f"backoff jitter is a fraction in [0, 1) (got {self.jitter})")
 

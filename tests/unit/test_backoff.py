@@ -13,6 +13,7 @@ CASES = {
     "capped": (Backoff(base=1, cap=60, jitter=0), 7, 60.0),
     "a very long outage stays capped (no overflow)": (Backoff(base=1, cap=60, jitter=0), 5000, 60.0),
     "base below one second": (Backoff(base=0.05, cap=1, jitter=0), 2, 0.1),
+    "a cap below the base: always the cap": (Backoff(base=1, cap=0.5, jitter=0), 1, 0.5),
 }
 
 
@@ -33,8 +34,8 @@ def test_jitter_only_shortens_so_the_cap_holds(fraction: float) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"base": 0}, "0 < base <= cap"),
-        ({"base": 10, "cap": 5}, "0 < base <= cap"),
+        ({"base": 0}, "base and cap above zero"),
+        ({"cap": -1}, "base and cap above zero"),
         ({"jitter": 1.0}, "jitter is a fraction"),
     ],
 )

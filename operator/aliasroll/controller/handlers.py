@@ -73,6 +73,8 @@ class Runtime:
             forget=self.reconciler.forget,
             backoff=Backoff(base=config.retry_base_seconds, cap=config.retry_max_seconds),
         )
+        # After a failed list, retry sooner than the period, but never more often than every 5 s.
+        self._resync_backoff = Backoff(base=min(5.0, config.resync_seconds), cap=config.resync_seconds)
         self._resync_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,9 +96,10 @@ class Runtime:
 
     async def _resync_forever(self) -> None:
         failures = 0
-        backoff = Backoff(base=5.0, cap=self.config.resync_seconds)
         while True:
-            await asyncio.sleep(backoff.delay(failures) if failures else self.config.resync_seconds)
+            await asyncio.sleep(
+                self._resync_backoff.delay(failures) if failures else self.config.resync_seconds
+            )
             try:
                 await self.resync()
             except asyncio.CancelledError:
