@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness,
+            memo=kopf.Memo(watched_namespaces=tuple(args.namespace)),  # for the resync's list
         )
     )
 

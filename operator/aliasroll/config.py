@@ -16,10 +16,15 @@ class OperatorConfig:
     registry_max_backoff_seconds: float = 60.0
     # Past this many models due at once for one registry, one search sweep replaces per-model calls.
     registry_sweep_threshold: int = 25
+    # Calls in flight to one registry at a time: a registry that hangs holds only its own threads.
+    registry_concurrency: int = 4
     progress_deadline_seconds: int = 600
     # Retry delay after a failed pass (Kubernetes API errors, missing Secret), doubled up to the cap.
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
+    # How often the watched ModelDeployments are listed, to catch deletions and additions the watch
+    # missed (during a re-list after a lost connection, for instance).
+    resync_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -50,5 +55,9 @@ class OperatorConfig:
             progress_deadline_seconds=int(
                 number("ALIASROLL_PROGRESS_DEADLINE", defaults.progress_deadline_seconds)
             ),
+            registry_concurrency=max(
+                1, int(number("ALIASROLL_REGISTRY_CONCURRENCY", defaults.registry_concurrency))
+            ),
             retry_max_seconds=number("ALIASROLL_RETRY_MAX", defaults.retry_max_seconds),
+            resync_seconds=number("ALIASROLL_RESYNC_SECONDS", defaults.resync_seconds),
         )

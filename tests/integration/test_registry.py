@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from mlflow import MlflowClient
 
+from aliasroll.backoff import Backoff
 from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable
 from aliasroll.registry.client import RegistryClient
 from aliasroll.registry.poller import RegistryPoller
@@ -240,7 +241,7 @@ async def test_registry_down_then_back(
     """An outage becomes an error answer (with a wake), retried with backoff; recovery wakes again."""
     quick_versions(registry, model_name, 1)
     registry.set_registered_model_alias(model_name, "production", "1")
-    poller = RegistryPoller(RegistryClient(), max_backoff=2)
+    poller = RegistryPoller(RegistryClient(), backoff=Backoff(cap=2))
     endpoint = Endpoint(mlflow_server.url)
     woken = asyncio.Event()
 

@@ -1,24 +1,43 @@
-"""The per-resource worker: every trigger runs the same pass, passes never overlap, wakes coalesce."""
+"""The per-resource worker: every trigger runs the same pass, passes never overlap, wakes coalesce;
+workers follow objects (uids), not names, and a resync brings them in line with a list."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from aliasroll.controller.reconciler import PassResult, Wake
-from aliasroll.controller.scheduler import Scheduler
+import pytest
+
+from aliasroll.backoff import Backoff
+from aliasroll.controller.reconciler import PassResult
+from aliasroll.controller.scheduler import ResyncPlan, Scheduler, plan_resync
 from aliasroll.errors import RegistryUnavailable
+from aliasroll.registry.poller import Wake
 
-KEY = ("ml", "sentiment")
+NAME = ("ml", "sentiment")
 
 
-def body(generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "metadata": {"uid": "u", "generation": generation},
-        "spec": {"g": generation},
-        "status": status or {},
+def body(
+    generation: int = 1,
+    status: dict[str, Any] | None = None,
+    *,
+    uid: str = "u",
+    name: str = "sentiment",
+    created: str = "2025-01-01T00:00:00Z",
+    deleting: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "namespace": "ml",
+        "name": name,
+        "uid": uid,
+        "generation": generation,
+        "creationTimestamp": created,
     }
+    if deleting:
+        meta["deletionTimestamp"] = "2025-01-01T00:10:00Z"
+    return {"metadata": meta, "spec": {"g": generation}, "status": status or {}}
 
 
 class Recorder:
@@ -28,7 +47,7 @@ class Recorder:
         self.passes: list[Mapping[str, Any]] = []
         self.running = 0
         self.overlapped = False
-        self.forgotten: list[tuple[str, str]] = []
+        self.forgotten: list[str] = []
 
     async def reconcile(self, seen: Mapping[str, Any], wake: Wake) -> PassResult:
         self.running += 1
@@ -38,8 +57,11 @@ class Recorder:
         self.running -= 1
         return self.result
 
-    def forget(self, key: tuple[str, str], _body: Mapping[str, Any] | None) -> None:
-        self.forgotten.append(key)
+    def forget(self, uid: str) -> None:
+        self.forgotten.append(uid)
+
+    def uids(self) -> list[str]:
+        return [p["metadata"]["uid"] for p in self.passes]
 
 
 async def settle() -> None:
@@ -58,25 +80,25 @@ async def until(check: Any, limit: float = 5.0) -> None:
 async def test_a_new_resource_gets_a_pass_and_status_only_changes_do_not_wake_it() -> None:
     recorder = Recorder()
     scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
-    scheduler.update(KEY, body())
+    await scheduler.update(body())
     await settle()
-    scheduler.update(KEY, body(status={"written": "by us"}))  # our own status write comes back
+    await scheduler.update(body(status={"written": "by us"}))  # our own status write comes back
     await settle()
     assert len(recorder.passes) == 1
-    scheduler.update(KEY, body(generation=2))  # a spec change
+    await scheduler.update(body(generation=2))  # a spec change
     await settle()
     assert [p["metadata"]["generation"] for p in recorder.passes] == [1, 2]
     await scheduler.stop()
-    assert recorder.forgotten == [KEY]
+    assert recorder.forgotten == ["u"]
 
 
 async def test_wakes_during_a_pass_coalesce_into_one_more_pass() -> None:
     recorder = Recorder(delay=0.05)
     scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
-    scheduler.update(KEY, body())
+    await scheduler.update(body())
     await until(lambda: recorder.running == 1)
     for _ in range(10):
-        scheduler.wake(KEY)
+        scheduler.wake_named(NAME)
     await until(lambda: len(recorder.passes) == 2 and recorder.running == 0)
     await asyncio.sleep(0.1)
     assert len(recorder.passes) == 2
@@ -87,7 +109,7 @@ async def test_wakes_during_a_pass_coalesce_into_one_more_pass() -> None:
 async def test_the_timer_runs_the_same_pass() -> None:
     recorder = Recorder(result=PassResult(next_in=0.02))
     scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
-    scheduler.update(KEY, body())
+    await scheduler.update(body())
     await until(lambda: len(recorder.passes) >= 3)
     await scheduler.stop()
 
@@ -101,9 +123,155 @@ async def test_failures_back_off_and_a_crash_never_kills_the_worker() -> None:
             raise RuntimeError("a bug in a pass")
         return PassResult(next_in=10, failed=RegistryUnavailable("down"))
 
-    scheduler = Scheduler(reconcile=flaky, forget=lambda key, body: None, retry_base=0.05, retry_max=1)
-    scheduler.update(KEY, body())
+    scheduler = Scheduler(
+        reconcile=flaky, forget=lambda uid: None, backoff=Backoff(base=0.05, cap=1, jitter=0)
+    )
+    await scheduler.update(body())
     await until(lambda: len(calls) >= 3)  # retried after the crash, and after the failed pass
     await scheduler.stop()
     assert calls[1] - calls[0] >= 0.05
     assert calls[2] - calls[1] >= 0.1, "each failure waits twice as long"
+
+
+# Replacement (`kubectl replace --force`, Argo CD Replace): same name, new uid. Kopf handles the
+# events of different objects concurrently, so the old object's events may come after the new one's.
+
+OLD = {"uid": "old", "created": "2025-01-01T00:00:00Z"}
+NEW = {"uid": "new", "created": "2025-01-01T00:00:07Z"}
+
+
+async def test_the_replaced_objects_late_deleted_event_leaves_the_new_object_running() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
+    await scheduler.update(body(**OLD))
+    await until(lambda: recorder.uids() == ["old"])
+    await scheduler.update(body(**NEW))  # ADDED of the new object ...
+    await until(lambda: recorder.uids() == ["old", "new"])
+    await scheduler.remove("old")  # ... then DELETED of the old one
+    scheduler.wake_named(NAME)  # a child of `sentiment` changed: the new object looks again
+    await until(lambda: recorder.uids() == ["old", "new", "new"])
+    await scheduler.stop()
+    assert recorder.forgotten == ["old", "new"]
+
+
+async def test_an_older_objects_late_event_neither_stops_nor_doubles_the_new_worker() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
+    await scheduler.update(body(**OLD))
+    await scheduler.update(body(**NEW))  # the name is the new object's now: the old one is gone
+    await scheduler.update(body(generation=2, **OLD))  # a MODIFIED of the old object, handled late
+    await settle()
+    assert recorder.uids() == ["new"], "the old worker stopped before its first pass; never restarted"
+    assert recorder.forgotten == ["old"]
+    await scheduler.remove("old")
+    scheduler.wake_named(NAME)
+    await until(lambda: recorder.uids() == ["new", "new"])
+    await scheduler.stop()
+
+
+async def test_objects_created_in_the_same_second_both_run_until_the_old_ones_deletion() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
+    await scheduler.update(body(uid="old"))
+    await scheduler.update(body(uid="new"))  # same creationTimestamp: no telling which is newer
+    await until(lambda: sorted(recorder.uids()) == ["new", "old"])
+    await scheduler.remove("old")
+    scheduler.wake_named(NAME)
+    await until(lambda: recorder.uids()[2:] == ["new"])
+    await scheduler.stop()
+    assert recorder.forgotten == ["old", "new"]
+
+
+async def test_being_deleted_stops_the_worker_and_later_events_do_not_restart_it() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
+    await scheduler.update(body())
+    await until(lambda: len(recorder.passes) == 1)
+    await scheduler.update(body(deleting=True))
+    assert recorder.forgotten == ["u"]
+    await scheduler.update(body(generation=2))  # Kopf hands over an older event late
+    await settle()
+    assert len(recorder.passes) == 1
+    await scheduler.stop()
+
+
+async def test_a_pass_that_finds_its_resource_gone_ends_its_worker() -> None:
+    """A deletion the watch missed: the status write answered 404, so the pass said `gone`."""
+    recorder = Recorder(result=PassResult(next_in=0.01, gone=True))
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
+    await scheduler.update(body())
+    await until(lambda: recorder.forgotten == ["u"])
+    scheduler.wake_named(NAME)
+    await asyncio.sleep(0.1)  # the timer (0.01 s) would have run several passes by now
+    assert len(recorder.passes) == 1
+    await scheduler.stop()
+    assert recorder.forgotten == ["u"]
+
+
+# Resync: a list of the resources against the workers.
+
+
+def listed(uid: str, *, deleting: bool = False) -> dict[str, Any]:
+    return body(uid=uid, name=f"name-of-{uid}", deleting=deleting)
+
+
+@dataclass(frozen=True)
+class Resync:
+    listed: list[str]
+    heard: dict[str, int]
+    began: int
+    stop: list[str]
+    start: list[str]
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+RESYNC_CASES = {
+    "in step": Resync(listed=["a", "b"], heard={"a": 1, "b": 2}, began=5, stop=[], start=[]),
+    "deletion missed by the watch": Resync(
+        listed=["a"], heard={"a": 1, "gone": 2}, began=5, stop=["gone"], start=[]
+    ),
+    "created after the list began: not in the list, keeps running": Resync(
+        listed=["a"], heard={"a": 1, "fresh": 6}, began=5, stop=[], start=[]
+    ),
+    "addition missed by the watch": Resync(listed=["a", "b"], heard={"a": 1}, began=5, stop=[], start=["b"]),
+    "deleted while the list was under way: not restarted": Resync(
+        listed=["a", "b"], heard={"a": 1}, removed={"b": 6}, began=5, stop=[], start=[]
+    ),
+    "removed earlier (a pass found it gone): not restarted": Resync(
+        listed=["a", "b"], heard={"a": 1}, removed={"b": 3}, began=5, stop=[], start=[]
+    ),
+    "listed but being deleted: no worker": Resync(
+        listed=["a", "b-deleting"], heard={"a": 1}, began=5, stop=[], start=[]
+    ),
+    "nothing listed at all (namespace emptied)": Resync(
+        listed=[], heard={"a": 1, "b": 4}, began=5, stop=["a", "b"], start=[]
+    ),
+}
+
+
+@pytest.mark.parametrize("case", RESYNC_CASES.values(), ids=RESYNC_CASES.keys())
+def test_resync_plan(case: Resync) -> None:
+    bodies = [listed(uid, deleting=uid.endswith("-deleting")) for uid in case.listed]
+    plan = plan_resync(listed=bodies, heard=case.heard, removed=case.removed, list_began=case.began)
+    assert plan.stop == frozenset(case.stop)
+    assert [b["metadata"]["uid"] for b in plan.start] == case.start
+
+
+async def test_resync_stops_workers_of_missed_deletions_and_starts_missed_additions() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget)
+    await scheduler.update(listed("kept"))
+    await scheduler.update(listed("gone"))
+    await until(lambda: len(recorder.passes) == 2)
+    began = scheduler.position
+    await scheduler.update(listed("fresh"))  # created while the list was under way
+    plan = await scheduler.resync([listed("kept"), listed("missed")], list_began=began)
+    assert plan == ResyncPlan(stop=frozenset({"gone"}), start=(listed("missed"),))
+    await until(lambda: sorted(set(recorder.uids())) == ["fresh", "gone", "kept", "missed"])
+    assert recorder.forgotten == ["gone"]
+    # The next resync lists "fresh" too; "gone" is not listed and not restarted.
+    plan = await scheduler.resync(
+        [listed("kept"), listed("missed"), listed("fresh")], list_began=scheduler.position
+    )
+    assert plan == ResyncPlan(stop=frozenset(), start=())
+    await scheduler.stop()

@@ -4,25 +4,32 @@ Only raw watch handlers (`kopf.on.event`) are used: they need no finalizer and s
 resource, so the operator never writes a ModelDeployment's metadata or spec (GitOps tools see no
 drift), and deleting a resource never waits on the operator. Children are removed by the garbage
 collector through their ownerReferences.
+
+The watch alone can miss a deletion (Kopf re-lists after a lost connection and reports what exists,
+not what went away), so a periodic resync lists the resources and brings the workers in line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
-from lightkube import AsyncClient
+from lightkube import ALL_NS, AsyncClient
 
 from aliasroll import __version__
+from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
-from aliasroll.controller.reconciler import Reconciler, Wake
+from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.scheduler import Scheduler
+from aliasroll.kube.resources import ModelDeployment
 from aliasroll.planning.state import EventRecord
 from aliasroll.planning.workloads import LABEL_MANAGED_BY, LABEL_OWNER, MANAGER, WorkloadDefaults
 from aliasroll.registry.client import RegistryClient, configure_http
-from aliasroll.registry.poller import RegistryPoller
+from aliasroll.registry.poller import RegistryPoller, Wake
 from aliasroll.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -39,14 +46,19 @@ class KopfEvents:
 class Runtime:
     """What lives for the operator's lifetime; kept in Kopf's memo."""
 
-    def __init__(self, config: OperatorConfig) -> None:
+    def __init__(self, config: OperatorConfig, *, namespaces: Sequence[str] = ()) -> None:
         self.config = config
+        self.namespaces = tuple(namespaces)  # empty: every namespace
         configure_http(timeout_seconds=config.registry_timeout_seconds)
         self.client = AsyncClient(field_manager=MANAGER)
         self.registry = RegistryPoller(
             RegistryClient(),
             sweep_threshold=config.registry_sweep_threshold,
-            max_backoff=config.registry_max_backoff_seconds,
+            backoff=Backoff(cap=config.registry_max_backoff_seconds),
+            concurrency_per_registry=config.registry_concurrency,
+            # One call's timeout, plus a margin for the thread to hand its answer over: a pass
+            # waits no longer than that for a registry, however busy or silent it is.
+            answer_timeout=config.registry_timeout_seconds + 1.0,
         )
         self.reconciler = Reconciler(
             client=self.client,
@@ -59,14 +71,50 @@ class Runtime:
         self.scheduler = Scheduler(
             reconcile=self._reconcile,
             forget=self.reconciler.forget,
-            retry_base=config.retry_base_seconds,
-            retry_max=config.retry_max_seconds,
+            backoff=Backoff(base=config.retry_base_seconds, cap=config.retry_max_seconds),
         )
+        # After a failed list, retry sooner than the period, but never more often than every 5 s.
+        self._resync_backoff = Backoff(base=min(5.0, config.resync_seconds), cap=config.resync_seconds)
+        self._resync_task: asyncio.Task[None] | None = None
 
-    async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> Any:
+    def start(self) -> None:
+        self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
+
+    async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> PassResult:
         return await self.reconciler.reconcile(body, wake=wake)
 
+    async def resync(self) -> None:
+        """Lists the watched ModelDeployments and stops or starts workers the watch left behind."""
+        began = self.scheduler.position
+        listed: list[Mapping[str, Any]] = []
+        for namespace in self.namespaces or (ALL_NS,):
+            async for item in self.client.list(ModelDeployment, namespace=namespace):
+                # A generic resource is the JSON object itself (a dict), as Kopf's bodies are.
+                listed.append(dict(cast(Mapping[str, Any], item)))
+        plan = await self.scheduler.resync(listed, list_began=began)
+        log.debug("resync: %d listed, %d stopped, %d started", len(listed), len(plan.stop), len(plan.start))
+
+    async def _resync_forever(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(
+                self._resync_backoff.delay(failures) if failures else self.config.resync_seconds
+            )
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # never end quietly: the next resync may well succeed
+                failures += 1
+                log.warning("resync: listing ModelDeployments failed (attempt %d): %r", failures, error)
+            else:
+                failures = 0
+
     async def close(self) -> None:
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync_task
         await self.scheduler.stop()
         await self.registry.close()
         await self.client.close()
@@ -79,7 +127,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.peering.standalone = True  # one replica (Recreate strategy); see README
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    memo.runtime = Runtime(OperatorConfig.from_env())
+    # __main__ puts the namespaces of --namespace in the memo; none means every namespace.
+    memo.runtime = Runtime(OperatorConfig.from_env(), namespaces=memo.get("watched_namespaces", ()))
+    memo.runtime.start()
     log.info("aliasroll %s started", __version__)
 
 
@@ -91,15 +141,12 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def model_deployment_event(
-    *, type: str, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
-) -> None:
+async def model_deployment_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
-    key = (namespace or "", name)
-    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
-        await runtime.scheduler.remove(key)
+    if type == "DELETED":
+        await runtime.scheduler.remove(str(body.get("metadata", {}).get("uid") or ""))
         return
-    runtime.scheduler.update(key, dict(body))
+    await runtime.scheduler.update(dict(body))  # being deleted (deletionTimestamp) stops it too
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGER})
@@ -108,4 +155,4 @@ async def owned_object_event(*, body: kopf.Body, namespace: str | None, memo: An
     # Rollout progress and hand edits (drift) of owned objects: the owner's next pass looks again.
     owner = (body.get("metadata", {}).get("labels") or {}).get(LABEL_OWNER)
     if owner:
-        memo.runtime.scheduler.wake((namespace or "", owner))
+        memo.runtime.scheduler.wake_named((namespace or "", owner))

@@ -26,13 +26,11 @@ from aliasroll.kube.observe import observe, taken_names
 from aliasroll.planning import planner
 from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
-from aliasroll.registry.poller import RegistryPoller
+from aliasroll.registry.poller import RegistryPoller, Wake
 from aliasroll.registry.types import Credentials, Endpoint
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, parse_spec
 
 log = logging.getLogger(__name__)
-
-Wake = Callable[[], None]
 
 
 class EventSink(Protocol):
@@ -41,10 +39,12 @@ class EventSink(Protocol):
 
 @dataclass(frozen=True)
 class PassResult:
-    """When the next pass is due if nothing wakes the resource earlier; `failed` asks for backoff."""
+    """When the next pass is due if nothing wakes the resource earlier; `failed` asks for backoff;
+    `gone` says the API server no longer has the resource (a deletion the watch missed)."""
 
     next_in: float | None
     failed: AliasrollError | None = None
+    gone: bool = False
 
 
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
@@ -127,7 +127,8 @@ class Reconciler:
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
         try:
-            await self._write_status(body, owner, plan.status)
+            if not await self._write_status(body, owner, plan.status):
+                return PassResult(next_in=None, gone=True)
         except KubernetesApplyFailed as error:
             log.error("%s/%s: %s", owner.namespace, owner.name, error)
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
@@ -136,20 +137,22 @@ class Reconciler:
         failed = view.error if view.error is not None and view.error.transient else None
         return PassResult(next_in=spec.registry.poll_seconds, failed=failed)
 
-    def forget(self, key: tuple[str, str], body: Mapping[str, Any] | None) -> None:
+    def forget(self, uid: str) -> None:
         """The resource is gone (or no longer watched): drop its subscription and memory."""
-        self._registry.unsubscribe(key)
-        uid = ((body or {}).get("metadata") or {}).get("uid")
-        if uid:
-            self._written.pop(uid, None)
+        self._registry.unsubscribe(uid)
+        self._written.pop(uid, None)
 
     async def _write_status(
         self, body: Mapping[str, Any], owner: ResourceRef, status: Mapping[str, Any]
-    ) -> None:
-        """Written once per pass, and only when it differs from what the API server holds."""
+    ) -> bool:
+        """Written once per pass, and only when it differs from what the API server holds.
+
+        False when the API server no longer has the resource (deleted during the pass, or earlier
+        and the watch missed it)."""
         if status != body.get("status") and not await self._applier.write_status(owner, status):
-            return  # the resource was deleted during the pass
+            return False
         self._written[owner.uid] = status
+        return True
 
     async def _registry_view(self, owner: ResourceRef, spec: ModelDeploymentSpec, wake: Wake) -> RegistryView:
         model = spec.model.name
@@ -161,7 +164,7 @@ class Reconciler:
                 )
             endpoint = Endpoint(spec.registry.tracking_uri, credentials)
             snapshot = await self._registry.subscribe(
-                subscriber=owner.key,
+                subscriber=owner.uid,  # not the name: a replaced object may overlap its successor
                 endpoint=endpoint,
                 model=model,
                 interval=spec.registry.poll_seconds,

@@ -1,8 +1,16 @@
-"""One worker per ModelDeployment, so every trigger runs the same level-based pass.
+"""One worker per ModelDeployment object, so every trigger runs the same level-based pass.
 
 Watch events, registry changes, drift on owned objects and the poll timer only wake the worker; it
 reads the latest body and runs a full pass. Passes of one resource never overlap, and wakes that
-arrive during a pass coalesce into one more pass. A failed pass is retried with exponential backoff.
+arrive during a pass coalesce into one more pass. A failed pass is retried with backoff.
+
+Workers are keyed by uid, not by namespace/name: `kubectl replace --force` (and Argo CD's Replace)
+deletes an object and creates another under the same name, and Kopf handles the events of different
+objects concurrently, so the old object's last events may be handled after the new one's first. A
+name is only used to log, and to wake the owner of a changed child (its label names the owner).
+
+Deletions missed by the watch (during a re-list) are caught twice over: a pass that finds its
+resource gone stops its worker, and a periodic resync (`plan_resync`) compares workers with a list.
 """
 
 from __future__ import annotations
@@ -10,15 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from aliasroll.controller.reconciler import PassResult, Wake
+from aliasroll.backoff import Backoff
+from aliasroll.controller.reconciler import PassResult
+from aliasroll.registry.poller import Wake
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
+Uid = str
+NamespacedName = tuple[str, str]  # (namespace, name): a resource's name, which another object may reuse
 Reconcile = Callable[[Mapping[str, Any], Wake], Awaitable[PassResult]]
+Forget = Callable[[Uid], None]
+
+
+def identity(body: Mapping[str, Any]) -> tuple[Uid, NamespacedName]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("uid") or ""), (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
 def _essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -27,76 +45,211 @@ def _essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
     return (body.get("spec"), meta.get("generation"), meta.get("uid"), meta.get("deletionTimestamp"))
 
 
+def _created(body: Mapping[str, Any]) -> str:
+    # RFC 3339 in UTC with whole seconds, as the API server writes it: compares as a string.
+    return str((body.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def is_going(body: Mapping[str, Any]) -> bool:
+    """Deleted, or being deleted (other controllers' finalizers may keep it listed a while)."""
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+@dataclass(frozen=True)
+class ResyncPlan:
+    stop: frozenset[Uid]
+    start: tuple[Mapping[str, Any], ...]
+
+
+def plan_resync(
+    *,
+    listed: Iterable[Mapping[str, Any]],
+    heard: Mapping[Uid, int],
+    removed: Mapping[Uid, int],
+    list_began: int,
+) -> ResyncPlan:
+    """Compares the workers with a list of the resources, taken while watch events kept arriving.
+
+    `heard` is each worker's position (in the scheduler's count of events) at its last watch
+    event, `removed` the position at which workers were removed, `list_began` the position just
+    before the list was asked for: events after it may be newer than the list.
+    A worker whose resource is not listed is stopped, unless it heard of its resource after the list
+    began (the resource may be newer than the list). A listed resource without a worker gets one,
+    unless its worker was removed (uids are never reused: it is gone, or going).
+    """
+    listed = list(listed)
+    listed_uids = {identity(body)[0] for body in listed}
+    stop = frozenset(uid for uid, at in heard.items() if uid not in listed_uids and at <= list_began)
+    start = tuple(
+        body
+        for body in listed
+        if (uid := identity(body)[0]) and uid not in heard and uid not in removed and not is_going(body)
+    )
+    return ResyncPlan(stop=stop, start=start)
+
+
+@dataclass
+class _Worker:
+    uid: Uid
+    name: NamespacedName
+    body: Mapping[str, Any]
+    heard: int
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
 class Scheduler:
     def __init__(
         self,
         *,
         reconcile: Reconcile,
-        forget: Callable[[Key, Mapping[str, Any] | None], None],
-        retry_base: float = 1.0,
-        retry_max: float = 60.0,
+        forget: Forget,
+        backoff: Backoff | None = None,
     ) -> None:
         self._reconcile = reconcile
         self._forget = forget
-        self._retry_base = retry_base
-        self._retry_max = retry_max
-        self._bodies: dict[Key, Mapping[str, Any]] = {}
-        self._wakes: dict[Key, asyncio.Event] = {}
-        self._workers: dict[Key, asyncio.Task[None]] = {}
-
-    def update(self, key: Key, body: Mapping[str, Any]) -> None:
-        """A watch event for the resource: start its worker, or wake it if anything but status changed."""
-        before = self._bodies.get(key)
-        self._bodies[key] = body
-        if key not in self._workers:
-            self._wakes[key] = asyncio.Event()
-            self._workers[key] = asyncio.create_task(self._work(key), name=f"reconcile {key[0]}/{key[1]}")
-        elif before is None or _essence(before) != _essence(body):
-            self.wake(key)
-
-    def wake(self, key: Key) -> None:
-        event = self._wakes.get(key)
-        if event is not None:
-            event.set()
-
-    async def remove(self, key: Key) -> None:
-        task = self._workers.pop(key, None)
-        body = self._bodies.pop(key, None)
-        self._wakes.pop(key, None)
-        self._forget(key, body)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def stop(self) -> None:
-        for key in list(self._workers):
-            await self.remove(key)
+        self._backoff = backoff or Backoff()
+        self._workers: dict[Uid, _Worker] = {}
+        self._by_name: dict[NamespacedName, set[Uid]] = {}
+        self._events = 0  # counts watch events and removals, to order them against a resync's list
+        # Uids whose worker was removed, with the position: events that Kopf hands over late for an
+        # object already gone must not start a worker again. Pruned by each resync.
+        self._removed: dict[Uid, int] = {}
 
     @property
-    def keys(self) -> list[Key]:
-        return list(self._workers)
+    def position(self) -> int:
+        """Where the scheduler is in the stream of events; take it just before listing, for resync."""
+        return self._events
 
-    async def _work(self, key: Key) -> None:
+    async def update(self, body: Mapping[str, Any]) -> None:
+        """A watch event for the resource: start its worker, or wake it if anything but status changed."""
+        uid, name = identity(body)
+        self._events += 1
+        if is_going(body):
+            await self.remove(uid)
+            return
+        if uid in self._removed:
+            return  # a late event of an object already gone
+        stale: list[asyncio.Task[None]] = []
+        for other_uid in list(self._by_name.get(name, ())):
+            other = self._workers[other_uid]
+            if other_uid == uid:
+                continue
+            # A name is free again only once its object is gone: of two objects with one name, the
+            # one created earlier no longer exists. (Created in the same second: cannot tell; its
+            # DELETED event, its next pass or the resync stops the old worker.)
+            if _created(other.body) < _created(body):
+                log.info("%s/%s: replaced by a new object (uid %s)", *name, uid)
+                stale.append(self._detach(other_uid))
+            elif _created(body) < _created(other.body):
+                log.info("%s/%s: ignoring an event of the replaced object (uid %s)", *name, uid)
+                self._removed[uid] = self._events
+                return
+        worker = self._workers.get(uid)
+        if worker is None:
+            worker = self._workers[uid] = _Worker(uid=uid, name=name, body=body, heard=self._events)
+            self._by_name.setdefault(name, set()).add(uid)
+            worker.task = asyncio.create_task(self._work(worker), name=f"reconcile {name[0]}/{name[1]}")
+        else:
+            before, worker.body, worker.heard = worker.body, body, self._events
+            if _essence(before) != _essence(body):
+                worker.wake.set()
+        for task in stale:
+            await _cancelled(task)
+
+    def wake(self, uid: Uid) -> None:
+        worker = self._workers.get(uid)
+        if worker is not None:
+            worker.wake.set()
+
+    def wake_named(self, name: NamespacedName) -> None:
+        """Wakes the resource of that name (both, for the moment an old and a new object overlap)."""
+        for uid in self._by_name.get(name, ()):
+            self.wake(uid)
+
+    async def remove(self, uid: Uid) -> None:
+        """The object is gone (or going): stop its worker; other objects of the same name are untouched."""
+        self._events += 1
+        self._removed[uid] = self._events
+        if uid in self._workers:
+            await _cancelled(self._detach(uid))
+
+    async def resync(self, listed: Iterable[Mapping[str, Any]], *, list_began: int) -> ResyncPlan:
+        """Applies `plan_resync` to a list of the watched resources taken from position `list_began`."""
+        listed = list(listed)
+        plan = plan_resync(
+            listed=listed,
+            heard={uid: worker.heard for uid, worker in self._workers.items()},
+            removed=self._removed,
+            list_began=list_began,
+        )
+        for uid in plan.stop:
+            worker = self._workers.get(uid)
+            if worker is not None:
+                log.warning("%s/%s: no longer exists (missed deletion, uid %s); stopping", *worker.name, uid)
+            await self.remove(uid)
+        for body in plan.start:
+            uid, name = identity(body)
+            log.warning("%s/%s: had no worker (missed event, uid %s); starting", *name, uid)
+            await self.update(body)
+        # A removed uid not listed is gone for good: no event will name it again.
+        listed_uids = {identity(body)[0] for body in listed}
+        self._removed = {
+            uid: at for uid, at in self._removed.items() if uid in listed_uids or at > list_began
+        }
+        return plan
+
+    async def stop(self) -> None:
+        for uid in list(self._workers):
+            await _cancelled(self._detach(uid))
+
+    def _detach(self, uid: Uid, *, cancel: bool = True) -> asyncio.Task[None]:
+        """Forgets the worker at once (so no new wake reaches it); the caller awaits its task."""
+        worker = self._workers.pop(uid)
+        names = self._by_name.get(worker.name)
+        if names is not None:
+            names.discard(uid)
+            if not names:
+                del self._by_name[worker.name]
+        self._forget(uid)
+        assert worker.task is not None
+        if cancel:
+            worker.task.cancel()
+        return worker.task
+
+    async def _work(self, worker: _Worker) -> None:
+        namespace, name = worker.name
         failures = 0
-        wake = self._wakes[key]
         while True:
-            wake.clear()
-            body = self._bodies[key]
+            worker.wake.clear()
             try:
-                result = await self._reconcile(body, lambda: self.wake(key))
+                result = await self._reconcile(worker.body, lambda: self.wake(worker.uid))
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a pass must never kill the worker: log, back off, retry
-                log.exception("%s/%s: reconcile pass failed: %s", key[0], key[1], error)
+                log.exception("%s/%s: reconcile pass failed: %s", namespace, name, error)
                 result = PassResult(next_in=None, failed=None)
                 failures += 1
             else:
                 failures = failures + 1 if result.failed is not None else 0
+            if result.gone:
+                log.info(
+                    "%s/%s: the resource is gone (uid %s); stopping its worker", namespace, name, worker.uid
+                )
+                self._events += 1
+                self._removed[worker.uid] = self._events
+                self._detach(worker.uid, cancel=False)  # this very task: it ends by returning
+                return
             delay = result.next_in
             if failures:
-                backoff = min(self._retry_max, self._retry_base * 2 ** (failures - 1))
+                backoff = self._backoff.delay(failures)
                 delay = backoff if delay is None else min(delay, backoff)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):  # not wait_for: see RegistryPoller._loop
-                    await wake.wait()
+                    await worker.wake.wait()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

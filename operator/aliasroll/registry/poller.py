@@ -5,7 +5,15 @@ each subscribed model once per interval (the shortest interval among its subscri
 resources name it, and wakes the subscribers whose answer changed, so an alias move reaches every
 resource within one interval. Models that fall due together are fetched together: one call each
 while there are few, or one `search_registered_models` sweep (1,000 models a page) once there are
-enough that the sweep is cheaper. A failing model is retried with exponential backoff.
+enough that the sweep is cheaper. A failing model is retried with backoff.
+
+Registries are kept apart, as tenants: each endpoint has its own few threads, so one that hangs
+(accepts connections, never answers) holds only its own; a subscriber waits a bounded time for a
+first answer and otherwise gets an error answer; a loop that crashes is logged and restarted.
+
+A sweep is a paged listing that can miss a model (pages shift when models are created or deleted
+between them), so an alias that a sweep no longer shows is confirmed with a direct read before it
+is published: a missing @canary would otherwise end a canary at once.
 
 Version details are cached separately: a version number never changes what it names, so a READY
 version is asked about once (the cache expires after an hour, in case a model is deleted and
@@ -23,14 +31,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from aliasroll.errors import ModelNotFound, RegistryError
+from aliasroll.backoff import Backoff
+from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable
 from aliasroll.registry.client import RegistryClient
 from aliasroll.registry.types import Endpoint, VersionInfo
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Asks a resource's worker for another pass (the registry's answer changed, a child changed, ...).
 Wake = Callable[[], None]
+Answer = dict[str, str] | RegistryError  # one model's aliases, or why the registry gave none
 
 READY_VERSION_TTL = 3600.0
 # A sweep reads every model of the registry; it pays off while the registry holds at most this many
@@ -52,6 +63,17 @@ class ModelSnapshot:
         mine = None if self.error is None else self.error.reason
         theirs = None if other.error is None else other.error.reason
         return self.aliases == other.aliases and mine == theirs
+
+
+def loses_an_alias(previous: ModelSnapshot | None, answer: Answer) -> bool:
+    """True when `answer` lacks an alias `previous` had (the model missing altogether included)."""
+    if previous is None or not previous.aliases:
+        return False
+    if isinstance(answer, ModelNotFound):
+        return True
+    if isinstance(answer, RegistryError):
+        return False  # no answer at all: what runs keeps running anyway
+    return any(alias not in answer for alias in previous.aliases)
 
 
 @dataclass
@@ -76,29 +98,38 @@ class RegistryPoller:
         client: RegistryClient,
         *,
         sweep_threshold: int = 25,
-        max_backoff: float = 60.0,
-        concurrency: int = 8,
+        backoff: Backoff | None = None,
+        concurrency_per_registry: int = 4,
+        answer_timeout: float = 10.0,
         batch_window: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self._sweep_threshold = sweep_threshold
-        self._max_backoff = max_backoff
+        self._backoff = backoff or Backoff()
+        self._concurrency = concurrency_per_registry
+        self._answer_timeout = answer_timeout
         self._batch_window = batch_window
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="registry")
+        self._lanes: dict[Endpoint, ThreadPoolExecutor] = {}
         self._entries: dict[tuple[Endpoint, str], _Entry] = {}
         self._subscriptions: dict[Hashable, tuple[Endpoint, str]] = {}
         self._loops: dict[Endpoint, asyncio.Task[None]] = {}
         self._kicks: dict[Endpoint, asyncio.Event] = {}
+        self._crashes: dict[Endpoint, int] = {}
         self._registry_sizes: dict[Endpoint, int] = {}
         self._versions: dict[tuple[Endpoint, str, str], tuple[VersionInfo | None, float]] = {}
-        self._version_calls: dict[tuple[Endpoint, str, str], asyncio.Future[VersionInfo | None]] = {}
+        self._version_calls: dict[tuple[Endpoint, str, str], asyncio.Task[VersionInfo | None]] = {}
 
     async def subscribe(
         self, *, subscriber: Hashable, endpoint: Endpoint, model: str, interval: float, wake: Wake
     ) -> ModelSnapshot:
-        """Registers (or moves) a subscription and returns the latest answer, waiting for the first."""
+        """Registers (or moves) a subscription and returns the latest answer.
+
+        Waits for the first answer at most `answer_timeout` seconds; then the answer is a
+        RegistryUnavailable error (the pass keeps what runs), and the subscriber is woken once the
+        registry does answer.
+        """
         key = (endpoint, model)
         previous = self._subscriptions.get(subscriber)
         if previous is not None and previous != key:
@@ -112,8 +143,12 @@ class RegistryPoller:
         if entry.snapshot is not None and entry.failures == 0:
             entry.next_due = min(entry.next_due, entry.snapshot_time + interval)
         self._ensure_loop(endpoint)
-        await entry.answered.wait()
-        assert entry.snapshot is not None
+        if entry.snapshot is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._answer_timeout):  # not wait_for: see _loop
+                    await entry.answered.wait()
+        if entry.snapshot is None:
+            return ModelSnapshot(model=model, aliases=None, error=self._no_answer(endpoint))
         return entry.snapshot
 
     def unsubscribe(self, subscriber: Hashable) -> None:
@@ -127,44 +162,57 @@ class RegistryPoller:
                 del self._entries[key]
                 self._kick(key[0])
 
-    def refresh(self, endpoint: Endpoint, model: str) -> bool:
-        """Asks for a fetch now (a registry webhook said the model changed); False if nobody follows it."""
-        entry = self._entries.get((endpoint, model))
-        if entry is None:
-            return False
-        entry.next_due = self._clock()
-        self._kick(endpoint)
-        return True
-
     async def version(
         self, endpoint: Endpoint, model: str, version: str, *, ttl: float
     ) -> VersionInfo | None:
-        """Details of one version (None if it does not exist); concurrent askers share one call."""
+        """Details of one version (None if it does not exist); concurrent askers share one call.
+
+        Raises RegistryUnavailable when the registry does not answer within `answer_timeout`.
+        """
         key = (endpoint, model, version)
         cached = self._versions.get(key)
         if cached is not None and cached[1] > self._clock():
             return cached[0]
         pending = self._version_calls.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._run(self.client.version, endpoint, model, version))
+            pending = asyncio.create_task(self._fetch_version(key, ttl=ttl), name=f"registry-version {key}")
+            # Retrieved here, so a failure nobody waited for (all askers timed out) is not logged
+            # as "never retrieved"; askers get it through the shield.
+            pending.add_done_callback(lambda task: task.cancelled() or task.exception())
             self._version_calls[key] = pending
-            try:
-                info = await asyncio.shield(pending)
-            finally:
-                self._version_calls.pop(key, None)
-            keep = READY_VERSION_TTL if info is not None and info.ready else ttl
-            self._versions[key] = (info, self._clock() + keep)
-            return info
-        return await asyncio.shield(pending)
+        try:
+            async with asyncio.timeout(self._answer_timeout):
+                return await asyncio.shield(pending)
+        except TimeoutError:
+            raise self._no_answer(endpoint) from None
 
     async def close(self) -> None:
-        loops = list(self._loops.values())
-        for task in loops:
+        tasks = [*self._loops.values(), *self._version_calls.values()]
+        for task in tasks:
             task.cancel()
-        for task in loops:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for lane in self._lanes.values():
+            # A thread blocked on a silent registry ends with its own timeout; nothing waits for it.
+            lane.shutdown(wait=False, cancel_futures=True)
+        self._lanes.clear()
+
+    def _no_answer(self, endpoint: Endpoint) -> RegistryUnavailable:
+        return RegistryUnavailable(
+            f"the registry at {endpoint.tracking_uri} did not answer in time "
+            f"({self._answer_timeout:.0f} s); the running versions keep serving"
+        )
+
+    async def _fetch_version(self, key: tuple[Endpoint, str, str], *, ttl: float) -> VersionInfo | None:
+        endpoint, model, version = key
+        try:
+            info = await self._run(endpoint, self.client.version, endpoint, model, version)
+        finally:
+            self._version_calls.pop(key, None)
+        keep = READY_VERSION_TTL if info is not None and info.ready else ttl
+        self._versions[key] = (info, self._clock() + keep)
+        return info
 
     # The per-endpoint loop.
 
@@ -173,11 +221,34 @@ class RegistryPoller:
         task = self._loops.get(endpoint)
         if task is None or task.done():
             self._loops[endpoint] = asyncio.create_task(
-                self._loop(endpoint), name=f"registry-poll {endpoint}"
+                self._supervise(endpoint), name=f"registry-poll {endpoint}"
             )
 
     def _kick(self, endpoint: Endpoint) -> None:
         self._kicks.setdefault(endpoint, asyncio.Event()).set()
+
+    async def _supervise(self, endpoint: Endpoint) -> None:
+        """Runs the endpoint's loop until nobody follows the endpoint; restarts it if it crashes."""
+        while True:
+            try:
+                await self._loop(endpoint)
+            except Exception:  # a bug, or an error the client does not map: never end silently
+                crashes = self._crashes[endpoint] = self._crashes.get(endpoint, 0) + 1
+                delay = self._backoff.delay(crashes)
+                log.exception(
+                    "registry: the poll loop for %s crashed (%d in a row); restarting in %.1f s",
+                    endpoint,
+                    crashes,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            break
+        self._loops.pop(endpoint, None)
+        self._crashes.pop(endpoint, None)
+        lane = self._lanes.pop(endpoint, None)
+        if lane is not None:
+            lane.shutdown(wait=False)  # calls under way still deliver their answers
 
     async def _loop(self, endpoint: Endpoint) -> None:
         kick = self._kicks.setdefault(endpoint, asyncio.Event())
@@ -185,12 +256,12 @@ class RegistryPoller:
             kick.clear()
             entries = [entry for entry in self._entries.values() if entry.endpoint == endpoint]
             if not entries:
-                self._loops.pop(endpoint, None)
                 return
             now = self._clock()
             due = [entry for entry in entries if entry.next_due <= now + self._batch_window]
             if due:
                 await self._fetch(endpoint, due)
+                self._crashes.pop(endpoint, None)
                 continue
             wait = min(entry.next_due for entry in entries) - now
             # asyncio.timeout, not wait_for: wait_for (3.11) can swallow a cancellation that
@@ -200,25 +271,30 @@ class RegistryPoller:
                     await kick.wait()
 
     async def _fetch(self, endpoint: Endpoint, due: list[_Entry]) -> None:
-        answers: dict[str, dict[str, str] | RegistryError]
+        models = [entry.model for entry in due]
         if self._sweep_pays_off(endpoint, len(due)):
-            answers = await self._sweep(endpoint, [entry.model for entry in due])
+            answers = await self._sweep(endpoint, models)
+            doubtful = [entry.model for entry in due if loses_an_alias(entry.snapshot, answers[entry.model])]
+            if doubtful:
+                log.info("registry: confirming aliases a sweep of %s no longer shows: %s", endpoint, doubtful)
+                answers.update(await self._read_each(endpoint, doubtful))
         else:
-            results = await asyncio.gather(
-                *(self._run(self.client.model_aliases, endpoint, entry.model) for entry in due),
-                return_exceptions=True,
-            )
-            answers = {}
-            for entry, result in zip(due, results, strict=True):
-                if isinstance(result, RegistryError):
-                    answers[entry.model] = result
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    answers[entry.model] = result
+            answers = await self._read_each(endpoint, models)
         now = self._clock()
         for entry in due:
             self._record(entry, answers[entry.model], now=now)
+
+    async def _read_each(self, endpoint: Endpoint, models: list[str]) -> dict[str, Answer]:
+        results = await asyncio.gather(
+            *(self._run(endpoint, self.client.model_aliases, endpoint, model) for model in models),
+            return_exceptions=True,
+        )
+        answers: dict[str, Answer] = {}
+        for model, result in zip(models, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, RegistryError):
+                raise result
+            answers[model] = result
+        return answers
 
     def _sweep_pays_off(self, endpoint: Endpoint, due: int) -> bool:
         if due < self._sweep_threshold:
@@ -226,11 +302,9 @@ class RegistryPoller:
         size = self._registry_sizes.get(endpoint)
         return size is None or size <= due * SWEEP_MAX_READ_RATIO
 
-    async def _sweep(
-        self, endpoint: Endpoint, models: list[str]
-    ) -> dict[str, dict[str, str] | RegistryError]:
+    async def _sweep(self, endpoint: Endpoint, models: list[str]) -> dict[str, Answer]:
         try:
-            everything = await self._run(self.client.all_model_aliases, endpoint)
+            everything = await self._run(endpoint, self.client.all_model_aliases, endpoint)
         except RegistryError as error:
             return dict.fromkeys(models, error)
         self._registry_sizes[endpoint] = len(everything)
@@ -241,11 +315,11 @@ class RegistryPoller:
             for model in models
         }
 
-    def _record(self, entry: _Entry, answer: dict[str, str] | RegistryError, *, now: float) -> None:
+    def _record(self, entry: _Entry, answer: Answer, *, now: float) -> None:
         if isinstance(answer, RegistryError):
             entry.failures += 1
             snapshot = ModelSnapshot(model=entry.model, aliases=None, error=answer)
-            entry.next_due = now + min(self._max_backoff, 2.0 ** (entry.failures - 1))
+            entry.next_due = now + self._backoff.delay(entry.failures)
             log.warning(
                 "registry: %s (attempt %d, next in %.0f s)", answer, entry.failures, entry.next_due - now
             )
@@ -261,5 +335,11 @@ class RegistryPoller:
             for _, wake in list(entry.subscribers.values()):
                 wake()
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, endpoint: Endpoint, fn: Callable[..., T], *args: object) -> T:
+        """Runs a blocking call on the endpoint's own threads (created on first use)."""
+        lane = self._lanes.get(endpoint)
+        if lane is None:
+            lane = self._lanes[endpoint] = ThreadPoolExecutor(
+                max_workers=self._concurrency, thread_name_prefix=f"registry {endpoint.tracking_uri}"
+            )
+        return await asyncio.get_running_loop().run_in_executor(lane, fn, *args)

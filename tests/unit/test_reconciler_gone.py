@@ -1,0 +1,76 @@
+"""A pass whose resource the API server no longer has (a deletion the watch missed) says so, so the
+scheduler ends its worker instead of re-applying children of a dead uid every poll."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Hashable, Mapping
+from typing import Any, cast
+
+import httpx2
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+
+from aliasroll.controller.reconciler import Reconciler
+from aliasroll.planning.state import EventRecord
+from aliasroll.planning.workloads import WorkloadDefaults
+from aliasroll.registry.poller import ModelSnapshot, RegistryPoller, Wake
+from aliasroll.registry.types import Endpoint, VersionInfo
+
+BODY = {
+    "apiVersion": "aliasroll.io/v1alpha1",
+    "kind": "ModelDeployment",
+    "metadata": {"namespace": "ml", "name": "sentiment", "uid": "dead-uid", "generation": 1},
+    "spec": {"model": {"name": "sentiment"}, "registry": {"trackingUri": "http://mlflow:5000"}},
+}
+
+
+class ClusterWithoutTheResource:
+    """Lists nothing, accepts children, and answers 404 for the ModelDeployment's status."""
+
+    def __init__(self) -> None:
+        self.patched: list[str] = []
+
+    async def _nothing(self) -> AsyncIterator[Any]:
+        for item in ():
+            yield item
+
+    def list(self, resource: Any, **_: Any) -> AsyncIterator[Any]:
+        return self._nothing()
+
+    async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
+        if name == "sentiment" and "status" in body:
+            request = httpx2.Request("PATCH", "https://127.0.0.1:6443/apis/aliasroll.io/x/status")
+            status = {"kind": "Status", "reason": "NotFound", "code": 404, "message": "not found"}
+            raise ApiError(request=request, response=httpx2.Response(404, json=status, request=request))
+        self.patched.append(name)
+
+    async def delete(self, *args: Any, **_: Any) -> None:
+        raise AssertionError("nothing to prune")
+
+
+class OneVersionRegistry:
+    async def subscribe(
+        self, *, subscriber: Hashable, endpoint: Endpoint, model: str, interval: float, wake: Wake
+    ) -> ModelSnapshot:
+        return ModelSnapshot(model=model, aliases={"production": "1"}, error=None)
+
+    async def version(self, endpoint: Endpoint, model: str, version: str, *, ttl: float) -> VersionInfo:
+        return VersionInfo(model=model, version=version, status="READY", run_id=None, source=None)
+
+
+class Events:
+    def post(self, body: Mapping[str, Any], event: EventRecord) -> None:
+        pass
+
+
+def test_a_status_write_answered_404_reports_the_resource_gone() -> None:
+    reconciler = Reconciler(
+        client=cast(AsyncClient, ClusterWithoutTheResource()),
+        registry=cast(RegistryPoller, OneVersionRegistry()),
+        events=Events(),
+        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+    )
+    result = asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
+    assert result.gone
+    assert result.failed is None, "not a failure to back off from: the worker ends"
