@@ -74,6 +74,10 @@ NODE_NAME = "kwok-node-0"
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"
 KWOK_STAGE_DIRS = ("node/fast", "node/heartbeat-with-lease", "pod/fast")
+#: A fake pod becomes Ready this long after it starts (a duration such as "1500ms") when it carries
+#: this annotation: tests that watch capacity through a rollout need pods that take time, as real
+#: ones do. Without it, fake pods are Ready at once.
+READY_DELAY_ANNOTATION = "kwok.localenv/ready-delay"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 #: Written into the state dir by start(); down() only ever deletes a directory that carries it.
@@ -611,6 +615,7 @@ class LocalCluster:
         )
         if not stages:
             raise ClusterError(f"no kwok stage files under {bin_dir / 'kwok-stages'}")
+        stages = [self._with_ready_delay(f) if f.name == "pod-ready.yaml" else f for f in stages]
         self._spawn(
             bin_dir,
             "kwok",
@@ -669,6 +674,23 @@ class LocalCluster:
         self._wait("kube-scheduler healthy", healthz(ports.scheduler), deadline, everything)
         self._wait("default ServiceAccount created", default_service_account, deadline, everything)
         self._wait(f"node {self.node_name} Ready, untainted, with a Lease", node_ready, deadline, everything)
+
+    def _with_ready_delay(self, stage: Path) -> Path:
+        """kwok's pod-ready stage, delayed by the pod's READY_DELAY_ANNOTATION when it has one."""
+        text = stage.read_text()
+        anchor = "\nspec:\n"
+        if anchor not in text:
+            raise ClusterError(f"{stage}: no top-level spec to add a delay to")
+        delay = (
+            "  delay:\n"
+            "    durationMilliseconds: 0\n"
+            "    durationFrom:\n"
+            "      jq:\n"
+            f"        expression: '.metadata.annotations[\"{READY_DELAY_ANNOTATION}\"]'\n"
+        )
+        delayed = self.state_dir / "kwok-pod-ready.yaml"
+        delayed.write_text(text.replace(anchor, anchor + delay, 1))
+        return delayed
 
     def _make_etcd_data_dir(self) -> Path:
         shm = Path("/dev/shm")

@@ -1,6 +1,8 @@
 """Capacity through every transition, watched pod by pod on the real control plane.
 
-A watch on the serving pods sees every readiness change the API server records (no sampling gaps):
+Fake pods become ready 800 ms after they start (the local cluster's ready-delay annotation), so a
+track that shrinks before the other's pods are up shows as a dip. A watch on the serving pods sees
+every readiness change the API server records (no sampling gaps):
 after each event the number of ready, non-terminating pods across both tracks must stay at or
 above what the user asked for (the lower of the old and new totals while replicas change). The
 transitions: canary start, weight up, weight down, canary end, a new canary promoted, a rollback,

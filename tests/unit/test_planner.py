@@ -627,3 +627,19 @@ def test_no_empty_maps_in_status() -> None:
     """The API server reads an empty map as null, which the status schema refuses."""
     result = run(spec(), view(None), observed(workload(P, "2")), status_for("2"))
     assert result.status["registry"] == {"trackingUri": "http://mlflow:5000"}
+
+
+def test_every_running_track_gets_a_disruption_budget() -> None:
+    result = run(
+        canary_spec(20),
+        view("2", "3"),
+        observed(workload(P, "2", replicas=8), workload(C, "3", replicas=2)),
+        status_for("2", "3"),
+    )
+    budgets = {
+        obj["metadata"]["name"]: obj["spec"] for obj in result.objects if obj["kind"] == "PodDisruptionBudget"
+    }
+    assert budgets["sentiment-production"]["maxUnavailable"] == 1
+    assert budgets["sentiment-canary"]["maxUnavailable"] == 1
+    scaled_to_zero = run(spec(replicas=0), view("2"), observed(workload(P, "2", replicas=0)), status_for("2"))
+    assert not [obj for obj in scaled_to_zero.objects if obj["kind"] == "PodDisruptionBudget"]

@@ -38,10 +38,21 @@ class ClusterWithoutTheResource:
     def list(self, resource: Any, **_: Any) -> AsyncIterator[Any]:
         return self._nothing()
 
+    async def get(self, resource: Any, name: str, **_: Any) -> Any:
+        request = httpx2.Request("GET", f"https://127.0.0.1:6443/x/{name}")
+        status = {"kind": "Status", "reason": "NotFound", "code": 404, "message": "not found"}
+        raise ApiError(request=request, response=httpx2.Response(404, json=status, request=request))
+
     async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
         if name == "sentiment" and "status" in body:
             request = httpx2.Request("PATCH", "https://127.0.0.1:6443/apis/aliasroll.io/x/status")
-            status = {"kind": "Status", "reason": "NotFound", "code": 404, "message": "not found"}
+            status = {
+                "kind": "Status",
+                "reason": "NotFound",
+                "code": 404,
+                "message": 'modeldeployments.aliasroll.io "sentiment" not found',
+                "details": {"name": "sentiment", "group": "aliasroll.io", "kind": "modeldeployments"},
+            }
             raise ApiError(request=request, response=httpx2.Response(404, json=status, request=request))
         self.patched.append(name)
 
@@ -74,3 +85,29 @@ def test_a_status_write_answered_404_reports_the_resource_gone() -> None:
     result = asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
     assert result.gone
     assert result.failed is None, "not a failure to back off from: the worker ends"
+
+
+class ClusterReloadingItsHandlers(ClusterWithoutTheResource):
+    """Answers the status write with a bare 404 page, as while a CRD is created or deleted."""
+
+    async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
+        if name == "sentiment" and "status" in body:
+            request = httpx2.Request("PATCH", "https://127.0.0.1:6443/apis/aliasroll.io/x/status")
+            raise httpx2.HTTPStatusError(
+                "404 page not found",
+                request=request,
+                response=httpx2.Response(404, text="404 page not found", request=request),
+            )
+        self.patched.append(name)
+
+
+def test_a_bare_404_is_not_taken_for_a_deletion() -> None:
+    reconciler = Reconciler(
+        client=cast(AsyncClient, ClusterReloadingItsHandlers()),
+        registry=cast(RegistryPoller, OneVersionRegistry()),
+        events=Events(),
+        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+    )
+    result = asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
+    assert not result.gone, "a worker must not stop on a 404 that names no object"
+    assert result.failed is not None, "retried with backoff"

@@ -47,6 +47,9 @@ class PassResult:
     gone: bool = False
 
 
+GONE = PassResult(next_in=None, gone=True)
+
+
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
     meta = body["metadata"]
     return ResourceRef(
@@ -94,13 +97,15 @@ class Reconciler:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec as error:
             # Nothing is applied or pruned: what runs keeps running until the spec is fixed.
-            await self._refuse(body, owner, previous_status, error)
+            if not await self._refuse(body, owner, previous_status, error):
+                return GONE
             return PassResult(next_in=None)
 
         try:
             observation = await observe(self._client, owner)
         except KubernetesApplyFailed as error:  # RBAC on a list: nothing applied or pruned blind
-            await self._refuse(body, owner, previous_status, error)
+            if not await self._refuse(body, owner, previous_status, error):
+                return GONE
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         view = await self._registry_view(owner, spec, wake)
         plan = planner.plan(
@@ -122,13 +127,14 @@ class Reconciler:
             pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
         except (KubernetesApplyFailed, NameConflict) as error:
             # Status keeps saying what runs; the plan's status would claim what was not applied.
-            await self._refuse(body, owner, previous_status, error)
+            if not await self._refuse(body, owner, previous_status, error):
+                return GONE
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
         try:
             if not await self._write_status(body, owner, plan.status):
-                return PassResult(next_in=None, gone=True)
+                return GONE
         except KubernetesApplyFailed as error:
             log.error("%s/%s: %s", owner.namespace, owner.name, error)
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
@@ -197,14 +203,17 @@ class Reconciler:
         owner: ResourceRef,
         previous_status: Mapping[str, Any],
         error: AliasrollError,
-    ) -> None:
-        """Ready=False with the error's reason; everything else in status stays as it was."""
+    ) -> bool:
+        """Ready=False with the error's reason; everything else in status stays as it was. False
+        when the resource is gone."""
         refusal = planner.refused(
             owner=owner, previous_status=previous_status, error=error, now=self._clock()
         )
+        try:
+            if not await self._write_status(body, owner, refusal.status):
+                return False
+        except KubernetesApplyFailed as write_error:  # the event below still says what is wrong
+            log.error("%s/%s: %s (while reporting: %s)", owner.namespace, owner.name, write_error, error)
         for event in refusal.events:
             self._events.post(body, event)
-        try:
-            await self._write_status(body, owner, refusal.status)
-        except KubernetesApplyFailed as write_error:  # the event above still says what is wrong
-            log.error("%s/%s: %s (while reporting: %s)", owner.namespace, owner.name, write_error, error)
+        return True

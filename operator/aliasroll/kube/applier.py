@@ -12,8 +12,10 @@ from typing import Any
 
 import httpx2
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
 from lightkube.types import CascadeType, PatchType
 
+from aliasroll.errors import KubernetesUnavailable
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.observe import ObjectKey
 from aliasroll.kube.resources import ModelDeployment, resource_for
@@ -97,10 +99,26 @@ class Applier:
                 force=True,
             )
         except httpx2.HTTPError as error:
-            if status_code(error) == 404:
+            if object_not_found(error, owner.name):
                 return False
+            if status_code(error) == 404:
+                # A bare 404 (no Status naming the object): the API server is reloading its custom
+                # resource handlers (a CRD was just created or deleted). Not proof of a deletion.
+                raise KubernetesUnavailable(
+                    f"cannot write the status of {KIND} {owner.name}: the API server does not serve "
+                    "the resource right now (HTTP 404)"
+                ) from None
             raise api_failure("write the status of", KIND, owner.name, error) from None
         return True
+
+
+def object_not_found(error: httpx2.HTTPError, name: str) -> bool:
+    """The API server's own word that the named object does not exist (a Status of reason NotFound
+    naming it), as opposed to a 404 page for a path it does not serve at the moment."""
+    if not isinstance(error, ApiError) or error.status.code != 404:
+        return False
+    details = error.status.details
+    return error.status.reason == "NotFound" and details is not None and details.name == name
 
 
 def is_subset(wanted: Any, live: Any) -> bool:

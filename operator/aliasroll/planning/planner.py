@@ -90,6 +90,12 @@ def plan(
                     defaults=defaults,
                 )
             )
+        # A budget per running track, so a node drain never takes a track's last pods at once.
+        objects += [
+            workloads.pod_disruption_budget(owner=owner, track=track, replicas=replicas)
+            for track, replicas in placed.replicas.items()
+            if replicas > 0
+        ]
         objects.extend(placed.routing.objects)
         wanted = {(item["kind"], item["metadata"]["name"]) for item in objects}
         prune = tuple(child for child in observed.children if (child.kind, child.name) not in wanted)
