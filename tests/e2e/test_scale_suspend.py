@@ -1,0 +1,122 @@
+"""The scale subresource (kubectl scale, autoscalers) and spec.suspend, against the real API server."""
+
+from __future__ import annotations
+
+import json
+
+from harness import Kube, condition, model_deployment, ready_at, registered, wait_for
+from mlflow import MlflowClient
+
+from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
+
+
+def replicas(kube: Kube, namespace: str, track: str) -> int | None:
+    deployment = kube.get("deployment", f"sentiment-{track}", namespace)
+    return None if deployment is None else int(deployment["spec"]["replicas"])
+
+
+def test_kubectl_scale_splits_the_new_total_by_weight(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    registered(registry, model_name, 2, production="1", canary="2")
+    kube.apply(
+        model_deployment(
+            "sentiment", model_name, mlflow_server.url, replicas=5, canary={"alias": "canary", "weight": 20}
+        ),
+        namespace=namespace,
+    )
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready 1+2")
+
+    # What an autoscaler reads and writes: the scale subresource.
+    scale = json.loads(
+        kube.cluster.kubectl(
+            "get", "mdep", "sentiment", "-n", namespace, "--subresource=scale", "-o", "json"
+        ).stdout
+    )
+    assert scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == 5
+    assert scale["status"]["selector"] == "aliasroll.io/modeldeployment=sentiment"
+    assert scale["status"]["replicas"] == 5
+
+    kube.cluster.kubectl("scale", "mdep", "sentiment", "-n", namespace, "--replicas=10")
+    wait_for(
+        lambda: (replicas(kube, namespace, "production"), replicas(kube, namespace, "canary")) == (8, 2),
+        timeout=30,
+        what="10 pods split 8 + 2",
+    )
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready at 10 pods")
+
+    # Each running track has a disruption budget.
+    budgets = {item["metadata"]["name"]: item["spec"] for item in kube.list("pdb", namespace)}
+    assert budgets["sentiment-production"]["maxUnavailable"] == 1
+    assert budgets["sentiment-canary"]["maxUnavailable"] == 1
+
+    kube.cluster.kubectl("scale", "mdep", "sentiment", "-n", namespace, "--replicas=0")
+    resource = wait_for(
+        lambda: (
+            found
+            if condition(found := kube.get("mdep", "sentiment", namespace), "Ready")
+            == ("True", "ScaledToZero")
+            else None
+        ),
+        timeout=60,
+        what="Ready=True/ScaledToZero",
+    )
+    assert resource["status"]["production"]["version"] == "1"
+    assert replicas(kube, namespace, "production") == 0
+
+
+def test_suspend_stops_following_aliases_and_resume_catches_up(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    registered(registry, model_name, 2, production="1")
+    manifest = model_deployment("sentiment", model_name, mlflow_server.url, replicas=2)
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at 1")
+
+    manifest["spec"]["suspend"] = True
+    kube.apply(manifest, namespace=namespace)
+    wait_for(
+        lambda: condition(kube.get("mdep", "sentiment", namespace), "Progressing") == ("False", "Suspended"),
+        timeout=30,
+        what="Progressing=False/Suspended",
+    )
+    registry.set_registered_model_alias(model_name, "production", "2")
+    # Several poll intervals (1 s) pass: nothing rolls, and the Ready message says why.
+    resource = wait_for(
+        lambda: (
+            found
+            if "points at 2" in _ready_message(found := kube.get("mdep", "sentiment", namespace))
+            else None
+        ),
+        timeout=30,
+        what="the move seen but not followed",
+    )
+    assert resource["status"]["production"]["version"] == "1"
+    deployment = kube.get("deployment", "sentiment-production", namespace)
+    assert deployment is not None
+    assert deployment["spec"]["template"]["metadata"]["labels"]["aliasroll.io/model-version"] == "1"
+
+    manifest["spec"]["suspend"] = False
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "2"), timeout=60, what="resumed: Ready at 2")
+    reasons = [reason for _, reason, _ in kube.events(namespace, "sentiment")]
+    assert "Suspended" in reasons
+
+
+def _ready_message(resource: dict[str, object] | None) -> str:
+    for item in (resource or {}).get("status", {}).get("conditions", []):  # type: ignore[attr-defined]
+        if item["type"] == "Ready":
+            return str(item["message"])
+    return ""
