@@ -98,6 +98,10 @@ images: ## Build the operator and serving images (needs a container engine)
 	docker build -f operator/Dockerfile -t ghcr.io/aliasroll/operator:0.1.0 .
 	docker build -f serving-image/Dockerfile -t ghcr.io/aliasroll/serving:0.1.0 .
 
+.PHONY: crd
+crd: venv ## Regenerate spec.serving of the CRD from Kubernetes' own schemas (hack/crdgen)
+	$(MAKE) -C hack crd PY=$(CURDIR)/$(PY)
+
 .PHONY: manifests
 manifests: venv ## Render the install bundle (CRD + operator) to dist/install.yaml
 	@mkdir -p dist
