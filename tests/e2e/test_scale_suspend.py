@@ -72,6 +72,66 @@ def test_kubectl_scale_splits_the_new_total_by_weight(
     assert replicas(kube, namespace, "production") == 0
 
 
+def test_a_horizontal_pod_autoscaler_scales_the_model_deployment(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    """The real HPA controller finds the scale subresource and raises spec.replicas to its minimum
+    (it needs no metrics for that); the operator splits what it set, and no one fights over it."""
+    registered(registry, model_name, 2, production="1", canary="2")
+    kube.apply(
+        model_deployment(
+            "sentiment", model_name, mlflow_server.url, replicas=1, canary={"alias": "canary", "weight": 25}
+        ),
+        namespace=namespace,
+    )
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready 1+2")
+    kube.apply(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "sentiment"},
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": "aliasroll.io/v1alpha1",
+                    "kind": "ModelDeployment",
+                    "name": "sentiment",
+                },
+                "minReplicas": 8,
+                "maxReplicas": 12,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70},
+                        },
+                    }
+                ],
+            },
+        },
+        namespace=namespace,
+    )
+    wait_for(
+        lambda: (replicas(kube, namespace, "production"), replicas(kube, namespace, "canary")) == (6, 2),
+        timeout=60,
+        what="the HPA's 8 pods split 6 + 2",
+    )
+    hpa = kube.get("hpa", "sentiment", namespace)
+    assert hpa is not None
+    able = next(c for c in hpa["status"]["conditions"] if c["type"] == "AbleToScale")
+    assert able["status"] == "True", able
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready at 8 pods")
+    resource = kube.get("mdep", "sentiment", namespace)
+    assert resource is not None
+    assert resource["spec"]["replicas"] == 8
+    assert resource["status"]["replicas"] == 8
+
+
 def test_suspend_stops_following_aliases_and_resume_catches_up(
     kube: Kube,
     operator: OperatorProcess,
