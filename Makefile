@@ -38,6 +38,14 @@ venv: $(VENV)/.synced ## Create .venv with the locked dependencies
 cluster-binaries:
 	@localenv/build.sh >/dev/null
 
+.PHONY: node-binaries
+node-binaries: ## The real node's binaries from source: containerd, ctr, runc shim, kubelet, kube-proxy, CNI plugins (cached)
+	@localenv/build.sh node >/dev/null
+
+.PHONY: node-packages
+node-packages: ## The real node's Debian packages (runc, iptables, socat, buildah, ...); needs root when one is missing
+	@localenv/node-packages.sh
+
 .PHONY: test
 test: venv lint cluster-binaries ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane)
 	$(PYTEST) tests/unit tests/integration tests/e2e
