@@ -45,7 +45,7 @@ SUITE = "bookworm"
 # in python:3.11-slim too (HTTPS to the registry, /etc/services).
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "netbase")
 # Bumped whenever the steps of _build_base or _build_pause change what they produce.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 BASE_REPOSITORY = "localhost/aliasroll/base"
 # A fixed tag per image, for tests that must not depend on the project's version.
 LOCAL_TAG = "local"
@@ -57,6 +57,7 @@ PAUSE_ENTRYPOINT = (
     "trap 'exit 0' TERM INT; while :; do /bin/busybox sleep 3600 & wait $!; done",
 )
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+KEEP_ARCHIVES = 3
 
 
 class ImageError(RuntimeError):
@@ -353,6 +354,9 @@ def _build_base(buildah: Buildah, *, ref: str, archive: Path) -> None:
         # pip may install into the system Python, as in python:3.11-slim (operator/Dockerfile does).
         for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
             marker.unlink()
+        # Where pip and uv look for system-wide configuration (XDG_CONFIG_DIRS' default): builds mount
+        # their settings here, over a directory that exists, so no empty mount point is committed.
+        (rootfs / "etc/xdg").mkdir(exist_ok=True)
         # Device nodes come from the runtime; the package cache and lists are not part of an image.
         for leftovers in ("dev", "var/cache/apt/archives", "var/lib/apt/lists"):
             for entry in (rootfs / leftovers).glob("*"):
@@ -407,6 +411,8 @@ def _ensure_base(buildah: Buildah) -> tuple[str, str]:
     key = base_key()
     ref = f"{BASE_REPOSITORY}:{SUITE}-{key[:12]}"
     archive = IMAGES_DIR / f"base-{key[:12]}.tar"
+    if archive.is_file():
+        os.utime(archive)  # used now: pruning keeps the most recently used archives
     if buildah.has_image(ref):
         return ref, key
     if archive.is_file():
@@ -422,6 +428,14 @@ def _ensure_base(buildah: Buildah) -> tuple[str, str]:
         _build_base(buildah, ref=ref, archive=archive)
         _log(f"base: built {ref} in {time.monotonic() - started:.0f} s")
     buildah.run("tag", ref, f"{BASE_REPOSITORY}:{SUITE}")
+    _prune("base")
+    # Base images whose archive was pruned: vfs keeps each as a full copy.
+    for name in buildah.run("images", "--format", "{{.Name}}:{{.Tag}}", capture=True).split():
+        tag = name.rpartition(":")[2]
+        kept = (IMAGES_DIR / f"base-{tag.removeprefix(SUITE + '-')}.tar").is_file()
+        if name.startswith(f"{BASE_REPOSITORY}:{SUITE}-") and name != ref and not kept:
+            with contextlib.suppress(ImageError):  # only space is lost if it stays
+                buildah.run("rmi", name, capture=True)
     return ref, key
 
 
@@ -442,23 +456,23 @@ def _build_pause(buildah: Buildah, *, busybox: Path, refs: Sequence[str], archiv
 
 def _build_args_for_network() -> list[str]:
     """Mounts that let pip and uv inside a build reach the package index as they do on this host:
-    the host's CA bundle (it may hold a CA that intercepts TLS) and configs that point both at it.
-    They exist only during the RUN steps; nothing of them is committed."""
+    the host's CA bundle (it may hold a CA that intercepts TLS) over the base's own, and pip and uv
+    settings that point both at it, over the base's empty /etc/xdg. Mounted over paths that exist in
+    the base, they leave nothing in the committed image."""
     if not HOST_CA_BUNDLE.is_file():
         return ["--network", "host"]
     config = IMAGES_DIR / "build-config"
-    config.mkdir(parents=True, exist_ok=True)
-    (config / "pip.conf").write_text(f"[global]\ncert = {HOST_CA_BUNDLE}\n")
-    (config / "uv.toml").write_text("system-certs = true\n")
+    (config / "pip").mkdir(parents=True, exist_ok=True)
+    (config / "uv").mkdir(parents=True, exist_ok=True)
+    (config / "pip" / "pip.conf").write_text(f"[global]\ncert = {HOST_CA_BUNDLE}\n")
+    (config / "uv" / "uv.toml").write_text("system-certs = true\n")
     return [
         "--network",
         "host",
         "--volume",
         f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro",
         "--volume",
-        f"{config / 'pip.conf'}:/etc/pip.conf:ro",
-        "--volume",
-        f"{config / 'uv.toml'}:/etc/uv/uv.toml:ro",
+        f"{config}:/etc/xdg:ro",
     ]
 
 
@@ -515,6 +529,9 @@ def ensure_images(*, names: Sequence[str] = ("pause", "serving")) -> dict[str, I
         archive = IMAGES_DIR / f"{name}-{key[:12]}.tar"
         planned[name] = ImageArchive(name=name, ref=ref, local_ref=local_ref, path=archive, key=key)
 
+    for image in planned.values():
+        if image.path.is_file():
+            os.utime(image.path)  # used now: pruning keeps the most recently used archives
     missing = [image for image in planned.values() if not image.path.is_file()]
     if not missing:
         return planned
@@ -540,7 +557,7 @@ def ensure_images(*, names: Sequence[str] = ("pause", "serving")) -> dict[str, I
                     refs=refs,
                     archive=image.path,
                 )
-            _remove_stale(image)
+            _prune(image.name)
             _log(f"{image.name}: built in {time.monotonic() - started:.0f} s -> {image.path}")
         # Images replaced by a rebuild are left untagged in the store; vfs keeps each layer as a
         # full copy, so they go.
@@ -549,11 +566,12 @@ def ensure_images(*, names: Sequence[str] = ("pause", "serving")) -> dict[str, I
     return planned
 
 
-def _remove_stale(image: ImageArchive) -> None:
-    """Older archives of the same image: only the current inputs' archive is kept."""
-    for old in IMAGES_DIR.glob(f"{image.name}-*.tar"):
-        if old != image.path:
-            old.unlink()
+def _prune(name: str, *, keep: int = KEEP_ARCHIVES) -> None:
+    """Keep the `keep` most recently used archives of an image. More than one: worktrees of other
+    branches share this cache, and each would otherwise delete the archive the other one uses."""
+    archives = sorted(IMAGES_DIR.glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def remove_all() -> None:
