@@ -95,7 +95,7 @@ serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requir
 
 # With a Docker daemon: docker build. Without one: buildah builds them on a base made from Debian's
 # packages, nothing pulled from a registry, and exports OCI archives (plus the node's pause image) to
-# $(CACHE_DIR)/images, keyed by their inputs (cold about 3 minutes, then seconds; needs root).
+# $(CACHE_DIR)/images, keyed by their inputs (cold 3 to 5 minutes, then under a second; needs root).
 .PHONY: images
 images: ## Build the operator and serving images (Docker if a daemon answers, else buildah)
 	@if docker info >/dev/null 2>&1; then \

@@ -147,9 +147,9 @@ def _context_files(context: Path, source: str) -> list[Path]:
     )
 
 
-def input_key(*, context: Path, dockerfile: Path, base_key: str, extra: Sequence[str] = ()) -> str:
+def input_key(*, context: Path, dockerfile: Path, base_key: str) -> str:
     """A hash of everything a Dockerfile build reads: the Dockerfile, each copied file (its path in
-    the context and its bytes), the base image's key and any extra inputs (build arguments)."""
+    the context and its bytes) and the base image's key."""
     digest = hashlib.sha256()
 
     def add(label: str, data: bytes) -> None:
@@ -159,8 +159,6 @@ def input_key(*, context: Path, dockerfile: Path, base_key: str, extra: Sequence
     text = dockerfile.read_text()
     add("dockerfile", text.encode())
     add("base", base_key.encode())
-    for item in extra:
-        add("extra", item.encode())
     files = {f for source in copied_sources(text) for f in _context_files(context, source)}
     for f in sorted(files):
         add("file:" + f.relative_to(context).as_posix(), f.read_bytes())
@@ -464,7 +462,9 @@ def _build_args_for_network() -> list[str]:
     config = IMAGES_DIR / "build-config"
     (config / "pip").mkdir(parents=True, exist_ok=True)
     (config / "uv").mkdir(parents=True, exist_ok=True)
-    (config / "pip" / "pip.conf").write_text(f"[global]\ncert = {HOST_CA_BUNDLE}\n")
+    (config / "pip" / "pip.conf").write_text(
+        f"[global]\ncert = {HOST_CA_BUNDLE}\nroot-user-action = ignore\n"
+    )
     (config / "uv" / "uv.toml").write_text("system-certs = true\n")
     return [
         "--network",
@@ -566,10 +566,10 @@ def ensure_images(*, names: Sequence[str] = ("pause", "serving")) -> dict[str, I
     return planned
 
 
-def _prune(name: str, *, keep: int = KEEP_ARCHIVES) -> None:
+def _prune(name: str, *, directory: Path = IMAGES_DIR, keep: int = KEEP_ARCHIVES) -> None:
     """Keep the `keep` most recently used archives of an image. More than one: worktrees of other
     branches share this cache, and each would otherwise delete the archive the other one uses."""
-    archives = sorted(IMAGES_DIR.glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    archives = sorted(directory.glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in archives[keep:]:
         old.unlink(missing_ok=True)
 

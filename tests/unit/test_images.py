@@ -7,6 +7,7 @@ or a warm `make images` would rebuild for nothing.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -129,4 +130,19 @@ def test_mounts_below_deepest_first() -> None:
         Path("/r/proc/sys/fs/binfmt_misc"),
         Path("/r/proc"),
         Path("/r/sys"),
+    ]
+
+
+def test_prune_keeps_the_most_recently_used_archives(tmp_path: Path) -> None:
+    for age, key in enumerate(["newest", "second", "third", "oldest"]):
+        archive = tmp_path / f"serving-{key}.tar"
+        archive.write_bytes(b"")
+        os.utime(archive, (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "pause-other.tar").write_bytes(b"")
+    images._prune("serving", directory=tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "pause-other.tar",
+        "serving-newest.tar",
+        "serving-second.tar",
+        "serving-third.tar",
     ]
