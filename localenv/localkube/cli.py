@@ -34,6 +34,8 @@ def _cmd_up(cluster: LocalCluster) -> int:
         print(f"kubeconfig: {cluster.kubeconfig}")
         return 0
     cluster.start()
+    if cluster.images_seconds is not None:
+        print(f"real node's images ready in {cluster.images_seconds:.1f} s")
     print(f"cluster up in {cluster.startup_seconds:.1f} s (state in {cluster.state_dir})")
     print("  " + ", ".join(f"{what} at {t:.1f} s" for what, t in cluster.phase_seconds.items()))
     _print_usage(cluster)

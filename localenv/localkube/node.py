@@ -26,6 +26,7 @@ which hides /sys/fs/cgroup from kubelet).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -158,6 +159,12 @@ class RealNode:
         return self._info().get("address", NODE_ADDRESS)  # type: ignore[no-any-return]
 
     @property
+    def images(self) -> dict[str, str]:
+        """Images loaded into the node's containerd: name (e.g. "pause") -> ref for pod specs."""
+        recorded = self._info().get("images")
+        return {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+
+    @property
     def netns(self) -> str:
         """The network namespace's name (``ip netns`` lists it)."""
         return self._fact("netns")
@@ -225,7 +232,9 @@ class RealNode:
         archives = _ensure_images(names)
         for archive in archives.values():
             self.ctr("images", "import", str(archive.path))
-        return {name: archive.ref for name, archive in archives.items()}
+        loaded = {name: archive.ref for name, archive in archives.items()}
+        self._record(images={**self.images, **loaded})
+        return loaded
 
     def expose_host_port(self, port: int, *, timeout: float = 20.0) -> tuple[str, int]:
         """Make ``127.0.0.1:port`` of the host reachable from pods at the returned (address, port):
@@ -250,6 +259,12 @@ class RealNode:
                 "Debian packages: runc iptables socat conntrack util-linux iproute2)"
             )
 
+    @staticmethod
+    def prepare_images(names: Sequence[str]) -> dict[str, ImageArchiveLike]:
+        """Build (or find cached) the node's images; always includes the pause image (the sandbox)."""
+        wanted = ["pause", *(n for n in names if n != "pause")]
+        return dict(_ensure_images(wanted))
+
     def start(
         self,
         *,
@@ -259,7 +274,7 @@ class RealNode:
         api: AdminClient,
         wait: Callable[[str, Callable[[], bool], float, Sequence[str]], None],
         deadline: float,
-        images: Sequence[str] = DEFAULT_IMAGES,
+        images: Mapping[str, ImageArchiveLike],
     ) -> None:
         """Create the namespace, start containerd, kubelet and kube-proxy, wait until the Node is Ready
         and kube-proxy serves. ``wait`` is LocalCluster's poller (fails early when a process exits)."""
@@ -285,9 +300,9 @@ class RealNode:
             "apiserver-node", API_PORT_IN_NODE, timeout=max(1.0, deadline - time.monotonic())
         )
 
-        archives = _ensure_images(images)
+        archives = images
         if "pause" not in archives:
-            raise ClusterError("the images module returned no pause image")
+            raise ClusterError("no pause image among the real node's images (see prepare_images)")
         self._start_containerd(bin_dir, sandbox_image=archives["pause"].ref)
         wait("containerd serving", self._containerd_ready, deadline, ["containerd"])
         for archive in archives.values():
@@ -397,10 +412,13 @@ state = "{run / "containerd"}"
 disabled_plugins = [
   "io.containerd.internal.v1.opt",
   "io.containerd.nri.v1.nri",
-  "io.containerd.image-verifier.v1.bindir",
   "io.containerd.tracing.processor.v1.otlp",
   "io.containerd.internal.v1.tracing",
 ]
+
+# The transfer service (ctr images import) needs the verifier; its default dir is under /opt.
+[plugins.'io.containerd.image-verifier.v1.bindir']
+  bin_dir = "{d / "image-verifiers"}"
 
 [grpc]
   address = "{self.containerd_socket}"
@@ -443,8 +461,6 @@ disabled_plugins = [
 """
 
     def _cni_config(self) -> str:
-        import json
-
         conf = {
             "cniVersion": "1.0.0",
             "name": self._fact("cni_network"),
@@ -685,10 +701,18 @@ conntrack:
                 with contextlib.suppress(OSError):
                     if link.is_symlink() and os.readlink(link).startswith(logs + "/"):
                         link.unlink()
+        # CNI results: this node's network by name; containerd's loopback network (same name on every
+        # node) by the pod network namespace each file names, which lives under this node's run dir.
         network = self._info().get("cni_network")
-        if isinstance(network, str) and network:
-            with contextlib.suppress(OSError):
-                for cached in CNI_CACHE_DIR.glob(f"{network}-*"):
+        run_dir = self._info().get("run_dir")
+        with contextlib.suppress(OSError):
+            for cached in CNI_CACHE_DIR.iterdir():
+                mine = isinstance(network, str) and bool(network) and cached.name.startswith(f"{network}-")
+                if not mine and isinstance(run_dir, str) and cached.name.startswith("cni-loopback-"):
+                    with contextlib.suppress(OSError, ValueError):
+                        netns = json.loads(cached.read_text()).get("netns", "")
+                        mine = isinstance(netns, str) and netns.startswith(run_dir + "/")
+                if mine:
                     cached.unlink(missing_ok=True)
 
 
