@@ -12,8 +12,12 @@ from pathlib import Path
 SERVICE_CIDR = "10.0.0.0/24"
 
 
-def args(*, etcd_url: str, port: int, pki: Path) -> list[str]:
+def args(*, etcd_url: str, port: int, pki: Path, egress_config: Path | None = None) -> list[str]:
+    """``egress_config``: an EgressSelectorConfiguration (the real node's: kubelets reached through a
+    proxy inside its network namespace)."""
+    extra = [f"--egress-selector-config-file={egress_config}"] if egress_config is not None else []
     return [
+        *extra,
         f"--etcd-servers={etcd_url}",
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",

@@ -251,9 +251,11 @@ class LocalCluster:
         started = self._started_at = time.monotonic()
         self._prepare_state_dir()
         try:
-            self._start(bin_dir, started)
             if self._want_real_node:
                 self._node = RealNode(self.state_dir, processes=self._procs, state=self._state)
+                self._node.plan(bin_dir)
+            self._start(bin_dir, started)
+            if self._node is not None:
                 self._node.start(
                     bin_dir=bin_dir,
                     apiserver_port=self._apiserver_port or 0,
@@ -326,7 +328,14 @@ class LocalCluster:
         self._wait("etcd healthy", lambda: etcd.healthy(etcd_port), deadline, ["etcd"])
 
         self._spawn(
-            bin_dir, "kube-apiserver", apiserver.args(etcd_url=etcd.url(etcd_port), port=api_port, pki=pki)
+            bin_dir,
+            "kube-apiserver",
+            apiserver.args(
+                etcd_url=etcd.url(etcd_port),
+                port=api_port,
+                pki=pki,
+                egress_config=self._node.egress_config() if self._node is not None else None,
+            ),
         )
         self._wait("kube-apiserver ready", client.ready, deadline, ["etcd", "kube-apiserver"])
 

@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -259,6 +260,59 @@ class RealNode:
                 "Debian packages: runc iptables socat conntrack util-linux iproute2)"
             )
 
+    def plan(self, bin_dir: Path) -> None:
+        """Choose and record every name the node will use (before the control plane starts: the API
+        server's egress configuration names the node's proxy socket)."""
+        node_id = secrets.token_hex(4)
+        self._record(
+            id=node_id,
+            name=REAL_NODE_NAME,
+            address=NODE_ADDRESS,
+            netns=f"aliasroll-{node_id}",
+            run_dir=f"/run/aliasroll-{node_id}",
+            cgroup_root=f"/aliasroll-{node_id}",
+            cni_network=f"aliasroll-{node_id}",
+            bin_dir=str(bin_dir),
+            components=[],
+        )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def egress_config(self) -> Path:
+        """The API server's EgressSelectorConfiguration: traffic to the cluster (kubelets, pods,
+        Services) through the CONNECT proxy inside the namespace (see egress.py)."""
+        path = self.dir / "egress-selector.yaml"
+        path.write_text(
+            "apiVersion: apiserver.k8s.io/v1beta1\n"
+            "kind: EgressSelectorConfiguration\n"
+            "egressSelections:\n"
+            "- name: cluster\n"
+            "  connection:\n"
+            "    proxyProtocol: HTTPConnect\n"
+            "    transport:\n"
+            "      uds:\n"
+            f"        udsName: {self.run_dir / 'egress.sock'}\n"
+        )
+        return path
+
+    def _start_egress_proxy(self) -> None:
+        sock = self.run_dir / "egress.sock"
+        self._add_component("egress-proxy")
+        self._procs.spawn(
+            "egress-proxy",
+            self.nsenter_argv(
+                sys.executable, str(Path(__file__).with_name("egress.py")), f"--socket={sock}",
+                f"--host={self.name}={self.address}",
+            ),
+            exe=Path(sys.executable).name,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10.0
+        while not sock.exists():
+            if not self._procs.alive("egress-proxy") or time.monotonic() > deadline:
+                log = tail(self._procs.log_file("egress-proxy"), 20)
+                raise ClusterError(f"the egress proxy did not listen on {sock}:\n{log}")
+            time.sleep(0.02)
+
     @staticmethod
     def prepare_images(names: Sequence[str]) -> dict[str, ImageArchiveLike]:
         """Build (or find cached) the node's images; always includes the pause image (the sandbox)."""
@@ -278,23 +332,10 @@ class RealNode:
     ) -> None:
         """Create the namespace, start containerd, kubelet and kube-proxy, wait until the Node is Ready
         and kube-proxy serves. ``wait`` is LocalCluster's poller (fails early when a process exits)."""
-        node_id = secrets.token_hex(4)
-        self._record(
-            id=node_id,
-            name=REAL_NODE_NAME,
-            address=NODE_ADDRESS,
-            netns=f"aliasroll-{node_id}",
-            run_dir=f"/run/aliasroll-{node_id}",
-            cgroup_root=f"/aliasroll-{node_id}",
-            cni_network=f"aliasroll-{node_id}",
-            bin_dir=str(bin_dir),
-            components=[],
-        )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._make_netns()
         self._make_cgroup_root()
         self._make_credentials(pki)
+        self._start_egress_proxy()
         self._bridge("apiserver", host_port=apiserver_port, listen=("127.0.0.1", API_PORT_IN_NODE))
         self._wait_listening(
             "apiserver-node", API_PORT_IN_NODE, timeout=max(1.0, deadline - time.monotonic())

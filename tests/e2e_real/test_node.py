@@ -87,6 +87,9 @@ def test_pod_on_real_node_serves_through_a_cluster_ip(
 
     # kube-proxy programs the Service a moment after the endpoints appear.
     assert wait_for(fetch, timeout=30, what=f"{page} through {cluster_ip}") == page
+    # The API server reaches the kubelet (through the egress proxy in the node's namespace).
+    exec_out = cluster.kubectl("exec", "-n", namespace, "web", "--", BUSYBOX, "cat", "/www/index.html")
+    assert exec_out.stdout.strip() == page
     print(f"pod Ready {ready_after:.1f} s after apply; served through ClusterIP {cluster_ip}")
 
 
@@ -133,7 +136,7 @@ def test_pod_reaches_an_exposed_host_port(
             BUSYBOX,
             "sh",
             "-c",
-            f"{BUSYBOX} wget -qO- http://{address}:{port}/ | grep -q from-the-host",
+            f"{BUSYBOX} wget -qO- http://{address}:{port}/",
         ],
         placement=placement,
     )
@@ -144,3 +147,5 @@ def test_pod_reaches_an_exposed_host_port(
         return value if value in ("Succeeded", "Failed") else None
 
     assert wait_for(phase, timeout=90, what="the client pod to finish") == "Succeeded"
+    # kubectl logs: the API server reaches the kubelet through the egress proxy.
+    assert cluster.kubectl("logs", "-n", namespace, "client").stdout.strip() == "from-the-host"
