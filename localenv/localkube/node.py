@@ -17,7 +17,10 @@ cleans up after a start that failed half-way:
 - The API server listens on the host's loopback, which the namespace cannot see: a pair of socat
   processes bridges it through a Unix socket to ``127.0.0.1:6443`` inside the namespace.
   ``expose_host_port`` does the same for any host loopback port (e.g. an MLflow server), listening on
-  the node's address so pods reach it.
+  the node's address so pods reach it. The API server's ``cluster`` egress (kubelets for logs and
+  exec, Service and pod proxying) goes through a CONNECT proxy inside the namespace (egress.py).
+- kubelet rewrites a few machine-wide kernel settings at start (KUBELET_SYSCTLS): recorded before it
+  starts, restored on teardown.
 
 containerd, kubelet and kube-proxy are entered with ``nsenter --net`` (``ip netns exec`` remounts /sys,
 which hides /sys/fs/cgroup from kubelet).
@@ -68,6 +71,16 @@ CNI_CACHE_DIR = Path("/var/lib/cni/results")
 #: kubelet links every container's log here (a path it does not let us move).
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 NETNS_DIR = Path("/var/run/netns")
+#: Machine-wide kernel settings kubelet rewrites at start (with protectKernelDefaults it would refuse
+#: to start instead): recorded before, restored on teardown.
+KUBELET_SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
 CGROUP_FS = Path("/sys/fs/cgroup")
 
 
@@ -598,6 +611,12 @@ maxPods: 60
 resolvConf: /etc/resolv.conf
 """
         (d / "kubelet.yaml").write_text(config)
+        if "sysctls" not in self._info():
+            saved = {}
+            for key in KUBELET_SYSCTLS:
+                with contextlib.suppress(OSError):
+                    saved[key] = (Path("/proc/sys") / key).read_text().strip()
+            self._record(sysctls=saved)
         self._add_component("kubelet")
         self._procs.spawn(
             "kubelet",
@@ -664,6 +683,7 @@ conntrack:
         components = self.components
         first = [c for c in ("kubelet", "kube-proxy") if c in components]
         problems += [f"{c} (pid {p})" for c, p in self._procs.terminate(first, grace=10.0).items()]
+        self._restore_sysctls()
         self._kill_containers()
         self._kill_shims()
         problems += [f"{c} (pid {p})" for c, p in self._procs.terminate(["containerd"], grace=10.0).items()]
@@ -690,6 +710,15 @@ conntrack:
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
         self._state.update(real_node={**info, "stopped": True})
+
+    def _restore_sysctls(self) -> None:
+        saved = self._info().get("sysctls")
+        if not isinstance(saved, dict) or "kubelet" in [c for c in self.components if self._procs.alive(c)]:
+            return
+        for key, value in saved.items():
+            if key in KUBELET_SYSCTLS and isinstance(value, str):
+                with contextlib.suppress(OSError):
+                    (Path("/proc/sys") / key).write_text(value + "\n")
 
     def _cgroup_dirs(self) -> list[Path]:
         """Every cgroup below (and including) the node's cgroup root, deepest first."""
