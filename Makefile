@@ -38,6 +38,14 @@ venv: $(VENV)/.synced ## Create .venv with the locked dependencies
 cluster-binaries:
 	@localenv/build.sh >/dev/null
 
+.PHONY: node-binaries
+node-binaries: ## The real node's binaries from source: containerd, ctr, runc shim, kubelet, kube-proxy, CNI plugins (cached)
+	@localenv/build.sh node >/dev/null
+
+.PHONY: node-packages
+node-packages: ## The real node's Debian packages (runc, iptables, socat, buildah, ...); needs root when one is missing
+	@localenv/node-packages.sh
+
 .PHONY: test
 test: venv lint cluster-binaries ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane)
 	$(PYTEST) tests/unit tests/integration tests/e2e
@@ -55,7 +63,7 @@ e2e: venv cluster-binaries ## End-to-end tests against the local control plane (
 	$(PYTEST) tests/e2e
 
 .PHONY: e2e-real
-e2e-real: venv cluster-binaries ## End-to-end tests on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
+e2e-real: venv cluster-binaries node-binaries node-packages ## End-to-end tests on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
 	$(PYTEST) tests/e2e_real
 
 .PHONY: lint
@@ -97,10 +105,19 @@ serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requir
 	$(UV) pip compile --quiet --python-version 3.11 --no-header serving-image/requirements.in \
 	  -o serving-image/requirements.txt
 
+# With a Docker daemon: docker build. Without one: buildah builds them on a base made from Debian's
+# packages, nothing pulled from a registry, and exports OCI archives (plus the node's pause image) to
+# $(CACHE_DIR)/images, keyed by their inputs (cold 3 to 5 minutes, then under a second; needs root).
 .PHONY: images
-images: ## Build the operator and serving images (needs a container engine)
-	docker build -f operator/Dockerfile -t ghcr.io/aliasroll/operator:0.1.0 .
-	docker build -f serving-image/Dockerfile -t ghcr.io/aliasroll/serving:0.1.0 .
+images: ## Build the operator and serving images (Docker if a daemon answers, else buildah)
+	@if docker info >/dev/null 2>&1; then \
+	  version=$$(sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/aliasroll/__init__.py); \
+	  docker build -f operator/Dockerfile -t ghcr.io/aliasroll/operator:$$version .; \
+	  docker build -f serving-image/Dockerfile -t ghcr.io/aliasroll/serving:$$version .; \
+	else \
+	  $(MAKE) --no-print-directory node-packages venv; \
+	  PYTHONPATH=localenv $(PY) -m localkube.images build; \
+	fi
 
 .PHONY: crd
 crd: venv ## Regenerate spec.serving of the CRD from Kubernetes' own schemas (hack/crdgen)

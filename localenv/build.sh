@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Builds the local control plane from source (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok) and caches the binaries outside the clone, keyed on the pinned
-# go.mod/go.sum of each wrapper module under localenv/go/. A warm cache makes this a no-op, so a
-# fresh clone in CI reuses the binaries of earlier runs on the same machine.
+# Builds the local cluster's binaries from source and caches them outside the clone, keyed on the
+# pinned go.mod/go.sum of each wrapper module under localenv/go/. A warm cache makes this a no-op,
+# so a fresh clone in CI reuses the binaries of earlier runs on the same machine.
 #
-# Prints the directory holding the binaries (one per component group, all linked into bin/).
+#   localenv/build.sh [control-plane]  etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+#                                      kubectl, kwok, hey (what `make test` needs)
+#   localenv/build.sh node             the real node: containerd, containerd-shim-runc-v2, ctr,
+#                                      kubelet, kube-proxy, and the CNI plugins in cni-bin/
+#   localenv/build.sh all              both
+#
+# Prints the directory holding the binaries (one cache directory per group, all linked into one
+# bin/current/). runc, iptables and the other node tools are Debian packages: localenv/node-packages.sh.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${ALIASROLL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aliasroll}"
-kube_version="$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/go/kube/go.mod")"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-modcacherw -mod=readonly"
 # go.sum is committed, so every download is verified against it; the checksum database is not
@@ -20,52 +25,103 @@ key_of() { cat "$here/go/$1/go.mod" "$here/go/$1/go.sum" | sha256sum | cut -c1-1
 
 log() { printf '[localenv/build] %s\n' "$*" >&2; }
 
-# build GROUP "binaries..." "packages..." [ldflags]
+# build GROUP MODULE "binaries..." "packages..." [LDFLAGS] [TAGS] [LINK_DIR]
+# GROUP names the cache directory, MODULE the wrapper module under localenv/go/ it is built from
+# (one module can feed several groups, so the node's kubelet does not invalidate the cached
+# control plane). With LINK_DIR the whole group is linked as current/LINK_DIR (a plugin directory)
+# instead of one link per binary.
 build() {
-  local group=$1 bins=$2 pkgs=$3 ldflags=${4:-}
-  local out="$cache_root/bin/$group-$(key_of "$group")"
+  local group=$1 module=$2 bins=$3 pkgs=$4 ldflags=${5:-} tags=${6:-} link_dir=${7:-}
+  local out="$cache_root/bin/$group-$(key_of "$module")"
   local missing=0
   for b in $bins; do [ -x "$out/$b" ] || missing=1; done
   if [ "$missing" = 0 ]; then
     log "$group: cached in $out"
   else
-    log "$group: building $bins from source (first build: tens of minutes on 2 cores; later runs reuse $out)"
+    log "$group: building $bins from source (first build: minutes to tens of minutes on 2 cores; later runs reuse $out)"
     local started=$SECONDS tmp="$out.tmp.$$"
     mkdir -p "$tmp"
-    if [ "$(echo $bins | wc -w)" = 1 ]; then
-      # A single package is built to the binary's own name (etcd's main package is named "server").
-      (cd "$here/go/$group" && go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "$tmp/$bins" $pkgs)
-    else
-      (cd "$here/go/$group" && go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "$tmp/" $pkgs)
+    local flags=(-trimpath -buildvcs=false -ldflags "-s -w $ldflags")
+    if [ -n "$tags" ]; then flags+=(-tags "$tags"); fi
+    # A single package is built to the binary's own name (etcd's main package is named "server").
+    local dest="$tmp/"
+    if [ "$(echo $bins | wc -w)" = 1 ]; then dest="$tmp/$bins"; fi
+    if ! (cd "$here/go/$module" && go build "${flags[@]}" -o "$dest" $pkgs); then
+      rm -rf "$tmp"
+      log "$group: build failed (module localenv/go/$module)"
+      exit 1
     fi
     rm -rf "$out" && mv "$tmp" "$out"
     log "$group: built in $((SECONDS - started)) s"
   fi
   mkdir -p "$cache_root/bin/current"
-  for b in $bins; do ln -sfn "$out/$b" "$cache_root/bin/current/$b"; done
+  if [ -n "$link_dir" ]; then
+    ln -sfn "$out" "$cache_root/bin/current/$link_dir"
+  else
+    for b in $bins; do ln -sfn "$out/$b" "$cache_root/bin/current/$b"; done
+  fi
 }
 
-kube_ldflags=""
-major_minor="${kube_version#v}"; major="${major_minor%%.*}"; minor="${major_minor#*.}"; minor="${minor%%.*}"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-  kube_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=release-$kube_version"
-done
+# Version stamping of Kubernetes binaries (otherwise they report v0.0.0), from a wrapper module's pin.
+kube_ldflags() {
+  local version major_minor major minor flags="" pkg
+  version="$(awk '/^require k8s.io\/kubernetes/ {print $3}' "$here/go/$1/go.mod")"
+  major_minor="${version#v}"; major="${major_minor%%.*}"; minor="${major_minor#*.}"; minor="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=release-$version"
+  done
+  echo "$flags"
+}
 
-build etcd "etcd" "go.etcd.io/etcd/server/v3"
-build hey "hey" "github.com/rakyll/hey"  # the serving benchmark's load generator
-build kwok "kwok" "sigs.k8s.io/kwok/cmd/kwok"
-# One go build for the four Kubernetes commands, so they share compiled packages.
-build kube "kube-apiserver kube-controller-manager kube-scheduler kubectl" \
-  "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl" \
-  "$kube_ldflags"
+control_plane() {
+  build etcd etcd "etcd" "go.etcd.io/etcd/server/v3"
+  build hey hey "hey" "github.com/rakyll/hey"  # the serving benchmark's load generator
+  build kwok kwok "kwok" "sigs.k8s.io/kwok/cmd/kwok"
+  # One go build for the four Kubernetes commands, so they share compiled packages.
+  build kube kube "kube-apiserver kube-controller-manager kube-scheduler kubectl" \
+    "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl" \
+    "$(kube_ldflags kube)"
 
-# Data the cluster needs from the pinned modules: kwok's stage configs and the Gateway API CRDs.
-(cd "$here/go/kwok" && go mod download sigs.k8s.io/kwok)
-(cd "$here/go/gateway-api" && go mod download sigs.k8s.io/gateway-api)
-kwok_dir="$(cd "$here/go/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
-gw_dir="$(cd "$here/go/gateway-api" && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)"
-ln -sfn "$kwok_dir/kustomize/stage" "$cache_root/bin/current/kwok-stages"
-ln -sfn "$gw_dir/config/crd/standard" "$cache_root/bin/current/gateway-api-crds"
+  # Data the cluster needs from the pinned modules: kwok's stage configs and the Gateway API CRDs.
+  (cd "$here/go/kwok" && go mod download sigs.k8s.io/kwok)
+  (cd "$here/go/gateway-api" && go mod download sigs.k8s.io/gateway-api)
+  local kwok_dir gw_dir
+  kwok_dir="$(cd "$here/go/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+  gw_dir="$(cd "$here/go/gateway-api" && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)"
+  ln -sfn "$kwok_dir/kustomize/stage" "$cache_root/bin/current/kwok-stages"
+  ln -sfn "$gw_dir/config/crd/standard" "$cache_root/bin/current/gateway-api-crds"
+}
+
+node() {
+  # containerd with CGO off: the btrfs snapshotter needs cgo, and devmapper/zfs/aufs are not used
+  # by the node (overlayfs or native snapshots); urfave_cli_no_docs as in containerd's own Makefile.
+  local containerd_version
+  containerd_version="$(awk '/^require github.com\/containerd\/containerd\/v2/ {print $3}' "$here/go/containerd/go.mod")"
+  build containerd containerd "containerd containerd-shim-runc-v2 ctr" \
+    "github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/ctr" \
+    "-X github.com/containerd/containerd/v2/version.Version=$containerd_version" \
+    "no_btrfs no_devmapper no_zfs no_aufs urfave_cli_no_docs"
+  # The CNI plugins kubelet/containerd look up in one plugin directory: current/cni-bin/.
+  local cni_version
+  cni_version="$(awk '/^require github.com\/containernetworking\/plugins/ {print $3}' "$here/go/cni/go.mod")"
+  build cni cni "bridge host-local loopback portmap" \
+    "github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/ipam/host-local github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap" \
+    "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$cni_version" \
+    "" cni-bin
+  # kubelet and kube-proxy: the control plane's Kubernetes (kube-node pins the same version and
+  # replaces as kube; tests/unit/test_build_pins.py checks), in a group of its own so the cached
+  # control plane stays valid. Shared packages come from Go's build cache.
+  build kube-node kube-node "kubelet kube-proxy" \
+    "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy" \
+    "$(kube_ldflags kube-node)"
+}
+
+case "${1:-control-plane}" in
+  control-plane) control_plane ;;
+  node) node ;;
+  all) control_plane; node ;;
+  *) echo "usage: $0 [control-plane|node|all]" >&2; exit 2 ;;
+esac
 
 echo "$cache_root/bin/current"

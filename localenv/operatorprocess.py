@@ -29,8 +29,12 @@ class OperatorProcess:
         env: dict[str, str] | None = None,
         verbose: bool = False,
         args: Sequence[str] = (),
+        netns: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        # Run inside this network namespace (the real node's), where Service and node addresses
+        # are reachable as they are from inside a cluster; None: the host's network.
+        self.netns = netns
         self.log_path = log_path
         self.extra_env = dict(env or {})
         self.extra_args = list(args)  # e.g. ["--namespace", "team-a"]
@@ -45,7 +49,13 @@ class OperatorProcess:
     def start(self, *, timeout: float = 60) -> None:
         """Starts it and waits for its liveness endpoint; raises with the log's tail if it exits."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env}
-        command = [sys.executable, "-m", "aliasroll", f"--liveness=http://127.0.0.1:{self.port}/healthz"]
+        command = [
+            *self._in_netns(),
+            sys.executable,
+            "-m",
+            "aliasroll",
+            f"--liveness=http://127.0.0.1:{self.port}/healthz",
+        ]
         if self.verbose:
             command.append("--verbose")
         command.extend(self.extra_args)
@@ -65,11 +75,23 @@ class OperatorProcess:
     def _healthy(self) -> bool:
         if self.process is None or self.process.poll() is not None:
             raise RuntimeError(f"the operator exited during start:\n{self.log_tail()}")
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        if self.netns is not None:  # the endpoint listens in the namespace: ask from there
+            probe = f"import urllib.request as u; u.urlopen({url!r}, timeout=1)"
+            return (
+                subprocess.run(
+                    [*self._in_netns(), sys.executable, "-c", probe], capture_output=True
+                ).returncode
+                == 0
+            )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as answer:
+            with urllib.request.urlopen(url, timeout=1) as answer:
                 return bool(answer.status == 200)
         except OSError:
             return False
+
+    def _in_netns(self) -> list[str]:
+        return [] if self.netns is None else ["nsenter", f"--net=/var/run/netns/{self.netns}"]
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:

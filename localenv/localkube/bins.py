@@ -22,14 +22,16 @@ CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 NODE_HOST_TOOLS = ("runc", "socat", "iptables", "nsenter", "ip", "mount", "umount")
 
 
-def resolve_bin_dir() -> Path:
-    """``$ALIASROLL_CLUSTER_BIN_DIR`` or the directory printed by localenv/build.sh (builds on first use)."""
+def resolve_bin_dir(*, node: bool = False) -> Path:
+    """``$ALIASROLL_CLUSTER_BIN_DIR`` or the directory printed by localenv/build.sh (builds on first
+    use; with ``node`` also the real node's binaries)."""
     override = os.environ.get(BIN_DIR_ENV)
     if override:
         bin_dir = Path(override)
     else:
         # stderr goes straight through: the first build takes long and reports its progress there.
-        result = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
+        cmd = [str(BUILD_SCRIPT), "all" if node else "control-plane"]
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if result.returncode != 0:
             raise ClusterError(f"{BUILD_SCRIPT} failed with exit code {result.returncode}")
         lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]

@@ -239,7 +239,7 @@ class LocalCluster:
         if self.is_running():
             raise ClusterError(f"a cluster is already running in {self.state_dir}")
         # Always ask build.sh (a ~2 s no-op when cached) so that a bumped pin is rebuilt before use.
-        bin_dir = self._bin_dir = self._bin_dir or resolve_bin_dir()
+        bin_dir = self._bin_dir = self._bin_dir or resolve_bin_dir(node=self._want_real_node)
         images: dict[str, ImageArchiveLike] = {}
         if self._want_real_node:
             RealNode.check_prerequisites(bin_dir)

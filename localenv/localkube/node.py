@@ -269,8 +269,8 @@ class RealNode:
         missing = missing_node_binaries(bin_dir)
         if missing:
             raise ClusterError(
-                f"the real node needs {', '.join(missing)} (in {bin_dir}: run localenv/build.sh; "
-                "Debian packages: runc iptables socat conntrack util-linux iproute2)"
+                f"the real node needs {', '.join(missing)} (binaries: make node-binaries; "
+                "Debian packages: make node-packages)"
             )
 
     def plan(self, bin_dir: Path) -> None:

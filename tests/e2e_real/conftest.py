@@ -1,9 +1,9 @@
 """One local cluster with a real node per session (containerd, kubelet and kube-proxy in a network
 namespace of their own, beside the kwok node); a namespace per test.
 
-Needs root and the node's binaries (localenv/build.sh) and Debian packages (runc, iptables, socat,
-conntrack). Without them the tier is skipped with the reason, unless ALIASROLL_REQUIRE_REAL_NODE=1
-(CI), where a missing prerequisite fails instead.
+Needs root, the node's binaries (make node-binaries) and Debian packages (make node-packages: runc,
+iptables, socat, ...). Without them the tier is skipped with the reason, unless
+ALIASROLL_REQUIRE_REAL_NODE=1 (CI), where a missing prerequisite fails instead.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def cluster() -> Iterator[LocalCluster]:
     if os.geteuid() != 0:
         _unavailable("the real node needs root (network namespace, mounts, cgroups)")
     try:
-        RealNode.check_prerequisites(resolve_bin_dir())
+        RealNode.check_prerequisites(resolve_bin_dir(node=True))
     except ClusterError as e:
         _unavailable(str(e))
     state = REPO / ".work" / "e2e-real-cluster"

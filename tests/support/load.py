@@ -1,0 +1,86 @@
+"""A steady load on a model server, recording every answer: run inside the node's network namespace
+(`nsenter --net=... python tests/support/load.py ...`), where Service ClusterIPs are reachable.
+
+Open loop: requests start at a fixed rate whatever the answers take, each on a new connection (as
+many clients do, and so kube-proxy spreads them over the Service's ready pods). Bounded in count
+and time, and it stops by itself; SIGTERM ends it early. One JSON line per request:
+{"t": start (s since the run began), "ms": duration, "status": HTTP status or 0, "version": the
+X-Model-Version header, "error": what failed to connect or read, if anything}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+BODY = json.dumps({"inputs": ["this is great", "this is terrible"]}).encode()
+
+
+def one_request(host: str, port: int, path: str, timeout: float) -> dict[str, object]:
+    started = time.monotonic()
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=BODY, headers={"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        return {
+            "status": answer.status,
+            "version": answer.getheader("X-Model-Version"),
+            "ms": round(1000 * (time.monotonic() - started), 2),
+        }
+    except (OSError, http.client.HTTPException) as error:
+        return {
+            "status": 0,
+            "error": f"{type(error).__name__}: {error}",
+            "ms": round(1000 * (time.monotonic() - started), 2),
+        }
+    finally:
+        connection.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True, help="http://ADDRESS[:PORT]/invocations")
+    parser.add_argument("--rate", type=float, default=60.0, help="requests started per second")
+    parser.add_argument("--seconds", type=float, required=True, help="how long to run (at most 900)")
+    parser.add_argument("--max-requests", type=int, default=100_000)
+    parser.add_argument("--timeout", type=float, default=10.0, help="per request")
+    parser.add_argument("--out", required=True, help="JSON lines file")
+    args = parser.parse_args(argv)
+    seconds = min(args.seconds, 900.0)
+    url = urlsplit(args.url)
+    host, port, path = url.hostname or "127.0.0.1", url.port or 80, url.path or "/invocations"
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    lock = threading.Lock()
+    began = time.monotonic()
+    with open(args.out, "w") as out, ThreadPoolExecutor(max_workers=32) as pool:
+
+        def record(start: float) -> None:
+            result = one_request(host, port, path, args.timeout)
+            result["t"] = round(start - began, 3)
+            with lock:
+                out.write(json.dumps(result) + "\n")
+
+        interval = 1.0 / args.rate
+        for sent in range(args.max_requests):
+            due = began + sent * interval
+            if due - began > seconds or stop.is_set():
+                break
+            delay = due - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                break
+            pool.submit(record, time.monotonic())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

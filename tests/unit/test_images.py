@@ -1,0 +1,148 @@
+"""The locally built images' cache keys and the Dockerfiles' base argument (localenv/localkube/images.py).
+
+An image is rebuilt exactly when one of its inputs changes: its Dockerfile, a file it copies, or the
+base. Anything else in the build context (and bytecode caches the tests write) must leave the key alone,
+or a warm `make images` would rebuild for nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from localkube import images
+
+REPO = Path(__file__).resolve().parents[2]
+
+DOCKERFILE = """\
+ARG BASE=python:3.11-slim
+FROM ${BASE} AS build
+# COPY commented/out.txt /nowhere
+COPY requirements.txt /tmp/requirements.txt
+COPY --chown=1:1 pkg/ \\
+     /opt/pkg/
+RUN true
+FROM ${BASE}
+COPY --from=build /opt/pkg /opt/pkg
+"""
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Path:
+    (tmp_path / "Dockerfile").write_text(DOCKERFILE)
+    (tmp_path / "requirements.txt").write_text("numpy==2.0\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("X = 1\n")
+    (tmp_path / "unrelated.txt").write_text("not copied\n")
+    return tmp_path
+
+
+def key(context: Path, base_key: str = "base-1") -> str:
+    return images.input_key(context=context, dockerfile=context / "Dockerfile", base_key=base_key)
+
+
+def test_copied_sources_skip_comments_flags_and_stages() -> None:
+    assert images.copied_sources(DOCKERFILE) == ["requirements.txt", "pkg/"]
+    assert images.copied_sources('COPY ["a b", "c", "/dest/"]\n') == ["a b", "c"]
+    assert images.copied_sources("COPY pyproject.toml uv.lock README.md ./\n") == [
+        "pyproject.toml",
+        "uv.lock",
+        "README.md",
+    ]
+
+
+def test_key_is_stable_and_ignores_what_is_not_copied(context: Path) -> None:
+    first = key(context)
+    assert key(context) == first
+    (context / "unrelated.txt").write_text("changed\n")
+    (context / "pkg" / "__pycache__").mkdir()
+    (context / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0")
+    assert key(context) == first
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: (c / "Dockerfile").write_text(DOCKERFILE + "ENV A=1\n"),
+        lambda c: (c / "requirements.txt").write_text("numpy==2.1\n"),
+        lambda c: (c / "pkg" / "mod.py").write_text("X = 2\n"),
+        lambda c: (c / "pkg" / "new.py").write_text(""),
+        lambda c: (c / "pkg" / "mod.py").rename(c / "pkg" / "renamed.py"),
+    ],
+    ids=["dockerfile", "copied-file", "file-in-copied-dir", "new-file", "renamed-file"],
+)
+def test_key_changes_with_each_input(context: Path, change: Callable[[Path], object]) -> None:
+    before = key(context)
+    change(context)
+    assert key(context) != before
+
+
+def test_key_changes_with_the_base(context: Path) -> None:
+    assert key(context, "base-1") != key(context, "base-2")
+
+
+def test_a_missing_copied_file_is_named(context: Path) -> None:
+    (context / "requirements.txt").unlink()
+    with pytest.raises(images.ImageError, match=r"requirements\.txt"):
+        key(context)
+
+
+@pytest.mark.parametrize("dockerfile", ["serving-image/Dockerfile", "operator/Dockerfile"])
+def test_dockerfiles_default_the_base_to_python_slim(dockerfile: str) -> None:
+    text = (REPO / dockerfile).read_text()
+    instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
+    # The ARG comes before the first FROM (only then can FROM use it), and docker users keep
+    # building on python:3.11-slim.
+    assert instructions[0] == "ARG BASE=python:3.11-slim"
+    froms = [line for line in instructions if line.startswith("FROM")]
+    assert froms
+    assert all(re.match(r"FROM \$\{BASE\}( AS \w+)?$", line) for line in froms)
+
+
+def test_the_project_dockerfiles_have_keys() -> None:
+    base = images.base_key()
+    for spec in images.DOCKERFILE_IMAGES.values():
+        assert len(images.input_key(context=REPO, dockerfile=REPO / spec.dockerfile, base_key=base)) == 64
+
+
+def test_debian_mirror_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
+    sources = tmp_path / "sources.list.d"
+    sources.mkdir()
+    (sources / "debian.sources").write_text(
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+    )
+    assert images.debian_mirror(sources) == "http://mirror.example/debian"
+    (sources / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://other.example/debian bookworm main\n")
+    assert images.debian_mirror(sources) == "http://other.example/debian"
+
+
+def test_mounts_below_deepest_first() -> None:
+    mounts = "proc /r/proc proc rw 0 0\nsysfs /r/sys sysfs rw 0 0\nx /r/proc/sys/fs/binfmt_misc y rw 0 0\n"
+    mounts += "proc /rx/proc proc rw 0 0\n"
+    assert images.mounts_below(Path("/r"), mounts) == [
+        Path("/r/proc/sys/fs/binfmt_misc"),
+        Path("/r/proc"),
+        Path("/r/sys"),
+    ]
+
+
+def test_prune_keeps_the_most_recently_used_archives(tmp_path: Path) -> None:
+    for age, key in enumerate(["newest", "second", "third", "oldest"]):
+        archive = tmp_path / f"serving-{key}.tar"
+        archive.write_bytes(b"")
+        os.utime(archive, (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "pause-other.tar").write_bytes(b"")
+    images._prune("serving", directory=tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "pause-other.tar",
+        "serving-newest.tar",
+        "serving-second.tar",
+        "serving-third.tar",
+    ]
