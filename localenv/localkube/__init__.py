@@ -14,7 +14,7 @@ from .cluster import GATEWAY_API_GROUP, LocalCluster
 from .common import DEFAULT_STATE_DIR, REPO_ROOT, ClusterError, KubectlError
 from .kubeconfig import CLUSTER_NAME
 from .kwok import KWOK_STAGE_DIRS, NODE_NAME, POD_CIDR, READY_DELAY_ANNOTATION
-from .node import REAL_NODE_LABEL, REAL_NODE_TAINT, RealNode
+from .node import REAL_NODE_LABEL, REAL_NODE_TAINT, RealNode, pod_placement
 
 __all__ = [
     "BIN_DIR_ENV",
@@ -36,5 +36,6 @@ __all__ = [
     "KubectlError",
     "LocalCluster",
     "RealNode",
+    "pod_placement",
     "resolve_bin_dir",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from .cluster import LocalCluster
 from .common import CLI_PATH, DEFAULT_STATE_DIR, ClusterError, KubectlError
+from .node import DEFAULT_IMAGES
 
 
 def _print_usage(cluster: LocalCluster) -> None:
@@ -134,8 +135,18 @@ def main(argv: Sequence[str] | None = None, *, description: str | None = None) -
                 action="store_true",
                 help="also start a real node (containerd, kubelet, kube-proxy in a network namespace; root)",
             )
+            p.add_argument(
+                "--node-images",
+                default=",".join(DEFAULT_IMAGES),
+                help="images to build and load into the real node, comma-separated (default: %(default)s)",
+            )
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.dir, real_node=bool(getattr(args, "real_node", False)))
+    images = [n.strip() for n in str(getattr(args, "node_images", "")).split(",") if n.strip()]
+    cluster = LocalCluster(
+        args.dir,
+        real_node=bool(getattr(args, "real_node", False)),
+        node_images=images or DEFAULT_IMAGES,
+    )
     try:
         return commands[args.command](cluster)
     except (ClusterError, KubectlError) as e:
