@@ -62,6 +62,10 @@ integration: venv ## Integration tests against a real mlflow server
 e2e: venv cluster-binaries ## End-to-end tests against the local control plane (built on first use)
 	$(PYTEST) tests/e2e
 
+.PHONY: e2e-real
+e2e-real: venv cluster-binaries node-binaries node-packages ## End-to-end tests on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
+	$(PYTEST) tests/e2e_real
+
 .PHONY: lint
 lint: venv ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .
@@ -132,8 +136,8 @@ deploy: ## Install the CRD and the operator into the current kubeconfig's cluste
 	kubectl apply -k manifests/
 
 .PHONY: cluster-up
-cluster-up: venv ## Start the local control plane (etcd, apiserver, controllers, kwok) and write its kubeconfig
-	$(PY) localenv/localcluster.py up
+cluster-up: venv ## Start the local control plane (etcd, apiserver, controllers, kwok) and write its kubeconfig (REAL_NODE=1: also a real node)
+	$(PY) localenv/localcluster.py up $(if $(REAL_NODE),--real-node)
 
 .PHONY: cluster-down
 cluster-down: venv ## Stop the local control plane

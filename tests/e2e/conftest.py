@@ -30,7 +30,8 @@ def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(state) as local:
         local.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         # Polled rather than `kubectl wait --for=condition`, which fails at once ("accessor error")
-        # when it reads the CRD between its creation and its first status conditions.
+        # when it reads the CRD between its creation and its first status conditions; for the same
+        # reason a failing jsonpath (no conditions yet) is just "not yet".
         wait_for(
             lambda: (
                 local.kubectl(
@@ -38,6 +39,7 @@ def cluster() -> Iterator[LocalCluster]:
                     "crd/modeldeployments.aliasroll.io",
                     "-o",
                     "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                    check=False,
                 ).stdout
                 == "True"
             ),

@@ -1,0 +1,72 @@
+"""kube-apiserver on a free loopback port, and the admin HTTPS client the harness checks it with."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+SERVICE_CIDR = "10.0.0.0/24"
+
+
+def args(*, etcd_url: str, port: int, pki: Path, egress_config: Path | None = None) -> list[str]:
+    """``egress_config``: an EgressSelectorConfiguration (the real node's: kubelets reached through a
+    proxy inside its network namespace)."""
+    extra = [f"--egress-selector-config-file={egress_config}"] if egress_config is not None else []
+    return [
+        *extra,
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        # What it shows a kubelet (logs, exec): the real node's kubelet trusts the same CA.
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--authorization-mode=Node,RBAC",
+        "--allow-privileged=true",
+        "--endpoint-reconciler-type=none",
+    ]
+
+
+class AdminClient:
+    """GETs on the API server as admin, for readiness checks (no kubectl process per poll)."""
+
+    def __init__(self, *, server: str, pki: Path) -> None:
+        self.server = server
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        # What Python 3.13 enforces by default; passing here proves the certificates suit strict clients.
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self._ctx = ctx
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """(status, body) of an admin GET; (0, b"") when the API server cannot be reached."""
+        try:
+            with urllib.request.urlopen(self.server + path, context=self._ctx, timeout=timeout) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                return int(e.code), bytes(e.read())
+        except (OSError, http.client.HTTPException):
+            return 0, b""
+
+    def get_json(self, path: str) -> dict[str, object] | None:
+        status, body = self.get(path)
+        if status != 200:
+            return None
+        data = json.loads(body)
+        return data if isinstance(data, dict) else None
+
+    def ready(self) -> bool:
+        status, body = self.get("/readyz")
+        return status == 200 and body.strip() == b"ok" and self.get("/api/v1/namespaces/default")[0] == 200
