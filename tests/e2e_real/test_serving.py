@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 from examples.sentiment.register import register_version
-from harness import condition, ready_at, wait_for
+from harness import Kube, ready_at, wait_for
 from mlflow import MlflowClient
 
 from localkube import LocalCluster, RealNode
@@ -31,29 +30,16 @@ LOAD = REPO / "tests" / "support" / "load.py"
 OPERATOR_NAMESPACE = "aliasroll-system"
 
 
-class Kube:
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-
-    def apply(self, manifest: dict[str, Any], namespace: str) -> None:
-        self.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
-
-    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        result = self.cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
-        if result.returncode != 0:
-            if "NotFound" in result.stderr:
-                return None
-            raise AssertionError(result.stderr)
-        found: dict[str, Any] = json.loads(result.stdout)
-        return found
-
-
 @pytest.fixture(scope="session")
 def installed(cluster: LocalCluster) -> LocalCluster:
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     wait_for(
-        lambda: "Established"
-        in cluster.kubectl("get", "crd", "modeldeployments.aliasroll.io", "-o", "jsonpath={.status.conditions[*].type}").stdout,
+        lambda: (
+            "Established"
+            in cluster.kubectl(
+                "get", "crd", "modeldeployments.aliasroll.io", "-o", "jsonpath={.status.conditions[*].type}"
+            ).stdout
+        ),
         timeout=60,
         what="the CRD Established",
     )
@@ -112,7 +98,12 @@ def model_deployment(
         "serving": {"image": image, "podTemplate": {"spec": placement}},
     }
     body.update(spec)
-    return {"apiVersion": "aliasroll.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name}, "spec": body}
+    return {
+        "apiVersion": "aliasroll.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": body,
+    }
 
 
 def cluster_ip(kube: Kube, namespace: str, name: str) -> str:
@@ -124,12 +115,13 @@ def cluster_ip(kube: Kube, namespace: str, name: str) -> str:
 def ask(node: RealNode, address: str) -> tuple[dict[str, Any], str]:
     """One request through the Service, from inside the node's namespace: (answer, X-Model-Version)."""
     client = (
-        "import http.client, json, sys\n"
+        "import http.client, json\n"
         f"c = http.client.HTTPConnection({address!r}, 80, timeout=10)\n"
-        "c.request('POST', '/invocations', body=json.dumps({'inputs': ['this is great', 'this is terrible']}),"
-        " headers={'Content-Type': 'application/json'})\n"
-        "r = c.getresponse(); body = r.read()\n"
-        "print(json.dumps({'status': r.status, 'version': r.getheader('X-Model-Version'), 'body': body.decode()}))\n"
+        "body = json.dumps({'inputs': ['this is great', 'this is terrible']})\n"
+        "c.request('POST', '/invocations', body=body, headers={'Content-Type': 'application/json'})\n"
+        "r = c.getresponse()\n"
+        "answer = {'status': r.status, 'version': r.getheader('X-Model-Version'), 'body': r.read().decode()}\n"
+        "print(json.dumps(answer))\n"
     )
     out = json.loads(node.run(sys.executable, "-c", client).stdout)
     assert out["status"] == 200, out
@@ -139,7 +131,9 @@ def ask(node: RealNode, address: str) -> tuple[dict[str, Any], str]:
 class Load:
     """tests/support/load.py in the node's namespace, for the length of a `with` block."""
 
-    def __init__(self, node: RealNode, address: str, out: Path, *, rate: float = 60, seconds: float = 600) -> None:
+    def __init__(
+        self, node: RealNode, address: str, out: Path, *, rate: float = 60, seconds: float = 600
+    ) -> None:
         self.out = out
         self.process = subprocess.Popen(
             node.nsenter_argv(
@@ -179,8 +173,12 @@ def test_the_seed_workflow_on_real_pods(
 ) -> None:
     kube = Kube(installed)
     v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    kube.apply(model_deployment("sentiment", model_name, tracking_uri, serving_image, placement), namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"Ready at {v1} on real pods")  # type: ignore[arg-type]
+    kube.apply(
+        model_deployment("sentiment", model_name, tracking_uri, serving_image, placement), namespace=namespace
+    )
+    wait_for(
+        lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"Ready at {v1} on real pods"
+    )
     pods = json.loads(installed.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
     assert {pod["spec"]["nodeName"] for pod in pods} == {node.name}
 
@@ -192,10 +190,10 @@ def test_the_seed_workflow_on_real_pods(
     assert terrible < 0.1
 
     v2 = register_version(mlflow_server.url, model_name, variant="v2", alias="production")
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v2), timeout=240, what=f"Ready at {v2}")  # type: ignore[arg-type]
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", v2), timeout=240, what=f"Ready at {v2}")
     wait_for(lambda: ask(node, address)[1] == v2, timeout=30, what=f"answers from {v2}")
     registry.set_registered_model_alias(model_name, "production", v1)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"rolled back to {v1}")  # type: ignore[arg-type]
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"rolled back to {v1}")
     wait_for(lambda: ask(node, address)[1] == v1, timeout=30, what=f"answers from {v1} again")
 
 
@@ -216,10 +214,18 @@ def test_the_split_measured_by_answers(
     v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
     v2 = register_version(mlflow_server.url, model_name, variant="v2", alias="canary")
     manifest = model_deployment(
-        "sentiment", model_name, tracking_uri, serving_image, placement, replicas=10, canary={"alias": "canary", "weight": 20}
+        "sentiment",
+        model_name,
+        tracking_uri,
+        serving_image,
+        placement,
+        replicas=10,
+        canary={"alias": "canary", "weight": 20},
     )
-    kube.apply(manifest, namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1, v2), timeout=400, what="Ready 8 + 2 real pods")  # type: ignore[arg-type]
+    kube.apply(manifest, namespace=namespace)
+    wait_for(
+        lambda: ready_at(kube, namespace, "sentiment", v1, v2), timeout=400, what="Ready 8 + 2 real pods"
+    )
     address = cluster_ip(kube, namespace, "sentiment")
     with Load(node, address, tmp_path / "split20.jsonl", rate=100, seconds=24) as load:
         load.process.wait(timeout=120)
