@@ -120,7 +120,8 @@ def ask(node: RealNode, address: str) -> tuple[dict[str, Any], str]:
         "body = json.dumps({'inputs': ['this is great', 'this is terrible']})\n"
         "c.request('POST', '/invocations', body=body, headers={'Content-Type': 'application/json'})\n"
         "r = c.getresponse()\n"
-        "answer = {'status': r.status, 'version': r.getheader('X-Model-Version'), 'body': r.read().decode()}\n"
+        "answer = {'status': r.status, 'version': r.getheader('X-Model-Version'),"
+        " 'body': r.read().decode()}\n"
         "print(json.dumps(answer))\n"
     )
     out = json.loads(node.run(sys.executable, "-c", client).stdout)
