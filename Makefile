@@ -47,8 +47,9 @@ node-packages: ## The real node's Debian packages (runc, iptables, socat, builda
 	@localenv/node-packages.sh
 
 .PHONY: test
-test: venv lint cluster-binaries ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane)
+test: venv lint cluster-binaries node-binaries node-packages ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane), real pods
 	$(PYTEST) tests/unit tests/integration tests/e2e
+	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_real
 
 .PHONY: unit
 unit: venv ## Unit tests of pure logic (seconds)
@@ -63,8 +64,8 @@ e2e: venv cluster-binaries ## End-to-end tests against the local control plane (
 	$(PYTEST) tests/e2e
 
 .PHONY: e2e-real
-e2e-real: venv cluster-binaries node-binaries node-packages ## End-to-end tests on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
-	$(PYTEST) tests/e2e_real
+e2e-real: venv cluster-binaries node-binaries node-packages ## Real pods of the built serving image on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
+	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_real
 
 .PHONY: lint
 lint: venv ## ruff (lint + format check) and mypy --strict
