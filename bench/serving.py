@@ -215,7 +215,8 @@ def mlserver_launch(*, venv: Path, uri: str, label: str, env: dict[str, str], wo
     """Downloads the version (timed: part of the cold start) and writes MLServer's settings."""
     port = free_port()
     root = work / f"mlserver-{port}"
-    model_dir = root / "model"
+    name = label.split()[0]
+    model_dir = root / name  # MLServer warns when the folder and the model's name differ
     model_dir.mkdir(parents=True)
     python = str(venv / "bin" / "python")
     started = time.monotonic()
@@ -250,7 +251,7 @@ def mlserver_launch(*, venv: Path, uri: str, label: str, env: dict[str, str], wo
     (model_dir / "model-settings.json").write_text(
         json.dumps(
             {
-                "name": label.split()[0],
+                "name": name,
                 "implementation": "mlserver_mlflow.MLflowRuntime",
                 "parameters": {"uri": "./artifacts"},
             }
