@@ -129,7 +129,7 @@ async def test_a_failing_predict_call_fails_its_own_requests_and_the_server_keep
         await scorer.close()
 
 
-async def test_close_cancels_what_is_queued_and_refuses_new_requests() -> None:
+async def test_close_cancels_what_is_queued_refuses_new_requests_and_waits_for_calls_in_flight() -> None:
     gate = threading.Event()
     model = RecordingModel(gate=gate)
     scorer = batcher(model, threads=1)
@@ -137,11 +137,15 @@ async def test_close_cancels_what_is_queued_and_refuses_new_requests() -> None:
     assert await asyncio.to_thread(model.started.wait, 5)
     queued = asyncio.create_task(scorer.score(request("queued")))
     await asyncio.sleep(0)
-    await scorer.close()
+    closing = asyncio.create_task(scorer.close())
+    await asyncio.sleep(0)
     with pytest.raises(asyncio.CancelledError):
         await queued
     with pytest.raises(RequestError) as refused:
         await scorer.score(request("late"))
     assert refused.value.status == 503
+    await asyncio.sleep(0.05)
+    assert not closing.done(), "close() must wait for the call in flight (the drain contract)"
     gate.set()
     assert await busy == b"busy"  # a call already running still answers
+    await asyncio.wait_for(closing, 5)

@@ -46,8 +46,8 @@ class _Worker:
 
     def __init__(self, name: str, run: Callable[[_Worker], None]) -> None:
         self.inbox: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
-        # A daemon: a predict call cannot be interrupted, and one that outlives the drain must not
-        # hold the process (server.py exits without it).
+        # A daemon, so that nothing but Batcher.close() waits for it: if the loop ever stops
+        # without closing the batcher, idle threads must not keep the process alive.
         self.thread = threading.Thread(target=run, args=(self,), name=name, daemon=True)
 
 
@@ -70,6 +70,7 @@ class Batcher:
         self._on_batch = on_batch
         self._dispatch_scheduled = False
         self._closed = False
+        self._all_idle = asyncio.Event()  # set when the last call in flight is delivered
         self._workers = [_Worker(f"predict-{index}", self._work) for index in range(threads)]
         # Idle workers, the most recently idle last; only the loop's thread touches this list.
         self._idle = list(reversed(self._workers))
@@ -98,11 +99,19 @@ class Batcher:
         return await pending.answer
 
     async def close(self) -> None:
+        """Cancels what is queued, waits for the predict calls in flight, and stops the threads.
+
+        The wait keeps the stop contract (server.py): a call that outlives the drain holds the
+        process until the watchdog exits 1 and says so; a daemon thread alone would let it exit 0.
+        """
         self._closed = True
         while self._queue:
             self._queue.popleft().answer.cancel()
+        while len(self._idle) < self._threads:
+            self._all_idle.clear()
+            await self._all_idle.wait()
         for worker in self._workers:
-            worker.inbox.put(None)  # a busy one stops after its call; the daemon never blocks exit
+            worker.inbox.put(None)
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
@@ -150,6 +159,8 @@ class Batcher:
 
     def _deliver(self, worker: _Worker, group: list[_Pending], outcome: BatchOutcome | Exception) -> None:
         self._idle.append(worker)
+        if len(self._idle) == self._threads:
+            self._all_idle.set()
         if self._queue and not self._dispatch_scheduled:
             # What queued while this batch was predicted goes out the same way, after what is
             # ready in this iteration (under load each predict call has a fixed cost: fewer,
