@@ -165,13 +165,22 @@ class Service:
         )
 
     def show(self, expected: str) -> None:
-        """Waits until every answer comes from ``expected`` (pods of the old version may still be
-        leaving the endpoints), then prints one answer's scores."""
+        """Waits until every answer comes from ``expected`` for two seconds on end (pods of the old
+        version may still be leaving the endpoints, and kube-proxy follows a moment later), then
+        prints one answer's scores."""
         started = time.monotonic()
-        wait(lambda: set(self.versions(10)) == {expected}, f"every answer comes from version {expected}")
-        say(
-            f"  (the Service answered only version {expected} {time.monotonic() - started:.1f} s after Ready)"
-        )
+        clean_since: list[float] = []
+
+        def settled() -> bool:
+            if set(self.versions(20)) != {expected}:
+                clean_since.clear()
+                return False
+            if not clean_since:
+                clean_since.append(time.monotonic())
+            return time.monotonic() - clean_since[0] >= 2.0
+
+        wait(settled, f"every answer comes from version {expected} (2 s on end)")
+        say(f"  (only version {expected} answers since {clean_since[0] - started:.1f} s after Ready)")
         answer = self.ask(1)[0]
         great, terrible = answer["scores"]
         say(
