@@ -36,10 +36,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# The timings are the output; MLflow's run links and INFO lines (from registering the real models)
+# would drown them.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO)]
 
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
@@ -70,7 +75,7 @@ signal.signal(signal.SIGTERM, lambda *_: stop.set())
 lock = threading.Lock()
 
 def one(started):
-    c = http.client.HTTPConnection(address, 80, timeout=5)
+    c = http.client.HTTPConnection(address, 80, timeout=10)
     try:
         c.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
         r = c.getresponse()
@@ -127,6 +132,8 @@ class Stream:
 
     def __init__(self, node: RealNode, address: str, *, rate: float, seconds: float) -> None:
         self.answers: list[tuple[float, int, str | None]] = []
+        #: Failed requests: (start, what failed: an HTTP status or the client's exception).
+        self.failures: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
             node.nsenter_argv(sys.executable, "-c", STREAM_SCRIPT, address, str(rate), str(seconds)),
@@ -144,10 +151,16 @@ class Stream:
             answer = json.loads(line)
             with self._lock:
                 self.answers.append((float(answer["t"]), int(answer["s"]), answer["v"]))
+                if answer["s"] != 200:
+                    self.failures.append((float(answer["t"]), answer.get("e") or f"HTTP {answer['s']}"))
 
     def since(self, moment: float) -> list[tuple[float, int, str | None]]:
         with self._lock:
             return sorted(a for a in self.answers if a[0] >= moment)
+
+    def failures_since(self, moment: float) -> list[tuple[float, str]]:
+        with self._lock:
+            return sorted(f for f in self.failures if f[0] >= moment)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -284,6 +297,14 @@ def real_node_moves(
                 f"  rollout complete {available:5.2f} s  ({len(answers)} answers, {failed} failed)",
                 flush=True,
             )
+            if failed:
+                failures = stream.failures_since(moved)
+                kinds = Counter(kind for _, kind in failures)
+                print(
+                    f"      failed between {failures[0][0] - moved:.2f} s and {failures[-1][0] - moved:.2f} s"
+                    f" after the move: {dict(kinds)}",
+                    flush=True,
+                )
         answered = len(stream.since(0.0))
         print_table(
             f"alias move -> real pods (pollInterval {poll_seconds:g} s, {moves} moves, {replicas} replicas)",
