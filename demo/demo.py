@@ -188,7 +188,14 @@ class Service:
             f"'this is terrible' {terrible:.3f}   X-Model-Version: {answer['version']}"
         )
 
-    def split(self, count: int) -> Counter[str]:
+    def split(self, count: int, *, versions_expected: set[str]) -> Counter[str]:
+        """The share of each version over ``count`` requests, once every expected version answers:
+        a pod that just became Ready joins kube-proxy's rules a moment later."""
+        wait(
+            lambda: set(self.versions(20)) >= versions_expected,
+            f"version(s) {', '.join(sorted(versions_expected))} answer through the Service",
+        )
+        time.sleep(2)
         versions = self.versions(count)
         shares = ", ".join(f"version {v}: {n} ({100 * n / count:.1f}%)" for v, n in sorted(versions.items()))
         say(f"{count} requests through the Service: {shares}")
@@ -420,7 +427,7 @@ def up(use_current: bool) -> None:
     traffic = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE)["status"]["traffic"]
     say(f"traffic: {traffic['message']}")
     if service is not None:
-        service.split(SPLIT_REQUESTS)
+        service.split(SPLIT_REQUESTS, versions_expected={v1, v3})
 
     step("8. Promote: move @production to the canary's version")
     client.set_registered_model_alias(MODEL, "production", v3)
@@ -429,7 +436,7 @@ def up(use_current: bool) -> None:
     table(kubectl)
     if service is not None:
         service.show(v3)
-        service.split(SPLIT_REQUESTS)
+        service.split(SPLIT_REQUESTS, versions_expected={v3})
 
     step("What happened, as the resource records it")
     history(kubectl)
