@@ -83,7 +83,7 @@ run: venv ## Run the operator locally against the current kubeconfig
 	$(PY) -m aliasroll --verbose
 
 .PHONY: demo
-demo: venv cluster-binaries ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch
+demo: venv cluster-binaries node-binaries node-packages ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch
 	$(PY) demo/demo.py
 
 .PHONY: demo-down

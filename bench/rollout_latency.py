@@ -6,36 +6,99 @@ For each alias move (alternating forward and back between two versions) it times
 and prints p50 / p95 / max, also as a fraction of the poll interval: an alias move is noticed by the
 next poll, so `template` should spread between 0 and one interval, plus one reconcile pass.
 
-    make bench                               # 20 moves, pollInterval 2s, 4 replicas
-    .venv/bin/python bench/rollout_latency.py --moves 40 --poll 5s --replicas 2
+Then, on the same cluster's real node (root; skipped with the reason otherwise, or with
+--no-real-node), the same moves on real pods of the serving image (real cold start: the model is
+downloaded from MLflow and loaded; real readiness probes; kube-proxy), while a steady stream of
+requests goes through the Service from inside the node's network namespace. Each move also times:
+  first new    the first answer carrying the new version's X-Model-Version
+  all new      from when on every answer comes from the new version (the start of the first
+               request after the last answer of the old version, or the last failed one)
+and counts the requests that failed during the move.
 
-Runs against a local control plane of its own (kwok: pods become Ready without running), a real
-mlflow server, and the operator as a process, as in the end-to-end tests.
+    make bench                               # 20 kwok moves (4 replicas), 10 real ones (2), poll 2s
+    .venv/bin/python bench/rollout_latency.py --moves 40 --poll 5s --replicas 2 --real-moves 20
+
+Runs against a local control plane of its own (kwok: pods become Ready without running, plus the
+real node), a real mlflow server, and the operator as a process, as in the end-to-end tests (on the
+real node it runs inside the node's network namespace, as test_serving.py runs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests")]
+# The timings are the output; MLflow's run links and INFO lines (from registering the real models)
+# would drown them.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO)]
 
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
 from aliasroll.spec import parse_duration  # noqa: E402
-from localcluster import LocalCluster  # noqa: E402
+from localcluster import ClusterError, LocalCluster  # noqa: E402
+from localkube import RealNode  # noqa: E402
+from localkube.node import pod_placement  # noqa: E402
 from mlflowserver import MlflowServer  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
 
 NAMESPACE = "bench"
 NAME = "bench"
+REAL_NAMESPACE = "bench-real"
+REAL_MODEL = "bench-sentiment"
+#: Requests per second of the stream through the Service during the real moves.
+STREAM_RATE = 40.0
+
+# Runs inside the node's namespace: an open loop of requests at a fixed rate, each on a new connection
+# (so kube-proxy picks a pod per request), one JSON line per answer with its start on the
+# CLOCK_MONOTONIC this process shares with the benchmark. Bounded in time; SIGTERM ends it.
+STREAM_SCRIPT = """
+import http.client, json, signal, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+address, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+body = json.dumps({"inputs": ["this is great", "this is terrible"]})
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+lock = threading.Lock()
+
+def one(started):
+    c = http.client.HTTPConnection(address, 80, timeout=10)
+    try:
+        c.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        line = {"t": started, "s": r.status, "v": r.getheader("X-Model-Version")}
+    except (OSError, http.client.HTTPException) as e:
+        line = {"t": started, "s": 0, "v": None, "e": type(e).__name__}
+    finally:
+        c.close()
+    with lock:
+        sys.stdout.write(json.dumps(line) + "\\n")
+        sys.stdout.flush()
+
+began = time.monotonic()
+with ThreadPoolExecutor(max_workers=16) as pool:
+    n = 0
+    while not stop.is_set() and time.monotonic() - began < seconds:
+        due = began + n / rate
+        if stop.wait(max(0.0, due - time.monotonic())):
+            break
+        pool.submit(one, time.monotonic())
+        n += 1
+"""
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -44,9 +107,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def deployment(cluster: LocalCluster) -> dict[str, Any]:
+def deployment(cluster: LocalCluster, namespace: str = NAMESPACE) -> dict[str, Any]:
     out = cluster.kubectl(
-        "get", "deployment", f"{NAME}-production", "-n", NAMESPACE, "-o", "json", check=False
+        "get", "deployment", f"{NAME}-production", "-n", namespace, "-o", "json", check=False
     )
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
@@ -63,6 +126,203 @@ def rolled_out(obj: dict[str, Any], version: str) -> bool:
     return workload is not None and workload.version == version and workload.rolled_out
 
 
+class Stream:
+    """STREAM_SCRIPT in the node's namespace, its answers gathered as they come: (start, status,
+    version)."""
+
+    def __init__(self, node: RealNode, address: str, *, rate: float, seconds: float) -> None:
+        self.answers: list[tuple[float, int, str | None]] = []
+        #: Failed requests: (start, what failed: an HTTP status or the client's exception).
+        self.failures: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(
+            node.nsenter_argv(sys.executable, "-c", STREAM_SCRIPT, address, str(rate), str(seconds)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            answer = json.loads(line)
+            with self._lock:
+                self.answers.append((float(answer["t"]), int(answer["s"]), answer["v"]))
+                if answer["s"] != 200:
+                    self.failures.append((float(answer["t"]), answer.get("e") or f"HTTP {answer['s']}"))
+
+    def since(self, moment: float) -> list[tuple[float, int, str | None]]:
+        with self._lock:
+            return sorted(a for a in self.answers if a[0] >= moment)
+
+    def failures_since(self, moment: float) -> list[tuple[float, str]]:
+        with self._lock:
+            return sorted(f for f in self.failures if f[0] >= moment)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+def print_table(title: str, rows: list[tuple[str, list[float]]], poll_seconds: float) -> None:
+    print(f"\n{title}")
+    print(f"{'':<34}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}   (seconds; x poll interval)")
+    for label, values in rows:
+        p50, p95, worst = percentile(values, 0.5), percentile(values, 0.95), max(values)
+        print(
+            f"{label:<34}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}"
+            f"   ({p50 / poll_seconds:.2f}x, {p95 / poll_seconds:.2f}x, {worst / poll_seconds:.2f}x)"
+        )
+
+
+def real_node_moves(
+    *,
+    cluster: LocalCluster,
+    server: MlflowServer,
+    work: Path,
+    moves: int,
+    poll: str,
+    replicas: int,
+) -> None:
+    """The alias moves on the real node, timed by the answers of a steady stream through the
+    Service; prints each move and the table."""
+    from examples.sentiment.register import register_version
+    from mlflow import MlflowClient
+
+    poll_seconds = parse_duration(poll, field_path="--poll")
+    node = cluster.node
+    address, port = node.expose_host_port(server.port)
+    tracking_uri = f"http://{address}:{port}"
+    client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    # Real models (the seed's sentiment classifier): a pod downloads and loads one before it is ready.
+    versions = [
+        register_version(server.url, REAL_MODEL, variant="v1", alias="production"),
+        register_version(server.url, REAL_MODEL, variant="v2"),
+    ]
+    # The operator as inside a cluster: in the node's namespace, where the API server is bridged to
+    # 127.0.0.1:6443; it watches only its namespace (the kwok part's operator has stopped by now).
+    kubeconfig = work / "operator-real.kubeconfig"
+    kubeconfig.write_text(cluster.kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:6443"))
+    operator = OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=work / "operator-real.log",
+        netns=node.netns,
+        args=["--namespace", REAL_NAMESPACE],
+    )
+    stream: Stream | None = None
+    try:
+        operator.start(timeout=120)
+        cluster.kubectl("create", "namespace", REAL_NAMESPACE)
+        resource = {
+            "apiVersion": "aliasroll.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": NAME, "namespace": REAL_NAMESPACE},
+            "spec": {
+                "model": {"name": REAL_MODEL},
+                "replicas": replicas,
+                "registry": {"trackingUri": tracking_uri, "pollInterval": poll},
+                "serving": {"image": node.images["serving"], "podTemplate": {"spec": pod_placement()}},
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+        deadline = time.monotonic() + 300
+        while not rolled_out(deployment(cluster, REAL_NAMESPACE), versions[0]):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the first real deploy did not complete; see {operator.log_path}")
+            time.sleep(0.2)
+        service = cluster.kubectl("get", "service", NAME, "-n", REAL_NAMESPACE, "-o", "json").stdout
+        cluster_ip = json.loads(service)["spec"]["clusterIP"]
+        stream = Stream(node, cluster_ip, rate=STREAM_RATE, seconds=moves * 300 + 120)
+
+        template_times: list[float] = []
+        first_times: list[float] = []
+        all_times: list[float] = []
+        available_times: list[float] = []
+        failed_total = 0
+        current = versions[0]
+        print(
+            f"\nreal node: {moves} alias moves, pollInterval {poll}, {replicas} replicas of the serving "
+            f"image, {STREAM_RATE:g} requests/s through Service {cluster_ip} from the node's namespace",
+            flush=True,
+        )
+        time.sleep(2)
+        for move in range(moves):
+            time.sleep(random.uniform(0.2, poll_seconds))
+            target = versions[1] if current == versions[0] else versions[0]
+            moved = time.monotonic()
+            client.set_registered_model_alias(REAL_MODEL, "production", target)
+            seen_template: float | None = None
+            available: float | None = None
+            while True:
+                now = time.monotonic()
+                if available is None:
+                    obj = deployment(cluster, REAL_NAMESPACE)
+                    now = time.monotonic()
+                    if seen_template is None and template_version(obj) == target:
+                        seen_template = now - moved
+                    if seen_template is not None and rolled_out(obj, target):
+                        available = now - moved
+                answers = stream.since(moved)
+                old = [a for a in answers if a[1] != 200 or a[2] != target]
+                # Settled: the rollout is complete and the last 3 s of answers are all the new version.
+                if available is not None and answers and answers[-1][0] - (old[-1][0] if old else moved) > 3:
+                    break
+                if now - moved > 300:
+                    raise SystemExit(f"real move {move + 1} did not complete; see {operator.log_path}")
+                time.sleep(0.1)
+            assert seen_template is not None
+            new = [a for a in answers if a[1] == 200 and a[2] == target]
+            first_new = new[0][0] - moved
+            last_old = old[-1][0] if old else moved
+            all_new = next(a[0] for a in answers if a[0] > last_old) - moved
+            failed = sum(a[1] != 200 for a in answers)
+            failed_total += failed
+            template_times.append(seen_template)
+            available_times.append(available)
+            first_times.append(first_new)
+            all_times.append(all_new)
+            current = target
+            print(
+                f"  move {move + 1:>2}: {current}  template {seen_template:5.2f} s"
+                f"  first new {first_new:5.2f} s  all new {all_new:5.2f} s"
+                f"  rollout complete {available:5.2f} s  ({len(answers)} answers, {failed} failed)",
+                flush=True,
+            )
+            if failed:
+                failures = stream.failures_since(moved)
+                kinds = Counter(kind for _, kind in failures)
+                print(
+                    f"      failed between {failures[0][0] - moved:.2f} s and {failures[-1][0] - moved:.2f} s"
+                    f" after the move: {dict(kinds)}",
+                    flush=True,
+                )
+        answered = len(stream.since(0.0))
+        print_table(
+            f"alias move -> real pods (pollInterval {poll_seconds:g} s, {moves} moves, {replicas} replicas)",
+            [
+                ("pod template pinned", template_times),
+                ("first answer from new version", first_times),
+                ("every answer from new version", all_times),
+                ("new pods all available", available_times),
+            ],
+            poll_seconds,
+        )
+        print(f"requests through the Service: {answered}, failed: {failed_total}")
+    finally:
+        if stream is not None:
+            stream.stop()
+        operator.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,6 +330,9 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=20)
     parser.add_argument("--poll", default="2s", help="spec.registry.pollInterval (Go duration)")
     parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--real-moves", type=int, default=10, help="alias moves on the real node")
+    parser.add_argument("--real-replicas", type=int, default=2, help="replicas on the real node")
+    parser.add_argument("--no-real-node", action="store_true", help="the kwok part only")
     args = parser.parse_args()
     poll_seconds = parse_duration(args.poll, field_path="--poll")
 
@@ -78,11 +341,22 @@ def main() -> None:
     from support.registry import quick_versions
 
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-"))
-    cluster = LocalCluster(work / "cluster")
+    real_node = not args.no_real_node
+    if real_node:
+        try:
+            RealNode.check_prerequisites(LocalCluster(work / "cluster").bin_dir)
+        except ClusterError as e:
+            print(f"no real node: {e}; the kwok part only", flush=True)
+            real_node = False
+    # The kwok part's pods carry no placement, so they stay on the kwok node beside the real one.
+    cluster = LocalCluster(work / "cluster", real_node=real_node, node_images=("pause", "serving"))
     server = MlflowServer(work / "mlflow")
     operator: OperatorProcess | None = None
     try:
-        print("starting the control plane and the mlflow server ...", flush=True)
+        print(
+            f"starting the control plane{' with a real node' if real_node else ''} and the mlflow server ...",
+            flush=True,
+        )
         cluster.start()
         server.start()
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
@@ -158,6 +432,17 @@ def main() -> None:
         print(
             "note: the timer reads the Deployment with kubectl (tens of ms a read): that is the resolution."
         )
+        if real_node:
+            operator.stop()
+            operator = None
+            real_node_moves(
+                cluster=cluster,
+                server=server,
+                work=work,
+                moves=args.real_moves,
+                poll=args.poll,
+                replicas=args.real_replicas,
+            )
     finally:
         if operator is not None:
             operator.stop()

@@ -1,10 +1,18 @@
-"""`make demo`: the whole story on this machine, as it happens.
+"""`make demo`: the whole story on this machine, as it happens, on real pods.
 
-A local control plane (or the cluster in KUBECONFIG, with DEMO_CLUSTER=current), a real MLflow
-server, the operator running as its own ServiceAccount, and the seed's sentiment model: register
-v1 and deploy it; move @production to v2 and back; put v3 on @canary with 20% of requests; promote
-it. Each step prints what the cluster shows. Everything stays up afterwards; `make demo-down` (or
-`python demo/demo.py down`) stops it.
+A local control plane with a real node beside its kwok node (containerd, kubelet and kube-proxy in a
+network namespace of their own; root), a real MLflow server, the operator running as its own
+ServiceAccount inside the node's namespace (as it would inside a cluster), and the seed's sentiment
+model served by pods of the serving image built from serving-image/Dockerfile: register v1 and deploy
+it; move @production to v2 and back; put v3 on @canary with 20% of requests; promote it. Each step
+prints what the cluster shows and asks the model through its Service, from inside the node's
+namespace: the scores and the X-Model-Version of the answers follow the aliases. Everything stays up
+afterwards; `make demo-down` (or `python demo/demo.py down`) stops it.
+
+DEMO_CLUSTER=current uses the cluster of the current kubeconfig instead (no real node of ours: the
+operator runs on this machine with your credentials, the pods run whatever image the operator's
+default names, and at the end the version production runs is asked through a model server process
+started here, `python -m aliasroll.serving`, as the image starts it).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +36,9 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 sys.path[:0] = [str(REPO / "localenv"), str(REPO)]
 
-from localcluster import LocalCluster  # noqa: E402
+from localcluster import ClusterError, LocalCluster  # noqa: E402
+from localkube import RealNode  # noqa: E402
+from localkube.node import pod_placement  # noqa: E402
 from mlflowserver import MlflowServer  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
 
@@ -35,6 +46,10 @@ STATE = REPO / ".work" / "demo"
 NAMESPACE = "demo"
 MODEL = "sentiment"
 POLL = "2s"
+#: Images the real node needs: the sandbox's pause and the model server.
+NODE_IMAGES = ("pause", "serving")
+#: Requests that measure the canary's share of answers.
+SPLIT_REQUESTS = 200
 STARTED = time.monotonic()
 
 
@@ -111,17 +126,133 @@ def history(kubectl: Kubectl) -> None:
         )
 
 
+# One process in the node's namespace asks `count` times, each on a new connection (so kube-proxy
+# picks a pod per request, as it does for many clients), and prints one JSON line per answer.
+ASK_SCRIPT = """
+import http.client, json, sys
+address, count = sys.argv[1], int(sys.argv[2])
+body = json.dumps({"inputs": ["this is great", "this is terrible"]})
+for _ in range(count):
+    try:
+        c = http.client.HTTPConnection(address, 80, timeout=10)
+        c.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        text = r.read().decode()
+        scores = json.loads(text)["predictions"] if r.status == 200 else None
+        print(json.dumps({"status": r.status, "version": r.getheader("X-Model-Version"), "scores": scores}))
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        print(json.dumps({"status": 0, "version": None, "error": repr(e)}))
+    finally:
+        c.close()
+"""
+
+
+class Service:
+    """The ModelDeployment's Service, asked from inside the real node's network namespace, where
+    ClusterIPs work as they do from inside a cluster (kube-proxy's rules live there)."""
+
+    def __init__(self, node: RealNode, address: str) -> None:
+        self.node = node
+        self.address = address
+
+    def ask(self, count: int) -> list[dict[str, Any]]:
+        result = self.node.run(sys.executable, "-c", ASK_SCRIPT, self.address, str(count), timeout=120)
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    def versions(self, count: int) -> Counter[str]:
+        return Counter(
+            str(a["version"]) if a["status"] == 200 else f"HTTP {a['status']}" for a in self.ask(count)
+        )
+
+    def show(self, expected: str) -> None:
+        """Waits until every answer comes from ``expected`` for two seconds on end (pods of the old
+        version may still be leaving the endpoints, and kube-proxy follows a moment later), then
+        prints one answer's scores."""
+        started = time.monotonic()
+        clean_since: list[float] = []
+
+        def settled() -> bool:
+            if set(self.versions(20)) != {expected}:
+                clean_since.clear()
+                return False
+            if not clean_since:
+                clean_since.append(time.monotonic())
+            return time.monotonic() - clean_since[0] >= 2.0
+
+        wait(settled, f"every answer comes from version {expected} (2 s on end)")
+        say(f"  (only version {expected} answers since {clean_since[0] - started:.1f} s after Ready)")
+        answer = self.ask(1)[0]
+        great, terrible = answer["scores"]
+        say(
+            f"POST http://{self.address}/invocations: 'this is great' {great:.3f}, "
+            f"'this is terrible' {terrible:.3f}   X-Model-Version: {answer['version']}"
+        )
+
+    def split(self, count: int, *, versions_expected: set[str]) -> Counter[str]:
+        """The share of each version over ``count`` requests, once every expected version answers:
+        a pod that just became Ready joins kube-proxy's rules a moment later."""
+        wait(
+            lambda: set(self.versions(20)) >= versions_expected,
+            f"version(s) {', '.join(sorted(versions_expected))} answer through the Service",
+        )
+        time.sleep(2)
+        versions = self.versions(count)
+        shares = ", ".join(f"version {v}: {n} ({100 * n / count:.1f}%)" for v, n in sorted(versions.items()))
+        say(f"{count} requests through the Service: {shares}")
+        return versions
+
+
+def service_address(kubectl: Kubectl) -> str:
+    service = kubectl.json("get", "service", MODEL, "-n", NAMESPACE)
+    return str(service["spec"]["clusterIP"])
+
+
+def start_cluster() -> LocalCluster:
+    """The local control plane with the real node; a running one without it is restarted."""
+    cluster = LocalCluster(REPO / ".work" / "cluster", real_node=True, node_images=NODE_IMAGES)
+    if cluster.is_running() and cluster.has_real_node:
+        say("the local control plane and its real node are already running")
+        if "serving" not in cluster.node.images:
+            cluster.node.load_images(["serving"])
+        return cluster
+    if cluster.is_running():
+        say("the local control plane runs without a real node: restarting it with one")
+        cluster.stop()
+    try:
+        RealNode.check_prerequisites(cluster.bin_dir)
+    except ClusterError as e:
+        raise SystemExit(
+            f"make demo runs real pods on a real node: {e}\n"
+            "(or DEMO_CLUSTER=current make demo to use the cluster of your kubeconfig)"
+        ) from None
+    say(
+        "starting etcd, kube-apiserver, controller-manager, scheduler, kwok and a real node "
+        "(containerd, kubelet, kube-proxy in a network namespace); the first run builds them and "
+        "the serving image"
+    )
+    cluster.start()
+    say(
+        f"cluster up in {cluster.startup_seconds:.1f} s (images checked in {cluster.images_seconds} s "
+        f"before that); real node {cluster.node.name} in network namespace {cluster.node.netns}"
+    )
+    return cluster
+
+
 def start_operator(cluster: LocalCluster | None) -> None:
-    """Runs `python -m aliasroll` in the background, as its own ServiceAccount on the local cluster."""
+    """Runs `python -m aliasroll` in the background, as its own ServiceAccount on the local cluster,
+    inside the real node's network namespace (where the API server is bridged to 127.0.0.1:6443)."""
+    netns = None
     if cluster is not None:
         token = cluster.mint_token("aliasroll-system", "aliasroll", expiration_seconds=7 * 24 * 3600)
         kubeconfig = cluster.write_kubeconfig_for_token(STATE / "operator.kubeconfig", token)
+        kubeconfig.write_text(kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:6443"))
+        netns = cluster.node.netns
     else:
         kubeconfig = Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
     pid_file = STATE / "operator.pid"
     stop_pid(pid_file)
-    operator = OperatorProcess(kubeconfig=kubeconfig, log_path=STATE / "operator.log")
-    operator.start()
+    operator = OperatorProcess(kubeconfig=kubeconfig, log_path=STATE / "operator.log", netns=netns)
+    operator.start(timeout=120)
     pid_file.write_text(str(operator.pid))
 
 
@@ -201,15 +332,7 @@ def up(use_current: bool) -> None:
         ).stdout.strip()
         kubectl = Kubectl(binary, None)
     else:
-        cluster = LocalCluster(REPO / ".work" / "cluster")
-        if cluster.is_running():
-            say("the local control plane is already running")
-        else:
-            say(
-                "starting etcd, kube-apiserver, controller-manager, scheduler and kwok "
-                "(the first run builds them)"
-            )
-            cluster.start()
+        cluster = start_cluster()
         kubectl = Kubectl(str(cluster.bin_dir / "kubectl"), cluster.kubeconfig)
         say(f"kubeconfig: {cluster.kubeconfig}")
     kubectl.show("get", "nodes")
@@ -232,6 +355,12 @@ def up(use_current: bool) -> None:
         (STATE / "mlflow.pid").write_text(str(server.pid))
     server.keep_running_after_exit()
     say(f"MLflow at {server.url}")
+    tracking_uri = server.url
+    if cluster is not None:
+        # The pods and the operator live in the node's namespace: the server is bridged in there.
+        address, port = cluster.node.expose_host_port(server.port)
+        tracking_uri = f"http://{address}:{port}"
+        say(f"MLflow as the pods and the operator see it: {tracking_uri}")
     from examples.sentiment.register import register_version  # imports mlflow: after the servers are up
     from mlflow import MlflowClient
 
@@ -244,33 +373,48 @@ def up(use_current: bool) -> None:
 
     step("4. kubectl apply a ModelDeployment")
     kubectl("create", "namespace", NAMESPACE, check=False)
-    manifest = {
+    manifest: dict[str, Any] = {
         "apiVersion": "aliasroll.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": MODEL, "namespace": NAMESPACE},
         "spec": {
             "model": {"name": MODEL, "alias": "production"},
-            "registry": {"trackingUri": server.url, "pollInterval": POLL},
+            "registry": {"trackingUri": tracking_uri, "pollInterval": POLL},
             "replicas": 4,
         },
     }
+    if cluster is not None:
+        # Real pods of the serving image, on the real node (the kwok node runs nothing).
+        manifest["spec"]["serving"] = {
+            "image": cluster.node.images["serving"],
+            "podTemplate": {"spec": pod_placement()},
+        }
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
     wait(lambda: pinned(kubectl, "production") == v1, f"Deployment {MODEL}-production pinned to version {v1}")
-    wait(lambda: ready(kubectl, v1), "Ready: version 1 serves production")
+    wait(lambda: ready(kubectl, v1), "Ready: version 1 serves production", timeout=300)
     table(kubectl)
+    service: Service | None = None
+    if cluster is not None:
+        kubectl.show("get", "pods", "-n", NAMESPACE, "-o", "wide")
+        service = Service(cluster.node, service_address(kubectl))
+        service.show(v1)
 
     step("5. Register v2 and move @production: the operator rolls")
     v2 = register_version(server.url, MODEL, variant="v2")
     client.set_registered_model_alias(MODEL, "production", v2)
     say(f"@production -> {v2} (in MLflow; nothing edited in the cluster)")
     wait(lambda: pinned(kubectl, "production") == v2, f"pod template pinned to version {v2}")
-    wait(lambda: ready(kubectl, v2), f"rollout complete: version {v2} serves production")
+    wait(lambda: ready(kubectl, v2), f"rollout complete: version {v2} serves production", timeout=300)
     table(kubectl)
+    if service is not None:
+        service.show(v2)
 
     step("6. Move it back: a rollback is an alias move too")
     client.set_registered_model_alias(MODEL, "production", v1)
     say(f"@production -> {v1}")
-    wait(lambda: ready(kubectl, v1), f"rolled back: version {v1} serves production")
+    wait(lambda: ready(kubectl, v1), f"rolled back: version {v1} serves production", timeout=300)
+    if service is not None:
+        service.show(v1)
 
     step("7. Register v3, point @canary at it, and give the canary 20% of requests")
     v3 = register_version(server.url, MODEL, variant="v3")
@@ -278,16 +422,21 @@ def up(use_current: bool) -> None:
     manifest["spec"]["canary"] = {"alias": "canary", "weight": 20}
     manifest["spec"]["replicas"] = 5
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    wait(lambda: ready(kubectl, v1, v3), f"canary version {v3} runs beside version {v1}")
+    wait(lambda: ready(kubectl, v1, v3), f"canary version {v3} runs beside version {v1}", timeout=300)
     table(kubectl)
     traffic = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE)["status"]["traffic"]
     say(f"traffic: {traffic['message']}")
+    if service is not None:
+        service.split(SPLIT_REQUESTS, versions_expected={v1, v3})
 
     step("8. Promote: move @production to the canary's version")
     client.set_registered_model_alias(MODEL, "production", v3)
     say(f"@production -> {v3}")
-    wait(lambda: ready(kubectl, v3), f"version {v3} serves everything; the canary is gone")
+    wait(lambda: ready(kubectl, v3), f"version {v3} serves everything; the canary is gone", timeout=300)
     table(kubectl)
+    if service is not None:
+        service.show(v3)
+        service.split(SPLIT_REQUESTS, versions_expected={v3})
 
     step("What happened, as the resource records it")
     history(kubectl)
@@ -304,9 +453,13 @@ def up(use_current: bool) -> None:
         "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
     )
 
-    step("9. Ask the model: the serving image's entry point, on the version production runs")
-    model_port = start_model_server(kubectl, server.url)
-    say(f"model server for the production version on http://127.0.0.1:{model_port}")
+    if service is None:
+        step("9. Ask the model: the serving image's entry point, on the version production runs")
+        model_port = start_model_server(kubectl, server.url)
+        say(f"model server for the production version on http://127.0.0.1:{model_port}")
+        ask = f"curl -s http://127.0.0.1:{model_port}/invocations"
+    else:
+        ask = f"nsenter --net={service.node.netns_path} curl -si http://{service.address}/invocations"
 
     step("Still running; poke at it")
     kc = f"--kubeconfig={cluster.kubeconfig} " if cluster else ""
@@ -315,7 +468,7 @@ def up(use_current: bool) -> None:
   MLflow UI: {server.url}   (move an alias there, or:)
   MLFLOW_TRACKING_URI={server.url} {sys.executable} -c "from mlflow import MlflowClient; \\
     MlflowClient().set_registered_model_alias('{MODEL}', 'production', '{v2}')"
-  curl -s http://127.0.0.1:{model_port}/invocations -H 'Content-Type: application/json' \\
+  {ask} -H 'Content-Type: application/json' \\
     -d '{{"inputs": ["this is great", "this is terrible"]}}'
   operator log: {STATE / "operator.log"}
   kubectl binary: {kubectl.binary}
@@ -333,7 +486,7 @@ def down() -> None:
     cluster = LocalCluster(REPO / ".work" / "cluster")
     if cluster.is_running():
         cluster.stop()
-    print("demo stopped (operator, MLflow server, local control plane)")
+    print("demo stopped (operator, MLflow server, local control plane and its real node)")
 
 
 def _saved_port() -> int | None:
