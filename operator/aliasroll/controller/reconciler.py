@@ -97,16 +97,13 @@ class Reconciler:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec as error:
             # Nothing is applied or pruned: what runs keeps running until the spec is fixed.
-            if not await self._refuse(body, owner, previous_status, error):
-                return GONE
-            return PassResult(next_in=None)
+            return await self._refuse(body, owner, previous_status, error, then=PassResult(next_in=None))
 
         try:
             observation = await observe(self._client, owner)
         except KubernetesApplyFailed as error:  # RBAC on a list: nothing applied or pruned blind
-            if not await self._refuse(body, owner, previous_status, error):
-                return GONE
-            return PassResult(next_in=spec.registry.poll_seconds, failed=error)
+            retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
+            return await self._refuse(body, owner, previous_status, error, then=retry)
         view = await self._registry_view(owner, spec, wake)
         plan = planner.plan(
             owner=owner,
@@ -127,9 +124,8 @@ class Reconciler:
             pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
         except (KubernetesApplyFailed, NameConflict) as error:
             # Status keeps saying what runs; the plan's status would claim what was not applied.
-            if not await self._refuse(body, owner, previous_status, error):
-                return GONE
-            return PassResult(next_in=spec.registry.poll_seconds, failed=error)
+            retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
+            return await self._refuse(body, owner, previous_status, error, then=retry)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
         try:
@@ -203,17 +199,19 @@ class Reconciler:
         owner: ResourceRef,
         previous_status: Mapping[str, Any],
         error: AliasrollError,
-    ) -> bool:
-        """Ready=False with the error's reason; everything else in status stays as it was. False
-        when the resource is gone."""
+        *,
+        then: PassResult,
+    ) -> PassResult:
+        """Ready=False with the error's reason; everything else in status stays as it was. Returns
+        `then`, or GONE when the resource no longer exists."""
         refusal = planner.refused(
             owner=owner, previous_status=previous_status, error=error, now=self._clock()
         )
         try:
             if not await self._write_status(body, owner, refusal.status):
-                return False
+                return GONE
         except KubernetesApplyFailed as write_error:  # the event below still says what is wrong
             log.error("%s/%s: %s (while reporting: %s)", owner.namespace, owner.name, write_error, error)
         for event in refusal.events:
             self._events.post(body, event)
-        return True
+        return then
