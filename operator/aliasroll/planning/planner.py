@@ -147,15 +147,15 @@ def refused(
 def _current(
     track: Track, model: str, observed: ObservedState, previous_status: Mapping[str, Any]
 ) -> ServedVersion | None:
-    """What a track runs now: the Deployment's pinned version, else what status last said."""
-    workload = observed.workloads.get(track)
-    if workload is not None and workload.version and workload.model == model:
-        return ServedVersion(model=model, version=workload.version, run_id=workload.run_id)
-    recorded = history.recorded(previous_status, track, model=model)
-    return recorded if recorded is not None and recorded.model == model else None
+    """What a track runs of `model` now: the Deployment's pinned version, else what status last said."""
+    for found in (_pinned(observed, track), history.recorded(previous_status, track, model=model)):
+        if found is not None and found.model == model:
+            return found
+    return None
 
 
 def _pinned(observed: ObservedState, track: Track) -> ServedVersion | None:
+    """The version the track's Deployment pins, whatever model it names."""
     workload = observed.workloads.get(track)
     if workload is None or not workload.model or not workload.version:
         return None
