@@ -11,6 +11,7 @@ READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 REGISTRY_REACHABLE: Final = "RegistryReachable"
 ALIASES_RESOLVED: Final = "AliasesResolved"
+CANARY_HEALTHY: Final = "CanaryHealthy"  # with spec.canary.analysis: the canary's last verdict
 
 # Ready.
 SERVING: Final = "Serving"
@@ -52,3 +53,24 @@ CANARY_UPDATED: Final = "CanaryUpdated"
 CANARY_PROMOTED: Final = "CanaryPromoted"
 CANARY_REMOVED: Final = "CanaryRemoved"
 TRAFFIC_SHIFTED: Final = "TrafficShifted"
+# The watched canary (status.canary.phase says where a run is; these say what happened).
+CANARY_STEP: Final = "CanaryStep"
+ANALYSIS_PASSED: Final = "AnalysisPassed"
+NOT_MEASURED_YET: Final = "NotMeasuredYet"
+ANALYSIS_INCONCLUSIVE: Final = "AnalysisInconclusive"
+ANALYSIS_FAILED: Final = "AnalysisFailed"
+CANARY_ABORTED: Final = "CanaryAborted"
+AWAITING_PROMOTION: Final = "AwaitingPromotion"
+CANARY_PROMOTING: Final = "CanaryPromoting"
+PROMOTION_CALLED_OFF: Final = "PromotionCalledOff"
+ALIAS_MOVED: Final = "AliasMoved"
+ALIAS_REMOVED: Final = "AliasRemoved"
+
+# Recorded: the registry holds the operator's tags and alias moves.
+RECORDED: Final = "Recorded"
+RECORDS_WRITTEN: Final = "RecordsWritten"
+REGISTRY_WRITE_FAILED: Final = "RegistryWriteFailed"
+
+# Canary analysis: the metrics source (the pods' /metrics or a Prometheus) could not be read. Never
+# a failed measurement: the step waits, and the message says what to fix.
+ANALYSIS_UNAVAILABLE: Final = "AnalysisUnavailable"

@@ -26,6 +26,9 @@ PLURAL = "modeldeployments"
 DEFAULT_PRODUCTION_ALIAS = "production"
 DEFAULT_CANARY_ALIAS = "canary"
 DEFAULT_POLL_INTERVAL = "30s"
+DEFAULT_ANALYSIS_INTERVAL = "30s"
+DEFAULT_MIN_REQUESTS = 20
+DEFAULT_FAILURE_LIMIT = 2
 DEFAULT_PORT = 8080
 MIN_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 24 * 3600.0
@@ -55,11 +58,60 @@ class ModelRef:
     alias: str
 
 
+class Promotion(StrEnum):
+    """What happens once a stepped canary passed its last step."""
+
+    AUTO = "auto"  # the operator moves the production alias to the canary version in MLflow
+    MANUAL = "manual"  # it waits (AwaitingPromotion) until a human moves the alias
+
+
+class OnAbort(StrEnum):
+    KEEP_ALIAS = "keepAlias"
+    REMOVE_ALIAS = "removeAlias"  # the operator deletes the canary alias in MLflow
+
+
+@dataclass(frozen=True)
+class CanaryStep:
+    weight: int  # percent of requests
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class PrometheusSource:
+    """Measure with PromQL on the user's Prometheus instead of scraping the pods."""
+
+    address: str
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """spec.canary.analysis: the canary measured against production, once per interval."""
+
+    interval_seconds: float
+    min_requests: int  # canary requests per interval below which a measurement is Inconclusive
+    failure_limit: int  # failed measurements that abort the canary
+    max_error_percent: float | None = None
+    max_error_increase_points: float | None = None
+    max_p99_seconds: float | None = None
+    max_p99_ratio: float | None = None
+    prometheus: PrometheusSource | None = None
+
+
 @dataclass(frozen=True)
 class CanarySpec:
     alias: str
-    weight: int
+    weight: int  # the fixed weight; with steps, the steps set it
     replicas: int | None
+    steps: tuple[CanaryStep, ...] = ()
+    analysis: AnalysisSpec | None = None
+    promotion: Promotion = Promotion.MANUAL
+    on_abort: OnAbort = OnAbort.KEEP_ALIAS
+
+    @property
+    def peak_weight(self) -> int:
+        """The most traffic the canary is ever asked to take (sizes its pods under the gatewayAPI router)."""
+        return max((step.weight for step in self.steps), default=self.weight)
 
 
 @dataclass(frozen=True)
@@ -154,8 +206,8 @@ class ModelDeploymentSpec:
 
     @property
     def canary_wanted(self) -> bool:
-        """A canary is asked for when a canary alias is configured with a weight above zero."""
-        return self.canary is not None and self.canary.weight > 0
+        """A canary is asked for when a canary alias is configured with steps or a weight above zero."""
+        return self.canary is not None and (bool(self.canary.steps) or self.canary.weight > 0)
 
 
 @dataclass(frozen=True)
@@ -212,14 +264,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
         canary_alias = _alias(raw_canary.get("alias", DEFAULT_CANARY_ALIAS), path="spec.canary.alias")
         if canary_alias == alias:
             raise InvalidSpec("spec.canary.alias", f"must differ from spec.model.alias ({alias!r})")
-        canary_replicas = raw_canary.get("replicas")
-        canary = CanarySpec(
-            alias=canary_alias,
-            weight=_int(raw_canary.get("weight", 0), path="spec.canary.weight", low=0, high=100),
-            replicas=None
-            if canary_replicas is None
-            else _int(canary_replicas, path="spec.canary.replicas", low=1, high=1000),
-        )
+        canary = _canary(raw_canary, alias=canary_alias)
 
     serving = spec.get("serving") or {}
     traffic = spec.get("traffic") or {}
@@ -262,6 +307,120 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
             hostnames=tuple(gateway.get("hostnames") or ()),
         ),
     )
+
+
+def _canary(raw: Mapping[str, Any], *, alias: str) -> CanarySpec:
+    steps = tuple(
+        CanaryStep(
+            weight=_int(
+                _object(step, path=f"spec.canary.steps[{i}]").get("weight"),
+                path=f"spec.canary.steps[{i}].weight",
+                low=1,
+                high=100,
+            ),
+            duration_seconds=parse_duration(
+                str(step.get("duration", "")), field_path=f"spec.canary.steps[{i}].duration"
+            ),
+        )
+        for i, step in enumerate(_list(raw.get("steps", []), path="spec.canary.steps"))
+    )
+    if steps and raw.get("weight") is not None:
+        raise InvalidSpec(
+            "spec.canary.weight", "must be left out when spec.canary.steps is set: the steps set the weight"
+        )
+    if not steps and raw.get("weight") is None:
+        raise InvalidSpec("spec.canary", "needs either weight (a fixed share) or steps")
+    replicas = raw.get("replicas")
+    try:
+        promotion = Promotion(raw.get("promotion", Promotion.MANUAL.value))
+    except ValueError:
+        raise InvalidSpec(
+            "spec.canary.promotion", f"{raw.get('promotion')!r} is not auto or manual"
+        ) from None
+    try:
+        on_abort = OnAbort(raw.get("onAbort", OnAbort.KEEP_ALIAS.value))
+    except ValueError:
+        raise InvalidSpec(
+            "spec.canary.onAbort", f"{raw.get('onAbort')!r} is not keepAlias or removeAlias"
+        ) from None
+    analysis = raw.get("analysis")
+    return CanarySpec(
+        alias=alias,
+        weight=0 if steps else _int(raw.get("weight"), path="spec.canary.weight", low=0, high=100),
+        replicas=None if replicas is None else _int(replicas, path="spec.canary.replicas", low=1, high=1000),
+        steps=steps,
+        analysis=None if analysis is None else _analysis(_object(analysis, path="spec.canary.analysis")),
+        promotion=promotion,
+        on_abort=on_abort,
+    )
+
+
+def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:
+    path = "spec.canary.analysis"
+    interval = parse_duration(
+        str(raw.get("interval", DEFAULT_ANALYSIS_INTERVAL)), field_path=f"{path}.interval"
+    )
+    if interval < 1:
+        raise InvalidSpec(f"{path}.interval", "must be at least 1s")
+    errors = _object(raw.get("errorRate") or {}, path=f"{path}.errorRate")
+    latency = _object(raw.get("latencyP99") or {}, path=f"{path}.latencyP99")
+    max_ms = _number(latency.get("maxMilliseconds"), path=f"{path}.latencyP99.maxMilliseconds", low=0)
+    prometheus = raw.get("prometheus")
+    source: PrometheusSource | None = None
+    if prometheus is not None:
+        prometheus = _object(prometheus, path=f"{path}.prometheus")
+        address = _string(prometheus, "address", path=f"{path}.prometheus.address", required=True)
+        if not address.startswith(("http://", "https://")):
+            raise InvalidSpec(f"{path}.prometheus.address", f"{address!r} must be an http:// or https:// URL")
+        source = PrometheusSource(
+            address=address.rstrip("/"),
+            labels=MappingProxyType(
+                dict(_strings(prometheus.get("labels"), path=f"{path}.prometheus.labels"))
+            ),
+        )
+    spec = AnalysisSpec(
+        interval_seconds=interval,
+        min_requests=_int(
+            raw.get("minRequests", DEFAULT_MIN_REQUESTS), path=f"{path}.minRequests", low=1, high=10**9
+        ),
+        failure_limit=_int(
+            raw.get("failureLimit", DEFAULT_FAILURE_LIMIT), path=f"{path}.failureLimit", low=1, high=1000
+        ),
+        max_error_percent=_number(
+            errors.get("maxPercent"), path=f"{path}.errorRate.maxPercent", low=0, high=100
+        ),
+        max_error_increase_points=_number(
+            errors.get("maxIncreasePoints"), path=f"{path}.errorRate.maxIncreasePoints", low=0, high=100
+        ),
+        max_p99_seconds=None if max_ms is None else max_ms / 1000,
+        max_p99_ratio=_number(latency.get("maxRatio"), path=f"{path}.latencyP99.maxRatio", low=1),
+        prometheus=source,
+    )
+    if all(
+        bound is None
+        for bound in (
+            spec.max_error_percent,
+            spec.max_error_increase_points,
+            spec.max_p99_seconds,
+            spec.max_p99_ratio,
+        )
+    ):
+        raise InvalidSpec(path, "names no bound: set errorRate and/or latencyP99 limits")
+    return spec
+
+
+def _number(value: object, *, path: str, low: float, high: float | None = None) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        within = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise InvalidSpec(path, f"must be a number {within}, got {value!r}")
+    return float(value)
 
 
 def _mapping(parent: Mapping[str, Any], key: str, *, required: bool) -> Mapping[str, Any]:

@@ -583,6 +583,10 @@ def test_status_names_versions_run_ids_and_split() -> None:
         "replicas": 2,
         "availableReplicas": 2,
         "since": None,
+        # A fixed weight is a canary run waiting for a human to promote it.
+        "phase": "AwaitingPromotion",
+        "message": "at 20%: move @production to version 3 to promote it",
+        "weight": 20,
     }
     assert result.status["traffic"]["canaryWeight"] == 20
     assert result.status["traffic"]["requestedCanaryWeight"] == 20

@@ -55,6 +55,15 @@ class UnusedRegistry:
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the registry was consulted ({name}) though the cluster could not be read")
 
+    async def set_alias(self, *_: Any) -> None:
+        pass
+
+    async def delete_alias(self, *_: Any) -> None:
+        pass
+
+    async def set_version_tags(self, *_: Any) -> None:
+        pass
+
 
 def test_a_throttled_list_is_retried_and_changes_nothing() -> None:
     cluster, events = ThrottledCluster(), Events()

@@ -69,6 +69,15 @@ class OneVersionRegistry:
     async def version(self, endpoint: Endpoint, model: str, version: str, *, ttl: float) -> VersionInfo:
         return VersionInfo(model=model, version=version, status="READY", run_id=None, source=None)
 
+    async def set_alias(self, *_: Any) -> None:
+        pass
+
+    async def delete_alias(self, *_: Any) -> None:
+        pass
+
+    async def set_version_tags(self, *_: Any) -> None:
+        pass
+
 
 class Events:
     def post(self, body: Mapping[str, Any], event: EventRecord) -> None:

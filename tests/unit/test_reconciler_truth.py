@@ -147,6 +147,15 @@ class Registry:
     async def version(self, endpoint: Any, model: str, version: str, **_: Any) -> Any:
         return info(version)
 
+    async def set_alias(self, *_: Any) -> None:
+        pass
+
+    async def delete_alias(self, *_: Any) -> None:
+        pass
+
+    async def set_version_tags(self, *_: Any) -> None:
+        pass
+
 
 class Events:
     def __init__(self) -> None:

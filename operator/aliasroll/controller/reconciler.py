@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from lightkube import AsyncClient
 
+from aliasroll.controller.measuring import Analyzer
 from aliasroll.errors import (
     AliasrollError,
     InvalidSpec,
@@ -23,7 +24,10 @@ from aliasroll.errors import (
 from aliasroll.kube.applier import Applier
 from aliasroll.kube.credentials import read_credentials
 from aliasroll.kube.observe import observe, taken_names
+from aliasroll.planning import canary as canary_run
 from aliasroll.planning import planner
+from aliasroll.planning.canary import AnalysisResult
+from aliasroll.planning.records import DeleteAlias, RegistryWrite, SetAlias, TagVersion
 from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.registry.poller import RegistryPoller, Wake
@@ -48,6 +52,9 @@ class PassResult:
 
 
 GONE = PassResult(next_in=None, gone=True)
+# A canary step that ends, or a measurement that is due, brings the next pass forward, never closer
+# than this to the last one.
+MIN_CANARY_PASS_SECONDS = 1.0
 
 
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
@@ -68,10 +75,15 @@ class Reconciler:
         registry: RegistryPoller,
         events: EventSink,
         defaults: WorkloadDefaults,
+        analyzer: Analyzer | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
         self._registry = registry
+        self._analyzer = analyzer or Analyzer(client)
+        # Tags each resource already wrote to the registry, by uid: every pass plans them all (they
+        # are idempotent), and only new ones cost a call. Empty after a restart: written once more.
+        self._tagged: dict[str, set[tuple[str, str, str]]] = {}
         self._applier = Applier(client)
         self._events = events
         self._defaults = defaults
@@ -104,15 +116,18 @@ class Reconciler:
         except KubernetesApplyFailed as error:  # RBAC on a list: nothing applied or pruned blind
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
             return await self._refuse(body, owner, previous_status, error, then=retry)
-        view = await self._registry_view(owner, spec, wake)
+        now = self._clock()
+        analysis = await self._measure(owner, spec, previous_status, now)
+        view, endpoint = await self._registry_view(owner, spec, wake)
         plan = planner.plan(
             owner=owner,
             spec=spec,
             view=view,
             observed=observation.state,
             previous_status=previous_status,
-            now=self._clock(),
+            now=now,
             defaults=self._defaults,
+            analysis=analysis,
         )
         try:
             if taken := await taken_names(self._client, owner, plan.objects, observation.live):
@@ -128,21 +143,71 @@ class Reconciler:
             return await self._refuse(body, owner, previous_status, error, then=retry)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
+        # Registry writes before status, so status never says an alias moved that did not.
+        recorded, problems = await self._record(owner, spec.model.name, endpoint, plan.writes)
+        status = planner.with_records(
+            plan.status, previous_status, problems=problems, wrote=bool(plan.writes), owner=owner, now=now
+        )
         try:
-            if not await self._write_status(body, owner, plan.status):
+            if not await self._write_status(body, owner, status):
                 return GONE
         except KubernetesApplyFailed as error:
             log.error("%s/%s: %s", owner.namespace, owner.name, error)
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
-        for event in plan.events:
+        for event in (*plan.events, *recorded):
             self._events.post(body, event)
         failed = view.error if view.error is not None and view.error.transient else None
-        return PassResult(next_in=spec.registry.poll_seconds, failed=failed)
+        next_in = spec.registry.poll_seconds
+        if plan.next_in is not None:  # a canary step ends or a measurement is due sooner
+            next_in = max(MIN_CANARY_PASS_SECONDS, min(next_in, plan.next_in))
+        return PassResult(next_in=next_in, failed=failed)
+
+    async def _measure(
+        self, owner: ResourceRef, spec: ModelDeploymentSpec, previous_status: Mapping[str, Any], now: datetime
+    ) -> AnalysisResult | None:
+        run = canary_run.from_status(previous_status.get("canary"))
+        if run is None or not canary_run.measurement_due(spec, run, now):
+            return None
+        return await self._analyzer.measure(
+            owner=owner, spec=spec, run=run, previous_status=previous_status, now=now
+        )
+
+    async def _record(
+        self, owner: ResourceRef, model: str, endpoint: Endpoint | None, writes: tuple[RegistryWrite, ...]
+    ) -> tuple[list[EventRecord], list[str]]:
+        """Makes the plan's registry writes: (events of the ones made, problems of the ones refused).
+        A registry that refuses writes never stops the pass: serving goes on, a condition says why."""
+        if endpoint is None or not writes:
+            return [], []
+        done = self._tagged.setdefault(owner.uid, set())
+        events: list[EventRecord] = []
+        problems: list[str] = []
+        for write in writes:
+            try:
+                if isinstance(write, TagVersion):
+                    new = {k: v for k, v in write.tags.items() if (write.version, k, v) not in done}
+                    if not new:
+                        continue
+                    await self._registry.set_version_tags(endpoint, model, write.version, new)
+                    done.update((write.version, k, v) for k, v in new.items())
+                elif isinstance(write, SetAlias):
+                    await self._registry.set_alias(endpoint, model, write.alias, write.version)
+                elif isinstance(write, DeleteAlias):
+                    await self._registry.delete_alias(endpoint, model, write.alias)
+            except AliasrollError as error:
+                log.warning("%s/%s: registry write failed: %s", owner.namespace, owner.name, error)
+                problems.append(error.message)
+                continue
+            if write.event is not None:
+                events.append(write.event)
+        return events, problems
 
     def forget(self, uid: str) -> None:
         """The resource is gone (or no longer watched): drop its subscription and memory."""
         self._registry.unsubscribe(uid)
         self._written.pop(uid, None)
+        self._tagged.pop(uid, None)
+        self._analyzer.forget(uid)
 
     async def _write_status(
         self, body: Mapping[str, Any], owner: ResourceRef, status: Mapping[str, Any]
@@ -156,8 +221,12 @@ class Reconciler:
         self._written[owner.uid] = status
         return True
 
-    async def _registry_view(self, owner: ResourceRef, spec: ModelDeploymentSpec, wake: Wake) -> RegistryView:
+    async def _registry_view(
+        self, owner: ResourceRef, spec: ModelDeploymentSpec, wake: Wake
+    ) -> tuple[RegistryView, Endpoint | None]:
+        """The registry's answer, and the endpoint it came from (None when it could not be built)."""
         model = spec.model.name
+        endpoint: Endpoint | None = None
         try:
             credentials: Credentials | None = None
             if spec.registry.credentials_secret:
@@ -173,7 +242,7 @@ class Reconciler:
                 wake=wake,
             )
             if snapshot.error is not None:
-                return RegistryView(model=model, error=snapshot.error)
+                return RegistryView(model=model, error=snapshot.error), endpoint
             aliases = snapshot.aliases or {}
 
             async def target(alias: str) -> AliasTarget:
@@ -183,15 +252,16 @@ class Reconciler:
                 info = await self._registry.version(endpoint, model, version, ttl=spec.registry.poll_seconds)
                 return AliasTarget(alias=alias, version=version, info=info)
 
-            return RegistryView(
+            view = RegistryView(
                 model=model,
                 production=await target(spec.model.alias),
                 canary=await target(spec.canary.alias) if spec.canary else None,
             )
+            return view, endpoint
         except KubernetesUnavailable:
             raise  # the API server, not the registry: the whole pass is retried
         except AliasrollError as error:
-            return RegistryView(model=model, error=error)
+            return RegistryView(model=model, error=error), endpoint
 
     async def _refuse(
         self,

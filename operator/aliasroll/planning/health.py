@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aliasroll import conditions, reasons
+from aliasroll.analysis.judge import Verdict
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
+from aliasroll.planning.canary import CanaryRun, Phase
 from aliasroll.planning.decide import TrackDecision
 from aliasroll.planning.state import EventRecord, ObservedState, RegistryView, ServedVersion
 from aliasroll.spec import ModelDeploymentSpec, Track
@@ -174,10 +176,33 @@ def condition_events(previous: list[Mapping[str, object]], wanted: list[Conditio
         elif condition.type == reasons.PROGRESSING and condition.reason == reasons.SUSPENDED:
             events.append(EventRecord("Normal", reasons.SUSPENDED, condition.message))
         elif (
-            condition.type != reasons.READY
+            condition.type not in (reasons.READY, reasons.CANARY_HEALTHY)  # the canary's own events tell
             and condition.status != TRUE
             and condition.reason not in HEALTHY_REASONS
         ):
-            # Ready's own reason always repeats another condition's: warn once, on that one.
+            # Ready's own reason always repeats another condition's: warn once, on that one. A
+            # canary's steps, failures and abort have events of their own (planning/canary.py).
             events.append(EventRecord("Warning", condition.reason, condition.message))
     return events
+
+
+def canary_condition(spec: ModelDeploymentSpec, run: CanaryRun | None) -> Condition | None:
+    """CanaryHealthy, for a canary with an analysis: what its last measurement says, or why it ended."""
+    if spec.canary is None or spec.canary.analysis is None or run is None:
+        return None
+    if run.phase is Phase.ABORTED:
+        return Condition(
+            reasons.CANARY_HEALTHY, FALSE, reasons.CANARY_ABORTED, f"version {run.version} {run.message}"
+        )
+    if run.phase is Phase.SUCCEEDED:
+        return Condition(
+            reasons.CANARY_HEALTHY, TRUE, reasons.CANARY_PROMOTED, f"version {run.version} was promoted"
+        )
+    if run.verdict is Verdict.PASSED:
+        return Condition(reasons.CANARY_HEALTHY, TRUE, reasons.ANALYSIS_PASSED, run.message)
+    if run.verdict is Verdict.FAILED:
+        return Condition(reasons.CANARY_HEALTHY, FALSE, reasons.ANALYSIS_FAILED, run.message)
+    reason = (
+        reasons.ANALYSIS_INCONCLUSIVE if run.verdict is Verdict.INCONCLUSIVE else reasons.NOT_MEASURED_YET
+    )
+    return Condition(reasons.CANARY_HEALTHY, UNKNOWN, reason, run.message or "no measurement yet")

@@ -31,10 +31,16 @@ def recorded(previous: Mapping[str, Any], track: Track, *, model: str) -> Served
     """What the last written status says the track served (`model` if it does not name one)."""
     entry = previous.get(track.value) or {}
     version = entry.get("version")
-    if not version:
+    if not version or not serving(entry):
         return None
     named, _, _ = str(entry.get("modelUri", "")).removeprefix("models:/").rpartition("/")
     return ServedVersion(model=named or model, version=str(version), run_id=entry.get("runId"))
+
+
+def serving(entry: Mapping[str, Any]) -> bool:
+    """Whether a track's status entry names a version that runs: an ended canary run's record
+    (Aborted, Succeeded, no pods left) names one that does not."""
+    return not (entry.get("phase") in ("Aborted", "Succeeded") and not entry.get("replicas"))
 
 
 def track_changes(

@@ -19,10 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aliasroll import conditions, reasons
-from aliasroll.conditions import FALSE, Condition
+from aliasroll.conditions import FALSE, TRUE, Condition
 from aliasroll.errors import AliasrollError
-from aliasroll.planning import capacity, health, history, workloads
+from aliasroll.planning import canary as canary_run
+from aliasroll.planning import capacity, health, history, records, workloads
+from aliasroll.planning.canary import AnalysisResult, CanaryRun
 from aliasroll.planning.decide import TrackDecision, decide_canary, decide_production
+from aliasroll.planning.records import RegistryWrite
 from aliasroll.planning.state import ChildRef, EventRecord, ObservedState, RegistryView, ServedVersion
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
 from aliasroll.routers import Routing, TrafficInput, router_for
@@ -37,6 +40,9 @@ class Plan:
     prune: tuple[ChildRef, ...]
     status: dict[str, Any]
     events: tuple[EventRecord, ...]
+    # Registry writes (alias moves of a canary policy, tags), made before status is written.
+    writes: tuple[RegistryWrite, ...] = ()
+    next_in: float | None = None  # seconds until a canary step ends or a measurement is due
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,9 @@ def plan(
     previous_status: Mapping[str, Any],
     now: datetime,
     defaults: WorkloadDefaults,
+    analysis: AnalysisResult | None = None,
 ) -> Plan:
+    now = now.replace(microsecond=0)  # status keeps seconds; the canary's clocks compare with it
     current = {track: _current(track, spec.model.name, observed, previous_status) for track in Track}
     production = decide_production(spec=spec, view=view, current=current[Track.PRODUCTION])
     canary = decide_canary(spec=spec, view=view, current=current[Track.CANARY], production=production.target)
@@ -71,14 +79,29 @@ def plan(
             _held(production, current[Track.PRODUCTION]),
             _held(canary, current[Track.CANARY] if spec.canary_wanted else None),
         )
+    events: list[EventRecord] = []
+    run, registry = _canary_run(
+        spec, view, observed, previous_status, production, canary, analysis, now, events
+    )
+    if run is not None and run.ended:
+        # An aborted version never comes back until @canary names another; a promoted one is production.
+        canary = TrackDecision(target=None, problem=canary.problem, pointed_at=canary.pointed_at)
 
     objects: list[Manifest] = []
     prune: tuple[ChildRef, ...] = ()
     placed: _Workloads | None = None
     if production.target is not None:
         placed = _place(
-            owner=owner, spec=spec, observed=observed, production=production.target, canary=canary.target
+            owner=owner,
+            spec=spec,
+            observed=observed,
+            production=production.target,
+            canary=canary.target,
+            weight=canary_run.weight(spec, run) if run is not None else None,
         )
+        settled = canary_run.settle(spec, run, in_place=_in_place(placed, observed), now=now)
+        run = settled.run
+        events += settled.events
         for track, replicas in placed.replicas.items():
             objects.append(
                 workloads.deployment(
@@ -101,7 +124,7 @@ def plan(
         prune = tuple(child for child in observed.children if (child.kind, child.name) not in wanted)
     # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
 
-    status, events = _status(
+    status, status_events = _status(
         owner=owner,
         spec=spec,
         view=view,
@@ -110,9 +133,21 @@ def plan(
         production=production,
         canary=canary,
         placed=placed,
+        run=run,
         now=timestamp(now),
     )
-    return Plan(objects=tuple(objects), prune=prune, status=status, events=tuple(events))
+    writes: list[RegistryWrite] = []
+    if registry is not None:  # only on a registry that answered: it is the one the writes go to
+        writes += records.canary_writes(owner=owner, spec=spec, run=run, registry=registry)
+        writes += records.served_tags(owner=owner, spec=spec, history=status.get("history") or ())
+    return Plan(
+        objects=tuple(objects),
+        prune=prune,
+        status=status,
+        events=tuple(status_events + events),
+        writes=tuple(writes),
+        next_in=canary_run.next_pass_in(spec, run, now),
+    )
 
 
 def refused(
@@ -162,6 +197,55 @@ def _pinned(observed: ObservedState, track: Track) -> ServedVersion | None:
     return ServedVersion(model=workload.model, version=workload.version, run_id=workload.run_id)
 
 
+def _canary_run(
+    spec: ModelDeploymentSpec,
+    view: RegistryView,
+    observed: ObservedState,
+    previous_status: Mapping[str, Any],
+    production: TrackDecision,
+    canary: TrackDecision,
+    analysis: AnalysisResult | None,
+    now: datetime,
+    events: list[EventRecord],
+) -> tuple[CanaryRun | None, canary_run.Registry | None]:
+    """The canary run after this pass's registry answer and measurement; unchanged without an answer."""
+    previous = canary_run.from_status(previous_status.get(Track.CANARY.value))
+    if view.error is not None:
+        return previous, None
+    production_now = observed.workloads.get(Track.PRODUCTION)
+    settled_version = (
+        production_now.version
+        if production_now is not None
+        and production.target is not None
+        and health.settled(
+            production_now.model, production_now.version, production_now.rolled_out, production.target
+        )
+        else None
+    )
+    registry = canary_run.Registry(
+        canary_alias=canary.target.version if canary.target is not None else None,
+        production_alias=view.production.version if view.production is not None else None,
+        production_settled=settled_version,
+    )
+    advanced = canary_run.advance(spec=spec, previous=previous, registry=registry, analysis=analysis, now=now)
+    events += advanced.events
+    return advanced.run, registry
+
+
+def _in_place(placed: _Workloads, observed: ObservedState) -> bool:
+    """The split is where the router wants it: every track at its replicas, all available."""
+    if Track.CANARY not in placed.targets or placed.routing.canary_weight <= 0:
+        return False
+    return all(
+        placed.replicas.get(track) == target
+        and (workload := observed.workloads.get(track)) is not None
+        and workload.replicas == target
+        and workload.available >= target
+        and workload.rolled_out
+        for track, target in placed.targets.items()
+    )
+
+
 def _held(decision: TrackDecision, current: ServedVersion | None) -> TrackDecision:
     """Suspended: the track keeps what it runs; what the alias says is kept for the conditions."""
     return TrackDecision(target=current, problem=decision.problem, pointed_at=decision.pointed_at)
@@ -174,9 +258,12 @@ def _place(
     observed: ObservedState,
     production: ServedVersion,
     canary: ServedVersion | None,
+    weight: int | None,
 ) -> _Workloads:
     router = router_for(spec.traffic.router)
-    traffic = TrafficInput(owner=owner, spec=spec, production=production, canary=canary, observed=observed)
+    traffic = TrafficInput(
+        owner=owner, spec=spec, production=production, canary=canary, observed=observed, weight=weight
+    )
     targets = router.split(traffic)
     running = {
         track: capacity.Running(replicas=workload.replicas, available=workload.available)
@@ -219,6 +306,7 @@ def _status(
     production: TrackDecision,
     canary: TrackDecision,
     placed: _Workloads | None,
+    run: CanaryRun | None,
     now: str,
 ) -> tuple[dict[str, Any], list[EventRecord]]:
     served: Mapping[Track, ServedVersion] = placed.served if placed else {}
@@ -244,14 +332,29 @@ def _status(
                 "availableReplicas": workload.available if workload else 0,
             }
             status[track.value] = {key: value for key, value in entry.items() if value is not None}
-        requested = spec.canary.weight if spec.canary and canary.target else 0
-        events += _weight_event(previous, canary, requested)
+        requested = canary_run.weight(spec, run) if run is not None else _fixed_weight(spec, canary)
+        if not (spec.canary and spec.canary.steps):  # steps are told by their own events
+            events += _weight_event(previous, canary, requested)
         status["traffic"] = {
             "router": spec.traffic.router.value,
             "requestedCanaryWeight": requested,
             "canaryWeight": placed.routing.canary_weight,
             "message": placed.routing.message,
         }
+    if run is not None and spec.canary is not None:
+        serving_canary = status.get(Track.CANARY.value)
+        if serving_canary is not None:
+            # (A canary of another version that still drains has no run of its own: left as it is.)
+            if serving_canary.get("version") == run.version:
+                serving_canary.update(canary_run.to_status(run, spec.canary))
+                serving_canary["weight"] = status["traffic"]["canaryWeight"]
+        elif run.ended:
+            # The record of an ended run (no pods): it stops the same version being tried again.
+            status[Track.CANARY.value] = {
+                **canary_run.to_status(run, spec.canary),
+                "replicas": 0,
+                "weight": 0,
+            }
     # The scale subresource (kubectl scale, HorizontalPodAutoscaler): pods of both tracks.
     status["replicas"] = sum(workload.replicas for workload in observed.workloads.values())
     status["selector"] = f"{workloads.LABEL_OWNER}={owner.name}"
@@ -284,12 +387,18 @@ def _status(
             not_followed=_not_followed(spec, production, placed.served[Track.PRODUCTION]),
         )
     wanted = [ready, progressing, registry, resolved]
+    if (analysed := health.canary_condition(spec, run)) is not None:
+        wanted.append(analysed)
     previous_conditions = list(previous.get("conditions") or ())
     events += health.condition_events(previous_conditions, wanted)
     status["conditions"] = conditions.merge(
         previous_conditions, wanted, now=now, observed_generation=owner.generation
     )
     return status, events
+
+
+def _fixed_weight(spec: ModelDeploymentSpec, canary: TrackDecision) -> int:
+    return spec.canary.weight if spec.canary and canary.target else 0
 
 
 def _weight_event(previous: Mapping[str, Any], canary: TrackDecision, requested: int) -> list[EventRecord]:
@@ -310,3 +419,46 @@ def _not_followed(spec: ModelDeploymentSpec, production: TrackDecision, serving:
     pointed = production.pointed_at
     moved = f" (@{spec.model.alias} points at {pointed})" if pointed and pointed != serving.version else ""
     return f"spec.suspend is true: alias moves are not followed{moved}"
+
+
+def with_records(
+    status: Mapping[str, Any],
+    previous_status: Mapping[str, Any],
+    *,
+    problems: list[str],
+    wrote: bool,
+    owner: ResourceRef,
+    now: datetime,
+) -> dict[str, Any]:
+    """The plan's status with the Recorded condition: whether the registry took this pass's writes
+    (tags, a canary policy's alias moves). Kept as it was in a pass that had nothing to write."""
+    before = conditions.find(previous_status.get("conditions") or (), reasons.RECORDED)
+    if problems:
+        wanted = Condition(
+            reasons.RECORDED,
+            FALSE,
+            reasons.REGISTRY_WRITE_FAILED,
+            "the registry refused the operator's records (serving is not affected; retried every pass): "
+            + "; ".join(dict.fromkeys(problems)),
+        )
+    elif wrote:
+        wanted = Condition(
+            reasons.RECORDED,
+            TRUE,
+            reasons.RECORDS_WRITTEN,
+            "the registry holds where and when each version served (model version tags)",
+        )
+    elif before is not None:
+        wanted = Condition(
+            reasons.RECORDED,
+            str(before["status"]),
+            str(before.get("reason", "")),
+            str(before.get("message", "")),
+        )
+    else:
+        return dict(status)
+    others = [c for c in status.get("conditions") or () if c.get("type") != reasons.RECORDED]
+    merged = conditions.merge(
+        [before] if before else [], [wanted], now=timestamp(now), observed_generation=owner.generation
+    )
+    return {**status, "conditions": [*others, *merged]}

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
+from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.store.model_registry.rest_store import RestStore
 from mlflow.utils.rest_utils import MlflowHostCreds
@@ -89,6 +90,36 @@ class RegistryClient:
             source=found.source or None,
         )
 
+    def set_alias(self, endpoint: Endpoint, model: str, alias: str, version: str) -> None:
+        self._call(
+            endpoint,
+            "set_registered_model_alias",
+            lambda store: store.set_registered_model_alias(model, alias, version),
+            subject=f"alias @{alias} of {model!r}",
+        )
+
+    def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
+        """Removes an alias; one that is already gone is not an error."""
+        try:
+            self._call(
+                endpoint,
+                "delete_registered_model_alias",
+                lambda store: store.delete_registered_model_alias(model, alias),
+                subject=f"alias @{alias} of {model!r}",
+            )
+        except ModelNotFound:
+            return
+
+    def set_version_tags(self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            tag = ModelVersionTag(key, value)
+            self._call(
+                endpoint,
+                "set_model_version_tag",
+                partial(_set_tag, model=model, version=version, tag=tag),
+                subject=f"tag {key!r} of version {version} of {model!r}",
+            )
+
     def _search_pages(self, endpoint: Endpoint) -> Iterator[Any]:
         token: str | None = None
         while True:
@@ -126,6 +157,10 @@ class RegistryClient:
             return call(self._store(endpoint))
         except MlflowException as error:
             raise map_registry_error(error, endpoint=endpoint, subject=subject) from None
+
+
+def _set_tag(store: RestStore, *, model: str, version: str, tag: ModelVersionTag) -> None:
+    store.set_model_version_tag(model, version, tag)
 
 
 def _search_page(store: RestStore, *, page_token: str | None) -> Any:

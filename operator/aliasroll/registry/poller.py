@@ -186,6 +186,31 @@ class RegistryPoller:
         except TimeoutError:
             raise self._no_answer(endpoint) from None
 
+    async def set_alias(self, endpoint: Endpoint, model: str, alias: str, version: str) -> None:
+        await self._write(endpoint, model, self.client.set_alias, endpoint, model, alias, version)
+
+    async def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
+        await self._write(endpoint, model, self.client.delete_alias, endpoint, model, alias)
+
+    async def set_version_tags(
+        self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
+    ) -> None:
+        await self._write(endpoint, model, self.client.set_version_tags, endpoint, model, version, tags)
+
+    async def _write(self, endpoint: Endpoint, model: str, call: Callable[..., None], *args: object) -> None:
+        """A write (an alias move, tags) on the endpoint's own threads; the model's aliases are read
+        again right after, so the next pass sees what was written. Raises the mapped registry
+        error, or RegistryUnavailable after `answer_timeout`."""
+        try:
+            async with asyncio.timeout(self._answer_timeout):
+                await self._run(endpoint, call, *args)
+        except TimeoutError:
+            raise self._no_answer(endpoint) from None
+        entry = self._entries.get((endpoint, model))
+        if entry is not None:
+            entry.next_due = self._clock()
+            self._kick(endpoint)
+
     async def close(self) -> None:
         tasks = [*self._loops.values(), *self._version_calls.values()]
         for task in tasks:

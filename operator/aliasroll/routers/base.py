@@ -25,6 +25,8 @@ class TrafficInput:
     production: ServedVersion
     canary: ServedVersion | None  # None: no canary is wanted (one may still be draining)
     observed: ObservedState
+    # The weight asked now: a stepped canary's current step; None: spec.canary.weight.
+    weight: int | None = None
 
     def available(self, track: Track) -> int:
         workload = self.observed.workloads.get(track)
@@ -32,7 +34,9 @@ class TrafficInput:
 
     @property
     def requested_weight(self) -> int:
-        return self.spec.canary.weight if self.canary is not None and self.spec.canary else 0
+        if self.canary is None or self.spec.canary is None:
+            return 0
+        return self.spec.canary.weight if self.weight is None else self.weight
 
 
 @dataclass(frozen=True)

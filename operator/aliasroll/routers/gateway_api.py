@@ -28,8 +28,9 @@ class GatewayAPIRouter:
         spec = traffic.spec
         if traffic.canary is None or spec.canary is None:
             return {Track.PRODUCTION: spec.replicas}
-        # Production keeps every replica: the route, not the pod count, moves requests.
-        canary = spec.canary.replicas or max(1, math.ceil(spec.replicas * spec.canary.weight / 100))
+        # Production keeps every replica: the route, not the pod count, moves requests. The canary is
+        # sized for its largest step, so stepping up moves only the route.
+        canary = spec.canary.replicas or max(1, math.ceil(spec.replicas * spec.canary.peak_weight / 100))
         return {Track.PRODUCTION: spec.replicas, Track.CANARY: canary}
 
     def route(self, traffic: TrafficInput, replicas: Mapping[Track, int]) -> Routing:
