@@ -52,3 +52,7 @@ CANARY_UPDATED: Final = "CanaryUpdated"
 CANARY_PROMOTED: Final = "CanaryPromoted"
 CANARY_REMOVED: Final = "CanaryRemoved"
 TRAFFIC_SHIFTED: Final = "TrafficShifted"
+
+# Canary analysis: the metrics source (the pods' /metrics or a Prometheus) could not be read. Never
+# a failed measurement: the step waits, and the message says what to fix.
+ANALYSIS_UNAVAILABLE: Final = "AnalysisUnavailable"
