@@ -87,6 +87,18 @@ def test_parse_only_counts_the_asked_version_when_several_are_present() -> None:
     assert parse_counters(text, model="m", version="2") == Counters(requests=4, errors=1, buckets=())
 
 
+def test_parse_counts_requests_from_the_histogram_when_it_is_there() -> None:
+    """Every answer is observed once in the histogram, whose series exist from the start whatever the
+    code; the code counter's series appear with their first answer."""
+    text = (
+        'aliasroll_serving_requests_total{model="m",version="2",code="200"} 3\n'
+        'aliasroll_serving_requests_total{model="m",version="2",code="500"} 1\n'
+        'aliasroll_serving_request_duration_seconds_bucket{model="m",version="2",le="+Inf"} 5\n'
+        'aliasroll_serving_request_duration_seconds_count{model="m",version="2"} 5\n'
+    )
+    assert parse_counters(text, model="m", version="2") == Counters(requests=5, errors=1, buckets=((INF, 5),))
+
+
 PARSE_ERRORS = {
     "not a number": 'aliasroll_serving_requests_total{model="m",version="1",code="200"} many\n',
     "unclosed labels": 'aliasroll_serving_requests_total{model="m",version="1" 1\n',

@@ -1,8 +1,9 @@
 """Measuring from a user's Prometheus: PromQL over the series the serving pods export.
 
-Stateless: each measurement asks for the increase of the request counters and of the latency
-histogram's buckets over the last analysis interval, per version, and builds the same windows the
-pod scraper builds, so the same judge applies with the same meaning. Prometheus extrapolates an
+Stateless: each measurement asks for the increase of the latency histogram (its count: the
+requests; its buckets: the quantile) and of the 5xx request counters over the last analysis
+interval, per version, and builds the same windows the pod scraper builds, so the same judge applies
+with the same meaning. Prometheus extrapolates an
 increase to the ends of the range, so its request counts are estimates (not whole numbers); the
 error rate and the quantile, being ratios of counts taken together, are not skewed by it.
 """
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 
 from aliasroll.analysis.provider import AnalysisTarget, TrackWindows
-from aliasroll.analysis.window import LATENCY_BUCKET_SERIES, REQUESTS_SERIES, Window
+from aliasroll.analysis.window import LATENCY_BUCKET_SERIES, LATENCY_COUNT_SERIES, REQUESTS_SERIES, Window
 from aliasroll.errors import AnalysisUnavailable
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -66,14 +67,15 @@ class PrometheusProvider:
         errors_selector = selector[:-1] + ',code=~"5.."}'
         rng = f"[{target.interval_seconds}s]"
         requests, errors, buckets = await asyncio.gather(
-            self._query(f"sum by (version) (increase({REQUESTS_SERIES}{selector}{rng}))"),
+            self._query(f"sum by (version) (increase({LATENCY_COUNT_SERIES}{selector}{rng}))"),
             self._query(f"sum by (version) (increase({REQUESTS_SERIES}{errors_selector}{rng}))"),
             self._query(f"sum by (version, le) (increase({LATENCY_BUCKET_SERIES}{selector}{rng}))"),
         )
         request_counts = _by_version(requests)
         if target.production_version not in request_counts:
+            series = f"{LATENCY_COUNT_SERIES}{self._selector(target, 0)}"
             raise AnalysisUnavailable(
-                f"Prometheus at {self.address} has no samples of {REQUESTS_SERIES}{self._selector(target, 1)}"
+                f"Prometheus at {self.address} has no samples of {series}"
                 f" over the last {target.interval_seconds} s: check that it scrapes the serving pods' "
                 "/metrics (container port http), that the label matchers match their series, and that "
                 "the analysis interval spans at least two scrapes"

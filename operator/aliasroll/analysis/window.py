@@ -14,9 +14,13 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# The serving image's series (aliasroll/serving/metrics.py).
+# The serving image's series (aliasroll/serving/metrics.py). Every answer is counted once in the
+# latency histogram, whose series exist from the server's start whatever the answers' codes: its
+# count is the number of requests. The 5xx come from the requests counter's `code` label.
 REQUESTS_SERIES = "aliasroll_serving_requests_total"
 LATENCY_BUCKET_SERIES = "aliasroll_serving_request_duration_seconds_bucket"
+LATENCY_COUNT_SERIES = "aliasroll_serving_request_duration_seconds_count"
+_READ = frozenset({REQUESTS_SERIES, LATENCY_BUCKET_SERIES, LATENCY_COUNT_SERIES})
 
 # (upper bound, cumulative count), ascending bounds, the last one +Inf.
 Buckets = tuple[tuple[float, float], ...]
@@ -63,22 +67,27 @@ def is_server_error(code: str) -> bool:
 def parse_counters(text: str, *, model: str, version: str) -> Counters | None:
     """One pod's counters for `model` at `version`; None when the text has no series of that version
     (a pod still running another version, or not a serving pod). Raises MetricsFormatError."""
-    requests = errors = 0.0
+    answered = counted = errors = 0.0
+    has_count = found = False
     buckets: dict[float, float] = {}
-    found = False
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name not in (REQUESTS_SERIES, LATENCY_BUCKET_SERIES):
-                    continue
                 labels = sample.labels
-                if labels.get("model") != model or labels.get("version") != version:
+                if (
+                    sample.name not in _READ
+                    or labels.get("model") != model
+                    or labels.get("version") != version
+                ):
                     continue
                 found = True
                 if sample.name == REQUESTS_SERIES:
-                    requests += sample.value
+                    answered += sample.value
                     if is_server_error(labels.get("code", "")):
                         errors += sample.value
+                elif sample.name == LATENCY_COUNT_SERIES:
+                    has_count = True
+                    counted += sample.value
                 else:
                     bound = float(labels["le"])
                     buckets[bound] = buckets.get(bound, 0.0) + sample.value
@@ -86,6 +95,7 @@ def parse_counters(text: str, *, model: str, version: str) -> Counters | None:
         raise MetricsFormatError(f"not Prometheus exposition text: {error}") from error
     if not found:
         return None
+    requests = counted if has_count else answered
     return Counters(requests=requests, errors=errors, buckets=tuple(sorted(buckets.items())))
 
 
