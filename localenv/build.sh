@@ -8,8 +8,8 @@
 #   localenv/build.sh node             the real node: containerd, containerd-shim-runc-v2, ctr,
 #                                      kubelet, kube-proxy, and the CNI plugins in cni-bin/
 #   localenv/build.sh prometheus       the Prometheus server the canary analysis tests query
-#                                      (API only: no web UI assets, no service discovery but static)
-#   localenv/build.sh all              all three
+#                                      (API only: no web UI; static, file and http discovery only)
+#   localenv/build.sh all              control plane and node (what the local cluster runs)
 #
 # Prints the directory holding the binaries (one cache directory per group, all linked into one
 # bin/current/). runc, iptables and the other node tools are Debian packages: localenv/node-packages.sh.
@@ -136,7 +136,7 @@ case "${1:-control-plane}" in
   control-plane) control_plane ;;
   node) node ;;
   prometheus) prometheus ;;
-  all) control_plane; node; prometheus ;;
+  all) control_plane; node ;;
   *) echo "usage: $0 [control-plane|node|prometheus|all]" >&2; exit 2 ;;
 esac
 
