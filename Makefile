@@ -42,12 +42,18 @@ cluster-binaries:
 node-binaries: ## The real node's binaries from source: containerd, ctr, runc shim, kubelet, kube-proxy, CNI plugins (cached)
 	@localenv/build.sh node >/dev/null
 
+# Prometheus for the canary analysis' integration tests: API only (no web UI assets) and no service
+# discovery but static, file and http (cold build about 5 minutes on 2 cores, then cached).
+.PHONY: prometheus
+prometheus: ## Prometheus from source, API only, for the canary analysis' tests (cached)
+	@localenv/build.sh prometheus >/dev/null
+
 .PHONY: node-packages
 node-packages: ## The real node's Debian packages (runc, iptables, socat, buildah, ...); needs root when one is missing
 	@localenv/node-packages.sh
 
 .PHONY: test
-test: venv lint cluster-binaries node-binaries node-packages ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane), real pods
+test: venv lint cluster-binaries node-binaries node-packages prometheus ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane), real pods
 	$(PYTEST) tests/unit tests/integration tests/e2e
 	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_real
 
@@ -56,7 +62,7 @@ unit: venv ## Unit tests of pure logic (seconds)
 	$(PYTEST) tests/unit
 
 .PHONY: integration
-integration: venv ## Integration tests against a real mlflow server
+integration: venv prometheus ## Integration tests against a real mlflow server (and a real Prometheus)
 	$(PYTEST) tests/integration
 
 .PHONY: e2e

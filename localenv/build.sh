@@ -7,7 +7,9 @@
 #                                      kubectl, kwok, hey (what `make test` needs)
 #   localenv/build.sh node             the real node: containerd, containerd-shim-runc-v2, ctr,
 #                                      kubelet, kube-proxy, and the CNI plugins in cni-bin/
-#   localenv/build.sh all              both
+#   localenv/build.sh prometheus       the Prometheus server the canary analysis tests query
+#                                      (API only: no web UI; static, file and http discovery only)
+#   localenv/build.sh all              control plane and node (what the local cluster runs)
 #
 # Prints the directory holding the binaries (one cache directory per group, all linked into one
 # bin/current/). runc, iptables and the other node tools are Debian packages: localenv/node-packages.sh.
@@ -117,11 +119,25 @@ node() {
     "$(kube_ldflags kube-node)"
 }
 
+prometheus() {
+  # Prometheus 3.x is published as Go module v0.3MM.P for release 3.MM.P. No builtinassets tag: the
+  # UI would be read from web/ui/static beside the working directory (absent; the API needs none),
+  # which saves building it with npm. remove_all_sd keeps only the file, http and static
+  # service discovery, leaving out the cloud SDKs (most of the build).
+  local module_version release
+  module_version="$(awk '/^require github.com\/prometheus\/prometheus/ {print $3}' "$here/go/prometheus/go.mod")"
+  release="$(echo "$module_version" | sed -E 's/^v0\.3([0-9]{2})\.([0-9]+)$/3.\1.\2/; s/^3\.0/3./')"
+  build prometheus prometheus "prometheus" "github.com/prometheus/prometheus/cmd/prometheus" \
+    "-X github.com/prometheus/common/version.Version=$release -X github.com/prometheus/common/version.Revision=$module_version -X github.com/prometheus/common/version.Branch=release -X github.com/prometheus/common/version.BuildUser=aliasroll" \
+    "remove_all_sd"
+}
+
 case "${1:-control-plane}" in
   control-plane) control_plane ;;
   node) node ;;
+  prometheus) prometheus ;;
   all) control_plane; node ;;
-  *) echo "usage: $0 [control-plane|node|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [control-plane|node|prometheus|all]" >&2; exit 2 ;;
 esac
 
 echo "$cache_root/bin/current"

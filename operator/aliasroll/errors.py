@@ -89,3 +89,11 @@ class KubernetesUnavailable(AliasrollError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class AnalysisUnavailable(AliasrollError):
+    """The canary's metrics could not be read: no pod answered /metrics, or Prometheus did not answer
+    or refused the query. Never counted as a failed measurement; the message says what to fix."""
+
+    reason = reasons.ANALYSIS_UNAVAILABLE
+    transient = True

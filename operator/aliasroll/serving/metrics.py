@@ -25,6 +25,9 @@ from aliasroll.serving.protocol import FailureKind
 # The *_created series double what is scraped and tell nothing a restart counter does not.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+# Every 5xx this server answers (app.py): present at 0 from the start, so a Prometheus sees a
+# version's first failures as an increase, not as a series that appeared already at its value.
+SERVER_ERROR_CODES = ("500", "503", "504")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -83,6 +86,8 @@ class Metrics:
         self.ready.labels(**labels).set(0)
         for kind in get_args(FailureKind):  # present at 0 from the start, so rates exist before a failure
             self.failures.labels(**labels, kind=kind)
+        for code in SERVER_ERROR_CODES:
+            self.requests.labels(**labels, code=code)
         # Bound once: a labels() lookup per request is measurable at thousands of requests a second.
         self._answered = self.requests.labels(**labels, code="200")
         self._latency = self.latency.labels(**labels)

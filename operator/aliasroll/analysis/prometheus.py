@@ -1,0 +1,185 @@
+"""Measuring from a user's Prometheus: PromQL over the series the serving pods export.
+
+Stateless: each measurement asks for the increase of the latency histogram (its count: the
+requests; its buckets: the quantile) and of the 5xx request counters over the last analysis
+interval, per version, and builds the same windows the pod scraper builds, so the same judge applies
+with the same meaning. Prometheus extrapolates an
+increase to the ends of the range, so its request counts are estimates (not whole numbers); the
+error rate and the quantile, being ratios of counts taken together, are not skewed by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+
+from aliasroll.analysis.provider import AnalysisTarget, TrackWindows
+from aliasroll.analysis.window import LATENCY_BUCKET_SERIES, LATENCY_COUNT_SERIES, REQUESTS_SERIES, Window
+from aliasroll.errors import AnalysisUnavailable
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels the queries set themselves.
+_RESERVED = frozenset({"model", "version", "code", "le", "__name__"})
+
+
+class PrometheusProvider:
+    def __init__(
+        self,
+        address: str,
+        *,
+        matchers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        client: httpx2.AsyncClient | None = None,
+    ) -> None:
+        """`address`: the server's base URL (http://prometheus.monitoring:9090, or with a path
+        prefix); `matchers`: extra label=value matchers for every query (e.g. the namespace or job
+        label the user's scrape configuration sets), so that other deployments' pods are not counted."""
+        parts = urlsplit(address.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Prometheus address {address!r}: give a URL such as http://prometheus:9090")
+        for name in matchers or {}:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"label matcher {name!r}: not a Prometheus label name")
+            if name in _RESERVED:
+                raise ValueError(f"label matcher {name!r}: the analysis sets this label itself")
+        self._query_url = address.strip().rstrip("/") + "/api/v1/query"
+        # Messages name the server without any credentials in its URL.
+        self.address = urlunsplit(
+            (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", "")
+        )
+        self._matchers = dict(matchers or {})
+        self._timeout = timeout_seconds
+        self._client = client or httpx2.AsyncClient(timeout=timeout_seconds, headers=dict(headers or {}))
+
+    async def measure(self, target: AnalysisTarget) -> TrackWindows | None:
+        if target.interval_seconds < 1:
+            raise ValueError(f"interval_seconds must be at least 1, not {target.interval_seconds}")
+        selector = self._selector(target)
+        errors_selector = selector[:-1] + ',code=~"5.."}'
+        rng = f"[{target.interval_seconds}s]"
+        requests, errors, buckets = await asyncio.gather(
+            self._query(f"sum by (version) (increase({LATENCY_COUNT_SERIES}{selector}{rng}))"),
+            self._query(f"sum by (version) (increase({REQUESTS_SERIES}{errors_selector}{rng}))"),
+            self._query(f"sum by (version, le) (increase({LATENCY_BUCKET_SERIES}{selector}{rng}))"),
+        )
+        request_counts = _by_version(requests)
+        if target.production_version not in request_counts:
+            series = f"{LATENCY_COUNT_SERIES}{self._selector(target, 0)}"
+            raise AnalysisUnavailable(
+                f"Prometheus at {self.address} has no samples of {series}"
+                f" over the last {target.interval_seconds} s: check that it scrapes the serving pods' "
+                "/metrics (container port http), that the label matchers match their series, and that "
+                "the analysis interval spans at least two scrapes"
+            )
+        if target.canary_version not in request_counts:
+            return None  # the canary's pods have not been scraped twice yet
+        error_counts = _by_version(errors)
+        bucket_counts: dict[str, dict[float, float]] = {}
+        for labels, value in buckets:
+            try:
+                bound = float(labels.get("le", ""))
+            except ValueError:
+                continue
+            bucket_counts.setdefault(labels.get("version", ""), {})[bound] = value
+
+        def window(version: str) -> Window:
+            return Window(
+                requests=request_counts.get(version, 0.0),
+                errors=error_counts.get(version, 0.0),
+                buckets=tuple(sorted(bucket_counts.get(version, {}).items())),
+            )
+
+        return TrackWindows(
+            production=window(target.production_version),
+            canary=window(target.canary_version),
+            seconds=float(target.interval_seconds),
+        )
+
+    def forget(self, key: str) -> None:
+        """Nothing is kept per resource."""
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _selector(self, target: AnalysisTarget, which: int | None = None) -> str:
+        """{model="m",version=~"p|c",extra...}; with `which` (0 production, 1 canary) one version."""
+        versions = (target.production_version, target.canary_version)
+        if which is None:
+            version = f"version=~{_quote('|'.join(re.escape(v) for v in versions))}"
+        else:
+            version = f"version={_quote(versions[which])}"
+        extra = "".join(f",{name}={_quote(value)}" for name, value in sorted(self._matchers.items()))
+        return f"{{model={_quote(target.model)},{version}{extra}}}"
+
+    async def _query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        try:
+            answer = await self._client.post(self._query_url, data={"query": promql}, timeout=self._timeout)
+        except httpx2.TimeoutException:
+            raise AnalysisUnavailable(
+                f"Prometheus at {self.address} did not answer within {self._timeout:g} s"
+            ) from None
+        except httpx2.HTTPError as error:
+            raise AnalysisUnavailable(
+                f"Prometheus at {self.address} is unreachable ({str(error) or type(error).__name__}): "
+                "check the analysis' Prometheus address and that the operator may reach it"
+            ) from None
+        body = _json(answer)
+        if answer.status_code in (401, 403):
+            raise AnalysisUnavailable(
+                f"Prometheus at {self.address} refused the operator (HTTP {answer.status_code}): "
+                "check the credentials it is given"
+            )
+        if body is None or "status" not in body:
+            raise AnalysisUnavailable(
+                f"{self.address} answered HTTP {answer.status_code} without a Prometheus API answer: "
+                "give the Prometheus server's base URL, e.g. http://prometheus.monitoring:9090"
+            )
+        if body.get("status") != "success":
+            raise AnalysisUnavailable(
+                f"Prometheus at {self.address} could not run {promql}: "
+                f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}"
+            )
+        data = body.get("data") or {}
+        if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+            raise AnalysisUnavailable(
+                f"Prometheus at {self.address} answered {promql} with a {data.get('resultType')!r}, "
+                "not an instant vector"
+            )
+        samples: list[tuple[dict[str, str], float]] = []
+        for series in data["result"]:
+            try:
+                value = float(series["value"][1])
+                labels = {str(k): str(v) for k, v in series.get("metric", {}).items()}
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise AnalysisUnavailable(
+                    f"Prometheus at {self.address} answered {promql} with a sample it cannot read: {series!r}"
+                ) from None
+            if math.isfinite(value):
+                samples.append((labels, value))
+        return samples
+
+
+def _by_version(samples: list[tuple[dict[str, str], float]]) -> dict[str, float]:
+    return {labels.get("version", ""): value for labels, value in samples}
+
+
+def _quote(value: str) -> str:
+    # PromQL strings take Go's escapes; JSON's (\" \\ \n \uXXXX) are a subset of them.
+    return json.dumps(value)
+
+
+def _json(answer: httpx2.Response) -> dict[str, Any] | None:
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
