@@ -238,3 +238,31 @@ def test_a_name_controlled_by_another_resource_names_it() -> None:
     _, reason, message = ready(cluster.status)
     assert reason == reasons.NAME_CONFLICT
     assert "controlled by ModelDeployment 'a', uid other-uid" in message
+
+
+class RefusingRegistry(Registry):
+    """Reads work; every write is refused, as a read-only token's would be."""
+
+    async def set_version_tags(self, *_: Any) -> None:
+        from aliasroll.errors import RegistryAuthFailed
+
+        raise RegistryAuthFailed("the registry at http://mlflow:5000 refused the credentials (HTTP 403)")
+
+
+def test_a_registry_that_refuses_writes_never_holds_the_rollout() -> None:
+    cluster = Cluster([deployment("1")])
+    events = Events()
+    reconciler = Reconciler(
+        client=cast(AsyncClient, cluster),
+        registry=cast(RegistryPoller, RefusingRegistry()),
+        events=events,
+        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+    )
+    asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
+    assert ("Deployment", "sentiment-production") in cluster.applied, "the roll to version 2 goes on"
+    assert cluster.status is not None
+    assert cluster.status["production"]["version"] == "2"
+    recorded = next(c for c in cluster.status["conditions"] if c["type"] == reasons.RECORDED)
+    assert (recorded["status"], recorded["reason"]) == ("False", reasons.REGISTRY_WRITE_FAILED)
+    assert "HTTP 403" in recorded["message"], "the registry's own words are kept"
+    assert reasons.ROLLOUT_STARTED in [event.reason for event in events.posted]

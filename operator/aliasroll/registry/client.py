@@ -8,6 +8,7 @@ MLflow's defaults: 120 s and 7 retries would stall a reconcile loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -90,35 +91,40 @@ class RegistryClient:
             source=found.source or None,
         )
 
+    # Writes: the alias moves of a canary policy, and the operator's tags on model versions.
+
     def set_alias(self, endpoint: Endpoint, model: str, alias: str, version: str) -> None:
-        self._call(
-            endpoint,
-            "set_registered_model_alias",
-            lambda store: store.set_registered_model_alias(model, alias, version),
-            subject=f"alias @{alias} of {model!r}",
-        )
+        with _writing(endpoint, model, f"move @{alias} to version {version}"):
+            self._call(
+                endpoint,
+                "set_registered_model_alias",
+                lambda store: store.set_registered_model_alias(model, alias, version),
+                subject=f"alias @{alias} of {model!r}",
+            )
 
     def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
         """Removes an alias; one that is already gone is not an error."""
         try:
-            self._call(
-                endpoint,
-                "delete_registered_model_alias",
-                lambda store: store.delete_registered_model_alias(model, alias),
-                subject=f"alias @{alias} of {model!r}",
-            )
+            with _writing(endpoint, model, f"remove @{alias}"):
+                self._call(
+                    endpoint,
+                    "delete_registered_model_alias",
+                    lambda store: store.delete_registered_model_alias(model, alias),
+                    subject=f"alias @{alias} of {model!r}",
+                )
         except ModelNotFound:
             return
 
     def set_version_tags(self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            tag = ModelVersionTag(key, value)
-            self._call(
-                endpoint,
-                "set_model_version_tag",
-                partial(_set_tag, model=model, version=version, tag=tag),
-                subject=f"tag {key!r} of version {version} of {model!r}",
-            )
+        with _writing(endpoint, model, f"tag version {version}"):
+            for key, value in tags.items():
+                tag = ModelVersionTag(key, value)
+                self._call(
+                    endpoint,
+                    "set_model_version_tag",
+                    partial(_set_tag, model=model, version=version, tag=tag),
+                    subject=f"tag {key!r} of version {version} of {model!r}",
+                )
 
     def _search_pages(self, endpoint: Endpoint) -> Iterator[Any]:
         token: str | None = None
@@ -157,6 +163,19 @@ class RegistryClient:
             return call(self._store(endpoint))
         except MlflowException as error:
             raise map_registry_error(error, endpoint=endpoint, subject=subject) from None
+
+
+@contextlib.contextmanager
+def _writing(endpoint: Endpoint, model: str, what: str) -> Iterator[None]:
+    """A refused write says what to grant: credentials that read aliases may not write them."""
+    try:
+        yield
+    except RegistryAuthFailed as error:
+        raise RegistryAuthFailed(
+            f"the registry at {endpoint.tracking_uri} did not let the operator {what} of {model!r}: "
+            "its credentials may read but not write; give them EDIT permission on the model "
+            f"(spec.registry.credentialsSecretRef) ({error.message})"
+        ) from None
 
 
 def _set_tag(store: RestStore, *, model: str, version: str, tag: ModelVersionTag) -> None:
