@@ -53,9 +53,8 @@ node-packages: ## The real node's Debian packages (runc, iptables, socat, builda
 	@localenv/node-packages.sh
 
 .PHONY: test
-test: venv lint cluster-binaries node-binaries node-packages prometheus ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane), real pods
-	$(PYTEST) tests/unit tests/integration tests/e2e
-	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_real
+test: venv lint cluster-binaries node-binaries node-packages prometheus ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane), and real pods beside them
+	$(PY) hack/tiers.py
 
 .PHONY: unit
 unit: venv ## Unit tests of pure logic (seconds)

@@ -13,10 +13,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 from examples.sentiment.register import register_version
 from harness import Kube, condition, ready_at, wait_for
@@ -28,7 +31,9 @@ from operatorprocess import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 LOAD = REPO / "tests" / "support" / "load.py"
+UNLOADABLE = Path(__file__).parent / "models" / "unloadable.py"
 OPERATOR_NAMESPACE = "aliasroll-system"
+NAME = "sentiment"  # the ModelDeployment, its Service and its Deployments' prefix
 
 
 @pytest.fixture(scope="session")
@@ -89,54 +94,12 @@ def operator(
     process.stop()
 
 
-def model_deployment(
-    name: str, model: str, tracking_uri: str, image: str, placement: dict[str, Any], **spec: Any
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": {"name": model},
-        "registry": {"trackingUri": tracking_uri, "pollInterval": "1s"},
-        "replicas": 2,
-        "serving": {"image": image, "podTemplate": {"spec": placement}},
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "aliasroll.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": body,
-    }
-
-
-def cluster_ip(kube: Kube, namespace: str, name: str) -> str:
-    service = kube.get("service", name, namespace)
-    assert service is not None
-    return str(service["spec"]["clusterIP"])
-
-
-def ask(node: RealNode, address: str) -> tuple[dict[str, Any], str]:
-    """One request through the Service, from inside the node's namespace: (answer, X-Model-Version)."""
-    client = (
-        "import http.client, json\n"
-        f"c = http.client.HTTPConnection({address!r}, 80, timeout=10)\n"
-        "body = json.dumps({'inputs': ['this is great', 'this is terrible']})\n"
-        "c.request('POST', '/invocations', body=body, headers={'Content-Type': 'application/json'})\n"
-        "r = c.getresponse()\n"
-        "answer = {'status': r.status, 'version': r.getheader('X-Model-Version'),"
-        " 'body': r.read().decode()}\n"
-        "print(json.dumps(answer))\n"
-    )
-    out = json.loads(node.run(sys.executable, "-c", client).stdout)
-    assert out["status"] == 200, out
-    return json.loads(out["body"]), str(out["version"])
-
-
 class Load:
     """tests/support/load.py in the node's namespace, for the length of a `with` block."""
 
-    def __init__(
-        self, node: RealNode, address: str, out: Path, *, rate: float = 60, seconds: float = 600
-    ) -> None:
+    def __init__(self, node: RealNode, address: str, out: Path, *, rate: float, seconds: float) -> None:
         self.out = out
+        self.rate = rate
         self.process = subprocess.Popen(
             node.nsenter_argv(
                 sys.executable,
@@ -157,11 +120,155 @@ class Load:
         self.process.terminate()
         self.process.wait(timeout=30)
 
+    def finish(self) -> None:
+        """Until every request the load was to send is answered (or has failed)."""
+        self.process.wait(timeout=120)
+
+    def running(self, seconds: float = 1.0) -> None:
+        """Until a second's worth of answers is in: the load runs before what follows."""
+        wanted = int(self.rate * seconds)
+        wait_for(
+            lambda: self.out.exists() and self.out.read_bytes().count(b"\n") >= wanted,
+            timeout=30,
+            what=f"the load's first {wanted} answers",
+        )
+
     def answers(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
 
 
-def test_the_seed_workflow_on_real_pods(
+@dataclass(frozen=True)
+class RealStack:
+    """What a serving test stands on: the cluster with the real node and the operator, the MLflow
+    server, the serving image, and the test's own namespace, model name and scratch dir. Each test
+    serves one ModelDeployment, NAME, of its model."""
+
+    cluster: LocalCluster
+    node: RealNode
+    mlflow: MlflowServer
+    registry: MlflowClient
+    tracking_uri: str  # as the operator and the pods see the MLflow server
+    image: str
+    placement: dict[str, Any]
+    namespace: str
+    model: str
+    tmp: Path
+
+    @cached_property
+    def kube(self) -> Kube:
+        return Kube(self.cluster)
+
+    def register(self, variant: str, *, alias: str | None = None) -> str:
+        """A new version of the example model (examples/sentiment/register.py); its number."""
+        return register_version(self.mlflow.url, self.model, variant=variant, alias=alias)
+
+    def register_unloadable(self) -> str:
+        """A new version whose load_context raises, as a model missing a dependency would."""
+        mlflow.set_tracking_uri(self.mlflow.url)
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(UNLOADABLE),
+                registered_model_name=self.model,
+                pip_requirements=[f"mlflow-skinny=={mlflow.__version__}"],
+            )
+        return str(info.registered_model_version)
+
+    def point(self, alias: str, version: str) -> None:
+        self.registry.set_registered_model_alias(self.model, alias, version)
+
+    def manifest(self, **spec: Any) -> dict[str, Any]:
+        """The ModelDeployment of the model on the real node: 2 replicas unless `spec` says otherwise."""
+        body: dict[str, Any] = {
+            "model": {"name": self.model},
+            "registry": {"trackingUri": self.tracking_uri, "pollInterval": "1s"},
+            "replicas": 2,
+            "serving": {"image": self.image, "podTemplate": {"spec": self.placement}},
+            **spec,
+        }
+        return {
+            "apiVersion": "aliasroll.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": NAME},
+            "spec": body,
+        }
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.kube.apply(manifest, namespace=self.namespace)
+
+    def deploy(self, **spec: Any) -> dict[str, Any]:
+        """Applies manifest(**spec) and returns it, to change and apply again."""
+        manifest = self.manifest(**spec)
+        self.apply(manifest)
+        return manifest
+
+    def resource(self) -> dict[str, Any] | None:
+        return self.kube.get("mdep", NAME, self.namespace)
+
+    def ready(
+        self,
+        production: str,
+        canary: str | None = None,
+        *,
+        timeout: float = 240,
+        also: Callable[[dict[str, Any]], bool] = lambda _: True,
+    ) -> dict[str, Any]:
+        """The ModelDeployment once Ready with these versions (and `also` holds of it)."""
+
+        def check() -> dict[str, Any] | None:
+            found = ready_at(self.kube, self.namespace, NAME, production, canary)
+            return found if found is not None and also(found) else None
+
+        return wait_for(
+            check,
+            timeout=timeout,
+            what=f"Ready at {production}" + (f" + canary {canary}" if canary else ""),
+        )
+
+    def pods(self, *selector: str) -> list[dict[str, Any]]:
+        args = ["get", "pods", "-n", self.namespace, "-o", "json"] + [f"-l={s}" for s in selector]
+        items: list[dict[str, Any]] = json.loads(self.cluster.kubectl(*args).stdout)["items"]
+        return items
+
+    def old_pods_gone(self, timeout: float = 90) -> None:
+        """Until no pod is stopping: the pods a transition replaced have run their preStop, drained
+        and exited, so whatever they did to requests on the way out is in the load's answers."""
+        wait_for(
+            lambda: not [p for p in self.pods() if p["metadata"].get("deletionTimestamp")],
+            timeout=timeout,
+            what="the replaced pods gone",
+        )
+
+    @cached_property
+    def address(self) -> str:
+        """The Service's ClusterIP."""
+        service = self.kube.get("service", NAME, self.namespace)
+        assert service is not None
+        return str(service["spec"]["clusterIP"])
+
+    def ask(self) -> tuple[dict[str, Any], str]:
+        """One request through the Service, from inside the node's namespace: (answer, X-Model-Version)."""
+        client = (
+            "import http.client, json\n"
+            f"c = http.client.HTTPConnection({self.address!r}, 80, timeout=10)\n"
+            "body = json.dumps({'inputs': ['this is great', 'this is terrible']})\n"
+            "c.request('POST', '/invocations', body=body, headers={'Content-Type': 'application/json'})\n"
+            "r = c.getresponse()\n"
+            "answer = {'status': r.status, 'version': r.getheader('X-Model-Version'),"
+            " 'body': r.read().decode()}\n"
+            "print(json.dumps(answer))\n"
+        )
+        out = json.loads(self.node.run(sys.executable, "-c", client).stdout)
+        assert out["status"] == 200, out
+        return json.loads(out["body"]), str(out["version"])
+
+    def load(self, name: str, *, rate: float = 60, seconds: float = 600) -> Load:
+        """Open-loop requests through the Service, each on a new connection; answers in tmp/name.jsonl."""
+        return Load(self.node, self.address, self.tmp / f"{name}.jsonl", rate=rate, seconds=seconds)
+
+
+@pytest.fixture
+def stack(
     installed: LocalCluster,
     node: RealNode,
     operator: OperatorProcess,
@@ -172,222 +279,173 @@ def test_the_seed_workflow_on_real_pods(
     placement: dict[str, Any],
     namespace: str,
     model_name: str,
-) -> None:
-    kube = Kube(installed)
-    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    kube.apply(
-        model_deployment("sentiment", model_name, tracking_uri, serving_image, placement), namespace=namespace
+    tmp_path: Path,
+) -> RealStack:
+    return RealStack(
+        cluster=installed,
+        node=node,
+        mlflow=mlflow_server,
+        registry=registry,
+        tracking_uri=tracking_uri,
+        image=serving_image,
+        placement=placement,
+        namespace=namespace,
+        model=model_name,
+        tmp=tmp_path,
     )
-    wait_for(
-        lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"Ready at {v1} on real pods"
-    )
-    pods = json.loads(installed.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
-    assert {pod["spec"]["nodeName"] for pod in pods} == {node.name}
 
-    address = cluster_ip(kube, namespace, "sentiment")
-    answer, version = ask(node, address)
+
+def test_the_seed_workflow_on_real_pods(stack: RealStack) -> None:
+    """register.py's v1 at @production answers through the Service from a container that is not
+    root, cannot write its root filesystem and has no ServiceAccount token; v2 answers once
+    registered; @production moved back, v1 answers again."""
+    v1 = stack.register("v1", alias="production")
+    stack.deploy()
+    stack.ready(v1)
+    assert {pod["spec"]["nodeName"] for pod in stack.pods()} == {stack.node.name}
+
+    answer, version = stack.ask()
     great, terrible = answer["predictions"]
     assert version == v1
     assert great > 0.9
     assert terrible < 0.1
 
-    v2 = register_version(mlflow_server.url, model_name, variant="v2", alias="production")
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v2), timeout=240, what=f"Ready at {v2}")
-    wait_for(lambda: ask(node, address)[1] == v2, timeout=30, what=f"answers from {v2}")
-    registry.set_registered_model_alias(model_name, "production", v1)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"rolled back to {v1}")
-    wait_for(lambda: ask(node, address)[1] == v1, timeout=30, what=f"answers from {v1} again")
+    pod = stack.pods("aliasroll.io/track=production")[0]["metadata"]["name"]
+
+    def inside(script: str) -> str:
+        argv = ["exec", "-n", stack.namespace, pod, "--", "sh", "-c", script]
+        return str(stack.cluster.kubectl(*argv).stdout.strip())
+
+    assert inside("id -u") == "10001"
+    refused = inside("touch /probe 2>&1 || echo refused")
+    assert "Read-only file system" in refused
+    assert refused.endswith("refused")
+    assert (
+        inside("test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes || echo no") == "no"
+    )
+    assert inside("touch /scratch/probe && echo ok") == "ok"
+
+    v2 = stack.register("v2", alias="production")
+    stack.ready(v2)
+    wait_for(lambda: stack.ask()[1] == v2, timeout=30, what=f"answers from {v2}")
+    stack.point("production", v1)
+    stack.ready(v1)
+    wait_for(lambda: stack.ask()[1] == v1, timeout=30, what=f"answers from {v1} again")
 
 
-def test_the_split_measured_by_answers(
-    installed: LocalCluster,
-    node: RealNode,
-    operator: OperatorProcess,
-    mlflow_server: MlflowServer,
-    registry: MlflowClient,
-    tracking_uri: str,
-    serving_image: str,
-    placement: dict[str, Any],
-    namespace: str,
-    model_name: str,
-    tmp_path: Path,
-) -> None:
-    kube = Kube(installed)
-    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    v2 = register_version(mlflow_server.url, model_name, variant="v2", alias="canary")
-    manifest = model_deployment(
-        "sentiment",
-        model_name,
-        tracking_uri,
-        serving_image,
-        placement,
-        replicas=10,
-        canary={"alias": "canary", "weight": 20},
-    )
-    kube.apply(manifest, namespace=namespace)
-    wait_for(
-        lambda: ready_at(kube, namespace, "sentiment", v1, v2), timeout=400, what="Ready 8 + 2 real pods"
-    )
-    address = cluster_ip(kube, namespace, "sentiment")
-    with Load(node, address, tmp_path / "split20.jsonl", rate=100, seconds=24) as load:
-        load.process.wait(timeout=120)
-    answers = load.answers()
-    assert len(answers) >= 2000
-    assert all(a["status"] == 200 for a in answers), Counter(a["status"] for a in answers)
-    share = 100 * sum(a["version"] == v2 for a in answers) / len(answers)
-    print(f"weight 20 over 10 replicas: canary share {share:.1f}% of {len(answers)} answers")
-    assert 17 <= share <= 23, f"canary share {share:.1f}% of {len(answers)} answers (asked 20%)"
+def test_the_split_measured_by_answers(stack: RealStack) -> None:
+    """2,400 requests (200/s, each on a new connection) per split; the canary's share of the answers."""
+    v1 = stack.register("v1", alias="production")
+    v2 = stack.register("v2", alias="canary")
+    manifest = stack.deploy(replicas=10, canary={"alias": "canary", "weight": 20})
+    stack.ready(v1, v2, timeout=400)
+
+    def canary_share(name: str) -> tuple[float, int]:
+        with stack.load(name, rate=200, seconds=12) as load:
+            load.finish()
+        answers = load.answers()
+        assert len(answers) >= 2000
+        assert all(a["status"] == 200 for a in answers), Counter(a["status"] for a in answers)
+        return 100 * sum(a["version"] == v2 for a in answers) / len(answers), len(answers)
+
+    share, count = canary_share("split20")
+    print(f"weight 20 over 10 replicas: canary share {share:.1f}% of {count} answers")
+    assert 17 <= share <= 23, f"canary share {share:.1f}% of {count} answers (asked 20%)"
 
     # Weight 5 over 20 replicas: one canary pod of twenty.
-    manifest["spec"]["replicas"] = 20
-    manifest["spec"]["canary"]["weight"] = 5
-    kube.apply(manifest, namespace=namespace)
-    wait_for(
-        lambda: (
-            (found := ready_at(kube, namespace, "sentiment", v1, v2))
-            and found["status"]["canary"]["availableReplicas"] == 1
+    manifest["spec"].update(replicas=20, canary={"alias": "canary", "weight": 5})
+    stack.apply(manifest)
+    stack.ready(
+        v1,
+        v2,
+        timeout=400,
+        also=lambda found: (
+            found["status"]["canary"]["availableReplicas"] == 1
             and found["status"]["production"]["availableReplicas"] == 19
         ),
-        timeout=400,
-        what="Ready 19 + 1 real pods",
     )
-    with Load(node, address, tmp_path / "split5.jsonl", rate=100, seconds=24) as load:
-        load.process.wait(timeout=120)
-    answers = load.answers()
-    assert len(answers) >= 2000
-    assert all(a["status"] == 200 for a in answers), Counter(a["status"] for a in answers)
-    share = 100 * sum(a["version"] == v2 for a in answers) / len(answers)
-    print(f"weight 5 over 20 replicas: canary share {share:.1f}% of {len(answers)} answers")
-    assert 3 <= share <= 7, f"canary share {share:.1f}% of {len(answers)} answers (asked 5%)"
+    share, count = canary_share("split5")
+    print(f"weight 5 over 20 replicas: canary share {share:.1f}% of {count} answers")
+    assert 3 <= share <= 7, f"canary share {share:.1f}% of {count} answers (asked 5%)"
 
 
-def test_no_request_fails_through_any_transition(
-    installed: LocalCluster,
-    node: RealNode,
-    operator: OperatorProcess,
-    mlflow_server: MlflowServer,
-    registry: MlflowClient,
-    tracking_uri: str,
-    serving_image: str,
-    placement: dict[str, Any],
-    namespace: str,
-    model_name: str,
-    tmp_path: Path,
-) -> None:
+@dataclass(frozen=True)
+class Transition:
+    """One change made under load, the versions serving once it is done, and the versions an answer
+    may come from while it happens."""
+
+    name: str
+    act: Callable[[], object]
+    production: str
+    canary: str | None
+    allowed: set[str]
+    weight: int | None = None  # the canary weight the status must report, when only the weight moves
+
+    def weight_in_status(self, found: dict[str, Any]) -> bool:
+        asked = found["status"].get("traffic", {}).get("requestedCanaryWeight")
+        return self.weight is None or asked == self.weight
+
+
+def test_no_request_fails_through_any_transition(stack: RealStack) -> None:
     """A steady 60 requests/s through the Service while production rolls forward and back, a canary
     starts, changes weight, ends, and is promoted: every answer is a 200 from a version that was
-    serving during that transition."""
-    kube = Kube(installed)
-    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    v2 = register_version(mlflow_server.url, model_name, variant="v2")
-    v3 = register_version(mlflow_server.url, model_name, variant="v1")
-    manifest = model_deployment("sentiment", model_name, tracking_uri, serving_image, placement, replicas=3)
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"Ready at {v1}")
-    address = cluster_ip(kube, namespace, "sentiment")
+    serving during that transition. Each load starts before its change and runs until the pods the
+    change replaced are gone."""
+    v1 = stack.register("v1", alias="production")
+    v2 = stack.register("v2")
+    v3 = stack.register("v1")
+    manifest = stack.deploy(replicas=3)
+    stack.ready(v1)
 
     def set_canary(weight: int) -> None:
         manifest["spec"]["canary"] = {"alias": "canary", "weight": weight}
-        kube.apply(manifest, namespace=namespace)
+        stack.apply(manifest)
 
-    def canary_weight(expected: int) -> bool:
-        found = kube.get("mdep", "sentiment", namespace) or {}
-        return bool(found.get("status", {}).get("traffic", {}).get("requestedCanaryWeight") == expected)
-
-    transitions: list[tuple[str, Any, tuple[str, str | None], set[str]]] = [
-        (
-            "roll forward",
-            lambda: registry.set_registered_model_alias(model_name, "production", v2),
-            (v2, None),
-            {v1, v2},
-        ),
-        (
-            "roll back",
-            lambda: registry.set_registered_model_alias(model_name, "production", v1),
-            (v1, None),
-            {v1, v2},
-        ),
-        (
-            "canary start",
-            lambda: (registry.set_registered_model_alias(model_name, "canary", v3), set_canary(30)),
-            (v1, v3),
-            {v1, v3},
-        ),
-        ("weight up", lambda: set_canary(70), (v1, v3), {v1, v3}),
-        ("canary end", lambda: set_canary(0), (v1, None), {v1, v3}),
-        ("canary again", lambda: set_canary(30), (v1, v3), {v1, v3}),
-        (
-            "promotion",
-            lambda: registry.set_registered_model_alias(model_name, "production", v3),
-            (v3, None),
-            {v1, v3},
-        ),
+    transitions = [
+        Transition("roll forward", lambda: stack.point("production", v2), v2, None, {v1, v2}),
+        Transition("roll back", lambda: stack.point("production", v1), v1, None, {v1, v2}),
+        Transition("canary start", lambda: (stack.point("canary", v3), set_canary(30)), v1, v3, {v1, v3}),
+        Transition("weight up", lambda: set_canary(70), v1, v3, {v1, v3}, weight=70),
+        Transition("canary end", lambda: set_canary(0), v1, None, {v1, v3}),
+        Transition("canary again", lambda: set_canary(30), v1, v3, {v1, v3}),
+        Transition("promotion", lambda: stack.point("production", v3), v3, None, {v1, v3}),
     ]
     report: list[str] = []
-    for name, act, (production, canary), allowed in transitions:
-        with Load(node, address, tmp_path / f"{name.replace(' ', '-')}.jsonl", rate=60) as load:
-            time.sleep(2)  # the load runs before the change, through it, and after it
-            act()
-            if name == "weight up":
-                wait_for(lambda: canary_weight(70), timeout=30, what="weight 70 asked")
-            wait_for(
-                lambda p=production, c=canary: ready_at(kube, namespace, "sentiment", p, c),
-                timeout=240,
-                what=f"{name}: Ready at {production}/{canary}",
-            )
-            time.sleep(8)  # pods of the old version are still stopping (preStop, drain)
+    for step in transitions:
+        started = time.monotonic()
+        with stack.load(step.name.replace(" ", "-"), rate=60) as load:
+            load.running()
+            step.act()
+            stack.ready(step.production, step.canary, also=step.weight_in_status)
+            stack.old_pods_gone()
         answers = load.answers()
         failed = [a for a in answers if a["status"] != 200]
         versions = Counter(a.get("version") for a in answers)
-        report.append(f"{name}: {len(answers)} answers, {len(failed)} failed, versions {dict(versions)}")
+        report.append(
+            f"{step.name}: {len(answers)} answers in {time.monotonic() - started:.0f} s, "
+            f"{len(failed)} failed, versions {dict(versions)}"
+        )
         assert len(answers) >= 300, report[-1]
-        assert not failed, f"{name}: {failed[:5]}\n" + "\n".join(report)
-        assert set(versions) <= allowed, f"{name}: answers from {set(versions) - allowed}\n" + "\n".join(
-            report
+        assert not failed, f"{step.name}: {failed[:5]}\n" + "\n".join(report)
+        assert set(versions) <= step.allowed, (
+            f"{step.name}: answers from {set(versions) - step.allowed}\n" + "\n".join(report)
         )
     print("\n".join(report))
 
 
-def test_a_version_that_cannot_load_never_takes_traffic(
-    installed: LocalCluster,
-    node: RealNode,
-    operator: OperatorProcess,
-    mlflow_server: MlflowServer,
-    registry: MlflowClient,
-    tracking_uri: str,
-    serving_image: str,
-    placement: dict[str, Any],
-    namespace: str,
-    model_name: str,
-    tmp_path: Path,
-) -> None:
-    import mlflow
+def test_a_version_that_cannot_load_never_takes_traffic(stack: RealStack) -> None:
+    v1 = stack.register("v1", alias="production")
+    stack.deploy(replicas=2)
+    broken = stack.register_unloadable()  # while v1's pods start
+    stack.ready(v1)
 
-    kube = Kube(installed)
-    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    kube.apply(
-        model_deployment("sentiment", model_name, tracking_uri, serving_image, placement, replicas=2),
-        namespace=namespace,
-    )
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"Ready at {v1}")
-    address = cluster_ip(kube, namespace, "sentiment")
+    def stalled() -> dict[str, Any] | None:
+        found = stack.resource()
+        return found if condition(found, "Ready") == ("False", "RolloutStalled") else None
 
-    mlflow.set_tracking_uri(mlflow_server.url)
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).parent / "models" / "unloadable.py"),
-            registered_model_name=model_name,
-            pip_requirements=[f"mlflow-skinny=={mlflow.__version__}"],
-        )
-    broken = str(info.registered_model_version)
-    with Load(node, address, tmp_path / "broken.jsonl", rate=60) as load:
-        registry.set_registered_model_alias(model_name, "production", broken)
-
-        def stalled() -> dict[str, Any] | None:
-            found = kube.get("mdep", "sentiment", namespace)
-            return found if condition(found, "Ready") == ("False", "RolloutStalled") else None
-
+    with stack.load("broken", rate=60) as load:
+        load.running()
+        stack.point("production", broken)
         resource = wait_for(stalled, timeout=180, what="Ready=False/RolloutStalled")
     answers = load.answers()
     assert len(answers) >= 300
@@ -397,40 +455,3 @@ def test_a_version_that_cannot_load_never_takes_traffic(
     message = next(c["message"] for c in resource["status"]["conditions"] if c["type"] == "Ready")
     assert broken in message
     assert resource["status"]["production"]["version"] == broken, "the Deployment pins the new version"
-
-
-def test_inside_the_serving_container(
-    installed: LocalCluster,
-    node: RealNode,
-    operator: OperatorProcess,
-    mlflow_server: MlflowServer,
-    tracking_uri: str,
-    serving_image: str,
-    placement: dict[str, Any],
-    namespace: str,
-    model_name: str,
-) -> None:
-    """Not root, a read-only root filesystem, no ServiceAccount token unless asked, scratch writable."""
-    kube = Kube(installed)
-    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    kube.apply(
-        model_deployment("sentiment", model_name, tracking_uri, serving_image, placement, replicas=1),
-        namespace=namespace,
-    )
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", v1), timeout=240, what=f"Ready at {v1}")
-    pod = json.loads(
-        installed.kubectl(
-            "get", "pods", "-n", namespace, "-l", "aliasroll.io/track=production", "-o", "json"
-        ).stdout
-    )["items"][0]["metadata"]["name"]
-
-    def inside(script: str) -> str:
-        return str(installed.kubectl("exec", "-n", namespace, pod, "--", "sh", "-c", script).stdout.strip())
-
-    assert inside("id -u") == "10001"
-    assert inside("touch /probe 2>&1 || echo refused").endswith("refused")
-    assert "Read-only file system" in inside("touch /probe 2>&1 || true")
-    assert (
-        inside("test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes || echo no") == "no"
-    )
-    assert inside("touch /scratch/probe && echo ok") == "ok"
