@@ -16,12 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import wait_for
+from mlflow import MlflowClient
+from realstack import RealStack
 
 from localkube import ClusterError, LocalCluster, RealNode, resolve_bin_dir
 from localkube.node import pod_placement
+from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE_ENV = "ALIASROLL_REQUIRE_REAL_NODE"
+OPERATOR_NAMESPACE = "aliasroll-system"
 _namespaces = itertools.count(1)
 
 
@@ -64,6 +70,92 @@ def namespace(request: pytest.FixtureRequest, cluster: LocalCluster) -> Iterator
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def installed(cluster: LocalCluster) -> LocalCluster:
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    wait_for(
+        lambda: (
+            "Established"
+            in cluster.kubectl(
+                "get", "crd", "modeldeployments.aliasroll.io", "-o", "jsonpath={.status.conditions[*].type}"
+            ).stdout
+        ),
+        timeout=60,
+        what="the CRD Established",
+    )
+    cluster.kubectl("apply", "-k", str(REPO / "manifests"))
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def serving_image(node: RealNode) -> str:
+    return node.load_images(["serving"])["serving"]
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(node: RealNode, mlflow_server: MlflowServer) -> str:
+    """The MLflow server as the operator and the pods see it, from inside the node's namespace."""
+    address, port = node.expose_host_port(mlflow_server.port)
+    return f"http://{address}:{port}"
+
+
+@pytest.fixture(scope="session")
+def operator(
+    installed: LocalCluster, node: RealNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    token = installed.mint_token(OPERATOR_NAMESPACE, "aliasroll", expiration_seconds=24 * 3600)
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = installed.write_kubeconfig_for_token(workdir / "kubeconfig", token)
+    # Inside the namespace the API server is reached through its bridge on 127.0.0.1:6443.
+    text = kubeconfig.read_text().replace(installed.server, "https://127.0.0.1:6443")
+    kubeconfig.write_text(text)
+    process = OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=REPO / ".work" / "e2e-real-operator.log",
+        verbose=True,
+        netns=node.netns,
+        env={
+            "ALIASROLL_REGISTRY_TIMEOUT": "2",
+            "ALIASROLL_REGISTRY_MAX_BACKOFF": "2",
+            "ALIASROLL_RETRY_MAX": "3",
+            # A version that cannot load stalls within the test's patience.
+            "ALIASROLL_PROGRESS_DEADLINE": "40",
+        },
+    )
+    process.log_path.unlink(missing_ok=True)
+    process.start(timeout=120)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def stack(
+    installed: LocalCluster,
+    node: RealNode,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    tracking_uri: str,
+    serving_image: str,
+    placement: dict[str, Any],
+    namespace: str,
+    model_name: str,
+    tmp_path: Path,
+) -> RealStack:
+    return RealStack(
+        cluster=installed,
+        node=node,
+        mlflow=mlflow_server,
+        registry=registry,
+        tracking_uri=tracking_uri,
+        image=serving_image,
+        placement=placement,
+        namespace=namespace,
+        model=model_name,
+        tmp=tmp_path,
+    )
 
 
 @pytest.hookimpl(wrapper=True)
