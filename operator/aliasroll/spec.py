@@ -109,6 +109,12 @@ class CanarySpec:
     on_abort: OnAbort = OnAbort.KEEP_ALIAS
 
     @property
+    def watched(self) -> bool:
+        """Steps or an analysis: a run whose end (promoted, aborted) is kept in status. A plain
+        fixed weight keeps today's behaviour: its status goes with its workload."""
+        return bool(self.steps) or self.analysis is not None
+
+    @property
     def peak_weight(self) -> int:
         """The most traffic the canary is ever asked to take (sizes its pods under the gatewayAPI router)."""
         return max((step.weight for step in self.steps), default=self.weight)

@@ -70,7 +70,8 @@ def test_a_good_canary_goes_through_three_steps_and_is_promoted(stack: RealStack
             timeout=300,
             what=f"@production moved to {v2} by the operator",
         )
-        stack.ready(v2, also=lambda found: found["status"].get("canary", {}).get("phase") == "Succeeded")
+        # The ended run's record stays in status.canary (phase Succeeded, no pods) until @canary moves.
+        stack.ready(v2, v2, also=lambda found: found["status"]["canary"].get("phase") == "Succeeded")
         stack.old_pods_gone()
     answers = load.answers()
     assert all(a["status"] == 200 for a in answers), Counter(a["status"] for a in answers)

@@ -435,3 +435,10 @@ def test_a_restarted_operator_resumes_every_phase_from_status(run: CanaryRun) ->
     # ...and decides the same, posting nothing twice.
     again = advance(canary.from_status(entry), 45)
     assert advance(run, 45) == again
+
+
+def test_a_plain_fixed_weight_keeps_no_record_once_promoted() -> None:
+    fixed = spec(steps=None, weight=20, analysis=None)
+    waiting = CanaryRun(version="3", phase=Phase.AWAITING_PROMOTION)
+    promoted = registry(canary_alias=None, production="3", settled="3")
+    assert advance(waiting, 10, the_spec=fixed, registry=promoted).run is None

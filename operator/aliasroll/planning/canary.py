@@ -175,6 +175,8 @@ def _same_version(
     if registry.production_alias == run.version:
         # Promoted, by the operator's own alias move or a human's: the remaining steps are skipped.
         if registry.production_settled == run.version:
+            if not canary.watched:
+                return Advance(run=None)  # a plain fixed weight keeps no record, as before runs existed
             message = f"production runs version {run.version} on every replica"
             return Advance(run=replace(run, phase=Phase.SUCCEEDED, message=message, ended_at=now))
         message = f"@{spec.model.alias} points at version {run.version}: production is rolling to it"
