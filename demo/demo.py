@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -438,6 +439,9 @@ def up(use_current: bool) -> None:
         service.show(v3)
         service.split(SPLIT_REQUESTS, versions_expected={v3})
 
+    if service is not None:
+        watched_canary(kubectl, client, server.url, manifest, service, production=v3)
+
     step("What happened, as the resource records it")
     history(kubectl)
     print()
@@ -454,7 +458,7 @@ def up(use_current: bool) -> None:
     )
 
     if service is None:
-        step("9. Ask the model: the serving image's entry point, on the version production runs")
+        step("10. Ask the model: the serving image's entry point, on the version production runs")
         model_port = start_model_server(kubectl, server.url)
         say(f"model server for the production version on http://127.0.0.1:{model_port}")
         ask = f"curl -s http://127.0.0.1:{model_port}/invocations"
@@ -473,6 +477,62 @@ def up(use_current: bool) -> None:
   operator log: {STATE / "operator.log"}
   kubectl binary: {kubectl.binary}
   tear down: make demo-down""")
+
+
+def watched_canary(
+    kubectl: Kubectl,
+    client: Any,
+    tracking_uri: str,
+    manifest: dict[str, Any],
+    service: Service,
+    *,
+    production: str,
+) -> None:
+    """Steps, the pods' own metrics judging the canary against production, and the operator moving
+    @production in MLflow itself once every step passed."""
+    step("9. A watched canary: steps, analysis of the pods' /metrics, automatic promotion in MLflow")
+    manifest["spec"]["canary"] = {
+        "alias": "canary",
+        "steps": [{"weight": 25, "duration": "10s"}, {"weight": 50, "duration": "10s"}],
+        "analysis": {"interval": "5s", "minRequests": 10, "errorRate": {"maxPercent": 1}},
+        "promotion": "auto",
+    }
+    from examples.sentiment.register import register_version
+
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    v4 = register_version(tracking_uri, MODEL, variant="v4")
+    client.set_registered_model_alias(MODEL, "canary", v4)
+    say(f"@canary -> {v4}; steps 25% for 10s, 50% for 10s; every 5 s the canary's 5xx share is compared")
+    stop = threading.Event()
+
+    def traffic() -> None:  # the analysis needs requests to judge
+        while not stop.is_set():
+            service.ask(20)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    seen: list[str] = []
+    try:
+
+        def promoted() -> bool:
+            canary = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE)["status"].get("canary") or {}
+            line = f"{canary.get('phase')} step {canary.get('step', '-')}: {canary.get('message', '')}"
+            if canary.get("version") == v4 and (not seen or seen[-1] != line):
+                seen.append(line)
+                say(f"  {line[:150]}")
+            return canary.get("phase") == "Succeeded" and ready(kubectl, v4, v4)
+
+        wait(promoted, f"version {v4} promoted by the operator and serving production", timeout=600)
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+    aliases = client.get_registered_model(MODEL).aliases
+    say(f"MLflow now says @production -> {aliases.get('production')} (moved by the operator)")
+    tags = client.get_model_version(MODEL, v4).tags
+    for key in sorted(tags):
+        if key.startswith("aliasroll.io/canary."):
+            say(f"  tag {key} = {tags[key][:110]}")
+    service.show(v4)
 
 
 def down() -> None:

@@ -42,8 +42,10 @@ def version_tags(stack: RealStack, version: str) -> dict[str, str]:
 
 def test_a_good_canary_goes_through_three_steps_and_is_promoted(stack: RealStack) -> None:
     v1 = stack.register("v1", alias="production")
+    # Two replicas: every step runs one canary pod beside one production pod (the replicas router's
+    # finest split of two), so the steps cost their durations, not new pods.
     stack.deploy(
-        replicas=4,
+        replicas=2,
         canary={
             "alias": "canary",
             "steps": [
@@ -134,6 +136,12 @@ def test_bad_canaries_are_aborted_in_their_first_step_and_a_starved_one_holds(st
         for name in ("failing", "slow"):
             record = wait_for(lambda n=name: aborted(n), timeout=120, what=f"the {name} canary aborted")
             assert record["step"] == "1/2", f"{name}: aborted in its first step"
+        for name in ("failing", "slow"):  # its pods go as production's come back (capacity holds)
+            wait_for(
+                lambda n=name: stack.kube.get("deployment", f"{n}-canary", stack.namespace) is None,
+                timeout=180,
+                what=f"the {name} canary's Deployment gone",
+            )
         stack.old_pods_gone()
     for name, load, metric in (("failing", failing_load, "errorRate"), ("slow", slow_load, "latencyP99")):
         answers = load.answers()
@@ -142,12 +150,14 @@ def test_bad_canaries_are_aborted_in_their_first_step_and_a_starved_one_holds(st
         assert all(a["status"] == 200 for a in production), Counter(a["status"] for a in production)
         record = canary_status(stack, name)
         failed = [m for m in record["analysis"]["metrics"] if m["verdict"] == "Failed"]
-        assert [m["metric"] for m in failed] == [metric], record
+        # The failing canary's 500s may be slow too; the slow one never fails a request.
+        assert metric in [m["metric"] for m in failed], record
+        if name == "slow":
+            assert [m["metric"] for m in failed] == ["latencyP99"], record
         found = stack.kube.get("mdep", name, stack.namespace) or {}
         healthy = next(c for c in found["status"]["conditions"] if c["type"] == "CanaryHealthy")
         assert (healthy["status"], healthy["reason"]) == ("False", "CanaryAborted")
         assert ("error rate" if metric == "errorRate" else "p99 latency") in healthy["message"], healthy
-        assert stack.kube.get("deployment", f"{name}-canary", stack.namespace) is None
         assert version_tags(stack, names[name])["aliasroll.io/canary.outcome"] == "aborted"
     assert stack.registry.get_registered_model(stack.model).aliases["production"] == v1
 
