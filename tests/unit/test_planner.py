@@ -186,14 +186,25 @@ CASES = [
         events=(reasons.CANARY_UPDATED,),
     ),
     Case(
-        name="promotion: canary kept until production has rolled",
+        name="promotion: production rolls at its size, canary kept until production has rolled",
         spec=canary_spec(20),
         view=view("3", "3"),
         observed=observed(workload(P, "2", replicas=8), workload(C, "3", replicas=2)),
         previous=status_for("2", "3"),
-        production=("3", 10),
+        production=("3", 8),  # a new count with a new template would scale the old version first
         canary=("3", 2),
         events=(reasons.CANARY_PROMOTED,),
+        pruned=(),
+    ),
+    Case(
+        name="promotion: production rolled at its size grows to the whole, canary still kept",
+        spec=canary_spec(20),
+        view=view("3", "3"),
+        observed=observed(workload(P, "3", replicas=8), workload(C, "3", replicas=2)),
+        previous=status_for("3", "3"),
+        production=("3", 10),
+        canary=("3", 2),
+        events=(),
         pruned=(),
     ),
     Case(

@@ -279,7 +279,7 @@ def _next_step(
     step = canary.steps[run.step_index]
     if now < run.step_started_at + timedelta(seconds=step.duration_seconds):
         return run
-    if canary.analysis is not None and not _passed_in_step(run):
+    if canary.analysis is not None and not _passed_in_step(run, canary.analysis.interval_seconds):
         if run.verdict is Verdict.INCONCLUSIVE:
             return replace(run, message=f"holding step {run.step_index + 1}: {run.message}")
         return run  # the step's time is up; its first passed measurement ends it
@@ -296,12 +296,14 @@ def _next_step(
     return replace(run, phase=Phase.AWAITING_PROMOTION, message=message)
 
 
-def _passed_in_step(run: CanaryRun) -> bool:
+def _passed_in_step(run: CanaryRun, interval_seconds: float) -> bool:
+    """The last measurement passed, and its window (one interval back) lies within the step: one
+    taken right after the step began would mostly judge the step before it."""
     return (
         run.verdict is Verdict.PASSED
         and run.measured_at is not None
         and run.step_started_at is not None
-        and run.measured_at >= run.step_started_at
+        and run.measured_at >= run.step_started_at + timedelta(seconds=interval_seconds)
     )
 
 

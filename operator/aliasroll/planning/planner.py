@@ -240,7 +240,7 @@ def _in_place(placed: _Workloads, observed: ObservedState) -> bool:
         placed.replicas.get(track) == target
         and (workload := observed.workloads.get(track)) is not None
         and workload.replicas == target
-        and workload.available >= target
+        and workload.available == target  # more: a leaving pod still takes requests
         and workload.rolled_out
         for track, target in placed.targets.items()
     )
@@ -285,7 +285,15 @@ def _place(
         and production_now.replicas == targets[Track.PRODUCTION]
     )
     hold = frozenset() if canary is not None or production_settled else frozenset({Track.CANARY})
-    replicas = capacity.replicas_now(targets=targets, running=running, hold=hold)
+    wanted = {Track.PRODUCTION: production, Track.CANARY: canary}
+    rolling = frozenset(
+        track
+        for track, workload in observed.workloads.items()
+        if (version := wanted.get(track)) is not None
+        and workload.stalled is None  # a stuck rollout must not also keep the replicas asked for
+        and not health.settled(workload.model, workload.version, workload.rolled_out, version)
+    )
+    replicas = capacity.replicas_now(targets=targets, running=running, hold=hold, rolling=rolling)
     served = {Track.PRODUCTION: production}
     if Track.CANARY in replicas:
         draining = canary or running_canary
