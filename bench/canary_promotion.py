@@ -90,6 +90,7 @@ class Run:
     verdicts: dict[str, str] = field(default_factory=dict)  # measuredAt -> verdict
     failed_requests: int = 0
     answered: int = 0
+    timeline: list[tuple[float, str]] = field(default_factory=list)  # status as it changed
 
 
 def parse_steps(text: str) -> list[Step]:
@@ -179,6 +180,22 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Pat
         time.sleep(READ_EVERY)
 
 
+def describe(status: dict[str, Any]) -> str:
+    """The status fields a canary run moves, on one line (for --timeline)."""
+    production = status.get("production") or {}
+    canary = status.get("canary") or {}
+    analysis = canary.get("analysis") or {}
+    return (
+        f"production v{production.get('version')} {production.get('availableReplicas', 0)}/"
+        f"{production.get('replicas', 0)}  canary v{canary.get('version')} "
+        f"{canary.get('availableReplicas', 0)}/{canary.get('replicas', 0)} "
+        f"weight {(status.get('traffic') or {}).get('canaryWeight')}%  {canary.get('phase')} "
+        f"step {canary.get('step')} started {canary.get('stepStartedAt')}  "
+        f"{analysis.get('verdict')} at {analysis.get('measuredAt')}  @production "
+        f"{(status.get('registry') or {}).get('aliases', {}).get('production')}"
+    )
+
+
 def follow(
     run: Run,
     *,
@@ -198,8 +215,12 @@ def follow(
                 f"version {run.version}: no promotion within {RUN_TIMEOUT:.0f} s (phase {phase or 'none'},"
                 f" steps entered {sorted(run.entered)}, started {sorted(run.started)}); see {log}"
             )
-        canary = cluster.status().get("canary") or {}
+        status = cluster.status()
+        canary = status.get("canary") or {}
         seen = time.time()
+        state = describe(status)
+        if not run.timeline or run.timeline[-1][1] != state:
+            run.timeline.append((seen, state))
         if canary.get("version") == run.version:
             phase = str(canary.get("phase") or "")
             if run.noticed is None:
@@ -279,6 +300,7 @@ class Settings:
     min_requests: int
     rate: float
     poll: str
+    timeline: bool = False
 
     @property
     def step_sum(self) -> float:
@@ -320,7 +342,18 @@ def bench(settings: Settings, work: Path, stack: contextlib.ExitStack) -> list[t
     cluster.start()
     server.start()
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
+    # `kubectl wait` errs instead of waiting while the new CRD has no status yet: ask again until then.
+    wait_until(
+        lambda: (
+            cluster.kubectl(
+                "wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io", check=False
+            ).returncode
+            == 0
+        ),
+        timeout=60,
+        what="the CRD established",
+        log=log,
+    )
     node = cluster.node
     address, port = node.expose_host_port(server.port)
     client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
@@ -404,6 +437,9 @@ def bench(settings: Settings, work: Path, stack: contextlib.ExitStack) -> list[t
             f"      measurements {counted}; {run.answered} requests, {run.failed_requests} failed",
             flush=True,
         )
+        if settings.timeline:
+            for moment, state in run.timeline:
+                print(f"      {moment - run.set_at:7.2f}  {state}")
         if run.failed_requests:
             kinds: dict[str, int] = {}
             for _, kind in stream.failures_since(began):
@@ -483,6 +519,7 @@ def main() -> None:
         help="spec.registry.pollInterval: longer than the analysis interval, so steps that end on "
         "time show they do not ride on the poll timer",
     )
+    parser.add_argument("--timeline", action="store_true", help="print each run's status as it changed")
     args = parser.parse_args()
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
@@ -495,6 +532,7 @@ def main() -> None:
         min_requests=args.min_requests,
         rate=args.rate,
         poll=args.poll,
+        timeline=args.timeline,
     )
     if os.geteuid() != 0:
         raise SystemExit("the canary benchmark runs real pods on a real node: it needs root")
