@@ -97,7 +97,7 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 	$(PY) demo/demo.py down
 
 .PHONY: bench
-bench: bench-rollout bench-serving bench-canary ## Every benchmark: rollout, serving, canary (about 20 minutes)
+bench: bench-rollout bench-serving bench-canary ## Every benchmark: rollout (about 7 minutes), serving, canary (6 to 12 minutes)
 
 .PHONY: bench-rollout
 bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max vs the poll interval
