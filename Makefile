@@ -96,7 +96,7 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 	$(PY) demo/demo.py down
 
 .PHONY: bench
-bench: bench-rollout bench-serving ## Both benchmarks (about 5 minutes)
+bench: bench-rollout bench-serving bench-canary ## Every benchmark: rollout (about 7 minutes), serving, canary (6 to 12 minutes)
 
 .PHONY: bench-rollout
 bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max vs the poll interval
@@ -105,6 +105,10 @@ bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/
 .PHONY: bench-serving
 bench-serving: venv ## The model server against `mlflow models serve` and MLServer: cold start, req/s, p50/p99 at c=1/8/32
 	$(PY) bench/serving.py
+
+.PHONY: bench-canary
+bench-canary: venv cluster-binaries node-binaries node-packages ## @canary set -> promoted by the watched canary on real pods, vs the sum of its steps (root)
+	$(PY) bench/canary_promotion.py
 
 .PHONY: serving-requirements
 serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requirements.in
