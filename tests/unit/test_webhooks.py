@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from test_poller import REGISTRY as ENDPOINT
 from test_poller import Follower, ScriptedRegistry, until
 
+from aliasroll.config import OperatorConfig
 from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
 from aliasroll.registry.client import RegistryClient
 from aliasroll.registry.poller import RegistryPoller
@@ -213,3 +214,22 @@ async def test_a_pushed_change_is_read_at_once_and_counted_on_the_metrics_endpoi
         for listener in listeners:
             await listener.stop()
         await poller.close()
+
+
+def test_push_and_metrics_are_off_unless_configured_and_the_secret_is_never_printed() -> None:
+    assert OperatorConfig.from_env({}).webhook_secret is None
+    assert OperatorConfig.from_env({}).metrics_listen is None
+    config = OperatorConfig.from_env(
+        {
+            "ALIASROLL_WEBHOOK_SECRET": "hunter2",
+            "ALIASROLL_WEBHOOK_LISTEN": "0.0.0.0:8081",
+            "ALIASROLL_WEBHOOK_TOLERANCE": "60",
+            "ALIASROLL_METRICS_LISTEN": "0.0.0.0:9102",
+        }
+    )
+    assert (config.webhook_secret, config.webhook_listen, config.webhook_tolerance_seconds) == (
+        "hunter2",
+        "0.0.0.0:8081",
+        60.0,
+    )
+    assert "hunter2" not in repr(config)
