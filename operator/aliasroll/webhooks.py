@@ -163,8 +163,8 @@ class SeenDeliveries:
         self._seen: dict[str, float] = {}  # id -> expiry; insertion order is expiry order
 
     def first_time(self, delivery_id: str, *, now: float) -> bool:
-        for old in [key for key, expiry in self._seen.items() if expiry <= now]:
-            del self._seen[old]
+        while self._seen and next(iter(self._seen.values())) <= now:  # the oldest first
+            del self._seen[next(iter(self._seen))]
         if delivery_id in self._seen:
             return False
         while len(self._seen) >= self._limit:  # bounded, whatever a sender floods us with

@@ -28,6 +28,7 @@ from aliasroll.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Outcome,
+    SeenDeliveries,
     WebhookReceiver,
     check,
     sign,
@@ -233,3 +234,13 @@ def test_push_and_metrics_are_off_unless_configured_and_the_secret_is_never_prin
         60.0,
     )
     assert "hunter2" not in repr(config)
+
+
+def test_delivery_ids_are_kept_for_a_while_and_in_bounds() -> None:
+    seen = SeenDeliveries(keep_seconds=10, limit=2)
+    assert seen.first_time("a", now=0)
+    assert not seen.first_time("a", now=5)
+    assert seen.first_time("a", now=11), "forgotten once older deliveries are refused as stale anyway"
+    assert seen.first_time("b", now=12)
+    assert seen.first_time("c", now=12)
+    assert seen.first_time("a", now=12), "the oldest made room"
