@@ -9,12 +9,20 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from examples.sentiment.register import register_version
-from harness import WEBHOOK_SECRET, Kube, available_at, deployment_version, model_deployment, wait_for
+from harness import (
+    WEBHOOK_SECRET,
+    Kube,
+    available_at,
+    deployment_version,
+    model_deployment,
+    ready_at,
+    wait_for,
+)
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +37,18 @@ def polled_hourly(name: str, model: str, tracking_uri: str) -> dict[str, Any]:
     return model_deployment(
         name, model, tracking_uri, registry={"trackingUri": tracking_uri, "pollInterval": POLL}
     )
+
+
+def settled(count: Callable[[], int], *, quiet: float = 2.0, timeout: float = 30.0) -> int:
+    """The count once it has not moved for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the count kept moving"
+        time.sleep(0.2)
+        if (now := count()) != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def receiver_url(operator: OperatorProcess) -> str:
@@ -162,11 +182,13 @@ def test_forged_old_replayed_and_unknown_deliveries_change_nothing(
     wait_for(
         lambda: available_at(kube, namespace, "quiet-production", v1), timeout=60, what="available at v1"
     )
-    # Moved with no webhook registered: only a delivery could bring the change before the poll.
     v2 = register_version(mlflow_server.url, model_name, variant="v2")
-    registry.set_registered_model_alias(model_name, "production", v2)
+    # The rollout's passes write version tags and read each write back: done before the move.
+    wait_for(lambda: ready_at(kube, namespace, "quiet", v1), timeout=60, what="Ready at v1")
+    # Moved with no webhook registered: only a delivery could bring the change before the poll.
+    registry.set_registered_model_alias(model_name, "production", v2)  # (the client reads the model too)
     reads = f"registered-models/get?name={model_name}"
-    reads_before = count_requests(mlflow_server.log_path, reads)
+    reads_before = settled(lambda: count_requests(mlflow_server.log_path, reads))
     before = scrape(operator)
     body = alias_event(model_name, v2)
     now = time.time()
@@ -188,7 +210,9 @@ def test_forged_old_replayed_and_unknown_deliveries_change_nothing(
         timeout=10,
         what="pinned to v2 by the genuine delivery",
     )
-    reads_after_genuine = count_requests(mlflow_server.log_path, reads)
+    # The passes of the rollout write version tags (each write is read back): wait until they are done.
+    wait_for(lambda: ready_at(kube, namespace, "quiet", v2), timeout=60, what="Ready at v2")
+    reads_after_genuine = settled(lambda: count_requests(mlflow_server.log_path, reads))
     assert post(operator, body, genuine) == (200, "duplicate")
     time.sleep(1.0)
     assert count_requests(mlflow_server.log_path, reads) == reads_after_genuine, "a replay read the model"
