@@ -99,7 +99,7 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 bench: bench-rollout bench-serving bench-canary ## Every benchmark: rollout (about 7 minutes), serving, canary (6 to 12 minutes)
 
 .PHONY: bench-rollout
-bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max vs the poll interval
+bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max: polled (vs the interval) and pushed by a webhook
 	$(PY) bench/rollout_latency.py
 
 .PHONY: bench-serving

@@ -15,6 +15,9 @@ requests goes through the Service from inside the node's network namespace. Each
                request after the last answer of the old version, or the last failed one)
 and counts the requests that failed during the move.
 
+Then (kwok), the same moves pushed: a registry webhook delivers each move to the operator, the
+resource's pollInterval is 60 s (--push-poll), so the time is delivery + one read + one pass.
+
     make bench                               # 20 kwok moves (4 replicas), 10 real ones (2), poll 2s
     .venv/bin/python bench/rollout_latency.py --moves 40 --poll 5s --replicas 2 --real-moves 20
 
@@ -52,9 +55,18 @@ from aliasroll.spec import parse_duration  # noqa: E402
 from localcluster import ClusterError, LocalCluster  # noqa: E402
 from localkube import RealNode  # noqa: E402
 from localkube.node import pod_placement  # noqa: E402
-from mlflowserver import MlflowServer  # noqa: E402
+from mlflowserver import MlflowServer, free_port  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
 
+WEBHOOK_SECRET = "bench-webhook-secret"
+# The server delivers webhooks to the operator on loopback (plain http, a private address), and a new
+# webhook fires within a second (its list is cached this long; 60 s by default).
+WEBHOOK_SERVER_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "ZmDfcTF7_60GrrY167zsiPd67pEvs0aGOv2oasOM1Pg=",
+}
 NAMESPACE = "bench"
 NAME = "bench"
 REAL_NAMESPACE = "bench-real"
@@ -107,9 +119,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def deployment(cluster: LocalCluster, namespace: str = NAMESPACE) -> dict[str, Any]:
+def deployment(cluster: LocalCluster, namespace: str = NAMESPACE, name: str = NAME) -> dict[str, Any]:
     out = cluster.kubectl(
-        "get", "deployment", f"{NAME}-production", "-n", namespace, "-o", "json", check=False
+        "get", "deployment", f"{name}-production", "-n", namespace, "-o", "json", check=False
     )
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
@@ -323,6 +335,85 @@ def real_node_moves(
         operator.stop()
 
 
+def push_moves(
+    *,
+    cluster: LocalCluster,
+    server: MlflowServer,
+    client: Any,
+    operator: OperatorProcess,
+    moves: int,
+    poll: str,
+    replicas: int,
+) -> None:
+    """The same moves with a registry webhook pushing them, the poll far away (`poll`): the time is
+    MLflow's delivery, one read and one pass, not the poll."""
+    from support.registry import quick_versions
+
+    poll_seconds = parse_duration(poll, field_path="--push-poll")
+    model, name = "bench-push-model", "bench-push"
+    quick_versions(client, model, 2)
+    client.set_registered_model_alias(model, "production", "1")
+    client.create_webhook(
+        name="aliasroll-bench",
+        url=f"http://{operator.extra_env['ALIASROLL_WEBHOOK_LISTEN']}/webhooks/mlflow",
+        events=["model_version_alias.created", "model_version_alias.deleted"],
+        secret=WEBHOOK_SECRET,
+    )
+    resource = {
+        "apiVersion": "aliasroll.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": model},
+            "replicas": replicas,
+            "registry": {"trackingUri": server.url, "pollInterval": poll},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+    deadline = time.monotonic() + 120
+    while not rolled_out(deployment(cluster, name=name), "1"):
+        if time.monotonic() > deadline:
+            raise SystemExit("the push resource's first deploy did not complete")
+        time.sleep(0.1)
+    time.sleep(2.0)  # the server's cached webhook list (1 s here) now holds the webhook
+
+    template_times: list[float] = []
+    available_times: list[float] = []
+    current = "1"
+    print(f"\n{moves} pushed alias moves, pollInterval {poll}, {replicas} replicas", flush=True)
+    for move in range(moves):
+        time.sleep(random.uniform(0.5, 2.0))
+        target = "2" if current == "1" else "1"
+        moved = time.monotonic()
+        client.set_registered_model_alias(model, "production", target)
+        seen_template = None
+        while True:
+            obj = deployment(cluster, name=name)
+            now = time.monotonic()
+            if seen_template is None and template_version(obj) == target:
+                seen_template = now - moved
+            if seen_template is not None and rolled_out(obj, target):
+                available = now - moved
+                break
+            if now - moved > poll_seconds / 2:
+                raise SystemExit(f"pushed move {move + 1} took longer than half the poll: was it pushed?")
+        template_times.append(seen_template)
+        available_times.append(available)
+        current = target
+        print(
+            f"  move {move + 1:>2}: {current}  template {seen_template:5.2f} s  available {available:5.2f} s",
+            flush=True,
+        )
+    print(f"\nalias move -> cluster, pushed (pollInterval {poll_seconds:g} s, {moves} moves)")
+    print(f"{'':<26}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}   (seconds)")
+    for label, values in (
+        ("pod template pinned", template_times),
+        ("new pods all available", available_times),
+    ):
+        p50, p95, worst = percentile(values, 0.5), percentile(values, 0.95), max(values)
+        print(f"{label:<26}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -333,6 +424,8 @@ def main() -> None:
     parser.add_argument("--real-moves", type=int, default=10, help="alias moves on the real node")
     parser.add_argument("--real-replicas", type=int, default=2, help="replicas on the real node")
     parser.add_argument("--no-real-node", action="store_true", help="the kwok part only")
+    parser.add_argument("--push-moves", type=int, default=20, help="alias moves pushed by a webhook (kwok)")
+    parser.add_argument("--push-poll", default="60s", help="pollInterval of the pushed resource")
     args = parser.parse_args()
     poll_seconds = parse_duration(args.poll, field_path="--poll")
 
@@ -350,7 +443,7 @@ def main() -> None:
             real_node = False
     # The kwok part's pods carry no placement, so they stay on the kwok node beside the real one.
     cluster = LocalCluster(work / "cluster", real_node=real_node, node_images=("pause", "serving"))
-    server = MlflowServer(work / "mlflow")
+    server = MlflowServer(work / "mlflow", extra_env=WEBHOOK_SERVER_ENV)
     operator: OperatorProcess | None = None
     try:
         print(
@@ -364,7 +457,11 @@ def main() -> None:
         operator = OperatorProcess(
             kubeconfig=cluster.kubeconfig,
             log_path=work / "operator.log",
-            env={"ALIASROLL_SERVING_IMAGE": "bench:1"},
+            env={
+                "ALIASROLL_SERVING_IMAGE": "bench:1",
+                "ALIASROLL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
+            },
         )
         operator.start()
         client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
@@ -432,6 +529,16 @@ def main() -> None:
         print(
             "note: the timer reads the Deployment with kubectl (tens of ms a read): that is the resolution."
         )
+        if args.push_moves:
+            push_moves(
+                cluster=cluster,
+                server=server,
+                client=client,
+                operator=operator,
+                moves=args.push_moves,
+                poll=args.push_poll,
+                replicas=args.replicas,
+            )
         if real_node:
             operator.stop()
             operator = None

@@ -26,9 +26,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
+# Webhooks may deliver to the operator on loopback (plain http, a private address), and a webhook
+# created by a test fires within a second (the server caches its webhook list this long).
+WEBHOOK_SERVER_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    # A fixed Fernet key: the webhook secrets stored stay readable across restarts of the server.
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "ZmDfcTF7_60GrrY167zsiPd67pEvs0aGOv2oasOM1Pg=",
+}
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+    with MlflowServer(tmp_path_factory.mktemp("mlflow"), extra_env=WEBHOOK_SERVER_ENV) as server:
         yield server
 
 

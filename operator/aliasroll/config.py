@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aliasroll import __version__
 
@@ -25,6 +25,13 @@ class OperatorConfig:
     # How often the watched ModelDeployments are listed, to catch deletions and additions the watch
     # missed (during a re-list after a lost connection, for instance).
     resync_seconds: float = 300.0
+    # Push: the registry webhooks' shared secret (from a Secret) and where to receive them; no
+    # secret or no address: no receiver, polling alone. A delivery's timestamp may be this far off.
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_listen: str | None = None
+    webhook_tolerance_seconds: float = 300.0
+    # host:port for GET /metrics (Prometheus); None: not served.
+    metrics_listen: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -60,4 +67,10 @@ class OperatorConfig:
             ),
             retry_max_seconds=number("ALIASROLL_RETRY_MAX", defaults.retry_max_seconds),
             resync_seconds=number("ALIASROLL_RESYNC_SECONDS", defaults.resync_seconds),
+            webhook_secret=env.get("ALIASROLL_WEBHOOK_SECRET") or None,
+            webhook_listen=env.get("ALIASROLL_WEBHOOK_LISTEN") or None,
+            webhook_tolerance_seconds=number(
+                "ALIASROLL_WEBHOOK_TOLERANCE", defaults.webhook_tolerance_seconds
+            ),
+            metrics_listen=env.get("ALIASROLL_METRICS_LISTEN") or None,
         )

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, Kube, wait_for
+from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, WEBHOOK_SECRET, Kube, wait_for
 
 from localcluster import LocalCluster
+from mlflowserver import free_port
 from operatorprocess import OperatorProcess
 
 _namespaces = itertools.count(1)
@@ -71,6 +72,10 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
             "ALIASROLL_REGISTRY_MAX_BACKOFF": "2",
             "ALIASROLL_RETRY_MAX": "3",
             "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",
+            # Push and metrics on loopback, as the Deployment in manifests/ has them on the pod's ports.
+            "ALIASROLL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
+            "ALIASROLL_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         },
     )
     process.log_path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from localcluster import LocalCluster
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
+WEBHOOK_SECRET = "e2e-webhook-secret"  # the session operator's, for webhooks the tests register
 OPERATOR_NAMESPACE = "aliasroll-system"
 OPERATOR_ACCOUNT = "aliasroll"
 

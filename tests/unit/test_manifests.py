@@ -121,3 +121,26 @@ def test_every_watched_namespace_has_a_role_and_a_namespace_flag() -> None:
         flags.add(namespace)
     assert with_role, "the example watches one namespace"
     assert flags == with_role, "each watched namespace needs both its Role folder and its --namespace flag"
+
+
+def test_the_service_and_the_scrape_annotations_reach_the_ports_the_operator_listens_on() -> None:
+    deployment = only(documents(MANIFESTS / "operator.yaml"), "Deployment")
+    service = only(documents(MANIFESTS / "service.yaml"), "Service")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["ALIASROLL_WEBHOOK_LISTEN"] == f"0.0.0.0:{ports['webhooks']}"
+    assert env["ALIASROLL_METRICS_LISTEN"] == f"0.0.0.0:{ports['metrics']}"
+    assert {port["targetPort"] for port in service["spec"]["ports"]} == {"webhooks", "metrics"}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+    # The secret is optional: an install without the Secret runs, polling alone.
+    [secret] = [item for item in container["env"] if item["name"] == "ALIASROLL_WEBHOOK_SECRET"]
+    assert secret["valueFrom"]["secretKeyRef"] == {
+        "name": "aliasroll-webhook",
+        "key": "secret",
+        "optional": True,
+    }
+    assert "service.yaml" in documents(MANIFESTS / "kustomization.yaml")[0]["resources"]

@@ -192,3 +192,24 @@ async def test_a_crashed_poll_loop_is_logged_and_restarted(
         assert crashes[0].exc_info is not None, "the traceback is logged"
     finally:
         await poller.close()
+
+
+async def test_refresh_reads_a_followed_model_at_once_and_tells_an_unknown_one(
+    registry: ScriptedRegistry,
+) -> None:
+    poller = RegistryPoller(cast(RegistryClient, registry), batch_window=0.0)
+    follower = Follower(poller, REGISTRY, "m2", interval=3600.0)
+    try:
+        await follower.snapshot()
+        reads = len(registry.direct_reads)
+        assert poller.refresh("nobody") == 0
+        assert poller.refresh("m2", SILENT) == 0, "only the named registry"
+        with registry.lock:
+            registry.aliases["m2"] = {"production": "5"}
+        assert poller.refresh("m2", moved_at=123.0) == 1
+        await until(lambda: len(registry.direct_reads) > reads)
+        assert (await follower.snapshot()).aliases == {"production": "5"}
+        assert poller.take_change(f"{REGISTRY}/m2") == 123.0, "the registry's time of the move"
+        assert poller.take_change(f"{REGISTRY}/m2") is None, "once per change"
+    finally:
+        await poller.close()

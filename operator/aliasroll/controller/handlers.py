@@ -14,23 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
 from lightkube import ALL_NS, AsyncClient
 
-from aliasroll import __version__
+from aliasroll import __version__, metrics
 from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
 from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.scheduler import Scheduler
+from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
 from aliasroll.kube.resources import ModelDeployment
 from aliasroll.planning.state import EventRecord
 from aliasroll.planning.workloads import LABEL_MANAGED_BY, LABEL_OWNER, MANAGER, WorkloadDefaults
 from aliasroll.registry.client import RegistryClient, configure_http
 from aliasroll.registry.poller import RegistryPoller, Wake
 from aliasroll.spec import GROUP, PLURAL, VERSION
+from aliasroll.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +79,49 @@ class Runtime:
         # After a failed list, retry sooner than the period, but never more often than every 5 s.
         self._resync_backoff = Backoff(base=min(5.0, config.resync_seconds), cap=config.resync_seconds)
         self._resync_task: asyncio.Task[None] | None = None
+        self.listeners = self._listeners(config)
+        metrics.QUEUE_DEPTH.set_function(lambda: self.scheduler.pending)
 
-    def start(self) -> None:
+    def _listeners(self, config: OperatorConfig) -> list[Listener]:
+        listeners = []
+        if config.metrics_listen:
+            host, port = parse_listen("ALIASROLL_METRICS_LISTEN", config.metrics_listen)
+            listeners.append(Listener("metrics", metrics_app(), host, port))
+        if config.webhook_listen and config.webhook_secret:
+            host, port = parse_listen("ALIASROLL_WEBHOOK_LISTEN", config.webhook_listen)
+            receiver = WebhookReceiver(
+                secret=config.webhook_secret,
+                refresh=self.registry.refresh,
+                tolerance=config.webhook_tolerance_seconds,
+            )
+            listeners.append(Listener("registry webhooks", webhook_app(receiver), host, port))
+        elif config.webhook_listen:
+            log.warning(
+                "ALIASROLL_WEBHOOK_LISTEN is set but ALIASROLL_WEBHOOK_SECRET is not: webhooks are "
+                "not received (unsigned deliveries are never trusted); polling alone"
+            )
+        return listeners
+
+    async def start(self) -> None:
+        for listener in self.listeners:
+            await listener.start()
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
+        metrics.LEADER.set(1)
 
     async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> PassResult:
-        return await self.reconciler.reconcile(body, wake=wake)
+        began = time.perf_counter()
+        outcome = "failed"  # also when the pass raises (the scheduler logs and retries it)
+        try:
+            result = await self.reconciler.reconcile(body, wake=wake)
+            outcome = "gone" if result.gone else "failed" if result.failed is not None else "ok"
+        finally:
+            metrics.PASSES.labels(outcome).inc()
+            metrics.PASS_SECONDS.labels(outcome).observe(time.perf_counter() - began)
+        if outcome == "ok":
+            changed_at = self.registry.take_change(str((body.get("metadata") or {}).get("uid") or ""))
+            if changed_at is not None:
+                metrics.ALIAS_MOVE_APPLIED_SECONDS.observe(max(0.0, time.time() - changed_at))
+        return result
 
     async def resync(self) -> None:
         """Lists the watched ModelDeployments and stops or starts workers the watch left behind."""
@@ -111,6 +151,9 @@ class Runtime:
                 failures = 0
 
     async def close(self) -> None:
+        metrics.LEADER.set(0)
+        for listener in self.listeners:
+            await listener.stop()
         if self._resync_task is not None:
             self._resync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,7 +172,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.client_timeout = 330
     # __main__ puts the namespaces of --namespace in the memo; none means every namespace.
     memo.runtime = Runtime(OperatorConfig.from_env(), namespaces=memo.get("watched_namespaces", ()))
-    memo.runtime.start()
+    await memo.runtime.start()
     log.info("aliasroll %s started", __version__)
 
 

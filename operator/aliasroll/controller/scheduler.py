@@ -117,6 +117,11 @@ class Scheduler:
         self._removed: dict[Uid, int] = {}
 
     @property
+    def pending(self) -> int:
+        """Workers woken and waiting for their next pass (the queue depth)."""
+        return sum(1 for worker in self._workers.values() if worker.wake.is_set())
+
+    @property
     def position(self) -> int:
         """Where the scheduler is in the stream of events; take it just before listing, for resync."""
         return self._events

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from aliasroll import metrics
 from aliasroll.backoff import Backoff
 from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable
 from aliasroll.registry.client import RegistryClient
@@ -85,6 +86,11 @@ class _Entry:
     snapshot_time: float = 0.0  # clock() of the snapshot, for rescheduling
     next_due: float = 0.0
     failures: int = 0
+    # Wall-clock time of the latest change of answer (the registry's own time of a pushed alias move
+    # when a push brought the read forward), and the subscribers that have not yet applied it.
+    changed_at: float | None = None
+    pushed_at: float | None = None
+    unapplied: set[Hashable] = field(default_factory=set)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -161,6 +167,35 @@ class RegistryPoller:
             if not entry.subscribers:
                 del self._entries[key]
                 self._kick(key[0])
+
+    def refresh(self, model: str, endpoint: Endpoint | None = None, *, moved_at: float | None = None) -> int:
+        """Reads `model` again at once (a push said it changed), on every endpoint or only `endpoint`.
+
+        Returns how many (endpoint, model) subscriptions were woken: 0 means nobody follows it.
+        Only the read is brought forward; what it finds goes through the usual comparison, so a
+        push that changes nothing wakes no resource. `moved_at` (wall clock) is when the registry
+        says the alias moved, for the move-to-applied latency.
+        """
+        now = self._clock()
+        woken = 0
+        for (entry_endpoint, entry_model), entry in self._entries.items():
+            if entry_model != model or (endpoint is not None and entry_endpoint != endpoint):
+                continue
+            entry.next_due = now
+            entry.pushed_at = moved_at
+            self._kick(entry_endpoint)
+            woken += 1
+        return woken
+
+    def take_change(self, subscriber: Hashable) -> float | None:
+        """When the answer the subscriber follows last changed (wall clock), once per change: its
+        pass that just succeeded applied that change."""
+        key = self._subscriptions.get(subscriber)
+        entry = None if key is None else self._entries.get(key)
+        if entry is None or subscriber not in entry.unapplied:
+            return None
+        entry.unapplied.discard(subscriber)
+        return entry.changed_at
 
     async def version(
         self, endpoint: Endpoint, model: str, version: str, *, ttl: float
@@ -353,6 +388,10 @@ class RegistryPoller:
             snapshot = ModelSnapshot(model=entry.model, aliases=answer, error=None)
             entry.next_due = now + entry.interval
         changed = not snapshot.same_answer(entry.snapshot)
+        if changed and entry.snapshot is not None and snapshot.error is None:
+            entry.changed_at = entry.pushed_at if entry.pushed_at is not None else time.time()
+            entry.unapplied = set(entry.subscribers)
+        entry.pushed_at = None
         entry.snapshot = snapshot
         entry.snapshot_time = now
         entry.answered.set()
@@ -367,4 +406,22 @@ class RegistryPoller:
             lane = self._lanes[endpoint] = ThreadPoolExecutor(
                 max_workers=self._concurrency, thread_name_prefix=f"registry {endpoint.tracking_uri}"
             )
-        return await asyncio.get_running_loop().run_in_executor(lane, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(lane, _timed, fn, *args)
+
+
+def _timed(fn: Callable[..., T], *args: object) -> T:
+    """Runs one registry call, counted by call and outcome, with its latency."""
+    call = getattr(fn, "__name__", "call")
+    began = time.perf_counter()
+    outcome = "ok"
+    try:
+        return fn(*args)
+    except RegistryError as error:
+        outcome = error.reason
+        raise
+    except Exception:
+        outcome = "Error"
+        raise
+    finally:
+        metrics.REGISTRY_CALL_SECONDS.labels(call).observe(time.perf_counter() - began)
+        metrics.REGISTRY_CALLS.labels(call, outcome).inc()

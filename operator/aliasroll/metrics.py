@@ -1,0 +1,59 @@
+"""The operator's Prometheus metrics (one process-wide set, served by `aliasroll.http`).
+
+Names and labels are documented in the README ("Metrics"); labels stay low in cardinality: no
+resource names, no model names, no registry addresses.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Passes take milliseconds when nothing changes and seconds when a registry is slow.
+_PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# An alias move reaches the pod template within a poll interval (minutes) or, pushed, within a second.
+_MOVE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+PASSES = Counter(
+    "aliasroll_passes_total",
+    "Reconcile passes, by result (ok, failed, gone)",
+    ["result"],
+)
+PASS_SECONDS = Histogram(
+    "aliasroll_pass_duration_seconds",
+    "Duration of a reconcile pass, by result",
+    ["result"],
+    buckets=_PASS_BUCKETS,
+)
+REGISTRY_CALLS = Counter(
+    "aliasroll_registry_calls_total",
+    "Calls to MLflow registries, by call (model_aliases, all_model_aliases, version, set_alias, "
+    "delete_alias, set_version_tags) and outcome (ok, or the error's reason)",
+    ["call", "outcome"],
+)
+REGISTRY_CALL_SECONDS = Histogram(
+    "aliasroll_registry_call_duration_seconds",
+    "Latency of calls to MLflow registries, by call",
+    ["call"],
+    buckets=_CALL_BUCKETS,
+)
+ALIAS_MOVE_APPLIED_SECONDS = Histogram(
+    "aliasroll_alias_move_to_applied_seconds",
+    "From an alias move (the registry's webhook time when pushed, else when a poll saw it) to the end "
+    "of the first successful pass of each resource that follows the model",
+    buckets=_MOVE_BUCKETS,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "aliasroll_webhook_deliveries_total",
+    "Registry webhook deliveries, by outcome (accepted, duplicate, bad_signature, stale, malformed, "
+    "unknown_model, ignored_event)",
+    ["outcome"],
+)
+QUEUE_DEPTH = Gauge(
+    "aliasroll_queue_depth",
+    "Resources woken and waiting for their next pass",
+)
+LEADER = Gauge(
+    "aliasroll_leader",
+    "1 while this process runs the controllers (one replica, standalone), 0 otherwise",
+)
