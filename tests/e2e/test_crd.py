@@ -177,7 +177,18 @@ def test_defaults_and_printer_columns(kube: Kube, namespace: str) -> None:
     assert stored["spec"]["serving"]["scratchSize"] == "10Gi"
 
     header = kube.cluster.kubectl("get", "mdep", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "MODEL", "ALIAS", "PRODUCTION", "CANARY", "WEIGHT", "READY", "AGE"]
+    assert header == [
+        "NAME",
+        "MODEL",
+        "ALIAS",
+        "PRODUCTION",
+        "CANARY",
+        "WEIGHT",
+        "PHASE",
+        "STEP",
+        "READY",
+        "AGE",
+    ]
     wide = kube.cluster.kubectl("get", "mdep", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert "REASON" in wide
 
