@@ -216,7 +216,6 @@ def uv_environment(env: Mapping[str, str], cache: Path) -> dict[str, str]:
         UV_CACHE_DIR=str(cache / "uv"),
         UV_PYTHON_DOWNLOADS="never",  # the image's interpreter or nothing
         UV_NO_PROGRESS="1",
-        UV_LINK_MODE=env.get("UV_LINK_MODE", "copy"),
     )
     return out
 
