@@ -32,7 +32,8 @@ from realstack import RealStack
 from localkube import RealNode
 from support.package_index import PackageIndex, make_wheel
 
-PROBE_MODEL = Path(__file__).resolve().parents[1] / "integration" / "models" / "probe_model.py"
+REPO = Path(__file__).resolve().parents[2]
+PROBE_MODEL = REPO / "tests" / "integration" / "models" / "probe_model.py"
 WHEELHOUSE = Path.home() / ".cache" / "aliasroll" / "wheelhouse"
 FEATURES = [[0.1, 1.0], [2.5, -1.0], [3.0, 0.5]]
 
@@ -51,8 +52,10 @@ def _sklearn_model_dir(directory: Path) -> Path:
 
 def _wheelhouse(requirements: list[str]) -> Path:
     """Wheels for `requirements` and their dependencies, for the host's Python and platform (the
-    image's); downloaded from the package registries once per set."""
-    key = hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:16]
+    image's), at the image's versions where it has the package (as a mirror has every version);
+    downloaded from the package registries once per set."""
+    image = (REPO / "serving-image" / "requirements.txt").read_text()
+    key = hashlib.sha256("\n".join([*sorted(requirements), image]).encode()).hexdigest()[:16]
     house = WHEELHOUSE / key
     if (house / ".complete").exists():
         return house
@@ -152,7 +155,11 @@ def test_models_the_image_lacks_packages_for_serve_from_the_unchanged_image(
         },
     )
     stack.ready(sklearn_version, timeout=400)
-    expected = mlflow.pyfunc.load_model(f"models:/{stack.model}/{sklearn_version}").predict(FEATURES)
+    import numpy as np
+
+    expected = mlflow.pyfunc.load_model(f"models:/{stack.model}/{sklearn_version}").predict(
+        np.array(FEATURES)
+    )
     predictions, version = _predict(stack, {"inputs": FEATURES})
     assert version == sklearn_version
     assert predictions == expected.tolist()
