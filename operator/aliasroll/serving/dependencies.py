@@ -318,8 +318,14 @@ class Installer:
         try:
             requirements = partial / ".requirements.txt"
             requirements.write_text("\n".join(wanted) + "\n")
+            # Compiled once here: the image sets PYTHONDONTWRITEBYTECODE, so every later start of a
+            # pod would otherwise compile scipy or torch again on import.
             self._run(
-                ["pip", "install", "--no-deps", "--target", str(partial), "-r", str(requirements)], missing
+                [
+                    *("pip", "install", "--no-deps", "--compile-bytecode"),
+                    *("--target", str(partial), "-r", str(requirements)),
+                ],
+                missing,
             )
             (partial / COMPLETE).write_text("\n".join(wanted) + "\n")
             try:
