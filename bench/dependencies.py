@@ -153,7 +153,8 @@ def cold_start(command: list[str], env: dict[str, str], port: int, log: Path, ti
         try:
             return first_prediction(port, process, timeout=timeout)
         except SystemExit as error:
-            raise SystemExit(f"{error}; see {log}") from None
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise SystemExit(f"{error}; the end of its log:\n{tail}") from None
 
 
 def main() -> int:
@@ -169,6 +170,13 @@ def main() -> int:
 
     serving.BODY = json.dumps({"inputs": BODY_ROWS}).encode()
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-deps-"))
+    try:
+        return run(work, servers, args.timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, servers: list[str], timeout: float) -> int:
     results: dict[str, float] = {}
     with MlflowServer(work / "mlflow") as mlflow_server:
         # Outside the repository: MLflow would log this uv project's whole lock as the requirements.
@@ -211,7 +219,7 @@ def main() -> int:
                         "ALIASROLL_DEPENDENCIES": "image" if python == custom else "install",
                     }
                     results[label] = cold_start(
-                        [python, "-m", "aliasroll.serving"], env, port, work / f"{label}.log", args.timeout
+                        [python, "-m", "aliasroll.serving"], env, port, work / f"{label}.log", timeout
                     )
                     said = [
                         line.split(": ", 1)[-1]
@@ -229,6 +237,8 @@ def main() -> int:
                     "UV_CACHE_DIR": str(work / f"uv-cache-{manager}"),
                     "PIP_NO_CACHE_DIR": "1",
                     "VIRTUALENV_OVERRIDE_APP_DATA": str(work / f"virtualenv-{manager}"),
+                    # MLflow runs `uv` and `virtualenv` from PATH: the venv's own.
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                 }
                 label = f"mlflow models serve --env-manager {manager}"
                 command = [
@@ -242,7 +252,7 @@ def main() -> int:
                     "--env-manager",
                     manager,
                 ]
-                results[label] = cold_start(command, env, port, work / f"{manager}.log", args.timeout)
+                results[label] = cold_start(command, env, port, work / f"{manager}.log", timeout)
                 print(f"{label:40s} {results[label]:6.1f} s", flush=True)
         finally:
             index.stop()
@@ -253,7 +263,6 @@ def main() -> int:
     if "aliasroll, warm cache" in results:
         gap = results["aliasroll, warm cache"] - results["aliasroll, no install (custom image)"]
         print(f"warm cache - no install: {gap:+.1f} s (goal <= 1 s)")
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
