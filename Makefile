@@ -103,8 +103,9 @@ bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/
 	$(PY) bench/rollout_latency.py
 
 .PHONY: bench-serving
-bench-serving: venv ## The model server against `mlflow models serve` and MLServer: cold start, req/s, p50/p99 at c=1/8/32
+bench-serving: venv ## The model server against `mlflow models serve` and MLServer: cold start, req/s, p50/p99 at c=1/8/32; cold start of a model needing packages
 	$(PY) bench/serving.py
+	$(PY) bench/dependencies.py
 
 .PHONY: bench-canary
 bench-canary: venv cluster-binaries node-binaries node-packages ## @canary set -> promoted by the watched canary on real pods, vs the sum of its steps (root)

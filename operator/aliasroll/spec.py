@@ -130,7 +130,21 @@ class RegistrySpec:
 DEFAULT_SCRATCH_SIZE = "10Gi"
 # Env names the operator sets itself, and pod label/annotation keys it selects or pins versions by:
 # the CRD refuses them with a message; parse_serving refuses them for resources older than the CRD.
-OPERATOR_ENV = frozenset({"MODEL_URI", "MLFLOW_TRACKING_URI", "PORT", "SCRATCH_DIR", "ALIASROLL_TRACK"})
+OPERATOR_ENV = frozenset(
+    {
+        "MODEL_URI",
+        "MLFLOW_TRACKING_URI",
+        "PORT",
+        "SCRATCH_DIR",
+        "ALIASROLL_TRACK",
+        # spec.serving.dependencies and dependencyCache say these.
+        "ALIASROLL_DEPENDENCIES",
+        "ALIASROLL_DEPENDENCY_CACHE",
+    }
+)
+DEPENDENCY_MODES = ("install", "image")
+# The volume sources spec.serving.dependencyCache takes (a cache the pods of a node share).
+DEPENDENCY_CACHE_SOURCES = ("hostPath", "persistentVolumeClaim")
 OPERATOR_LABELS = frozenset(
     {"app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
 )
@@ -181,6 +195,10 @@ class ServingSpec:
     credentials_secret: str | None = None
     scratch_size: str = DEFAULT_SCRATCH_SIZE
     pod: PodSettings = PodSettings()
+    # install: the pods install what a version logged beyond the image; image: the image has it all.
+    dependencies: str = "install"
+    # A volume source (hostPath or persistentVolumeClaim) the pods keep installed requirements in.
+    dependency_cache: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -484,6 +502,21 @@ def parse_serving(raw: object) -> ServingSpec:
     if not _QUANTITY.match(scratch_size):
         raise InvalidSpec("spec.serving.scratchSize", f"{scratch_size!r} is not a quantity such as 10Gi")
     secret_ref = raw.get("credentialsSecretRef")
+    dependencies = raw.get("dependencies", "install")
+    if dependencies not in DEPENDENCY_MODES:
+        raise InvalidSpec(
+            "spec.serving.dependencies",
+            f"{dependencies!r}: use install (the pods install what the version logged beyond the image) "
+            "or image (the image has every requirement)",
+        )
+    cache = raw.get("dependencyCache")
+    if cache is not None and (
+        not isinstance(cache, Mapping) or sorted(cache) not in ([key] for key in DEPENDENCY_CACHE_SOURCES)
+    ):
+        raise InvalidSpec(
+            "spec.serving.dependencyCache",
+            "must name one volume source: hostPath or persistentVolumeClaim",
+        )
     return ServingSpec(
         image=raw.get("image") or None,
         port=_int(raw.get("port", DEFAULT_PORT), path="spec.serving.port", low=1, high=65535),
@@ -493,6 +526,8 @@ def parse_serving(raw: object) -> ServingSpec:
         credentials_secret=(secret_ref.get("name") or None) if isinstance(secret_ref, Mapping) else None,
         scratch_size=scratch_size,
         pod=_pod_settings(raw.get("podTemplate")),
+        dependencies=str(dependencies),
+        dependency_cache=_frozen(cache) if cache is not None else None,
     )
 
 

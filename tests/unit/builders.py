@@ -67,6 +67,7 @@ def workload(
     available: int | None = None,
     rolled_out: bool = True,
     stalled: str | None = None,
+    pod_failure: str | None = None,
 ) -> ObservedWorkload:
     return ObservedWorkload(
         name=f"sentiment-{track.value}",
@@ -78,6 +79,7 @@ def workload(
         rolled_out=rolled_out,
         stalled=stalled,
         run_id=f"run-{version}",
+        pod_failure=pod_failure,
     )
 
 

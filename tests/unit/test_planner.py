@@ -424,6 +424,27 @@ CASES = [
         },
     ),
     Case(
+        name="a pod of the new version exits: stalled at once, with its termination message",
+        spec=spec(),
+        view=view("2"),
+        observed=observed(
+            workload(
+                P,
+                "2",
+                available=0,
+                rolled_out=False,
+                pod_failure="pod p exited with code 1: cannot install nope==1.0 from http://mirror/simple",
+            ),
+        ),
+        previous=status_for("2"),
+        production=("2", 2),
+        events=(reasons.ROLLOUT_STALLED,),
+        conditions={
+            reasons.READY: ("False", reasons.ROLLOUT_STALLED),
+            reasons.PROGRESSING: ("False", reasons.ROLLOUT_STALLED),
+        },
+    ),
+    Case(
         name="model renamed to one whose alias has the same version number: a rollout like any other",
         spec=spec(model={"name": "other", "alias": "production"}),
         view=view("2", model="other"),

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx2
 from lightkube import AsyncClient
 from lightkube.core.resource import api_info
+from lightkube.resources.core_v1 import Pod
 
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.resources import OWNED_KINDS, resource_for
@@ -23,6 +25,8 @@ from aliasroll.planning.workloads import (
     Manifest,
 )
 from aliasroll.spec import ResourceRef, Track
+
+log = logging.getLogger("aliasroll")
 
 ObjectKey = tuple[str, str]  # (kind, name) of an object in the resource's namespace
 
@@ -55,6 +59,12 @@ async def observe(client: AsyncClient, owner: ResourceRef) -> Observation:
             )
             if kind == "Deployment" and (workload := reduce_deployment(obj)) is not None:
                 workloads[workload.track] = workload
+    if workloads:
+        failures = pod_failures(await _pods(client, owner))
+        workloads = {
+            track: replace(workload, pod_failure=failures.get((track, workload.version or "")))
+            for track, workload in workloads.items()
+        }
     return Observation(state=ObservedState(workloads=workloads, children=tuple(children)), live=live)
 
 
@@ -162,6 +172,67 @@ def reduce_deployment(obj: Mapping[str, Any]) -> ObservedWorkload | None:
         stalled=stalled,
         run_id=(template_meta.get("annotations") or {}).get(ANNOTATION_RUN_ID),
     )
+
+
+async def _pods(client: AsyncClient, owner: ResourceRef) -> list[dict[str, Any]]:
+    """The serving pods of this resource. Pods are the ReplicaSets', not ours: they are read for
+    why a version cannot start, never applied nor pruned; a failed list only loses that detail."""
+    try:
+        return [
+            _as_dict(item, Pod)
+            async for item in client.list(Pod, namespace=owner.namespace, labels={LABEL_OWNER: owner.name})
+        ]
+    except httpx2.HTTPError as error:
+        log.warning("cannot list the pods of %s: %s", owner.name, error)
+        return []
+
+
+# Waiting reasons that are a failure of the pod's own settings, not a step of its start.
+FAILED_WAITING = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+def pod_failures(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[Track, str], str]:
+    """(track, version) -> why a pod of that version cannot start, from its container's status: the
+    termination message of a container that exited non-zero and is not running again (terminated,
+    or waiting in CrashLoopBackOff), or a waiting reason that needs a fix (an image that cannot be
+    pulled, a missing Secret)."""
+    found: dict[tuple[Track, str], str] = {}
+    for pod in sorted(pods, key=lambda item: str((item.get("metadata") or {}).get("name"))):
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        try:
+            key = (Track(str(labels.get(LABEL_TRACK))), str(labels.get(LABEL_VERSION)))
+        except ValueError:
+            continue
+        if key in found:
+            continue
+        for status in (pod.get("status") or {}).get("containerStatuses") or ():
+            if (why := _container_failure(status)) is not None:
+                found[key] = f"pod {meta.get('name')} {why}"
+                break
+    return found
+
+
+def _container_failure(status: Mapping[str, Any]) -> str | None:
+    state = status.get("state") or {}
+    waiting = state.get("waiting") or {}
+    terminated = state.get("terminated")
+    if terminated is None and waiting.get("reason") == "CrashLoopBackOff":
+        terminated = (status.get("lastState") or {}).get("terminated")
+    if terminated and int(terminated.get("exitCode", 0)) != 0:
+        said = str(terminated.get("message") or terminated.get("reason") or "").strip()
+        return f"exited with code {terminated.get('exitCode')}" + (f": {said}" if said else "")
+    if waiting.get("reason") in FAILED_WAITING:
+        return f"cannot start: {waiting.get('reason')}: {waiting.get('message') or ''}".rstrip(": ")
+    return None
 
 
 def _parse_model_uri(uri: str | None) -> tuple[str | None, str | None]:

@@ -15,7 +15,13 @@ from aliasroll.analysis.judge import Verdict
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.planning.canary import CanaryRun, Phase
 from aliasroll.planning.decide import TrackDecision
-from aliasroll.planning.state import EventRecord, ObservedState, RegistryView, ServedVersion
+from aliasroll.planning.state import (
+    EventRecord,
+    ObservedState,
+    ObservedWorkload,
+    RegistryView,
+    ServedVersion,
+)
 from aliasroll.spec import ModelDeploymentSpec, Track
 
 # Registry-level failures: the registry gave no usable answer at all.
@@ -108,8 +114,8 @@ def rollout_conditions(
         workload = observed.workloads.get(track)
         final = rollout.targets.get(track, 0)
         available = workload.available if workload else 0
-        if workload is not None and workload.stalled:
-            stalled.append(f"{track.value} rolling to version {version.version}: {workload.stalled}")
+        if workload is not None and (stalled_by := stall_message(workload, version)):
+            stalled.append(f"{track.value} rolling to version {version.version}: {stalled_by}")
         elif track not in rollout.targets:
             moving.append(
                 f"{track.value} version {version.version} ending: {available} pods left, removed as the "
@@ -155,6 +161,17 @@ def rollout_conditions(
         message = f"spec.replicas is 0: no pod serves; version {production.version} runs when scaled up"
         return Condition(reasons.READY, TRUE, reasons.SCALED_TO_ZERO, message + caveat), progressing
     return Condition(reasons.READY, TRUE, reasons.SERVING, serving + caveat), progressing
+
+
+def stall_message(workload: ObservedWorkload, wanted: ServedVersion) -> str | None:
+    """Why the track's roll to `wanted` stands still: the Deployment's progress deadline passed, or
+    a pod of the version exits (a requirement the index lacks, a Python the image cannot honour: its
+    termination message says which); None while it moves. A pod failure of a version already in
+    place is the pods' own business (restarts, probes), not a stalled roll."""
+    failure = None
+    if workload.pod_failure and not settled(workload.model, workload.version, workload.rolled_out, wanted):
+        failure = workload.pod_failure
+    return "; ".join(part for part in (workload.stalled, failure) if part) or None
 
 
 def settled(model: str | None, version: str | None, rolled_out: bool, wanted: ServedVersion) -> bool:

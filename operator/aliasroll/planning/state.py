@@ -61,6 +61,8 @@ class ObservedWorkload:
     rolled_out: bool
     stalled: str | None = None  # the Deployment's own message when it exceeded its progress deadline
     run_id: str | None = None
+    # Why a pod of this version cannot start (its container's termination message), if one cannot.
+    pod_failure: str | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ MANAGER = "aliasroll"
 CONTAINER_NAME = "model-server"
 SERVICE_PORT = 80
 SCRATCH_PATH = "/scratch"
+DEPENDENCY_CACHE_PATH = "/var/cache/aliasroll/dependencies"
 # The serving image's contract (serving-image/README): readiness means loaded and warmed up.
 READINESS_PATH = "/ready"
 LIVENESS_PATH = "/live"
@@ -117,7 +118,12 @@ def deployment(
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_PATH}],
+        # Why a version cannot start (a requirement the index lacks, ...) reaches the pod's status,
+        # where the operator reads it for the RolloutStalled condition (kube/observe.py).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if spec.serving.dependency_cache is not None:
+        container["volumeMounts"].append({"name": "dependency-cache", "mountPath": DEPENDENCY_CACHE_PATH})
     if spec.serving.resources:
         container["resources"] = thawed(spec.serving.resources)
     if secret := pod_credentials_secret(spec):
@@ -185,6 +191,8 @@ def pod_spec(serving: ServingSpec, container: dict[str, Any]) -> dict[str, Any]:
             "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": serving.scratch_size}}],
         }
     )
+    if serving.dependency_cache is not None:
+        result["volumes"].append({"name": "dependency-cache", **thawed(serving.dependency_cache)})
     return result
 
 
@@ -196,6 +204,10 @@ def _env(spec: ModelDeploymentSpec, *, track: Track, version: ServedVersion) -> 
         {"name": "SCRATCH_DIR", "value": SCRATCH_PATH},
         {"name": "ALIASROLL_TRACK", "value": track.value},
     ]
+    if spec.serving.dependencies != "install":
+        own.append({"name": "ALIASROLL_DEPENDENCIES", "value": spec.serving.dependencies})
+    if spec.serving.dependency_cache is not None:
+        own.append({"name": "ALIASROLL_DEPENDENCY_CACHE", "value": DEPENDENCY_CACHE_PATH})
     taken = {item["name"] for item in own}
     # The CRD and parse_spec refuse these names; dropping them here keeps the env a valid list-map
     # (unique names) whatever reaches the builder.

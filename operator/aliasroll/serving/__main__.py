@@ -8,13 +8,18 @@ sending traffic to it) or when a predict call outlived the drain, 2 for a bad se
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 from aliasroll.serving.app import ServingApp
 from aliasroll.serving.config import ConfigError, ServingConfig
 from aliasroll.serving.server import DrainingServer
 
 log = logging.getLogger("aliasroll.serving")
+
+# What the kubelet keeps of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
 
 
 def main() -> int:
@@ -48,7 +53,23 @@ def main() -> int:
     )
     log.info("serving %s on %s:%d (loading)", config.model_uri, config.host, config.port)
     server.run()
-    return 1 if failure else 0
+    if failure:
+        write_termination_message(failure[0])
+        return 1
+    return 0
+
+
+def write_termination_message(message: str) -> None:
+    """Kubernetes shows this file's text in the container's terminated state, where the operator
+    reads why the version could not start (README: "When a version cannot start")."""
+    given = os.environ.get("TERMINATION_MESSAGE_PATH")
+    path = Path(given or "/dev/termination-log")
+    if not given and not path.exists():
+        return  # not in a pod: the log has it
+    try:
+        path.write_text(message[:TERMINATION_MESSAGE_LIMIT])
+    except OSError:
+        log.warning("cannot write the termination message to %s", path)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,10 @@ class ServingConfig:
     log_level: str = "info"
     drain_seconds: int = 20
     drain_accept_seconds: int = 3
+    # install: what the version logged beyond the image is installed at start; image: nothing is.
+    dependencies: str = "install"
+    # Where installed requirements are kept: a volume the pods of a node share, or scratch.
+    dependency_cache: Path = Path("/scratch/dependencies")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
@@ -62,6 +66,13 @@ class ServingConfig:
                 f"DRAIN_ACCEPT_SECONDS={accept} must be less than DRAIN_SECONDS={drain}: "
                 "the drain must leave time to finish the requests in flight"
             )
+        dependencies = env.get("ALIASROLL_DEPENDENCIES", "install").strip().lower() or "install"
+        if dependencies not in ("install", "image"):
+            raise ConfigError(
+                f"ALIASROLL_DEPENDENCIES={dependencies!r}: use install (the version's requirements are "
+                "installed at start) or image (the image has them)"
+            )
+        scratch = Path(env.get("SCRATCH_DIR") or "/scratch")
         pinned = _PINNED.match(uri)
         name, version = (pinned["name"], pinned["version"]) if pinned else (uri, "unknown")
         return cls(
@@ -70,7 +81,7 @@ class ServingConfig:
             model_version=version,
             host=env.get("HOST", "0.0.0.0"),
             port=_int(env, "PORT", 8080, low=1, high=65535),
-            scratch_dir=Path(env.get("SCRATCH_DIR") or "/scratch"),
+            scratch_dir=scratch,
             max_request_bytes=_int(env, "ALIASROLL_MAX_REQUEST_BYTES", 16 * 1024 * 1024, low=1, high=2**31),
             request_timeout_seconds=float(
                 _int(env, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", 60, low=1, high=86400)
@@ -82,6 +93,8 @@ class ServingConfig:
             log_level=env.get("ALIASROLL_LOG_LEVEL", "info").lower(),
             drain_seconds=drain,
             drain_accept_seconds=accept,
+            dependencies=dependencies,
+            dependency_cache=Path(env.get("ALIASROLL_DEPENDENCY_CACHE") or scratch / "dependencies"),
         )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aliasroll.serving.config import ServingConfig
+from aliasroll.serving.dependencies import DependencyError, Installer
 from aliasroll.serving.protocol import (
     CONTENT_CSV,
     INPUTS,
@@ -114,7 +115,12 @@ class ServedModel:
                 mlflow.artifacts.download_artifacts(artifact_uri=config.model_uri, dst_path=str(destination))
             )
             downloaded = time.monotonic()
+            if config.dependencies == "install":
+                Installer(model_uri=config.model_uri, cache=config.dependency_cache).ensure(local)
+            installed = time.monotonic()
             pyfunc = mlflow.pyfunc.load_model(str(local))
+        except DependencyError as error:
+            raise ModelLoadError(redact(str(error), secret_values(os.environ))) from error
         except Exception as error:
             raise ModelLoadError(
                 redact(
@@ -125,10 +131,11 @@ class ServedModel:
                 )
             ) from error
         log.info(
-            "loaded %s (download %.1f s, load %.1f s)",
+            "loaded %s (download %.1f s, dependencies %.1f s, load %.1f s)",
             config.model_uri,
             downloaded - started,
-            time.monotonic() - downloaded,
+            installed - downloaded,
+            time.monotonic() - installed,
         )
         return cls(pyfunc, local_path=local)
 

@@ -1,0 +1,221 @@
+"""Models that need more than the serving image has, served from the unchanged image on the real node.
+
+The pods cannot reach the internet: they install from a package index served on the host and
+bridged into the node's network (as an air-gapped cluster's mirror), made from a wheelhouse that
+`pip download` fills on the host once (cached under ~/.cache/aliasroll/wheelhouse).
+Covers: a scikit-learn model logged with mlflow.sklearn.log_model, and a pyfunc importing a package
+the image lacks, answer as mlflow.pyfunc.load_model(...).predict does on the host; a requirement the
+index lacks and a Python of another minor each stall the rollout with the pods' message in status
+while the previous version answers every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import yaml
+from harness import condition, wait_for
+from realstack import RealStack
+
+from localkube import RealNode
+from support.package_index import PackageIndex, make_wheel
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE_MODEL = REPO / "tests" / "integration" / "models" / "probe_model.py"
+WHEELHOUSE = Path.home() / ".cache" / "aliasroll" / "wheelhouse"
+FEATURES = [[0.1, 1.0], [2.5, -1.0], [3.0, 0.5]]
+
+
+def _sklearn_model_dir(directory: Path) -> Path:
+    """The scikit-learn model as the tests log it (saved locally first, for its requirements)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
+    model = LogisticRegression().fit(features, [0, 0, 1, 1])
+    local = directory / "sklearn-model"
+    mlflow.sklearn.save_model(model, str(local), input_example=features[:1])
+    return local
+
+
+def _wheelhouse(requirements: list[str]) -> Path:
+    """Wheels for `requirements` and their dependencies, for the host's Python and platform (the
+    image's), at the image's versions where it has the package (as a mirror has every version);
+    downloaded from the package registries once per set."""
+    image = (REPO / "serving-image" / "requirements.txt").read_text()
+    key = hashlib.sha256("\n".join([*sorted(requirements), image]).encode()).hexdigest()[:16]
+    house = WHEELHOUSE / key
+    if (house / ".complete").exists():
+        return house
+    pip = shutil.which("pip3") or shutil.which("pip")
+    if pip is None:
+        pytest.skip("making the wheelhouse needs pip on the host")
+    house.mkdir(parents=True, exist_ok=True)
+    listed = house / "requirements.txt"
+    listed.write_text("\n".join(requirements) + "\n")
+    subprocess.run(
+        [
+            pip,
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "-d",
+            str(house),
+            "-r",
+            str(listed),
+        ],
+        check=True,
+    )
+    (house / ".complete").write_text("")
+    return house
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model-dependencies")
+
+
+@pytest.fixture(scope="module")
+def sklearn_dir(workdir: Path) -> Path:
+    return _sklearn_model_dir(workdir)
+
+
+@pytest.fixture(scope="module")
+def index(node: RealNode, sklearn_dir: Path, workdir: Path) -> Iterator[str]:
+    """The index URL as the pods see it."""
+    logged = (sklearn_dir / "requirements.txt").read_text().split()
+    house = _wheelhouse([line for line in logged if not line.startswith("mlflow")])
+    probe = make_wheel(workdir / "probe", "aliasroll-probe", "1.0", 'VERSION = "1.0"\n')
+    served = PackageIndex(workdir / "index", [*house.glob("*.whl"), probe]).start()
+    address, port = node.expose_host_port(served.port)
+    yield f"http://{address}:{port}/simple"
+    served.stop()
+
+
+def _predict(stack: RealStack, body: dict[str, Any]) -> tuple[Any, str]:
+    client = (
+        "import http.client, json, sys\n"
+        f"c = http.client.HTTPConnection({stack.address!r}, 80, timeout=10)\n"
+        "c.request('POST', '/invocations', body=sys.argv[1], headers={'Content-Type': 'application/json'})\n"
+        "r = c.getresponse()\n"
+        "answer = {'status': r.status, 'version': r.getheader('X-Model-Version'),"
+        " 'body': r.read().decode()}\n"
+        "print(json.dumps(answer))\n"
+    )
+    out = json.loads(stack.node.run(sys.executable, "-c", client, json.dumps(body)).stdout)
+    assert out["status"] == 200, out
+    return json.loads(out["body"])["predictions"], str(out["version"])
+
+
+def _log_probe(stack: RealStack, *, requirements: list[str], python: str | None = None) -> str:
+    """A version of the probe pyfunc (imports aliasroll-probe) with these requirements and Python."""
+    mlflow.set_tracking_uri(stack.mlflow.url)
+    with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)
+        local = Path(directory, "model")
+        mlflow.pyfunc.save_model(str(local), python_model=str(PROBE_MODEL), pip_requirements=requirements)
+        if python is not None:
+            env_file = local / "python_env.yaml"
+            env_file.write_text(yaml.safe_dump({**yaml.safe_load(env_file.read_text()), "python": python}))
+        return _register(stack, local)
+
+
+def _register(stack: RealStack, local: Path) -> str:
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(local), "model")
+    return str(mlflow.register_model(f"runs:/{run.info.run_id}/model", stack.model).version)
+
+
+def test_models_the_image_lacks_packages_for_serve_from_the_unchanged_image(
+    stack: RealStack, index: str, sklearn_dir: Path
+) -> None:
+    mlflow.set_tracking_uri(stack.mlflow.url)
+    sklearn_version = _register(stack, sklearn_dir)
+    stack.point("production", sklearn_version)
+    stack.deploy(
+        replicas=1,
+        serving={
+            "image": stack.image,
+            "podTemplate": {"spec": stack.placement},
+            "env": [{"name": "UV_INDEX_URL", "value": index}],
+        },
+    )
+    stack.ready(sklearn_version, timeout=400)
+    import numpy as np
+
+    expected = mlflow.pyfunc.load_model(f"models:/{stack.model}/{sklearn_version}").predict(
+        np.array(FEATURES)
+    )
+    predictions, version = _predict(stack, {"inputs": FEATURES})
+    assert version == sklearn_version
+    assert predictions == expected.tolist()
+
+    probe_version = _log_probe(stack, requirements=["mlflow-skinny", "aliasroll-probe==1.0"])
+    stack.point("production", probe_version)
+    stack.ready(probe_version, timeout=400)
+    wait_for(
+        lambda: _predict(stack, {"dataframe_records": [{"x": "a"}]})[1] == probe_version,
+        timeout=60,
+        what=f"answers from {probe_version}",
+    )
+    assert _predict(stack, {"dataframe_records": [{"x": "a"}, {"x": "b"}]})[0] == ["1.0:a", "1.0:b"]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        pytest.param(
+            "missing",
+            ["aliasroll-nonexistent==1.0", "/simple (UV_INDEX_URL)"],
+            id="requirement-the-index-lacks",
+        ),
+        pytest.param("python", ["logged under Python 3.9.18"], id="python-of-another-minor"),
+    ],
+)
+def test_an_environment_that_cannot_be_honoured_stalls_while_the_previous_version_serves(
+    stack: RealStack, index: str, case: str, expected: list[str]
+) -> None:
+    v1 = stack.register("v1", alias="production")
+    stack.deploy(
+        serving={
+            "image": stack.image,
+            "podTemplate": {"spec": stack.placement},
+            "env": [{"name": "UV_INDEX_URL", "value": index}],
+        }
+    )
+    stack.ready(v1)
+    if case == "missing":
+        broken = _log_probe(stack, requirements=["mlflow-skinny", "aliasroll-nonexistent==1.0"])
+    else:
+        broken = _log_probe(stack, requirements=["mlflow-skinny", "aliasroll-probe==1.0"], python="3.9.18")
+
+    def stalled() -> dict[str, Any] | None:
+        found = stack.resource()
+        return found if condition(found, "Ready") == ("False", "RolloutStalled") else None
+
+    with stack.load(f"broken-{case}", rate=60) as load:
+        load.running()
+        stack.point("production", broken)
+        resource = wait_for(stalled, timeout=240, what="Ready=False/RolloutStalled")
+    answers = load.answers()
+    assert all(a["status"] == 200 and a["version"] == v1 for a in answers), Counter(
+        (a["status"], a.get("version")) for a in answers
+    )
+    message = next(c["message"] for c in resource["status"]["conditions"] if c["type"] == "Ready")
+    for part in expected:
+        assert part in message, message
+    assert "exited with code 1" in message

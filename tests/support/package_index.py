@@ -1,0 +1,102 @@
+"""A PEP 503 package index served over HTTP, as an air-gapped cluster's mirror would: the tests'
+pods and servers install from it, never from the internet.
+
+Wheels come from `make_wheel` (a tiny package made here, at any version) or from a wheelhouse
+made on the host with `pip download` (tests/e2e_real).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import re
+import threading
+import zipfile
+from collections.abc import Iterable
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+def make_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
+    """A pure-Python wheel of one module, `name` with dashes as underscores."""
+    module = name.replace("-", "_")
+    dist_info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": module_source.encode(),
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist_info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: aliasroll-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = [
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+        for path, data in files.items()
+    ]
+    files[f"{dist_info}/RECORD"] = ("\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n").encode()
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return wheel
+
+
+def _project(filename: str) -> str:
+    # The distribution name of a wheel or sdist file name, normalised (PEP 503).
+    stem = filename.split("-")[0] if filename.endswith(".whl") else filename.rsplit("-", 1)[0]
+    return re.sub(r"[-_.]+", "-", stem).lower()
+
+
+class PackageIndex:
+    """Serves `files` as /simple/<project>/ pages on `host`, counting the files downloaded."""
+
+    def __init__(self, root: Path, files: Iterable[Path], *, host: str = "127.0.0.1") -> None:
+        self.root = root
+        self.host = host
+        self.downloads: list[str] = []
+        projects: dict[str, list[Path]] = {}
+        (root / "files").mkdir(parents=True, exist_ok=True)
+        for file in files:
+            target = root / "files" / file.name
+            if not target.exists():
+                target.write_bytes(file.read_bytes())
+            projects.setdefault(_project(file.name), []).append(target)
+        for project, found in projects.items():
+            page = root / "simple" / project / "index.html"
+            page.parent.mkdir(parents=True, exist_ok=True)
+            links = "".join(
+                f'<a href="/files/{html.escape(f.name)}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}">'
+                f"{html.escape(f.name)}</a><br>\n"
+                for f in sorted(found)
+            )
+            page.write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self, port: int = 0) -> PackageIndex:
+        downloads = self.downloads
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                if self.path.startswith("/files/"):
+                    downloads.append(self.path)
+
+        self._server = ThreadingHTTPServer((self.host, port), partial(Handler, directory=str(self.root)))
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="package index").start()
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def url(self, host: str | None = None) -> str:
+        return f"http://{host or self.host}:{self.port}/simple"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
