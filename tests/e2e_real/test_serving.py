@@ -225,10 +225,8 @@ class RealStack:
             what=f"Ready at {production}" + (f" + canary {canary}" if canary else ""),
         )
 
-    def pods(self, *selector: str) -> list[dict[str, Any]]:
-        args = ["get", "pods", "-n", self.namespace, "-o", "json"] + [f"-l={s}" for s in selector]
-        items: list[dict[str, Any]] = json.loads(self.cluster.kubectl(*args).stdout)["items"]
-        return items
+    def pods(self, selector: str | None = None) -> list[dict[str, Any]]:
+        return self.kube.list("pods", self.namespace, selector)
 
     def old_pods_gone(self, timeout: float = 90) -> None:
         """Until no pod is stopping: the pods a transition replaced have run their preStop, drained
@@ -280,8 +278,8 @@ def stack(
     namespace: str,
     model_name: str,
     tmp_path: Path,
-) -> RealStack:
-    return RealStack(
+) -> Iterator[RealStack]:
+    stack = RealStack(
         cluster=installed,
         node=node,
         mlflow=mlflow_server,
@@ -293,6 +291,8 @@ def stack(
         model=model_name,
         tmp=tmp_path,
     )
+    yield stack
+    stack.kube.close()
 
 
 def test_the_seed_workflow_on_real_pods(stack: RealStack) -> None:
