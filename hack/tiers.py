@@ -1,19 +1,21 @@
-"""`make test`'s tiers, two at once: unit + integration + end-to-end (one control plane with kwok)
-stream to the terminal while the real-pod tier (a cluster of its own, with the real node) runs beside
-them, its output in .work/e2e-real.log, shown when both are done. Fails if either fails.
+"""`make test`: lint, then unit + integration + end-to-end (one control plane with kwok), streamed
+to the terminal, while the real-pod tier (a cluster of its own, with the real node) runs beside them
+from the start, its output in .work/e2e-real.log, shown when both are done. Fails if any fails; a
+lint failure stops the real-pod tier at once.
 
 They share nothing but the machine (their own state dirs under .work, free ports, pytest's numbered
 temp dirs), and the real-pod tier mostly waits (pods starting, pods draining, the operator's progress
 deadline), so on 2 cores the wall time is about the longer of the two rather than their sum.
 
-Ctrl-C reaches both pytest processes (they stay in the terminal's process group); this waits while
-each stops what it started.
+Ctrl-C reaches every process here (they stay in the terminal's process group); this waits while
+each pytest stops what it started.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +47,11 @@ def main() -> int:
         flush=True,
     )
     try:
+        if subprocess.run(["make", "--no-print-directory", "lint"], cwd=REPO).returncode != 0:
+            print("lint failed: stopping the real-pod tier", flush=True)
+            real.send_signal(signal.SIGINT)
+            real.wait()
+            return 1
         rest = subprocess.run([*PYTEST, "tests/unit", "tests/integration", "tests/e2e"], cwd=REPO).returncode
         if real.poll() is None:
             print(f"waiting for the real-pod tier ({time.monotonic() - started:.0f} s so far)", flush=True)
