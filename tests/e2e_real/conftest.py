@@ -1,5 +1,10 @@
 """One local cluster with a real node per session (containerd, kubelet and kube-proxy in a network
-namespace of their own, beside the kwok node); a namespace per test.
+namespace of their own, beside the kwok node), the CRD and the operator (inside the node's namespace,
+with its ServiceAccount's token); a namespace per test, and for the serving tests a RealStack.
+
+`make test` runs two sessions of this tier side by side (hack/tiers.py: test_transitions.py in one,
+the rest in the other), each with its own cluster: ALIASROLL_E2E_REAL_RUN names a session's state
+dir and operator log under .work (default e2e-real).
 
 Needs root, the node's binaries (make node-binaries) and Debian packages (make node-packages: runc,
 iptables, socat, ...). Without them the tier is skipped with the reason, unless
@@ -16,12 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import wait_for
+from mlflow import MlflowClient
+from realstack import RealStack
 
 from localkube import ClusterError, LocalCluster, RealNode, resolve_bin_dir
 from localkube.node import pod_placement
+from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE_ENV = "ALIASROLL_REQUIRE_REAL_NODE"
+RUN = os.environ.get("ALIASROLL_E2E_REAL_RUN", "e2e-real")
+OPERATOR_NAMESPACE = "aliasroll-system"
 _namespaces = itertools.count(1)
 
 
@@ -39,7 +51,7 @@ def cluster() -> Iterator[LocalCluster]:
         RealNode.check_prerequisites(resolve_bin_dir(node=True))
     except ClusterError as e:
         _unavailable(str(e))
-    state = REPO / ".work" / "e2e-real-cluster"
+    state = REPO / ".work" / f"{RUN}-cluster"
     if state.exists():
         LocalCluster(state).stop()  # a previous session that was killed
     with LocalCluster(state, real_node=True) as local:
@@ -66,11 +78,101 @@ def namespace(request: pytest.FixtureRequest, cluster: LocalCluster) -> Iterator
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@pytest.fixture(scope="session")
+def installed(cluster: LocalCluster) -> LocalCluster:
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    wait_for(
+        lambda: (
+            "Established"
+            in cluster.kubectl(
+                "get", "crd", "modeldeployments.aliasroll.io", "-o", "jsonpath={.status.conditions[*].type}"
+            ).stdout
+        ),
+        timeout=60,
+        what="the CRD Established",
+    )
+    cluster.kubectl("apply", "-k", str(REPO / "manifests"))
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def serving_image(node: RealNode) -> str:
+    return node.load_images(["serving"])["serving"]
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(node: RealNode, mlflow_server: MlflowServer) -> str:
+    """The MLflow server as the operator and the pods see it, from inside the node's namespace."""
+    address, port = node.expose_host_port(mlflow_server.port)
+    return f"http://{address}:{port}"
+
+
+@pytest.fixture(scope="session")
+def operator(
+    installed: LocalCluster, node: RealNode, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    token = installed.mint_token(OPERATOR_NAMESPACE, "aliasroll", expiration_seconds=24 * 3600)
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = installed.write_kubeconfig_for_token(workdir / "kubeconfig", token)
+    # Inside the namespace the API server is reached through its bridge on 127.0.0.1:6443.
+    text = kubeconfig.read_text().replace(installed.server, "https://127.0.0.1:6443")
+    kubeconfig.write_text(text)
+    process = OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=REPO / ".work" / f"{RUN}-operator.log",
+        verbose=True,
+        netns=node.netns,
+        env={
+            "ALIASROLL_REGISTRY_TIMEOUT": "2",
+            "ALIASROLL_REGISTRY_MAX_BACKOFF": "2",
+            "ALIASROLL_RETRY_MAX": "3",
+            # A version that cannot load stalls within the test's patience.
+            "ALIASROLL_PROGRESS_DEADLINE": "40",
+        },
+    )
+    process.log_path.unlink(missing_ok=True)
+    process.start(timeout=120)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def stack(
+    installed: LocalCluster,
+    node: RealNode,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    tracking_uri: str,
+    serving_image: str,
+    placement: dict[str, Any],
+    namespace: str,
+    model_name: str,
+    tmp_path: Path,
+) -> Iterator[RealStack]:
+    stack = RealStack(
+        cluster=installed,
+        node=node,
+        mlflow=mlflow_server,
+        registry=registry,
+        tracking_uri=tracking_uri,
+        image=serving_image,
+        placement=placement,
+        namespace=namespace,
+        model=model_name,
+        tmp=tmp_path,
+    )
+    yield stack
+    stack.kube.close()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     report = yield
     if report.failed:
         funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+        if "operator" in funcargs:
+            report.sections.append(("operator log (tail)", funcargs["operator"].log_tail(80)))
         if "cluster" in funcargs:
             cluster: LocalCluster = funcargs["cluster"]
             report.sections.append(("cluster logs (tails)", cluster.log_tails(20)))
