@@ -44,8 +44,13 @@ class Session:
     def start(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "ALIASROLL_REQUIRE_REAL_NODE": "1", "ALIASROLL_E2E_REAL_RUN": self.run}
         with self.log.open("wb") as log:
+            # The slowest tests' times, in the log: where the tier's minutes go.
             return subprocess.Popen(
-                [*PYTEST, *self.args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env
+                [*PYTEST, "--durations=5", *self.args],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
 
 
