@@ -53,7 +53,7 @@ node-packages: ## The real node's Debian packages (runc, iptables, socat, builda
 	@localenv/node-packages.sh
 
 .PHONY: test
-test: venv lint cluster-binaries node-binaries node-packages prometheus ## Lint, then every tier: unit, integration (real mlflow server), end-to-end (real control plane), and real pods beside them
+test: venv cluster-binaries node-binaries node-packages prometheus ## Lint, then unit, integration (real mlflow server, real Prometheus), end-to-end (real control plane); real pods beside them
 	$(PY) hack/tiers.py
 
 .PHONY: unit

@@ -23,7 +23,7 @@ resource's pollInterval is 60 s (--push-poll), so the time is delivery + one rea
 
 Runs against a local control plane of its own (kwok: pods become Ready without running, plus the
 real node), a real mlflow server, and the operator as a process, as in the end-to-end tests (on the
-real node it runs inside the node's network namespace, as test_serving.py runs it).
+real node it runs inside the node's network namespace, as tests/e2e_real/conftest.py runs it).
 """
 
 from __future__ import annotations

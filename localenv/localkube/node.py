@@ -19,8 +19,9 @@ cleans up after a start that failed half-way:
   ``expose_host_port`` does the same for any host loopback port (e.g. an MLflow server), listening on
   the node's address so pods reach it. The API server's ``cluster`` egress (kubelets for logs and
   exec, Service and pod proxying) goes through a CONNECT proxy inside the namespace (egress.py).
-- kubelet rewrites a few machine-wide kernel settings at start (KUBELET_SYSCTLS): recorded before it
-  starts, restored on teardown.
+- kubelet rewrites a few machine-wide kernel settings at start (sysctls.KUBELET_SYSCTLS): recorded
+  before it starts, restored on teardown; with other real nodes of the machine running, by the last
+  of them to stop (sysctls.py).
 
 containerd, kubelet and kube-proxy are entered with ``nsenter --net`` (``ip netns exec`` remounts /sys,
 which hides /sys/fs/cgroup from kubelet).
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import pki as pki_mod
+from . import sysctls
 from .apiserver import SERVICE_CIDR, AdminClient
 from .bins import CNI_BIN_SUBDIR, missing_node_binaries
 from .common import ClusterError, run_checked, tail
@@ -73,14 +75,6 @@ CONTAINER_LOG_LINKS = Path("/var/log/containers")
 NETNS_DIR = Path("/var/run/netns")
 #: Machine-wide kernel settings kubelet rewrites at start (with protectKernelDefaults it would refuse
 #: to start instead): recorded before, restored on teardown.
-KUBELET_SYSCTLS = (
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-)
 CGROUP_FS = Path("/sys/fs/cgroup")
 
 
@@ -92,6 +86,10 @@ class ImageArchiveLike(Protocol):
 
     @property
     def path(self) -> Path: ...
+
+
+def _run_dir(node_id: str) -> Path:
+    return Path(f"/run/aliasroll-{node_id}")
 
 
 def pod_placement() -> dict[str, Any]:
@@ -282,7 +280,7 @@ class RealNode:
             name=REAL_NODE_NAME,
             address=NODE_ADDRESS,
             netns=f"aliasroll-{node_id}",
-            run_dir=f"/run/aliasroll-{node_id}",
+            run_dir=str(_run_dir(node_id)),
             cgroup_root=f"/aliasroll-{node_id}",
             cni_network=f"aliasroll-{node_id}",
             bin_dir=str(bin_dir),
@@ -612,11 +610,8 @@ resolvConf: /etc/resolv.conf
 """
         (d / "kubelet.yaml").write_text(config)
         if "sysctls" not in self._info():
-            saved = {}
-            for key in KUBELET_SYSCTLS:
-                with contextlib.suppress(OSError):
-                    saved[key] = (Path("/proc/sys") / key).read_text().strip()
-            self._record(sysctls=saved)
+            self._record(sysctls=sysctls.read_current())
+            sysctls.hold_machine(self._fact("id"), alive=self._node_alive)
         self._add_component("kubelet")
         self._procs.spawn(
             "kubelet",
@@ -715,10 +710,16 @@ conntrack:
         saved = self._info().get("sysctls")
         if not isinstance(saved, dict) or "kubelet" in [c for c in self.components if self._procs.alive(c)]:
             return
-        for key, value in saved.items():
-            if key in KUBELET_SYSCTLS and isinstance(value, str):
-                with contextlib.suppress(OSError):
-                    (Path("/proc/sys") / key).write_text(value + "\n")
+        node_id = self._info().get("id")
+        if not (isinstance(node_id, str) and sysctls.release_machine(node_id, alive=self._node_alive)):
+            # A node recorded before the machine's ledger existed: its own values, as then.
+            sysctls.write({k: v for k, v in saved.items() if isinstance(v, str)})
+        self._record(sysctls={})  # handed back: a second stop() writes nothing
+
+    @staticmethod
+    def _node_alive(node_id: str) -> bool:
+        """A real node of this machine (this one or another) still has its run dir: stop() removes it last."""
+        return _run_dir(node_id).is_dir()
 
     def _cgroup_dirs(self) -> list[Path]:
         """Every cgroup below (and including) the node's cgroup root, deepest first."""

@@ -53,8 +53,10 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="session")
-def kube(cluster: LocalCluster) -> Kube:
-    return Kube(cluster)
+def kube(cluster: LocalCluster) -> Iterator[Kube]:
+    kube = Kube(cluster)
+    yield kube
+    kube.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from harness import (
     model_deployment,
     ready_at,
     registered,
+    wait_events,
     wait_for,
 )
 from mlflow import MlflowClient
@@ -134,6 +135,6 @@ def test_canary_weight_promotion_and_removal(
         what="canary removed when @canary is deleted",
     )
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "3"), timeout=30, what="Ready at 3 alone again")
-    reasons = [reason for _, reason, _ in kube.events(namespace, "sentiment")]
-    for expected_reason in ("CanaryStarted", "TrafficShifted", "CanaryPromoted", "CanaryRemoved"):
-        assert expected_reason in reasons
+    wait_events(
+        kube, namespace, "sentiment", "CanaryStarted", "TrafficShifted", "CanaryPromoted", "CanaryRemoved"
+    )

@@ -18,6 +18,7 @@ from harness import (
     ready_at,
     registered,
     wait_condition,
+    wait_events,
     wait_for,
 )
 from mlflow import MlflowClient
@@ -49,9 +50,8 @@ def test_registry_outage_rolls_nothing_and_recovers(
         time.sleep(3)  # several failed polls
         assert available_at(kube, namespace, "sentiment-production", "1")
         assert kube.get("service", "sentiment", namespace) is not None
-        assert ("Warning", "RegistryUnreachable") in [
-            (t, r) for t, r, _ in kube.events(namespace, "sentiment")
-        ]
+        events = wait_events(kube, namespace, "sentiment", "RegistryUnreachable")
+        assert ("Warning", "RegistryUnreachable") in [(t, r) for t, r, _ in events]
     finally:
         mlflow_server.start()
 
@@ -91,7 +91,8 @@ def test_deleted_alias_keeps_the_version_serving(
     assert "version 1 keeps serving" in message
     assert condition(resource, "Ready") == ("True", "Serving")
     assert deployment_version(kube, namespace, "sentiment-production") == "1"
-    assert ("Warning", "AliasNotFound") in [(t, r) for t, r, _ in kube.events(namespace, "sentiment")]
+    events = wait_events(kube, namespace, "sentiment", "AliasNotFound")
+    assert ("Warning", "AliasNotFound") in [(t, r) for t, r, _ in events]
 
     registry.set_registered_model_alias(model_name, "production", "1")
     wait_for(

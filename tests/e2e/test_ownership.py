@@ -3,7 +3,16 @@ overwritten or pruned, and the resource says which object is in the way."""
 
 from __future__ import annotations
 
-from harness import Kube, condition_message, model_deployment, ready_at, registered, wait_condition, wait_for
+from harness import (
+    Kube,
+    condition_message,
+    model_deployment,
+    ready_at,
+    registered,
+    wait_condition,
+    wait_events,
+    wait_for,
+)
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
@@ -41,8 +50,8 @@ def test_a_users_service_is_never_taken_over(
     assert after["spec"]["selector"] == {"app": "their-app"}
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "it was written"
     assert kube.get("deployment", "sentiment-production", namespace) is None, "half a deployment was made"
-    events = [reason for kind, reason, _ in kube.events(namespace, "sentiment") if kind == "Warning"]
-    assert "NameConflict" in events
+    events = wait_events(kube, namespace, "sentiment", "NameConflict")
+    assert "NameConflict" in [reason for kind, reason, _ in events if kind == "Warning"]
 
     # The user moves their Service away: the operator goes ahead.
     kube.cluster.kubectl("delete", "service", "sentiment", "-n", namespace)

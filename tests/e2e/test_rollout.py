@@ -71,11 +71,14 @@ def test_alias_moves_roll_forward_and_back(
         ("production", v2, "RolloutStarted", True),
         ("production", v1, "RollbackStarted", False),
     ]
-    reasons = [reason for _, reason, _ in kube.events(namespace, "sentiment")]
-    for expected in ("RolloutStarted", "RollbackStarted", "RolloutComplete"):
-        assert expected in reasons, reasons
 
-    # Each rollout was announced once.
+    def reasons_after_three_completions() -> list[str] | None:
+        reasons = [reason for _, reason, _ in kube.events(namespace, "sentiment")]
+        return reasons if reasons.count("RolloutComplete") >= 3 else None
+
+    # Each rollout was announced once (events go out through a queue, after the status is written).
+    reasons = wait_for(reasons_after_three_completions, timeout=30, what="three RolloutComplete events")
+    assert "RolloutStarted" in reasons
     assert reasons.count("RollbackStarted") == 1
     assert reasons.count("RolloutComplete") == 3
 

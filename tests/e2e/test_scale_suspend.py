@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness import Kube, condition, model_deployment, ready_at, registered, wait_for
+from harness import Kube, condition, model_deployment, ready_at, registered, wait_events, wait_for
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
@@ -171,8 +171,7 @@ def test_suspend_stops_following_aliases_and_resume_catches_up(
     manifest["spec"]["suspend"] = False
     kube.apply(manifest, namespace=namespace)
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "2"), timeout=60, what="resumed: Ready at 2")
-    reasons = [reason for _, reason, _ in kube.events(namespace, "sentiment")]
-    assert "Suspended" in reasons
+    wait_events(kube, namespace, "sentiment", "Suspended")
 
 
 def _ready_message(resource: dict[str, object] | None) -> str:

@@ -1,5 +1,10 @@
 """One local cluster with a real node per session (containerd, kubelet and kube-proxy in a network
-namespace of their own, beside the kwok node); a namespace per test.
+namespace of their own, beside the kwok node), the CRD and the operator (inside the node's namespace,
+with its ServiceAccount's token); a namespace per test, and for the serving tests a RealStack.
+
+`make test` runs two sessions of this tier side by side (hack/tiers.py: test_transitions.py in one,
+the rest in the other), each with its own cluster: ALIASROLL_E2E_REAL_RUN names a session's state
+dir and operator log under .work (default e2e-real).
 
 Needs root, the node's binaries (make node-binaries) and Debian packages (make node-packages: runc,
 iptables, socat, ...). Without them the tier is skipped with the reason, unless
@@ -27,6 +32,7 @@ from operatorprocess import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRE_ENV = "ALIASROLL_REQUIRE_REAL_NODE"
+RUN = os.environ.get("ALIASROLL_E2E_REAL_RUN", "e2e-real")
 OPERATOR_NAMESPACE = "aliasroll-system"
 _namespaces = itertools.count(1)
 
@@ -45,7 +51,7 @@ def cluster() -> Iterator[LocalCluster]:
         RealNode.check_prerequisites(resolve_bin_dir(node=True))
     except ClusterError as e:
         _unavailable(str(e))
-    state = REPO / ".work" / "e2e-real-cluster"
+    state = REPO / ".work" / f"{RUN}-cluster"
     if state.exists():
         LocalCluster(state).stop()  # a previous session that was killed
     with LocalCluster(state, real_node=True) as local:
@@ -113,7 +119,7 @@ def operator(
     kubeconfig.write_text(text)
     process = OperatorProcess(
         kubeconfig=kubeconfig,
-        log_path=REPO / ".work" / "e2e-real-operator.log",
+        log_path=REPO / ".work" / f"{RUN}-operator.log",
         verbose=True,
         netns=node.netns,
         env={
@@ -143,8 +149,8 @@ def stack(
     namespace: str,
     model_name: str,
     tmp_path: Path,
-) -> RealStack:
-    return RealStack(
+) -> Iterator[RealStack]:
+    stack = RealStack(
         cluster=installed,
         node=node,
         mlflow=mlflow_server,
@@ -156,6 +162,8 @@ def stack(
         model=model_name,
         tmp=tmp_path,
     )
+    yield stack
+    stack.kube.close()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -163,6 +171,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.failed:
         funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+        if "operator" in funcargs:
+            report.sections.append(("operator log (tail)", funcargs["operator"].log_tail(80)))
         if "cluster" in funcargs:
             cluster: LocalCluster = funcargs["cluster"]
             report.sections.append(("cluster logs (tails)", cluster.log_tails(20)))

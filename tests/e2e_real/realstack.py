@@ -1,6 +1,11 @@
-"""What the real-pod tests stand on: `RealStack` (the cluster with the real node and the operator,
-the MLflow server, the serving image, the test's namespace and model) and `Load`, requests through a
-Service from inside the node's network namespace. The fixtures that build them are in conftest.py."""
+"""What the real-pod serving tests stand on: RealStack (one per test, from the `stack` fixture in
+conftest.py) and Load, tests/support/load.py run inside the node's network namespace.
+
+The operator runs inside the real node's network namespace, as it would inside a cluster: the API
+server and the MLflow server (on the host's loopback) are bridged in, so one tracking URI works for
+the operator and for the pods. Requests go through the Service's ClusterIP from inside the
+namespace; answers are told apart by their X-Model-Version header.
+"""
 
 from __future__ import annotations
 
@@ -158,10 +163,8 @@ class RealStack:
             what=f"Ready at {production}" + (f" + canary {canary}" if canary else ""),
         )
 
-    def pods(self, *selector: str) -> list[dict[str, Any]]:
-        args = ["get", "pods", "-n", self.namespace, "-o", "json"] + [f"-l={s}" for s in selector]
-        items: list[dict[str, Any]] = json.loads(self.cluster.kubectl(*args).stdout)["items"]
-        return items
+    def pods(self, selector: str | None = None) -> list[dict[str, Any]]:
+        return self.kube.list("pods", self.namespace, selector)
 
     def old_pods_gone(self, timeout: float = 90) -> None:
         """Until no pod is stopping: the pods a transition replaced have run their preStop, drained
