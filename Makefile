@@ -52,8 +52,14 @@ prometheus: ## Prometheus from source, API only, for the canary analysis' tests 
 node-packages: ## The real node's Debian packages (runc, iptables, socat, buildah, ...); needs root when one is missing
 	@localenv/node-packages.sh
 
+# The real node's images, built before the tests rather than inside a test fixture (a cold build
+# takes minutes, more than a test's timeout on a loaded machine).
+.PHONY: node-images
+node-images: venv node-packages ## The real node's pause and serving images, with buildah from the project's Dockerfiles (cached)
+	@PYTHONPATH=localenv $(PY) -m localkube.images build pause serving >/dev/null
+
 .PHONY: test
-test: venv cluster-binaries node-binaries node-packages prometheus ## Lint, then unit, integration (real mlflow server, real Prometheus), end-to-end (real control plane); real pods beside them
+test: venv cluster-binaries node-binaries node-packages prometheus node-images ## Lint, then unit, integration (real mlflow server, real Prometheus), end-to-end (real control plane); real pods beside them
 	$(PY) hack/tiers.py
 
 .PHONY: unit
@@ -69,7 +75,7 @@ e2e: venv cluster-binaries ## End-to-end tests against the local control plane (
 	$(PYTEST) tests/e2e
 
 .PHONY: e2e-real
-e2e-real: venv cluster-binaries node-binaries node-packages ## Real pods of the built serving image on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
+e2e-real: venv cluster-binaries node-binaries node-packages node-images ## Real pods of the built serving image on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
 	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_real
 
 .PHONY: lint
@@ -88,7 +94,7 @@ run: venv ## Run the operator locally against the current kubeconfig
 	$(PY) -m aliasroll --verbose
 
 .PHONY: demo
-demo: venv cluster-binaries node-binaries node-packages ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch
+demo: venv cluster-binaries node-binaries node-packages node-images ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch
 	$(PY) demo/demo.py
 
 .PHONY: demo-down
