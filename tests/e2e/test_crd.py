@@ -259,7 +259,7 @@ def test_a_full_pod_template_is_accepted(kube: Kube, namespace: str) -> None:
     assert result.returncode == 0, result.stderr
     stored = kube.get("mdep", "full", namespace)
     assert stored is not None
-    assert stored["spec"]["serving"] == {**serving, "port": 8080}
+    assert stored["spec"]["serving"] == {**serving, "port": 8080, "dependencies": "install"}
 
 
 def test_schema_source_is_the_running_kubernetes(kube: Kube) -> None:
