@@ -32,6 +32,16 @@ class OperatorConfig:
     webhook_tolerance_seconds: float = 300.0
     # host:port for GET /metrics (Prometheus); None: not served.
     metrics_listen: str | None = None
+    # Leader election (README "High availability"): off for a lone process (`make run`, the tests),
+    # on in the Deployment, whose two replicas share the Lease `lease_namespace/lease_name`.
+    leader_election: bool = False
+    lease_name: str = "aliasroll"
+    lease_namespace: str | None = None  # None: the pod's own namespace
+    # Failover after a kill -9: at most lease + retry (12 s), the old leader fenced 3 s before.
+    lease_duration_seconds: float = 10.0
+    lease_renew_deadline_seconds: float = 7.0
+    lease_retry_period_seconds: float = 2.0
+    pod_name: str | None = None  # the candidate's name in the Lease (plus a random suffix)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -49,6 +59,16 @@ class OperatorConfig:
             if value <= 0:
                 raise SystemExit(f"{name}={raw!r} must be above zero")
             return value
+
+        def flag(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if not raw:
+                return default
+            if raw in ("true", "1", "yes", "on"):
+                return True
+            if raw in ("false", "0", "no", "off"):
+                return False
+            raise SystemExit(f"{name}={env.get(name)!r} is not true or false")
 
         return cls(
             serving_image=env.get("ALIASROLL_SERVING_IMAGE") or defaults.serving_image,
@@ -73,4 +93,15 @@ class OperatorConfig:
                 "ALIASROLL_WEBHOOK_TOLERANCE", defaults.webhook_tolerance_seconds
             ),
             metrics_listen=env.get("ALIASROLL_METRICS_LISTEN") or None,
+            leader_election=flag("ALIASROLL_LEADER_ELECTION", defaults.leader_election),
+            lease_name=env.get("ALIASROLL_LEASE_NAME") or defaults.lease_name,
+            lease_namespace=env.get("ALIASROLL_LEASE_NAMESPACE") or env.get("POD_NAMESPACE") or None,
+            lease_duration_seconds=number("ALIASROLL_LEASE_DURATION", defaults.lease_duration_seconds),
+            lease_renew_deadline_seconds=number(
+                "ALIASROLL_LEASE_RENEW_DEADLINE", defaults.lease_renew_deadline_seconds
+            ),
+            lease_retry_period_seconds=number(
+                "ALIASROLL_LEASE_RETRY_PERIOD", defaults.lease_retry_period_seconds
+            ),
+            pod_name=env.get("POD_NAME") or None,
         )

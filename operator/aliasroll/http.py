@@ -7,10 +7,12 @@ its address is configured (the operator's Deployment sets both); see README "Pus
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from aliasroll import metrics
 from aliasroll.webhooks import PATH, WebhookReceiver
 
 log = logging.getLogger(__name__)
@@ -26,8 +28,15 @@ def parse_listen(name: str, raw: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def webhook_app(receiver: WebhookReceiver) -> web.Application:
+def webhook_app(receiver: WebhookReceiver, *, standby: Callable[[], bool] = lambda: False) -> web.Application:
     async def deliver(request: web.Request) -> web.Response:
+        if standby():
+            # Not the leader (README "High availability"): 503 makes MLflow retry, on a new
+            # connection, which the Service may send to the leader; polling is the safety net.
+            metrics.WEBHOOK_DELIVERIES.labels("standby").inc()
+            return web.json_response(
+                {"outcome": "standby"}, status=503, headers={"Retry-After": "1", "Connection": "close"}
+            )
         body = await request.read()
         status, outcome = receiver.receive(request.headers, body)
         return web.json_response({"outcome": outcome.value}, status=status)

@@ -55,5 +55,11 @@ QUEUE_DEPTH = Gauge(
 )
 LEADER = Gauge(
     "aliasroll_leader",
-    "1 while this process runs the controllers (one replica, standalone), 0 otherwise",
+    "1 while this process leads (holds the Lease, or leader election is off) and writes, 0 otherwise",
+)
+LEADERSHIP_CHANGES = Counter(
+    "aliasroll_leadership_changes_total",
+    "Leadership transitions of this process: acquired, lost (not renewed in time, or taken by "
+    "another), released (on shutdown)",
+    ["change"],
 )

@@ -24,6 +24,7 @@ from lightkube import ALL_NS, AsyncClient
 from aliasroll import __version__, metrics
 from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
+from aliasroll.controller.leadership import Fence, elector_for
 from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.scheduler import Scheduler
 from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
@@ -36,6 +37,10 @@ from aliasroll.spec import GROUP, PLURAL, VERSION
 from aliasroll.webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
+
+
+# A replica that does not lead runs no pass: its workers wait until leadership wakes them all.
+STANDBY = PassResult(next_in=None)
 
 
 class KopfEvents:
@@ -79,6 +84,10 @@ class Runtime:
         # After a failed list, retry sooner than the period, but never more often than every 5 s.
         self._resync_backoff = Backoff(base=min(5.0, config.resync_seconds), cap=config.resync_seconds)
         self._resync_task: asyncio.Task[None] | None = None
+        # Leader election (README "High availability"): passes run only through the fence, which
+        # is up while this process leads (always, when leader election is off).
+        self.fence = Fence()
+        self.elector = elector_for(config, fence=self.fence, on_leading=self._lead, field_manager=MANAGER)
         self.listeners = self._listeners(config)
         metrics.QUEUE_DEPTH.set_function(lambda: self.scheduler.pending)
 
@@ -94,7 +103,8 @@ class Runtime:
                 refresh=self.registry.refresh,
                 tolerance=config.webhook_tolerance_seconds,
             )
-            listeners.append(Listener("registry webhooks", webhook_app(receiver), host, port))
+            app = webhook_app(receiver, standby=lambda: not self.leading)
+            listeners.append(Listener("registry webhooks", app, host, port))
         elif config.webhook_listen:
             log.warning(
                 "ALIASROLL_WEBHOOK_LISTEN is set but ALIASROLL_WEBHOOK_SECRET is not: webhooks are "
@@ -106,13 +116,46 @@ class Runtime:
         for listener in self.listeners:
             await listener.start()
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
-        metrics.LEADER.set(1)
+        if self.elector is None:
+            self.fence.raise_()
+            metrics.LEADER.set(1)
+        else:
+            self.elector.start()
+
+    @property
+    def leading(self) -> bool:
+        return self.fence.open and (self.elector is None or self.elector.leading)
+
+    async def _lead(self) -> None:
+        """Just became leader: every resource gets a pass, as at start (the watches stayed warm,
+        but no pass ran, and the last leader may have left anything half done)."""
+        failures = 0
+        while True:
+            try:
+                listed = await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                log.warning("leading: listing ModelDeployments failed (attempt %d): %r", failures, error)
+                await asyncio.sleep(self._resync_backoff.delay(failures))
+                continue
+            for body in listed:
+                self.scheduler.wake(str((body.get("metadata") or {}).get("uid") or ""))
+            log.info("leading: %d resource(s) woken", len(listed))
+            return
 
     async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> PassResult:
+        if not self.leading:
+            return STANDBY
         began = time.perf_counter()
         outcome = "failed"  # also when the pass raises (the scheduler logs and retries it)
         try:
-            result = await self.reconciler.reconcile(body, wake=wake)
+            fenced = await self.fence.run(self.reconciler.reconcile(body, wake=wake))
+            if fenced is None:  # leadership ended during the pass, which was cancelled
+                outcome = "stepped_down"
+                return STANDBY
+            result = fenced
             outcome = "gone" if result.gone else "failed" if result.failed is not None else "ok"
         finally:
             metrics.PASSES.labels(outcome).inc()
@@ -123,7 +166,7 @@ class Runtime:
                 metrics.ALIAS_MOVE_APPLIED_SECONDS.observe(max(0.0, time.time() - changed_at))
         return result
 
-    async def resync(self) -> None:
+    async def resync(self) -> list[Mapping[str, Any]]:
         """Lists the watched ModelDeployments and stops or starts workers the watch left behind."""
         began = self.scheduler.position
         listed: list[Mapping[str, Any]] = []
@@ -133,6 +176,7 @@ class Runtime:
                 listed.append(dict(cast(Mapping[str, Any], item)))
         plan = await self.scheduler.resync(listed, list_began=began)
         log.debug("resync: %d listed, %d stopped, %d started", len(listed), len(plan.stop), len(plan.start))
+        return listed
 
     async def _resync_forever(self) -> None:
         failures = 0
@@ -151,6 +195,7 @@ class Runtime:
                 failures = 0
 
     async def close(self) -> None:
+        self.fence.close()
         metrics.LEADER.set(0)
         for listener in self.listeners:
             await listener.stop()
@@ -159,6 +204,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resync_task
         await self.scheduler.stop()
+        if self.elector is not None:  # passes stopped: release the lease, the other leads at once
+            await self.elector.close()
         await self.registry.close()
         await self.client.close()
 
@@ -167,7 +214,9 @@ class Runtime:
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.reporting_component = MANAGER
     settings.posting.reporting_instance = __version__
-    settings.peering.standalone = True  # one replica (Recreate strategy); see README
+    # No Kopf peering (it pauses handlers but does not fence writes): replicas elect a leader on a
+    # Lease instead (leadership.py; README "High availability").
+    settings.peering.standalone = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # __main__ puts the namespaces of --namespace in the memo; none means every namespace.
