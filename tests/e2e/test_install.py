@@ -94,7 +94,11 @@ def test_the_rendered_install_watches_exactly_the_namespaces_it_grants(namespace
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     watched = {arg.removeprefix("--namespace=") for arg in args if arg.startswith("--namespace=")}
     assert watched == {WATCHED}
-    assert {obj["metadata"]["namespace"] for obj in by_kind["Role"] + by_kind["RoleBinding"]} == watched
+    # The Roles of the watched namespaces, and leader election's in the operator's own namespace.
+    roles = {obj["metadata"]["name"]: obj for obj in by_kind["Role"] + by_kind["RoleBinding"]}
+    election = {name for name in roles if name.endswith("leader-election")}
+    assert {roles[name]["metadata"]["namespace"] for name in election} == {OPERATOR_NAMESPACE}
+    assert {role["metadata"]["namespace"] for name, role in roles.items() if name not in election} == watched
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == ACCOUNT
     [cluster_role] = by_kind["ClusterRole"]
     cluster_resources = {resource for rule in cluster_role["rules"] for resource in rule["resources"]}
@@ -143,6 +147,26 @@ ACCESS = [
     ("watch namespaces (Kopf)", ["watch", "namespaces"], True),
     ("create namespaces", ["create", "namespaces"], False),
     ("create pods in the watched namespace", ["create", "pods", "-n", WATCHED], False),
+    (
+        "update its Lease in the operator's namespace",
+        ["update", "leases.coordination.k8s.io", "-n", OPERATOR_NAMESPACE],
+        True,
+    ),
+    (
+        "create a Lease in the operator's namespace",
+        ["create", "leases.coordination.k8s.io", "-n", OPERATOR_NAMESPACE],
+        True,
+    ),
+    (
+        "update Leases in the watched namespace",
+        ["update", "leases.coordination.k8s.io", "-n", WATCHED],
+        False,
+    ),
+    (
+        "delete Leases in the operator's namespace",
+        ["delete", "leases.coordination.k8s.io", "-n", OPERATOR_NAMESPACE],
+        False,
+    ),
 ]
 
 

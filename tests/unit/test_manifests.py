@@ -144,3 +144,30 @@ def test_the_service_and_the_scrape_annotations_reach_the_ports_the_operator_lis
         "optional": True,
     }
     assert "service.yaml" in documents(MANIFESTS / "kustomization.yaml")[0]["resources"]
+
+
+def test_two_replicas_elect_a_leader_on_a_lease_of_their_own_namespace() -> None:
+    operator = documents(MANIFESTS / "operator.yaml")
+    deployment = only(operator, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["ALIASROLL_LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    budget = only(operator, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+
+    rbac = documents(MANIFESTS / "rbac.yaml")
+    role = only(rbac, "Role")  # a Role (the operator's namespace only), never in the ClusterRole
+    assert grants(role["rules"]) == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")
+    }
+    assert not {grant for grant in CLUSTER_WIDE if grant[1] == "leases"}
+    binding = only(rbac, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "aliasroll", "namespace": "aliasroll-system"}
+    ]
