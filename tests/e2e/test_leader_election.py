@@ -11,7 +11,10 @@ namespace) is stopped meanwhile: it would write too, and is started again after.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -77,6 +80,8 @@ class Replicas:
                 "ALIASROLL_LEASE_NAMESPACE": OPERATOR_NAMESPACE,
                 "POD_NAME": pod,
                 "ALIASROLL_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+                "ALIASROLL_WEBHOOK_SECRET": "e2e-leader-election",
+                "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
             },
         )
         process.log_path.unlink(missing_ok=True)
@@ -155,6 +160,17 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def deliver(process: OperatorProcess) -> int:
+    """POSTs an unsigned delivery to the replica's webhook receiver; returns the HTTP status."""
+    url = f"http://{process.extra_env['ALIASROLL_WEBHOOK_LISTEN']}/webhooks/mlflow"
+    request = urllib.request.Request(url, data=b"{}", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
 def passes(process: OperatorProcess) -> float:
     samples = scrape(process)
     return sum(v for (name, _), v in samples.items() if name == "aliasroll_passes_total")
@@ -193,6 +209,12 @@ def test_one_replica_leads_and_only_it_writes(
     log = follower.log_path.read_text(errors="replace")
     assert "Handler 'model_deployment_event' succeeded." in log  # its watches are warm
     assert "leader election: leading" not in log
+
+    # Webhooks: the follower answers 503 (MLflow retries, the Service may pick the leader); the
+    # leader checks the delivery (this one, unsigned and empty, is refused).
+    assert deliver(follower) == 503
+    assert value(scrape(follower), "aliasroll_webhook_deliveries_total", outcome="standby") == 1.0
+    assert deliver(replicas.started[leader]) == 400  # checked: malformed (no signature headers)
 
 
 def test_kill_9_the_leader_and_the_other_leads_and_follows_an_alias_move(
@@ -308,3 +330,43 @@ def test_a_foreign_holders_fresh_lease_is_respected(
     wait_for(lambda: replicas.holder() == "replica-a", timeout=20, what="replica-a holding the lease")
     assert 6.0 - 0.5 < time.monotonic() - stopped_renewing < 6.0 + RETRY_PERIOD + 2.0
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at 1")
+
+
+def test_a_frozen_leader_thawed_after_the_takeover_writes_nothing(
+    kube: Kube,
+    replicas: Replicas,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    """A leader paused (SIGSTOP: a long GC, a frozen VM) past its renew deadline wakes up fenced: its
+    timers fire at once, but not one pass runs before it notices, nor after."""
+    replicas.start("replica-a")
+    replicas.start("replica-b")
+    leader = replicas.leader()
+    other = next(pod for pod in replicas.started if pod != leader)
+    frozen = replicas.started[leader]
+    registered(registry, model_name, 3, production="1")
+    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at 1")
+    before = passes(frozen)
+
+    assert frozen.process is not None
+    os.kill(frozen.process.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: replicas.holder() == other, timeout=30, what=f"{other} holding the lease")
+        registry.set_registered_model_alias(model_name, "production", "2")
+        wait_for(lambda: ready_at(kube, namespace, "sentiment", "2"), timeout=60, what="Ready at 2")
+    finally:
+        os.kill(frozen.process.pid, signal.SIGCONT)
+    # Thawed: the alias moves again; only the new leader follows it.
+    registry.set_registered_model_alias(model_name, "production", "3")
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "3"), timeout=60, what="Ready at 3")
+    samples = scrape(frozen)
+    assert value(samples, "aliasroll_leader") == 0.0
+    assert value(samples, "aliasroll_leadership_changes_total", change="lost") == 1.0
+    assert passes(frozen) == before
+    log = frozen.log_path.read_text(errors="replace")
+    assert "no longer leading (not renewed within the renew deadline)" in log
+    assert replicas.leading() == [other]

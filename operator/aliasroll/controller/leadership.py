@@ -170,6 +170,11 @@ def taken_by(me: str, previous: LeaseRecord | None, *, duration: int, now: datet
     )
 
 
+def with_spec(lease: Lease, spec: LeaseSpec) -> Lease:
+    """The same object (name, resourceVersion: the replace is conditional on it) with a new spec."""
+    return Lease(metadata=lease.metadata, spec=spec)
+
+
 class Fence:
     """Runs passes only while leading, and cancels those in flight when leadership ends."""
 
@@ -329,7 +334,7 @@ class LeaderElector:
                     )
                 else:
                     assert current is not None
-                    lease = await self._client.replace(replace(current, spec=spec))
+                    lease = await self._client.replace(with_spec(current, spec))
         except ApiError as error:
             if error.status.code in (404, 409):
                 # Another candidate wrote first (or it was deleted): read again before anything
@@ -408,7 +413,7 @@ class LeaderElector:
         try:
             async with asyncio.timeout(self._timing.retry_period):
                 try:
-                    await self._client.replace(replace(self._lease, spec=released))
+                    await self._client.replace(with_spec(self._lease, released))
                 except ApiError as error:
                     if error.status.code != 409:
                         raise
@@ -416,7 +421,7 @@ class LeaderElector:
                     lease = await self._client.get(Lease, self.name, namespace=self.namespace)
                     if record_of(lease).holder != self.me.identity:
                         return
-                    await self._client.replace(replace(lease, spec=released))
+                    await self._client.replace(with_spec(lease, released))
         except Exception as error:  # the lease then expires by itself
             log.warning("leader election: releasing lease %s/%s failed: %r", self.namespace, self.name, error)
         else:
