@@ -172,8 +172,13 @@ def deliver(process: OperatorProcess) -> int:
 
 
 def passes(process: OperatorProcess) -> float:
+    """Passes that ran to their end (not those cut off by the fence: result stepped_down)."""
     samples = scrape(process)
-    return sum(v for (name, _), v in samples.items() if name == "aliasroll_passes_total")
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "aliasroll_passes_total" and dict(labels)["result"] != "stepped_down"
+    )
 
 
 def timed(check: Callable[[], object], *, timeout: float, what: str) -> float:
@@ -370,3 +375,12 @@ def test_a_frozen_leader_thawed_after_the_takeover_writes_nothing(
     log = frozen.log_path.read_text(errors="replace")
     assert "no longer leading (not renewed within the renew deadline)" in log
     assert replicas.leading() == [other]
+
+    # Handed back (the other stops): the thawed one leads from the status as it is now, not from
+    # what it remembered writing before its freeze, so the history keeps every version in order.
+    replicas.started[other].stop()
+    wait_for(lambda: replicas.leading() == [leader], timeout=30, what=f"{leader} leading again")
+    registry.set_registered_model_alias(model_name, "production", "1")
+    resource = wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at 1")
+    history = [entry["version"] for entry in resource["status"]["history"] if entry["track"] == "production"]
+    assert history == ["1", "2", "3", "1"]

@@ -218,7 +218,8 @@ def test_timing_checks(timing: ElectionTiming, problem: str | None) -> None:
     if problem is None:
         assert found is None
     else:
-        assert found is not None and problem in found
+        assert found is not None
+        assert problem in found
 
 
 def test_identity_is_the_pod_name_and_a_suffix_new_each_start() -> None:
@@ -226,9 +227,9 @@ def test_identity_is_the_pod_name_and_a_suffix_new_each_start() -> None:
         candidate_identity("aliasroll-5f7-x2k", "host"),
         candidate_identity("aliasroll-5f7-x2k", "host"),
     )
-    assert (
-        first.startswith("aliasroll-5f7-x2k_") and second.startswith("aliasroll-5f7-x2k_") and first != second
-    )
+    assert first.startswith("aliasroll-5f7-x2k_")
+    assert second.startswith("aliasroll-5f7-x2k_")
+    assert first != second
     assert candidate_identity(None, "laptop").startswith("laptop_")
 
 
@@ -294,3 +295,33 @@ def test_the_fence_runs_passes_only_while_up_and_cancels_them_when_it_closes() -
         return closed_result, quick, cut, propagated
 
     assert asyncio.run(scenario()) == (None, "done", None, True)
+
+
+def test_a_write_past_the_deadline_ends_the_pass_before_it_starts() -> None:
+    """A pass suspended past the deadline (a frozen process) resumes before the elector notices:
+    its next write finds the fence closed on the clock, and the pass ends as cut off."""
+
+    async def scenario() -> tuple[object, list[str]]:
+        lease_valid = True
+        fence = Fence()
+        fence.bind(lambda: lease_valid)
+        fence.raise_()
+        writes: list[str] = []
+        resumed, frozen = asyncio.Event(), asyncio.Event()
+
+        async def suspended_pass() -> str:
+            fence.check()
+            writes.append("before the freeze")
+            frozen.set()
+            await resumed.wait()
+            fence.check()
+            writes.append("after the freeze")
+            return "done"
+
+        running = asyncio.create_task(fence.run(suspended_pass()))
+        await frozen.wait()
+        lease_valid = False  # the deadline passed while frozen; the elector has not run yet
+        resumed.set()
+        return await running, writes
+
+    assert asyncio.run(scenario()) == (None, ["before the freeze"])

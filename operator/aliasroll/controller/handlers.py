@@ -19,12 +19,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
-from lightkube import ALL_NS, AsyncClient
+from lightkube import ALL_NS
 
 from aliasroll import __version__, metrics
 from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
-from aliasroll.controller.leadership import Fence, elector_for
+from aliasroll.controller.leadership import Fence, FencedClient, FencedRegistry, elector_for
 from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.scheduler import Scheduler
 from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
@@ -32,7 +32,7 @@ from aliasroll.kube.resources import ModelDeployment
 from aliasroll.planning.state import EventRecord
 from aliasroll.planning.workloads import LABEL_MANAGED_BY, LABEL_OWNER, MANAGER, WorkloadDefaults
 from aliasroll.registry.client import RegistryClient, configure_http
-from aliasroll.registry.poller import RegistryPoller, Wake
+from aliasroll.registry.poller import Wake
 from aliasroll.spec import GROUP, PLURAL, VERSION
 from aliasroll.webhooks import WebhookReceiver
 
@@ -46,7 +46,12 @@ STANDBY = PassResult(next_in=None)
 class KopfEvents:
     """Posts Kubernetes events through Kopf's queue (batched, retried, never blocking a pass)."""
 
+    def __init__(self, fence: Fence) -> None:
+        self._fence = fence
+
     def post(self, body: Mapping[str, Any], event: EventRecord) -> None:
+        if not self._fence.open:
+            return  # not leading (any more): the leader tells what it does
         # Kopf only reads apiVersion, kind and metadata from the body; a plain mapping does.
         kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
@@ -58,9 +63,14 @@ class Runtime:
         self.config = config
         self.namespaces = tuple(namespaces)  # empty: every namespace
         configure_http(timeout_seconds=config.registry_timeout_seconds)
-        self.client = AsyncClient(field_manager=MANAGER)
-        self.registry = RegistryPoller(
+        # Leader election (README "High availability"): passes run only through the fence, which
+        # is up while this process leads (always, when leader election is off); every write of a
+        # pass checks it too.
+        self.fence = Fence()
+        self.client = FencedClient(fence=self.fence, field_manager=MANAGER)
+        self.registry = FencedRegistry(
             RegistryClient(),
+            fence=self.fence,
             sweep_threshold=config.registry_sweep_threshold,
             backoff=Backoff(cap=config.registry_max_backoff_seconds),
             concurrency_per_registry=config.registry_concurrency,
@@ -71,7 +81,7 @@ class Runtime:
         self.reconciler = Reconciler(
             client=self.client,
             registry=self.registry,
-            events=KopfEvents(),
+            events=KopfEvents(self.fence),
             defaults=WorkloadDefaults(
                 image=config.serving_image, progress_deadline_seconds=config.progress_deadline_seconds
             ),
@@ -84,10 +94,14 @@ class Runtime:
         # After a failed list, retry sooner than the period, but never more often than every 5 s.
         self._resync_backoff = Backoff(base=min(5.0, config.resync_seconds), cap=config.resync_seconds)
         self._resync_task: asyncio.Task[None] | None = None
-        # Leader election (README "High availability"): passes run only through the fence, which
-        # is up while this process leads (always, when leader election is off).
-        self.fence = Fence()
-        self.elector = elector_for(config, fence=self.fence, on_leading=self._lead, field_manager=MANAGER)
+        self.elector = elector_for(
+            config,
+            fence=self.fence,
+            on_leading=self._lead,
+            on_stepped_down=self._forget_passes,
+            field_manager=MANAGER,
+        )
+        self._passed: set[str] = set()  # uids this process ran passes for since it last led
         self.listeners = self._listeners(config)
         metrics.QUEUE_DEPTH.set_function(lambda: self.scheduler.pending)
 
@@ -124,7 +138,7 @@ class Runtime:
 
     @property
     def leading(self) -> bool:
-        return self.fence.open and (self.elector is None or self.elector.leading)
+        return self.fence.open  # bound to the elector's lease, on the clock
 
     async def _lead(self) -> None:
         """Just became leader: every resource gets a pass, as at start (the watches stayed warm,
@@ -145,9 +159,18 @@ class Runtime:
             log.info("leading: %d resource(s) woken", len(listed))
             return
 
+    def _forget_passes(self) -> None:
+        """Leadership ended: what the passes remembered (the status last written, the registry
+        subscriptions, canary measurements) goes, as in a fresh process; another leader writes
+        meanwhile, and the registry is not polled for a standby."""
+        for uid in self._passed:
+            self.reconciler.forget(uid)
+        self._passed.clear()
+
     async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> PassResult:
         if not self.leading:
             return STANDBY
+        self._passed.add(str((body.get("metadata") or {}).get("uid") or ""))
         began = time.perf_counter()
         outcome = "failed"  # also when the pass raises (the scheduler logs and retries it)
         try:

@@ -22,7 +22,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,6 +36,9 @@ from lightkube.resources.coordination_v1 import Lease
 
 from aliasroll import metrics
 from aliasroll.config import OperatorConfig
+from aliasroll.registry.client import RegistryClient
+from aliasroll.registry.poller import RegistryPoller
+from aliasroll.registry.types import Endpoint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,15 +179,30 @@ def with_spec(lease: Lease, spec: LeaseSpec) -> Lease:
 
 
 class Fence:
-    """Runs passes only while leading, and cancels those in flight when leadership ends."""
+    """Runs passes only while leading, and cancels those in flight when leadership ends.
+
+    Cancelling takes effect at a pass's next await; a pass that was suspended past the renew
+    deadline (a frozen process) could resume a step before the elector notices, so every write
+    (FencedClient, FencedRegistry) also checks `open` itself, on the clock, right before it starts.
+    """
 
     def __init__(self) -> None:
         self._open = False
+        self._valid: Callable[[], bool] = lambda: True
         self._in_flight: set[asyncio.Task[Any]] = set()
 
     @property
     def open(self) -> bool:
-        return self._open
+        return self._open and self._valid()
+
+    def bind(self, valid: Callable[[], bool]) -> None:
+        """Also closed whenever `valid()` is false (the elector's lease, on the clock)."""
+        self._valid = valid
+
+    def check(self) -> None:
+        """Before a write: past the fence, the pass ends here as if cancelled (not a failure)."""
+        if not self.open:
+            raise asyncio.CancelledError("not leading: no write")
 
     def raise_(self) -> None:
         self._open = True
@@ -198,7 +216,7 @@ class Fence:
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T | None:
         """`work`'s result, or None when it did not run or was cut off by the fence closing."""
-        if not self._open:
+        if not self.open:
             work.close()
             return None
         task = asyncio.ensure_future(work)
@@ -214,7 +232,62 @@ class Fence:
             self._in_flight.discard(task)
 
 
+class FencedClient(AsyncClient):
+    """The passes' Kubernetes client: every write first checks the fence."""
+
+    def __init__(self, *, fence: Fence, field_manager: str) -> None:
+        super().__init__(field_manager=field_manager)
+        self._fence = fence
+
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence.check()
+        return await super().create(*args, **kwargs)
+
+    async def replace(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence.check()
+        return await super().replace(*args, **kwargs)
+
+    async def patch(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence.check()
+        return await super().patch(*args, **kwargs)
+
+    async def apply(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence.check()
+        return await super().apply(*args, **kwargs)
+
+    async def delete(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence.check()
+        return await super().delete(*args, **kwargs)
+
+    async def deletecollection(self, *args: Any, **kwargs: Any) -> Any:
+        self._fence.check()
+        return await super().deletecollection(*args, **kwargs)
+
+
+class FencedRegistry(RegistryPoller):
+    """The registry poller, whose writes (alias moves, version tags) first check the fence."""
+
+    def __init__(self, client: RegistryClient, *, fence: Fence, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._fence = fence
+
+    async def set_alias(self, endpoint: Endpoint, model: str, alias: str, version: str) -> None:
+        self._fence.check()
+        await super().set_alias(endpoint, model, alias, version)
+
+    async def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
+        self._fence.check()
+        await super().delete_alias(endpoint, model, alias)
+
+    async def set_version_tags(
+        self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
+    ) -> None:
+        self._fence.check()
+        await super().set_version_tags(endpoint, model, version, tags)
+
+
 OnLeading = Callable[[], Coroutine[Any, Any, None]]
+OnSteppedDown = Callable[[], None]
 
 
 class LeaderElector:
@@ -230,6 +303,7 @@ class LeaderElector:
         timing: ElectionTiming,
         fence: Fence,
         on_leading: OnLeading,
+        on_stepped_down: OnSteppedDown = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -239,6 +313,8 @@ class LeaderElector:
         self._timing = timing
         self._fence = fence
         self._on_leading = on_leading
+        self._on_stepped_down = on_stepped_down
+        fence.bind(lambda: self.leading)
         self._clock = clock
         self._wall_clock = wall_clock
         self._lease: Lease | None = None  # the last object read or written (its resourceVersion)
@@ -389,6 +465,7 @@ class LeaderElector:
         cut = self._fence.close()
         if self._leading_task is not None:
             self._leading_task.cancel()
+        self._on_stepped_down()
         self.me = replace(self.me, leading=False)
         metrics.LEADER.set(0)
         metrics.LEADERSHIP_CHANGES.labels("released" if released else "lost").inc()
@@ -432,7 +509,12 @@ SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/names
 
 
 def elector_for(
-    config: OperatorConfig, *, fence: Fence, on_leading: OnLeading, field_manager: str
+    config: OperatorConfig,
+    *,
+    fence: Fence,
+    on_leading: OnLeading,
+    on_stepped_down: OnSteppedDown = lambda: None,
+    field_manager: str,
 ) -> LeaderElector | None:
     """The elector the configuration asks for (None: leader election off, this process leads)."""
     if not config.leader_election:
@@ -467,4 +549,5 @@ def elector_for(
         timing=timing,
         fence=fence,
         on_leading=on_leading,
+        on_stepped_down=on_stepped_down,
     )
