@@ -356,23 +356,38 @@ class LeaderElector:
 
     async def _run(self) -> None:
         while True:
-            await self._read()
-            decision = decide(
-                me=self.me,
-                record=self._record,
-                observed_at=self._observed_at,
-                read_failed=self._read_failed,
-                now=self._clock(),
-                timing=self._timing,
-            )
-            wait = decision.wait
-            if decision.action is Action.STEP_DOWN:
-                self._step_down(decision.why)
-            elif decision.action is not Action.FOLLOW and await self._claim(decision):
+            try:
+                wait = await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never end quietly: a leader that stops renewing must step down
+                log.exception("leader election: unexpected error; trying again")
+                self._read_failed = True
                 wait = self._timing.retry_period
             if self.me.leading:  # never sleep past the deadline: step down on the instant
-                wait = min(wait, self.me.renewed_at + self._timing.renew_deadline - self._clock())
+                remaining = self.me.renewed_at + self._timing.renew_deadline - self._clock()
+                if remaining <= 0:
+                    self._step_down("not renewed within the renew deadline")
+                else:
+                    wait = min(wait, remaining)
             await asyncio.sleep(max(0.0, wait))
+
+    async def _step(self) -> float:
+        """One look at the Lease, the decision and its write; returns the wait until the next."""
+        await self._read()
+        decision = decide(
+            me=self.me,
+            record=self._record,
+            observed_at=self._observed_at,
+            read_failed=self._read_failed,
+            now=self._clock(),
+            timing=self._timing,
+        )
+        if decision.action is Action.STEP_DOWN:
+            self._step_down(decision.why)
+        elif decision.action is not Action.FOLLOW and await self._claim(decision):
+            return self._timing.retry_period
+        return decision.wait
 
     async def _read(self) -> None:
         """Reads the Lease, unless this leader holds a fresh copy of its own (it renews from it)."""
