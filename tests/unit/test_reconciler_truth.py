@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import httpx2
-from builders import info
+from builders import FixedObjects, info
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import api_info
@@ -169,6 +169,7 @@ def run_pass(cluster: Cluster, body: Mapping[str, Any]) -> Events:
     events = Events()
     reconciler = Reconciler(
         client=cast(AsyncClient, cluster),
+        objects=FixedObjects(cluster.objects.values()),
         registry=cast(RegistryPoller, Registry()),
         events=events,
         defaults=WorkloadDefaults(image="aliasroll/serving:test"),
@@ -254,6 +255,7 @@ def test_a_registry_that_refuses_writes_never_holds_the_rollout() -> None:
     events = Events()
     reconciler = Reconciler(
         client=cast(AsyncClient, cluster),
+        objects=FixedObjects(cluster.objects.values()),
         registry=cast(RegistryPoller, RefusingRegistry()),
         events=events,
         defaults=WorkloadDefaults(image="aliasroll/serving:test"),
