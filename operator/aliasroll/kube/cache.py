@@ -189,6 +189,7 @@ class Informer:
         self.ready = asyncio.Event()  # set once the first list is in; stays set
         self.error: AliasrollError | None = None  # why the last list failed, until one succeeds
         self.lists = 0  # lists made, for tests and logs
+        self._seen: str | None = None  # the resourceVersion of the last event
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -229,22 +230,27 @@ class Informer:
                     if version is None:  # the kind is not served: look again later
                         await asyncio.sleep(self._absent_retry)
                         continue
-                version = await self._watch(version)
+                await self._watch(version)
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except httpx2.HTTPError as error:
+                if version is not None:
+                    version = self._seen or version  # resume after the last event seen
                 if _code(error) == 410:
                     log.info("watch %s %s: 410 Gone; listing again", self.kind, self._where())
                     version = None
                     continue
+                if version is not None and _code(error) == 404:
+                    # The kind went away (its CRD deleted, and its objects with it): list again
+                    # after the backoff, which empties the cache and wakes their owners.
+                    version = None
+                    listing = False
+                else:
+                    listing = version is None
                 failures += 1
-                if version is None:  # the list failed: passes say so if it lasts
-                    self.error = (
-                        api_failure("list", self.kind, None, error)
-                        if isinstance(error, httpx2.HTTPStatusError) and error.response is not None
-                        else KubernetesUnavailable(f"cannot list {self.kind} objects: {error}")
-                    )
+                if listing:  # the list failed: passes say so if it lasts
+                    self.error = api_failure("list", self.kind, None, error)
                 delay = self._backoff.delay(failures)
                 log.warning(
                     "watch %s %s failed (attempt %d, again in %.1f s): %s",
@@ -264,14 +270,14 @@ class Informer:
     async def _list(self) -> str | None:
         """Replaces the store with a fresh list; returns the list's resourceVersion, or None when the
         kind is not served (a bare 404: its CRD is not installed)."""
-        listed = self._client.list(
-            self._resource,
-            namespace=self._namespace,
-            labels=self._labels or None,
-            fields=self._fields or None,
-        )
         items: list[Mapping[str, Any]] = []
         try:
+            listed = self._client.list(
+                self._resource,
+                namespace=self._namespace,
+                labels=self._labels or None,
+                fields=self._fields or None,
+            )
             async for item in listed:
                 items.append(self._as_dict(item))
         except httpx2.HTTPStatusError as error:
@@ -283,11 +289,16 @@ class Informer:
         self.lists += 1
         changed = self.store.replace(items)
         self.error = None
-        self.ready.set()
-        self._notify(changed)
+        if self.ready.is_set():
+            self._notify(changed)  # a relist: what changed while events were lost
+        else:
+            self.ready.set()  # the first: passes waiting for it read it; nobody needs waking
         return version
 
-    async def _watch(self, version: str) -> str:
+    async def _watch(self, version: str) -> None:
+        """Follows the watch from `version`, keeping the last version seen, so a watch that breaks
+        is resumed where it stopped."""
+        self._seen = version
         async for event, item in self._client.watch(
             self._resource,
             namespace=self._namespace,
@@ -297,10 +308,10 @@ class Informer:
             resource_version=version,
         ):
             obj = self._as_dict(item)
-            version = _version(obj) or version
+            self._seen = _version(obj) or self._seen
             if event in ("ADDED", "MODIFIED", "DELETED") and self.store.apply(event, obj):
                 self._notify((obj,))
-        return version  # lightkube reconnects on its own; an end here is unexpected but harmless
+        # lightkube reconnects on its own when the server ends a watch; an end here is unexpected.
 
     def _as_dict(self, item: Any) -> dict[str, Any]:
         data: dict[str, Any] = dict(item)
