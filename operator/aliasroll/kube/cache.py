@@ -68,6 +68,20 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def pod_essentials(pod: dict[str, Any]) -> dict[str, Any]:
+    """What passes read of a serving pod: its name, labels and status (the termination messages,
+    readiness and IP); the spec, a copy of the Deployment's template, is most of its size."""
+    meta = pod.get("metadata") or {}
+    return {
+        "apiVersion": pod.get("apiVersion"),
+        "kind": pod.get("kind"),
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion", "uid") if k in meta
+        },
+        "status": pod.get("status") or {},
+    }
+
+
 class Store:
     """The objects of one kind, by (namespace, name), with an index. No I/O: the informer feeds it."""
 
@@ -362,15 +376,19 @@ class OwnedCache:
         selector = {LABEL_MANAGED_BY: MANAGER}
         scopes = tuple(namespaces) or (ALL_NS,)
 
-        def informers(resource: Any, on_change: OnChange | None) -> dict[str, Informer]:
+        def informers(
+            resource: Any, on_change: OnChange | None, keep: Callable[[dict[str, Any]], dict[str, Any]] = slim
+        ) -> dict[str, Informer]:
             return {
-                scope: Informer(client, resource, namespace=scope, labels=selector, on_change=on_change)
+                scope: Informer(
+                    client, resource, namespace=scope, labels=selector, on_change=on_change, keep=keep
+                )
                 for scope in scopes
             }
 
         self._owned = {key: informers(resource, self._changed) for key, resource in OWNED_KINDS.items()}
         # Pods change often (every probe result): they are read by passes, never a reason for one.
-        self._pods = informers(Pod, None)
+        self._pods = informers(Pod, None, pod_essentials)
 
     def _all(self) -> list[Informer]:
         return [i for by_scope in (*self._owned.values(), self._pods) for i in by_scope.values()]
