@@ -198,8 +198,12 @@ def test_the_operator_runs_with_these_rights_alone(kube: Kube, namespaced_operat
         ("customresourcedefinitions.v1.apiextensions.k8s.io", "cluster-wide"),
         ("namespaces.v1", "cluster-wide"),
         ("modeldeployments.v1alpha1.aliasroll.io", f"in '{WATCHED}'"),
-        ("deployments.v1.apps", f"in '{WATCHED}'"),
-        ("services.v1", f"in '{WATCHED}'"),
+    }, log
+    # And what the operator's own caches watch: what it owns, and the serving pods, there alone.
+    cached = re.findall(r"Watching (\S+) objects (.+) \(", log)
+    assert set(cached) == {
+        (kind, f"in '{WATCHED}'")
+        for kind in ("Deployment", "PodDisruptionBudget", "Service", "HTTPRoute", "Pod")
     }, log
     assert "Handler 'model_deployment_event' succeeded." in log
     for trouble in ("Not enough permissions", "forbidden", "Forbidden", "Failed to post"):

@@ -236,6 +236,8 @@ class Informer:
     async def run(self) -> None:
         version: str | None = None
         failures = 0
+        selector = ",".join(f"{k}={v}" for k, v in {**self._labels, **self._fields}.items())
+        log.info("Watching %s objects %s (%s).", self.kind, self._where(), selector or "all")
         while True:
             try:
                 if version is None:
@@ -345,7 +347,7 @@ class Informer:
                 log.exception("watch %s: waking the owner failed", self.kind)
 
     def _where(self) -> str:
-        return "in every namespace" if self._namespace == ALL_NS else f"in namespace {self._namespace}"
+        return "cluster-wide" if self._namespace == ALL_NS else f"in '{self._namespace}'"
 
 
 class OwnedCache:
