@@ -201,6 +201,7 @@ class Informer:
         self._absent_retry = absent_retry
         self.store = Store(index)
         self.ready = asyncio.Event()  # set once the first list is in; stays set
+        self._answered = asyncio.Event()  # set once a list has been answered, either way
         self.error: AliasrollError | None = None  # why the last list failed, until one succeeds
         self.lists = 0  # lists made, for tests and logs
         self._seen: str | None = None  # the resourceVersion of the last event
@@ -218,14 +219,16 @@ class Informer:
             self._task = None
 
     async def wait_ready(self, patience: float) -> None:
-        """Returns once the first list is in; raises what the last list failed with (or that it has
-        not answered yet) after `patience` seconds."""
+        """Returns once the first list is in. Raises what the last list failed with, at once when
+        one has failed (a pass must not hold its slot waiting on an RBAC error), or that the list
+        has not answered after `patience` seconds."""
         if self.ready.is_set():
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(patience):
-                await self.ready.wait()
-                return
+                await self._answered.wait()
+        if self.ready.is_set():
+            return
         if isinstance(self.error, KubernetesApplyFailed):
             raise self.error  # RBAC, most likely: the user's to fix, shown in status
         raise KubernetesUnavailable(
@@ -265,8 +268,9 @@ class Informer:
                 else:
                     listing = version is None
                 failures += 1
-                if listing:  # the list failed: passes say so if it lasts
+                if listing:  # the list failed: passes say so until one succeeds
                     self.error = api_failure("list", self.kind, None, error)
+                    self._answered.set()
                 delay = self._backoff.delay(failures)
                 log.warning(
                     "watch %s %s failed (attempt %d, again in %.1f s): %s",
@@ -305,6 +309,7 @@ class Informer:
         self.lists += 1
         changed = self.store.replace(items)
         self.error = None
+        self._answered.set()
         if self.ready.is_set():
             self._notify(changed)  # a relist: what changed while events were lost
         else:
