@@ -25,6 +25,9 @@ class OperatorConfig:
     # How often the watched ModelDeployments are listed, to catch deletions and additions the watch
     # missed (during a re-list after a lost connection, for instance).
     resync_seconds: float = 300.0
+    # Passes under way at once, across all resources: the API server's and the operator's CPU, not
+    # the number of resources, set how fast a fleet converges.
+    max_concurrent_passes: int = 16
     # Push: the registry webhooks' shared secret (from a Secret) and where to receive them; no
     # secret or no address: no receiver, polling alone. A delivery's timestamp may be this far off.
     webhook_secret: str | None = field(default=None, repr=False)
@@ -87,6 +90,9 @@ class OperatorConfig:
             ),
             retry_max_seconds=number("ALIASROLL_RETRY_MAX", defaults.retry_max_seconds),
             resync_seconds=number("ALIASROLL_RESYNC_SECONDS", defaults.resync_seconds),
+            max_concurrent_passes=max(
+                1, int(number("ALIASROLL_MAX_CONCURRENT_PASSES", defaults.max_concurrent_passes))
+            ),
             webhook_secret=env.get("ALIASROLL_WEBHOOK_SECRET") or None,
             webhook_listen=env.get("ALIASROLL_WEBHOOK_LISTEN") or None,
             webhook_tolerance_seconds=number(

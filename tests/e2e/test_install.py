@@ -108,10 +108,14 @@ def test_the_rendered_install_watches_exactly_the_namespaces_it_grants(namespace
 # (what it asks, whether the answer must be yes): the operator's needs in the watched namespace, and the
 # same asked elsewhere.
 ACCESS = [
-    ("get secrets in the watched namespace", ["get", "secrets", "-n", WATCHED], True),
-    ("get secrets in another namespace", ["get", "secrets", "-n", OTHER], False),
-    ("get secrets cluster-wide", ["get", "secrets", "--all-namespaces"], False),
-    ("list secrets in the watched namespace", ["list", "secrets", "-n", WATCHED], False),
+    ("watch secrets in the watched namespace", ["watch", "secrets", "-n", WATCHED], True),
+    ("list secrets in the watched namespace", ["list", "secrets", "-n", WATCHED], True),
+    ("list secrets in another namespace", ["list", "secrets", "-n", OTHER], False),
+    ("watch secrets cluster-wide", ["watch", "secrets", "--all-namespaces"], False),
+    ("get secrets in the watched namespace", ["get", "secrets", "-n", WATCHED], False),
+    ("watch pods in the watched namespace", ["watch", "pods", "-n", WATCHED], True),
+    ("watch pods in another namespace", ["watch", "pods", "-n", OTHER], False),
+    ("watch Services in the watched namespace", ["watch", "services", "-n", WATCHED], True),
     (
         "watch ModelDeployments in the watched namespace",
         ["watch", "modeldeployments.aliasroll.io", "-n", WATCHED],
@@ -218,8 +222,12 @@ def test_the_operator_runs_with_these_rights_alone(kube: Kube, namespaced_operat
         ("customresourcedefinitions.v1.apiextensions.k8s.io", "cluster-wide"),
         ("namespaces.v1", "cluster-wide"),
         ("modeldeployments.v1alpha1.aliasroll.io", f"in '{WATCHED}'"),
-        ("deployments.v1.apps", f"in '{WATCHED}'"),
-        ("services.v1", f"in '{WATCHED}'"),
+    }, log
+    # And what the operator's own caches watch: what it owns, and the serving pods, there alone.
+    cached = re.findall(r"Watching (\S+) objects (.+) \(", log)
+    assert set(cached) == {
+        (kind, f"in '{WATCHED}'")
+        for kind in ("Deployment", "PodDisruptionBudget", "Service", "HTTPRoute", "Pod")
     }, log
     assert "Handler 'model_deployment_event' succeeded." in log
     for trouble in ("Not enough permissions", "forbidden", "Forbidden", "Failed to post"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,3 +92,17 @@ def observed(
     children = [ChildRef("apps/v1", "Deployment", w.name) for w in workloads]
     children += [ChildRef(api, kind, name) for api, kind, name in extra_children]
     return ObservedState(workloads={w.track: w for w in workloads}, children=tuple(children))
+
+
+class FixedObjects:
+    """What the watch-fed cache hands a pass (kube.cache.OwnedCache): these objects and pods."""
+
+    def __init__(self, objects: Iterable[Mapping[str, Any]] = (), *, pods: Iterable[Mapping[str, Any]] = ()):
+        self.objects = list(objects)
+        self.pod_list = list(pods)
+
+    async def owned(self, owner: ResourceRef) -> list[Mapping[str, Any]]:
+        return list(self.objects)
+
+    async def pods(self, owner: ResourceRef) -> list[Mapping[str, Any]]:
+        return list(self.pod_list)

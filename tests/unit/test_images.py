@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,4 +146,24 @@ def test_prune_keeps_the_most_recently_used_archives(tmp_path: Path) -> None:
         "serving-newest.tar",
         "serving-second.tar",
         "serving-third.tar",
+    ]
+
+
+def test_make_images_builds_both_dockerfiles_with_docker_when_a_daemon_answers(tmp_path: Path) -> None:
+    """The Docker path of `make images` (no Docker daemon on this machine): a `docker` that answers
+    `docker info` and records every call stands in for the CLI, so the commands a user's machine
+    runs are the ones checked, without building anything."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["make", "-s", "images"], cwd=REPO, env=env, check=True, capture_output=True)
+    version = re.search(r'__version__ = "(.+)"', (REPO / "operator/aliasroll/__init__.py").read_text())
+    assert version is not None
+    assert calls.read_text().splitlines() == [
+        "info",
+        f"build -f operator/Dockerfile -t ghcr.io/aliasroll/operator:{version[1]} .",
+        f"build -f serving-image/Dockerfile -t ghcr.io/aliasroll/serving:{version[1]} .",
     ]

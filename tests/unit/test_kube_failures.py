@@ -36,6 +36,18 @@ def bare_error(code: int) -> httpx2.HTTPStatusError:
     ("case", "error", "expected", "says"),
     [
         ("rbac", api_error(403, 'deployments.apps is forbidden: User "x"'), KubernetesApplyFailed, "(RBAC)"),
+        (
+            "namespace quota",
+            api_error(403, 'services "m" is forbidden: exceeded quota: q, requested: services=1'),
+            KubernetesApplyFailed,
+            "the namespace's quota refused it: services",
+        ),
+        (
+            "service IPs exhausted (a server error every time: retried, shown after a few)",
+            api_error(500, "Internal error occurred: failed to allocate a serviceIP: range is full"),
+            KubernetesUnavailable,
+            "range is full",
+        ),
         ("invalid", api_error(422, "spec.replicas: Invalid value"), KubernetesApplyFailed, "spec.replicas"),
         ("throttled", api_error(429, "storage is (re)initializing"), KubernetesUnavailable, "storage"),
         ("conflict", api_error(409, "the object has been modified"), KubernetesUnavailable, "HTTP 409"),

@@ -81,10 +81,22 @@ def test_the_cluster_role_keeps_exactly_the_cluster_scoped_rules() -> None:
     )
 
 
-def test_secrets_are_read_by_name_only_in_both_installs() -> None:
-    # The security model promises it: no list or watch of Secrets, only a get of the one a resource names.
+def test_secrets_are_watched_not_read_by_name_in_both_installs() -> None:
+    # Each referenced Secret is read once per change, by a list+watch with a field selector on its
+    # name: list and watch are needed, and a get is not (nothing reads a Secret any other way).
     for install in (CLUSTER_WIDE, NAMESPACED_ROLE):
-        assert {verb for group, resource, verb in install if (group, resource) == ("", "secrets")} == {"get"}
+        assert {verb for group, resource, verb in install if (group, resource) == ("", "secrets")} == {
+            "list",
+            "watch",
+        }
+
+
+def test_pods_are_only_watched_in_both_installs() -> None:
+    for install in (CLUSTER_WIDE, NAMESPACED_ROLE):
+        assert {verb for group, resource, verb in install if (group, resource) == ("", "pods")} == {
+            "list",
+            "watch",
+        }
 
 
 def test_the_role_binding_binds_the_role_to_the_operators_service_account() -> None:

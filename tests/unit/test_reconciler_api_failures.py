@@ -1,4 +1,5 @@
-"""A pass that cannot see the cluster changes nothing: no apply, no prune, no status, no event."""
+"""A pass that cannot see the cluster (its cache has not finished a first list) changes nothing: no
+apply, no prune, no status, no event."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
-from aliasroll.controller.reconciler import Reconciler
+from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.errors import KubernetesUnavailable
+from aliasroll.kube.cache import OwnedCache
 from aliasroll.planning.state import EventRecord
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.registry.poller import RegistryPoller
@@ -65,17 +67,29 @@ class UnusedRegistry:
         pass
 
 
-def test_a_throttled_list_is_retried_and_changes_nothing() -> None:
+def test_a_pass_on_a_cache_not_filled_yet_is_retried_and_changes_nothing() -> None:
+    """The cache's first list is throttled (as just after a CRD is installed): the pass waits a
+    little, then fails with the list's error, and writes nothing."""
     cluster, events = ThrottledCluster(), Events()
-    reconciler = Reconciler(
-        client=cast(AsyncClient, cluster),
-        registry=cast(RegistryPoller, UnusedRegistry()),
-        events=events,
-        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
-    )
-    result = asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
+
+    async def scenario() -> PassResult:
+        objects = OwnedCache(cast(AsyncClient, cluster), sync_wait=0.3)
+        objects.start()
+        try:
+            reconciler = Reconciler(
+                client=cast(AsyncClient, cluster),
+                objects=objects,
+                registry=cast(RegistryPoller, UnusedRegistry()),
+                events=events,
+                defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+            )
+            return await reconciler.reconcile(BODY, wake=lambda: None)
+        finally:
+            await objects.stop()
+
+    result = asyncio.run(scenario())
     assert isinstance(result.failed, KubernetesUnavailable)
-    assert result.next_in == 1.0  # the server's Retry-After
+    assert result.back_off, "retried with the scheduler's backoff"
     assert "storage is (re)initializing" in result.failed.message
     assert cluster.writes == []
     assert events.posted == []

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Hashable, Mapping
 from typing import Any, cast
 
 import httpx2
+from builders import FixedObjects
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
@@ -87,6 +88,7 @@ class Events:
 def test_a_status_write_answered_404_reports_the_resource_gone() -> None:
     reconciler = Reconciler(
         client=cast(AsyncClient, ClusterWithoutTheResource()),
+        objects=FixedObjects(),
         registry=cast(RegistryPoller, OneVersionRegistry()),
         events=Events(),
         defaults=WorkloadDefaults(image="aliasroll/serving:test"),
@@ -113,6 +115,7 @@ class ClusterReloadingItsHandlers(ClusterWithoutTheResource):
 def test_a_bare_404_is_not_taken_for_a_deletion() -> None:
     reconciler = Reconciler(
         client=cast(AsyncClient, ClusterReloadingItsHandlers()),
+        objects=FixedObjects(),
         registry=cast(RegistryPoller, OneVersionRegistry()),
         events=Events(),
         defaults=WorkloadDefaults(image="aliasroll/serving:test"),

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import httpx2
-from builders import info
+from builders import FixedObjects, info
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import api_info
@@ -104,9 +104,12 @@ def api_error(code: int, message: str) -> ApiError:
 class Cluster:
     """The API server as far as one pass needs it; `refuse` makes applies of that kind fail."""
 
-    def __init__(self, objects: list[dict[str, Any]], *, refuse: str | None = None) -> None:
+    def __init__(
+        self, objects: list[dict[str, Any]], *, refuse: str | None = None, refusal: ApiError | None = None
+    ) -> None:
         self.objects = {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
         self.refuse = refuse
+        self.refusal = refusal
         self.applied: list[tuple[str, str]] = []
         self.status: dict[str, Any] | None = None
 
@@ -130,6 +133,8 @@ class Cluster:
         if "status" in body and body.get("kind") == "ModelDeployment":
             self.status = dict(body["status"])
             return
+        if body["kind"] == self.refuse and self.refusal is not None:
+            raise self.refusal
         if body["kind"] == self.refuse:
             raise api_error(403, f"{body['kind'].lower()}s is forbidden: User cannot patch resource")
         self.applied.append((body["kind"], name))
@@ -169,6 +174,7 @@ def run_pass(cluster: Cluster, body: Mapping[str, Any]) -> Events:
     events = Events()
     reconciler = Reconciler(
         client=cast(AsyncClient, cluster),
+        objects=FixedObjects(cluster.objects.values()),
         registry=cast(RegistryPoller, Registry()),
         events=events,
         defaults=WorkloadDefaults(image="aliasroll/serving:test"),
@@ -254,6 +260,7 @@ def test_a_registry_that_refuses_writes_never_holds_the_rollout() -> None:
     events = Events()
     reconciler = Reconciler(
         client=cast(AsyncClient, cluster),
+        objects=FixedObjects(cluster.objects.values()),
         registry=cast(RegistryPoller, RefusingRegistry()),
         events=events,
         defaults=WorkloadDefaults(image="aliasroll/serving:test"),
@@ -266,3 +273,73 @@ def test_a_registry_that_refuses_writes_never_holds_the_rollout() -> None:
     assert (recorded["status"], recorded["reason"]) == ("False", reasons.REGISTRY_WRITE_FAILED)
     assert "HTTP 403" in recorded["message"], "the registry's own words are kept"
     assert reasons.ROLLOUT_STARTED in [event.reason for event in events.posted]
+
+
+def test_writes_that_keep_failing_with_a_server_error_show_in_status() -> None:
+    """The Service IP range is full: the API server answers 500 to every create. Retried with
+    backoff, and from the third pass in a row Ready says why, in the API server's words."""
+    range_full = api_error(500, "Internal error occurred: failed to allocate a serviceIP: range is full")
+    cluster = Cluster([], refuse="Service", refusal=range_full)
+    events = Events()
+    reconciler = Reconciler(
+        client=cast(AsyncClient, cluster),
+        objects=FixedObjects(),
+        registry=cast(RegistryPoller, Registry()),
+        events=events,
+        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+    )
+    new = {**BODY, "status": {}}
+    results = [asyncio.run(reconciler.reconcile(new, wake=lambda: None)) for _ in range(3)]
+    assert all(result.failed is not None and result.back_off for result in results), "retried with backoff"
+    assert cluster.status is not None, "a resource whose writes keep failing has a status"
+    status, reason, message = ready(cluster.status)
+    assert (status, reason) == ("False", reasons.APPLY_FAILED)
+    assert "range is full" in message
+    assert cluster.status["observedGeneration"] == 2
+    assert [e.reason for e in events.posted] == [reasons.APPLY_FAILED]
+
+
+def test_a_server_error_once_is_only_retried() -> None:
+    cluster = Cluster([deployment("1")], refuse="Service", refusal=api_error(503, "etcd leader changed"))
+    events = run_pass(cluster, BODY)
+    assert cluster.status is None, "one failed pass is not worth a status write"
+    assert events.posted == []
+
+
+def test_an_object_the_cache_has_not_seen_yet_is_ours_not_a_conflict() -> None:
+    """The pass before created the Deployment; the watch has not delivered it yet."""
+    cluster = Cluster([deployment("2")])
+    events = Events()
+    reconciler = Reconciler(
+        client=cast(AsyncClient, cluster),
+        objects=FixedObjects(),  # the cache, a moment behind
+        registry=cast(RegistryPoller, Registry()),
+        events=events,
+        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+    )
+    asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
+    assert cluster.status is not None
+    assert ready(cluster.status)[1] != reasons.NAME_CONFLICT
+    assert ("Deployment", "sentiment-production") in cluster.applied, "applied again: idempotent"
+
+
+def test_a_registry_error_is_left_to_the_poller() -> None:
+    cluster = Cluster([deployment("1")])
+    reconciler = Reconciler(
+        client=cast(AsyncClient, cluster),
+        objects=FixedObjects(cluster.objects.values()),
+        registry=cast(RegistryPoller, DownRegistry()),
+        events=Events(),
+        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+    )
+    result = asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
+    assert result.failed is not None
+    assert not result.back_off, "the poller retries the registry and wakes the resource"
+    assert result.next_in == 30.0, "the next pass at the poll interval (the default, 30 s)"
+
+
+class DownRegistry(Registry):
+    async def subscribe(self, **_: Any) -> ModelSnapshot:
+        from aliasroll.errors import RegistryUnavailable
+
+        return ModelSnapshot(model="sentiment", aliases=None, error=RegistryUnavailable("down"))

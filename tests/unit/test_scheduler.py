@@ -12,7 +12,7 @@ import pytest
 
 from aliasroll.backoff import Backoff
 from aliasroll.controller.reconciler import PassResult
-from aliasroll.controller.scheduler import ResyncPlan, Scheduler, plan_resync
+from aliasroll.controller.scheduler import ResyncPlan, Scheduler, jittered, plan_resync
 from aliasroll.errors import RegistryUnavailable
 from aliasroll.registry.poller import Wake
 
@@ -275,3 +275,53 @@ async def test_resync_stops_workers_of_missed_deletions_and_starts_missed_additi
     )
     assert plan == ResyncPlan(stop=frozenset(), start=())
     await scheduler.stop()
+
+
+# Scale: a global limit on passes under way, jittered requeues, and no passes of its own for a
+# registry outage (the poller retries the registry and wakes the resources when it answers).
+
+
+async def test_no_more_passes_at_once_than_the_limit_across_resources() -> None:
+    running, most = 0, 0
+    done: list[str] = []
+
+    async def slow(seen: Mapping[str, Any], wake: Wake) -> PassResult:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        done.append(seen["metadata"]["uid"])
+        return PassResult(next_in=None)
+
+    scheduler = Scheduler(reconcile=slow, forget=lambda uid: None, max_concurrent=3)
+    for index in range(10):
+        await scheduler.update(body(uid=f"u{index}", name=f"m{index}"))
+    await until(lambda: len(done) == 10)
+    await scheduler.stop()
+    assert most == 3
+
+
+async def test_a_registry_outage_adds_no_passes() -> None:
+    calls: list[float] = []
+
+    async def registry_down(seen: Mapping[str, Any], wake: Wake) -> PassResult:
+        calls.append(asyncio.get_running_loop().time())
+        return PassResult(next_in=0.3, failed=RegistryUnavailable("down"), back_off=False)
+
+    scheduler = Scheduler(
+        reconcile=registry_down, forget=lambda uid: None, backoff=Backoff(base=0.01, cap=0.01), jitter=0
+    )
+    await scheduler.update(body())
+    await asyncio.sleep(0.5)
+    await scheduler.stop()
+    assert len(calls) == 2, "one pass, then the next at the poll interval: not the 10 ms backoff"
+
+
+@pytest.mark.parametrize(
+    ("case", "fraction", "expected"),
+    [("shortest", 0.0, 9.0), ("middle", 0.5, 10.0), ("longest", 1.0, 11.0), ("no timer", 0.5, None)],
+)
+def test_periodic_requeues_are_spread_either_way(case: str, fraction: float, expected: float | None) -> None:
+    delay = None if expected is None else 10.0
+    assert jittered(delay, 0.1, random_fraction=lambda: fraction) == pytest.approx(expected)

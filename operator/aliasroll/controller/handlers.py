@@ -5,6 +5,9 @@ resource, so the operator never writes a ModelDeployment's metadata or spec (Git
 drift), and deleting a resource never waits on the operator. Children are removed by the garbage
 collector through their ownerReferences.
 
+Owned objects and serving pods are not watched through Kopf: kube.cache keeps one list+watch per
+kind, read by every pass, and wakes an owner when its objects change.
+
 The watch alone can miss a deletion (Kopf re-lists after a lost connection and reports what exists,
 not what went away), so a periodic resync lists the resources and brings the workers in line.
 """
@@ -19,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
-from lightkube import ALL_NS
+from lightkube import ALL_NS, AsyncClient
 
 from aliasroll import __version__, metrics
 from aliasroll.backoff import Backoff
@@ -28,9 +31,11 @@ from aliasroll.controller.leadership import Fence, FencedClient, FencedRegistry,
 from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.scheduler import Scheduler
 from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
+from aliasroll.kube.cache import OwnedCache
+from aliasroll.kube.credentials import SecretCache
 from aliasroll.kube.resources import ModelDeployment
 from aliasroll.planning.state import EventRecord
-from aliasroll.planning.workloads import LABEL_MANAGED_BY, LABEL_OWNER, MANAGER, WorkloadDefaults
+from aliasroll.planning.workloads import MANAGER, WorkloadDefaults
 from aliasroll.registry.client import RegistryClient, configure_http
 from aliasroll.registry.poller import Wake
 from aliasroll.spec import GROUP, PLURAL, VERSION
@@ -68,6 +73,13 @@ class Runtime:
         # pass checks it too.
         self.fence = Fence()
         self.client = FencedClient(fence=self.fence, field_manager=MANAGER)
+        # Watches hold a connection each for as long as they run: their own client, so they never
+        # take the connections passes write through. (They only read: no fence.)
+        self.watch_client = AsyncClient(field_manager=MANAGER)
+        self.objects = OwnedCache(
+            self.watch_client, namespaces=self.namespaces, wake=lambda owner: self.scheduler.wake_named(owner)
+        )
+        self.secrets = SecretCache(self.watch_client)
         self.registry = FencedRegistry(
             RegistryClient(),
             fence=self.fence,
@@ -80,6 +92,8 @@ class Runtime:
         )
         self.reconciler = Reconciler(
             client=self.client,
+            objects=self.objects,
+            secrets=self.secrets,
             registry=self.registry,
             events=KopfEvents(self.fence),
             defaults=WorkloadDefaults(
@@ -90,6 +104,7 @@ class Runtime:
             reconcile=self._reconcile,
             forget=self.reconciler.forget,
             backoff=Backoff(base=config.retry_base_seconds, cap=config.retry_max_seconds),
+            max_concurrent=config.max_concurrent_passes,
         )
         # After a failed list, retry sooner than the period, but never more often than every 5 s.
         self._resync_backoff = Backoff(base=min(5.0, config.resync_seconds), cap=config.resync_seconds)
@@ -129,6 +144,7 @@ class Runtime:
     async def start(self) -> None:
         for listener in self.listeners:
             await listener.start()
+        self.objects.start()
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
         if self.elector is None:
             self.fence.raise_()
@@ -227,10 +243,13 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resync_task
         await self.scheduler.stop()
+        await self.objects.stop()
+        await self.secrets.stop()
         if self.elector is not None:  # passes stopped: release the lease, the other leads at once
             await self.elector.close()
         await self.registry.close()
         await self.client.close()
+        await self.watch_client.close()
 
 
 @kopf.on.startup()
@@ -262,12 +281,3 @@ async def model_deployment_event(*, type: str, body: kopf.Body, memo: Any, **_: 
         await runtime.scheduler.remove(str(body.get("metadata", {}).get("uid") or ""))
         return
     await runtime.scheduler.update(dict(body))  # being deleted (deletionTimestamp) stops it too
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGER})
-@kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: MANAGER})
-async def owned_object_event(*, body: kopf.Body, namespace: str | None, memo: Any, **_: Any) -> None:
-    # Rollout progress and hand edits (drift) of owned objects: the owner's next pass looks again.
-    owner = (body.get("metadata", {}).get("labels") or {}).get(LABEL_OWNER)
-    if owner:
-        memo.runtime.scheduler.wake_named((namespace or "", owner))

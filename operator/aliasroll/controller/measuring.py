@@ -1,7 +1,7 @@
-"""The measuring step of a pass: when the planner says a canary's measurement is due, list the
-serving pods, ask the metrics provider the resource names (its pods' /metrics, or Prometheus) for
-both tracks' windows, and judge them. Every failure to read metrics becomes a result with an
-`error`, never a failed measurement.
+"""The measuring step of a pass: when the planner says a canary's measurement is due, read the
+serving pods (from the operator's watch of them), ask the metrics provider the resource names (its
+pods' /metrics, or Prometheus) for both tracks' windows, and judge them. Every failure to read
+metrics becomes a result with an `error`, never a failed measurement.
 """
 
 from __future__ import annotations
@@ -11,17 +11,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from lightkube import AsyncClient
-from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import Pod
-
 from aliasroll.analysis.judge import Limits, judge
 from aliasroll.analysis.pods import PodMetricsProvider
 from aliasroll.analysis.prometheus import PrometheusProvider
 from aliasroll.analysis.provider import AnalysisTarget, MetricsProvider, PodEndpoint
 from aliasroll.errors import AliasrollError, AnalysisUnavailable
+from aliasroll.kube.observe import OwnedObjects
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
-from aliasroll.planning.workloads import LABEL_OWNER, LABEL_TRACK
+from aliasroll.planning.workloads import LABEL_TRACK
 from aliasroll.spec import AnalysisSpec, ModelDeploymentSpec, PrometheusSource, ResourceRef, Track
 
 log = logging.getLogger(__name__)
@@ -38,8 +35,8 @@ def limits_of(analysis: AnalysisSpec) -> Limits:
 
 
 class Analyzer:
-    def __init__(self, client: AsyncClient, *, pods: MetricsProvider | None = None) -> None:
-        self._client = client
+    def __init__(self, objects: OwnedObjects, *, pods: MetricsProvider | None = None) -> None:
+        self._objects = objects
         self._pods = pods or PodMetricsProvider()
         self._prometheus: dict[tuple[str, tuple[tuple[str, str], ...]], PrometheusProvider] = {}
 
@@ -99,28 +96,26 @@ class Analyzer:
         return provider
 
     async def _ready_pods(self, owner: ResourceRef, port: int) -> dict[Track, tuple[PodEndpoint, ...]]:
-        """The ready serving pods of each track, by IP (the operator reaches them as Prometheus does)."""
+        """The ready serving pods of each track, by IP (the operator reaches them as Prometheus does),
+        from the operator's watch of serving pods."""
         found: dict[Track, list[PodEndpoint]] = {Track.PRODUCTION: [], Track.CANARY: []}
         try:
-            async for pod in self._client.list(
-                Pod, namespace=owner.namespace, labels={LABEL_OWNER: owner.name}
-            ):
-                labels = (pod.metadata.labels if pod.metadata else None) or {}
-                try:
-                    track = Track(labels.get(LABEL_TRACK, ""))
-                except ValueError:
-                    continue
-                status = pod.status
-                ready = any(
-                    c.type == "Ready" and c.status == "True"
-                    for c in (status.conditions if status else None) or ()
-                )
-                if status is None or not status.podIP or not ready or pod.metadata is None:
-                    continue
-                found[track].append(PodEndpoint(name=str(pod.metadata.name), ip=status.podIP, port=port))
-        except ApiError as error:
+            pods = await self._objects.pods(owner)
+        except AliasrollError as error:
             raise AnalysisUnavailable(
-                f"could not list the serving pods to measure them: {error.status.message} "
-                "(the operator needs list on pods)"
+                f"could not read the serving pods to measure them: {error.message} "
+                "(the operator needs list and watch on pods)"
             ) from None
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            try:
+                track = Track((meta.get("labels") or {}).get(LABEL_TRACK, ""))
+            except ValueError:
+                continue
+            status = pod.get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+            )
+            if status.get("podIP") and ready:
+                found[track].append(PodEndpoint(name=str(meta.get("name")), ip=status["podIP"], port=port))
         return {track: tuple(pods) for track, pods in found.items()}

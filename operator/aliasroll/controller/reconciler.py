@@ -16,14 +16,14 @@ from lightkube import AsyncClient
 from aliasroll.controller.measuring import Analyzer
 from aliasroll.errors import (
     AliasrollError,
+    CredentialsNotFound,
     InvalidSpec,
     KubernetesApplyFailed,
     KubernetesUnavailable,
     NameConflict,
 )
 from aliasroll.kube.applier import Applier
-from aliasroll.kube.credentials import read_credentials
-from aliasroll.kube.observe import observe, taken_names
+from aliasroll.kube.observe import OwnedObjects, observe, taken_names
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import planner
 from aliasroll.planning.canary import AnalysisResult
@@ -41,6 +41,14 @@ class EventSink(Protocol):
     def post(self, body: Mapping[str, Any], event: EventRecord) -> None: ...
 
 
+class CredentialSource(Protocol):
+    """Registry credentials from Secrets (kube.credentials.SecretCache)."""
+
+    async def credentials(self, *, uid: str, namespace: str, secret_name: str, wake: Wake) -> Credentials: ...
+
+    def release(self, uid: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class PassResult:
     """When the next pass is due if nothing wakes the resource earlier; `failed` asks for backoff;
@@ -49,9 +57,18 @@ class PassResult:
     next_in: float | None
     failed: AliasrollError | None = None
     gone: bool = False
+    # False when a failure needs no retries of its own: the registry poller retries a registry that
+    # is down (with its own backoff) and wakes the resource when the answer changes, and the Secret
+    # watch wakes it when its Secret changes. Passes of every resource retrying on their own would
+    # multiply the load of an outage by the number of resources.
+    back_off: bool = True
 
 
 GONE = PassResult(next_in=None, gone=True)
+# Writes the API server refuses with a server error (HTTP 5xx) are retried with backoff, and after
+# this many failed passes in a row they are shown in status as well: a Service whose create fails
+# with "range is full" (the IP allocator) or a failing admission webhook fails every time.
+SHOW_WRITE_FAILURES_AFTER = 3
 # A canary step that ends, or a measurement that is due, brings the next pass forward, never closer
 # than this to the last one.
 MIN_CANARY_PASS_SECONDS = 1.0
@@ -72,15 +89,21 @@ class Reconciler:
         self,
         *,
         client: AsyncClient,
+        objects: OwnedObjects,
         registry: RegistryPoller,
         events: EventSink,
         defaults: WorkloadDefaults,
+        secrets: CredentialSource | None = None,
         analyzer: Analyzer | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
+        self._objects = objects
+        self._secrets = secrets
         self._registry = registry
-        self._analyzer = analyzer or Analyzer(client)
+        self._analyzer = analyzer or Analyzer(objects)
+        # Passes in a row whose writes failed with a server error, by uid.
+        self._write_failures: dict[str, int] = {}
         # Tags each resource already wrote to the registry, by uid: every pass plans them all (they
         # are idempotent), and only new ones cost a call. Empty after a restart: written once more.
         self._tagged: dict[str, set[tuple[str, str, str]]] = {}
@@ -112,7 +135,7 @@ class Reconciler:
             return await self._refuse(body, owner, previous_status, error, then=PassResult(next_in=None))
 
         try:
-            observation = await observe(self._client, owner)
+            observation = await observe(self._objects, owner)
         except KubernetesApplyFailed as error:  # RBAC on a list: nothing applied or pruned blind
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
             return await self._refuse(body, owner, previous_status, error, then=retry)
@@ -139,8 +162,12 @@ class Reconciler:
             pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
         except (KubernetesApplyFailed, NameConflict) as error:
             # Status keeps saying what runs; the plan's status would claim what was not applied.
+            self._write_failures.pop(owner.uid, None)
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
             return await self._refuse(body, owner, previous_status, error, then=retry)
+        except KubernetesUnavailable as error:
+            return await self._write_failed(body, owner, previous_status, error)
+        self._write_failures.pop(owner.uid, None)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
         # Registry writes before status, so status never says an alias moved that did not.
@@ -160,7 +187,27 @@ class Reconciler:
         next_in = spec.registry.poll_seconds
         if plan.next_in is not None:  # a canary step ends or a measurement is due sooner
             next_in = max(MIN_CANARY_PASS_SECONDS, min(next_in, plan.next_in))
-        return PassResult(next_in=next_in, failed=failed)
+        # A registry error is the poller's to retry (and the Secret watch's, for credentials): it
+        # wakes this resource when the answer changes, so an outage adds no passes.
+        return PassResult(next_in=next_in, failed=failed, back_off=False)
+
+    async def _write_failed(
+        self,
+        body: Mapping[str, Any],
+        owner: ResourceRef,
+        previous_status: Mapping[str, Any],
+        error: KubernetesUnavailable,
+    ) -> PassResult:
+        """A write the API server answered with a server error: retried with backoff, and shown in
+        status (Ready=False, ApplyFailed, the API server's message) once it keeps failing."""
+        failures = self._write_failures[owner.uid] = self._write_failures.get(owner.uid, 0) + 1
+        retry = PassResult(next_in=error.retry_after, failed=error)
+        if failures < SHOW_WRITE_FAILURES_AFTER:
+            log.warning("%s/%s: %s; will retry", owner.namespace, owner.name, error)
+            return retry
+        shown = KubernetesApplyFailed(f"{error.message} (retrying with backoff)")
+        log.warning("%s/%s: %s (%d passes in a row)", owner.namespace, owner.name, error, failures)
+        return await self._refuse(body, owner, previous_status, shown, then=retry)
 
     async def _measure(
         self, owner: ResourceRef, spec: ModelDeploymentSpec, previous_status: Mapping[str, Any], now: datetime
@@ -205,7 +252,10 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         """The resource is gone (or no longer watched): drop its subscription and memory."""
         self._registry.unsubscribe(uid)
+        if self._secrets is not None:
+            self._secrets.release(uid)
         self._written.pop(uid, None)
+        self._write_failures.pop(uid, None)
         self._tagged.pop(uid, None)
         self._analyzer.forget(uid)
 
@@ -230,9 +280,16 @@ class Reconciler:
         try:
             credentials: Credentials | None = None
             if spec.registry.credentials_secret:
-                credentials = await read_credentials(
-                    self._client, namespace=owner.namespace, secret_name=spec.registry.credentials_secret
+                if self._secrets is None:
+                    raise CredentialsNotFound("this operator reads no Secrets (no Secret cache)")
+                credentials = await self._secrets.credentials(
+                    uid=owner.uid,
+                    namespace=owner.namespace,
+                    secret_name=spec.registry.credentials_secret,
+                    wake=wake,
                 )
+            elif self._secrets is not None:
+                self._secrets.release(owner.uid)  # it named one before: stop watching it
             endpoint = Endpoint(spec.registry.tracking_uri, credentials)
             snapshot = await self._registry.subscribe(
                 subscriber=owner.uid,  # not the name: a replaced object may overlap its successor

@@ -11,6 +11,10 @@ name is only used to log, and to wake the owner of a changed child (its label na
 
 Deletions missed by the watch (during a re-list) are caught twice over: a pass that finds its
 resource gone stops its worker, and a periodic resync (`plan_resync`) compares workers with a list.
+
+At scale: at most `max_concurrent` passes run at once across all resources (a wake that arrives
+while a worker waits for its turn is folded into that pass), and periodic requeues are spread by
+`jitter` (a fraction either way), so resources created together do not poll in lockstep forever.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +37,17 @@ Uid = str
 NamespacedName = tuple[str, str]  # (namespace, name): a resource's name, which another object may reuse
 Reconcile = Callable[[Mapping[str, Any], Wake], Awaitable[PassResult]]
 Forget = Callable[[Uid], None]
+DEFAULT_MAX_CONCURRENT = 16
+DEFAULT_JITTER = 0.1
+
+
+def jittered(
+    delay: float | None, jitter: float, *, random_fraction: Callable[[], float] = random.random
+) -> float | None:
+    """`delay` moved by up to `jitter` of itself, either way (None: no timer)."""
+    if delay is None:
+        return None
+    return delay * (1.0 + jitter * (2.0 * random_fraction() - 1.0))
 
 
 def identity(body: Mapping[str, Any]) -> tuple[Uid, NamespacedName]:
@@ -105,10 +121,15 @@ class Scheduler:
         reconcile: Reconcile,
         forget: Forget,
         backoff: Backoff | None = None,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        jitter: float = DEFAULT_JITTER,
     ) -> None:
         self._reconcile = reconcile
         self._forget = forget
         self._backoff = backoff or Backoff()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._jitter = jitter
+        self.running = 0  # passes under way, for tests and metrics
         self._workers: dict[Uid, _Worker] = {}
         self._by_name: dict[NamespacedName, set[Uid]] = {}
         self._events = 0  # counts watch events and removals, to order them against a resync's list
@@ -226,17 +247,21 @@ class Scheduler:
         namespace, name = worker.name
         failures = 0
         while True:
-            worker.wake.clear()
-            try:
-                result = await self._reconcile(worker.body, lambda: self.wake(worker.uid))
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # a pass must never kill the worker: log, back off, retry
-                log.exception("%s/%s: reconcile pass failed: %s", namespace, name, error)
-                result = PassResult(next_in=None, failed=None)
-                failures += 1
-            else:
-                failures = failures + 1 if result.failed is not None else 0
+            async with self._slots:
+                worker.wake.clear()  # after the wait for a slot: wakes during it are this pass's
+                self.running += 1
+                try:
+                    result = await self._reconcile(worker.body, lambda: self.wake(worker.uid))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # a pass must never kill the worker: log, back off, retry
+                    log.exception("%s/%s: reconcile pass failed: %s", namespace, name, error)
+                    result = PassResult(next_in=None, failed=None)
+                    failures += 1
+                else:
+                    failures = failures + 1 if result.failed is not None and result.back_off else 0
+                finally:
+                    self.running -= 1
             if result.gone:
                 log.info(
                     "%s/%s: the resource is gone (uid %s); stopping its worker", namespace, name, worker.uid
@@ -245,7 +270,7 @@ class Scheduler:
                 self._removed[worker.uid] = self._events
                 self._detach(worker.uid, cancel=False)  # this very task: it ends by returning
                 return
-            delay = result.next_in
+            delay = jittered(result.next_in, self._jitter)
             if failures:
                 backoff = self._backoff.delay(failures)
                 delay = backoff if delay is None else min(delay, backoff)

@@ -50,6 +50,9 @@ def api_failure(
             f"cannot {action} {target}: the Gateway API CRDs are not installed "
             "(install them, or set spec.traffic.router: replicas)"
         )
+    if code == 403 and "exceeded quota" in message:
+        # A ResourceQuota of the namespace, not RBAC: the same 403, but the namespace's owner to fix.
+        return KubernetesApplyFailed(f"cannot {action} {target}: the namespace's quota refused it: {message}")
     if code == 403:
         return KubernetesApplyFailed(f"the operator may not {action} {target} (RBAC): {message}")
     return KubernetesApplyFailed(f"cannot {action} {target} (HTTP {code}): {message}")

@@ -1,25 +1,24 @@
-"""Reads the objects a ModelDeployment owns and reduces them to the planner's ObservedState."""
+"""Reads the objects a ModelDeployment owns (from the watch-fed cache) and reduces them to the
+planner's ObservedState."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import httpx2
 from lightkube import AsyncClient
 from lightkube.core.resource import api_info
-from lightkube.resources.core_v1 import Pod
 
+from aliasroll.errors import AliasrollError
 from aliasroll.kube.failures import api_failure, status_code
-from aliasroll.kube.resources import OWNED_KINDS, resource_for
+from aliasroll.kube.resources import resource_for
 from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
 from aliasroll.planning.workloads import (
     ANNOTATION_MODEL_URI,
     ANNOTATION_RUN_ID,
-    LABEL_OWNER,
     LABEL_TRACK,
     LABEL_VERSION,
     Manifest,
@@ -37,30 +36,35 @@ class Observation:
     live: Mapping[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)  # for skipping no-op applies
 
 
-async def observe(client: AsyncClient, owner: ResourceRef) -> Observation:
-    """Lists every kind the operator may own, by label, keeping only objects this resource controls.
+class OwnedObjects(Protocol):
+    """Where a pass reads what exists: the watch-fed cache (kube.cache.OwnedCache)."""
 
-    Raises KubernetesApplyFailed or KubernetesUnavailable when a list fails: without a full picture
-    of what exists, the pass must neither apply nor prune.
+    async def owned(self, owner: ResourceRef) -> list[Mapping[str, Any]]: ...
+
+    async def pods(self, owner: ResourceRef) -> list[Mapping[str, Any]]: ...
+
+
+async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
+    """The objects of every kind the operator may own that carry this resource's label, keeping
+    only those it controls.
+
+    Raises KubernetesApplyFailed or KubernetesUnavailable when the cache has not finished its first
+    list: without a full picture of what exists, the pass must neither apply nor prune.
     """
-    listed = await asyncio.gather(*(_list(client, resource, owner) for resource in OWNED_KINDS.values()))
     live: dict[ObjectKey, Mapping[str, Any]] = {}
     children: list[ChildRef] = []
     workloads: dict[Track, ObservedWorkload] = {}
-    for objects in listed:
-        for obj in objects:
-            meta = obj.get("metadata") or {}
-            if not _controlled_by(meta, owner):
-                continue  # same labels, someone else's object: never touch it
-            kind, name = obj["kind"], meta["name"]
-            live[(kind, name)] = obj
-            children.append(
-                ChildRef(api_version=obj["apiVersion"], kind=kind, name=name, uid=meta.get("uid"))
-            )
-            if kind == "Deployment" and (workload := reduce_deployment(obj)) is not None:
-                workloads[workload.track] = workload
+    for obj in await objects.owned(owner):
+        meta = obj.get("metadata") or {}
+        if not _controlled_by(meta, owner):
+            continue  # same labels, someone else's object: never touch it
+        kind, name = obj["kind"], meta["name"]
+        live[(kind, name)] = obj
+        children.append(ChildRef(api_version=obj["apiVersion"], kind=kind, name=name, uid=meta.get("uid")))
+        if kind == "Deployment" and (workload := reduce_deployment(obj)) is not None:
+            workloads[workload.track] = workload
     if workloads:
-        failures = pod_failures(await _pods(client, owner))
+        failures = pod_failures(await _pods(objects, owner))
         workloads = {
             track: replace(workload, pod_failure=failures.get((track, workload.version or "")))
             for track, workload in workloads.items()
@@ -75,9 +79,9 @@ async def taken_names(
     control, each described for a condition message (kind, name and who controls it). Empty when
     every name is free or ours.
 
-    Listing by label finds only the objects that carry our labels; a name can be taken by anything,
-    so each object the pass would create is looked up by name first. That costs a GET only when an
-    object is missing, which is rare once a resource has converged.
+    The cache holds only the objects that carry our labels; a name can be taken by anything, so each
+    object the pass would create is looked up by name first. That costs a GET only when an object is
+    missing, which is rare once a resource has converged.
     """
     taken: list[str] = []
     for obj in objects:
@@ -92,6 +96,8 @@ async def taken_names(
                 continue  # free
             raise api_failure("read", kind, name, error) from None
         meta = _as_dict(found, resource).get("metadata") or {}
+        if _controlled_by(meta, owner):
+            continue  # ours, made a moment ago: the cache has not seen it yet
         taken.append(f"{kind} {name!r} ({_controller_of(meta)})")
     return taken
 
@@ -101,21 +107,6 @@ def _controller_of(meta: Mapping[str, Any]) -> str:
         if ref.get("controller"):
             return f"controlled by {ref.get('kind')} {ref.get('name')!r}, uid {ref.get('uid')}"
     return "controlled by nothing: made by hand or by another tool"
-
-
-async def _list(client: AsyncClient, resource: Any, owner: ResourceRef) -> list[dict[str, Any]]:
-    try:
-        return [
-            _as_dict(item, resource)
-            async for item in client.list(
-                resource, namespace=owner.namespace, labels={LABEL_OWNER: owner.name}
-            )
-        ]
-    except httpx2.HTTPError as error:
-        # A kind that is not installed (Gateway API CRDs) answers a bare 404 page, not an ApiError.
-        if status_code(error) == 404:
-            return []  # nothing of it can be owned
-        raise api_failure("list", api_info(resource).resource.kind, None, error) from None
 
 
 def _as_dict(item: Any, resource: Any) -> dict[str, Any]:
@@ -174,16 +165,13 @@ def reduce_deployment(obj: Mapping[str, Any]) -> ObservedWorkload | None:
     )
 
 
-async def _pods(client: AsyncClient, owner: ResourceRef) -> list[dict[str, Any]]:
+async def _pods(objects: OwnedObjects, owner: ResourceRef) -> list[Mapping[str, Any]]:
     """The serving pods of this resource. Pods are the ReplicaSets', not ours: they are read for
-    why a version cannot start, never applied nor pruned; a failed list only loses that detail."""
+    why a version cannot start, never applied nor pruned; a cache not filled yet only loses that detail."""
     try:
-        return [
-            _as_dict(item, Pod)
-            async for item in client.list(Pod, namespace=owner.namespace, labels={LABEL_OWNER: owner.name})
-        ]
-    except httpx2.HTTPError as error:
-        log.warning("cannot list the pods of %s: %s", owner.name, error)
+        return await objects.pods(owner)
+    except AliasrollError as error:
+        log.warning("cannot read the pods of %s: %s", owner.name, error)
         return []
 
 
