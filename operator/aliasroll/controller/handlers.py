@@ -102,7 +102,7 @@ class Runtime:
         )
         self.scheduler = Scheduler(
             reconcile=self._reconcile,
-            forget=self.reconciler.forget,
+            forget=self._forget,
             backoff=Backoff(base=config.retry_base_seconds, cap=config.retry_max_seconds),
             max_concurrent=config.max_concurrent_passes,
         )
@@ -174,6 +174,10 @@ class Runtime:
                 self.scheduler.wake(str((body.get("metadata") or {}).get("uid") or ""))
             log.info("leading: %d resource(s) woken", len(listed))
             return
+
+    def _forget(self, uid: str) -> None:
+        self._passed.discard(uid)
+        self.reconciler.forget(uid)
 
     def _forget_passes(self) -> None:
         """Leadership ended: what the passes remembered (the status last written, the registry
