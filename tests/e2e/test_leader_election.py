@@ -16,7 +16,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,13 +181,7 @@ def passes(process: OperatorProcess) -> float:
     )
 
 
-def timed(check: Callable[[], object], *, timeout: float, what: str) -> float:
-    began = time.monotonic()
-    wait_for(check, timeout=timeout, what=what, interval=0.1)
-    return time.monotonic() - began
-
-
-def test_one_replica_leads_and_only_it_writes(
+def test_one_replica_leads_only_it_writes_and_a_graceful_stop_hands_over_at_once(
     kube: Kube,
     replicas: Replicas,
     mlflow_server: MlflowServer,
@@ -197,8 +191,9 @@ def test_one_replica_leads_and_only_it_writes(
 ) -> None:
     a, b = replicas.start("replica-a"), replicas.start("replica-b")
     leader = replicas.leader()
+    follower_pod = "replica-b" if leader == "replica-a" else "replica-a"
     follower = b if leader == "replica-a" else a
-    registered(registry, model_name, 2, production="1")
+    registered(registry, model_name, 3, production="1")
     kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at 1")
     registry.set_registered_model_alias(model_name, "production", "2")
@@ -220,6 +215,22 @@ def test_one_replica_leads_and_only_it_writes(
     assert deliver(follower) == 503
     assert value(scrape(follower), "aliasroll_webhook_deliveries_total", outcome="standby") == 1.0
     assert deliver(replicas.started[leader]) == 400  # checked: malformed (no signature headers)
+
+    # SIGTERM: Kopf's cleanup stops the passes, then the lease is released; the other leads at its
+    # next look, not after the 10 s of an expiry.
+    stopped = time.monotonic()
+    replicas.started[leader].stop()
+    released = time.monotonic() - stopped
+    log = replicas.started[leader].log_path.read_text(errors="replace")
+    assert f"lease {OPERATOR_NAMESPACE}/{replicas.lease} released" in log
+    wait_for(lambda: replicas.leading() == [follower_pod], timeout=30, what="the other leading", interval=0.1)
+    took_over = time.monotonic() - stopped
+    print(f"SIGTERM -> stopped: {released:.1f} s, -> {follower_pod} leading: {took_over:.1f} s")
+    assert took_over - released < RETRY_PERIOD + 1.0
+    registry.set_registered_model_alias(model_name, "production", "3")
+    wait_for(
+        lambda: ready_at(kube, namespace, "sentiment", "3"), timeout=60, what="Ready at 3, by the new leader"
+    )
 
 
 def test_kill_9_the_leader_and_the_other_leads_and_follows_an_alias_move(
@@ -259,37 +270,6 @@ def test_kill_9_the_leader_and_the_other_leads_and_follows_an_alias_move(
     assert replicas.holder() == other
     assert replicas.lease_spec()["leaseTransitions"] >= 1
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "2"), timeout=60, what="Ready at 2")
-
-
-def test_a_graceful_stop_hands_the_lease_over_at_once(
-    kube: Kube,
-    replicas: Replicas,
-    mlflow_server: MlflowServer,
-    registry: MlflowClient,
-    namespace: str,
-    model_name: str,
-) -> None:
-    replicas.start("replica-a")
-    replicas.start("replica-b")
-    leader = replicas.leader()
-    other = next(pod for pod in replicas.started if pod != leader)
-    registered(registry, model_name, 2, production="1")
-    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at 1")
-
-    stopped = time.monotonic()
-    replicas.started[leader].stop()  # SIGTERM: Kopf's cleanup stops the passes, then releases
-    released = time.monotonic() - stopped
-    log = replicas.started[leader].log_path.read_text(errors="replace")
-    assert f"lease {OPERATOR_NAMESPACE}/{replicas.lease} released" in log
-    wait_for(lambda: replicas.leading() == [other], timeout=30, what=f"{other} leading", interval=0.1)
-    took_over = time.monotonic() - stopped
-    print(f"SIGTERM -> stopped: {released:.1f} s, -> {other} leading: {took_over:.1f} s")
-    assert took_over - released < RETRY_PERIOD + 1.0  # its next look, not the 10 s of an expiry
-    registry.set_registered_model_alias(model_name, "production", "2")
-    wait_for(
-        lambda: ready_at(kube, namespace, "sentiment", "2"), timeout=60, what="Ready at 2, by the new leader"
-    )
 
 
 def test_a_foreign_holders_fresh_lease_is_respected(
