@@ -1,6 +1,7 @@
 """Two operator replicas elect a leader on a real Lease: only the leader writes; kill -9 it and the
 other leads and follows an alias move; a graceful stop hands over at once; a foreign holder's fresh
-lease is respected.
+lease is respected; a leader frozen past its renew deadline writes nothing when it wakes, and leads
+again later from the status as it is.
 
 The replicas run as the Deployment in manifests/ runs them (leader election on, the default timing,
 the ServiceAccount's token, so the Role for Leases is what lets them elect), each watching only the
