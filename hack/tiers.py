@@ -1,14 +1,15 @@
-"""`make test`: lint, then unit + integration + end-to-end (one control plane with kwok), streamed to
-the terminal, while the real-pod tier runs beside them from the start as two sessions, each with a
-cluster and a real node of its own: the rollouts (transitions, the watched canary) in one, the rest
-of tests/e2e_real in the other. Their output goes to .work/e2e-real-*.log and is shown when all
-are done. Fails if any fails; a lint failure stops the real-pod sessions at once.
+"""`make test`: lint, then unit + integration (real MLflow servers, a real Prometheus), streamed to
+the terminal, while the tiers that stand on a cluster run beside them from the start as sessions,
+each with a control plane of its own: the end-to-end tier (kwok), and the real-pod tier as two
+sessions with a real node each: the rollouts (transitions, the watched canary) in one, the rest of
+tests/e2e_real in the other. Their output goes to .work/<session>.log and is shown when all are
+done. Fails if any fails; a lint failure stops the sessions at once.
 
-The real-pod tier mostly waits (pods starting, probes, pods draining, the operator's progress
-deadline), so on 2 cores the wall time is about the longest session rather than the sum. The
-sessions share nothing but the machine: state dirs under .work named by ALIASROLL_E2E_REAL_RUN,
-free ports, pytest's numbered temp dirs, and the kernel settings kubelet changes (localkube's
-sysctls.py hands them back when the last node stops).
+The cluster tiers mostly wait (pods starting, probes, pods draining, lease expiries, the operator's
+timers), so on 2 cores the wall time is about the longest session rather than the sum. The
+sessions share nothing but the machine: state dirs under .work named by ALIASROLL_E2E_RUN and
+ALIASROLL_E2E_REAL_RUN, free ports, pytest's numbered temp dirs, and the kernel settings kubelet
+changes (localkube's sysctls.py hands them back when the last node stops).
 
 Ctrl-C reaches every process here (they stay in the terminal's process group); this waits while
 each pytest stops what it started.
@@ -34,17 +35,18 @@ ROLLOUTS = ("tests/e2e_real/test_transitions.py", "tests/e2e_real/test_canary_an
 
 @dataclass(frozen=True)
 class Session:
-    """One real-pod session: what it runs and where its output goes."""
+    """One session with a cluster of its own: what it runs and where its output goes."""
 
-    run: str  # ALIASROLL_E2E_REAL_RUN: its state dir and operator log under .work
+    run: str  # names its state dir and operator log under .work (through `env`)
     args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
 
     @property
     def log(self) -> Path:
         return REPO / ".work" / f"{self.run}.log"
 
     def start(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "ALIASROLL_REQUIRE_REAL_NODE": "1", "ALIASROLL_E2E_REAL_RUN": self.run}
+        env = {**os.environ, **dict(self.env)}
         with self.log.open("wb") as log:
             # The slowest tests' times, in the log: where the tier's minutes go.
             return subprocess.Popen(
@@ -56,9 +58,14 @@ class Session:
             )
 
 
-REAL_SESSIONS = (
-    Session("e2e-real-rollouts", ROLLOUTS),
-    Session("e2e-real-serving", ("tests/e2e_real", *(f"--ignore={path}" for path in ROLLOUTS))),
+def real(run: str, *args: str) -> Session:
+    return Session(run, args, (("ALIASROLL_REQUIRE_REAL_NODE", "1"), ("ALIASROLL_E2E_REAL_RUN", run)))
+
+
+SESSIONS = (
+    Session("e2e", ("tests/e2e",), (("ALIASROLL_E2E_RUN", "e2e"),)),
+    real("e2e-real-rollouts", *ROLLOUTS),
+    real("e2e-real-serving", "tests/e2e_real", *(f"--ignore={path}" for path in ROLLOUTS)),
 )
 
 
@@ -69,35 +76,35 @@ def verdict(code: int) -> str:
 def main() -> int:
     (REPO / ".work").mkdir(exist_ok=True)
     started = time.monotonic()
-    real = {session: session.start() for session in REAL_SESSIONS}
-    logs = ", ".join(str(session.log.relative_to(REPO)) for session in REAL_SESSIONS)
-    print(f"the real-pod tier runs beside the others; its output ({logs}) is shown when it ends", flush=True)
+    running = {session: session.start() for session in SESSIONS}
+    logs = ", ".join(str(session.log.relative_to(REPO)) for session in SESSIONS)
+    print(f"the cluster tiers run beside these; their output ({logs}) is shown when they end", flush=True)
     try:
         if subprocess.run(["make", "--no-print-directory", "lint"], cwd=REPO).returncode != 0:
-            print("lint failed: stopping the real-pod tier", flush=True)
-            for process in real.values():
+            print("lint failed: stopping the cluster tiers", flush=True)
+            for process in running.values():
                 process.send_signal(signal.SIGINT)
-            for process in real.values():
+            for process in running.values():
                 process.wait()
             return 1
-        rest = subprocess.run([*PYTEST, "tests/unit", "tests/integration", "tests/e2e"], cwd=REPO).returncode
-        if any(process.poll() is None for process in real.values()):
-            print(f"waiting for the real-pod tier ({time.monotonic() - started:.0f} s so far)", flush=True)
-        codes = {session: process.wait() for session, process in real.items()}
+        rest = subprocess.run([*PYTEST, "tests/unit", "tests/integration"], cwd=REPO).returncode
+        if any(process.poll() is None for process in running.values()):
+            print(f"waiting for the cluster tiers ({time.monotonic() - started:.0f} s so far)", flush=True)
+        codes = {session: process.wait() for session, process in running.items()}
     except KeyboardInterrupt:
-        print("\ninterrupted: waiting for the real-pod tier to stop what it started ...", flush=True)
-        for process in real.values():
+        print("\ninterrupted: waiting for the cluster tiers to stop what they started ...", flush=True)
+        for process in running.values():
             process.wait()
         return 130
-    for session in REAL_SESSIONS:
-        title = f" real-pod tier: pytest {' '.join(session.args)} "
+    for session in SESSIONS:
+        title = f" {session.run}: pytest {' '.join(session.args)} "
         print(f"\n{title:=^100}", flush=True)
         with session.log.open("rb") as log:
             shutil.copyfileobj(log, sys.stdout.buffer)
         sys.stdout.flush()
-    print(f"\nunit + integration + end-to-end: {verdict(rest)}", flush=True)
+    print(f"\nunit + integration: {verdict(rest)}", flush=True)
     for session, code in codes.items():
-        print(f"real pods, {' '.join(session.args)}: {verdict(code)}", flush=True)
+        print(f"{session.run}, pytest {' '.join(session.args)}: {verdict(code)}", flush=True)
     print(f"({time.monotonic() - started:.0f} s)", flush=True)
     return 0 if rest == 0 and not any(codes.values()) else 1
 

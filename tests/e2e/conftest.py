@@ -1,5 +1,9 @@
 """One control plane and one operator per session; a namespace per test.
 
+`make test` may run this tier as more than one session side by side (hack/tiers.py), each with a
+cluster of its own: ALIASROLL_E2E_RUN names a session's state dir and operator log under .work
+(default e2e).
+
 The operator runs as `python -m aliasroll` with a token minted for its own ServiceAccount, bound by
 the RBAC in manifests/, so a missing rule fails these tests.
 """
@@ -13,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, WEBHOOK_SECRET, Kube, wait_for
+from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, RUN, WEBHOOK_SECRET, Kube, wait_for
 
 from localcluster import LocalCluster
 from mlflowserver import free_port
@@ -24,7 +28,7 @@ _namespaces = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    state = REPO / ".work" / "e2e-cluster"
+    state = REPO / ".work" / f"{RUN}-cluster"
     if state.exists():
         LocalCluster(state).stop()  # a previous session that was killed
         shutil.rmtree(state, ignore_errors=True)
@@ -66,7 +70,7 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
     kubeconfig = cluster.write_kubeconfig_for_token(workdir / "kubeconfig", token)
     process = OperatorProcess(
         kubeconfig=kubeconfig,
-        log_path=REPO / ".work" / "e2e-operator.log",
+        log_path=REPO / ".work" / f"{RUN}-operator.log",
         verbose=True,
         env={
             # Short delays, so outages and recoveries show within a test's patience.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import ssl
 import subprocess
 import threading
@@ -17,6 +18,8 @@ from localcluster import LocalCluster
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
+# A session's name: its cluster's state dir and operator logs under .work (see conftest.py).
+RUN = os.environ.get("ALIASROLL_E2E_RUN", "e2e")
 WEBHOOK_SECRET = "e2e-webhook-secret"  # the session operator's, for webhooks the tests register
 OPERATOR_NAMESPACE = "aliasroll-system"
 OPERATOR_ACCOUNT = "aliasroll"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import OPERATOR_NAMESPACE, REPO, Kube, model_deployment, wait_condition, wait_for
+from harness import OPERATOR_NAMESPACE, REPO, RUN, Kube, model_deployment, wait_condition, wait_for
 
 from localcluster import LocalCluster
 from operatorprocess import OperatorProcess
@@ -188,7 +188,7 @@ def namespaced_operator(namespaced_install: Install) -> Iterator[OperatorProcess
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     process = OperatorProcess(
         kubeconfig=namespaced_install.kubeconfig,
-        log_path=REPO / ".work" / "e2e-operator-namespaced.log",
+        log_path=REPO / ".work" / f"{RUN}-operator-namespaced.log",
         verbose=True,
         args=[arg for arg in args if not arg.startswith("--liveness")],
         env={"ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e", "ALIASROLL_REGISTRY_TIMEOUT": "2"},

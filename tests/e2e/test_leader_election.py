@@ -27,6 +27,7 @@ from harness import (
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
     REPO,
+    RUN,
     Kube,
     deployment_version,
     model_deployment,
@@ -70,7 +71,7 @@ class Replicas:
     def start(self, pod: str) -> OperatorProcess:
         process = OperatorProcess(
             kubeconfig=self.kubeconfig,
-            log_path=REPO / ".work" / f"e2e-operator-{pod}.log",
+            log_path=REPO / ".work" / f"{RUN}-operator-{pod}.log",
             verbose=True,
             args=["--namespace", self.namespace],
             env={
