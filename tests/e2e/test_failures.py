@@ -297,7 +297,8 @@ def test_a_version_whose_pods_exit_stalls_with_their_message_while_the_previous_
         for p in still
     ), still
     deployment = kube.get("deployment", "sentiment-production", namespace)
-    assert deployment is not None and deployment["status"].get("availableReplicas") == 2
+    assert deployment is not None
+    assert deployment["status"].get("availableReplicas") == 2
 
     # Back to the previous spec: the rollout ends on version 1 with the same pods, Ready again.
     kube.apply(manifest, namespace=namespace)
