@@ -1,4 +1,5 @@
-"""Bad days: the registry down, an alias gone, a Secret missing, a model not registered yet.
+"""Bad days: the registry down, an alias gone, a Secret missing, a model not registered yet, a
+version whose pods exit (a requirement the index lacks).
 
 In each, what serves keeps serving, a condition and an event say why, and the operator recovers by
 itself once the cause is gone.
@@ -6,7 +7,9 @@ itself once the cause is gone.
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from harness import (
     Kube,
@@ -23,6 +26,7 @@ from harness import (
 )
 from mlflow import MlflowClient
 
+from localcluster import READY_DELAY_ANNOTATION
 from mlflowserver import MlflowServer
 from operatorprocess import OperatorProcess
 
@@ -189,3 +193,114 @@ def test_gateway_router_without_gateway_api_crds(
     finally:
         kube.cluster.install_gateway_api_crds()
     wait_for(lambda: ready_at(kube, namespace, "routed", "1"), timeout=60, what="Ready once the CRDs exist")
+
+
+# What the serving container writes to its termination log when the index lacks a requirement.
+EXIT_MESSAGE = (
+    "cannot install aliasroll-nonexistent==1.0 for models:/m/2 from http://mirror.internal/simple "
+    "(UV_INDEX_URL): uv pip compile failed: No solution found"
+)
+
+
+def _crash_looping(pod: dict[str, Any]) -> dict[str, Any]:
+    """The status a kubelet writes for a container that exited 1 with a termination message and
+    waits to be restarted."""
+    container = pod["spec"]["containers"][0]
+    started = pod["metadata"]["creationTimestamp"]
+    return {
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+                {"type": "PodScheduled", "status": "True"},
+            ],
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                    "lastState": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": EXIT_MESSAGE,
+                            "startedAt": started,
+                            "finishedAt": started,
+                        }
+                    },
+                }
+            ],
+        }
+    }
+
+
+def _pods(kube: Kube, namespace: str, version: str) -> list[dict[str, Any]]:
+    return kube.list("pods", namespace, f"aliasroll.io/model-version={version}")
+
+
+def test_a_version_whose_pods_exit_stalls_with_their_message_while_the_previous_serves(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    registered(registry, model_name, 2, production="1", broken="2")
+    manifest = model_deployment("sentiment", model_name, mlflow_server.url)
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    serving = {pod["metadata"]["uid"] for pod in _pods(kube, namespace, "1")}
+    assert len(serving) == 2
+
+    # One change: the alias naming version 2, and pods that kwok leaves Pending, so that the test
+    # writes how they end (kwok has no container to exit).
+    broken = json.loads(json.dumps(manifest))
+    broken["spec"]["model"]["alias"] = "broken"
+    broken["spec"]["serving"] = {"podTemplate": {"metadata": {"annotations": {READY_DELAY_ANNOTATION: "1h"}}}}
+    kube.apply(broken, namespace=namespace)
+    pod = wait_for(lambda: next(iter(_pods(kube, namespace, "2")), None), timeout=30, what="a pod of v2")
+    kube.cluster.kubectl(
+        "patch",
+        "pod",
+        pod["metadata"]["name"],
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(_crash_looping(pod)),
+    )
+
+    resource = wait_condition(kube, namespace, "sentiment", "Ready", ("False", "RolloutStalled"), timeout=30)
+    message = condition_message(resource, "Ready")
+    assert f"pod {pod['metadata']['name']} exited with code 1: {EXIT_MESSAGE}" in message, message
+    assert condition(resource, "Progressing") == ("False", "RolloutStalled")
+    events = wait_events(kube, namespace, "sentiment", "RolloutStalled")
+    assert any(
+        (kind, reason) == ("Warning", "RolloutStalled") and EXIT_MESSAGE in said
+        for kind, reason, said in events
+    ), events
+    # The previous version's pods are the same ones, ready, none leaving: they serve every request.
+    still = _pods(kube, namespace, "1")
+    assert {p["metadata"]["uid"] for p in still} == serving
+    assert all(
+        not p["metadata"].get("deletionTimestamp")
+        and {"type": "Ready", "status": "True"}
+        in [{"type": c["type"], "status": c["status"]} for c in p["status"]["conditions"]]
+        for p in still
+    ), still
+    deployment = kube.get("deployment", "sentiment-production", namespace)
+    assert deployment is not None
+    assert deployment["status"].get("availableReplicas") == 2
+
+    # Back to the previous spec: the rollout ends on version 1 with the same pods, Ready again.
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1 again")
+    assert {p["metadata"]["uid"] for p in _pods(kube, namespace, "1")} == serving

@@ -11,10 +11,8 @@ while the previous version answers every request.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
-import subprocess
+import os
 import sys
 import tempfile
 import warnings
@@ -26,16 +24,17 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from harness import condition, wait_for
-from realstack import RealStack
+from harness import available_at, condition, wait_for
+from realstack import NAME, RealStack
 
 from localkube import RealNode
-from support.package_index import PackageIndex, make_wheel
+from support.package_index import NoPip, PackageIndex, make_wheel, wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_MODEL = REPO / "tests" / "integration" / "models" / "probe_model.py"
 WHEELHOUSE = Path.home() / ".cache" / "aliasroll" / "wheelhouse"
 FEATURES = [[0.1, 1.0], [2.5, -1.0], [3.0, 0.5]]
+SERVER_UID = 10001  # the serving pods' user (serving-image/Dockerfile, the operator's pod template)
 
 
 def _sklearn_model_dir(directory: Path) -> Path:
@@ -51,37 +50,11 @@ def _sklearn_model_dir(directory: Path) -> Path:
 
 
 def _wheelhouse(requirements: list[str]) -> Path:
-    """Wheels for `requirements` and their dependencies, for the host's Python and platform (the
-    image's), at the image's versions where it has the package (as a mirror has every version);
-    downloaded from the package registries once per set."""
-    image = (REPO / "serving-image" / "requirements.txt").read_text()
-    key = hashlib.sha256("\n".join([*sorted(requirements), image]).encode()).hexdigest()[:16]
-    house = WHEELHOUSE / key
-    if (house / ".complete").exists():
-        return house
-    pip = shutil.which("pip3") or shutil.which("pip")
-    if pip is None:
-        pytest.skip("making the wheelhouse needs pip on the host")
-    house.mkdir(parents=True, exist_ok=True)
-    listed = house / "requirements.txt"
-    listed.write_text("\n".join(requirements) + "\n")
-    subprocess.run(
-        [
-            pip,
-            "download",
-            "--quiet",
-            "--only-binary=:all:",
-            "--python-version",
-            "3.11",
-            "-d",
-            str(house),
-            "-r",
-            str(listed),
-        ],
-        check=True,
-    )
-    (house / ".complete").write_text("")
-    return house
+    """Downloaded from the package registries once per set."""
+    try:
+        return wheelhouse(WHEELHOUSE, requirements, REPO / "serving-image" / "requirements.txt")
+    except NoPip as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +68,20 @@ def sklearn_dir(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def index(node: RealNode, sklearn_dir: Path, workdir: Path) -> Iterator[str]:
-    """The index URL as the pods see it."""
+def served(sklearn_dir: Path, workdir: Path) -> Iterator[PackageIndex]:
     logged = (sklearn_dir / "requirements.txt").read_text().split()
     house = _wheelhouse([line for line in logged if not line.startswith("mlflow")])
     probe = make_wheel(workdir / "probe", "aliasroll-probe", "1.0", 'VERSION = "1.0"\n')
-    served = PackageIndex(workdir / "index", [*house.glob("*.whl"), probe]).start()
+    index = PackageIndex(workdir / "index", [*house.glob("*.whl"), probe]).start()
+    yield index
+    index.stop()
+
+
+@pytest.fixture(scope="module")
+def index(node: RealNode, served: PackageIndex) -> str:
+    """The index URL as the pods see it."""
     address, port = node.expose_host_port(served.port)
-    yield f"http://{address}:{port}/simple"
-    served.stop()
+    return f"http://{address}:{port}/simple"
 
 
 def _predict(stack: RealStack, body: dict[str, Any]) -> tuple[Any, str]:
@@ -141,20 +119,39 @@ def _register(stack: RealStack, local: Path) -> str:
 
 
 def test_models_the_image_lacks_packages_for_serve_from_the_unchanged_image(
-    stack: RealStack, index: str, sklearn_dir: Path
+    stack: RealStack, index: str, served: PackageIndex, sklearn_dir: Path
 ) -> None:
     mlflow.set_tracking_uri(stack.mlflow.url)
     sklearn_version = _register(stack, sklearn_dir)
     stack.point("production", sklearn_version)
-    stack.deploy(
+    # The node's cache, as the README shows it: a directory of the node the server's uid writes.
+    cache = stack.tmp / "node-cache"
+    cache.mkdir()
+    os.chown(cache, SERVER_UID, SERVER_UID)
+    manifest = stack.deploy(
         replicas=1,
         serving={
             "image": stack.image,
             "podTemplate": {"spec": stack.placement},
             "env": [{"name": "UV_INDEX_URL", "value": index}],
+            "dependencyCache": {"hostPath": {"path": str(cache), "type": "Directory"}},
         },
     )
     stack.ready(sklearn_version, timeout=400)
+    asked = len(served.requests)
+    assert any("scikit_learn" in path for path in served.downloads), served.downloads
+
+    # A second pod of the version on the node: it neither resolves nor downloads.
+    manifest["spec"]["replicas"] = 2
+    stack.apply(manifest)
+    wait_for(
+        lambda: available_at(stack.kube, stack.namespace, f"{NAME}-production", sklearn_version),
+        timeout=240,
+        what="2 pods of the scikit-learn version available",
+    )
+    assert served.requests[asked:] == []
+    manifest["spec"]["replicas"] = 1
+    stack.apply(manifest)
     import numpy as np
 
     expected = mlflow.pyfunc.load_model(f"models:/{stack.model}/{sklearn_version}").predict(

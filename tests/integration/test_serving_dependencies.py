@@ -128,7 +128,12 @@ def test_a_package_the_image_lacks_is_installed_at_its_pinned_version(
 ) -> None:
     cache = tmp_path / "node-cache"
     first = _serve(
-        probe_uri, mlflow_server, workdir, UV_INDEX_URL=index.url(), ALIASROLL_DEPENDENCY_CACHE=str(cache)
+        probe_uri,
+        mlflow_server,
+        workdir,
+        UV_INDEX_URL=index.url(),
+        ALIASROLL_DEPENDENCY_CACHE=str(cache),
+        PYTHONDONTWRITEBYTECODE="1",  # as the image sets it
     )
     try:
         first.wait_until("/ready")
@@ -138,6 +143,8 @@ def test_a_package_the_image_lacks_is_installed_at_its_pinned_version(
         downloads = len(index.downloads)
     finally:
         first.stop()
+    # What the first server imported of the installed packages is compiled in the cache, for the next.
+    assert list(cache.glob("envs/*/aliasroll_probe/__pycache__/__init__.cpython-*.pyc"))
     # A second pod of the node: the cache has the resolution and the packages; the index is not asked.
     second = _serve(
         probe_uri,

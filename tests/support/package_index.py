@@ -2,7 +2,7 @@
 pods and servers install from it, never from the internet.
 
 Wheels come from `make_wheel` (a tiny package made here, at any version) or from a wheelhouse
-made on the host with `pip download` (tests/e2e_real).
+made on the host with `pip download` (`wheelhouse`: tests/e2e_real, bench/dependencies.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import base64
 import hashlib
 import html
 import re
+import shutil
+import subprocess
 import threading
 import zipfile
 from collections.abc import Iterable
@@ -44,6 +46,45 @@ def make_wheel(directory: Path, name: str, version: str, module_source: str) -> 
     return wheel
 
 
+class NoPip(Exception):
+    """Making a wheelhouse needs pip on the host."""
+
+
+def wheelhouse(root: Path, requirements: list[str], image_requirements: Path) -> Path:
+    """Wheels for `requirements` and their dependencies, for the host's Python and platform (the
+    serving image's), made once per set under `root`. Like a mirror, which has every version, it
+    also has the image's versions of the packages the requirements need (image_requirements, a
+    pinned requirements file): a server that resolves keeping the image's versions finds them."""
+    image = image_requirements.read_text()
+    key = hashlib.sha256("\n".join([*sorted(requirements), image]).encode()).hexdigest()[:16]
+    house = root / f"{key}-with-image-pins"
+    if (house / ".complete").exists():
+        return house
+    pip = shutil.which("pip3") or shutil.which("pip")
+    if pip is None:
+        raise NoPip("making the wheelhouse needs pip on the host")
+    house.mkdir(parents=True, exist_ok=True)
+    listed = house / "requirements.txt"
+    listed.write_text("\n".join(requirements) + "\n")
+    download = [
+        pip,
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "-d",
+        str(house),
+    ]
+    subprocess.run([*download, "-r", str(listed)], check=True)
+    # The server itself provides mlflow: the image's pins apply to the rest.
+    beyond = house / "beyond-mlflow.txt"
+    beyond.write_text("\n".join(line for line in requirements if not line.startswith("mlflow")) + "\n")
+    subprocess.run([*download, "-r", str(beyond), "-c", str(image_requirements)], check=True)
+    (house / ".complete").write_text("")
+    return house
+
+
 def _project(filename: str) -> str:
     # The distribution name of a wheel or sdist file name, normalised (PEP 503).
     stem = filename.split("-")[0] if filename.endswith(".whl") else filename.rsplit("-", 1)[0]
@@ -51,11 +92,13 @@ def _project(filename: str) -> str:
 
 
 class PackageIndex:
-    """Serves `files` as /simple/<project>/ pages on `host`, counting the files downloaded."""
+    """Serves `files` as /simple/<project>/ pages on `host`, recording every request (`requests`:
+    project pages asked while resolving, and files) and the files downloaded (`downloads`)."""
 
     def __init__(self, root: Path, files: Iterable[Path], *, host: str = "127.0.0.1") -> None:
         self.root = root
         self.host = host
+        self.requests: list[str] = []
         self.downloads: list[str] = []
         projects: dict[str, list[Path]] = {}
         (root / "files").mkdir(parents=True, exist_ok=True)
@@ -76,10 +119,11 @@ class PackageIndex:
         self._server: ThreadingHTTPServer | None = None
 
     def start(self, port: int = 0) -> PackageIndex:
-        downloads = self.downloads
+        requests, downloads = self.requests, self.downloads
 
         class Handler(SimpleHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
+                requests.append(self.path)
                 if self.path.startswith("/files/"):
                     downloads.append(self.path)
 

@@ -271,6 +271,12 @@ class Installer:
         if target is not None:
             sys.path.insert(0, str(target))
             importlib.invalidate_caches()
+            # The image sets PYTHONDONTWRITEBYTECODE; the installed packages are not compiled ahead
+            # (all of scipy takes longer than importing the part a model uses). The modules this
+            # process imports are compiled anyway: written beside their source (atomically, so pods
+            # sharing the cache never read half a file), a later pod imports them at a custom
+            # image's speed. Writes into the read-only image fail quietly, as importlib's do.
+            sys.dont_write_bytecode = False
             # Subprocesses a model starts see the same packages.
             os.environ["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(target), os.environ.get("PYTHONPATH")])
@@ -318,11 +324,9 @@ class Installer:
         try:
             requirements = partial / ".requirements.txt"
             requirements.write_text("\n".join(wanted) + "\n")
-            # Compiled once here: the image sets PYTHONDONTWRITEBYTECODE, so every later start of a
-            # pod would otherwise compile scipy or torch again on import.
             self._run(
                 [
-                    *("pip", "install", "--no-deps", "--compile-bytecode"),
+                    *("pip", "install", "--no-deps"),
                     *("--target", str(partial), "-r", str(requirements)),
                 ],
                 missing,
