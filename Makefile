@@ -59,7 +59,7 @@ node-images: venv node-packages ## The real node's pause and serving images, wit
 	@PYTHONPATH=localenv $(PY) -m localkube.images build pause serving >/dev/null
 
 .PHONY: test
-test: venv cluster-binaries node-binaries node-packages prometheus node-images ## Lint, then unit, integration (real mlflow server, real Prometheus), end-to-end (real control plane); real pods beside them
+test: venv cluster-binaries node-binaries node-packages prometheus node-images ## Lint, unit, integration (real mlflow server, real Prometheus); beside them end-to-end (real control plane, kwok) and real pods, each in a session of its own
 	$(PY) hack/tiers.py
 
 .PHONY: unit
