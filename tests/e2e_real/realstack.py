@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,9 @@ class RealStack:
     namespace: str
     model: str
     tmp: Path
+    # The ClusterIPs kube-proxy has been seen to route: a new Service's rules trail its first ready
+    # endpoints (a moment, longer on a loaded machine), and until then its ClusterIP refuses.
+    routed: set[str] = field(default_factory=set, repr=False)
 
     @cached_property
     def kube(self) -> Kube:
@@ -157,11 +160,15 @@ class RealStack:
             found = ready_at(self.kube, self.namespace, NAME, production, canary)
             return found if found is not None and also(found) else None
 
-        return wait_for(
+        found = wait_for(
             check,
             timeout=timeout,
             what=f"Ready at {production}" + (f" + canary {canary}" if canary else ""),
         )
+        if self.address not in self.routed:
+            wait_for(self._answer, timeout=60, what=f"the Service {self.address} answering")
+            self.routed.add(self.address)
+        return found
 
     def pods(self, selector: str | None = None) -> list[dict[str, Any]]:
         return self.kube.list("pods", self.namespace, selector)
@@ -184,7 +191,17 @@ class RealStack:
 
     def ask(self) -> tuple[dict[str, Any], str]:
         """One request through the Service, from inside the node's namespace: (answer, X-Model-Version)."""
-        client = (
+        out = json.loads(self.node.run(sys.executable, "-c", self._client).stdout)
+        assert out["status"] == 200, out
+        return json.loads(out["body"]), str(out["version"])
+
+    def _answer(self) -> bool:
+        """A request through the Service got an answer (a refused connection is not one)."""
+        return self.node.run(sys.executable, "-c", self._client, check=False).returncode == 0
+
+    @property
+    def _client(self) -> str:
+        return (
             "import http.client, json\n"
             f"c = http.client.HTTPConnection({self.address!r}, 80, timeout=10)\n"
             "body = json.dumps({'inputs': ['this is great', 'this is terrible']})\n"
@@ -194,9 +211,6 @@ class RealStack:
             " 'body': r.read().decode()}\n"
             "print(json.dumps(answer))\n"
         )
-        out = json.loads(self.node.run(sys.executable, "-c", client).stdout)
-        assert out["status"] == 200, out
-        return json.loads(out["body"]), str(out["version"])
 
     def load(self, name: str, *, rate: float = 60, seconds: float = 600) -> Load:
         """Open-loop requests through the Service, each on a new connection; answers in tmp/name.jsonl."""
