@@ -9,7 +9,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-SERVICE_CIDR = "10.0.0.0/24"
+#: Room for thousands of Services (a /24 filled at about 250 ModelDeployments). The first address
+#: is the ``kubernetes`` Service, named in the API server's certificate.
+SERVICE_CIDR = "10.0.0.0/16"
 
 
 def args(*, etcd_url: str, port: int, pki: Path, egress_config: Path | None = None) -> list[str]:

@@ -61,7 +61,8 @@ def args(*, kubeconfig: Path, stages: list[Path]) -> list[str]:
 
 
 def node_manifest(name: str) -> dict[str, Any]:
-    resources = {"cpu": "32", "memory": "256Gi", "pods": "250"}
+    # Pods are free on a fake node: room for a thousand ModelDeployments and their rollouts, twice over.
+    resources = {"cpu": "1000", "memory": "4Ti", "pods": "5000"}
     return {
         "apiVersion": "v1",
         "kind": "Node",
