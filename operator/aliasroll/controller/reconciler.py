@@ -25,7 +25,7 @@ from aliasroll.errors import (
 from aliasroll.kube.applier import Applier
 from aliasroll.kube.observe import OwnedObjects, observe, taken_names
 from aliasroll.planning import canary as canary_run
-from aliasroll.planning import planner
+from aliasroll.planning import health, planner
 from aliasroll.planning.canary import AnalysisResult
 from aliasroll.planning.records import DeleteAlias, RegistryWrite, SetAlias, TagVersion
 from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
@@ -72,6 +72,13 @@ SHOW_WRITE_FAILURES_AFTER = 3
 # A canary step that ends, or a measurement that is due, brings the next pass forward, never closer
 # than this to the last one.
 MIN_CANARY_PASS_SECONDS = 1.0
+# A resource at rest (health.at_rest) is woken by what can change it (its model's poller, watches);
+# its own timer is only a safety net, rare enough that a thousand of them cost the operator
+# little (at a 10 s poll, a pass of every resource every interval kept a core a third busy).
+AT_REST_PASS_SECONDS = 300.0
+# How long a version's tags, read to skip the records it already holds, are trusted (the details of
+# a READY version are kept longer: an hour, and the operator's own writes are remembered).
+TAGS_READ_TTL = 60.0
 
 
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
@@ -185,6 +192,8 @@ class Reconciler:
             self._events.post(body, event)
         failed = view.error if view.error is not None and view.error.transient else None
         next_in = spec.registry.poll_seconds
+        if health.at_rest(status) and view.error is None:
+            next_in = max(next_in, AT_REST_PASS_SECONDS)
         if plan.next_in is not None:  # a canary step ends or a measurement is due sooner
             next_in = max(MIN_CANARY_PASS_SECONDS, min(next_in, plan.next_in))
         # A registry error is the poller's to retry (and the Secret watch's, for credentials): it
@@ -233,6 +242,9 @@ class Reconciler:
             try:
                 if isinstance(write, TagVersion):
                     new = {k: v for k, v in write.tags.items() if (write.version, k, v) not in done}
+                    if new:
+                        new = await self._not_in_registry(endpoint, model, write.version, new)
+                        done.update((write.version, k, v) for k, v in write.tags.items() if k not in new)
                     if not new:
                         continue
                     await self._registry.set_version_tags(endpoint, model, write.version, new)
@@ -248,6 +260,18 @@ class Reconciler:
             if write.event is not None:
                 events.append(write.event)
         return events, problems
+
+    async def _not_in_registry(
+        self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
+    ) -> dict[str, str]:
+        """The tags the version does not hold yet, as the registry last told (the version details
+        are cached, so a restarted operator asks once per version, not once per resource)."""
+        try:
+            info = await self._registry.version(endpoint, model, version, ttl=TAGS_READ_TTL)
+        except AliasrollError:
+            return dict(tags)  # unknown: writing again is harmless
+        held = dict(info.tags) if info is not None else {}
+        return {key: value for key, value in tags.items() if held.get(key) != value}
 
     def forget(self, uid: str) -> None:
         """The resource is gone (or no longer watched): drop its subscription and memory."""

@@ -223,3 +223,22 @@ def canary_condition(spec: ModelDeploymentSpec, run: CanaryRun | None) -> Condit
         reasons.ANALYSIS_INCONCLUSIVE if run.verdict is Verdict.INCONCLUSIVE else reasons.NOT_MEASURED_YET
     )
     return Condition(reasons.CANARY_HEALTHY, UNKNOWN, reason, run.message or "no measurement yet")
+
+
+def at_rest(status: Mapping[str, object]) -> bool:
+    """Nothing is under way or wrong: serving as the aliases say, rolled out, registry answering,
+    records written. Such a resource needs no timer of its own: its model's poller, the watch on
+    its objects (rollouts, drift, a Deployment losing pods) and its Secret's watch wake it."""
+    found = status.get("conditions")
+    by_type = {
+        str(c.get("type")): (c.get("status"), c.get("reason"))
+        for c in (found if isinstance(found, list) else [])
+        if isinstance(c, Mapping)
+    }
+    return (
+        by_type.get(reasons.READY) in ((TRUE, reasons.SERVING), (TRUE, reasons.SCALED_TO_ZERO))
+        and by_type.get(reasons.PROGRESSING) == (FALSE, reasons.ROLLOUT_COMPLETE)
+        and (by_type.get(reasons.ALIASES_RESOLVED) or ("",))[0] == TRUE
+        and (by_type.get(reasons.REGISTRY_REACHABLE) or ("",))[0] == TRUE
+        and (by_type.get(reasons.RECORDED) or (TRUE,))[0] == TRUE
+    )

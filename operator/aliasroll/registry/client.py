@@ -89,6 +89,7 @@ class RegistryClient:
             status=str(found.status or READY),
             run_id=found.run_id or None,
             source=found.source or None,
+            tags=tuple(sorted((str(k), str(v)) for k, v in (found.tags or {}).items())),
         )
 
     # Writes: the alias moves of a canary policy, and the operator's tags on model versions.

@@ -45,6 +45,9 @@ class VersionInfo:
     status: str
     run_id: str | None
     source: str | None
+    # The version's tags when it was read, as (key, value) pairs: what the operator's records
+    # (aliasroll.io/...) already say, so a restarted operator does not write them again.
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def ready(self) -> bool:
