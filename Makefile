@@ -102,7 +102,7 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 	$(PY) demo/demo.py down
 
 .PHONY: bench
-bench: bench-rollout bench-ha bench-serving bench-canary ## Every benchmark: rollout (about 7 minutes), failover (about 3), serving, canary (6 to 12 minutes)
+bench: bench-rollout bench-ha bench-scale bench-serving bench-canary ## Every benchmark: rollout (about 7 minutes), failover (about 3), scale, serving, canary (6 to 12 minutes)
 
 .PHONY: bench-rollout
 bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max: polled (vs the interval) and pushed by a webhook
@@ -111,6 +111,10 @@ bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/
 .PHONY: bench-ha
 bench-ha: venv cluster-binaries ## Failover of two replicas: kill -9 the leader (6 times), then move an alias; p50/max to leading and to applied
 	$(PY) bench/failover.py
+
+.PHONY: bench-scale
+bench-scale: venv cluster-binaries ## 1,000 ModelDeployments (50 models, 10 namespaces) on one operator vs the control plane's own floor: Ready, RSS, registry calls, moves, restart
+	$(PY) bench/scale.py
 
 .PHONY: bench-serving
 bench-serving: venv ## The model server against `mlflow models serve` and MLServer: cold start, req/s, p50/p99 at c=1/8/32; cold start of a model needing packages
