@@ -56,7 +56,8 @@ def test_the_index_finds_an_owners_objects_and_follows_label_changes() -> None:
     [
         ("new object", ("ADDED", obj("z")), True),
         ("same version again (a resumed watch)", ("MODIFIED", obj("a")), False),
-        ("newer version", ("MODIFIED", obj("a", version="2")), True),
+        ("newer version", ("MODIFIED", obj("a", owner="n", version="2")), True),
+        ("newer version, nothing kept changed", ("MODIFIED", obj("a", version="2")), False),
         ("deletion", ("DELETED", obj("a")), True),
         ("deletion of what was never seen", ("DELETED", obj("y")), False),
     ],
@@ -316,3 +317,40 @@ def test_a_secret_is_read_once_and_its_change_wakes_who_reads_it() -> None:
     assert client.listed == 1, "read once, then followed"
     assert kept[0] is not None
     assert "ca.crt" not in kept[0]["data"], "only MLflow's keys are kept"
+
+
+def test_a_status_no_pass_reads_wakes_nobody() -> None:
+    """A budget's or a Service's status moves with every pod; only a Deployment's (the rollout's
+    progress) is a reason for a pass."""
+    service = obj("m")
+    deployment = {**obj("m-production"), "apiVersion": "apps/v1", "kind": "Deployment", "status": {}}
+    service_status = {**obj("m", version="6"), "status": {"loadBalancer": {}}}
+    rolled = {**deployment, "metadata": {**deployment["metadata"], "resourceVersion": "7"}}
+    rolled["status"] = {"availableReplicas": 1}
+
+    class Client(ScriptedClient):
+        def list(self, resource: Any, **_: Any) -> Listed:
+            kind = resource._api_info.resource.kind
+            return Listed({"Service": [service], "Deployment": [deployment]}.get(kind, []), "5")
+
+        def watch(self, resource: Any, **_: Any) -> AsyncIterator[Any]:
+            kind = resource._api_info.resource.kind
+            events = {"Service": [("MODIFIED", service_status)], "Deployment": [("MODIFIED", rolled)]}
+            self.watches = [(events.get(kind, []), None)]
+            return super().watch(resource, **_)
+
+    woken: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        cache = OwnedCache(cast(AsyncClient, Client(lists=[], watches=[])), wake=woken.append)
+        cache.start()
+        try:
+            await settle(lambda: bool(woken))
+            await asyncio.sleep(0.05)
+        finally:
+            await cache.stop()
+
+    asyncio.run(scenario())
+    assert woken == [("ml", "m")], (
+        "the Deployment's progress woke its owner, once; the Service's status did not"
+    )

@@ -68,6 +68,12 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def without_status(obj: dict[str, Any]) -> dict[str, Any]:
+    """For kinds whose status no pass reads (budgets, Services, routes): the controllers' status
+    updates then leave the kept object as it was, and wake nobody."""
+    return {k: v for k, v in slim(obj).items() if k != "status"}
+
+
 def pod_essentials(pod: dict[str, Any]) -> dict[str, Any]:
     """What passes read of a serving pod: its name, labels and status (the termination messages,
     readiness and IP); the spec, a copy of the Deployment's template, is most of its size."""
@@ -108,8 +114,11 @@ class Store:
                 return False
             self._remove(key, before)
             return True
-        if before is not None and _version(before) == _version(obj) and before == obj:
-            return False  # the same version again (a watch resumed from an older version)
+        if before is not None and _unversioned(before) == _unversioned(obj):
+            # The same version again (a watch resumed from an older version), or a new version that
+            # changed nothing this store keeps (a status it drops): kept, but not a change.
+            self._objects[key] = obj
+            return False
         if before is not None:
             self._remove(key, before)
         self._objects[key] = obj
@@ -147,6 +156,11 @@ def _key(obj: Mapping[str, Any]) -> Key:
 
 def _version(obj: Mapping[str, Any]) -> str | None:
     return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+def _unversioned(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata") or {}
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
 
 
 def raw(resource: Any) -> type[GenericNamespacedResource]:
@@ -393,7 +407,11 @@ class OwnedCache:
                 for scope in scopes
             }
 
-        self._owned = {key: informers(resource, self._changed) for key, resource in OWNED_KINDS.items()}
+        # Of what the operator owns, passes read the status of Deployments only (rollout progress).
+        self._owned = {
+            key: informers(resource, self._changed, slim if key[1] == "Deployment" else without_status)
+            for key, resource in OWNED_KINDS.items()
+        }
         # Pods change often (every probe result): they are read by passes, never a reason for one.
         self._pods = informers(Pod, None, pod_essentials)
 
