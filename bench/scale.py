@@ -33,7 +33,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from aliasroll.registry.types import VersionInfo  # noqa: E402
 from aliasroll.spec import ResourceRef, parse_spec  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 from mlflowserver import MlflowServer, free_port  # noqa: E402
-from operatorprocess import OperatorProcess  # noqa: E402
+from operatorprocess import OperatorProcess, Samples  # noqa: E402
 
 IMAGE = "bench:1"
 OPERATOR_NAMESPACE = "aliasroll-system"
@@ -208,18 +207,11 @@ class Operator:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        url = f"http://{self.process.extra_env['ALIASROLL_METRICS_LISTEN']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            text = answer.read().decode()
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+    def metrics(self) -> Samples:
+        return self.process.metrics()
 
 
-def total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def total(metrics: Samples, name: str, **labels: str) -> float:
     return sum(
         value
         for (sample, sample_labels), value in metrics.items()
@@ -227,7 +219,7 @@ def total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     )
 
 
-def registry_calls(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+def registry_calls(metrics: Samples) -> dict[str, float]:
     calls: dict[str, float] = {}
     for (sample, labels), value in metrics.items():
         if sample == "aliasroll_registry_calls_total":

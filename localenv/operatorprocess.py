@@ -18,6 +18,8 @@ from pathlib import Path
 from mlflowserver import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+#: Metric samples by (name, sorted label pairs).
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class OperatorProcess:
@@ -106,6 +108,19 @@ class OperatorProcess:
     def ensure_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
             self.start()
+
+    def metrics(self) -> Samples:
+        """Its Prometheus metrics (ALIASROLL_METRICS_LISTEN), by (sample name, sorted labels)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://{self.extra_env['ALIASROLL_METRICS_LISTEN']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def log_tail(self, lines: int = 60) -> str:
         try:

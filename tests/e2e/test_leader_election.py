@@ -36,11 +36,10 @@ from harness import (
     wait_for,
 )
 from mlflow import MlflowClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster import LocalCluster
 from mlflowserver import MlflowServer, free_port
-from operatorprocess import OperatorProcess
+from operatorprocess import OperatorProcess, Samples
 
 pytestmark = pytest.mark.e2e
 
@@ -144,18 +143,8 @@ def replicas(
         pair.stop_all()
 
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
 def scrape(operator: OperatorProcess) -> Samples:
-    url = f"http://{operator.extra_env['ALIASROLL_METRICS_LISTEN']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return operator.metrics()
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

@@ -24,11 +24,10 @@ from harness import (
     wait_for,
 )
 from mlflow import MlflowClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from aliasroll.webhooks import DELIVERY_ID_HEADER, PATH, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from mlflowserver import MlflowServer, count_requests
-from operatorprocess import OperatorProcess
+from operatorprocess import OperatorProcess, Samples
 
 POLL = "1h"  # the safety net: far longer than any wait below
 
@@ -55,18 +54,11 @@ def receiver_url(operator: OperatorProcess) -> str:
     return f"http://{operator.extra_env['ALIASROLL_WEBHOOK_LISTEN']}{PATH}"
 
 
-def scrape(operator: OperatorProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    url = f"http://{operator.extra_env['ALIASROLL_METRICS_LISTEN']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        text = answer.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+def scrape(operator: OperatorProcess) -> Samples:
+    return operator.metrics()
 
 
-def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
