@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO)]
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
@@ -59,17 +57,11 @@ def percentile(values: list[float], fraction: float) -> float:
 def leads(process: OperatorProcess) -> bool:
     if process.process is None or process.process.poll() is not None:
         return False
-    url = f"http://{process.extra_env['ALIASROLL_METRICS_LISTEN']}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            text = answer.read().decode()
+        samples = process.metrics(timeout=2)
     except OSError:
         return False
-    return any(
-        sample.name == "aliasroll_leader" and sample.value == 1.0
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    )
+    return samples.get(("aliasroll_leader", ()), 0.0) == 1.0
 
 
 def template_version(cluster: LocalCluster) -> str | None:

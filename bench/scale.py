@@ -45,6 +45,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO / "tests" / "e2e"), str(REPO)]
 
+import harness  # noqa: E402
 from harness import ApiReader  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
@@ -90,16 +91,11 @@ class Layout:
 def model_deployment(
     namespace: str, name: str, model: str, *, tracking_uri: str, poll: str
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "aliasroll.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"name": model},
-            "replicas": 1,
-            "registry": {"trackingUri": tracking_uri, "pollInterval": poll},
-        },
-    }
+    manifest = harness.model_deployment(
+        name, model, tracking_uri, replicas=1, registry={"trackingUri": tracking_uri, "pollInterval": poll}
+    )
+    manifest["metadata"]["namespace"] = namespace
+    return manifest
 
 
 def floor_objects(layout: Layout, *, tracking_uri: str, poll: str) -> list[Any]:
@@ -201,11 +197,6 @@ class Operator:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         raise SystemExit("no VmHWM for the operator")
-
-    def cpu_seconds(self) -> float:
-        """User and system CPU time of the operator process so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def metrics(self) -> Samples:
         return self.process.metrics()
@@ -456,14 +447,18 @@ class Run:
         """Registry calls over a quiet stretch of whole poll intervals."""
         assert self.operator is not None
         time.sleep(self.poll)
-        before, cpu_before = registry_calls(self.operator.metrics()), self.operator.cpu_seconds()
-        passes_before = total(self.operator.metrics(), "aliasroll_passes_total")
+        pid = self.operator.process.pid
+        assert pid is not None
+        samples_before, cpu_before = self.operator.metrics(), tree_cpu_seconds(pid)
         time.sleep(intervals * self.poll)
-        after, cpu_after = registry_calls(self.operator.metrics()), self.operator.cpu_seconds()
-        passes_after = total(self.operator.metrics(), "aliasroll_passes_total")
+        samples_after, cpu_after = self.operator.metrics(), tree_cpu_seconds(pid)
+        before, after = registry_calls(samples_before), registry_calls(samples_after)
+        passes = total(samples_after, "aliasroll_passes_total") - total(
+            samples_before, "aliasroll_passes_total"
+        )
         figures.per_poll = {call: (after[call] - before.get(call, 0.0)) / intervals for call in after}
         figures.rest_cpu = (cpu_after - cpu_before) / (intervals * self.poll)
-        figures.rest_passes = (passes_after - passes_before) / (intervals * self.poll)
+        figures.rest_passes = passes / (intervals * self.poll)
 
     def moves(self, figures: Figures, count: int) -> None:
         """@production of a model moved at a random point of the poll cycle, until all its

@@ -109,12 +109,12 @@ class OperatorProcess:
         if self.process is None or self.process.poll() is not None:
             self.start()
 
-    def metrics(self) -> Samples:
+    def metrics(self, timeout: float = 5.0) -> Samples:
         """Its Prometheus metrics (ALIASROLL_METRICS_LISTEN), by (sample name, sorted labels)."""
         from prometheus_client.parser import text_string_to_metric_families
 
         url = f"http://{self.extra_env['ALIASROLL_METRICS_LISTEN']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
             text = answer.read().decode()
         return {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value

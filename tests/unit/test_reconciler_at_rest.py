@@ -24,16 +24,14 @@ POLL = 30.0  # BODY's pollInterval: the default
 
 
 class TaggingRegistry(Registry):
-    """@production on version 2; keeps the tags written, and shows them when a version is read
-    (unless `shows_tags` is off: a registry read before the tags were written)."""
+    """@production on version 2; keeps the tags written, and shows them when a version is read."""
 
-    def __init__(self, held: dict[str, dict[str, str]] | None = None, *, shows_tags: bool = True) -> None:
+    def __init__(self, held: dict[str, dict[str, str]] | None = None) -> None:
         self.held = held if held is not None else {}
-        self.shows_tags = shows_tags
         self.writes: list[tuple[str, dict[str, str]]] = []
 
     async def version(self, endpoint: Any, model: str, version: str, **_: Any) -> Any:
-        tags = tuple(sorted(self.held.get(version, {}).items())) if self.shows_tags else ()
+        tags = tuple(sorted(self.held.get(version, {}).items()))
         return replace(info(version), tags=tags)
 
     async def set_version_tags(

@@ -230,15 +230,16 @@ def at_rest(status: Mapping[str, object]) -> bool:
     records written. Such a resource needs no timer of its own: its model's poller, the watch on
     its objects (rollouts, drift, a Deployment losing pods) and its Secret's watch wake it."""
     found = status.get("conditions")
-    by_type = {
-        str(c.get("type")): (c.get("status"), c.get("reason"))
-        for c in (found if isinstance(found, list) else [])
-        if isinstance(c, Mapping)
-    }
+    listed = [c for c in found if isinstance(c, Mapping)] if isinstance(found, list) else []
+
+    def state(type_: str, absent: tuple[object, object] = (None, None)) -> tuple[object, object]:
+        condition = conditions.find(listed, type_)
+        return (condition.get("status"), condition.get("reason")) if condition is not None else absent
+
     return (
-        by_type.get(reasons.READY) in ((TRUE, reasons.SERVING), (TRUE, reasons.SCALED_TO_ZERO))
-        and by_type.get(reasons.PROGRESSING) == (FALSE, reasons.ROLLOUT_COMPLETE)
-        and (by_type.get(reasons.ALIASES_RESOLVED) or ("",))[0] == TRUE
-        and (by_type.get(reasons.REGISTRY_REACHABLE) or ("",))[0] == TRUE
-        and (by_type.get(reasons.RECORDED) or (TRUE,))[0] == TRUE
+        state(reasons.READY) in ((TRUE, reasons.SERVING), (TRUE, reasons.SCALED_TO_ZERO))
+        and state(reasons.PROGRESSING) == (FALSE, reasons.ROLLOUT_COMPLETE)
+        and state(reasons.ALIASES_RESOLVED)[0] == TRUE
+        and state(reasons.REGISTRY_REACHABLE)[0] == TRUE
+        and state(reasons.RECORDED, absent=(TRUE, None))[0] == TRUE  # no records to write yet
     )
