@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,12 @@ class ServedProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"server-{self.port}.log"
-        scratch = workdir / f"scratch-{self.port}"
-        scratch.mkdir(parents=True)
+        # A port can come round again within one module's workdir: each server gets a directory of its own.
+        workdir.mkdir(parents=True, exist_ok=True)
+        own = Path(tempfile.mkdtemp(dir=workdir, prefix=f"server-{self.port}-"))
+        self.log_path = own / "server.log"
+        scratch = own / "scratch"
+        scratch.mkdir()
         self.env = {
             **os.environ,
             "MODEL_URI": model_uri,
