@@ -2,7 +2,8 @@
 
 On 2 cores the control plane itself is the floor, so the same run measures it first: the same
 cluster makes the same 1,000 Deployments and Services (the operator's planner renders them, without
-owners) available from a plain `kubectl apply --server-side`. Then, with those left idle:
+owners) available from a plain `kubectl apply --server-side`. Then, with those deleted again (both
+phases start from the same empty cluster):
 
   ready      1,000 ModelDeployments applied the same way -> every one Ready (vs the floor), and each
              one's creation -> Ready from the API server's own timestamps
@@ -63,13 +64,15 @@ IMAGE = "bench:1"
 OPERATOR_NAMESPACE = "aliasroll-system"
 # What the operator writes to the API server; kwok's node heartbeats (leases, nodes) are not in it.
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY"}
+READ_VERBS = {"GET", "LIST", "WATCH"}
 REGISTRY_WRITES = {"set_alias", "delete_alias", "set_version_tags"}
 OPERATOR_RESOURCES = {"deployments", "services", "poddisruptionbudgets", "modeldeployments", "events"}
 READY_FACTOR_GOAL = 1.5
 READY_SECONDS_GOAL = 60.0
 RSS_GOAL_MB = 300.0
-#: The floor's objects live in namespaces of their own, left idle while the operator runs.
+#: The floor's objects live in namespaces of their own, deleted before the operator runs.
 FLOOR_PREFIX = "floor-"
+QUIET_AFTER_CLEARING = 10.0
 
 
 class Layout:
@@ -219,7 +222,7 @@ def registry_calls(metrics: Samples) -> dict[str, float]:
     return calls
 
 
-def apiserver_writes(api: ApiReader) -> dict[tuple[str, str], float]:
+def apiserver_requests(api: ApiReader, verbs: set[str] = WRITE_VERBS) -> dict[tuple[str, str], float]:
     status, _, raw = api.get("/metrics")
     if status != 200:
         raise SystemExit(f"GET /metrics of the API server: {status}")
@@ -229,11 +232,7 @@ def apiserver_writes(api: ApiReader) -> dict[tuple[str, str], float]:
             continue
         for sample in family.samples:
             verb, resource = sample.labels.get("verb", ""), sample.labels.get("resource", "")
-            if (
-                sample.name == "apiserver_request_total"
-                and verb in WRITE_VERBS
-                and resource in OPERATOR_RESOURCES
-            ):
+            if sample.name == "apiserver_request_total" and verb in verbs and resource in OPERATOR_RESOURCES:
                 key = (
                     verb,
                     resource
@@ -325,6 +324,8 @@ class Figures:
     ready_cpu: dict[str, float] = field(default_factory=dict)
     ready_passes: float = 0.0
     ready_writes: dict[tuple[str, str], float] = field(default_factory=dict)
+    ready_reads: dict[tuple[str, str], float] = field(default_factory=dict)
+    ready_registry: dict[str, float] = field(default_factory=dict)
 
 
 class Run:
@@ -412,6 +413,15 @@ class Run:
         figures.floor_cpu = spent(cpu, self.cpu())
         figures.floor_each = [max(0.0, since - created) for created, since in times]
         print(f"floor: all available {figures.floor_seconds:.1f} s after the apply began", flush=True)
+        self.clear_floor(namespaces)
+
+    def clear_floor(self, namespaces: set[str]) -> None:
+        """Both phases start from the same empty cluster: left in place, the floor's objects make
+        the second phase dearer (a Service's ClusterIP allocation scans every address in use)."""
+        began = time.monotonic()
+        self.cluster.kubectl("delete", "namespace", "--wait=true", *sorted(namespaces), timeout=1800)
+        time.sleep(QUIET_AFTER_CLEARING)  # the controllers' and the garbage collector's tail
+        print(f"floor: its namespaces deleted in {time.monotonic() - began:.1f} s", flush=True)
 
     def ready(self, figures: Figures) -> None:
         """The operator, then the same resources as ModelDeployments, applied the same way."""
@@ -422,7 +432,9 @@ class Run:
             for ns, name, model in self.layout.resources
         ]
         print(f"applying {len(resources)} ModelDeployments ...", flush=True)
-        cpu, writes = self.cpu(), apiserver_writes(self.api)
+        cpu, writes = self.cpu(), apiserver_requests(self.api)
+        reads = apiserver_requests(self.api, READ_VERBS)
+        registry = registry_calls(self.operator.metrics())
         began = time.time()
         figures.applied = apply_all(self.cluster, resources, self.work, "modeldeployments")
         times = wait_all(
@@ -437,10 +449,15 @@ class Run:
         figures.each = [max(0.0, since - created) for created, since in times]
         figures.ready_cpu = spent(cpu, self.cpu())
         figures.ready_passes = total(self.operator.metrics(), "aliasroll_passes_total")
-        after = apiserver_writes(self.api)
+        after = apiserver_requests(self.api)
         figures.ready_writes = {
             key: n - writes.get(key, 0.0) for key, n in after.items() if n > writes.get(key, 0.0)
         }
+        after = apiserver_requests(self.api, READ_VERBS)
+        figures.ready_reads = {
+            key: n - reads.get(key, 0.0) for key, n in after.items() if n > reads.get(key, 0.0)
+        }
+        figures.ready_registry = spent(registry, registry_calls(self.operator.metrics()))
         print(f"all Ready {figures.ready_seconds:.1f} s after the apply began", flush=True)
 
     def registry_calls(self, figures: Figures, intervals: int = 3) -> None:
@@ -494,7 +511,7 @@ class Run:
         statuses = self.statuses()
         self.operator.stop()
         time.sleep(2.0)
-        before = apiserver_writes(self.api)
+        before = apiserver_requests(self.api)
         restarted = time.monotonic()
         self.operator = Operator(self.kubeconfig, self.work)
         self.operator.start()
@@ -509,7 +526,7 @@ class Run:
             time.sleep(0.2)
         figures.converged = time.monotonic() - restarted
         time.sleep(5.0)  # anything a pass wrote has reached the API server's counters by now
-        after = apiserver_writes(self.api)
+        after = apiserver_requests(self.api)
         figures.restart_writes = {
             key: after[key] - before.get(key, 0.0) for key in after if after[key] > before.get(key, 0.0)
         }
@@ -585,6 +602,10 @@ def report(f: Figures) -> None:
     print(cpu_line("apply -> all Ready", f.ready_cpu, f.ready_seconds))
     print(f"  the operator ran {f.ready_passes:.0f} passes")
     print(f"  writes to the API server meanwhile (every client): {made}")
+    read = ", ".join(f"{verb} {what} {n:.0f}" for (verb, what), n in sorted(f.ready_reads.items()))
+    print(f"  reads of those kinds meanwhile (every client): {read}")
+    called = ", ".join(f"{call} {n:.0f}" for call, n in sorted(f.ready_registry.items()) if n)
+    print(f"  the operator's registry calls meanwhile: {called}")
     print(f"at rest: {f.rest_passes:.1f} passes a second, {f.rest_cpu * 100:.1f} % of a core")
     print(f"operator peak RSS: {f.rss_mb:.0f} MB (the restarted one: {f.restart_rss_mb:.0f} MB)")
     print(

@@ -64,6 +64,13 @@ class ScriptedRegistry:
         self._block_if_silent(endpoint)
         return VersionInfo(model=model, version=version, status="READY", run_id=None, source=None)
 
+    def set_alias(self, endpoint: Endpoint, model: str, alias: str, version: str) -> None:
+        with self.lock:
+            self.aliases[model][alias] = version
+
+    def set_version_tags(self, endpoint: Endpoint, model: str, version: str, tags: dict[str, str]) -> None:
+        pass
+
 
 async def until(check: Callable[[], Any], limit: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + limit
@@ -212,5 +219,29 @@ async def test_refresh_reads_a_followed_model_at_once_and_tells_an_unknown_one(
         assert (await follower.snapshot()).aliases == {"production": "5"}
         assert poller.take_change(f"{REGISTRY}/m2") == 123.0, "the registry's time of the move"
         assert poller.take_change(f"{REGISTRY}/m2") is None, "once per change"
+    finally:
+        await poller.close()
+
+
+async def test_an_alias_write_reads_the_model_again_and_a_tag_write_does_not(
+    registry: ScriptedRegistry,
+) -> None:
+    """Every resource tags the version it starts serving: a thousand of them must not cost a
+    thousand reads of aliases that a tag cannot change."""
+    poller = RegistryPoller(cast(RegistryClient, registry), batch_window=0.0)
+    follower = Follower(poller, REGISTRY, "m1", interval=3600.0)
+    try:
+        await follower.snapshot()
+        reads = len(registry.direct_reads)
+        for n in range(5):
+            await poller.set_version_tags(REGISTRY, "m1", "1", {"served": str(n)})
+        await asyncio.sleep(0.05)
+        assert len(registry.direct_reads) == reads, "no read after a tag write"
+
+        wakes = follower.wakes
+        await poller.set_alias(REGISTRY, "m1", "production", "2")
+        await until(lambda: follower.wakes > wakes)
+        assert (await follower.snapshot()).aliases["production"] == "2"
+        assert registry.direct_reads[reads:] == ["m1"], "one read after the alias write"
     finally:
         await poller.close()

@@ -223,9 +223,11 @@ class RegistryPoller:
 
     async def set_alias(self, endpoint: Endpoint, model: str, alias: str, version: str) -> None:
         await self._write(endpoint, model, self.client.set_alias, endpoint, model, alias, version)
+        self._read_soon(endpoint, model)
 
     async def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
         await self._write(endpoint, model, self.client.delete_alias, endpoint, model, alias)
+        self._read_soon(endpoint, model)
 
     async def set_version_tags(
         self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
@@ -233,14 +235,18 @@ class RegistryPoller:
         await self._write(endpoint, model, self.client.set_version_tags, endpoint, model, version, tags)
 
     async def _write(self, endpoint: Endpoint, model: str, call: Callable[..., None], *args: object) -> None:
-        """A write (an alias move, tags) on the endpoint's own threads; the model's aliases are read
-        again right after, so the next pass sees what was written. Raises the mapped registry
+        """A write (an alias move, tags) on the endpoint's own threads. Raises the mapped registry
         error, or RegistryUnavailable after `answer_timeout`."""
         try:
             async with asyncio.timeout(self._answer_timeout):
                 await self._run(endpoint, call, *args)
         except TimeoutError:
             raise self._no_answer(endpoint) from None
+
+    def _read_soon(self, endpoint: Endpoint, model: str) -> None:
+        """After an alias write the model's aliases are read again at once, so the next pass sees
+        what was written. Tags change no alias: a tag write (one per resource when versions start
+        serving) reads nothing again."""
         entry = self._entries.get((endpoint, model))
         if entry is not None:
             entry.next_due = self._clock()
