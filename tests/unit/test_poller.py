@@ -245,3 +245,21 @@ async def test_an_alias_write_reads_the_model_again_and_a_tag_write_does_not(
         assert registry.direct_reads[reads:] == ["m1"], "one read after the alias write"
     finally:
         await poller.close()
+
+
+async def test_models_followed_at_different_moments_fall_due_together_and_one_sweep_reads_them(
+    registry: ScriptedRegistry,
+) -> None:
+    """Each model is read at once when first followed, then on the grid its registry and interval
+    share: one sweep a poll, however the subscriptions were spread."""
+    poller = RegistryPoller(cast(RegistryClient, registry), sweep_threshold=2, batch_window=0.0)
+    followers = [Follower(poller, REGISTRY, model, interval=0.3) for model in ("m1", "m2", "m3")]
+    try:
+        for follower in followers:
+            await follower.snapshot()
+            await asyncio.sleep(0.07)
+        assert sorted(registry.direct_reads) == ["m1", "m2", "m3"], "each read once when first followed"
+        await until(lambda: registry.sweeps >= 3, limit=3.0)
+        assert len(registry.direct_reads) == 3, "after that, only sweeps"
+    finally:
+        await poller.close()
