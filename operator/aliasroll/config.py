@@ -28,6 +28,9 @@ class OperatorConfig:
     # Passes under way at once, across all resources: the API server's and the operator's CPU, not
     # the number of resources, set how fast a fleet converges.
     max_concurrent_passes: int = 16
+    # Owned objects change in bursts (a Deployment's status, three or four times as its pods
+    # start): their owner's pass waits this long after the first change and reads the whole burst.
+    child_settle_seconds: float = 1.0
     # Push: the registry webhooks' shared secret (from a Secret) and where to receive them; no
     # secret or no address: no receiver, polling alone. A delivery's timestamp may be this far off.
     webhook_secret: str | None = field(default=None, repr=False)
@@ -51,7 +54,7 @@ class OperatorConfig:
         env = os.environ if env is None else env
         defaults = cls()
 
-        def number(name: str, default: float) -> float:
+        def number(name: str, default: float, *, zero: bool = False) -> float:
             raw = env.get(name)
             if raw is None or raw == "":
                 return default
@@ -59,8 +62,8 @@ class OperatorConfig:
                 value = float(raw)
             except ValueError:
                 raise SystemExit(f"{name}={raw!r} is not a number") from None
-            if value <= 0:
-                raise SystemExit(f"{name}={raw!r} must be above zero")
+            if value < 0 or (value == 0 and not zero):
+                raise SystemExit(f"{name}={raw!r} must be " + ("zero or more" if zero else "above zero"))
             return value
 
         def flag(name: str, default: bool) -> bool:
@@ -92,6 +95,9 @@ class OperatorConfig:
             resync_seconds=number("ALIASROLL_RESYNC_SECONDS", defaults.resync_seconds),
             max_concurrent_passes=max(
                 1, int(number("ALIASROLL_MAX_CONCURRENT_PASSES", defaults.max_concurrent_passes))
+            ),
+            child_settle_seconds=number(
+                "ALIASROLL_CHILD_SETTLE_SECONDS", defaults.child_settle_seconds, zero=True
             ),
             webhook_secret=env.get("ALIASROLL_WEBHOOK_SECRET") or None,
             webhook_listen=env.get("ALIASROLL_WEBHOOK_LISTEN") or None,

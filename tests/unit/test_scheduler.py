@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from aliasroll.backoff import Backoff
+from aliasroll.config import OperatorConfig
 from aliasroll.controller.reconciler import PassResult
 from aliasroll.controller.scheduler import ResyncPlan, Scheduler, jittered, plan_resync
 from aliasroll.errors import RegistryUnavailable
@@ -325,3 +326,64 @@ async def test_a_registry_outage_adds_no_passes() -> None:
 def test_periodic_requeues_are_spread_either_way(case: str, fraction: float, expected: float | None) -> None:
     delay = None if expected is None else 10.0
     assert jittered(delay, 0.1, random_fraction=lambda: fraction) == pytest.approx(expected)
+
+
+async def test_a_burst_of_child_changes_wakes_the_owner_once_after_it_settles() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.2)
+    await scheduler.update(body())
+    await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    began = asyncio.get_running_loop().time()
+    for _ in range(4):  # a new Deployment's status, moving as its pods start
+        scheduler.child_changed(NAME)
+        await asyncio.sleep(0.02)
+    assert scheduler.pending == 0, "not woken during the burst"
+    await until(lambda: len(recorder.passes) == 2)
+    assert asyncio.get_running_loop().time() - began >= 0.2
+    await asyncio.sleep(0.3)
+    assert len(recorder.passes) == 2, "one pass for the whole burst"
+    await scheduler.stop()
+
+
+async def test_a_pass_that_begins_meanwhile_takes_the_settling_changes_with_it() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.2)
+    await scheduler.update(body())
+    await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    scheduler.child_changed(NAME)
+    await scheduler.update(body(generation=2))  # a spec change wakes at once ...
+    await until(lambda: len(recorder.passes) == 2)
+    await asyncio.sleep(0.4)
+    assert len(recorder.passes) == 2, "... and that pass read the child's change too"
+    await scheduler.stop()
+
+
+async def test_without_settling_a_child_change_wakes_the_owner_at_once() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.0)
+    await scheduler.update(body())
+    await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    scheduler.child_changed(NAME)
+    assert scheduler.pending == 1
+    await until(lambda: len(recorder.passes) == 2)
+    await scheduler.stop()
+
+
+async def test_a_worker_stopped_while_its_children_settle_is_not_woken() -> None:
+    recorder = Recorder()
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.05)
+    await scheduler.update(body())
+    await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    scheduler.child_changed(NAME)
+    await scheduler.remove("u")
+    await asyncio.sleep(0.15)
+    assert len(recorder.passes) == 1
+    await scheduler.stop()
+
+
+def test_the_settle_time_is_set_from_the_environment_and_zero_turns_it_off() -> None:
+    assert OperatorConfig.from_env({}).child_settle_seconds == 1.0
+    assert OperatorConfig.from_env({"ALIASROLL_CHILD_SETTLE_SECONDS": "0"}).child_settle_seconds == 0.0
+    assert OperatorConfig.from_env({"ALIASROLL_CHILD_SETTLE_SECONDS": "2.5"}).child_settle_seconds == 2.5
+    with pytest.raises(SystemExit, match="ALIASROLL_CHILD_SETTLE_SECONDS='-1' must be zero or more"):
+        OperatorConfig.from_env({"ALIASROLL_CHILD_SETTLE_SECONDS": "-1"})

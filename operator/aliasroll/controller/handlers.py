@@ -77,7 +77,9 @@ class Runtime:
         # take the connections passes write through. (They only read: no fence.)
         self.watch_client = AsyncClient(field_manager=MANAGER)
         self.objects = OwnedCache(
-            self.watch_client, namespaces=self.namespaces, wake=lambda owner: self.scheduler.wake_named(owner)
+            self.watch_client,
+            namespaces=self.namespaces,
+            wake=lambda owner: self.scheduler.child_changed(owner),
         )
         self.secrets = SecretCache(self.watch_client)
         self.registry = FencedRegistry(
@@ -105,6 +107,7 @@ class Runtime:
             forget=self._forget,
             backoff=Backoff(base=config.retry_base_seconds, cap=config.retry_max_seconds),
             max_concurrent=config.max_concurrent_passes,
+            settle=config.child_settle_seconds,
         )
         # After a failed list, retry sooner than the period, but never more often than every 5 s.
         self._resync_backoff = Backoff(base=min(5.0, config.resync_seconds), cap=config.resync_seconds)

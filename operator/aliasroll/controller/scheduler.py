@@ -15,6 +15,9 @@ resource gone stops its worker, and a periodic resync (`plan_resync`) compares w
 At scale: at most `max_concurrent` passes run at once across all resources (a wake that arrives
 while a worker waits for its turn is folded into that pass), and periodic requeues are spread by
 `jitter` (a fraction either way), so resources created together do not poll in lockstep forever.
+Changes of owned objects come in bursts (a new Deployment's status moves three or four times as its
+pods start), so they wake their owner `settle` seconds later, once for the whole burst; spec
+changes, registry answers and timers wake at once.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ Reconcile = Callable[[Mapping[str, Any], Wake], Awaitable[PassResult]]
 Forget = Callable[[Uid], None]
 DEFAULT_MAX_CONCURRENT = 16
 DEFAULT_JITTER = 0.1
+DEFAULT_SETTLE = 1.0
 
 
 def jittered(
@@ -112,6 +116,7 @@ class _Worker:
     heard: int
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    settling: asyncio.TimerHandle | None = None  # a wake after `settle`, for a child's change
 
 
 class Scheduler:
@@ -123,12 +128,14 @@ class Scheduler:
         backoff: Backoff | None = None,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         jitter: float = DEFAULT_JITTER,
+        settle: float = DEFAULT_SETTLE,
     ) -> None:
         self._reconcile = reconcile
         self._forget = forget
         self._backoff = backoff or Backoff()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._jitter = jitter
+        self._settle = settle
         self.running = 0  # passes under way, for tests and metrics
         self._workers: dict[Uid, _Worker] = {}
         self._by_name: dict[NamespacedName, set[Uid]] = {}
@@ -193,6 +200,24 @@ class Scheduler:
         for uid in self._by_name.get(name, ()):
             self.wake(uid)
 
+    def child_changed(self, name: NamespacedName) -> None:
+        """An object owned by the named resource changed: its owner is woken `settle` seconds later,
+        once for every change until then. A wake already due, or a pass not yet begun, covers the
+        change as well: a pass reads the latest state of every owned object."""
+        if self._settle <= 0:
+            self.wake_named(name)
+            return
+        for uid in self._by_name.get(name, ()):
+            worker = self._workers[uid]
+            if worker.settling is None and not worker.wake.is_set():
+                worker.settling = asyncio.get_running_loop().call_later(self._settle, self._settled, uid)
+
+    def _settled(self, uid: Uid) -> None:
+        worker = self._workers.get(uid)
+        if worker is not None:
+            worker.settling = None
+            worker.wake.set()
+
     async def remove(self, uid: Uid) -> None:
         """The object is gone (or going): stop its worker; other objects of the same name are untouched."""
         self._events += 1
@@ -232,6 +257,8 @@ class Scheduler:
     def _detach(self, uid: Uid, *, cancel: bool = True) -> asyncio.Task[None]:
         """Forgets the worker at once (so no new wake reaches it); the caller awaits its task."""
         worker = self._workers.pop(uid)
+        if worker.settling is not None:
+            worker.settling.cancel()
         names = self._by_name.get(worker.name)
         if names is not None:
             names.discard(uid)
@@ -249,6 +276,9 @@ class Scheduler:
         while True:
             async with self._slots:
                 worker.wake.clear()  # after the wait for a slot: wakes during it are this pass's
+                if worker.settling is not None:  # so are the changes it waits to settle
+                    worker.settling.cancel()
+                    worker.settling = None
                 self.running += 1
                 try:
                     result = await self._reconcile(worker.body, lambda: self.wake(worker.uid))
