@@ -679,3 +679,15 @@ def test_every_running_track_gets_a_disruption_budget() -> None:
     assert budgets["sentiment-canary"]["maxUnavailable"] == 1
     scaled_to_zero = run(spec(replicas=0), view("2"), observed(workload(P, "2", replicas=0)), status_for("2"))
     assert not [obj for obj in scaled_to_zero.objects if obj["kind"] == "PodDisruptionBudget"]
+
+
+def test_the_first_pass_says_what_it_placed_so_seeing_its_deployment_starting_writes_no_status() -> None:
+    """Status is written once the plan is applied: the first pass already counts the replicas its
+    Deployment asks for, and the pass that then sees that Deployment (pods not yet available)
+    computes the same status, so no second write is made for it."""
+    first = run(spec(), view("1"), observed(), {})
+    assert pinned(first, P) == ("1", 2)
+    assert first.status["replicas"] == 2
+    starting = workload(P, "1", replicas=2, available=0, rolled_out=False)
+    second = run(spec(), view("1"), observed(starting), first.status)
+    assert second.status == first.status

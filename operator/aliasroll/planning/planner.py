@@ -363,8 +363,14 @@ def _status(
                 "replicas": 0,
                 "weight": 0,
             }
-    # The scale subresource (kubectl scale, HorizontalPodAutoscaler): pods of both tracks.
-    status["replicas"] = sum(workload.replicas for workload in observed.workloads.values())
+    # The scale subresource (kubectl scale, HorizontalPodAutoscaler): pods of both tracks. Status is
+    # written only once the plan is applied, and then the Deployments ask for what the plan placed:
+    # the first pass says so at once, instead of a second status write when its Deployment is seen.
+    status["replicas"] = (
+        sum(placed.replicas.values())
+        if placed is not None
+        else sum(workload.replicas for workload in observed.workloads.values())
+    )
     status["selector"] = f"{workloads.LABEL_OWNER}={owner.name}"
     if view.error is None:
         status["registry"] = {"trackingUri": spec.registry.tracking_uri}
