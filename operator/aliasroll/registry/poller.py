@@ -318,6 +318,8 @@ class RegistryPoller:
             break
         self._loops.pop(endpoint, None)
         self._crashes.pop(endpoint, None)
+        for grid in [grid for grid in self._grids if grid[0] == endpoint]:
+            del self._grids[grid]
         lane = self._lanes.pop(endpoint, None)
         if lane is not None:
             lane.shutdown(wait=False)  # calls under way still deliver their answers
