@@ -328,11 +328,17 @@ def test_periodic_requeues_are_spread_either_way(case: str, fraction: float, exp
     assert jittered(delay, 0.1, random_fraction=lambda: fraction) == pytest.approx(expected)
 
 
-async def test_a_burst_of_child_changes_wakes_the_owner_once_after_it_settles() -> None:
+async def after_first_pass(*, settle: float) -> tuple[Recorder, Scheduler]:
+    """A resource that has had its first pass, under a scheduler that settles child changes."""
     recorder = Recorder()
-    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.2)
+    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=settle)
     await scheduler.update(body())
     await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    return recorder, scheduler
+
+
+async def test_a_burst_of_child_changes_wakes_the_owner_once_after_it_settles() -> None:
+    recorder, scheduler = await after_first_pass(settle=0.2)
     began = asyncio.get_running_loop().time()
     for _ in range(4):  # a new Deployment's status, moving as its pods start
         scheduler.child_changed(NAME)
@@ -346,10 +352,7 @@ async def test_a_burst_of_child_changes_wakes_the_owner_once_after_it_settles() 
 
 
 async def test_a_pass_that_begins_meanwhile_takes_the_settling_changes_with_it() -> None:
-    recorder = Recorder()
-    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.2)
-    await scheduler.update(body())
-    await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    recorder, scheduler = await after_first_pass(settle=0.2)
     scheduler.child_changed(NAME)
     await scheduler.update(body(generation=2))  # a spec change wakes at once ...
     await until(lambda: len(recorder.passes) == 2)
@@ -359,10 +362,7 @@ async def test_a_pass_that_begins_meanwhile_takes_the_settling_changes_with_it()
 
 
 async def test_without_settling_a_child_change_wakes_the_owner_at_once() -> None:
-    recorder = Recorder()
-    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.0)
-    await scheduler.update(body())
-    await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    recorder, scheduler = await after_first_pass(settle=0.0)
     scheduler.child_changed(NAME)
     assert scheduler.pending == 1
     await until(lambda: len(recorder.passes) == 2)
@@ -370,10 +370,7 @@ async def test_without_settling_a_child_change_wakes_the_owner_at_once() -> None
 
 
 async def test_a_worker_stopped_while_its_children_settle_is_not_woken() -> None:
-    recorder = Recorder()
-    scheduler = Scheduler(reconcile=recorder.reconcile, forget=recorder.forget, settle=0.05)
-    await scheduler.update(body())
-    await until(lambda: len(recorder.passes) == 1 and recorder.running == 0)
+    recorder, scheduler = await after_first_pass(settle=0.05)
     scheduler.child_changed(NAME)
     await scheduler.remove("u")
     await asyncio.sleep(0.15)
