@@ -74,43 +74,10 @@ REAL_MODEL = "bench-sentiment"
 #: Requests per second of the stream through the Service during the real moves.
 STREAM_RATE = 40.0
 
-# Runs inside the node's namespace: an open loop of requests at a fixed rate, each on a new connection
-# (so kube-proxy picks a pod per request), one JSON line per answer with its start on the
-# CLOCK_MONOTONIC this process shares with the benchmark. Bounded in time; SIGTERM ends it.
-STREAM_SCRIPT = """
-import http.client, json, signal, sys, threading, time
-from concurrent.futures import ThreadPoolExecutor
-address, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-body = json.dumps({"inputs": ["this is great", "this is terrible"]})
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-lock = threading.Lock()
-
-def one(started):
-    c = http.client.HTTPConnection(address, 80, timeout=10)
-    try:
-        c.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        r.read()
-        line = {"t": started, "s": r.status, "v": r.getheader("X-Model-Version")}
-    except (OSError, http.client.HTTPException) as e:
-        line = {"t": started, "s": 0, "v": None, "e": type(e).__name__}
-    finally:
-        c.close()
-    with lock:
-        sys.stdout.write(json.dumps(line) + "\\n")
-        sys.stdout.flush()
-
-began = time.monotonic()
-with ThreadPoolExecutor(max_workers=16) as pool:
-    n = 0
-    while not stop.is_set() and time.monotonic() - began < seconds:
-        due = began + n / rate
-        if stop.wait(max(0.0, due - time.monotonic())):
-            break
-        pool.submit(one, time.monotonic())
-        n += 1
-"""
+# The tests' load (tests/support/load.py), run inside the node's namespace: an open loop of requests
+# at a fixed rate, each on a new connection (so kube-proxy picks a pod per request), one JSON line per
+# answer with its start on the CLOCK_MONOTONIC this process shares with the benchmark.
+LOAD = REPO / "tests" / "support" / "load.py"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -139,8 +106,7 @@ def rolled_out(obj: dict[str, Any], version: str) -> bool:
 
 
 class Stream:
-    """STREAM_SCRIPT in the node's namespace, its answers gathered as they come: (start, status,
-    version)."""
+    """LOAD in the node's namespace, its answers gathered as they come: (start, status, version)."""
 
     def __init__(self, node: RealNode, address: str, *, rate: float, seconds: float) -> None:
         self.answers: list[tuple[float, int, str | None]] = []
@@ -148,7 +114,15 @@ class Stream:
         self.failures: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            node.nsenter_argv(sys.executable, "-c", STREAM_SCRIPT, address, str(rate), str(seconds)),
+            node.nsenter_argv(
+                sys.executable,
+                str(LOAD),
+                f"--url=http://{address}/invocations",
+                f"--rate={rate}",
+                f"--seconds={seconds}",
+                "--out=-",
+                "--monotonic",
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -162,9 +136,10 @@ class Stream:
         for line in self.process.stdout:
             answer = json.loads(line)
             with self._lock:
-                self.answers.append((float(answer["t"]), int(answer["s"]), answer["v"]))
-                if answer["s"] != 200:
-                    self.failures.append((float(answer["t"]), answer.get("e") or f"HTTP {answer['s']}"))
+                status = int(answer["status"])
+                self.answers.append((float(answer["t"]), status, answer.get("version")))
+                if status != 200:
+                    self.failures.append((float(answer["t"]), answer.get("error") or f"HTTP {status}"))
 
     def since(self, moment: float) -> list[tuple[float, int, str | None]]:
         with self._lock:

@@ -56,7 +56,12 @@ class Load:
 
     def __exit__(self, *_: object) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # never left running, whatever the test makes of it
+            self.process.wait(timeout=10)
+            raise
 
     def finish(self) -> None:
         """Until every request the load was to send is answered (or has failed)."""

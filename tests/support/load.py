@@ -3,9 +3,10 @@
 
 Open loop: requests start at a fixed rate whatever the answers take, each on a new connection (as
 many clients do, and so kube-proxy spreads them over the Service's ready pods). Bounded in count
-and time, and it stops by itself; SIGTERM ends it early. One JSON line per request:
-{"t": start (s since the run began), "ms": duration, "status": HTTP status or 0, "version": the
-X-Model-Version header, "error": what failed to connect or read, if anything}.
+and time, and it stops by itself; SIGTERM ends it early. One JSON line per request (to a file, or
+to standard output with `--out -`): {"t": start (s since the run began, or on CLOCK_MONOTONIC with
+`--monotonic`, which a caller in the same machine shares), "ms": duration, "status": HTTP status or
+0, "version": the X-Model-Version header, "error": what failed to connect or read, if anything}.
 """
 
 from __future__ import annotations
@@ -52,33 +53,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, required=True, help="how long to run (at most 900)")
     parser.add_argument("--max-requests", type=int, default=100_000)
     parser.add_argument("--timeout", type=float, default=10.0, help="per request")
-    parser.add_argument("--out", required=True, help="JSON lines file")
+    parser.add_argument("--out", required=True, help="JSON lines file, or - for standard output")
+    parser.add_argument("--monotonic", action="store_true", help="starts on CLOCK_MONOTONIC")
     args = parser.parse_args(argv)
     seconds = min(args.seconds, 900.0)
     url = urlsplit(args.url)
     host, port, path = url.hostname or "127.0.0.1", url.port or 80, url.path or "/invocations"
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM only sets a flag: a handler that took a lock (Event.set) could deadlock with the
+    # main thread it interrupts while that thread holds the same lock (inside Event.wait).
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     lock = threading.Lock()
     began = time.monotonic()
-    with open(args.out, "w") as out, ThreadPoolExecutor(max_workers=32) as pool:
+    origin = 0.0 if args.monotonic else began
+    out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115 - closed below
+    try:
+        with ThreadPoolExecutor(max_workers=32) as pool:
 
-        def record(start: float) -> None:
-            result = one_request(host, port, path, args.timeout)
-            result["t"] = round(start - began, 3)
-            with lock:
-                out.write(json.dumps(result) + "\n")
+            def record(start: float) -> None:
+                result = one_request(host, port, path, args.timeout)
+                result["t"] = round(start - origin, 3)
+                with lock:
+                    out.write(json.dumps(result) + "\n")
+                    out.flush()
 
-        interval = 1.0 / args.rate
-        for sent in range(args.max_requests):
-            due = began + sent * interval
-            if due - began > seconds or stop.is_set():
-                break
-            delay = due - time.monotonic()
-            if delay > 0 and stop.wait(delay):
-                break
-            pool.submit(record, time.monotonic())
+            interval = 1.0 / args.rate
+            for sent in range(args.max_requests):
+                due = began + sent * interval
+                while not stopping and (delay := due - time.monotonic()) > 0:
+                    time.sleep(min(delay, 0.05))
+                if due - began > seconds or stopping:
+                    break
+                pool.submit(record, time.monotonic())
+    finally:
+        if out is not sys.stdout:
+            out.close()
     return 0
 
 
