@@ -69,6 +69,7 @@ ALIAS_REMOVED: Final = "AliasRemoved"
 # Recorded: the registry holds the operator's tags and alias moves.
 RECORDED: Final = "Recorded"
 RECORDS_WRITTEN: Final = "RecordsWritten"
+RECORDS_PENDING: Final = "RecordsPending"
 REGISTRY_WRITE_FAILED: Final = "RegistryWriteFailed"
 
 # Canary analysis: the metrics source (the pods' /metrics or a Prometheus) could not be read. Never

@@ -149,8 +149,14 @@ def test_steps_then_automatic_promotion_in_mlflow(
     assert " to 20" in served_2[0], f"production's span of version 2 is closed: {served_2}"
     served_3 = {key.split("/")[-2] for key in tags("3") if key.startswith("aliasroll.io/served/")}
     assert served_3 == {"canary", "production"}
-    ready = next(c for c in resource["status"]["conditions"] if c["type"] == "Recorded")
-    assert (ready["status"], ready["reason"]) == ("True", "RecordsWritten")
+
+    # The tags are written after the rollouts; once they are, the Recorded condition says so.
+    def recorded() -> tuple[str, str] | None:
+        current = kube.get("modeldeployment", "sentiment", namespace) or {}
+        found = [c for c in current.get("status", {}).get("conditions", ()) if c["type"] == "Recorded"]
+        return (found[0]["status"], found[0]["reason"]) if found else None
+
+    wait_for(lambda: recorded() == ("True", "RecordsWritten"), timeout=30, what="Recorded=True")
 
 
 def test_metrics_that_cannot_be_read_hold_the_step_and_never_fail_it(

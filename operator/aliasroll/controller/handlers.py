@@ -29,6 +29,7 @@ from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
 from aliasroll.controller.leadership import Fence, FencedClient, FencedRegistry, elector_for
 from aliasroll.controller.reconciler import PassResult, Reconciler
+from aliasroll.controller.records import DeferredTags
 from aliasroll.controller.scheduler import Scheduler
 from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
 from aliasroll.kube.cache import OwnedCache
@@ -92,8 +93,10 @@ class Runtime:
             # waits no longer than that for a registry, however busy or silent it is.
             answer_timeout=config.registry_timeout_seconds + 1.0,
         )
+        self.tags = DeferredTags(self.registry, max_delay=config.records_max_delay_seconds)
         self.reconciler = Reconciler(
             client=self.client,
+            tags=self.tags,
             objects=self.objects,
             secrets=self.secrets,
             registry=self.registry,
@@ -148,6 +151,7 @@ class Runtime:
         for listener in self.listeners:
             await listener.start()
         self.objects.start()
+        self.tags.start()
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
         if self.elector is None:
             self.fence.raise_()
@@ -250,6 +254,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resync_task
         await self.scheduler.stop()
+        await self.tags.stop()
         await self.objects.stop()
         await self.secrets.stop()
         if self.elector is not None:  # passes stopped: release the lease, the other leads at once

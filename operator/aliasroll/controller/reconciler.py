@@ -6,7 +6,7 @@ All I/O of a pass lives here and in aliasroll.kube; every decision is in aliasro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from lightkube import AsyncClient
 
 from aliasroll.controller.measuring import Analyzer
+from aliasroll.controller.records import InlineTags, TagsState
 from aliasroll.errors import (
     AliasrollError,
     CredentialsNotFound,
@@ -39,6 +40,18 @@ log = logging.getLogger(__name__)
 
 class EventSink(Protocol):
     def post(self, body: Mapping[str, Any], event: EventRecord) -> None: ...
+
+
+class TagWriter(Protocol):
+    """Writes the version tags passes plan (controller.records)."""
+
+    async def submit(
+        self, owner: ResourceRef, endpoint: Endpoint, model: str, writes: Sequence[TagVersion], wake: Wake
+    ) -> TagsState: ...
+
+    def rolled_out(self) -> None: ...
+
+    def forget(self, uid: str) -> None: ...
 
 
 class CredentialSource(Protocol):
@@ -76,9 +89,6 @@ MIN_CANARY_PASS_SECONDS = 1.0
 # its own timer is only a safety net, rare enough that a thousand of them cost the operator
 # little (at a 10 s poll, a pass of every resource every interval kept a core a third busy).
 AT_REST_PASS_SECONDS = 300.0
-# How long a version's tags, read to skip the records it already holds, are trusted (the details of
-# a READY version are kept longer: an hour, and the operator's own writes are remembered).
-TAGS_READ_TTL = 60.0
 
 
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
@@ -102,6 +112,7 @@ class Reconciler:
         defaults: WorkloadDefaults,
         secrets: CredentialSource | None = None,
         analyzer: Analyzer | None = None,
+        tags: TagWriter | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
@@ -111,9 +122,9 @@ class Reconciler:
         self._analyzer = analyzer or Analyzer(objects)
         # Passes in a row whose writes failed with a server error, by uid.
         self._write_failures: dict[str, int] = {}
-        # Tags each resource already wrote to the registry, by uid: every pass plans them all (they
-        # are idempotent), and only new ones cost a call. Empty after a restart: written once more.
-        self._tagged: dict[str, set[tuple[str, str, str]]] = {}
+        # Every pass plans all of its version tags (they are idempotent); the writer makes the new
+        # ones, beside the passes in the operator (controller.records).
+        self._tags = tags or InlineTags(registry)
         self._applier = Applier(client)
         self._events = events
         self._defaults = defaults
@@ -176,11 +187,18 @@ class Reconciler:
             return await self._write_failed(body, owner, previous_status, error)
         self._write_failures.pop(owner.uid, None)
         if written or pruned:
+            self._tags.rolled_out()
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
         # Registry writes before status, so status never says an alias moved that did not.
-        recorded, problems = await self._record(owner, spec.model.name, endpoint, plan.writes)
+        recorded, problems, tags = await self._record(owner, spec.model.name, endpoint, plan.writes, wake)
         status = planner.with_records(
-            plan.status, previous_status, problems=problems, wrote=bool(plan.writes), owner=owner, now=now
+            plan.status,
+            previous_status,
+            problems=[*problems, *tags.problems],
+            pending=tags.pending,
+            wrote=bool(plan.writes),
+            owner=owner,
+            now=now,
         )
         try:
             if not await self._write_status(body, owner, status):
@@ -229,49 +247,36 @@ class Reconciler:
         )
 
     async def _record(
-        self, owner: ResourceRef, model: str, endpoint: Endpoint | None, writes: tuple[RegistryWrite, ...]
-    ) -> tuple[list[EventRecord], list[str]]:
-        """Makes the plan's registry writes: (events of the ones made, problems of the ones refused).
-        A registry that refuses writes never stops the pass: serving goes on, a condition says why."""
+        self,
+        owner: ResourceRef,
+        model: str,
+        endpoint: Endpoint | None,
+        writes: tuple[RegistryWrite, ...],
+        wake: Wake,
+    ) -> tuple[list[EventRecord], list[str], TagsState]:
+        """Makes the plan's alias writes and hands its tags to the tag writer: (events of the alias
+        writes made, problems of the ones refused, the tags' state). A registry that refuses
+        writes never stops the pass: serving goes on, a condition says why."""
         if endpoint is None or not writes:
-            return [], []
-        done = self._tagged.setdefault(owner.uid, set())
+            return [], [], TagsState()
         events: list[EventRecord] = []
         problems: list[str] = []
         for write in writes:
             try:
-                if isinstance(write, TagVersion):
-                    new = {k: v for k, v in write.tags.items() if (write.version, k, v) not in done}
-                    if new:
-                        new = await self._not_in_registry(endpoint, model, write.version, new)
-                        done.update((write.version, k, v) for k, v in write.tags.items() if k not in new)
-                    if not new:
-                        continue
-                    await self._registry.set_version_tags(endpoint, model, write.version, new)
-                    done.update((write.version, k, v) for k, v in new.items())
-                elif isinstance(write, SetAlias):
+                if isinstance(write, SetAlias):
                     await self._registry.set_alias(endpoint, model, write.alias, write.version)
                 elif isinstance(write, DeleteAlias):
                     await self._registry.delete_alias(endpoint, model, write.alias)
+                else:
+                    continue
             except AliasrollError as error:
                 log.warning("%s/%s: registry write failed: %s", owner.namespace, owner.name, error)
                 problems.append(error.message)
                 continue
             if write.event is not None:
                 events.append(write.event)
-        return events, problems
-
-    async def _not_in_registry(
-        self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
-    ) -> dict[str, str]:
-        """The tags the version does not hold yet, as the registry last told (the version details
-        are cached, so a restarted operator asks once per version, not once per resource)."""
-        try:
-            info = await self._registry.version(endpoint, model, version, ttl=TAGS_READ_TTL)
-        except AliasrollError:
-            return dict(tags)  # unknown: writing again is harmless
-        held = dict(info.tags) if info is not None else {}
-        return {key: value for key, value in tags.items() if held.get(key) != value}
+        tags = [write for write in writes if isinstance(write, TagVersion)]
+        return events, problems, await self._tags.submit(owner, endpoint, model, tags, wake)
 
     def forget(self, uid: str) -> None:
         """The resource is gone (or no longer watched): drop its subscription and memory."""
@@ -280,7 +285,7 @@ class Reconciler:
             self._secrets.release(uid)
         self._written.pop(uid, None)
         self._write_failures.pop(uid, None)
-        self._tagged.pop(uid, None)
+        self._tags.forget(uid)
         self._analyzer.forget(uid)
 
     async def _write_status(

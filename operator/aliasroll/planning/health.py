@@ -227,8 +227,9 @@ def canary_condition(spec: ModelDeploymentSpec, run: CanaryRun | None) -> Condit
 
 def at_rest(status: Mapping[str, object]) -> bool:
     """Nothing is under way or wrong: serving as the aliases say, rolled out, registry answering,
-    records written. Such a resource needs no timer of its own: its model's poller, the watch on
-    its objects (rollouts, drift, a Deployment losing pods) and its Secret's watch wake it."""
+    records written (or being written: the tag writer wakes the resource when they are). Such a
+    resource needs no timer of its own: its model's poller, the watch on its objects (rollouts,
+    drift, a Deployment losing pods) and its Secret's watch wake it."""
     found = status.get("conditions")
     listed = [c for c in found if isinstance(c, Mapping)] if isinstance(found, list) else []
 
@@ -241,5 +242,6 @@ def at_rest(status: Mapping[str, object]) -> bool:
         and state(reasons.PROGRESSING) == (FALSE, reasons.ROLLOUT_COMPLETE)
         and state(reasons.ALIASES_RESOLVED)[0] == TRUE
         and state(reasons.REGISTRY_REACHABLE)[0] == TRUE
-        and state(reasons.RECORDED, absent=(TRUE, None))[0] == TRUE  # no records to write yet
+        # No records to write yet, or written, or being written.
+        and state(reasons.RECORDED, absent=(TRUE, None))[0] in (TRUE, UNKNOWN)
     )

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aliasroll import conditions, reasons
-from aliasroll.conditions import FALSE, TRUE, Condition
+from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.errors import AliasrollError
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import capacity, health, history, records, workloads
@@ -443,9 +443,11 @@ def with_records(
     wrote: bool,
     owner: ResourceRef,
     now: datetime,
+    pending: bool = False,
 ) -> dict[str, Any]:
     """The plan's status with the Recorded condition: whether the registry took this pass's writes
-    (tags, a canary policy's alias moves). Kept as it was in a pass that had nothing to write."""
+    (tags, a canary policy's alias moves), or its tags are still being written (they never hold a
+    rollout up: controller.records). Kept as it was in a pass that had nothing to write."""
     before = conditions.find(previous_status.get("conditions") or (), reasons.RECORDED)
     if problems:
         wanted = Condition(
@@ -454,6 +456,14 @@ def with_records(
             reasons.REGISTRY_WRITE_FAILED,
             "the registry refused the operator's records (serving is not affected; retried every pass): "
             + "; ".join(dict.fromkeys(problems)),
+        )
+    elif pending:
+        wanted = Condition(
+            reasons.RECORDED,
+            UNKNOWN,
+            reasons.RECORDS_PENDING,
+            "the registry's records of where and when each version served (model version tags) are "
+            "being written, after the rollout",
         )
     elif wrote:
         wanted = Condition(

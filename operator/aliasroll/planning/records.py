@@ -38,9 +38,10 @@ class DeleteAlias:
 
 @dataclass(frozen=True)
 class TagVersion:
+    """Written beside the passes, after them (controller.records): no event waits on it."""
+
     version: str
     tags: Mapping[str, str] = field(default_factory=dict)
-    event: EventRecord | None = None
 
 
 RegistryWrite = SetAlias | DeleteAlias | TagVersion

@@ -53,6 +53,16 @@ READY_VERSION_TTL = 3600.0
 SWEEP_MAX_READ_RATIO = 25
 
 
+# A model is read this much more often than its interval (at most a tenth of it): a move seen by
+# the poll is applied by the passes it wakes before the interval is up, so `pollInterval` bounds how
+# long a move waits, passes included (20 resources at rest: about 0.3 s).
+POLL_LEAD_SECONDS = 1.0
+
+
+def poll_period(interval: float) -> float:
+    return interval - min(POLL_LEAD_SECONDS, interval / 10)
+
+
 @dataclass(frozen=True)
 class ModelSnapshot:
     """The registry's latest answer about one model: its aliases, or why there is no answer."""
@@ -414,10 +424,12 @@ class RegistryPoller:
                 wake()
 
     def _next_tick(self, endpoint: Endpoint, interval: float, *, after: float) -> float:
-        """The first tick after `after` of the grid shared by the registry's models of that interval:
-        at most one interval away, so a move is still seen within one interval."""
+        """The first tick after `after` of the grid shared by the registry's models of that interval.
+        Ticks are `poll_period(interval)` apart: a move is seen, and its passes are done, within
+        one interval."""
         first = self._grids.setdefault((endpoint, interval), after)
-        return first + (math.floor((after - first) / interval) + 1) * interval
+        period = poll_period(interval)
+        return first + (math.floor((after - first) / period) + 1) * period
 
     async def _run(self, endpoint: Endpoint, fn: Callable[..., T], *args: object) -> T:
         """Runs a blocking call on the endpoint's own threads (created on first use)."""

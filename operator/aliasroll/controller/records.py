@@ -1,0 +1,253 @@
+"""Writes the version tags a pass plans (planning/records.py): where and when each version served,
+and how a canary ended.
+
+Tags are bookkeeping, and a rollout must never wait for them. The operator writes them beside
+its passes (`DeferredTags`): a pass hands its new tags over and goes on, and they are written
+once no pass has rolled anything out for `QUIET_SECONDS`, or once they have waited `max_delay`.
+A burst of new resources (a GitOps sync of hundreds) so gets Ready first, and MLflow's share of
+the CPU goes to its records afterwards. When a resource's tags are written, or first refused, it
+is woken: its next pass says so in the Recorded condition (Unknown/RecordsPending meanwhile).
+
+`InlineTags` writes them within the pass, for tests that run single passes.
+
+Each tag is written once per process: both remember the ones written, and ask the registry (once
+per version, cached) which tags a version already holds, so a restarted operator writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aliasroll.errors import AliasrollError
+from aliasroll.planning.records import TagVersion
+from aliasroll.registry.poller import RegistryPoller, Wake
+from aliasroll.registry.types import Endpoint
+from aliasroll.spec import ResourceRef
+
+log = logging.getLogger(__name__)
+
+# How long a version's tags, read to skip the records it already holds, are trusted (the details of
+# a READY version are kept longer: an hour, and the operator's own writes are remembered).
+TAGS_READ_TTL = 60.0
+# Deferred tags wait until no pass has applied or pruned anything for this long.
+QUIET_SECONDS = 2.0
+# Tags written at once, once it is their turn.
+WRITERS = 4
+
+TagKey = tuple[str, str]  # (version, tag key)
+
+
+@dataclass(frozen=True)
+class TagsState:
+    """What a pass may say of its resource's tags: some still to be written, or refused."""
+
+    pending: bool = False
+    problems: tuple[str, ...] = ()
+
+
+class _Written:
+    """The tags each resource has written (by uid), and the registry's word on the rest."""
+
+    def __init__(self, registry: RegistryPoller) -> None:
+        self._registry = registry
+        self._done: dict[str, set[tuple[str, str, str]]] = {}
+
+    async def unwritten(self, uid: str, endpoint: Endpoint, model: str, write: TagVersion) -> dict[str, str]:
+        """The tags of `write` that neither this process wrote nor the version holds."""
+        done = self._done.setdefault(uid, set())
+        new = {k: v for k, v in write.tags.items() if (write.version, k, v) not in done}
+        if new:
+            new = await self._not_in_registry(endpoint, model, write.version, new)
+            done.update((write.version, k, v) for k, v in write.tags.items() if k not in new)
+        return new
+
+    def wrote(self, uid: str, version: str, tags: Mapping[str, str]) -> None:
+        self._done.setdefault(uid, set()).update((version, k, v) for k, v in tags.items())
+
+    async def _not_in_registry(
+        self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
+    ) -> dict[str, str]:
+        try:
+            info = await self._registry.version(endpoint, model, version, ttl=TAGS_READ_TTL)
+        except AliasrollError:
+            return dict(tags)  # unknown: writing again is harmless
+        held = dict(info.tags) if info is not None else {}
+        return {key: value for key, value in tags.items() if held.get(key) != value}
+
+    def forget(self, uid: str) -> None:
+        self._done.pop(uid, None)
+
+
+class InlineTags:
+    """Writes a pass's tags in the pass."""
+
+    def __init__(self, registry: RegistryPoller) -> None:
+        self._registry = registry
+        self._written = _Written(registry)
+
+    async def submit(
+        self, owner: ResourceRef, endpoint: Endpoint, model: str, writes: Sequence[TagVersion], wake: Wake
+    ) -> TagsState:
+        uid = owner.uid
+        problems: list[str] = []
+        for write in writes:
+            new = await self._written.unwritten(uid, endpoint, model, write)
+            if not new:
+                continue
+            try:
+                await self._registry.set_version_tags(endpoint, model, write.version, new)
+            except AliasrollError as error:
+                problems.append(error.message)
+                continue
+            self._written.wrote(uid, write.version, new)
+        return TagsState(problems=tuple(problems))
+
+    def rolled_out(self) -> None:
+        pass
+
+    def forget(self, uid: str) -> None:
+        self._written.forget(uid)
+
+
+@dataclass
+class _Job:
+    owner: ResourceRef
+    endpoint: Endpoint
+    model: str
+    version: str
+    tags: dict[str, str]
+    wake: Wake
+    since: float
+    keys: set[TagKey] = field(default_factory=set)
+
+    @property
+    def uid(self) -> str:
+        return self.owner.uid
+
+
+class DeferredTags:
+    """Writes a pass's tags after it, when the operator has time (see the module's docstring)."""
+
+    def __init__(
+        self,
+        registry: RegistryPoller,
+        *,
+        max_delay: float,
+        quiet: float = QUIET_SECONDS,
+        writers: int = WRITERS,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._registry = registry
+        self._written = _Written(registry)
+        self._max_delay = max_delay
+        self._quiet = quiet
+        self._writers = writers
+        self._clock, self._sleep = clock, sleep
+        self._last_rollout = float("-inf")
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queued: dict[str, dict[TagKey, str]] = {}  # by uid: the tags handed over, not yet written
+        self._refused: dict[str, str] = {}  # by uid: the registry's word on the last refused write
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"version tags {n}") for n in range(self._writers)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    @property
+    def queued(self) -> int:
+        """Tag writes waiting (for tests and logs)."""
+        return sum(len(tags) for tags in self._queued.values())
+
+    def rolled_out(self) -> None:
+        """A pass applied or pruned objects: a rollout is under way, and goes first."""
+        self._last_rollout = self._clock()
+
+    async def submit(
+        self, owner: ResourceRef, endpoint: Endpoint, model: str, writes: Sequence[TagVersion], wake: Wake
+    ) -> TagsState:
+        uid = owner.uid
+        queued = self._queued.setdefault(uid, {})
+        for write in writes:
+            new = await self._written.unwritten(uid, endpoint, model, write)
+            new = {k: v for k, v in new.items() if queued.get((write.version, k)) != v}
+            if not new:
+                continue
+            job = _Job(owner, endpoint, model, write.version, new, wake, since=self._clock())
+            job.keys = {(write.version, key) for key in new}
+            queued.update({(write.version, key): value for key, value in new.items()})
+            self._jobs.put_nowait(job)
+        if not queued:
+            del self._queued[uid]
+            self._refused.pop(uid, None)  # nothing outstanding: an old refusal no longer holds
+        refused = self._refused.get(uid)
+        return TagsState(pending=bool(queued), problems=(refused,) if refused else ())
+
+    def forget(self, uid: str) -> None:
+        """The resource is gone, or this process stopped leading: its queued tags are dropped (the
+        next leader's passes plan them again)."""
+        self._written.forget(uid)
+        self._queued.pop(uid, None)
+        self._refused.pop(uid, None)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            await self._turn(job)
+            if not self._current(job):
+                continue  # forgotten meanwhile
+            error: str | None = None
+            try:
+                await self._registry.set_version_tags(job.endpoint, job.model, job.version, job.tags)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                continue  # the fence: this process no longer leads, and forgets its queue
+            except AliasrollError as failure:
+                owner = job.owner
+                log.warning("%s/%s: registry write failed: %s", owner.namespace, owner.name, failure)
+                error = failure.message
+            self._finish(job, error)
+
+    async def _turn(self, job: _Job) -> None:
+        """Waits until no rollout has been under way for `quiet` seconds, or `max_delay` is up."""
+        while True:
+            due = min(self._last_rollout + self._quiet, job.since + self._max_delay)
+            wait = due - self._clock()
+            if wait <= 0:
+                return
+            await self._sleep(wait)
+
+    def _current(self, job: _Job) -> bool:
+        queued = self._queued.get(job.uid)
+        return queued is not None and all(queued.get(key) == job.tags[key[1]] for key in job.keys)
+
+    def _finish(self, job: _Job, error: str | None) -> None:
+        queued = self._queued.get(job.uid, {})
+        for key in job.keys:
+            if queued.get(key) == job.tags[key[1]]:
+                del queued[key]
+        if error is None:
+            self._written.wrote(job.uid, job.version, job.tags)
+            if not queued:
+                self._refused.pop(job.uid, None)
+                job.wake()  # its next pass says Recorded=True
+            return
+        if self._refused.get(job.uid) != error:  # said once: the next passes retry it
+            self._refused[job.uid] = error
+            job.wake()

@@ -1,0 +1,248 @@
+"""The version tags' writer (controller.records): tags wait for rollouts to pause, at most
+`max_delay`; each outcome wakes the resource once; nothing is written twice or after a forget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from aliasroll import reasons
+from aliasroll.conditions import UNKNOWN
+from aliasroll.controller.records import DeferredTags, TagsState
+from aliasroll.errors import RegistryAuthFailed
+from aliasroll.planning import planner
+from aliasroll.planning.health import at_rest
+from aliasroll.planning.records import TagVersion
+from aliasroll.registry.poller import RegistryPoller
+from aliasroll.registry.types import Endpoint
+from aliasroll.spec import ResourceRef
+
+OWNER = ResourceRef(namespace="ml", name="sentiment", uid="uid-1")
+ENDPOINT = Endpoint("http://mlflow:5000")
+SERVED = TagVersion("2", {"aliasroll.io/served/ml/sentiment/production/20261206T100000Z": "now"})
+
+
+class Registry:
+    """Records tag writes; refuses them while `refusal` is set; `held` is what versions hold."""
+
+    def __init__(self, held: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.held = {version: dict(tags) for version, tags in (held or {}).items()}
+        self.writes: list[tuple[str, dict[str, str]]] = []
+        self.refusal: Exception | None = None
+
+    async def version(self, endpoint: Endpoint, model: str, version: str, **_: Any) -> Any:
+        class Info:
+            tags = tuple(self.held.get(version, {}).items())
+
+        return Info()
+
+    async def set_version_tags(
+        self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
+    ) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        self.writes.append((version, dict(tags)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def yield_once(_: float) -> None:
+    await asyncio.sleep(0)  # the writer looks at the (fake) clock again at each turn
+
+
+def writer(registry: Registry, clock: Clock, *, max_delay: float = 60.0) -> DeferredTags:
+    return DeferredTags(
+        cast(RegistryPoller, registry),
+        max_delay=max_delay,
+        quiet=2.0,
+        writers=2,
+        clock=clock,
+        sleep=yield_once,
+    )
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def test_tags_wait_until_rollouts_pause_then_wake_the_resource_once() -> None:
+    async def scenario() -> None:
+        registry, clock, woken = Registry(), Clock(), []
+        tags = writer(registry, clock)
+        tags.start()
+        try:
+            tags.rolled_out()
+            state = await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
+            assert state == TagsState(pending=True)
+            clock.now += 1.5
+            tags.rolled_out()  # another resource rolls out: still not the tags' turn
+            clock.now += 1.5
+            await settle()
+            assert registry.writes == [], "written while rollouts were under way"
+            clock.now += 1.0  # 2 s since the last rollout
+            await settle()
+            assert registry.writes == [("2", dict(SERVED.tags))]
+            assert woken == [1]
+            again = await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
+            assert again == TagsState()
+            await settle()
+            assert len(registry.writes) == 1, "written once"
+            assert woken == [1], "told once"
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
+def test_max_delay_bounds_the_wait_under_endless_rollouts() -> None:
+    async def scenario() -> None:
+        registry, clock = Registry(), Clock()
+        tags = writer(registry, clock, max_delay=10.0)
+        tags.start()
+        try:
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
+            for _ in range(9):
+                clock.now += 1.0
+                tags.rolled_out()
+                await settle()
+            assert registry.writes == []
+            clock.now += 1.0
+            tags.rolled_out()
+            await settle()
+            assert len(registry.writes) == 1
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
+def test_no_delay_writes_at_once() -> None:
+    async def scenario() -> None:
+        registry, clock = Registry(), Clock()
+        tags = writer(registry, clock, max_delay=0.0)
+        tags.start()
+        try:
+            tags.rolled_out()
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
+            await settle()
+            assert len(registry.writes) == 1
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
+def test_a_refusal_is_said_and_retried_by_each_pass_and_told_once() -> None:
+    async def scenario() -> None:
+        registry, clock, woken = Registry(), Clock(), []
+        registry.refusal = RegistryAuthFailed("the registry refused the credentials (HTTP 403)")
+        tags = writer(registry, clock, max_delay=0.0)
+        tags.start()
+        try:
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
+            await settle()
+            assert woken == [1], "the first refusal wakes the resource, to say it"
+            state = await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
+            assert state.pending
+            assert state.problems
+            assert "HTTP 403" in state.problems[0]
+            await settle()
+            assert woken == [1], "the same refusal again: the next pass retries, no wake"
+            registry.refusal = None
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
+            await settle()
+            assert registry.writes
+            assert woken == [1, 1]
+            assert await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None) == TagsState()
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
+def test_tags_the_version_holds_are_not_written_again() -> None:
+    """A restarted operator: the registry already holds the tag."""
+
+    async def scenario() -> None:
+        registry, clock = Registry(held={"2": SERVED.tags}), Clock()
+        tags = writer(registry, clock, max_delay=0.0)
+        tags.start()
+        try:
+            assert await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None) == TagsState()
+            await settle()
+            assert registry.writes == []
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
+def test_forgotten_resources_tags_are_dropped() -> None:
+    """Deleted, or this replica stopped leading: the next leader plans the tags again."""
+
+    async def scenario() -> None:
+        registry, clock = Registry(), Clock()
+        tags = writer(registry, clock)
+        tags.start()
+        try:
+            tags.rolled_out()
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
+            tags.forget(OWNER.uid)
+            clock.now += 100.0
+            await settle()
+            assert registry.writes == []
+            assert tags.queued == 0
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
+def test_a_closed_fence_drops_the_write_and_the_writer_goes_on() -> None:
+    async def scenario() -> None:
+        registry, clock = Registry(), Clock()
+        registry.refusal = asyncio.CancelledError("not leading: no write")
+        tags = writer(registry, clock, max_delay=0.0)
+        tags.start()
+        try:
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
+            await settle()
+            registry.refusal = None
+            other = ResourceRef(namespace="ml", name="other", uid="uid-2")
+            await tags.submit(other, ENDPOINT, "m", [SERVED], lambda: None)
+            await settle()
+            assert len(registry.writes) == 1, "the writer survived the fence"
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
+def test_pending_tags_say_unknown_and_leave_the_resource_at_rest() -> None:
+    serving = {
+        "conditions": [
+            {"type": reasons.READY, "status": "True", "reason": reasons.SERVING},
+            {"type": reasons.PROGRESSING, "status": "False", "reason": reasons.ROLLOUT_COMPLETE},
+            {"type": reasons.ALIASES_RESOLVED, "status": "True", "reason": "Resolved"},
+            {"type": reasons.REGISTRY_REACHABLE, "status": "True", "reason": "Reachable"},
+        ]
+    }
+    status = planner.with_records(
+        serving, {}, problems=[], pending=True, wrote=True, owner=OWNER, now=datetime.now(UTC)
+    )
+    recorded = next(c for c in status["conditions"] if c["type"] == reasons.RECORDED)
+    assert (recorded["status"], recorded["reason"]) == (UNKNOWN, reasons.RECORDS_PENDING)
+    assert at_rest(status), "the writer wakes it when the tags are written: no timer needed"
