@@ -211,6 +211,34 @@ def test_forgotten_resources_tags_are_dropped() -> None:
     run(scenario)
 
 
+def test_a_registry_that_hangs_holds_only_its_own_tags_back() -> None:
+    async def scenario() -> None:
+        hung, clock = asyncio.Event(), Clock()
+
+        class Registries(Registry):
+            async def set_version_tags(
+                self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]
+            ) -> None:
+                if endpoint.tracking_uri == "http://hangs:5000":
+                    await hung.wait()
+                await super().set_version_tags(endpoint, model, version, tags)
+
+        registry = Registries()
+        tags = writer(registry, clock, max_delay=0.0)
+        tags.start()
+        try:
+            for n in range(5):  # more than the writers a registry has
+                owner = ResourceRef(namespace="ml", name=f"hung-{n}", uid=f"hung-{n}")
+                await tags.submit(owner, Endpoint("http://hangs:5000"), "m", [SERVED], lambda: None)
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
+            await settle()
+            assert registry.writes == [("2", dict(SERVED.tags))], "the other registry's tag is written"
+        finally:
+            await tags.stop()
+
+    run(scenario)
+
+
 def test_a_closed_fence_drops_the_write_and_the_writer_goes_on() -> None:
     async def scenario() -> None:
         registry, clock = Registry(), Clock()

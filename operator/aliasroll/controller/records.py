@@ -7,6 +7,7 @@ once no pass has rolled anything out for `QUIET_SECONDS`, or once they have wait
 A burst of new resources (a GitOps sync of hundreds) so gets Ready first, and MLflow's share of
 the CPU goes to its records afterwards. When a resource's tags are written, or first refused, it
 is woken: its next pass says so in the Recorded condition (Unknown/RecordsPending meanwhile).
+Each registry has writers of its own, so one that hangs holds back only its own tags.
 
 `InlineTags` writes them within the pass, for tests that run single passes.
 
@@ -150,15 +151,16 @@ class DeferredTags:
         self._writers = writers
         self._clock, self._sleep = clock, sleep
         self._last_rollout = float("-inf")
-        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        # Each registry has its own queue and writers, as it has its own threads in the poller: one
+        # that hangs holds only its own tags back.
+        # (By tracking URI: new credentials for a registry do not start writers of their own.)
+        self._jobs: dict[str, asyncio.Queue[_Job]] = {}
         self._queued: dict[str, dict[TagKey, str]] = {}  # by uid: the tags handed over, not yet written
         self._refused: dict[str, str] = {}  # by uid: the registry's word on the last refused write
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._work(), name=f"version tags {n}") for n in range(self._writers)
-        ]
+        """Writers start with a registry's first tags; nothing to do before."""
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -167,6 +169,7 @@ class DeferredTags:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._jobs.clear()
 
     @property
     def queued(self) -> int:
@@ -190,7 +193,7 @@ class DeferredTags:
             job = _Job(owner, endpoint, model, write.version, new, wake, since=self._clock())
             job.keys = {(write.version, key) for key in new}
             queued.update({(write.version, key): value for key, value in new.items()})
-            self._jobs.put_nowait(job)
+            self._queue(endpoint).put_nowait(job)
         if not queued:
             del self._queued[uid]
             self._refused.pop(uid, None)  # nothing outstanding: an old refusal no longer holds
@@ -204,9 +207,19 @@ class DeferredTags:
         self._queued.pop(uid, None)
         self._refused.pop(uid, None)
 
-    async def _work(self) -> None:
+    def _queue(self, endpoint: Endpoint) -> asyncio.Queue[_Job]:
+        jobs = self._jobs.get(endpoint.tracking_uri)
+        if jobs is None:
+            jobs = self._jobs[endpoint.tracking_uri] = asyncio.Queue()
+            self._tasks += [
+                asyncio.create_task(self._work(jobs), name=f"version tags {endpoint.tracking_uri} {n}")
+                for n in range(self._writers)
+            ]
+        return jobs
+
+    async def _work(self, jobs: asyncio.Queue[_Job]) -> None:
         while True:
-            job = await self._jobs.get()
+            job = await jobs.get()
             await self._turn(job)
             if not self._current(job):
                 continue  # forgotten meanwhile
