@@ -528,6 +528,12 @@ def watched_canary(
         sender.join(timeout=30)
     aliases = client.get_registered_model(MODEL).aliases
     say(f"MLflow now says @production -> {aliases.get('production')} (moved by the operator)")
+    # The records follow the rollout (written once it pauses): wait for the canary's outcome.
+    wait(
+        lambda: "aliasroll.io/canary.outcome" in client.get_model_version(MODEL, v4).tags,
+        "the canary's outcome recorded on the version in MLflow",
+        timeout=150,
+    )
     tags = client.get_model_version(MODEL, v4).tags
     for key in sorted(tags):
         if key.startswith("aliasroll.io/canary."):

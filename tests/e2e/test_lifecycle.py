@@ -36,6 +36,9 @@ def test_a_replaced_resource_is_reconciled_under_its_new_uid(
     first = wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
     old_uid = first["metadata"]["uid"]
     assert owner_uid(kube, namespace, "sentiment-production") == old_uid
+    # Kopf keeps nothing on the resource: no finalizer, no last-handled state (handlers.NoDiffBase).
+    assert not first["metadata"].get("finalizers")
+    assert not [key for key in first["metadata"].get("annotations") or {} if "kopf" in key]
 
     # Delete and create again under the same name: a new object, a new uid, no status yet.
     kube.cluster.kubectl("replace", "--force", "-n", namespace, "-f", "-", input=json.dumps(manifest))

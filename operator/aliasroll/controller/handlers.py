@@ -62,6 +62,21 @@ class KopfEvents:
         kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf diffs every event against the last handled state (a deep copy of the body each time)
+    for its change handlers. This operator has none: an event only wakes the level-based pass, which
+    reads the whole body. So nothing is built, kept or compared."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 class Runtime:
     """What lives for the operator's lifetime; kept in Kopf's memo."""
 
@@ -271,6 +286,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # No Kopf peering (it pauses handlers but does not fence writes): replicas elect a leader on a
     # Lease instead (leadership.py; README "High availability").
     settings.peering.standalone = True
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # __main__ puts the namespaces of --namespace in the memo; none means every namespace.
