@@ -438,14 +438,7 @@ class Run:
         registry = registry_calls(self.operator.metrics())
         began = time.time()
         figures.applied = apply_all(self.cluster, resources, self.work, "modeldeployments")
-        times = wait_all(
-            self.api,
-            "/apis/aliasroll.io/v1alpha1/modeldeployments",
-            set(self.layout.namespaces),
-            count=len(resources),
-            type_="Ready",
-            timeout=self.timeout,
-        )
+        times = self.all_model_deployments("Ready")
         figures.ready_seconds = max(max(since for _, since in times) - began, 1.0)
         figures.each = [max(0.0, since - created) for created, since in times]
         figures.ready_cpu = spent(cpu, self.cpu())
@@ -461,15 +454,19 @@ class Run:
         figures.ready_registry = spent(registry, registry_calls(self.operator.metrics()))
         print(f"all Ready {figures.ready_seconds:.1f} s after the apply began", flush=True)
         # The version tags follow the rollouts (they never hold one up): when MLflow holds them all.
-        recorded = wait_all(
+        recorded = self.all_model_deployments("Recorded")
+        figures.recorded_seconds = max(since for _, since in recorded) - began
+
+    def all_model_deployments(self, condition: str) -> list[tuple[float, float]]:
+        """Waits until every ModelDeployment has the condition True; (created, became True) of each."""
+        return wait_all(
             self.api,
             "/apis/aliasroll.io/v1alpha1/modeldeployments",
             set(self.layout.namespaces),
-            count=len(resources),
-            type_="Recorded",
+            count=len(self.layout.resources),
+            type_=condition,
             timeout=self.timeout,
         )
-        figures.recorded_seconds = max(since for _, since in recorded) - began
 
     def registry_calls(self, figures: Figures, intervals: int = 3) -> None:
         """Registry calls over a quiet stretch of whole poll intervals."""

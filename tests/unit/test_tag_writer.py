@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -58,8 +59,12 @@ async def yield_once(_: float) -> None:
     await asyncio.sleep(0)  # the writer looks at the (fake) clock again at each turn
 
 
-def writer(registry: Registry, clock: Clock, *, max_delay: float = 60.0) -> DeferredTags:
-    return DeferredTags(
+@contextlib.asynccontextmanager
+async def writing(
+    registry: Registry, clock: Clock, *, max_delay: float = 60.0
+) -> AsyncIterator[DeferredTags]:
+    """A started writer on the fake clock, stopped at the end."""
+    tags = DeferredTags(
         cast(RegistryPoller, registry),
         max_delay=max_delay,
         quiet=2.0,
@@ -67,6 +72,11 @@ def writer(registry: Registry, clock: Clock, *, max_delay: float = 60.0) -> Defe
         clock=clock,
         sleep=yield_once,
     )
+    tags.start()
+    try:
+        yield tags
+    finally:
+        await tags.stop()
 
 
 async def settle() -> None:
@@ -81,9 +91,7 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
 def test_tags_wait_until_rollouts_pause_then_wake_the_resource_once() -> None:
     async def scenario() -> None:
         registry, clock, woken = Registry(), Clock(), []
-        tags = writer(registry, clock)
-        tags.start()
-        try:
+        async with writing(registry, clock) as tags:
             tags.rolled_out()
             state = await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
             assert state == TagsState(pending=True)
@@ -101,8 +109,6 @@ def test_tags_wait_until_rollouts_pause_then_wake_the_resource_once() -> None:
             await settle()
             assert len(registry.writes) == 1, "written once"
             assert woken == [1], "told once"
-        finally:
-            await tags.stop()
 
     run(scenario)
 
@@ -110,9 +116,7 @@ def test_tags_wait_until_rollouts_pause_then_wake_the_resource_once() -> None:
 def test_max_delay_bounds_the_wait_under_endless_rollouts() -> None:
     async def scenario() -> None:
         registry, clock = Registry(), Clock()
-        tags = writer(registry, clock, max_delay=10.0)
-        tags.start()
-        try:
+        async with writing(registry, clock, max_delay=10.0) as tags:
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             for _ in range(9):
                 clock.now += 1.0
@@ -123,8 +127,6 @@ def test_max_delay_bounds_the_wait_under_endless_rollouts() -> None:
             tags.rolled_out()
             await settle()
             assert len(registry.writes) == 1
-        finally:
-            await tags.stop()
 
     run(scenario)
 
@@ -132,15 +134,11 @@ def test_max_delay_bounds_the_wait_under_endless_rollouts() -> None:
 def test_no_delay_writes_at_once() -> None:
     async def scenario() -> None:
         registry, clock = Registry(), Clock()
-        tags = writer(registry, clock, max_delay=0.0)
-        tags.start()
-        try:
+        async with writing(registry, clock, max_delay=0.0) as tags:
             tags.rolled_out()
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             await settle()
             assert len(registry.writes) == 1
-        finally:
-            await tags.stop()
 
     run(scenario)
 
@@ -149,9 +147,7 @@ def test_a_refusal_is_said_and_retried_by_each_pass_and_told_once() -> None:
     async def scenario() -> None:
         registry, clock, woken = Registry(), Clock(), []
         registry.refusal = RegistryAuthFailed("the registry refused the credentials (HTTP 403)")
-        tags = writer(registry, clock, max_delay=0.0)
-        tags.start()
-        try:
+        async with writing(registry, clock, max_delay=0.0) as tags:
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
             await settle()
             assert woken == [1], "the first refusal wakes the resource, to say it"
@@ -167,8 +163,6 @@ def test_a_refusal_is_said_and_retried_by_each_pass_and_told_once() -> None:
             assert registry.writes
             assert woken == [1, 1]
             assert await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None) == TagsState()
-        finally:
-            await tags.stop()
 
     run(scenario)
 
@@ -178,14 +172,10 @@ def test_tags_the_version_holds_are_not_written_again() -> None:
 
     async def scenario() -> None:
         registry, clock = Registry(held={"2": SERVED.tags}), Clock()
-        tags = writer(registry, clock, max_delay=0.0)
-        tags.start()
-        try:
+        async with writing(registry, clock, max_delay=0.0) as tags:
             assert await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None) == TagsState()
             await settle()
             assert registry.writes == []
-        finally:
-            await tags.stop()
 
     run(scenario)
 
@@ -195,9 +185,7 @@ def test_forgotten_resources_tags_are_dropped() -> None:
 
     async def scenario() -> None:
         registry, clock = Registry(), Clock()
-        tags = writer(registry, clock)
-        tags.start()
-        try:
+        async with writing(registry, clock) as tags:
             tags.rolled_out()
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             tags.forget(OWNER.uid)
@@ -205,8 +193,6 @@ def test_forgotten_resources_tags_are_dropped() -> None:
             await settle()
             assert registry.writes == []
             assert tags.queued == 0
-        finally:
-            await tags.stop()
 
     run(scenario)
 
@@ -224,17 +210,13 @@ def test_a_registry_that_hangs_holds_only_its_own_tags_back() -> None:
                 await super().set_version_tags(endpoint, model, version, tags)
 
         registry = Registries()
-        tags = writer(registry, clock, max_delay=0.0)
-        tags.start()
-        try:
+        async with writing(registry, clock, max_delay=0.0) as tags:
             for n in range(5):  # more than the writers a registry has
                 owner = ResourceRef(namespace="ml", name=f"hung-{n}", uid=f"hung-{n}")
                 await tags.submit(owner, Endpoint("http://hangs:5000"), "m", [SERVED], lambda: None)
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             await settle()
             assert registry.writes == [("2", dict(SERVED.tags))], "the other registry's tag is written"
-        finally:
-            await tags.stop()
 
     run(scenario)
 
@@ -243,9 +225,7 @@ def test_a_closed_fence_drops_the_write_and_the_writer_goes_on() -> None:
     async def scenario() -> None:
         registry, clock = Registry(), Clock()
         registry.refusal = asyncio.CancelledError("not leading: no write")
-        tags = writer(registry, clock, max_delay=0.0)
-        tags.start()
-        try:
+        async with writing(registry, clock, max_delay=0.0) as tags:
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             await settle()
             registry.refusal = None
@@ -253,8 +233,6 @@ def test_a_closed_fence_drops_the_write_and_the_writer_goes_on() -> None:
             await tags.submit(other, ENDPOINT, "m", [SERVED], lambda: None)
             await settle()
             assert len(registry.writes) == 1, "the writer survived the fence"
-        finally:
-            await tags.stop()
 
     run(scenario)
 
