@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import pytest
+
 from aliasroll import reasons
 from aliasroll.conditions import UNKNOWN
+from aliasroll.config import OperatorConfig
 from aliasroll.controller.records import DeferredTags, TagsState
 from aliasroll.errors import RegistryAuthFailed
 from aliasroll.planning import planner
@@ -252,3 +255,14 @@ def test_pending_tags_say_unknown_and_leave_the_resource_at_rest() -> None:
     recorded = next(c for c in status["conditions"] if c["type"] == reasons.RECORDED)
     assert (recorded["status"], recorded["reason"]) == (UNKNOWN, reasons.RECORDS_PENDING)
     assert at_rest(status), "the writer wakes it when the tags are written: no timer needed"
+
+
+def test_the_delay_is_configured_and_bad_values_say_what_to_fix() -> None:
+    assert OperatorConfig.from_env({}).records_max_delay_seconds == 120.0
+    assert (
+        OperatorConfig.from_env({"ALIASROLL_RECORDS_MAX_DELAY_SECONDS": "0"}).records_max_delay_seconds == 0.0
+    )
+    with pytest.raises(SystemExit, match="ALIASROLL_RECORDS_MAX_DELAY_SECONDS='soon' is not a number"):
+        OperatorConfig.from_env({"ALIASROLL_RECORDS_MAX_DELAY_SECONDS": "soon"})
+    with pytest.raises(SystemExit, match="must be zero or more"):
+        OperatorConfig.from_env({"ALIASROLL_RECORDS_MAX_DELAY_SECONDS": "-5"})
