@@ -14,6 +14,7 @@ import pytest
 from aliasroll import reasons
 from aliasroll.conditions import UNKNOWN
 from aliasroll.config import OperatorConfig
+from aliasroll.controller.reconciler import _moved_on
 from aliasroll.controller.records import DeferredTags, TagsState
 from aliasroll.errors import RegistryAuthFailed
 from aliasroll.planning import planner
@@ -95,11 +96,11 @@ def test_tags_wait_until_rollouts_pause_then_wake_the_resource_once() -> None:
     async def scenario() -> None:
         registry, clock, woken = Registry(), Clock(), []
         async with writing(registry, clock) as tags:
-            tags.rolled_out()
+            tags.progressed()
             state = await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: woken.append(1))
             assert state == TagsState(pending=True)
             clock.now += 1.5
-            tags.rolled_out()  # another resource rolls out: still not the tags' turn
+            tags.progressed()  # another resource rolls out: still not the tags' turn
             clock.now += 1.5
             await settle()
             assert registry.writes == [], "written while rollouts were under way"
@@ -123,11 +124,11 @@ def test_max_delay_bounds_the_wait_under_endless_rollouts() -> None:
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             for _ in range(9):
                 clock.now += 1.0
-                tags.rolled_out()
+                tags.progressed()
                 await settle()
             assert registry.writes == []
             clock.now += 1.0
-            tags.rolled_out()
+            tags.progressed()
             await settle()
             assert len(registry.writes) == 1
 
@@ -138,7 +139,7 @@ def test_no_delay_writes_at_once() -> None:
     async def scenario() -> None:
         registry, clock = Registry(), Clock()
         async with writing(registry, clock, max_delay=0.0) as tags:
-            tags.rolled_out()
+            tags.progressed()
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             await settle()
             assert len(registry.writes) == 1
@@ -189,7 +190,7 @@ def test_forgotten_resources_tags_are_dropped() -> None:
     async def scenario() -> None:
         registry, clock = Registry(), Clock()
         async with writing(registry, clock) as tags:
-            tags.rolled_out()
+            tags.progressed()
             await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
             tags.forget(OWNER.uid)
             clock.now += 100.0
@@ -266,3 +267,17 @@ def test_the_delay_is_configured_and_bad_values_say_what_to_fix() -> None:
         OperatorConfig.from_env({"ALIASROLL_RECORDS_MAX_DELAY_SECONDS": "soon"})
     with pytest.raises(SystemExit, match="must be zero or more"):
         OperatorConfig.from_env({"ALIASROLL_RECORDS_MAX_DELAY_SECONDS": "-5"})
+
+
+def test_a_status_that_only_says_the_records_moved_does_not_hold_the_tags() -> None:
+    """The pass a written tag wakes changes Recorded only: the other tags need not wait for it."""
+    def recorded(status: str, reason: str) -> dict[str, str]:
+        return {"type": reasons.RECORDED, "status": status, "reason": reason}
+
+    ready = {"type": reasons.READY, "status": "True", "reason": reasons.SERVING}
+    pending = {"replicas": 1, "conditions": [ready, recorded(UNKNOWN, reasons.RECORDS_PENDING)]}
+    written = {"replicas": 1, "conditions": [ready, recorded("True", reasons.RECORDS_WRITTEN)]}
+    assert not _moved_on(written, pending)
+    assert _moved_on({**written, "replicas": 2}, pending)
+    rolling = {"type": reasons.READY, "status": "False", "reason": "RollingOut"}
+    assert _moved_on({**pending, "conditions": [rolling, *pending["conditions"][1:]]}, pending)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from lightkube import AsyncClient
 
+from aliasroll import reasons
 from aliasroll.controller.measuring import Analyzer
 from aliasroll.controller.records import InlineTags, TagsState
 from aliasroll.errors import (
@@ -49,7 +50,7 @@ class TagWriter(Protocol):
         self, owner: ResourceRef, endpoint: Endpoint, model: str, writes: Sequence[TagVersion], wake: Wake
     ) -> TagsState: ...
 
-    def rolled_out(self) -> None: ...
+    def progressed(self) -> None: ...
 
     def forget(self, uid: str) -> None: ...
 
@@ -89,6 +90,16 @@ MIN_CANARY_PASS_SECONDS = 1.0
 # its own timer is only a safety net, rare enough that a thousand of them cost the operator
 # little (at a 10 s poll, a pass of every resource every interval kept a core a third busy).
 AT_REST_PASS_SECONDS = 300.0
+
+
+def _moved_on(status: Mapping[str, Any], before: Mapping[str, Any]) -> bool:
+    """Whether status says something new besides the state of the records (a rollout moved on)."""
+
+    def rest(of: Mapping[str, Any]) -> dict[str, Any]:
+        found = of.get("conditions") or ()
+        return {**of, "conditions": [c for c in found if c.get("type") != reasons.RECORDED]}
+
+    return rest(status) != rest(before)
 
 
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
@@ -187,7 +198,6 @@ class Reconciler:
             return await self._write_failed(body, owner, previous_status, error)
         self._write_failures.pop(owner.uid, None)
         if written or pruned:
-            self._tags.rolled_out()
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
         # Registry writes before status, so status never says an alias moved that did not.
         recorded, problems, tags = await self._record(owner, spec.model.name, endpoint, plan.writes, wake)
@@ -200,6 +210,8 @@ class Reconciler:
             owner=owner,
             now=now,
         )
+        if written or pruned or _moved_on(status, previous_status):
+            self._tags.progressed()  # tags wait until rollouts stop moving
         try:
             if not await self._write_status(body, owner, status):
                 return GONE

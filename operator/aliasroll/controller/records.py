@@ -3,9 +3,10 @@ and how a canary ended.
 
 Tags are bookkeeping, and a rollout must never wait for them. The operator writes them beside
 its passes (`DeferredTags`): a pass hands its new tags over and goes on, and they are written
-once no pass has rolled anything out for `QUIET_SECONDS`, or once they have waited `max_delay`.
-A burst of new resources (a GitOps sync of hundreds) so gets Ready first, and MLflow's share of
-the CPU goes to its records afterwards. When a resource's tags are written, or first refused, it
+once no pass has moved a rollout on for `QUIET_SECONDS` (applied or pruned objects, or written a
+status that says something new besides the records), or once they have waited `max_delay`. A burst
+of new resources (a GitOps sync of hundreds) so gets Ready first, and MLflow's share of the CPU
+goes to its records afterwards. When a resource's tags are written, or first refused, it
 is woken: its next pass says so in the Recorded condition (Unknown/RecordsPending meanwhile).
 Each registry has writers of its own, so one that hangs holds back only its own tags.
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 # How long a version's tags, read to skip the records it already holds, are trusted (the details of
 # a READY version are kept longer: an hour, and the operator's own writes are remembered).
 TAGS_READ_TTL = 60.0
-# Deferred tags wait until no pass has applied or pruned anything for this long.
+# Deferred tags wait until no pass has moved a rollout on for this long.
 QUIET_SECONDS = 2.0
 # Tags written at once, once it is their turn.
 WRITERS = 4
@@ -108,7 +109,7 @@ class InlineTags:
             self._written.wrote(uid, write.version, new)
         return TagsState(problems=tuple(problems))
 
-    def rolled_out(self) -> None:
+    def progressed(self) -> None:
         pass
 
     def forget(self, uid: str) -> None:
@@ -150,7 +151,7 @@ class DeferredTags:
         self._quiet = quiet
         self._writers = writers
         self._clock, self._sleep = clock, sleep
-        self._last_rollout = float("-inf")
+        self._last_progress = float("-inf")
         # Each registry has its own queue and writers, as it has its own threads in the poller: one
         # that hangs holds only its own tags back.
         # (By tracking URI: new credentials for a registry do not start writers of their own.)
@@ -176,9 +177,10 @@ class DeferredTags:
         """Tag writes waiting (for tests and logs)."""
         return sum(len(tags) for tags in self._queued.values())
 
-    def rolled_out(self) -> None:
-        """A pass applied or pruned objects: a rollout is under way, and goes first."""
-        self._last_rollout = self._clock()
+    def progressed(self) -> None:
+        """A pass moved a rollout on (applied or pruned objects, or its status says something new
+        besides the records): rollouts go first."""
+        self._last_progress = self._clock()
 
     async def submit(
         self, owner: ResourceRef, endpoint: Endpoint, model: str, writes: Sequence[TagVersion], wake: Wake
@@ -240,7 +242,7 @@ class DeferredTags:
     async def _turn(self, job: _Job) -> None:
         """Waits until no rollout has been under way for `quiet` seconds, or `max_delay` is up."""
         while True:
-            due = min(self._last_rollout + self._quiet, job.since + self._max_delay)
+            due = min(self._last_progress + self._quiet, job.since + self._max_delay)
             wait = due - self._clock()
             if wait <= 0:
                 return
