@@ -271,6 +271,7 @@ def test_the_delay_is_configured_and_bad_values_say_what_to_fix() -> None:
 
 def test_a_status_that_only_says_the_records_moved_does_not_hold_the_tags() -> None:
     """The pass a written tag wakes changes Recorded only: the other tags need not wait for it."""
+
     def recorded(status: str, reason: str) -> dict[str, str]:
         return {"type": reasons.RECORDED, "status": status, "reason": reason}
 
