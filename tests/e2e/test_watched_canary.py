@@ -136,9 +136,14 @@ def test_steps_then_automatic_promotion_in_mlflow(
     def tags(version: str) -> dict[str, str]:
         return dict(registry.get_model_version(model_name, version).tags)
 
+    # The tags are written after the rollout, one call each: wait for all of them.
+    outcome = ("outcome", "time", "deployment", "summary")
     wait_for(
-        lambda: tags("3").get("aliasroll.io/canary.outcome") == "promoted", timeout=30, what="outcome tag"
+        lambda: all(f"aliasroll.io/canary.{key}" in tags("3") for key in outcome),
+        timeout=60,
+        what="the canary's outcome tags",
     )
+    assert tags("3")["aliasroll.io/canary.outcome"] == "promoted"
     assert tags("3")["aliasroll.io/canary.deployment"] == f"{namespace}/sentiment"
     served_2 = [
         value

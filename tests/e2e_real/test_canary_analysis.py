@@ -40,6 +40,26 @@ def version_tags(stack: RealStack, version: str) -> dict[str, str]:
     return dict(stack.registry.get_model_version(stack.model, version).tags)
 
 
+def outcome_tags(stack: RealStack, version: str, name: str = NAME) -> dict[str, str]:
+    """The version's tags once the resource says its records are written (they follow the rollout,
+    one call each) and its canary's outcome is among them."""
+
+    def recorded() -> bool:
+        found = stack.kube.get("mdep", name, stack.namespace) or {}
+        conditions = found.get("status", {}).get("conditions") or ()
+        return any(c["type"] == "Recorded" and c["status"] == "True" for c in conditions)
+
+    def written() -> dict[str, str] | None:
+        tags = version_tags(stack, version) if recorded() else {}
+        return tags if "aliasroll.io/canary.outcome" in tags else None
+
+    return wait_for(
+        written,
+        timeout=60,
+        what=f"{name}: Recorded=True and version {version}'s canary outcome tags",
+    )
+
+
 def test_a_good_canary_goes_through_three_steps_and_is_promoted(stack: RealStack) -> None:
     v1 = stack.register("v1", alias="production")
     # Two replicas: every step runs one canary pod beside one production pod (the replicas router's
@@ -81,7 +101,7 @@ def test_a_good_canary_goes_through_three_steps_and_is_promoted(stack: RealStack
     events = [reason for _, reason, _ in stack.kube.events(stack.namespace, NAME)]
     assert events.count("CanaryStep") == 3, events
     assert "AliasMoved" in events
-    tags = version_tags(stack, v2)
+    tags = outcome_tags(stack, v2)
     assert tags["aliasroll.io/canary.outcome"] == "promoted"
     assert "verdict=Passed" in tags["aliasroll.io/canary.analysis.errorRate"]
 
@@ -158,7 +178,7 @@ def test_bad_canaries_are_aborted_in_their_first_step_and_a_starved_one_holds(st
         healthy = next(c for c in found["status"]["conditions"] if c["type"] == "CanaryHealthy")
         assert (healthy["status"], healthy["reason"]) == ("False", "CanaryAborted")
         assert ("error rate" if metric == "errorRate" else "p99 latency") in healthy["message"], healthy
-        assert version_tags(stack, names[name])["aliasroll.io/canary.outcome"] == "aborted"
+        assert outcome_tags(stack, names[name], name)["aliasroll.io/canary.outcome"] == "aborted"
     assert stack.registry.get_registered_model(stack.model).aliases["production"] == v1
 
     starved_now = canary_status(stack, "starved")

@@ -65,13 +65,15 @@ async def yield_once(_: float) -> None:
 
 @contextlib.asynccontextmanager
 async def writing(
-    registry: Registry, clock: Clock, *, max_delay: float = 60.0
+    registry: Registry, clock: Clock, *, max_delay: float = 60.0, burst: int = 1
 ) -> AsyncIterator[DeferredTags]:
-    """A started writer on the fake clock, stopped at the end."""
+    """A started writer on the fake clock, stopped at the end (by default one pass that moved a
+    rollout on is a burst)."""
     tags = DeferredTags(
         cast(RegistryPoller, registry),
         max_delay=max_delay,
         quiet=2.0,
+        burst=burst,
         writers=2,
         clock=clock,
         sleep=yield_once,
@@ -113,6 +115,31 @@ def test_tags_wait_until_rollouts_pause_then_wake_the_resource_once() -> None:
             await settle()
             assert len(registry.writes) == 1, "written once"
             assert woken == [1], "told once"
+
+    run(scenario)
+
+
+def test_a_few_passes_now_and_then_are_no_burst() -> None:
+    """Canaries measuring every few seconds hold no tags back; a burst of rollouts does."""
+
+    async def scenario() -> None:
+        registry, clock = Registry(), Clock()
+        async with writing(registry, clock, burst=5) as tags:
+            for _ in range(4):
+                tags.progressed()
+            await tags.submit(OWNER, ENDPOINT, "m", [SERVED], lambda: None)
+            await settle()
+            assert len(registry.writes) == 1, "four passes in 2 s are no burst"
+            for _ in range(5):
+                clock.now += 0.1
+                tags.progressed()
+            other = ResourceRef(namespace="ml", name="other", uid="uid-2")
+            await tags.submit(other, ENDPOINT, "m", [SERVED], lambda: None)
+            await settle()
+            assert len(registry.writes) == 1, "five passes in 2 s are a burst"
+            clock.now += 1.95  # all but the last of those passes are over 2 s old: no burst
+            await settle()
+            assert len(registry.writes) == 2
 
     run(scenario)
 

@@ -3,11 +3,13 @@ and how a canary ended.
 
 Tags are bookkeeping, and a rollout must never wait for them. The operator writes them beside
 its passes (`DeferredTags`): a pass hands its new tags over and goes on, and they are written
-once no pass has moved a rollout on for `QUIET_SECONDS` (applied or pruned objects, or written a
-status that says something new besides the records), or once they have waited `max_delay`. A burst
-of new resources (a GitOps sync of hundreds) so gets Ready first, and MLflow's share of the CPU
-goes to its records afterwards. When a resource's tags are written, or first refused, it
-is woken: its next pass says so in the Recorded condition (Unknown/RecordsPending meanwhile).
+once the rollouts are no longer a burst: fewer than `BURST_PASSES` passes moved a rollout on
+(applied or pruned objects, or wrote a status that says something new besides the records) in the
+last `QUIET_SECONDS`; at the latest once they have waited `max_delay`. A burst of new resources (a
+GitOps sync of hundreds) so gets Ready first, and MLflow's share of the CPU goes to its records
+afterwards, while a few canaries measuring now and then hold nothing back. When a resource's tags
+are written, or first refused, it is woken: its next pass says so in the Recorded condition
+(Unknown/RecordsPending meanwhile).
 Each registry has writers of its own, so one that hangs holds back only its own tags.
 
 `InlineTags` writes them within the pass, for tests that run single passes.
@@ -19,6 +21,7 @@ per version, cached) which tags a version already holds, so a restarted operator
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -36,8 +39,9 @@ log = logging.getLogger(__name__)
 # How long a version's tags, read to skip the records it already holds, are trusted (the details of
 # a READY version are kept longer: an hour, and the operator's own writes are remembered).
 TAGS_READ_TTL = 60.0
-# Deferred tags wait until no pass has moved a rollout on for this long.
+# Deferred tags wait while this many passes, or more, moved a rollout on within this many seconds.
 QUIET_SECONDS = 2.0
+BURST_PASSES = 5
 # Tags written at once, once it is their turn.
 WRITERS = 4
 
@@ -141,6 +145,7 @@ class DeferredTags:
         *,
         max_delay: float,
         quiet: float = QUIET_SECONDS,
+        burst: int = BURST_PASSES,
         writers: int = WRITERS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -148,10 +153,10 @@ class DeferredTags:
         self._registry = registry
         self._written = _Written(registry)
         self._max_delay = max_delay
-        self._quiet = quiet
+        self._quiet, self._burst = quiet, max(1, burst)
         self._writers = writers
         self._clock, self._sleep = clock, sleep
-        self._last_progress = float("-inf")
+        self._progress: collections.deque[float] = collections.deque()  # when passes moved rollouts on
         # Each registry has its own queue and writers, as it has its own threads in the poller: one
         # that hangs holds only its own tags back.
         # (By tracking URI: new credentials for a registry do not start writers of their own.)
@@ -180,7 +185,13 @@ class DeferredTags:
     def progressed(self) -> None:
         """A pass moved a rollout on (applied or pruned objects, or its status says something new
         besides the records): rollouts go first."""
-        self._last_progress = self._clock()
+        now = self._clock()
+        self._progress.append(now)
+        self._forget_progress(before=now - self._quiet)
+
+    def _forget_progress(self, *, before: float) -> None:
+        while self._progress and self._progress[0] < before:
+            self._progress.popleft()
 
     async def submit(
         self, owner: ResourceRef, endpoint: Endpoint, model: str, writes: Sequence[TagVersion], wake: Wake
@@ -240,10 +251,16 @@ class DeferredTags:
             self._finish(job, error)
 
     async def _turn(self, job: _Job) -> None:
-        """Waits until no rollout has been under way for `quiet` seconds, or `max_delay` is up."""
+        """Waits while the rollouts are a burst (`burst` passes moved one on in the last `quiet`
+        seconds), at most until `max_delay` is up."""
         while True:
-            due = min(self._last_progress + self._quiet, job.since + self._max_delay)
-            wait = due - self._clock()
+            now = self._clock()
+            self._forget_progress(before=now - self._quiet)
+            if len(self._progress) < self._burst:
+                return
+            # Absent new passes, the burst is over once its `burst`-th latest pass is `quiet` old.
+            calm = self._progress[-self._burst] + self._quiet
+            wait = min(calm, job.since + self._max_delay) - now
             if wait <= 0:
                 return
             await self._sleep(wait)
