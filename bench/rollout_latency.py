@@ -57,6 +57,7 @@ from localkube import RealNode  # noqa: E402
 from localkube.node import pod_placement  # noqa: E402
 from mlflowserver import MlflowServer, free_port  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
+from support import load  # noqa: E402
 
 WEBHOOK_SECRET = "bench-webhook-secret"
 # The server delivers webhooks to the operator on loopback (plain http, a private address), and a new
@@ -77,7 +78,6 @@ STREAM_RATE = 40.0
 # The tests' load (tests/support/load.py), run inside the node's namespace: an open loop of requests
 # at a fixed rate, each on a new connection (so kube-proxy picks a pod per request), one JSON line per
 # answer with its start on the CLOCK_MONOTONIC this process shares with the benchmark.
-LOAD = REPO / "tests" / "support" / "load.py"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -106,7 +106,8 @@ def rolled_out(obj: dict[str, Any], version: str) -> bool:
 
 
 class Stream:
-    """LOAD in the node's namespace, its answers gathered as they come: (start, status, version)."""
+    """tests/support/load.py in the node's namespace, its answers gathered as they come:
+    (start, status, version)."""
 
     def __init__(self, node: RealNode, address: str, *, rate: float, seconds: float) -> None:
         self.answers: list[tuple[float, int, str | None]] = []
@@ -114,15 +115,7 @@ class Stream:
         self.failures: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            node.nsenter_argv(
-                sys.executable,
-                str(LOAD),
-                f"--url=http://{address}/invocations",
-                f"--rate={rate}",
-                f"--seconds={seconds}",
-                "--out=-",
-                "--monotonic",
-            ),
+            node.nsenter_argv(*load.command(address, rate=rate, seconds=seconds, out="-", monotonic=True)),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

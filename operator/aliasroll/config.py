@@ -31,8 +31,8 @@ class OperatorConfig:
     # Owned objects change in bursts (a Deployment's status, three or four times as its pods
     # start): their owner's pass waits this long after the first change and reads the whole burst.
     child_settle_seconds: float = 1.0
-    # Version tags (the registry's records) wait for rollouts to pause, at most this long: a burst
-    # of new resources gets Ready first (controller.records). 0: written as soon as planned.
+    # Version tags (the registry's records) wait while rollouts come in a burst, at most this long:
+    # a burst of new resources gets Ready first (controller.records). 0: written as soon as planned.
     records_max_delay_seconds: float = 120.0
     # Push: the registry webhooks' shared secret (from a Secret) and where to receive them; no
     # secret or no address: no receiver, polling alone. A delivery's timestamp may be this far off.

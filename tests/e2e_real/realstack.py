@@ -25,9 +25,8 @@ from mlflow import MlflowClient
 
 from localkube import LocalCluster, RealNode
 from mlflowserver import MlflowServer
+from support import load
 
-REPO = Path(__file__).resolve().parents[2]
-LOAD = REPO / "tests" / "support" / "load.py"
 UNLOADABLE = Path(__file__).parent / "models" / "unloadable.py"
 NAME = "sentiment"  # the ModelDeployment, its Service and its Deployments' prefix
 
@@ -39,14 +38,7 @@ class Load:
         self.out = out
         self.rate = rate
         self.process = subprocess.Popen(
-            node.nsenter_argv(
-                sys.executable,
-                str(LOAD),
-                f"--url=http://{address}/invocations",
-                f"--rate={rate}",
-                f"--seconds={seconds}",
-                f"--out={out}",
-            ),
+            node.nsenter_argv(*load.command(address, rate=rate, seconds=seconds, out=str(out))),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -24,6 +24,20 @@ from urllib.parse import urlsplit
 BODY = json.dumps({"inputs": ["this is great", "this is terrible"]}).encode()
 
 
+def command(address: str, *, rate: float, seconds: float, out: str, monotonic: bool = False) -> list[str]:
+    """This script's command line against a model server at `address` (host or host:port), for a
+    caller to run where the address is reachable (`RealNode.nsenter_argv`)."""
+    return [
+        sys.executable,
+        __file__,
+        f"--url=http://{address}/invocations",
+        f"--rate={rate}",
+        f"--seconds={seconds}",
+        f"--out={out}",
+        *(["--monotonic"] if monotonic else []),
+    ]
+
+
 def one_request(host: str, port: int, path: str, timeout: float) -> dict[str, object]:
     started = time.monotonic()
     connection = http.client.HTTPConnection(host, port, timeout=timeout)

@@ -67,7 +67,7 @@ async def yield_once(_: float) -> None:
 async def writing(
     registry: Registry, clock: Clock, *, max_delay: float = 60.0, burst: int = 1
 ) -> AsyncIterator[DeferredTags]:
-    """A started writer on the fake clock, stopped at the end (by default one pass that moved a
+    """A writer on the fake clock, stopped at the end (by default one pass that moved a
     rollout on is a burst)."""
     tags = DeferredTags(
         cast(RegistryPoller, registry),
@@ -78,7 +78,6 @@ async def writing(
         clock=clock,
         sleep=yield_once,
     )
-    tags.start()
     try:
         yield tags
     finally:

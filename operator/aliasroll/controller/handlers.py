@@ -166,7 +166,6 @@ class Runtime:
         for listener in self.listeners:
             await listener.start()
         self.objects.start()
-        self.tags.start()
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
         if self.elector is None:
             self.fence.raise_()

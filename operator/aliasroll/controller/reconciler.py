@@ -211,7 +211,7 @@ class Reconciler:
             now=now,
         )
         if written or pruned or _moved_on(status, previous_status):
-            self._tags.progressed()  # tags wait until rollouts stop moving
+            self._tags.progressed()  # tags wait while rollouts come in a burst
         try:
             if not await self._write_status(body, owner, status):
                 return GONE

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aliasroll.errors import AliasrollError
 from aliasroll.planning.records import TagVersion
@@ -129,11 +129,14 @@ class _Job:
     tags: dict[str, str]
     wake: Wake
     since: float
-    keys: set[TagKey] = field(default_factory=set)
 
     @property
     def uid(self) -> str:
         return self.owner.uid
+
+    def still_queued(self, queued: Mapping[TagKey, str]) -> bool:
+        """Whether `queued` still holds this job's tags with its values (none newer, none dropped)."""
+        return all(queued.get((self.version, key)) == value for key, value in self.tags.items())
 
 
 class DeferredTags:
@@ -165,10 +168,8 @@ class DeferredTags:
         self._refused: dict[str, str] = {}  # by uid: the registry's word on the last refused write
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        """Writers start with a registry's first tags; nothing to do before."""
-
     async def stop(self) -> None:
+        """Stops the writers (each registry's start with its first tags); queued tags are dropped."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -204,7 +205,6 @@ class DeferredTags:
             if not new:
                 continue
             job = _Job(owner, endpoint, model, write.version, new, wake, since=self._clock())
-            job.keys = {(write.version, key) for key in new}
             queued.update({(write.version, key): value for key, value in new.items()})
             self._queue(endpoint).put_nowait(job)
         if not queued:
@@ -267,13 +267,13 @@ class DeferredTags:
 
     def _current(self, job: _Job) -> bool:
         queued = self._queued.get(job.uid)
-        return queued is not None and all(queued.get(key) == job.tags[key[1]] for key in job.keys)
+        return queued is not None and job.still_queued(queued)
 
     def _finish(self, job: _Job, error: str | None) -> None:
         queued = self._queued.get(job.uid, {})
-        for key in job.keys:
-            if queued.get(key) == job.tags[key[1]]:
-                del queued[key]
+        for key, value in job.tags.items():
+            if queued.get((job.version, key)) == value:
+                del queued[(job.version, key)]
         if error is None:
             self._written.wrote(job.uid, job.version, job.tags)
             if not queued:

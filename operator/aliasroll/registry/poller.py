@@ -1,13 +1,14 @@
 """One shared view of the registry for every ModelDeployment.
 
 Resources subscribe to (endpoint, model) with their poll interval. One loop per endpoint fetches
-each subscribed model once per interval (the shortest interval among its subscribers), however many
-resources name it, and wakes the subscribers whose answer changed, so an alias move reaches every
-resource within one interval. A model is read at once when first followed, then on a grid shared by
-every model of its registry and interval, so they fall due together and are fetched together: one
-call each while there are few, or one `search_registered_models` sweep (1,000 models a page) once
-there are enough that the sweep is cheaper (50 models: one sweep costs the MLflow server 45 ms of
-CPU, 50 reads 470 ms). A failing model is retried with backoff, then rejoins the grid.
+each subscribed model once a poll (a little more often than the shortest interval among its
+subscribers: `poll_period`), however many resources name it, and wakes the subscribers whose answer
+changed, so an alias move reaches every resource, passes included, within one interval. A model is
+read at once when first followed, then on a grid shared by every model of its registry and interval,
+so they fall due together and are fetched together: one call each while there are few, or one
+`search_registered_models` sweep (1,000 models a page) once there are enough that the sweep is
+cheaper (50 models: one sweep costs the MLflow server 45 ms of CPU, 50 reads 470 ms). A failing
+model is retried with backoff, then rejoins the grid.
 
 Registries are kept apart, as tenants: each endpoint has its own few threads, so one that hangs
 (accepts connections, never answers) holds only its own; a subscriber waits a bounded time for a
