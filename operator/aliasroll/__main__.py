@@ -5,10 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 
 from aliasroll import __version__
+
+
+def own_identity(env: Mapping[str, str] = os.environ) -> str:
+    """Who this process is, for Kopf's logs and peering: the pod's name (POD_ID or POD_NAME from the
+    downward API), else the host's name. Never the user's name: Kopf's default asks the passwd
+    database (getpass.getuser()), and a container may run as a uid that has no entry there."""
+    return env.get("POD_ID") or env.get("POD_NAME") or socket.gethostname()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(
         kopf.operator(
             standalone=True,
+            # Kopf's Identity is a NewType of str, not exported by the kopf package.
+            identity=cast(Any, own_identity()),
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness,

@@ -57,6 +57,12 @@ LEADER = Gauge(
     "aliasroll_leader",
     "1 while this process leads (holds the Lease, or leader election is off) and writes, 0 otherwise",
 )
+EVENTS = Counter(
+    "aliasroll_events_total",
+    "Kubernetes events about ModelDeployments, by outcome (written, folded into an earlier one's "
+    "count, failed, dropped: the queue was full or this process stopped leading)",
+    ["outcome"],
+)
 LEADERSHIP_CHANGES = Counter(
     "aliasroll_leadership_changes_total",
     "Leadership transitions of this process: acquired, lost (not renewed in time, or taken by "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -34,8 +35,8 @@ from aliasroll.controller.scheduler import Scheduler
 from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
 from aliasroll.kube.cache import OwnedCache
 from aliasroll.kube.credentials import SecretCache
+from aliasroll.kube.events import EventRecorder
 from aliasroll.kube.resources import ModelDeployment
-from aliasroll.planning.state import EventRecord
 from aliasroll.planning.workloads import MANAGER, WorkloadDefaults
 from aliasroll.registry.client import RegistryClient, configure_http
 from aliasroll.registry.poller import Wake
@@ -47,19 +48,6 @@ log = logging.getLogger(__name__)
 
 # A replica that does not lead runs no pass: its workers wait until leadership wakes them all.
 STANDBY = PassResult(next_in=None)
-
-
-class KopfEvents:
-    """Posts Kubernetes events through Kopf's queue (batched, retried, never blocking a pass)."""
-
-    def __init__(self, fence: Fence) -> None:
-        self._fence = fence
-
-    def post(self, body: Mapping[str, Any], event: EventRecord) -> None:
-        if not self._fence.open:
-            return  # not leading (any more): the leader tells what it does
-        # Kopf only reads apiVersion, kind and metadata from the body; a plain mapping does.
-        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -108,6 +96,14 @@ class Runtime:
             # waits no longer than that for a registry, however busy or silent it is.
             answer_timeout=config.registry_timeout_seconds + 1.0,
         )
+        # Events go through one writer whatever task posts them (a pass started by the watch, the
+        # resync or a new leader); only while leading, through the fenced client.
+        self.events = EventRecorder(
+            self.client,
+            component=MANAGER,
+            instance=config.pod_name or socket.gethostname(),
+            may_write=lambda: self.fence.open,
+        )
         self.tags = DeferredTags(self.registry, max_delay=config.records_max_delay_seconds)
         self.reconciler = Reconciler(
             client=self.client,
@@ -115,7 +111,7 @@ class Runtime:
             objects=self.objects,
             secrets=self.secrets,
             registry=self.registry,
-            events=KopfEvents(self.fence),
+            events=self.events,
             defaults=WorkloadDefaults(
                 image=config.serving_image, progress_deadline_seconds=config.progress_deadline_seconds
             ),
@@ -166,6 +162,7 @@ class Runtime:
         for listener in self.listeners:
             await listener.start()
         self.objects.start()
+        self.events.start()
         self._resync_task = asyncio.create_task(self._resync_forever(), name="resync")
         if self.elector is None:
             self.fence.raise_()
@@ -269,6 +266,7 @@ class Runtime:
                 await self._resync_task
         await self.scheduler.stop()
         await self.tags.stop()
+        await self.events.stop()
         await self.objects.stop()
         await self.secrets.stop()
         if self.elector is not None:  # passes stopped: release the lease, the other leads at once
@@ -280,8 +278,8 @@ class Runtime:
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.posting.reporting_component = MANAGER
-    settings.posting.reporting_instance = __version__
+    # Events are aliasroll's own (kube.events): Kopf posts none, not even its log lines.
+    settings.posting.enabled = False
     # No Kopf peering (it pauses handlers but does not fence writes): replicas elect a leader on a
     # Lease instead (leadership.py; README "High availability").
     settings.peering.standalone = True
