@@ -2,12 +2,13 @@
 
 The Argo CD health check (manifests/argocd) is merged into an argocd-cm both ways the README shows.
 
-The namespaced install (manifests/namespaced) is rendered over the default install the way the README
-says, with a name prefix so its cluster-scoped objects (ClusterRole, ClusterRoleBinding) and its
-ServiceAccount do not replace the cluster-wide install that the session applied for the other tests.
-Its ServiceAccount then asks the API server what it may do (`kubectl auth can-i` with a token of its
-own): everything the operator needs in the watched namespace, nothing in any other, and no Secrets
-cluster-wide. Last, the operator runs with that token and those flags alone.
+The namespaced install (examples/install-namespaced, written for a namespace of the test's own by
+tests/support/install.py) is rendered the way the README says, with a name prefix so its
+cluster-scoped objects (ClusterRole, ClusterRoleBinding) and its ServiceAccount do not replace the
+cluster-wide install that the session applied for the other tests. Its ServiceAccount then asks the
+API server what it may do (`kubectl auth can-i` with a token of its own): everything the operator
+needs in the watched namespace, nothing in any other, and no Secrets cluster-wide. Last, the
+operator runs with that token and those flags alone.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from harness import OPERATOR_NAMESPACE, REPO, RUN, Kube, model_deployment, wait_
 
 from localcluster import LocalCluster
 from operatorprocess import OperatorProcess
+from support.install import write_namespaced_install
 
 pytestmark = pytest.mark.e2e
 
-WATCHED = "ml-serving"  # the example namespace of manifests/namespaced
 PREFIX = "e2e-scoped-"
+WATCHED = f"{PREFIX}watched"  # a namespace of the test's own, as users name theirs
 ACCOUNT = f"{PREFIX}aliasroll"
 OTHER = f"{PREFIX}other"  # a namespace the install does not watch
 
@@ -40,26 +42,10 @@ class Install:
     kubeconfig: Path  # authenticates as the install's ServiceAccount
 
 
-def kustomization_over_the_default_install(folder: Path) -> None:
-    """What the README tells users to write: the default install plus the namespaced component."""
-    manifests = os.path.relpath(REPO / "manifests", folder)  # kustomize refuses absolute paths
-    (folder / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [manifests],
-                "components": [f"{manifests}/namespaced"],
-                "namePrefix": PREFIX,
-            }
-        )
-    )
-
-
 @pytest.fixture(scope="module")
 def namespaced_install(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
     folder = tmp_path_factory.mktemp("namespaced-install")
-    kustomization_over_the_default_install(folder)
+    write_namespaced_install(folder, [WATCHED], name_prefix=PREFIX)
     objects = [doc for doc in yaml.safe_load_all(cluster.kubectl("kustomize", str(folder)).stdout) if doc]
     # The operator's namespace is the session's (applied with the default install): never ours to delete.
     owned = yaml.safe_dump_all([obj for obj in objects if obj["kind"] != "Namespace"])

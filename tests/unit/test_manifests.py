@@ -12,9 +12,12 @@ from typing import Any
 
 import yaml
 
+from support.install import namespaced_kustomizations
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 NAMESPACED = MANIFESTS / "namespaced"
+EXAMPLE = REPO / "examples" / "install-namespaced"
 
 # (apiGroup, resource) pairs of rbac.yaml that are cluster-scoped: granted by a ClusterRole in both installs.
 # A rule for anything else is taken as namespaced and must be in the Role of each watched namespace.
@@ -115,14 +118,14 @@ def test_the_role_binding_binds_the_role_to_the_operators_service_account() -> N
 
 
 def test_every_watched_namespace_has_a_role_and_a_namespace_flag() -> None:
-    component = yaml.safe_load((NAMESPACED / "kustomization.yaml").read_text())
+    install = yaml.safe_load((EXAMPLE / "kustomization.yaml").read_text())
     with_role = set()
-    for resource in component["resources"]:
-        folder = NAMESPACED / resource
-        assert folder.parent == NAMESPACED / "namespaces", f"{resource}: one folder per watched namespace"
+    for resource in install["resources"][1:]:
+        folder = EXAMPLE / resource
+        assert folder.parent == EXAMPLE, f"{resource}: one folder per watched namespace"
         with_role.add(yaml.safe_load((folder / "kustomization.yaml").read_text())["namespace"])
     [args_patch] = [
-        patch for patch in component["patches"] if patch.get("target", {}).get("kind") == "Deployment"
+        patch for patch in install["patches"] if patch.get("target", {}).get("kind") == "Deployment"
     ]
     flags = set()
     for op in yaml.safe_load(args_patch["patch"]):
@@ -133,6 +136,14 @@ def test_every_watched_namespace_has_a_role_and_a_namespace_flag() -> None:
         flags.add(namespace)
     assert with_role, "the example watches one namespace"
     assert flags == with_role, "each watched namespace needs both its Role folder and its --namespace flag"
+
+
+def test_the_tests_write_the_namespaced_install_the_example_shows() -> None:
+    """The end-to-end and install tiers apply tests/support/install.py's kustomizations for namespaces of
+    their own; for the example's namespace they are the example's, file for file."""
+    written = namespaced_kustomizations(EXAMPLE, ["ml-serving"])
+    example = {path: yaml.safe_load(path.read_text()) for path in EXAMPLE.rglob("kustomization.yaml")}
+    assert written == example
 
 
 def test_the_service_and_the_scrape_annotations_reach_the_ports_the_operator_listens_on() -> None:
