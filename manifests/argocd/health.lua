@@ -1,15 +1,33 @@
 -- Argo CD health check for aliasroll.io/ModelDeployment.
 -- Installed as argocd-cm key resource.customizations.health.aliasroll.io_ModelDeployment: see
 -- argocd-cm-patch.yaml beside this file, which carries this script verbatim (a unit test keeps them equal).
+-- health_test.yaml and testdata/ beside it are its tests in Argo CD's own layout (upstream's
+-- resource_customizations/aliasroll.io/ModelDeployment/): objects captured from the operator on a cluster.
 --
--- Argo CD does not read the Ready condition of custom resources by itself; this script does. The operator
--- writes status.observedGeneration and conditions that follow the Kubernetes API conventions:
---   Ready True (Serving, ScaledToZero)           -> Healthy
---   Ready False, reason RollingOut               -> Progressing
---   Ready False, any other reason                -> Degraded (RolloutStalled, ApplyFailed, InvalidSpec, ...)
---   spec.suspend true                            -> Suspended (alias moves are not followed)
---   no status yet, or status for an older spec   -> Progressing (the operator has not looked at it yet)
--- Argo CD runs gopher-lua, a Lua 5.1: keep to Lua 5.1 (no goto, no integer division, no utf8 library).
+-- Argo CD does not read the Ready condition of custom resources by itself; this script does. Ready stays True
+-- while a canary runs (production serves), so the script also reads status.canary, where the operator keeps
+-- the canary's run (version, phase, step, message). The first rule that matches decides:
+--   spec.suspend true                                          -> Suspended (alias moves are not followed)
+--   no status yet, or status (or Ready) for an older spec      -> Progressing (the operator has not looked yet)
+--   Ready False, any reason but RollingOut                     -> Degraded (RolloutStalled, ApplyFailed,
+--                                                                 InvalidSpec, NameConflict, NothingToServe, ...)
+--   status.canary.phase Aborted, and the abort stands (below)  -> Degraded
+--   status.canary.phase Progressing, Analyzing or Promoting    -> Progressing (the canary steps, or promotes)
+--   Ready False/RollingOut, or Ready Unknown                   -> Progressing
+--   status.canary.phase AwaitingPromotion                      -> Suspended (a human moves the production
+--                                                                 alias; a fixed-weight canary waits so too)
+--   Ready True (Serving, ScaledToZero)                         -> Healthy (so after a canary Succeeded)
+-- The record of an aborted run stays in status.canary until @canary names another version, so it cannot
+-- alone say Degraded. An abort stands while the registry's last answer (status.registry.aliases) still has
+-- the canary alias (spec.canary.alias) on the aborted version (status.canary.version), and the production
+-- alias not on it too: the registry still asks for a canary the operator will not run. Once @canary is
+-- deleted (by hand, or by the operator with onAbort: removeAlias, after its next registry answer) or
+-- joins production, the abort is over: health follows Ready and the message still names the abort. A new
+-- version under @canary starts a new run, which replaces the record. A status without any registry answer
+-- cannot tell: the abort stands.
+-- The message is the canary's (phase, step, status.canary.message) when the canary decides, else Ready's.
+-- Argo CD runs gopher-lua, a Lua 5.1: keep to Lua 5.1 (no goto, no integer division, no utf8 library), and
+-- to its base and table libraries: it opens no string or math library for a script of argocd-cm.
 local hs = {}
 
 local function find_condition(status, condition_type)
@@ -32,18 +50,33 @@ local function is_stale(observed, generation)
   return observed == nil or observed < generation
 end
 
+local function non_empty(text)
+  if type(text) == "string" and text ~= "" then
+    return text
+  end
+  return nil
+end
+
+local function alias_of(section, default)
+  if type(section) == "table" and non_empty(section.alias) ~= nil then
+    return section.alias
+  end
+  return default
+end
+
 local generation = nil
 if obj.metadata ~= nil then
   generation = obj.metadata.generation
 end
+local spec = obj.spec or {}
 local status = obj.status
 local ready = find_condition(status, "Ready")
 local ready_message = nil
-if ready ~= nil and ready.message ~= nil and ready.message ~= "" then
-  ready_message = ready.message
+if ready ~= nil then
+  ready_message = non_empty(ready.message)
 end
 
-if obj.spec ~= nil and obj.spec.suspend == true then
+if spec.suspend == true then
   hs.status = "Suspended"
   hs.message = ready_message or "spec.suspend is true: alias moves are not followed; the current versions keep serving"
   return hs
@@ -73,14 +106,85 @@ if ready.observedGeneration ~= nil and is_stale(ready.observedGeneration, genera
   return hs
 end
 
-if ready.status == "True" then
-  hs.status = "Healthy"
-elseif ready.status == "False" and ready.reason == "RollingOut" then
-  hs.status = "Progressing"
-elseif ready.status == "False" then
+ready_message = ready_message or ("Ready is " .. tostring(ready.status) .. " (" .. tostring(ready.reason) .. ")")
+
+if ready.status == "False" and ready.reason ~= "RollingOut" then
   hs.status = "Degraded"
-else
-  hs.status = "Progressing"
+  hs.message = ready_message
+  return hs
 end
-hs.message = ready_message or ("Ready is " .. tostring(ready.status) .. " (" .. tostring(ready.reason) .. ")")
+
+-- The canary's run, when status.canary has one (a canary that only drains has no phase).
+local canary = nil
+if type(status.canary) == "table" and non_empty(status.canary.phase) ~= nil and status.canary.version ~= nil then
+  canary = status.canary
+end
+
+local function canary_message(run)
+  local text = "Canary version " .. tostring(run.version) .. " " .. run.phase
+  local message = non_empty(run.message)
+  -- The step, unless the message starts with it ("step 1/2: 25% of requests for 5m"). Argo CD opens no
+  -- string library for a script of argocd-cm, but strings compare byte by byte: the texts that start with
+  -- "step " are those from "step " up to "step!" (the next byte after the space).
+  local starts_with_step = message ~= nil and message >= "step " and message < "step!"
+  if non_empty(run.step) ~= nil and not starts_with_step then
+    text = text .. ", step " .. run.step
+  end
+  if message ~= nil then
+    text = text .. ": " .. message
+  end
+  return text
+end
+
+-- Whether the registry still asks for the aborted version under the canary alias (see the header).
+local function abort_stands(run)
+  local registry = status.registry
+  if type(registry) ~= "table" then
+    return true
+  end
+  local aliases = registry.aliases
+  if type(aliases) ~= "table" then
+    return false
+  end
+  local version = tostring(run.version)
+  local canary_alias = alias_of(spec.canary, "canary")
+  local production_alias = alias_of(spec.model, "production")
+  return aliases[canary_alias] ~= nil and tostring(aliases[canary_alias]) == version
+    and (aliases[production_alias] == nil or tostring(aliases[production_alias]) ~= version)
+end
+
+if canary ~= nil and canary.phase == "Aborted" and abort_stands(canary) then
+  hs.status = "Degraded"
+  hs.message = canary_message(canary) .. " (@" .. alias_of(spec.canary, "canary")
+    .. " still names it: point it at another version, or delete it, to end the abort)"
+  return hs
+end
+
+if canary ~= nil and (canary.phase == "Progressing" or canary.phase == "Analyzing" or canary.phase == "Promoting") then
+  hs.status = "Progressing"
+  hs.message = canary_message(canary)
+  if ready.status ~= "True" then
+    hs.message = hs.message .. "; " .. ready_message
+  end
+  return hs
+end
+
+if ready.status ~= "True" then
+  hs.status = "Progressing"
+  hs.message = ready_message
+  return hs
+end
+
+if canary ~= nil and canary.phase == "AwaitingPromotion" then
+  hs.status = "Suspended"
+  hs.message = canary_message(canary)
+  return hs
+end
+
+hs.status = "Healthy"
+hs.message = ready_message
+if canary ~= nil and canary.phase == "Aborted" then
+  hs.message = hs.message .. "; canary version " .. tostring(canary.version) .. " was aborted (@"
+    .. alias_of(spec.canary, "canary") .. " no longer names it)"
+end
 return hs
