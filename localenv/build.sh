@@ -6,7 +6,8 @@
 #   localenv/build.sh [control-plane]  etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 #                                      kubectl, kwok, hey (what `make test` needs)
 #   localenv/build.sh node             the real node: containerd, containerd-shim-runc-v2, ctr,
-#                                      kubelet, kube-proxy, and the CNI plugins in cni-bin/
+#                                      kubelet, kube-proxy, coredns (cluster DNS), and the CNI
+#                                      plugins in cni-bin/
 #   localenv/build.sh prometheus       the Prometheus server the canary analysis tests query
 #                                      (API only: no web UI; static, file and http discovery only)
 #   localenv/build.sh all              control plane and node (what the local cluster runs)
@@ -117,6 +118,12 @@ node() {
   build kube-node kube-node "kubelet kube-proxy" \
     "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy" \
     "$(kube_ldflags kube-node)"
+  # Cluster DNS for the node's pods: CoreDNS with only the plugins its Corefile uses (the wrapper
+  # module's own main package). Its version is a constant of the module; the commit it reports is not.
+  local coredns_version
+  coredns_version="$(awk '/^require github.com\/coredns\/coredns/ {print $3}' "$here/go/coredns/go.mod")"
+  build coredns coredns "coredns" "aliasroll.io/cluster/coredns" \
+    "-X github.com/coredns/coredns/coremain.GitCommit=release-$coredns_version"
 }
 
 prometheus() {

@@ -2,8 +2,10 @@
 
 One module per component: ``pki`` (certificates), ``etcd``, ``apiserver``, ``controllers``
 (controller-manager and scheduler), ``kwok`` (the fake node), ``node`` (the real node: containerd,
-kubelet, kube-proxy in a network namespace), plus what they share (``processes``, ``state``,
-``kubeconfig``, ``bins``, ``common``). ``cluster.LocalCluster`` puts them together; ``cli`` is the
+kubelet, kube-proxy and CoreDNS in a network namespace; ``incluster``: what its pods get as
+in-cluster clients, the kubernetes Service's endpoints and cluster DNS; ``dnsclient``, a DNS client
+to check that DNS with), plus what they share (``processes``, ``state``, ``kubeconfig``, ``bins``,
+``common``). ``cluster.LocalCluster`` puts them together; ``cli`` is the
 command line of ``localenv/localcluster.py``.
 """
 

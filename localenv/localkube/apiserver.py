@@ -8,6 +8,7 @@ import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 #: Room for thousands of Services (a /24 filled at about 250 ModelDeployments). The first address
 #: is the ``kubernetes`` Service, named in the API server's certificate.
@@ -36,12 +37,15 @@ def args(*, etcd_url: str, port: int, pki: Path, egress_config: Path | None = No
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--authorization-mode=Node,RBAC",
         "--allow-privileged=true",
+        # It would write its own loopback address, which no pod can reach: the real node writes the
+        # ``kubernetes`` Service's endpoints itself (its bridge on the node's address, incluster.py).
         "--endpoint-reconciler-type=none",
     ]
 
 
 class AdminClient:
-    """GETs on the API server as admin, for readiness checks (no kubectl process per poll)."""
+    """GETs on the API server as admin, for readiness checks (no kubectl process per poll), and the
+    few objects the harness writes itself (server-side apply)."""
 
     def __init__(self, *, server: str, pki: Path) -> None:
         self.server = server
@@ -55,6 +59,24 @@ class AdminClient:
         """(status, body) of an admin GET; (0, b"") when the API server cannot be reached."""
         try:
             with urllib.request.urlopen(self.server + path, context=self._ctx, timeout=timeout) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                return int(e.code), bytes(e.read())
+        except (OSError, http.client.HTTPException):
+            return 0, b""
+
+    def apply(self, path: str, obj: dict[str, Any], *, field_manager: str = "localkube") -> tuple[int, bytes]:
+        """Server-side apply of ``obj`` at ``path`` (e.g. ``/api/v1/namespaces/default/endpoints/x``),
+        forcing conflicts: (status, body), 200 or 201 when applied; (0, b"") when unreachable."""
+        request = urllib.request.Request(
+            f"{self.server}{path}?fieldManager={field_manager}&force=true",
+            data=json.dumps(obj).encode(),  # JSON is YAML
+            method="PATCH",
+            headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, context=self._ctx, timeout=10.0) as resp:
                 return int(resp.status), bytes(resp.read())
         except urllib.error.HTTPError as e:
             with e:

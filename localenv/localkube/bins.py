@@ -14,7 +14,7 @@ BIN_DIR_ENV = "ALIASROLL_CLUSTER_BIN_DIR"
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 REQUIRED_BINARIES = (*CONTROL_PLANE, "kubectl")
 #: The real node's own binaries, looked up in the same directory.
-NODE_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "kubelet", "kube-proxy")
+NODE_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "kubelet", "kube-proxy", "coredns")
 #: Subdirectory of the bin dir holding the CNI plugins.
 CNI_BIN_SUBDIR = "cni-bin"
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")

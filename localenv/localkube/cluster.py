@@ -1,5 +1,6 @@
 """LocalCluster: the control plane (etcd, kube-apiserver, controllers, kwok's fake node) and, when
-asked, a real node beside it (containerd, kubelet, kube-proxy in a network namespace)."""
+asked, a real node beside it (containerd, kubelet, kube-proxy in a network namespace, and for its
+pods the kubernetes Service's endpoints and cluster DNS: node.py, incluster.py)."""
 
 from __future__ import annotations
 

@@ -15,16 +15,24 @@ cleans up after a start that failed half-way:
 - cgroup ``/aliasroll-<id>`` in every mounted hierarchy: kubelet's cgroupRoot, so every container
   of this node lives below it, and teardown can find and stop them all.
 - The API server listens on the host's loopback, which the namespace cannot see: a pair of socat
-  processes bridges it through a Unix socket to ``127.0.0.1:6443`` inside the namespace.
+  processes bridges it through a Unix socket to ``127.0.0.1:6443`` inside the namespace (the node's
+  kubeconfigs), and a third socat listens on ``<node address>:6443`` for pods: the ``kubernetes``
+  Service's endpoints (written by the node, incluster.py), so in-cluster clients reach
+  https://kubernetes.default.svc with their ServiceAccount token and the mounted ca.crt.
   ``expose_host_port`` does the same for any host loopback port (e.g. an MLflow server), listening on
   the node's address so pods reach it. The API server's ``cluster`` egress (kubelets for logs and
   exec, Service and pod proxying) goes through a CONNECT proxy inside the namespace (egress.py).
+- Cluster DNS: CoreDNS (localenv/go/coredns) inside the namespace on ``<node address>:53``, behind the
+  ``kube-system/kube-dns`` Service (ClusterIP 10.0.0.10, kubelet's ``clusterDNS``, domain
+  cluster.local); it answers ``cluster.local`` and the reverse zones of the Service and pod ranges
+  from the API server, NXDOMAIN for every other name (nothing is forwarded). Pods that use no DNS
+  are unaffected. Only inside the namespace: host processes reach neither 10.0.0.10 nor CoreDNS.
 - kubelet rewrites a few machine-wide kernel settings at start (sysctls.KUBELET_SYSCTLS): recorded
   before it starts, restored on teardown; with other real nodes of the machine running, by the last
   of them to stop (sysctls.py).
 
-containerd, kubelet and kube-proxy are entered with ``nsenter --net`` (``ip netns exec`` remounts /sys,
-which hides /sys/fs/cgroup from kubelet).
+containerd, kubelet, kube-proxy and CoreDNS are entered with ``nsenter --net`` (``ip netns exec``
+remounts /sys, which hides /sys/fs/cgroup from kubelet).
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -42,8 +52,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import incluster, sysctls
 from . import pki as pki_mod
-from . import sysctls
 from .apiserver import SERVICE_CIDR, AdminClient
 from .bins import CNI_BIN_SUBDIR, missing_node_binaries
 from .common import ClusterError, run_checked, tail
@@ -65,6 +75,8 @@ NODE_GATEWAY = "10.245.0.1"
 API_PORT_IN_NODE = 6443
 KUBELET_PORT = 10250
 KUBE_PROXY_HEALTHZ_PORT = 10256
+#: The stdlib DNS client the readiness check and ``resolve()`` run inside the namespace.
+DNS_CLIENT = Path(__file__).with_name("dnsclient.py")
 #: Images loaded into the node's containerd at start; each test may load more with ``load_images``.
 DEFAULT_IMAGES = ("pause",)
 NODE_BINARIES_ON_PATH = ("containerd-shim-runc-v2",)
@@ -138,8 +150,8 @@ def _cgroup_hierarchies() -> list[Path]:
 
 class RealNode:
     """The real node of one local cluster (see the module's doc). Made by LocalCluster; tests use
-    ``name``, ``address``, ``netns``, ``run()``/``nsenter_argv()``, ``expose_host_port()`` and
-    ``load_images()``."""
+    ``name``, ``address``, ``netns``, ``run()``/``nsenter_argv()``, ``expose_host_port()``,
+    ``load_images()`` and ``resolve()`` (the cluster DNS, from inside the namespace)."""
 
     def __init__(self, state_dir: Path, *, processes: Processes, state: State) -> None:
         self.state_dir = state_dir
@@ -229,6 +241,33 @@ class RealNode:
             output = f"{result.stderr}{result.stdout}"
             raise ClusterError(f"{' '.join(argv)} in {self.netns} exited {result.returncode}:\n{output}")
         return result
+
+    def resolve(
+        self,
+        name: str,
+        *,
+        qtype: str = "A",
+        tcp: bool = False,
+        server: str = incluster.DNS_SERVICE_IP,
+        timeout: float = 2.0,
+    ) -> dict[str, Any]:
+        """Ask the cluster DNS (the kube-dns ClusterIP unless ``server``) from inside the node's
+        namespace, one query, no search list: dnsclient.py's JSON (``rcode``, ``answers``, ...)."""
+        argv = [
+            sys.executable,
+            str(DNS_CLIENT),
+            f"--server={server}",
+            f"--type={qtype}",
+            f"--timeout={timeout}",
+        ]
+        result = self.run(*argv, *(["--tcp"] if tcp else []), name, check=False, timeout=timeout + 20)
+        try:
+            answer = json.loads(result.stdout)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise ClusterError(f"dnsclient.py printed no answer:\n{result.stderr}{result.stdout}")
+        return answer
 
     def ctr(self, *args: str, timeout: float = 300.0) -> str:
         """``ctr`` against the node's containerd, namespace k8s.io (the CRI's)."""
@@ -351,6 +390,27 @@ class RealNode:
         self._wait_listening(
             "apiserver-node", API_PORT_IN_NODE, timeout=max(1.0, deadline - time.monotonic())
         )
+        # The kubernetes Service's endpoint: the same bridge, on the node's address, which pods reach.
+        self._listen_in_node(
+            "apiserver-endpoint", self.run_dir / "apiserver.sock", listen=(self.address, API_PORT_IN_NODE)
+        )
+        self._wait_listening(
+            "apiserver-endpoint",
+            API_PORT_IN_NODE,
+            address=self.address,
+            timeout=max(1.0, deadline - time.monotonic()),
+        )
+        self._apply(
+            api,
+            [
+                *incluster.kubernetes_endpoints(address=self.address, port=API_PORT_IN_NODE),
+                *incluster.coredns_rbac(),
+                *incluster.dns_objects(address=self.address, node_name=self.name),
+            ],
+            deadline=deadline,
+        )
+        # Started early: its informers sync while containerd and kubelet start.
+        self._start_coredns(bin_dir)
 
         archives = images
         if "pause" not in archives:
@@ -369,9 +429,16 @@ class RealNode:
             conditions = status.get("conditions", []) if isinstance(status, dict) else []
             return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
-        wait(f"node {self.name} Ready", node_ready, deadline, ["containerd", "kubelet", "apiserver-host"])
+        watch = ["containerd", "kubelet", "apiserver-host", "coredns"]
+        wait(f"node {self.name} Ready", node_ready, deadline, watch)
         self._start_kube_proxy(bin_dir)
         wait("kube-proxy serving", self._kube_proxy_ready, deadline, ["kube-proxy"])
+        wait(
+            f"cluster DNS answering at {incluster.DNS_SERVICE_IP}",
+            self._dns_ready,
+            deadline,
+            ["coredns", "kube-proxy", "apiserver-host"],
+        )
 
     def _make_netns(self) -> None:
         ns = self.netns
@@ -412,6 +479,26 @@ class RealNode:
         write_cert_kubeconfig(
             self.dir / "kube-proxy.kubeconfig", server=server, ca=ca, cert=cert, key=key, user="kube-proxy"
         )
+        # CoreDNS: a user of its own, whose ClusterRole (incluster.coredns_rbac) lets it only list
+        # and watch Services, EndpointSlices and Namespaces; not the admin certificate.
+        cert, key = pki_mod.issue(pki, "coredns", subject=f"/CN={incluster.COREDNS_USER}", client=True)
+        write_cert_kubeconfig(
+            self.dir / "coredns.kubeconfig", server=server, ca=ca, cert=cert, key=key, user="coredns"
+        )
+
+    def _apply(self, api: AdminClient, objects: Sequence[dict[str, Any]], *, deadline: float) -> None:
+        """Server-side apply ``objects`` as admin; retried until ``deadline`` (the API server may not
+        have made kube-system yet)."""
+        for obj in objects:
+            path = incluster.object_path(obj)
+            while True:
+                status, body = api.apply(path, obj)
+                if status in (200, 201):
+                    break
+                if time.monotonic() > deadline:
+                    text = body.decode(errors="replace")[:2000]
+                    raise ClusterError(f"applying {path} failed (HTTP {status}):\n{text}")
+                time.sleep(0.2)
 
     def _bridge(self, name: str, *, host_port: int, listen: tuple[str, int]) -> None:
         """Host 127.0.0.1:host_port <- Unix socket <- listen (inside the namespace)."""
@@ -427,20 +514,30 @@ class RealNode:
                 log = tail(self._procs.log_file(f"{name}-host"), 20)
                 raise ClusterError(f"socat for {name} did not listen on {sock}:\n{log}")
             time.sleep(0.02)
+        self._listen_in_node(f"{name}-node", sock, listen=listen)
+
+    def _listen_in_node(self, component: str, sock: Path, *, listen: tuple[str, int]) -> None:
+        """A socat inside the namespace: TCP ``listen`` -> the Unix socket ``sock`` of a bridge."""
         address, port = listen
-        self._add_component(f"{name}-node")
+        self._add_component(component)
         self._procs.spawn(
-            f"{name}-node",
+            component,
             self.nsenter_argv(
                 "socat", f"TCP-LISTEN:{port},bind={address},fork,reuseaddr", f"UNIX-CONNECT:{sock}"
             ),
             exe="socat",
         )
 
-    def _wait_listening(self, component: str, port: int, *, timeout: float) -> None:
-        """Until ``component`` listens on TCP ``port`` (/proc/PID/net/tcp shows the process's namespace)."""
+    def _wait_listening(
+        self, component: str, port: int, *, timeout: float, address: str | None = None
+    ) -> None:
+        """Until ``component`` is up and the namespace has a TCP listener on ``port`` (on ``address``
+        when given); /proc/PID/net/tcp shows the sockets of the process's namespace."""
         deadline = time.monotonic() + timeout
         hex_port = f":{port:04X}"
+        if address is not None:
+            # /proc/net/tcp prints the address as a native-endian 32-bit number.
+            hex_port = "{:08X}".format(*struct.unpack("=I", socket.inet_aton(address))) + hex_port
         while True:
             pid = self._procs.saved_pid(component)
             if pid is None or not self._procs.alive(component):
@@ -606,7 +703,11 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 maxPods: 60
+# Pods with dnsPolicy Default (and the search line of ClusterFirst ones) take the host's file.
 resolvConf: /etc/resolv.conf
+clusterDomain: {incluster.CLUSTER_DOMAIN}
+clusterDNS:
+- {incluster.DNS_SERVICE_IP}
 """
         (d / "kubelet.yaml").write_text(config)
         if "sysctls" not in self._info():
@@ -657,6 +758,33 @@ conntrack:
             exe="kube-proxy",
         )
 
+    def _start_coredns(self, bin_dir: Path) -> None:
+        """CoreDNS on the node's address, reading the API server through the bridge at 127.0.0.1."""
+        corefile = self.dir / "Corefile"
+        corefile.write_text(
+            incluster.corefile(
+                listen=self.address,
+                kubeconfig=self.dir / "coredns.kubeconfig",
+                reverse_cidrs=(SERVICE_CIDR, NODE_POD_CIDR),
+            )
+        )
+        self._add_component("coredns")
+        self._procs.spawn(
+            "coredns",
+            self.nsenter_argv(str(bin_dir / "coredns"), "-conf", str(corefile)),
+            exe="coredns",
+        )
+
+    def _dns_ready(self) -> bool:
+        """The kubernetes Service's name resolves through the kube-dns ClusterIP: CoreDNS has synced
+        with the API server and kube-proxy has programmed the Service."""
+        name = f"kubernetes.default.svc.{incluster.CLUSTER_DOMAIN}"
+        try:
+            answer = self.resolve(name, timeout=1.0)
+        except (ClusterError, subprocess.TimeoutExpired):
+            return False
+        return answer.get("answers") == [incluster.KUBERNETES_SERVICE_IP]
+
     def _kube_proxy_ready(self) -> bool:
         code = (
             "import urllib.request,sys;"
@@ -669,8 +797,10 @@ conntrack:
 
     def stop(self) -> None:
         """Remove everything recorded: processes (kubelet and kube-proxy first, then the containers
-        below the node's cgroup, containerd's shims and containerd, then the bridges), mounts under
-        the node's dirs, the namespace, the cgroups, kubelet's log links, the CNI cache, the dirs."""
+        below the node's cgroup, containerd's shims and containerd, then the rest in start order:
+        the egress proxy, the bridges, CoreDNS), mounts under the node's dirs, the namespace, the
+        cgroups, kubelet's log links, the CNI cache, the dirs. The API objects it wrote (the
+        kubernetes and kube-dns endpoints, CoreDNS's RBAC) go with the cluster's etcd."""
         info = self._info()
         if not info:
             return

@@ -1,6 +1,6 @@
 """Certificates of the local cluster, made with openssl: a CA, the API server's serving certificate,
 an admin client certificate (system:masters), the service-account key pair, and on demand client and
-serving certificates for the real node."""
+serving certificates for the real node (its kubelet, kube-proxy and CoreDNS)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from .common import ClusterError
 
 DAYS = "3650"
 #: Names the API server's certificate carries: loopback for the host and the node's bridge, the
-#: ``kubernetes`` Service for pods.
+#: ``kubernetes`` Service's ClusterIP and DNS names for pods (incluster.py), as kubeadm's.
 APISERVER_SANS = (
     "IP:127.0.0.1",
     "DNS:localhost",
     "IP:10.0.0.1",
+    "DNS:kubernetes.default.svc.cluster.local",
     "DNS:kubernetes.default.svc",
     "DNS:kubernetes.default",
     "DNS:kubernetes",
