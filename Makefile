@@ -39,7 +39,7 @@ cluster-binaries:
 	@localenv/build.sh >/dev/null
 
 .PHONY: node-binaries
-node-binaries: ## The real node's binaries from source: containerd, ctr, runc shim, kubelet, kube-proxy, CNI plugins (cached)
+node-binaries: ## The real node's binaries from source: containerd, ctr, runc shim, kubelet, kube-proxy, CoreDNS, CNI plugins (cached)
 	@localenv/build.sh node >/dev/null
 
 # Prometheus for the canary analysis' integration tests: API only (no web UI assets) and no service
