@@ -5,27 +5,28 @@
 -- resource_customizations/aliasroll.io/ModelDeployment/): objects captured from the operator on a cluster.
 --
 -- Argo CD does not read the Ready condition of custom resources by itself; this script does. Ready stays True
--- while a canary runs (production serves), so the script also reads status.canary, where the operator keeps
--- the canary's run (version, phase, step, message). The first rule that matches decides:
+-- while a canary runs (production serves), so the script also reads the canary's run (version, phase, step,
+-- message): status.canary while it runs; once it ended, status.lastCanary (or status.canary, where operators
+-- that have no lastCanary keep the record). The first rule that matches decides:
 --   spec.suspend true                                          -> Suspended (alias moves are not followed)
 --   no status yet, or status (or Ready) for an older spec      -> Progressing (the operator has not looked yet)
 --   Ready False, any reason but RollingOut                     -> Degraded (RolloutStalled, ApplyFailed,
 --                                                                 InvalidSpec, NameConflict, NothingToServe, ...)
---   status.canary.phase Aborted, and the abort stands (below)  -> Degraded
---   status.canary.phase Progressing, Analyzing or Promoting    -> Progressing (the canary steps, or promotes)
+--   the run's phase Aborted, and the abort stands (below)      -> Degraded
+--   the run's phase Progressing, Analyzing or Promoting        -> Progressing (the canary steps, or promotes)
 --   Ready False/RollingOut, or Ready Unknown                   -> Progressing
---   status.canary.phase AwaitingPromotion                      -> Suspended (a human moves the production
+--   the run's phase AwaitingPromotion                          -> Suspended (a human moves the production
 --                                                                 alias; a fixed-weight canary waits so too)
 --   Ready True (Serving, ScaledToZero)                         -> Healthy (so after a canary Succeeded)
--- The record of an aborted run stays in status.canary until @canary names another version, so it cannot
+-- The record of an aborted run stays in status until @canary names another version, so it cannot
 -- alone say Degraded. An abort stands while the registry's last answer (status.registry.aliases) still has
--- the canary alias (spec.canary.alias) on the aborted version (status.canary.version), and the production
+-- the canary alias (spec.canary.alias) on the aborted version (the run's version), and the production
 -- alias not on it too: the registry still asks for a canary the operator will not run. Once @canary is
 -- deleted (by hand, or by the operator with onAbort: removeAlias, after its next registry answer) or
 -- joins production, the abort is over: health follows Ready and the message still names the abort. A new
 -- version under @canary starts a new run, which replaces the record. A status without any registry answer
 -- cannot tell: the abort stands.
--- The message is the canary's (phase, step, status.canary.message) when the canary decides, else Ready's.
+-- The message is the run's (version, phase, step, message) when the canary decides, else Ready's.
 -- Argo CD runs gopher-lua, a Lua 5.1: keep to Lua 5.1 (no goto, no integer division, no utf8 library), and
 -- to its base and table libraries: it opens no string or math library for a script of argocd-cm.
 local hs = {}
@@ -114,10 +115,18 @@ if ready.status == "False" and ready.reason ~= "RollingOut" then
   return hs
 end
 
--- The canary's run, when status.canary has one (a canary that only drains has no phase).
-local canary = nil
-if type(status.canary) == "table" and non_empty(status.canary.phase) ~= nil and status.canary.version ~= nil then
-  canary = status.canary
+-- The canary's run: status.canary while it runs (a canary of an older version that only drains has no
+-- phase), else how the last run ended: status.lastCanary where the operator keeps that record apart,
+-- else status.canary, where it kept it before.
+local function run_in(section)
+  if type(section) == "table" and non_empty(section.phase) ~= nil and section.version ~= nil then
+    return section
+  end
+  return nil
+end
+local canary = run_in(status.canary)
+if canary == nil or canary.phase == "Aborted" or canary.phase == "Succeeded" then
+  canary = run_in(status.lastCanary) or canary
 end
 
 local function canary_message(run)

@@ -105,6 +105,24 @@ def canary_status(
     return status
 
 
+def last_canary(status: dict[str, Any], phase: str, *, drained: bool) -> dict[str, Any]:
+    """`status` with an ended run of version 3 recorded in status.lastCanary, as operators that keep
+    the record apart write it: its pods gone (no status.canary), or still draining (status.canary
+    with only the phase)."""
+    status["lastCanary"] = {
+        "version": "3",
+        "phase": phase,
+        "step": "1/2",
+        "message": "aborted after 2 failed",
+        "endedAt": "2026-11-23T12:09:00Z",
+    }
+    if drained:
+        status.pop("canary", None)
+    elif status["canary"].get("version") == "3":
+        status["canary"] = {"alias": "canary", "version": "3", "replicas": 1, "phase": phase, "weight": 0}
+    return status
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -377,6 +395,47 @@ CASES = [
         model_deployment(canary=STEPS, status=canary_status("Aborted", aliases=None)),
         "Degraded",
         "Canary version 3 Aborted...",
+    ),
+    Case(
+        "an abort recorded in status.lastCanary, its pods gone, is degraded",
+        model_deployment(canary=STEPS, status=last_canary(canary_status(None), "Aborted", drained=True)),
+        "Degraded",
+        "Canary version 3 Aborted, step 1/2: aborted after 2 failed (@canary still names it...",
+    ),
+    Case(
+        "an abort recorded in status.lastCanary, its pods draining, is degraded",
+        model_deployment(
+            canary=STEPS,
+            status=last_canary(
+                canary_status(None, ready=condition("Ready", "False", "RollingOut", "canary ending")),
+                "Aborted",
+                drained=False,
+            ),
+        ),
+        "Degraded",
+        "Canary version 3 Aborted, step 1/2: aborted after 2 failed (@canary still names it...",
+    ),
+    Case(
+        "an abort recorded in status.lastCanary is over once @canary is deleted",
+        model_deployment(
+            canary=STEPS,
+            status=last_canary(canary_status(None, aliases={"production": "2"}), "Aborted", drained=True),
+        ),
+        "Healthy",
+        "version 2 serves production; canary version 3 was aborted (@canary no longer names it)",
+    ),
+    Case(
+        "a running canary wins over the record of the last one",
+        model_deployment(
+            canary=STEPS,
+            status=last_canary(
+                canary_status("Analyzing", version="4", aliases={"production": "2", "canary": "4"}),
+                "Aborted",
+                drained=False,
+            ),
+        ),
+        "Progressing",
+        "Canary version 4 Analyzing, step 1/2: what the run says",
     ),
     Case(
         "a canary that ended with a promotion is healthy",
