@@ -193,6 +193,76 @@ def test_defaults_and_printer_columns(kube: Kube, namespace: str) -> None:
     assert "REASON" in wide
 
 
+def test_kubectl_explain_describes_the_fields(kube: Kube) -> None:
+    """Every field has a description (tests/unit/test_crd_descriptions.py); the API server serves them."""
+    for path, said in (
+        ("modeldeployment.spec.registry", "The MLflow server whose Model Registry holds the model"),
+        ("modeldeployment.status.canary.weight", "Share of requests (percent) the canary gets now"),
+        ("modeldeployment.status.lastCanary.phase", "How it ended: Aborted"),
+        ("modeldeployment.spec.serving.podTemplate.spec.tolerations", "toleration"),
+    ):
+        explained = " ".join(kube.cluster.kubectl("explain", path).stdout.split())
+        assert said in explained, f"{path}: {explained}"
+
+
+def test_an_ended_canary_run_is_kept_and_reads_right(kube: Kube, namespace: str) -> None:
+    """The status an ended run leaves (no status.canary, the record in lastCanary, the history's
+    outcome) is stored as written, and `kubectl get` shows no canary, phase or step."""
+    kube.apply(
+        with_spec("spec.canary", {"steps": [{"weight": 20, "duration": "1m"}]}, name="ended"),
+        namespace=namespace,
+    )
+    record = {
+        "version": "4",
+        "phase": "Aborted",
+        "step": "1/1",
+        "endedAt": "2026-11-23T12:10:00Z",
+        "message": "aborted after 2 failed measurement(s): Failed: canary error rate 12.50% > limit 1.00%",
+        "analysis": {
+            "verdict": "Failed",
+            "failures": 2,
+            "metrics": [{"metric": "errorRate", "verdict": "Failed", "canary": 12.5, "bound": 1.0}],
+        },
+    }
+    status = {
+        "observedGeneration": 1,
+        "production": {"alias": "production", "version": "3", "modelUri": "models:/sentiment/3"},
+        "traffic": {"router": "replicas", "requestedCanaryWeight": 0, "canaryWeight": 0, "message": "..."},
+        "lastCanary": record,
+        "history": [
+            {"track": "production", "model": "sentiment", "version": "3", "from": "2026-11-23T12:00:00Z"},
+            {
+                "track": "canary",
+                "model": "sentiment",
+                "version": "4",
+                "from": "2026-11-23T12:05:00Z",
+                "to": "2026-11-23T12:11:00Z",
+                "reason": "CanaryStarted",
+                "outcome": "Aborted",
+            },
+        ],
+    }
+    patched = kube.cluster.kubectl(
+        "patch",
+        "mdep",
+        "ended",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+        "-o",
+        "json",
+    ).stdout
+    stored = json.loads(patched)["status"]
+    assert stored["lastCanary"] == record, "nothing of the record is pruned"
+    assert stored["history"][1]["outcome"] == "Aborted"
+    row = kube.cluster.kubectl("get", "mdep", "ended", "-n", namespace, "--no-headers").stdout.split()
+    # NAME MODEL ALIAS PRODUCTION (CANARY) WEIGHT (PHASE) (STEP) READY AGE: the empty cells vanish.
+    assert row[:5] == ["ended", "sentiment", "production", "3", "0"], row
+
+
 def test_unknown_env_fields_are_pruned_not_stored(kube: Kube, namespace: str) -> None:
     """Without strict validation (older clients, GitOps tools) a typo is dropped, not kept to break SSA."""
     body = with_spec("spec.serving", {"env": [{"name": "A", "value": "1", "valu": "2"}]}, name="pruned")
