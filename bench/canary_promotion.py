@@ -11,7 +11,8 @@ until the operator has promoted the version and production runs it. The run is s
   overhead      per step: stepStartedAt + duration -> the next step's index in status; for the last
                 step -> @production moved in MLflow by the operator. The issue's target: under one
                 analysis interval.
-  roll          @production moved -> status.canary Succeeded (production rolled to the version)
+  roll          @production moved -> the run Succeeded (production rolled to the version; status.canary
+                says so while the canary's pods drain, status.lastCanary once they are gone)
 and, after it, `settled`: the canary's workload gone and production back at every replica.
 
     make bench-canary                                  # 3 runs, 3 x 15 s steps, analysis every 5 s
@@ -217,6 +218,8 @@ def follow(
             )
         status = cluster.status()
         canary = status.get("canary") or {}
+        if canary.get("version") != run.version:  # its pods are gone: how the run ended is lastCanary
+            canary = status.get("lastCanary") or canary
         seen = time.time()
         state = describe(status)
         if not run.timeline or run.timeline[-1][1] != state:

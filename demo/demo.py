@@ -515,12 +515,15 @@ def watched_canary(
     try:
 
         def promoted() -> bool:
-            canary = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE)["status"].get("canary") or {}
+            status = kubectl.json("get", "mdep", MODEL, "-n", NAMESPACE)["status"]
+            canary = status.get("canary") or {}
+            if canary.get("version") != v4:  # its pods are gone: how the run ended is lastCanary
+                canary = status.get("lastCanary") or {}
             line = f"{canary.get('phase')} step {canary.get('step', '-')}: {canary.get('message', '')}"
             if canary.get("version") == v4 and (not seen or seen[-1] != line):
                 seen.append(line)
                 say(f"  {line[:150]}")
-            return canary.get("phase") == "Succeeded" and ready(kubectl, v4, v4)
+            return canary.get("phase") == "Succeeded" and ready(kubectl, v4)
 
         wait(promoted, f"version {v4} promoted by the operator and serving production", timeout=600)
     finally:

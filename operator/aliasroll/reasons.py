@@ -53,7 +53,8 @@ CANARY_UPDATED: Final = "CanaryUpdated"
 CANARY_PROMOTED: Final = "CanaryPromoted"
 CANARY_REMOVED: Final = "CanaryRemoved"
 TRAFFIC_SHIFTED: Final = "TrafficShifted"
-# The watched canary (status.canary.phase says where a run is; these say what happened).
+# The watched canary (status.canary.phase says where a run is, status.lastCanary.phase how the last one
+# ended; these say what happened).
 CANARY_STEP: Final = "CanaryStep"
 ANALYSIS_PASSED: Final = "AnalysisPassed"
 NOT_MEASURED_YET: Final = "NotMeasuredYet"

@@ -117,16 +117,22 @@ def test_steps_then_automatic_promotion_in_mlflow(
     )
 
     def succeeded() -> dict[str, Any] | None:
-        resource = ready_at(kube, namespace, "sentiment", "3", "3") or ready_at(
-            kube, namespace, "sentiment", "3"
-        )
-        phase = ((resource or {}).get("status", {}).get("canary") or {}).get("phase")
+        # Ready at 3 with no canary: status names none once its pods are gone; the run's record is
+        # status.lastCanary.
+        resource = ready_at(kube, namespace, "sentiment", "3")
+        phase = ((resource or {}).get("status", {}).get("lastCanary") or {}).get("phase")
         return resource if phase == "Succeeded" else None
 
-    resource = wait_for(succeeded, timeout=90, what="production at 3, canary Succeeded")
-    record = resource["status"]["canary"]
-    assert (record["version"], record["replicas"], record["step"]) == ("3", 0, "2/2")
+    resource = wait_for(succeeded, timeout=90, what="production at 3, the canary run Succeeded")
+    record = resource["status"]["lastCanary"]
+    assert (record["version"], record["step"]) == ("3", "2/2")
+    assert "canary" not in resource["status"]
     assert kube.get("deployment", "sentiment-canary", namespace) is None
+    spans = [(span["track"], span["version"], span.get("outcome")) for span in resource["status"]["history"]]
+    assert ("canary", "3", "Succeeded") in spans, spans
+    # kubectl get reads right: production's version, no canary, no phase.
+    row = kube.cluster.kubectl("get", "mdep", "sentiment", "-n", namespace, "--no-headers").stdout.split()
+    assert row[:6] == ["sentiment", model_name, "production", "3", "0", "True"], row
     reasons_seen = [reason for _, reason, _ in kube.events(namespace, "sentiment")]
     assert reasons_seen.count("CanaryStep") == 2
     for reason in ("CanaryPromoting", "AliasMoved", "CanaryPromoted"):

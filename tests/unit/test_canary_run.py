@@ -99,15 +99,19 @@ def test_a_new_canary_version_starts_at_the_first_step() -> None:
 
 def test_the_step_clock_starts_once_its_weight_is_in_place() -> None:
     waiting = CanaryRun(version="3", phase=Phase.PROGRESSING)
-    not_yet = canary.settle(spec(), waiting, in_place=False, now=at(5))
+    not_yet = canary.settle(spec(), waiting, in_place=False, share="0% of requests", now=at(5))
     assert not_yet.run == waiting
     assert not_yet.events == ()
-    started = canary.settle(spec(), waiting, in_place=True, now=at(7))
+    shown = "25% of requests (5% requested; 1 of 4 ready pods run the canary)"
+    started = canary.settle(spec(), waiting, in_place=True, share=shown, now=at(7))
     assert started.run is not None
     assert started.run.phase is Phase.ANALYZING
     assert started.run.step_started_at == at(7)
     assert [e.reason for e in started.events] == [reasons.CANARY_STEP]
-    assert "step 1/3: 5% of requests for 1m" in started.events[0].message
+    # The event states the share in place (and the one asked); status's message, which outlives
+    # the pass, states none.
+    assert started.events[0].message == f"version 3 step 1/3 for 1m: {shown}"
+    assert started.run.message == "step 1/3 for 1m"
 
 
 def test_a_canary_on_production_s_version_is_no_canary() -> None:
@@ -406,7 +410,7 @@ def test_a_fixed_weight_serves_until_a_human_promotes() -> None:
     fixed = spec(steps=None, weight=20, analysis=None)
     run = advance(None, 0, the_spec=fixed).run
     assert canary.weight(fixed, run) == 20
-    settled = canary.settle(fixed, run, in_place=True, now=at(5)).run
+    settled = canary.settle(fixed, run, in_place=True, share="20% of requests", now=at(5)).run
     assert settled is not None
     assert settled.phase is Phase.AWAITING_PROMOTION
 
@@ -435,6 +439,69 @@ def test_a_restarted_operator_resumes_every_phase_from_status(run: CanaryRun) ->
     # ...and decides the same, posting nothing twice.
     again = advance(canary.from_status(entry), 45)
     assert advance(run, 45) == again
+
+
+ENDED = [
+    CanaryRun(
+        version="3",
+        phase=Phase.ABORTED,
+        step_index=1,
+        failures=2,
+        verdict=Verdict.FAILED,
+        measured_at=at(40),
+        measurements=({"metric": "errorRate", "verdict": "Failed", "canary": 12.5, "bound": 1.0},),
+        message="aborted after 2 failed measurement(s)",
+        ended_at=at(40),
+    ),
+    CanaryRun(
+        version="3",
+        phase=Phase.SUCCEEDED,
+        step_index=3,
+        verdict=Verdict.PASSED,
+        ended_at=at(90),
+        message="production runs version 3 on every replica",
+        promoting_from="2",
+    ),
+]
+
+
+@pytest.mark.parametrize("run", ENDED, ids=lambda run: run.phase.value)
+def test_an_ended_run_is_kept_in_last_canary_with_what_it_still_decides_on(run: CanaryRun) -> None:
+    record = canary.to_record(run, spec().canary)  # type: ignore[arg-type]
+    assert set(record) == {"version", "phase", "step", "message", "endedAt", "analysis"}
+    assert record["step"] == ("2/3" if run.phase is Phase.ABORTED else "3/3")
+    # Its pods are gone: status names no canary track, and the record alone is the run.
+    kept = canary.recorded_run({"lastCanary": record})
+    assert kept is not None
+    assert (kept.version, kept.phase, kept.ended_at, kept.message) == (
+        run.version,
+        run.phase,
+        run.ended_at,
+        run.message,
+    )
+    assert kept.measurements == run.measurements, "the outcome tags can still be written after a restart"
+    assert canary.to_record(kept, spec().canary) == record, "written again unchanged, pass after pass"
+    # The same version stays ended (not tried again) until @canary moves.
+    assert advance(kept, 200).run == kept
+    # While its pods drain, status.canary says only its phase: the record decides.
+    draining = {"canary": {"version": "3", "phase": run.phase.value, "replicas": 2}, "lastCanary": record}
+    assert canary.recorded_run(draining) == kept
+
+
+def test_a_status_written_before_last_canary_existed_is_read_as_it_was() -> None:
+    """An older operator kept the ended run's whole record in status.canary (no pods)."""
+    old = ENDED[0]
+    entry = canary.to_status(old, spec().canary) | {"replicas": 0, "weight": 0}  # type: ignore[arg-type]
+    assert canary.recorded_run({"canary": entry}) == old
+
+
+def test_a_running_canary_is_read_from_status_canary_beside_an_older_record() -> None:
+    running = analysing(step=1, started=30)
+    status = {
+        "canary": canary.to_status(running, spec().canary),  # type: ignore[arg-type]
+        "lastCanary": canary.to_record(ENDED[0], spec().canary),  # type: ignore[arg-type]
+    }
+    assert canary.recorded_run(status) == running
 
 
 def test_a_plain_fixed_weight_keeps_no_record_once_promoted() -> None:

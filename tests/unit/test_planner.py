@@ -10,6 +10,7 @@ from builders import NOW, OWNER, canary_spec, observed, spec, view, workload
 
 from aliasroll import reasons
 from aliasroll.errors import ModelNotFound, RegistryAuthFailed, RegistryUnavailable
+from aliasroll.planning.history import HISTORY_LIMITS
 from aliasroll.planning.planner import HISTORY_LIMIT, Plan, plan
 from aliasroll.planning.state import ObservedState, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
@@ -566,7 +567,10 @@ def test_history_is_bounded_and_keeps_the_open_span() -> None:
         result = run(spec(), view(str(version)), obs, status)
         status = result.status
         obs = observed(workload(P, str(version)))
-    assert len(status["history"]) == HISTORY_LIMIT
+    limit = HISTORY_LIMITS[P]
+    assert [span["version"] for span in status["history"]] == [
+        str(version) for version in range(HISTORY_LIMIT + 10 - limit, HISTORY_LIMIT + 10)
+    ]
     assert status["history"][-1] == {
         "track": "production",
         "model": "sentiment",
@@ -574,6 +578,34 @@ def test_history_is_bounded_and_keeps_the_open_span() -> None:
         "from": status["production"]["since"],
         "reason": reasons.ROLLOUT_STARTED,
     }
+
+
+def test_canary_spans_never_push_out_what_served_production() -> None:
+    """Each track keeps its own latest spans: a run of canaries leaves production's history whole."""
+    the_spec = canary_spec(20)
+    status: dict[str, Any] = {}
+    pods = [workload(P, "1", replicas=10)]
+    for production in ("1", "2", "3"):
+        for candidate in range(10 * int(production), 10 * int(production) + 4):
+            result = run(the_spec, view(production, str(candidate)), observed(*pods), status)
+            status = result.status
+            pods = [
+                workload(
+                    Track(item["spec"]["template"]["metadata"]["labels"]["aliasroll.io/track"]),
+                    item["spec"]["template"]["metadata"]["labels"]["aliasroll.io/model-version"],
+                    replicas=item["spec"]["replicas"],
+                )
+                for item in result.objects
+                if item["kind"] == "Deployment"
+            ]
+    spans = [(span["track"], span["version"]) for span in status["history"]]
+    assert spans == [
+        ("production", "1"),
+        ("production", "2"),
+        ("production", "3"),
+        ("canary", "32"),
+        ("canary", "33"),
+    ]
 
 
 def test_conditions_keep_transition_time_while_status_holds() -> None:
@@ -617,7 +649,7 @@ def test_status_names_versions_run_ids_and_split() -> None:
         "since": None,
         # A fixed weight is a canary run waiting for a human to promote it.
         "phase": "AwaitingPromotion",
-        "message": "at 20%: move @production to version 3 to promote it",
+        "message": "move @production to version 3 to promote it",
         "weight": 20,
     }
     assert result.status["traffic"]["canaryWeight"] == 20

@@ -1,6 +1,7 @@
 """The whole planner through a watched canary, on a cluster whose pods are ready at once: steps set
-the split, an abort drains the canary and keeps its record, an automatic promotion moves the alias
-and ends Succeeded with its outcome recorded, and no event is told twice."""
+the split, an abort drains the canary and keeps its record (status.lastCanary, the history's span),
+an automatic promotion moves the alias and ends Succeeded with its outcome recorded, status names
+no canary once none runs, and no event is told twice."""
 
 from __future__ import annotations
 
@@ -118,18 +119,24 @@ def test_an_abort_drains_the_canary_and_keeps_its_record() -> None:
     cluster.step(the_spec, view("2", "3"), 12, analysis=verdict(Verdict.FAILED, 12))
     assert cluster.status["canary"]["phase"] == "Aborted"
     assert cluster.status["traffic"]["requestedCanaryWeight"] == 0
+    # Its pods drain: status.canary still names them, and says how the run ended.
+    assert (cluster.status["canary"]["version"], cluster.status["canary"]["phase"]) == ("3", "Aborted")
     for second in range(13, 20):
         cluster.step(the_spec, view("2", "3"), second)
     assert cluster.split() == {"production": 10}
-    record = cluster.status["canary"]
-    assert (record["phase"], record["version"], record["replicas"]) == ("Aborted", "3", 0)
+    assert "canary" not in cluster.status, "no canary runs: status names none"
+    assert cluster.status["traffic"]["canaryWeight"] == 0
+    record = cluster.status["lastCanary"]
+    assert (record["phase"], record["version"], record["step"]) == ("Aborted", "3", "1/3")
     assert "error rate" in record["message"]
+    assert record["analysis"]["metrics"][0]["verdict"] == "Failed"
     ready = next(c for c in cluster.status["conditions"] if c["type"] == reasons.CANARY_HEALTHY)
     assert (ready["status"], ready["reason"]) == ("False", reasons.CANARY_ABORTED)
     assert cluster.events.count(reasons.CANARY_ABORTED) == 1
     spans = [h for h in cluster.status["history"] if h["track"] == "canary"]
     assert len(spans) == 1
     assert "to" in spans[0], "the canary's span is closed once and never reopened"
+    assert spans[0]["outcome"] == "Aborted"
     last = cluster.plans[-1]
     outcome = [w for w in last.writes if isinstance(w, TagVersion) and w.version == "3"]
     assert outcome[0].tags["aliasroll.io/canary.outcome"] == "aborted"
@@ -150,8 +157,11 @@ def test_auto_promotion_moves_the_alias_then_production_rolls_and_it_succeeds() 
         cluster.step(the_spec, view("3", "3"), later)
     assert cluster.split() == {"production": 10}
     assert cluster.pods[P][0] == "3"
-    record = cluster.status["canary"]
-    assert (record["phase"], record["replicas"]) == ("Succeeded", 0)
+    assert "canary" not in cluster.status, "no canary runs: status names none"
+    record = cluster.status["lastCanary"]
+    assert (record["phase"], record["version"], record["step"]) == ("Succeeded", "3", "3/3")
+    spans = [(h["track"], h["version"], h.get("outcome")) for h in cluster.status["history"]]
+    assert spans == [("production", "2", None), ("canary", "3", "Succeeded"), ("production", "3", None)]
     assert not [w for w in cluster.plans[-1].writes if isinstance(w, SetAlias)], "moved once, not again"
     assert cluster.events.count(reasons.CANARY_PROMOTING) == 1
     assert cluster.events.count(reasons.CANARY_PROMOTED) == 1

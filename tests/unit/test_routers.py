@@ -65,6 +65,26 @@ def test_no_traffic_to_a_canary_without_available_replicas(router: TrafficRouter
     assert split[C] >= 1, "the canary is still started"
 
 
+@pytest.mark.parametrize("weight", [5, 20, 25, 50])
+@pytest.mark.parametrize("total", [2, 4, 5, 10])
+def test_the_message_states_the_share_in_place_and_the_one_asked_where_they_differ(
+    router: TrafficRouter, weight: int, total: int
+) -> None:
+    wanted = dict(router.split(traffic(router.kind, weight=weight, replicas=total)))
+    for canary_up in range(wanted[C] + 1):
+        state = observed(
+            workload(P, "2", replicas=wanted[P]),
+            workload(C, "3", replicas=wanted[C], available=canary_up, rolled_out=canary_up == wanted[C]),
+        )
+        routing = router.route(traffic(router.kind, weight=weight, replicas=total, state=state), wanted)
+        assert f"{routing.canary_weight}% of requests" in routing.message
+        if routing.canary_weight != weight:
+            assert f"({weight}% requested; " in routing.message
+            assert routing.why, "what makes the share in place differ is said"
+        else:
+            assert "requested" not in routing.message
+
+
 @pytest.mark.parametrize("weight", [1, 5, 20, 50, 99, 100])
 @pytest.mark.parametrize("total", [1, 2, 5, 10])
 def test_the_canary_never_gets_more_than_its_available_pods_carry(
@@ -135,7 +155,11 @@ def test_replica_router_reports_the_share_its_ready_pods_give() -> None:
         traffic(RouterKind.REPLICAS, weight=20, replicas=1, state=state), {P: 1, C: 1}
     )
     assert routing.canary_weight == 50
-    assert "asked 20%" in routing.message
+    assert routing.message == (
+        "1 of 2 ready pods run the canary: "
+        "50% of requests (20% requested; the replicas router splits by pod count)"
+    )
+    assert routing.why == "1 of 2 ready pods run the canary"
 
 
 def test_replica_router_one_service_selects_both_tracks() -> None:

@@ -1,8 +1,9 @@
 """The watched canary: which step a canary version is at, what its analysis says, and when it is
 promoted or aborted. Pure, like the rest of the planner.
 
-A canary *run* is one version's way through the steps; status.canary keeps it, so a restarted
-operator resumes at the same step (its start time is in status) and posts no event twice. Each pass:
+A canary *run* is one version's way through the steps; status.canary keeps it beside the canary
+track it describes, so a restarted operator resumes at the same step (its start time is in status)
+and posts no event twice. Each pass:
 
     advance(previous run, registry, measurement, now)  -> the run after what happened since
     weight(run)                                       -> the share of requests to ask for now
@@ -10,8 +11,10 @@ operator resumes at the same step (its start time is in status) and posts no eve
 
 A run ends Aborted (a failed analysis: its workload goes, and the same version is not retried
 until @canary moves to another one) or Succeeded (production runs the version: promoted by the
-operator, or by a human moving @production). The record of an ended run stays in status until
-@canary names another version.
+operator, or by a human moving @production). status.canary describes only a canary track that
+runs (an ended run's pods while they drain, with its phase); how the run ended is kept in
+status.lastCanary (`to_record`) until @canary names another version, and for good in the history's
+span (its outcome) and the version's tags in MLflow.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Phase(StrEnum):
 
 
 ENDED = frozenset({Phase.ABORTED, Phase.SUCCEEDED})
+LAST_CANARY = "lastCanary"  # the status key of an ended run's record
 MEASURED = frozenset({Phase.ANALYZING, Phase.AWAITING_PROMOTION})
 
 
@@ -103,7 +107,7 @@ def from_status(entry: Mapping[str, Any] | None) -> CanaryRun | None:
     return CanaryRun(
         version=str(entry["version"]),
         phase=phase,
-        step_index=int(entry.get("stepIndex") or 0),
+        step_index=_step_index(entry),
         step_started_at=_time(entry.get("stepStartedAt")),
         failures=int(analysis.get("failures") or 0),
         verdict=_verdict(verdict),
@@ -113,6 +117,34 @@ def from_status(entry: Mapping[str, Any] | None) -> CanaryRun | None:
         ended_at=_time(entry.get("endedAt")),
         promoting_from=entry.get("promotingFrom") or None,
     )
+
+
+def recorded_run(status: Mapping[str, Any]) -> CanaryRun | None:
+    """The run a status describes: the running canary's (status.canary), else the ended run's
+    record (status.lastCanary). An ended run's draining pods carry only its phase in status.canary;
+    a status written before lastCanary existed kept the whole record there, and is read as it was."""
+    running = from_status(status.get("canary"))
+    if running is not None and not running.ended:
+        return running
+    return from_status(status.get(LAST_CANARY)) or running
+
+
+def to_record(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
+    """status.lastCanary: how an ended run ended, with only what it still decides on (the version
+    not to run again, the outcome and its tags' contents); the rest lived with the pods."""
+    entry = {
+        key: value
+        for key, value in to_status(run, canary).items()
+        if key in ("version", "phase", "step", "message", "endedAt")
+    }
+    if canary.analysis is not None:
+        analysis: dict[str, Any] = {"failures": run.failures}
+        if run.verdict is not None:
+            analysis["verdict"] = run.verdict.value
+        if run.measurements:
+            analysis["metrics"] = [dict(metric) for metric in run.measurements]
+        entry["analysis"] = analysis
+    return entry
 
 
 def to_status(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
@@ -317,24 +349,25 @@ def weight(spec: ModelDeploymentSpec, run: CanaryRun | None) -> int:
     return canary.steps[min(run.step_index, len(canary.steps) - 1)].weight
 
 
-def settle(spec: ModelDeploymentSpec, run: CanaryRun | None, *, in_place: bool, now: datetime) -> Advance:
-    """Starts the step's clock once its weight is in place (pods available, routes written)."""
+def settle(
+    spec: ModelDeploymentSpec, run: CanaryRun | None, *, in_place: bool, share: str, now: datetime
+) -> Advance:
+    """Starts the step's clock once its weight is in place (pods available, routes written).
+    `share` says the canary's share in place now, and the one asked where they differ: the step's
+    event states it (its message in status does not, since it outlives the pass)."""
     canary = spec.canary
     if canary is None or run is None or run.phase is not Phase.PROGRESSING or not in_place:
         return Advance(run=run)
     if not canary.steps:
         # A fixed weight: it serves at that weight (measured, with an analysis) until a human promotes.
-        message = f"at {canary.weight}%: move @{spec.model.alias} to version {run.version} to promote it"
+        message = f"move @{spec.model.alias} to version {run.version} to promote it"
         return Advance(run=replace(run, phase=Phase.AWAITING_PROMOTION, message=message))
     if run.step_started_at is not None:
         return Advance(run=run)
-    step = canary.steps[run.step_index]
     phase = Phase.ANALYZING if canary.analysis is not None else Phase.PROGRESSING
-    message = (
-        f"step {run.step_index + 1}/{len(canary.steps)}: {step.weight}% of requests for "
-        f"{_duration(step.duration_seconds)}"
-    )
-    event = EventRecord("Normal", reasons.CANARY_STEP, f"version {run.version} {message}")
+    step = canary.steps[run.step_index]
+    message = f"step {run.step_index + 1}/{len(canary.steps)} for {_duration(step.duration_seconds)}"
+    event = EventRecord("Normal", reasons.CANARY_STEP, f"version {run.version} {message}: {share}")
     return Advance(run=replace(run, phase=phase, step_started_at=now, message=message), events=(event,))
 
 
@@ -375,6 +408,14 @@ def _time(text: object) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def _step_index(entry: Mapping[str, Any]) -> int:
+    """stepIndex, or (in an ended run's record, which keeps only `step`) the index `step` shows."""
+    if entry.get("stepIndex") is not None:
+        return int(entry["stepIndex"])
+    shown, _, _ = str(entry.get("step") or "").partition("/")
+    return int(shown) - 1 if shown.isdigit() and int(shown) > 0 else 0
 
 
 def _verdict(text: object) -> Verdict | None:

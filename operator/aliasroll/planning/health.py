@@ -52,7 +52,8 @@ class Rollout:
 
     served: Mapping[Track, ServedVersion]  # the version each running track's Deployment pins
     targets: Mapping[Track, int]  # the router's split once the transition is over
-    canary_weight: int
+    # The canary's share in place, and the one asked where they differ (routers.share).
+    canary_share: str
 
 
 def registry_condition(spec: ModelDeploymentSpec, view: RegistryView) -> Condition:
@@ -135,7 +136,7 @@ def rollout_conditions(
     serving = f"version {production.version} serves production"
     canary = rollout.served.get(Track.CANARY)
     if canary is not None and Track.CANARY in rollout.targets:
-        serving += f", canary version {canary.version} gets {rollout.canary_weight}% of requests"
+        serving += f", canary version {canary.version} gets {rollout.canary_share}"
     caveat = "" if registry_ok else "; alias moves are not followed until the registry answers"
     if not_followed:
         caveat += f"; {not_followed}"

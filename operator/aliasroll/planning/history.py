@@ -3,7 +3,12 @@
 A track "serves" a version from the pass whose plan pins that version in the track's Deployment
 (and that the applier then wrote) until a later plan pins another one, or the track's Deployment
 goes. A version is the pair (model, version number): renaming spec.model.name to a model whose alias
-has the same number is a change like any other.
+has the same number is a change like any other. A canary span closed by its run's end says how it
+ended (`outcome`: Aborted or Succeeded).
+
+Status keeps the latest spans of each track (HISTORY_LIMITS), so `kubectl describe` stays short and
+a burst of canaries never pushes out what served production; the version tags in MLflow
+(planning/records.py) keep every span.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aliasroll import reasons
+from aliasroll.planning.canary import CanaryRun
 from aliasroll.planning.decide import TrackDecision, is_rollback
 from aliasroll.planning.state import EventRecord, ServedVersion
 from aliasroll.spec import ModelDeploymentSpec, Track
 
-HISTORY_LIMIT = 20
+# Spans kept in status per track, the open one included.
+HISTORY_LIMITS: dict[Track, int] = {Track.PRODUCTION: 4, Track.CANARY: 2}
+HISTORY_LIMIT = sum(HISTORY_LIMITS.values())
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,13 @@ def track_changes(
     previous: Mapping[str, Any],
     served: Mapping[Track, ServedVersion | None],
     canary: TrackDecision,
+    share: str,
+    ended: CanaryRun | None,
     now: str,
 ) -> TrackChanges:
+    """The history after this pass, when each serving track started, and the events of its changes.
+    `share` states the canary's share in place (and the one asked where they differ); `ended` is
+    the canary run if it ended, whose outcome a canary span it closes keeps."""
     history = [dict(entry) for entry in previous.get("history") or ()]
     events: list[EventRecord] = []
     since: dict[Track, str] = {}
@@ -62,14 +75,29 @@ def track_changes(
                 since[track] = (previous.get(track.value) or {}).get("since") or now
             continue
         reason, message = change_event(
-            track=track, before=old, after=new, spec=spec, canary=canary, canary_before=before[Track.CANARY]
+            track=track,
+            before=old,
+            after=new,
+            spec=spec,
+            canary=canary,
+            canary_before=before[Track.CANARY],
+            share=share,
+            ended=ended,
         )
         promoted = served.get(Track.PRODUCTION)
         if track is Track.CANARY and new is None and _same(old, promoted):
             reason, message = "", ""  # told once, as CanaryPromoted on the production track
         if reason:
             events.append(EventRecord("Normal", reason, message))
-        history = _close(history, track=track, now=now)
+        outcome = (
+            ended.phase.value
+            if track is Track.CANARY
+            and ended is not None
+            and old is not None
+            and old.version == ended.version
+            else None
+        )
+        history = _close(history, track=track, now=now, outcome=outcome)
         if new is not None:
             history.append(
                 {
@@ -92,18 +120,19 @@ def change_event(
     spec: ModelDeploymentSpec,
     canary: TrackDecision,
     canary_before: ServedVersion | None,
+    share: str,
+    ended: CanaryRun | None = None,
 ) -> tuple[str, str]:
     """(reason, message) of the Normal event that announces a track's change; ("", "") for none."""
     if track is Track.PRODUCTION:
         return _production_event(before=before, after=after, spec=spec, canary_before=canary_before)
     alias = spec.canary.alias if spec.canary else "canary"
     if after is None:
-        return reasons.CANARY_REMOVED, f"canary {_name(before, spec)} removed: {_why_no_canary(spec, canary)}"
-    weight = spec.canary.weight if spec.canary else 0
-    if before is None:
-        return reasons.CANARY_STARTED, (
-            f"canary {_name(after, spec)} (@{alias}) starts with {weight}% of requests"
+        return reasons.CANARY_REMOVED, (
+            f"canary {_name(before, spec)} removed: {_why_no_canary(spec, canary, before, ended)}"
         )
+    if before is None:
+        return reasons.CANARY_STARTED, f"canary {_name(after, spec)} (@{alias}) starts; in place now: {share}"
     return (
         reasons.CANARY_UPDATED,
         f"@{alias} moved: canary rolls from {_name(before, spec)} to {after.version}",
@@ -141,11 +170,15 @@ def _production_event(
     )
 
 
-def _why_no_canary(spec: ModelDeploymentSpec, canary: TrackDecision) -> str:
+def _why_no_canary(
+    spec: ModelDeploymentSpec, canary: TrackDecision, before: ServedVersion | None, ended: CanaryRun | None
+) -> str:
+    if ended is not None and before is not None and ended.version == before.version:
+        return f"its canary run ended {ended.phase.value}"
     if spec.canary is None:
         return "spec.canary was removed"
-    if spec.canary.weight == 0:
-        return "the canary weight is 0"
+    if spec.canary.weight == 0 and not spec.canary.steps:
+        return "spec.canary.weight is 0"
     if canary.pointed_at is not None:
         return f"@{spec.canary.alias} points at the production version"
     return f"@{spec.canary.alias} is not set"
@@ -165,16 +198,23 @@ def _same(a: ServedVersion | None, b: ServedVersion | None) -> bool:
     return (a.model, a.version) == (b.model, b.version)
 
 
-def _close(history: list[dict[str, Any]], *, track: Track, now: str) -> list[dict[str, Any]]:
+def _close(
+    history: list[dict[str, Any]], *, track: Track, now: str, outcome: str | None
+) -> list[dict[str, Any]]:
+    ended = {"to": now} | ({"outcome": outcome} if outcome else {})
     return [
-        {**entry, "to": now} if entry.get("track") == track.value and "to" not in entry else entry
+        entry | ended if entry.get("track") == track.value and "to" not in entry else entry
         for entry in history
     ]
 
 
 def _bounded(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # Drop the oldest finished spans first; open spans (what serves now) always stay.
-    while len(history) > HISTORY_LIMIT:
-        oldest_closed = next((i for i, entry in enumerate(history) if "to" in entry), 0)
-        del history[oldest_closed]
+    """The latest spans of each track: its oldest finished spans go first; an open span (what
+    serves now) always stays."""
+    for track, limit in HISTORY_LIMITS.items():
+        while (
+            len(spans := [i for i, entry in enumerate(history) if entry.get("track") == track.value]) > limit
+        ):
+            oldest_closed = next((i for i in spans if "to" in history[i]), spans[0])
+            del history[oldest_closed]
     return history

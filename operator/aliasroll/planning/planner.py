@@ -28,7 +28,7 @@ from aliasroll.planning.decide import TrackDecision, decide_canary, decide_produ
 from aliasroll.planning.records import RegistryWrite
 from aliasroll.planning.state import ChildRef, EventRecord, ObservedState, RegistryView, ServedVersion
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
-from aliasroll.routers import Routing, TrafficInput, router_for
+from aliasroll.routers import Routing, TrafficInput, router_for, share
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, Track
 
 HISTORY_LIMIT = history.HISTORY_LIMIT
@@ -90,6 +90,8 @@ def plan(
     objects: list[Manifest] = []
     prune: tuple[ChildRef, ...] = ()
     placed: _Workloads | None = None
+    requested = canary_run.weight(spec, run) if run is not None else _fixed_weight(spec, canary)
+    shown = ""  # the canary's share in place, and the one asked where they differ, for messages
     if production.target is not None:
         placed = _place(
             owner=owner,
@@ -99,7 +101,8 @@ def plan(
             canary=canary.target,
             weight=canary_run.weight(spec, run) if run is not None else None,
         )
-        settled = canary_run.settle(spec, run, in_place=_in_place(placed, observed), now=now)
+        shown = share(placed.routing.canary_weight, requested, placed.routing.why)
+        settled = canary_run.settle(spec, run, in_place=_in_place(placed, observed), share=shown, now=now)
         run = settled.run
         events += settled.events
         for track, replicas in placed.replicas.items():
@@ -134,6 +137,8 @@ def plan(
         canary=canary,
         placed=placed,
         run=run,
+        requested=requested,
+        shown=shown,
         now=timestamp(now),
     )
     writes: list[RegistryWrite] = []
@@ -209,7 +214,7 @@ def _canary_run(
     events: list[EventRecord],
 ) -> tuple[CanaryRun | None, canary_run.Registry | None]:
     """The canary run after this pass's registry answer and measurement; unchanged without an answer."""
-    previous = canary_run.from_status(previous_status.get(Track.CANARY.value))
+    previous = canary_run.recorded_run(previous_status)
     if view.error is not None:
         return previous, None
     production_now = observed.workloads.get(Track.PRODUCTION)
@@ -315,10 +320,20 @@ def _status(
     canary: TrackDecision,
     placed: _Workloads | None,
     run: CanaryRun | None,
+    requested: int,
+    shown: str,
     now: str,
 ) -> tuple[dict[str, Any], list[EventRecord]]:
     served: Mapping[Track, ServedVersion] = placed.served if placed else {}
-    changes = history.track_changes(spec=spec, previous=previous, served=served, canary=canary, now=now)
+    changes = history.track_changes(
+        spec=spec,
+        previous=previous,
+        served=served,
+        canary=canary,
+        share=shown,
+        ended=run if run is not None and run.ended else None,
+        now=now,
+    )
     events = list(changes.events)
 
     status: dict[str, Any] = {"observedGeneration": owner.generation}
@@ -340,9 +355,8 @@ def _status(
                 "availableReplicas": workload.available if workload else 0,
             }
             status[track.value] = {key: value for key, value in entry.items() if value is not None}
-        requested = canary_run.weight(spec, run) if run is not None else _fixed_weight(spec, canary)
         if not (spec.canary and spec.canary.steps):  # steps are told by their own events
-            events += _weight_event(previous, canary, requested)
+            events += _weight_event(previous, canary, requested, shown)
         status["traffic"] = {
             "router": spec.traffic.router.value,
             "requestedCanaryWeight": requested,
@@ -350,19 +364,19 @@ def _status(
             "message": placed.routing.message,
         }
     if run is not None and spec.canary is not None:
+        # status.canary is the canary track as it runs: gone with its pods, so `kubectl get`
+        # names no canary once none runs. (A canary of another version that still drains has no
+        # run of its own: left as it is.)
         serving_canary = status.get(Track.CANARY.value)
-        if serving_canary is not None:
-            # (A canary of another version that still drains has no run of its own: left as it is.)
-            if serving_canary.get("version") == run.version:
-                serving_canary.update(canary_run.to_status(run, spec.canary))
-                serving_canary["weight"] = status["traffic"]["canaryWeight"]
-        elif run.ended:
-            # The record of an ended run (no pods): it stops the same version being tried again.
-            status[Track.CANARY.value] = {
-                **canary_run.to_status(run, spec.canary),
-                "replicas": 0,
-                "weight": 0,
-            }
+        if serving_canary is not None and serving_canary.get("version") == run.version:
+            # An ended run's pods drain: they say how it ended; its record is status.lastCanary.
+            serving_canary.update(
+                {"phase": run.phase.value} if run.ended else canary_run.to_status(run, spec.canary)
+            )
+            serving_canary["weight"] = status["traffic"]["canaryWeight"]
+        if run.ended:
+            # How the run ended: it stops the same version being tried again, and outlives its pods.
+            status[canary_run.LAST_CANARY] = canary_run.to_record(run, spec.canary)
     # The scale subresource (kubectl scale, HorizontalPodAutoscaler): pods of both tracks. Status is
     # written only once the plan is applied, and then the Deployments ask for what the plan placed:
     # the first pass says so at once, instead of a second status write when its Deployment is seen.
@@ -394,9 +408,7 @@ def _status(
         ready, progressing = health.rollout_conditions(
             spec=spec,
             observed=observed,
-            rollout=health.Rollout(
-                served=placed.served, targets=placed.targets, canary_weight=placed.routing.canary_weight
-            ),
+            rollout=health.Rollout(served=placed.served, targets=placed.targets, canary_share=shown),
             registry_ok=registry.status == conditions.TRUE,
             not_followed=_not_followed(spec, production, placed.served[Track.PRODUCTION]),
         )
@@ -415,16 +427,15 @@ def _fixed_weight(spec: ModelDeploymentSpec, canary: TrackDecision) -> int:
     return spec.canary.weight if spec.canary and canary.target else 0
 
 
-def _weight_event(previous: Mapping[str, Any], canary: TrackDecision, requested: int) -> list[EventRecord]:
+def _weight_event(
+    previous: Mapping[str, Any], canary: TrackDecision, requested: int, shown: str
+) -> list[EventRecord]:
     before = (previous.get("traffic") or {}).get("requestedCanaryWeight")
     canary_before = (previous.get(Track.CANARY.value) or {}).get("version")
     if canary.target is None or canary_before != canary.target.version or before in (None, requested):
         return []
-    return [
-        EventRecord(
-            "Normal", reasons.TRAFFIC_SHIFTED, f"canary weight changed from {before}% to {requested}%"
-        )
-    ]
+    message = f"canary weight changed from {before}% to {requested}%; in place now: {shown}"
+    return [EventRecord("Normal", reasons.TRAFFIC_SHIFTED, message)]
 
 
 def _not_followed(spec: ModelDeploymentSpec, production: TrackDecision, serving: ServedVersion) -> str | None:

@@ -4,7 +4,7 @@ Routers only compute desired objects; the one applier writes them. Add a router 
 `TrafficRouter` and registering it in ROUTERS; the contract tests run over every entry.
 """
 
-from aliasroll.routers.base import Routing, TrafficInput, TrafficRouter
+from aliasroll.routers.base import Routing, TrafficInput, TrafficRouter, share
 from aliasroll.routers.gateway_api import GatewayAPIRouter
 from aliasroll.routers.replicas import ReplicaRatioRouter
 from aliasroll.spec import RouterKind
@@ -19,4 +19,4 @@ def router_for(kind: RouterKind) -> TrafficRouter:
     return ROUTERS[kind]
 
 
-__all__ = ["ROUTERS", "Routing", "TrafficInput", "TrafficRouter", "router_for"]
+__all__ = ["ROUTERS", "Routing", "TrafficInput", "TrafficRouter", "router_for", "share"]

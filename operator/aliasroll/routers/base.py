@@ -44,6 +44,9 @@ class Routing:
     objects: tuple[Manifest, ...]  # routing objects: Services, routes
     canary_weight: int  # share of requests the canary gets now, in percent
     message: str
+    # What sets the share in place, in a few words ("1 of 4 ready pods run the canary"): said
+    # beside it wherever it differs from the share asked (`share`).
+    why: str = ""
 
 
 class TrafficRouter(Protocol):
@@ -57,6 +60,16 @@ class TrafficRouter(Protocol):
         """Routing objects for the tracks in `replicas` (a canary there but not wanted is
         draining). Never sends a track more requests than its available pods can carry."""
         ...
+
+
+def share(served: int, requested: int, why: str = "") -> str:
+    """The canary's share as every event and condition states it: the one in place (what
+    status.traffic.canaryWeight says), and the one asked where they differ:
+    '25% of requests (20% requested; 1 of 4 ready pods run the canary)', or '20% of requests'."""
+    if served == requested:
+        return f"{served}% of requests"
+    because = f"; {why}" if why else ""
+    return f"{served}% of requests ({requested}% requested{because})"
 
 
 def percent(part: int, whole: int) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from aliasroll.planning import workloads
 from aliasroll.planning.workloads import Manifest
-from aliasroll.routers.base import Routing, TrafficInput
+from aliasroll.routers.base import Routing, TrafficInput, share
 from aliasroll.spec import RouterKind, Track
 
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -60,18 +60,14 @@ class GatewayAPIRouter:
         weight = math.floor(asked * available / wanted_canary) if wanted_canary else 0
         routed = [Track.PRODUCTION] if traffic.canary is None else tracks
         objects.append(self._route(traffic, routed, weight))
+        why = f"{available} of the canary's {wanted_canary} pods available" if wanted_canary else ""
         if traffic.canary is None:
             message = "all requests go to production"
             if Track.CANARY in replicas:
                 message += "; the canary's pods go once production carries every request"
-        elif weight == asked:
-            message = f"the HTTPRoute sends {weight}% of requests to the canary"
         else:
-            message = (
-                f"the HTTPRoute sends {weight}% of requests to the canary while {available} of its "
-                f"{wanted_canary} pods are available (asked {asked}%)"
-            )
-        return Routing(objects=tuple(objects), canary_weight=weight, message=message)
+            message = f"the HTTPRoute sends the canary {share(weight, asked, why)}"
+        return Routing(objects=tuple(objects), canary_weight=weight, message=message, why=why)
 
     def _route(self, traffic: TrafficInput, tracks: list[Track], canary_weight: int) -> Manifest:
         owner, gateway = traffic.owner, traffic.spec.traffic

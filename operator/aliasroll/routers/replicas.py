@@ -1,8 +1,9 @@
 """Replica-ratio split: one Service selects both tracks, and the share of pods sets the share of requests.
 
 Needs no mesh or gateway. The split is as fine as the replica count allows (1 canary pod of 5 is
-20%; of 2 it is 50%), and status says how close it gets. Since the Service sends requests to ready
-pods only, the canary's share grows exactly as its pods become available.
+20%; of 2 it is 50%): status, events and conditions say the share in place, and the one asked where
+they differ. Since the Service sends requests to ready pods only, the canary's share grows exactly as
+its pods become available.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aliasroll.planning import workloads
-from aliasroll.routers.base import Routing, TrafficInput, percent
+from aliasroll.routers.base import Routing, TrafficInput, percent, share
 from aliasroll.spec import RouterKind, Track
 
 
@@ -36,20 +37,20 @@ class ReplicaRatioRouter:
             spec=traffic.spec,
         )
         production_ready = traffic.available(Track.PRODUCTION)
+        asked = traffic.requested_weight
         if Track.CANARY not in replicas:
             message = f"all requests go to production ({replicas[Track.PRODUCTION]} replicas)"
-            return Routing(objects=(stable,), canary_weight=0, message=message)
+            return Routing(objects=(stable,), canary_weight=0, message=message, why="no canary pod runs")
         canary_ready = traffic.available(Track.CANARY)
-        achieved = percent(canary_ready, canary_ready + production_ready)
+        ready = canary_ready + production_ready
+        achieved = percent(canary_ready, ready)
+        why = f"{canary_ready} of {ready} ready pods run the canary" if ready else "no pod is ready yet"
         if traffic.canary is None:
             message = (
-                f"the canary is ending: {canary_ready} of {canary_ready + production_ready} ready pods "
+                f"the canary is ending: {canary_ready} of {ready} ready pods "
                 "still run it while production's pods become available"
             )
         else:
-            message = (
-                f"{canary_ready} of {canary_ready + production_ready} ready pods run the canary: about "
-                f"{achieved}% of requests (asked {traffic.requested_weight}%; the replicas router splits "
-                "by pod count)"
-            )
-        return Routing(objects=(stable,), canary_weight=achieved, message=message)
+            split = share(achieved, asked, "the replicas router splits by pod count")
+            message = f"{canary_ready} of {ready} ready pods run the canary: {split}"
+        return Routing(objects=(stable,), canary_weight=achieved, message=message, why=why)
