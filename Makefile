@@ -55,11 +55,11 @@ node-packages: ## The real node's Debian packages (runc, iptables, socat, builda
 # The real node's images, built before the tests rather than inside a test fixture (a cold build
 # takes minutes, more than a test's timeout on a loaded machine).
 .PHONY: node-images
-node-images: venv node-packages ## The real node's pause and serving images, with buildah from the project's Dockerfiles (cached)
-	@PYTHONPATH=localenv $(PY) -m localkube.images build pause serving >/dev/null
+node-images: venv node-packages ## The real node's pause, serving and operator images, with buildah from the project's Dockerfiles (cached)
+	@PYTHONPATH=localenv $(PY) -m localkube.images build pause serving operator >/dev/null
 
 .PHONY: test
-test: venv cluster-binaries node-binaries node-packages prometheus node-images ## Lint, unit, integration (real mlflow server, real Prometheus); beside them end-to-end (real control plane, kwok) and real pods, each in a session of its own
+test: venv cluster-binaries node-binaries node-packages prometheus node-images ## Lint, unit, integration (real mlflow server, real Prometheus); beside them end-to-end (real control plane, kwok), real pods and the install tier (the operator image as pods), each in a session of its own
 	$(PY) hack/tiers.py
 
 .PHONY: unit
@@ -77,6 +77,10 @@ e2e: venv cluster-binaries ## End-to-end tests against the local control plane (
 .PHONY: e2e-real
 e2e-real: venv cluster-binaries node-binaries node-packages node-images ## Real pods of the built serving image on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
 	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_real
+
+.PHONY: e2e-install
+e2e-install: venv cluster-binaries node-binaries node-packages node-images ## The install tier: crds/ and `kubectl apply -k manifests/` as users run them, the operator image as pods on a real node (root)
+	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_install
 
 .PHONY: lint
 lint: venv ## ruff (lint + format check) and mypy --strict
@@ -109,7 +113,7 @@ bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/
 	$(PY) bench/rollout_latency.py
 
 .PHONY: bench-ha
-bench-ha: venv cluster-binaries ## Failover of two replicas: kill -9 the leader (6 times), then move an alias; p50/max to leading and to applied
+bench-ha: venv cluster-binaries node-binaries node-packages node-images ## Failover of two replicas: kill -9 the leader process (6 times), delete the leader pod (3 times, real node, root), then move an alias; p50/max to leading and to applied
 	$(PY) bench/failover.py
 
 .PHONY: bench-scale

@@ -9,12 +9,19 @@ Then the killed replica comes back (as a new pod would) and the next round start
 graceful stops (SIGTERM: the leader releases the Lease) time the handover the same way, the alias
 moved just before the stop (the handover takes about as long as moving it).
 
-    make bench-ha                                       # 6 kills, 3 graceful stops
-    .venv/bin/python bench/failover.py --kills 10 --graceful 5
+Beside the processes, the same through pods: the operator installed as users install it
+(`kubectl apply -k manifests/`, its image's two pods on a real node), the leader's pod deleted
+(`kubectl delete pod`: the kubelet stops it gracefully, the Deployment starts another) and the alias
+moved at once; timed from the delete to the other pod holding the Lease and to the move applied.
+
+    make bench-ha                                       # 6 kills, 3 graceful stops, 3 pod deletes
+    .venv/bin/python bench/failover.py --kills 10 --graceful 5 --pod-deletes 5
+    .venv/bin/python bench/failover.py --pod-deletes 0  # processes only (no root, no real node)
 
 The goal (issue 12): kill -9 -> the other leads and has applied an alias move, under 15 s.
-Runs against a local control plane of its own (kwok), a real mlflow server, and the operators as
-processes with the ServiceAccount's token and RBAC from manifests/, as in the end-to-end tests.
+The processes run against a local control plane of its own (kwok), a real mlflow server, with the
+ServiceAccount's token and RBAC from manifests/, as in the end-to-end tests; the pods on a second
+local cluster whose one node is real (root), as in the install tier (tests/e2e_install).
 """
 
 from __future__ import annotations
@@ -40,11 +47,13 @@ sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO)]
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
 from mlflowserver import MlflowServer, free_port  # noqa: E402
+from operatorpods import MLFLOW_ALLOWED_HOSTS, InstalledOperator, host_service, real_node_only  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
 
 NAMESPACE = "bench-ha"
 NAME = "bench"
 MODEL = "bench-ha-model"
+POD_MODEL = "bench-ha-pods"  # the pod rounds' model (the same MLflow server)
 OPERATOR_NAMESPACE = "aliasroll-system"
 GOAL_SECONDS = 15.0
 
@@ -62,6 +71,19 @@ def leads(process: OperatorProcess) -> bool:
     except OSError:
         return False
     return samples.get(("aliasroll_leader", ()), 0.0) == 1.0
+
+
+def model_deployment(model: str, tracking_uri: str, poll: str, *, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "aliasroll.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": model},
+            "replicas": replicas,
+            "registry": {"trackingUri": tracking_uri, "pollInterval": poll},
+        },
+    }
 
 
 def template_version(cluster: LocalCluster) -> str | None:
@@ -164,6 +186,54 @@ def rounds(
     return leading_times, applied_times, current
 
 
+def pod_rounds(
+    *, work: Path, server: MlflowServer, client: Any, count: int, poll: str
+) -> tuple[list[float], list[float]]:
+    """Deletes the leader's pod `count` times, the alias moved at once; (leading, applied) seconds."""
+    cluster = LocalCluster(
+        work / "pods-cluster", real_node=True, node_images=("pause", "operator", "serving")
+    )
+    try:
+        print("starting a cluster whose one node is real, and installing the operator's pods ...", flush=True)
+        cluster.start()
+        real_node_only(cluster)
+        install = InstalledOperator(cluster)
+        install.install()
+        authority = host_service(
+            cluster, cluster.node, namespace="mlflow", name="mlflow", port=5000, host_port=server.port
+        )
+        cluster.kubectl("create", "namespace", NAMESPACE)
+        # No serving pods (replicas 0): the rounds time the operator's failover, not model starts.
+        resource = model_deployment(POD_MODEL, f"http://{authority}", poll, replicas=0)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+        leading_times: list[float] = []
+        applied_times: list[float] = []
+        current = "1"
+        for n in range(count):
+            install.wait_available()
+            leader = install.leader()
+            pinned = current
+            wait(lambda: template_version(cluster) == pinned, "the current version pinned", timeout=120)  # noqa: B023
+            time.sleep(random.uniform(0.0, 2.0))  # anywhere in the leader's 2 s renewal cycle
+            target = "2" if current == "1" else "1"
+            deleted = time.monotonic()
+            install.delete_pod(leader)
+            client.set_registered_model_alias(POD_MODEL, "production", target)
+            lead_at = wait(lambda: install.holder() not in (None, leader), "another pod holding the Lease")  # noqa: B023
+            applied_at = wait(lambda: template_version(cluster) == target, "the alias move applied")  # noqa: B023
+            leading_times.append(lead_at - deleted)
+            applied_times.append(applied_at - deleted)
+            current = target
+            print(
+                f"  pod delete {n + 1:>2}: leading after {lead_at - deleted:5.2f} s, "
+                f"alias move applied after {applied_at - deleted:5.2f} s",
+                flush=True,
+            )
+        return leading_times, applied_times
+    finally:
+        cluster.stop()
+
+
 def table(title: str, rows: list[tuple[str, list[float]]]) -> None:
     print(f"\n{title}")
     print(f"{'':<34}{'p50':>8}{'max':>8}{'mean':>8}   (seconds)")
@@ -178,6 +248,12 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=6, help="rounds with kill -9 of the leader (at least 5)")
     parser.add_argument("--graceful", type=int, default=3, help="rounds with a graceful stop (SIGTERM)")
     parser.add_argument(
+        "--pod-deletes",
+        type=int,
+        default=3,
+        help="rounds deleting the leader's pod, on a real node (root; 0: none)",
+    )
+    parser.add_argument(
         "--poll",
         default="60s",
         help="the resource's pollInterval: long, so the move is found by the new leader's first pass",
@@ -190,7 +266,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-ha-"))
     cluster = LocalCluster(work / "cluster")
-    server = MlflowServer(work / "mlflow")
+    server = MlflowServer(work / "mlflow", extra_env=MLFLOW_ALLOWED_HOSTS)
     pair: Pair | None = None
     succeeded = False
     try:
@@ -207,16 +283,7 @@ def main() -> None:
         quick_versions(client, MODEL, 2)
         client.set_registered_model_alias(MODEL, "production", "1")
         cluster.kubectl("create", "namespace", NAMESPACE)
-        resource = {
-            "apiVersion": "aliasroll.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": NAME, "namespace": NAMESPACE},
-            "spec": {
-                "model": {"name": MODEL},
-                "replicas": 2,
-                "registry": {"trackingUri": server.url, "pollInterval": args.poll},
-            },
-        }
+        resource = model_deployment(MODEL, server.url, args.poll, replicas=2)
         cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
         pair = Pair(cluster, kubeconfig, work)
         print(f"{args.kills} kills of the leader, then {args.graceful} graceful stops", flush=True)
@@ -229,6 +296,16 @@ def main() -> None:
             rows += [
                 ("SIGTERM -> other leading", graceful[0]),
                 ("SIGTERM -> alias move applied", graceful[1]),
+            ]
+        pair.stop_all()
+        cluster.stop()  # the pod rounds' cluster is another one
+        if args.pod_deletes:
+            quick_versions(client, POD_MODEL, 2)
+            client.set_registered_model_alias(POD_MODEL, "production", "1")
+            pods = pod_rounds(work=work, server=server, client=client, count=args.pod_deletes, poll=args.poll)
+            rows += [
+                ("pod deleted -> other pod leading", pods[0]),
+                ("pod deleted -> alias move applied", pods[1]),
             ]
         table(
             f"failover of two replicas (lease 10 s, renew deadline 7 s, retry 2 s; pollInterval {args.poll})",

@@ -1,18 +1,20 @@
 """`make demo`: the whole story on this machine, as it happens, on real pods.
 
-A local control plane with a real node beside its kwok node (containerd, kubelet and kube-proxy in a
-network namespace of their own; root), a real MLflow server, the operator running as its own
-ServiceAccount inside the node's namespace (as it would inside a cluster), and the seed's sentiment
-model served by pods of the serving image built from serving-image/Dockerfile: register v1 and deploy
-it; move @production to v2 and back; put v3 on @canary with 20% of requests; promote it. Each step
-prints what the cluster shows and asks the model through its Service, from inside the node's
-namespace: the scores and the X-Model-Version of the answers follow the aliases. Everything stays up
-afterwards; `make demo-down` (or `python demo/demo.py down`) stops it.
+A local control plane whose one node is real (containerd, kubelet, kube-proxy and cluster DNS in a
+network namespace of their own; root), a real MLflow server at mlflow.mlflow.svc.cluster.local:5000,
+the operator installed as users install it (`kubectl apply -k manifests/`: its image's two pods,
+electing a leader), and the seed's sentiment model served by pods of the serving image built from
+serving-image/Dockerfile: register v1 and deploy it; move @production to v2 and back; put v3 on
+@canary with 20% of requests; promote it. Each step prints what the cluster shows and asks the
+model through its Service, from inside the node's namespace: the scores and the X-Model-Version of
+the answers follow the aliases. Everything stays up afterwards; `make demo-down` (or
+`python demo/demo.py down`) stops it.
 
-DEMO_CLUSTER=current uses the cluster of the current kubeconfig instead (no real node of ours: the
-operator runs on this machine with your credentials, the pods run whatever image the operator's
-default names, and at the end the version production runs is asked through a model server process
-started here, `python -m aliasroll.serving`, as the image starts it).
+DEMO_CLUSTER=current uses the cluster of the current kubeconfig instead (no real node of ours, and
+the images may not be where that cluster pulls from: the operator runs on this machine with your
+credentials, the pods run whatever image the operator's default names, and at the end the version
+production runs is asked through a model server process started here, `python -m aliasroll.serving`,
+as the image starts it).
 """
 
 from __future__ import annotations
@@ -39,19 +41,21 @@ sys.path[:0] = [str(REPO / "localenv"), str(REPO)]
 
 from localcluster import ClusterError, LocalCluster  # noqa: E402
 from localkube import RealNode  # noqa: E402
-from localkube.node import pod_placement  # noqa: E402
 from mlflowserver import MlflowServer  # noqa: E402
+from operatorpods import MLFLOW_ALLOWED_HOSTS, InstalledOperator, host_service, real_node_only  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
 
 STATE = REPO / ".work" / "demo"
 NAMESPACE = "demo"
 MODEL = "sentiment"
 POLL = "2s"
-#: Images the real node needs: the sandbox's pause and the model server.
-NODE_IMAGES = ("pause", "serving")
+#: Images the real node needs: the sandbox's pause, the operator and the model server.
+NODE_IMAGES = ("pause", "operator", "serving")
 #: Requests that measure the canary's share of answers.
 SPLIT_REQUESTS = 200
 STARTED = time.monotonic()
+#: Where the operator's logs are, once known (printed when something times out).
+LOGS_HINT = f"{STATE}/operator.log"
 
 
 def say(message: str) -> None:
@@ -86,7 +90,7 @@ def wait(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}; see {STATE}/operator.log")
+            raise SystemExit(f"timed out waiting for {what}; see the operator's logs ({LOGS_HINT})")
         time.sleep(0.2)
     say(what)
 
@@ -213,8 +217,10 @@ def start_cluster() -> LocalCluster:
     cluster = LocalCluster(REPO / ".work" / "cluster", real_node=True, node_images=NODE_IMAGES)
     if cluster.is_running() and cluster.has_real_node:
         say("the local control plane and its real node are already running")
-        if "serving" not in cluster.node.images:
-            cluster.node.load_images(["serving"])
+        missing = [name for name in NODE_IMAGES if name not in cluster.node.images]
+        if missing:
+            cluster.node.load_images(missing)
+        real_node_only(cluster)
         return cluster
     if cluster.is_running():
         say("the local control plane runs without a real node: restarting it with one")
@@ -227,11 +233,12 @@ def start_cluster() -> LocalCluster:
             "(or DEMO_CLUSTER=current make demo to use the cluster of your kubeconfig)"
         ) from None
     say(
-        "starting etcd, kube-apiserver, controller-manager, scheduler, kwok and a real node "
-        "(containerd, kubelet, kube-proxy in a network namespace); the first run builds them and "
-        "the serving image"
+        "starting etcd, kube-apiserver, controller-manager, scheduler and a real node (containerd, "
+        "kubelet, kube-proxy and CoreDNS in a network namespace); the first run builds them and the "
+        "operator and serving images"
     )
     cluster.start()
+    real_node_only(cluster)
     say(
         f"cluster up in {cluster.startup_seconds:.1f} s (images checked in {cluster.images_seconds} s "
         f"before that); real node {cluster.node.name} in network namespace {cluster.node.netns}"
@@ -239,20 +246,26 @@ def start_cluster() -> LocalCluster:
     return cluster
 
 
-def start_operator(cluster: LocalCluster | None) -> None:
-    """Runs `python -m aliasroll` in the background, as its own ServiceAccount on the local cluster,
-    inside the real node's network namespace (where the API server is bridged to 127.0.0.1:6443)."""
-    netns = None
-    if cluster is not None:
-        token = cluster.mint_token("aliasroll-system", "aliasroll", expiration_seconds=7 * 24 * 3600)
-        kubeconfig = cluster.write_kubeconfig_for_token(STATE / "operator.kubeconfig", token)
-        kubeconfig.write_text(kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:6443"))
-        netns = cluster.node.netns
-    else:
-        kubeconfig = Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
+def install_operator(cluster: LocalCluster) -> InstalledOperator:
+    """`kubectl apply -k manifests/`, as users install it: its image's pods on the real node."""
+    operator = InstalledOperator(cluster)
+    operator.install()
+    leader = operator.leader()
+    global LOGS_HINT
+    LOGS_HINT = (
+        f"kubectl --kubeconfig={cluster.kubeconfig} logs -n aliasroll-system "
+        "-l app.kubernetes.io/component=operator --prefix"
+    )
+    say(f"operator pods {', '.join(operator.ready_pods())} running; {leader} holds the Lease")
+    return operator
+
+
+def start_operator_process() -> None:
+    """On a cluster of your own: `python -m aliasroll` on this machine, with your kubeconfig."""
+    kubeconfig = Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
     pid_file = STATE / "operator.pid"
     stop_pid(pid_file)
-    operator = OperatorProcess(kubeconfig=kubeconfig, log_path=STATE / "operator.log", netns=netns)
+    operator = OperatorProcess(kubeconfig=kubeconfig, log_path=STATE / "operator.log")
     operator.start(timeout=120)
     pid_file.write_text(str(operator.pid))
 
@@ -338,18 +351,20 @@ def up(use_current: bool) -> None:
         say(f"kubeconfig: {cluster.kubeconfig}")
     kubectl.show("get", "nodes")
 
-    step("2. Install the CRD and the operator's RBAC; run the operator as its ServiceAccount")
-    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io", "--timeout=60s")
+    operator: InstalledOperator | None = None
     if cluster is not None:
-        kubectl("apply", "-k", str(REPO / "manifests"))
-        # The in-cluster operator pod is a kwok stand-in; the real operator runs here, with its token.
-        kubectl("scale", "deployment/aliasroll", "-n", "aliasroll-system", "--replicas=0")
-    start_operator(cluster)
-    say(f"operator running (log: {STATE / 'operator.log'})")
+        step("2. Install the CRD and the operator: kubectl apply -f crds/, kubectl apply -k manifests/")
+        operator = install_operator(cluster)
+        kubectl.show("get", "pods", "-n", "aliasroll-system", "-o", "wide")
+    else:
+        step("2. Install the CRD and the operator's RBAC; run the operator here, with your kubeconfig")
+        kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io", "--timeout=60s")
+        start_operator_process()
+        say(f"operator running (log: {LOGS_HINT})")
 
     step("3. A real MLflow server; log and register the sentiment model, as MLflow's docs do")
-    server = MlflowServer(STATE / "mlflow", port=_saved_port())
+    server = MlflowServer(STATE / "mlflow", port=_saved_port(), extra_env=MLFLOW_ALLOWED_HOSTS)
     if not _mlflow_healthy(server):
         server.start()
         (STATE / "mlflow.port").write_text(str(server.port))
@@ -358,9 +373,10 @@ def up(use_current: bool) -> None:
     say(f"MLflow at {server.url}")
     tracking_uri = server.url
     if cluster is not None:
-        # The pods and the operator live in the node's namespace: the server is bridged in there.
-        address, port = cluster.node.expose_host_port(server.port)
-        tracking_uri = f"http://{address}:{port}"
+        # As a cluster's own MLflow would be: a Service (here bridged to the server on this machine).
+        tracking_uri = "http://" + host_service(
+            cluster, cluster.node, namespace="mlflow", name="mlflow", port=5000, host_port=server.port
+        )
         say(f"MLflow as the pods and the operator see it: {tracking_uri}")
     from examples.sentiment.register import register_version  # imports mlflow: after the servers are up
     from mlflow import MlflowClient
@@ -384,12 +400,6 @@ def up(use_current: bool) -> None:
             "replicas": 4,
         },
     }
-    if cluster is not None:
-        # Real pods of the serving image, on the real node (the kwok node runs nothing).
-        manifest["spec"]["serving"] = {
-            "image": cluster.node.images["serving"],
-            "podTemplate": {"spec": pod_placement()},
-        }
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
     wait(lambda: pinned(kubectl, "production") == v1, f"Deployment {MODEL}-production pinned to version {v1}")
     wait(lambda: ready(kubectl, v1), "Ready: version 1 serves production", timeout=300)
@@ -465,6 +475,7 @@ def up(use_current: bool) -> None:
     else:
         ask = f"nsenter --net={service.node.netns_path} curl -si http://{service.address}/invocations"
 
+    pods = "".join(f"\n    {line}" for line in operator.log_locations()) if operator is not None else ""
     step("Still running; poke at it")
     kc = f"--kubeconfig={cluster.kubeconfig} " if cluster else ""
     print(f"""  kubectl {kc}get mdep -n {NAMESPACE} -w
@@ -474,7 +485,7 @@ def up(use_current: bool) -> None:
     MlflowClient().set_registered_model_alias('{MODEL}', 'production', '{v2}')"
   {ask} -H 'Content-Type: application/json' \\
     -d '{{"inputs": ["this is great", "this is terrible"]}}'
-  operator log: {STATE / "operator.log"}
+  operator logs: {LOGS_HINT}{pods}
   kubectl binary: {kubectl.binary}
   tear down: make demo-down""")
 

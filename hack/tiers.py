@@ -1,15 +1,18 @@
 """`make test`: lint, then unit + integration (real MLflow servers, a real Prometheus), streamed to
 the terminal, while the tiers that stand on a cluster run beside them from the start as sessions,
-each with a control plane of its own: the end-to-end tier (kwok), and the real-pod tier as two
-sessions with a real node each: the rollouts (transitions, the watched canary) in one, the rest of
-tests/e2e_real in the other. Their output goes to .work/<session>.log and is shown when all are
-done. Fails if any fails; a lint failure stops the sessions at once.
+each with a control plane of its own: the end-to-end tier (kwok); the real-pod tier as two sessions
+with a real node each, the rollouts (transitions, the watched canary) in one, the rest of
+tests/e2e_real in the other; and the install tier (tests/e2e_install: the operator image as pods
+from the shipped manifests, on a cluster whose one node is real). Their output goes to
+.work/<session>.log and is shown when all are done. Fails if any fails; a lint failure stops the
+sessions at once.
 
 The cluster tiers mostly wait (pods starting, probes, pods draining, lease expiries, the operator's
 timers), so on 2 cores the wall time is about the longest session rather than the sum. The
-sessions share nothing but the machine: state dirs under .work named by ALIASROLL_E2E_RUN and
-ALIASROLL_E2E_REAL_RUN, free ports, pytest's numbered temp dirs, and the kernel settings kubelet
-changes (localkube's sysctls.py hands them back when the last node stops).
+sessions share nothing but the machine: state dirs under .work named by ALIASROLL_E2E_RUN,
+ALIASROLL_E2E_REAL_RUN and ALIASROLL_E2E_INSTALL_RUN, free ports, pytest's numbered temp dirs, and
+the kernel settings kubelet changes (localkube's sysctls.py hands them back when the last node
+stops).
 
 Ctrl-C reaches every process here (they stay in the terminal's process group); this waits while
 each pytest stops what it started.
@@ -66,6 +69,12 @@ SESSIONS = (
     Session("e2e", ("tests/e2e",), (("ALIASROLL_E2E_RUN", "e2e"),)),
     real("e2e-real-rollouts", *ROLLOUTS),
     real("e2e-real-serving", "tests/e2e_real", *(f"--ignore={path}" for path in ROLLOUTS)),
+    # The operator image as pods, from the shipped manifests, on a cluster whose one node is real.
+    Session(
+        "e2e-install",
+        ("tests/e2e_install",),
+        (("ALIASROLL_REQUIRE_REAL_NODE", "1"), ("ALIASROLL_E2E_INSTALL_RUN", "e2e-install")),
+    ),
 )
 
 

@@ -176,11 +176,14 @@ class Kube:
         return items
 
     def events(self, namespace: str, name: str) -> list[tuple[str, str, str]]:
+        """The ModelDeployment's events (type, reason, message), each as often as it happened: the
+        operator folds a repeat into the first event's count, as client-go's recorder does."""
         return [
             (event["type"], event["reason"], event["message"])
             for event in self.list("events", namespace)
             if event["involvedObject"].get("name") == name
             and event["involvedObject"].get("kind") == "ModelDeployment"
+            for _ in range(max(1, int(event.get("count") or 1)))
         ]
 
 
@@ -188,7 +191,7 @@ def wait_events(
     kube: Kube, namespace: str, name: str, *reasons: str, timeout: float = 30
 ) -> list[tuple[str, str, str]]:
     """The ModelDeployment's events (type, reason, message) once all of `reasons` are among them. The
-    operator posts events through Kopf's queue after it writes status, so they may trail the status."""
+    operator queues events after it writes status (kube/events.py), so they may trail the status."""
 
     def check() -> list[tuple[str, str, str]] | None:
         events = kube.events(namespace, name)

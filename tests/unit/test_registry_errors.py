@@ -38,6 +38,16 @@ ENDPOINT = Endpoint("http://mlflow:5000")
             "rejected",
         ),
         (
+            # MLflow 3.5+'s DNS-rebinding guard: a 403 that is about the Host header, not credentials.
+            MlflowException(
+                "API request to endpoint /api/2.0/mlflow/registered-models/get failed with error code "
+                "403 != 200. Response body: 'Invalid Host header - possible DNS rebinding attack detected'",
+                error_code="PERMISSION_DENIED",
+            ),
+            RegistryError,
+            "refused the Host header 'mlflow:5000': add it to the server's --allowed-hosts",
+        ),
+        (
             MlflowException("API request to http://mlflow:5000/x failed with exception ConnectionError"),
             RegistryUnavailable,
             "did not answer",

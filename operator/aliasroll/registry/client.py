@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlflow.entities.model_registry import ModelVersionTag
 from mlflow.exceptions import MlflowException, RestException
@@ -198,6 +199,14 @@ def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: s
     """One place that decides what an MLflow error means to the operator."""
     code = str(error.error_code or "")
     detail = _short(error.message if isinstance(error, RestException) else str(error))
+    if _HOST_REFUSED in str(error):
+        # MLflow 3.5+ answers 403 to a Host header it does not know (its DNS-rebinding guard): not a
+        # credentials problem, and the one setting to change is on the server.
+        return RegistryError(
+            f"the MLflow server at {endpoint.tracking_uri} refused the Host header "
+            f"{urlsplit(endpoint.tracking_uri).netloc!r}: add it to the server's --allowed-hosts "
+            "(MLFLOW_SERVER_ALLOWED_HOSTS)"
+        )
     if isinstance(error, RestException):
         status = error.get_http_status_code()
         if code in _NOT_FOUND_CODES or status == 404:
@@ -234,6 +243,8 @@ def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: s
     )
 
 
+#: MLflow's own text for a refused Host header (mlflow.server.security_utils.INVALID_HOST_MSG).
+_HOST_REFUSED = "Invalid Host header"
 _NON_JSON_STATUS = re.compile(r"failed with error code (\d+) != 200")
 _NON_JSON_SUCCESS = "response body was not in a valid JSON format"
 # What the connection failures of requests/urllib3 say, in the words a user would search for.
