@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aliasroll.analysis.judge import Limits, judge
@@ -74,7 +74,12 @@ class Analyzer:
         if windows is None:
             return AnalysisResult(version=run.version, measured_at=now)
         measurement = judge(limits_of(analysis), canary=windows.canary, production=windows.production)
-        return AnalysisResult(version=run.version, measured_at=now, measurement=measurement)
+        return AnalysisResult(
+            version=run.version,
+            measured_at=now,
+            measurement=measurement,
+            window_start=now - timedelta(seconds=windows.seconds),
+        )
 
     def forget(self, uid: str) -> None:
         self._pods.forget(uid)

@@ -77,6 +77,9 @@ class AnalysisResult:
     measured_at: datetime
     measurement: Measurement | None = None  # None: a baseline was taken, nothing to judge yet
     error: str | None = None  # the metrics could not be read: never counts as a failure
+    # Where the judged window began (the reading it is counted from): a step passes only on a
+    # measurement whose whole window lies inside it. None with a measurement: one interval back.
+    window_start: datetime | None = None
 
 
 @dataclass(frozen=True)
