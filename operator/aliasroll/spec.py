@@ -37,6 +37,7 @@ MAX_POLL_SECONDS = 24 * 3600.0
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _RESERVED_ALIAS = re.compile(r"^([vV]\d+|[lL][aA][tT][eE][sS][tT])$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_PROMETHEUS_LABEL = re.compile(r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")  # a label name, or empty
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -82,6 +83,7 @@ class PrometheusSource:
 
     address: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    namespace_label: str = "namespace"  # the series' label holding the pods' namespace; "": none
 
 
 @dataclass(frozen=True)
@@ -401,6 +403,7 @@ def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:
             labels=MappingProxyType(
                 dict(_strings(prometheus.get("labels"), path=f"{path}.prometheus.labels"))
             ),
+            namespace_label=_namespace_label(prometheus.get("namespaceLabel", "namespace"), path=path),
         )
     spec = AnalysisSpec(
         interval_seconds=interval,
@@ -614,6 +617,15 @@ def _list(value: object, *, path: str) -> list[Any]:
     if not isinstance(value, list | tuple):
         raise InvalidSpec(path, "must be a list")
     return list(value)
+
+
+def _namespace_label(value: object, *, path: str) -> str:
+    where = f"{path}.prometheus.namespaceLabel"
+    if not isinstance(value, str) or len(value) > 128 or not _PROMETHEUS_LABEL.match(value):
+        raise InvalidSpec(where, f"{value!r} is not a Prometheus label name (or empty for none)")
+    if value in ("model", "version", "code", "le"):
+        raise InvalidSpec(where, f"{value!r} is a label the analysis sets itself")
+    return value
 
 
 def _strings(value: object, *, path: str) -> Mapping[str, str]:

@@ -2,7 +2,9 @@
 starts them against the real MLflow registry, answer real traffic; the pod scraper reads their
 /metrics and a real Prometheus (built from source) scrapes the same processes. Each phase of traffic
 (too little canary traffic, a clean canary, a failing canary, a slow canary) must get the right
-windows and verdict from the pod scraper, and the same verdict from PromQL.
+windows and verdict from the pod scraper, and the same verdict from PromQL. The Prometheus labels the
+series namespace="ml", as a Kubernetes service discovery's relabelling does, and the queries select
+the resource's namespace.
 """
 
 from __future__ import annotations
@@ -256,15 +258,62 @@ async def test_prometheus_gives_the_pod_scraper_s_verdicts(
         await promql.aclose()
 
 
-async def test_prometheus_answers_none_until_the_canary_is_scraped(
+async def test_prometheus_without_canary_samples_is_no_canary_traffic_never_a_pass(
     servers: tuple[ServedProcess, ServedProcess], versions: tuple[str, str], prometheus: PrometheusServer
 ) -> None:
     prometheus.wait_scraped(after=time.time() + 1)
     promql = PrometheusProvider(prometheus.url)
     try:
-        assert await promql.measure(target(servers, versions, interval=30, canary_version="999")) is None
+        windows = await promql.measure(target(servers, versions, interval=30, canary_version="999"))
+        assert windows.canary.requests == 0
+        assert windows.caveat is not None
+        said = 'version="999",namespace="ml"} over the last 30 s, counted as no canary traffic'
+        assert said in windows.caveat
+        measurement = judge(LIMITS, canary=windows.canary, production=windows.production)
+        assert measurement.verdict is Verdict.INCONCLUSIVE
     finally:
         await promql.aclose()
+
+
+async def test_prometheus_selects_the_resource_s_namespace(
+    servers: tuple[ServedProcess, ServedProcess], versions: tuple[str, str], prometheus: PrometheusServer
+) -> None:
+    """The Prometheus labels the serving processes' series namespace="ml", as a Kubernetes service
+    discovery's relabelling does: a resource in another namespace does not see them."""
+    prometheus.wait_scraped(after=time.time() + 1)
+    send(servers[0], ["fine"] * 3)
+    prometheus.wait_scraped(after=time.time() + 1)
+    watched = target(servers, versions, interval=30)
+    elsewhere = replace(watched, namespace="elsewhere")
+    cases = {
+        "the resource's namespace: its series": (PrometheusProvider(prometheus.url), watched, None),
+        "another namespace: none of them": (
+            PrometheusProvider(prometheus.url),
+            elsewhere,
+            r'version="\d+",namespace="elsewhere"\} over the last 30 s: .* \(the namespace matcher is the '
+            r"resource's namespace: set analysis.prometheus.namespaceLabel",
+        ),
+        "another label name: none of them (the series carry namespace)": (
+            PrometheusProvider(prometheus.url, namespace_label="kubernetes_namespace"),
+            watched,
+            r'kubernetes_namespace="ml"\} over the last 30 s',
+        ),
+        "no namespace matcher: every namespace's": (
+            PrometheusProvider(prometheus.url, namespace_label=""),
+            elsewhere,
+            None,
+        ),
+    }
+    for name, (provider, asked, refused) in cases.items():
+        try:
+            if refused is None:
+                windows = await provider.measure(asked)
+                assert windows.production.requests >= 3, name
+            else:
+                with pytest.raises(AnalysisUnavailable, match=refused):
+                    await provider.measure(asked)
+        finally:
+            await provider.aclose()
 
 
 async def test_prometheus_errors_say_what_to_fix(

@@ -12,6 +12,7 @@ from aliasroll.analysis.window import (
     Counters,
     MetricsFormatError,
     Window,
+    counted_since,
     histogram_quantile,
     parse_counters,
     window_between,
@@ -151,6 +152,11 @@ WINDOWS = {
         {"a": A1},
         Window(requests=50, errors=3, buckets=buckets((0.1, 40), (1.0, 49), (INF, 50))),
     ),
+    "a restarted container under its new key counts from zero, even ending higher (review #15)": (
+        {"uid-a/0": A0},
+        {"uid-a/1": Counters(requests=120, errors=30, buckets=buckets((0.1, 90), (1.0, 120), (INF, 120)))},
+        Window(requests=120, errors=30, buckets=buckets((0.1, 90), (1.0, 120), (INF, 120))),
+    ),
     "no pods": ({"a": A0}, {}, Window()),
     "nothing answered in between": (
         {"a": A0},
@@ -164,6 +170,23 @@ WINDOWS = {
 def test_window_between(case: tuple[dict[str, Counters], dict[str, Counters], Window]) -> None:
     before, after, expected = case
     assert window_between(before, after) == expected
+
+
+COUNTED_SINCE = {
+    "no earlier reading: all of it": (None, A1, A1),
+    "the same container: the difference": (
+        A0,
+        A1,
+        Counters(requests=50, errors=3, buckets=buckets((0.1, 40), (1.0, 49), (INF, 50))),
+    ),
+    "a counter went down: all of it": (A1, RESTARTED, RESTARTED),
+}
+
+
+@pytest.mark.parametrize("case", COUNTED_SINCE.values(), ids=COUNTED_SINCE.keys())
+def test_counted_since(case: tuple[Counters | None, Counters, Counters]) -> None:
+    then, now, expected = case
+    assert counted_since(then, now) == expected
 
 
 # Error rate and p99.

@@ -6,6 +6,14 @@ interval, per version, and builds the same windows the pod scraper builds, so th
 with the same meaning. Prometheus extrapolates an
 increase to the ends of the range, so its request counts are estimates (not whole numbers); the
 error rate and the quantile, being ratios of counts taken together, are not skewed by it.
+
+The queries select, besides `model` and `version`, the resource's namespace (`namespace="<its
+namespace>"`: the label a Kubernetes service discovery's relabelling conventionally sets, as the
+Prometheus Operator's PodMonitor and the community chart's pod job do), so another deployment of the
+same model version in another namespace is not counted; `namespace_label` renames that label, or
+with "" leaves the namespace out. The user's `matchers` are added (one naming the namespace label
+replaces the namespace matcher). The queries are evaluated at the target's `read_at`, so the window
+is exactly the interval before it.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +34,7 @@ from aliasroll.analysis.window import LATENCY_BUCKET_SERIES, LATENCY_COUNT_SERIE
 from aliasroll.errors import AnalysisUnavailable
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_NAMESPACE_LABEL = "namespace"
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # Labels the queries set themselves.
 _RESERVED = frozenset({"model", "version", "code", "le", "__name__"})
@@ -36,13 +46,15 @@ class PrometheusProvider:
         address: str,
         *,
         matchers: Mapping[str, str] | None = None,
+        namespace_label: str = DEFAULT_NAMESPACE_LABEL,
         headers: Mapping[str, str] | None = None,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         client: httpx2.AsyncClient | None = None,
     ) -> None:
         """`address`: the server's base URL (http://prometheus.monitoring:9090, or with a path
         prefix); `matchers`: extra label=value matchers for every query (e.g. the namespace or job
-        label the user's scrape configuration sets), so that other deployments' pods are not counted."""
+        label the user's scrape configuration sets), so that other deployments' pods are not counted;
+        `namespace_label`: the label that carries the pods' namespace ("" for none)."""
         parts = urlsplit(address.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"Prometheus address {address!r}: give a URL such as http://prometheus:9090")
@@ -51,25 +63,31 @@ class PrometheusProvider:
                 raise ValueError(f"label matcher {name!r}: not a Prometheus label name")
             if name in _RESERVED:
                 raise ValueError(f"label matcher {name!r}: the analysis sets this label itself")
+        if namespace_label and not _LABEL_NAME.match(namespace_label):
+            raise ValueError(f"namespace label {namespace_label!r}: not a Prometheus label name")
+        if namespace_label in _RESERVED:
+            raise ValueError(f"namespace label {namespace_label!r}: the analysis sets this label itself")
         self._query_url = address.strip().rstrip("/") + "/api/v1/query"
         # Messages name the server without any credentials in its URL.
         self.address = urlunsplit(
             (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", "")
         )
         self._matchers = dict(matchers or {})
+        self._namespace_label = namespace_label
         self._timeout = timeout_seconds
         self._client = client or httpx2.AsyncClient(timeout=timeout_seconds, headers=dict(headers or {}))
 
-    async def measure(self, target: AnalysisTarget) -> TrackWindows | None:
+    async def measure(self, target: AnalysisTarget) -> TrackWindows:
         if target.interval_seconds < 1:
             raise ValueError(f"interval_seconds must be at least 1, not {target.interval_seconds}")
         selector = self._selector(target)
         errors_selector = selector[:-1] + ',code=~"5.."}'
         rng = f"[{target.interval_seconds}s]"
+        at = None if target.read_at is None else target.read_at.timestamp()
         requests, errors, buckets = await asyncio.gather(
-            self._query(f"sum by (version) (increase({LATENCY_COUNT_SERIES}{selector}{rng}))"),
-            self._query(f"sum by (version) (increase({REQUESTS_SERIES}{errors_selector}{rng}))"),
-            self._query(f"sum by (version, le) (increase({LATENCY_BUCKET_SERIES}{selector}{rng}))"),
+            self._query(f"sum by (version) (increase({LATENCY_COUNT_SERIES}{selector}{rng}))", at=at),
+            self._query(f"sum by (version) (increase({REQUESTS_SERIES}{errors_selector}{rng}))", at=at),
+            self._query(f"sum by (version, le) (increase({LATENCY_BUCKET_SERIES}{selector}{rng}))", at=at),
         )
         request_counts = _by_version(requests)
         if target.production_version not in request_counts:
@@ -77,11 +95,19 @@ class PrometheusProvider:
             raise AnalysisUnavailable(
                 f"Prometheus at {self.address} has no samples of {series}"
                 f" over the last {target.interval_seconds} s: check that it scrapes the serving pods' "
-                "/metrics (container port http), that the label matchers match their series, and that "
-                "the analysis interval spans at least two scrapes"
+                "/metrics (container port http), that the label matchers match their series"
+                f"{self._namespace_hint()}, and that the analysis interval spans at least two scrapes"
             )
+        caveat = None
         if target.canary_version not in request_counts:
-            return None  # the canary's pods have not been scraped twice yet
+            # Not a pass, nor a reason to hold without a word: no canary traffic is known, which the
+            # judge calls Inconclusive, and the message says why.
+            series = f"{LATENCY_COUNT_SERIES}{self._selector(target, 1)}"
+            caveat = (
+                f"Prometheus at {self.address} has no samples of {series} over the last "
+                f"{target.interval_seconds} s, counted as no canary traffic: the canary's pods are "
+                "not scraped yet (a pod needs two scrapes in the interval) or not scraped at all"
+            )
         error_counts = _by_version(errors)
         bucket_counts: dict[str, dict[float, float]] = {}
         for labels, value in buckets:
@@ -90,6 +116,10 @@ class PrometheusProvider:
             except ValueError:
                 continue
             bucket_counts.setdefault(labels.get("version", ""), {})[bound] = value
+
+        since = None
+        if target.read_at is not None:
+            since = target.read_at - timedelta(seconds=target.interval_seconds)
 
         def window(version: str) -> Window:
             return Window(
@@ -102,6 +132,8 @@ class PrometheusProvider:
             production=window(target.production_version),
             canary=window(target.canary_version),
             seconds=float(target.interval_seconds),
+            since=since,
+            caveat=caveat,
         )
 
     def forget(self, key: str) -> None:
@@ -117,12 +149,27 @@ class PrometheusProvider:
             version = f"version=~{_quote('|'.join(re.escape(v) for v in versions))}"
         else:
             version = f"version={_quote(versions[which])}"
-        extra = "".join(f",{name}={_quote(value)}" for name, value in sorted(self._matchers.items()))
+        matchers = dict(self._matchers)
+        if self._namespace_label:
+            matchers.setdefault(self._namespace_label, target.namespace)  # the user's matcher wins
+        extra = "".join(f",{name}={_quote(value)}" for name, value in sorted(matchers.items()))
         return f"{{model={_quote(target.model)},{version}{extra}}}"
 
-    async def _query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+    def _namespace_hint(self) -> str:
+        if not self._namespace_label or self._namespace_label in self._matchers:
+            return ""
+        return (
+            f" (the {self._namespace_label} matcher is the resource's namespace: set "
+            "analysis.prometheus.namespaceLabel to the label your Prometheus puts the pods' namespace "
+            'in, or "" for none)'
+        )
+
+    async def _query(self, promql: str, *, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        form = {"query": promql}
+        if at is not None:
+            form["time"] = f"{at:.3f}"
         try:
-            answer = await self._client.post(self._query_url, data={"query": promql}, timeout=self._timeout)
+            answer = await self._client.post(self._query_url, data=form, timeout=self._timeout)
         except httpx2.TimeoutException:
             raise AnalysisUnavailable(
                 f"Prometheus at {self.address} did not answer within {self._timeout:g} s"

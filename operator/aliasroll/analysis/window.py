@@ -100,17 +100,22 @@ def parse_counters(text: str, *, model: str, version: str) -> Counters | None:
 
 
 def window_between(before: Mapping[str, Counters], after: Mapping[str, Counters]) -> Window:
-    """The window between two readings of the same pods, keyed by pod.
+    """The window between two readings, keyed by container: the same key must mean the same
+    container (the pod reader keys by pod uid and keeps the container's identity beside it), so a
+    restarted container comes under a new key, or not at all.
 
-    A pod new since `before` counts from zero (it started within the interval); a pod any of whose
-    counters went down was restarted, and counts from zero too; a pod gone from `after` contributes
-    nothing (what it answered since `before` is lost with it, as it is for Prometheus).
+    A key new since `before` counts from zero (its container started within the interval); a key
+    any of whose counters went down was restarted all the same, and counts from zero too; a key gone
+    from `after` contributes nothing (what it answered since `before` is lost with it, as it is for
+    Prometheus).
     """
-    deltas = []
-    for pod, now in after.items():
-        then = before.get(pod)
-        deltas.append(now if then is None or _was_reset(then, now) else _minus(now, then))
-    return sum_counters(deltas)
+    return sum_counters(counted_since(before.get(key), now) for key, now in after.items())
+
+
+def counted_since(then: Counters | None, now: Counters) -> Counters:
+    """What one container answered since `then` was read of it: all of `now` when there is no
+    `then` or a counter went down (a container that restarted since)."""
+    return now if then is None or was_reset(then, now) else _minus(now, then)
 
 
 def sum_counters(parts: Iterable[Counters]) -> Window:
@@ -124,7 +129,8 @@ def sum_counters(parts: Iterable[Counters]) -> Window:
     return Window(requests=requests, errors=errors, buckets=tuple(sorted(buckets.items())))
 
 
-def _was_reset(then: Counters, now: Counters) -> bool:
+def was_reset(then: Counters, now: Counters) -> bool:
+    """A counter went down: the container these counts come from is not the one read before."""
     if now.requests < then.requests or now.errors < then.errors:
         return True
     earlier = dict(then.buckets)

@@ -1,13 +1,22 @@
 """The measuring step of a pass: when the planner says a canary's measurement is due, read the
 serving pods (from the operator's watch of them), ask the metrics provider the resource names (its
-pods' /metrics, or Prometheus) for both tracks' windows, and judge them. Every failure to read
-metrics becomes a result with an `error`, never a failed measurement.
+pods' /metrics, or Prometheus) for both tracks' windows, and judge them.
+
+What the planner gets (AnalysisResult):
+- a measurement (Passed, Failed or Inconclusive) with `window_start`: where its window begins, on
+  the pass clock. From the pods, the `measured_at` of the pass whose reading the window counts from
+  (an earlier one when a pod missed readings); from Prometheus, `measured_at` minus the interval.
+  No request it counts is older. A canary Prometheus has no sample of is Inconclusive, never Passed.
+- no measurement and no error: a baseline was taken (the first reading of the resource, after an
+  operator restart, or after a version moved); it says nothing of the canary.
+- an `error`: the metrics could not be read; never a failed measurement.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +27,7 @@ from aliasroll.analysis.provider import AnalysisTarget, MetricsProvider, PodEndp
 from aliasroll.errors import AliasrollError, AnalysisUnavailable
 from aliasroll.kube.observe import OwnedObjects
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
-from aliasroll.planning.workloads import LABEL_TRACK
+from aliasroll.planning.workloads import CONTAINER_NAME, LABEL_TRACK
 from aliasroll.spec import AnalysisSpec, ModelDeploymentSpec, PrometheusSource, ResourceRef, Track
 
 log = logging.getLogger(__name__)
@@ -38,7 +47,7 @@ class Analyzer:
     def __init__(self, objects: OwnedObjects, *, pods: MetricsProvider | None = None) -> None:
         self._objects = objects
         self._pods = pods or PodMetricsProvider()
-        self._prometheus: dict[tuple[str, tuple[tuple[str, str], ...]], PrometheusProvider] = {}
+        self._prometheus: dict[tuple[str, tuple[tuple[str, str], ...], str], PrometheusProvider] = {}
 
     async def measure(
         self,
@@ -54,7 +63,7 @@ class Analyzer:
         assert analysis is not None, "measured only with an analysis"
         production = str((previous_status.get(Track.PRODUCTION.value) or {}).get("version") or "")
         try:
-            pods = await self._ready_pods(owner, spec.serving.port)
+            pods, unmeasured = await self._ready_pods(owner, spec.serving.port)
             target = AnalysisTarget(
                 key=owner.uid,
                 namespace=owner.namespace,
@@ -64,6 +73,8 @@ class Analyzer:
                 interval_seconds=max(1, round(analysis.interval_seconds)),
                 production_pods=pods.get(Track.PRODUCTION, ()),
                 canary_pods=pods.get(Track.CANARY, ()),
+                unmeasured_pods=unmeasured,
+                read_at=now,
             )
             windows = await self._provider(analysis.prometheus).measure(target)
         except AliasrollError as error:
@@ -74,11 +85,14 @@ class Analyzer:
         if windows is None:
             return AnalysisResult(version=run.version, measured_at=now)
         measurement = judge(limits_of(analysis), canary=windows.canary, production=windows.production)
+        if windows.caveat is not None:
+            measurement = replace(measurement, message=f"{measurement.message}; {windows.caveat}")
+        since = windows.since if windows.since is not None else now - timedelta(seconds=windows.seconds)
         return AnalysisResult(
             version=run.version,
             measured_at=now,
             measurement=measurement,
-            window_start=now - timedelta(seconds=windows.seconds),
+            window_start=since,
         )
 
     def forget(self, uid: str) -> None:
@@ -94,16 +108,22 @@ class Analyzer:
     def _provider(self, source: PrometheusSource | None) -> MetricsProvider:
         if source is None:
             return self._pods
-        key = (source.address, tuple(sorted(source.labels.items())))
+        key = (source.address, tuple(sorted(source.labels.items())), source.namespace_label)
         provider = self._prometheus.get(key)
         if provider is None:
-            provider = self._prometheus[key] = PrometheusProvider(source.address, matchers=source.labels)
+            provider = self._prometheus[key] = PrometheusProvider(
+                source.address, matchers=source.labels, namespace_label=source.namespace_label
+            )
         return provider
 
-    async def _ready_pods(self, owner: ResourceRef, port: int) -> dict[Track, tuple[PodEndpoint, ...]]:
+    async def _ready_pods(
+        self, owner: ResourceRef, port: int
+    ) -> tuple[dict[Track, tuple[PodEndpoint, ...]], frozenset[str]]:
         """The ready serving pods of each track, by IP (the operator reaches them as Prometheus does),
-        from the operator's watch of serving pods."""
+        from the operator's watch of serving pods, each with its uid and serving container's identity;
+        and the uids of the serving pods that are not measured now (not Ready, no IP yet)."""
         found: dict[Track, list[PodEndpoint]] = {Track.PRODUCTION: [], Track.CANARY: []}
+        unmeasured: set[str] = set()
         try:
             pods = await self._objects.pods(owner)
         except AliasrollError as error:
@@ -118,9 +138,34 @@ class Analyzer:
             except ValueError:
                 continue
             status = pod.get("status") or {}
+            uid = str(meta.get("uid") or "")
             ready = any(
                 c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
             )
-            if status.get("podIP") and ready:
-                found[track].append(PodEndpoint(name=str(meta.get("name")), ip=status["podIP"], port=port))
-        return {track: tuple(pods) for track, pods in found.items()}
+            if not (status.get("podIP") and ready):
+                if uid:
+                    unmeasured.add(uid)
+                continue
+            found[track].append(
+                PodEndpoint(
+                    name=str(meta.get("name")),
+                    ip=status["podIP"],
+                    port=port,
+                    uid=uid,
+                    container=container_identity(status),
+                )
+            )
+        return {track: tuple(pods) for track, pods in found.items()}, frozenset(unmeasured)
+
+
+def container_identity(status: Mapping[str, Any]) -> str:
+    """Which run of the serving container answers: its restart count and container ID, from the
+    pod's status ("" when the status does not say). A container that restarted has another one."""
+    for container in status.get("containerStatuses") or ():
+        if container.get("name") == CONTAINER_NAME:
+            restarts = container.get("restartCount")
+            container_id = container.get("containerID") or ""
+            if restarts is None and not container_id:
+                return ""
+            return f"{restarts if restarts is not None else ''}/{container_id}"
+    return ""

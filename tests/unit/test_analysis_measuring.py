@@ -1,0 +1,209 @@
+"""The measuring step of a pass (controller/measuring.py): what it asks the metrics provider (the
+pods from the watch, with their uid and serving container's identity; the pods it does not measure;
+the pass's time) and what the planner gets back (a measurement with where its window began, a
+baseline, or an error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from builders import NOW, OWNER, FixedObjects, spec
+
+from aliasroll.analysis import AnalysisTarget, PodEndpoint, TrackWindows, Verdict, Window
+from aliasroll.controller import measuring
+from aliasroll.controller.measuring import Analyzer
+from aliasroll.errors import AnalysisUnavailable, InvalidSpec
+from aliasroll.planning.canary import AnalysisResult, CanaryRun, Phase
+from aliasroll.spec import ModelDeploymentSpec, PrometheusSource
+
+PASSING = Window(requests=100, errors=0, buckets=((0.1, 100), (float("inf"), 100)))
+PRODUCTION = Window(requests=1000, errors=0, buckets=((0.1, 1000), (float("inf"), 1000)))
+
+
+def analysed(**analysis: Any) -> ModelDeploymentSpec:
+    return spec(
+        canary={
+            "alias": "canary",
+            "steps": [{"weight": 20, "duration": "1m"}],
+            "analysis": {"interval": "30s", "minRequests": 20, "errorRate": {"maxPercent": 1}, **analysis},
+        }
+    )
+
+
+class Scripted:
+    """A metrics provider that answers what it is given and keeps what it was asked."""
+
+    def __init__(self, answer: TrackWindows | Exception | None) -> None:
+        self.answer = answer
+        self.asked: list[AnalysisTarget] = []
+
+    async def measure(self, target: AnalysisTarget) -> TrackWindows | None:
+        self.asked.append(target)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def forget(self, key: str) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def pod(
+    name: str,
+    *,
+    track: str | None = "canary",
+    ip: str | None = "10.0.0.9",
+    ready: bool = True,
+    containers: list[Mapping[str, Any]] | None = None,
+) -> Mapping[str, Any]:
+    labels = {"aliasroll.io/track": track} if track else {}
+    status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if ip:
+        status["podIP"] = ip
+    if containers is not None:
+        status["containerStatuses"] = containers
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "labels": labels}, "status": status}
+
+
+def serving(restarts: int, container_id: str) -> Mapping[str, Any]:
+    return {"name": "model-server", "restartCount": restarts, "containerID": container_id}
+
+
+SIDECAR = {"name": "istio-proxy", "restartCount": 7, "containerID": "containerd://side"}
+
+
+async def measure(provider: Scripted, pods: list[Mapping[str, Any]]) -> AnalysisResult:
+    analyzer = Analyzer(FixedObjects(pods=pods), pods=provider)
+    return await analyzer.measure(
+        owner=OWNER,
+        spec=analysed(),
+        run=CanaryRun(version="3", phase=Phase.ANALYZING),
+        previous_status={"production": {"version": "2"}},
+        now=NOW,
+    )
+
+
+async def test_the_provider_is_asked_for_the_pods_with_their_containers_and_the_pass_time() -> None:
+    provider = Scripted(None)
+    await measure(
+        provider,
+        [
+            pod("p0", track="production", ip="10.0.0.1", containers=[SIDECAR, serving(0, "containerd://a")]),
+            pod("c0", ip="10.0.0.2", containers=[serving(2, "containerd://c")]),
+            pod("c1", ip="10.0.0.3", ready=False, containers=[serving(0, "containerd://d")]),
+            pod("c2", ip=None, containers=[]),
+            pod("c3", ip="10.0.0.4", containers=[SIDECAR]),
+            pod("other", track=None),
+        ],
+    )
+    (target,) = provider.asked
+    assert target.read_at == NOW
+    assert (target.namespace, target.production_version, target.canary_version) == ("ml", "2", "3")
+    assert target.production_pods == (
+        PodEndpoint("p0", "10.0.0.1", 8080, uid="uid-p0", container="0/containerd://a"),
+    )
+    assert target.canary_pods == (
+        PodEndpoint("c0", "10.0.0.2", 8080, uid="uid-c0", container="2/containerd://c"),
+        PodEndpoint("c3", "10.0.0.4", 8080, uid="uid-c3", container=""),  # identity unknown
+    )
+    # Listed but not measured now: what was read of them is kept.
+    assert target.unmeasured_pods == frozenset({"uid-c1", "uid-c2"})
+
+
+# (the provider's answer, verdict or None, window_start's offset from now or None, error, message end)
+ANSWERS: dict[str, tuple[TrackWindows | Exception | None, Verdict | None, float | None, str | None]] = {
+    "a baseline: no measurement, no window, no error": (None, None, None, None),
+    "a window counted from an earlier reading starts at that reading's pass time": (
+        TrackWindows(canary=PASSING, production=PRODUCTION, seconds=90.4, since=NOW - timedelta(seconds=90)),
+        Verdict.PASSED,
+        90,
+        None,
+    ),
+    "a window with no reading time starts its seconds back": (
+        TrackWindows(canary=PASSING, production=PRODUCTION, seconds=30),
+        Verdict.PASSED,
+        30,
+        None,
+    ),
+    "no sample of the canary: Inconclusive, never Passed": (
+        TrackWindows(
+            canary=Window(),
+            production=PRODUCTION,
+            seconds=30,
+            since=NOW - timedelta(seconds=30),
+            caveat="Prometheus has no samples of the canary",
+        ),
+        Verdict.INCONCLUSIVE,
+        30,
+        None,
+    ),
+    "metrics unreadable: an error, never a measurement": (
+        AnalysisUnavailable("no pod answered"),
+        None,
+        None,
+        "no pod answered",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ANSWERS.values(), ids=ANSWERS.keys())
+async def test_what_the_planner_gets(
+    case: tuple[TrackWindows | Exception | None, Verdict | None, float | None, str | None],
+) -> None:
+    answer, verdict, back, error = case
+    result = await measure(Scripted(answer), [pod("c0")])
+    assert (result.version, result.measured_at, result.error) == ("3", NOW, error)
+    if verdict is None:
+        assert result.measurement is None
+        assert result.window_start is None
+    else:
+        assert result.measurement is not None
+        assert result.measurement.verdict is verdict
+        assert back is not None
+        assert result.window_start == NOW - timedelta(seconds=back)
+    if isinstance(answer, TrackWindows) and answer.caveat:
+        assert result.measurement is not None
+        assert result.measurement.message.endswith(f"; {answer.caveat}")
+
+
+# spec.canary.analysis.prometheus.namespaceLabel -> the provider's namespace label.
+NAMESPACE_LABELS: dict[str, tuple[dict[str, Any], str]] = {
+    "default: namespace": ({}, "namespace"),
+    "another label name": ({"namespaceLabel": "kubernetes_namespace"}, "kubernetes_namespace"),
+    "none": ({"namespaceLabel": ""}, ""),
+}
+
+
+@pytest.mark.parametrize("case", NAMESPACE_LABELS.values(), ids=NAMESPACE_LABELS.keys())
+async def test_the_spec_s_namespace_label_reaches_the_prometheus_provider(
+    case: tuple[dict[str, Any], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, label = case
+    source = analysed(prometheus={"address": "http://prometheus:9090", **settings}).canary
+    assert source is not None
+    assert source.analysis is not None
+    assert source.analysis.prometheus == PrometheusSource(
+        address="http://prometheus:9090", namespace_label=label
+    )
+    made: list[dict[str, Any]] = []
+
+    class Recorded(Scripted):
+        def __init__(self, address: str, **settings: Any) -> None:
+            super().__init__(None)
+            made.append({"address": address, **settings})
+
+    monkeypatch.setattr(measuring, "PrometheusProvider", Recorded)
+    Analyzer(FixedObjects())._provider(source.analysis.prometheus)
+    assert made == [{"address": "http://prometheus:9090", "matchers": {}, "namespace_label": label}]
+
+
+@pytest.mark.parametrize("label", ["kube-namespace", "version", "le"])
+def test_a_namespace_label_the_queries_cannot_use_is_refused_by_the_spec(label: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.canary\.analysis\.prometheus\.namespaceLabel"):
+        analysed(prometheus={"address": "http://prometheus:9090", "namespaceLabel": label})
