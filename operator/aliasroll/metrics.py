@@ -69,3 +69,28 @@ LEADERSHIP_CHANGES = Counter(
     "another), released (on shutdown)",
     ["change"],
 )
+REGISTRY_WRITES = Counter(
+    "aliasroll_registry_writes_total",
+    "Writes to MLflow registries, one per tag, by kind (version_tag) and outcome (written; "
+    "not_leading: stopped by the leadership fence; else the refusal's reason: RegistryAuthFailed, "
+    "RegistryUnreachable, ModelNotFound, RegistryRejected, ...)",
+    ["kind", "outcome"],
+)
+RECORD_WAKES = Counter(
+    "aliasroll_record_wakes_total",
+    "Resources woken by the version tags' writer, by reason (written: its last tag is written; "
+    "refused: a refusal its last pass was not told of, at most once every 300 s per resource)",
+    ["reason"],
+)
+VERSION_TAGS_QUEUED = Gauge(
+    "aliasroll_version_tags_queued",
+    "Version tags planned and not written yet, refused ones included",
+)
+VERSION_TAGS_DROPPED = Counter(
+    "aliasroll_version_tags_dropped_total",
+    "Version tags given up before they were written, by reason (queue_full: not taken, the "
+    "registry's queue is full, the resource's next pass hands it over again; forgotten: its resource "
+    "is gone or this process stopped leading; not_leading: a gone resource's outcome or span end "
+    "refused by the leadership fence; refused: one refused 8 times after its resource was gone)",
+    ["reason"],
+)
