@@ -304,3 +304,78 @@ def test_a_version_whose_pods_exit_stalls_with_their_message_while_the_previous_
     kube.apply(manifest, namespace=namespace)
     wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1 again")
     assert {p["metadata"]["uid"] for p in _pods(kube, namespace, "1")} == serving
+
+
+def _restart_cycle(pod: dict[str, Any], step: int) -> dict[str, Any]:
+    """The status a kubelet writes for a container that keeps exiting 1, at `step` of its cycle:
+    exited, waiting in CrashLoopBackOff, running again (not ready), exited again, ..."""
+    crash_looping = _crash_looping(pod)
+    container = crash_looping["status"]["containerStatuses"][0]
+    exited = container["lastState"]["terminated"]
+    restarts, phase = divmod(step, 3)
+    if phase == 0:
+        container["state"] = {"terminated": exited}
+        container["lastState"] = {"terminated": exited} if restarts else {}
+    elif phase == 2:
+        container["state"] = {"running": {"startedAt": exited["finishedAt"]}}
+    container["restartCount"] = restarts + (phase > 0)
+    return crash_looping
+
+
+def test_a_crash_looping_version_stays_stalled_with_one_warning_and_counts_none_of_the_old_pods(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    """With the operator's default progress deadline (600 s, never reached here) only the pod says
+    the roll stalled, and it says so in every state of its restart cycle, running again included."""
+    registered(registry, model_name, 2, production="1", broken="2")
+    manifest = model_deployment("sentiment", model_name, mlflow_server.url)
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+
+    broken = json.loads(json.dumps(manifest))
+    broken["spec"]["model"]["alias"] = "broken"
+    broken["spec"]["serving"] = {"podTemplate": {"metadata": {"annotations": {READY_DELAY_ANNOTATION: "1h"}}}}
+    kube.apply(broken, namespace=namespace)
+    pod = wait_for(lambda: next(iter(_pods(kube, namespace, "2")), None), timeout=30, what="a pod of v2")
+
+    def kubelet_writes(step: int) -> None:
+        kube.cluster.kubectl(
+            "patch",
+            "pod",
+            pod["metadata"]["name"],
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(_restart_cycle(pod, step)),
+        )
+
+    kubelet_writes(0)
+    wait_condition(kube, namespace, "sentiment", "Ready", ("False", "RolloutStalled"), timeout=30)
+    # Three restarts, each state held for about two of the operator's passes (pollInterval 1s).
+    samples: list[tuple[str, str] | None] = []
+    tracks: list[dict[str, Any]] = []
+    for step in range(1, 9):
+        kubelet_writes(step)
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:
+            resource = kube.get("mdep", "sentiment", namespace)
+            samples.append(condition(resource, "Ready"))
+            tracks.append((resource or {}).get("status", {}).get("production", {}))
+            time.sleep(0.25)
+    assert set(samples) == {("False", "RolloutStalled")}, samples
+    # The two available pods are version 1's: version 2 counts none of them.
+    assert {(t.get("version"), t.get("availableReplicas")) for t in tracks} == {("2", 0)}, tracks
+    message = condition_message(kube.get("mdep", "sentiment", namespace) or {}, "Ready")
+    assert "the previous version keeps serving production on 2 pods" in message, message
+    stalls = [event for event in kube.events(namespace, "sentiment") if event[1] == "RolloutStalled"]
+    assert len(stalls) == 1, stalls
+
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1 again")

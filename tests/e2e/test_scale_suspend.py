@@ -57,6 +57,27 @@ def test_kubectl_scale_splits_the_new_total_by_weight(
     assert budgets["sentiment-production"]["maxUnavailable"] == 1
     assert budgets["sentiment-canary"]["maxUnavailable"] == 1
 
+    # One pod per track: the disruption controller lets a node drain evict each (a budget of
+    # minAvailable 1 would block the drain for as long as the track has one pod).
+    kube.cluster.kubectl("scale", "mdep", "sentiment", "-n", namespace, "--replicas=1")
+    wait_for(
+        lambda: (replicas(kube, namespace, "production"), replicas(kube, namespace, "canary")) == (1, 1),
+        timeout=30,
+        what="1 pod split 1 + 1",
+    )
+    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready at 1 + 1 pods")
+    wait_for(
+        lambda: (
+            {
+                item["metadata"]["name"]: item.get("status", {}).get("disruptionsAllowed")
+                for item in kube.list("pdb", namespace)
+            }
+            == {"sentiment-production": 1, "sentiment-canary": 1}
+        ),
+        timeout=30,
+        what="a drain may evict the one pod of each track",
+    )
+
     kube.cluster.kubectl("scale", "mdep", "sentiment", "-n", namespace, "--replicas=0")
     resource = wait_for(
         lambda: (

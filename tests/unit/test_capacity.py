@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from aliasroll import reasons
 from aliasroll.planning.capacity import Running, replicas_now
+from aliasroll.planning.observed import ObservedTrack
 from aliasroll.planning.planner import plan
 from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
 from aliasroll.planning.workloads import WorkloadDefaults
@@ -112,16 +113,19 @@ class SimDeployment:
         return sum(pod.ready for pod in pods)
 
     def observed(self, track: Track) -> ObservedWorkload:
+        """As kube/observe.py reduces it: `available` counts the pinned version's pods only, while
+        every ready pod of the track serves (`serving`)."""
         new = [pod for pod in self.pods if pod.version == self.version]
         rolled_out = len(new) >= self.replicas and len(self.pods) == len(new) and all(p.ready for p in new)
-        return ObservedWorkload(
+        return ObservedTrack(
             name=f"sentiment-{track.value}",
             track=track,
             model="sentiment",
             version=self.version,
             replicas=self.replicas,
-            available=self.ready_count(self.pods),
+            available=self.ready_count(new),
             rolled_out=rolled_out,
+            serving=self.ready_count(self.pods),
         )
 
 
@@ -262,7 +266,15 @@ def test_ready_pods_never_drop_below_what_was_asked(
 
     def step(note: str) -> None:
         nonlocal floor
+        serving = {track: cluster.available(track) for track in Track}  # what the pass observes
         cluster.reconcile_pass(scenario)
+        for obj in cluster.last_plan.objects:
+            if obj["kind"] == "HTTPRoute":
+                for backend in obj["spec"]["rules"][0]["backendRefs"]:
+                    track = Track(backend["name"].removeprefix("sentiment-"))
+                    assert backend["weight"] == 0 or serving[track] > 0, (
+                        "a backend without available pods is weighted:\n" + "\n".join(log[-6:])
+                    )
         cluster.controllers()
         ready = cluster.ready()
         log.append(f"{note}: {_describe(cluster)} ready={ready} floor={floor}")
@@ -288,6 +300,10 @@ def test_ready_pods_never_drop_below_what_was_asked(
         step("settle")
     ready_condition = next(c for c in cluster.status["conditions"] if c["type"] == reasons.READY)
     assert ready_condition["status"] == "True", "did not converge:\n" + "\n".join(log[-12:])
+    if scenario.replicas == 0:
+        assert not [pod for d in cluster.deployments.values() for pod in d.pods], (
+            "spec.replicas 0 runs no pod in any track:\n" + "\n".join(log[-6:])
+        )
 
 
 def _describe(cluster: Cluster) -> str:

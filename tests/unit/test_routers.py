@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from builders import OWNER, canary_spec, observed, workload
 
+from aliasroll.planning.observed import ObservedTrack, serving
 from aliasroll.planning.state import ObservedState, ServedVersion
 from aliasroll.routers import ROUTERS, Routing, TrafficInput, TrafficRouter
 from aliasroll.spec import RouterKind, Track
@@ -114,6 +115,96 @@ def test_available_canary_gets_about_the_asked_share(router: TrafficRouter) -> N
     _, routing = plan(router, traffic(router.kind, state=state))
     assert routing.canary_weight == 20
     assert "20%" in routing.message
+
+
+def test_replicas_0_runs_no_pod_in_any_track(router: TrafficRouter) -> None:
+    """spec.replicas 0 (kubectl scale, KEDA's scale to zero) is zero pods in every track, a canary
+    wanted or not, whatever its share."""
+    for weight in (1, 20, 100):
+        split, routing = plan(router, traffic(router.kind, weight=weight, replicas=0))
+        assert not any(split.values()), split
+        assert routing.canary_weight == 0
+
+
+def request_shares(routing: Routing, state: ObservedState) -> dict[Track, float]:
+    """Where requests go, in percent: a gateway's route weights are relative; the replicas router's
+    one Service spreads requests over the ready pods it selects."""
+    if any(obj["kind"] == "HTTPRoute" for obj in routing.objects):
+        weights = {Track(name.removeprefix("sentiment-")): weight for name, weight in backends(routing)}
+        total = sum(weights.values())
+        return {track: 100 * weights.get(track, 0) / total if total else 0 for track in (P, C)}
+    ready = {track: serving(state.workloads.get(track)) for track in (P, C)}
+    total = sum(ready.values())
+    return {track: 100 * ready[track] / total if total else 0 for track in (P, C)}
+
+
+def pods(track: Track, version: str, *, of_version: int, serving_pods: int, replicas: int) -> ObservedTrack:
+    """A track whose Deployment pins `version`: `of_version` of its available pods run it, and
+    `serving_pods` are available in all (the previous version's serve beside them while it rolls)."""
+    return ObservedTrack(
+        name=f"sentiment-{track.value}",
+        track=track,
+        model="sentiment",
+        version=version,
+        replicas=replicas,
+        available=of_version,
+        rolled_out=of_version == serving_pods == replicas,
+        serving=serving_pods,
+    )
+
+
+NO_EMPTY_BACKEND = [
+    # (spec.replicas, the tracks' pods), named for the case: requests go only where pods are
+    pytest.param(
+        0,
+        observed(workload(P, "2", replicas=0)),
+        id="replicas-0-with-a-canary-no-request-anywhere",
+    ),
+    pytest.param(10, observed(), id="first-start-no-pod-yet-no-request-anywhere"),
+    pytest.param(
+        10,
+        observed(workload(P, "2", replicas=8, available=0), workload(C, "3", replicas=2)),
+        id="production-has-no-available-pod-the-canary-has",
+    ),
+    pytest.param(
+        10,
+        observed(workload(P, "2", replicas=8), workload(C, "3", replicas=2, available=0, rolled_out=False)),
+        id="the-canary-has-no-available-pod",
+    ),
+    pytest.param(
+        10,
+        observed(workload(P, "2", replicas=8, available=0), workload(C, "3", replicas=2, available=0)),
+        id="no-track-has-an-available-pod",
+    ),
+    pytest.param(
+        10,
+        ObservedState(
+            workloads={
+                P: pods(P, "2", of_version=0, serving_pods=8, replicas=8),
+                C: pods(C, "3", of_version=2, serving_pods=2, replicas=2),
+            }
+        ),
+        id="production-rolls-its-previous-versions-pods-serve",
+    ),
+]
+
+
+@pytest.mark.parametrize(("total", "state"), NO_EMPTY_BACKEND)
+def test_no_request_goes_to_a_track_without_available_pods(
+    router: TrafficRouter, total: int, state: ObservedState
+) -> None:
+    """No backend with no available pod is weighted; the canary's share in status is the share of
+    requests it really gets."""
+    the_traffic = traffic(router.kind, replicas=total, state=state)
+    split = dict(router.split(the_traffic))
+    routing = router.route(the_traffic, split)
+    shares = request_shares(routing, state)
+    for track in (P, C):
+        if serving(state.workloads.get(track)) == 0 or split.get(track, 0) == 0:
+            assert shares[track] == 0, (track, shares)
+    assert routing.canary_weight == round(shares[C]), (routing.canary_weight, shares)
+    if serving(state.workloads.get(P)) and split.get(P):
+        assert shares[P] > 0, "a track whose pods serve, whatever version, keeps its requests"
 
 
 def test_stable_service_named_after_the_resource(router: TrafficRouter) -> None:

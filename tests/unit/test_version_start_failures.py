@@ -37,10 +37,53 @@ def exited(code: int, message: str = "") -> dict[str, Any]:
     ("pods", "expected"),
     [
         pytest.param([pod("a", "2", {"state": {"running": {}}})], {}, id="running"),
+        # A crash loop is one failure in every state of its cycle, said in the same words: exited,
+        # waiting to be restarted, and running again but not ready yet.
         pytest.param(
-            [pod("a", "2", {"state": {"running": {}}, "lastState": {"terminated": exited(1, MESSAGE)}})],
+            [
+                pod(
+                    "a",
+                    "2",
+                    {
+                        "state": {"running": {}},
+                        "ready": False,
+                        "restartCount": 3,
+                        "lastState": {"terminated": exited(1, MESSAGE)},
+                    },
+                )
+            ],
+            {(P, "2"): f"pod a exited with code 1: {MESSAGE}"},
+            id="restarted-and-running-again-not-ready-yet-still-fails",
+        ),
+        pytest.param(
+            [
+                pod(
+                    "a",
+                    "2",
+                    {
+                        "state": {"running": {}},
+                        "ready": True,
+                        "restartCount": 1,
+                        "lastState": {"terminated": exited(1, MESSAGE)},
+                    },
+                )
+            ],
             {},
-            id="restarted-and-running-again",
+            id="restarted-and-ready-serves",
+        ),
+        pytest.param(
+            [
+                pod(
+                    "a",
+                    "2",
+                    {
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {"terminated": exited(0)},
+                    },
+                )
+            ],
+            {(P, "2"): "pod a exited with code 0: Completed"},
+            id="crash-loop-of-a-server-that-exits-0",
         ),
         pytest.param(
             [pod("a", "2", {"state": {"terminated": exited(1, MESSAGE)}})],

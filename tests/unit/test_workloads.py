@@ -252,14 +252,26 @@ def test_grace_outlasts_prestop_and_the_server_drain() -> None:
     assert TERMINATION_GRACE_SECONDS > 5 + 20
 
 
-@pytest.mark.parametrize(
-    ("replicas", "budget"),
-    [
-        (1, {"minAvailable": 1}),  # a lone pod is never evicted voluntarily: the drain waits
-        (2, {"maxUnavailable": 1}),
-        (10, {"maxUnavailable": 1}),
-    ],
-)
+def disruptions_allowed(budget: dict[str, Any], *, expected: int, healthy: int) -> int:
+    """Evictions the disruption controller allows (pkg/controller/disruption), for integer budgets."""
+    if "maxUnavailable" in budget:
+        desired_healthy = max(0, expected - budget["maxUnavailable"])
+    else:
+        desired_healthy = budget["minAvailable"]
+    return max(0, healthy - desired_healthy)
+
+
+# The invariant: a drain always makes progress (every healthy track lets one pod go), and a track of
+# two or more pods never loses a second one before the first one's replacement is ready.
+BUDGETS = [
+    # (replicas of the track, its budget), each case named for what it keeps
+    pytest.param(1, {"maxUnavailable": 1}, id="replicas-1-the-pod-may-be-evicted-so-drains-complete"),
+    pytest.param(2, {"maxUnavailable": 1}, id="replicas-2-one-pod-at-a-time"),
+    pytest.param(10, {"maxUnavailable": 1}, id="replicas-10-one-pod-at-a-time"),
+]
+
+
+@pytest.mark.parametrize(("replicas", "budget"), BUDGETS)
 def test_pod_disruption_budget_per_track(replicas: int, budget: dict[str, int]) -> None:
     for track in Track:
         pdb = pod_disruption_budget(owner=OWNER, track=track, replicas=replicas)
@@ -273,6 +285,13 @@ def test_pod_disruption_budget_per_track(replicas: int, budget: dict[str, int]) 
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
             **budget,
         }
+        assert disruptions_allowed(pdb["spec"], expected=replicas, healthy=replicas) >= 1, (
+            "a node drain is never blocked for good"
+        )
+        if replicas >= 2:
+            assert disruptions_allowed(pdb["spec"], expected=replicas, healthy=replicas - 1) == 0, (
+                "one pod at a time"
+            )
         assert build(spec(), track)["spec"]["selector"] == pdb["spec"]["selector"], (
             "it selects the track's pods"
         )

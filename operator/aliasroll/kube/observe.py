@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx2
@@ -15,6 +15,7 @@ from lightkube.core.resource import api_info
 from aliasroll.errors import AliasrollError
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.resources import resource_for
+from aliasroll.planning.observed import ObservedTrack
 from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
 from aliasroll.planning.workloads import (
     ANNOTATION_MODEL_URI,
@@ -53,7 +54,7 @@ async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
     """
     live: dict[ObjectKey, Mapping[str, Any]] = {}
     children: list[ChildRef] = []
-    workloads: dict[Track, ObservedWorkload] = {}
+    deployments: list[Mapping[str, Any]] = []
     for obj in await objects.owned(owner):
         meta = obj.get("metadata") or {}
         if not _controlled_by(meta, owner):
@@ -61,14 +62,13 @@ async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
         kind, name = obj["kind"], meta["name"]
         live[(kind, name)] = obj
         children.append(ChildRef(api_version=obj["apiVersion"], kind=kind, name=name, uid=meta.get("uid")))
-        if kind == "Deployment" and (workload := reduce_deployment(obj)) is not None:
+        if kind == "Deployment" and _track(obj) is not None:
+            deployments.append(obj)
+    pods = PodStates.of(await _pods(objects, owner)) if deployments else PodStates()
+    workloads: dict[Track, ObservedWorkload] = {}
+    for obj in deployments:
+        if (workload := reduce_deployment(obj, pods)) is not None:
             workloads[workload.track] = workload
-    if workloads:
-        failures = pod_failures(await _pods(objects, owner))
-        workloads = {
-            track: replace(workload, pod_failure=failures.get((track, workload.version or "")))
-            for track, workload in workloads.items()
-        }
     return Observation(state=ObservedState(workloads=workloads, children=tuple(children)), live=live)
 
 
@@ -124,13 +124,22 @@ def _controlled_by(meta: Mapping[str, Any], owner: ResourceRef) -> bool:
     )
 
 
-def reduce_deployment(obj: Mapping[str, Any]) -> ObservedWorkload | None:
-    meta = obj.get("metadata") or {}
-    labels = meta.get("labels") or {}
+def _track(obj: Mapping[str, Any]) -> Track | None:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
     try:
-        track = Track(str(labels.get(LABEL_TRACK)))
+        return Track(str(labels.get(LABEL_TRACK)))
     except ValueError:
         return None
+
+
+def reduce_deployment(obj: Mapping[str, Any], pods: PodStates | None = None) -> ObservedTrack | None:
+    """One owned Deployment, with what its pods say: how many of them run the version its template
+    pins and are available, and why one of them cannot start."""
+    track = _track(obj)
+    if track is None:
+        return None
+    pods = PodStates() if pods is None else pods
+    meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     template = spec.get("template") or {}
@@ -140,28 +149,35 @@ def reduce_deployment(obj: Mapping[str, Any]) -> ObservedWorkload | None:
     replicas = int(spec.get("replicas", 1))
     updated = int(status.get("updatedReplicas", 0))
     available = int(status.get("availableReplicas", 0))
+    seen = int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
     # The rule `kubectl rollout status` uses: the controller saw this generation, every replica is
     # updated, no old replica is left, and every updated replica is available.
     rolled_out = (
-        int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
-        and updated >= replicas
-        and int(status.get("replicas", 0)) <= updated
-        and available >= updated
+        seen and updated >= replicas and int(status.get("replicas", 0)) <= updated and available >= updated
     )
+    if rolled_out:
+        of_version = available  # no old pod is left: every available pod runs the pinned version
+    else:
+        # The Deployment's count mixes both versions while it rolls: its ready pods of the pinned
+        # version, at most its available pods, and at most its updated ones once the controller has
+        # seen this template (before, `updatedReplicas` counts the previous template's pods).
+        of_version = min(pods.ready.get((track, version or ""), 0), available, updated if seen else available)
     stalled = None
     for condition in status.get("conditions") or ():
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
             stalled = condition.get("message") or "the Deployment exceeded its progress deadline"
-    return ObservedWorkload(
+    return ObservedTrack(
         name=str(meta.get("name")),
         track=track,
         model=model,
         version=version,
         replicas=replicas,
-        available=available,
+        available=of_version,
         rolled_out=rolled_out,
         stalled=stalled,
         run_id=(template_meta.get("annotations") or {}).get(ANNOTATION_RUN_ID),
+        pod_failure=pods.failures.get((track, version or "")),
+        serving=available,
     )
 
 
@@ -187,37 +203,83 @@ FAILED_WAITING = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class PodStates:
+    """The serving pods reduced per (track, version): how many are ready, and why one cannot start."""
+
+    ready: Mapping[tuple[Track, str], int] = field(default_factory=dict)
+    failures: Mapping[tuple[Track, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pods: Iterable[Mapping[str, Any]]) -> PodStates:
+        return cls(ready=ready_pods(pods), failures=pod_failures(pods))
+
+
+def _pod_key(pod: Mapping[str, Any]) -> tuple[Track, str] | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    try:
+        return Track(str(labels.get(LABEL_TRACK))), str(labels.get(LABEL_VERSION))
+    except ValueError:
+        return None
+
+
+def ready_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[Track, str], int]:
+    """(track, version) -> pods whose Ready condition is True (the operator's Deployments set no
+    minReadySeconds, so a ready pod is an available one)."""
+    counts: dict[tuple[Track, str], int] = {}
+    for pod in pods:
+        key = _pod_key(pod)
+        conditions = (pod.get("status") or {}).get("conditions") or ()
+        if key is not None and any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+        ):
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def pod_failures(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[Track, str], str]:
-    """(track, version) -> why a pod of that version cannot start, from its container's status: the
-    termination message of a container that exited non-zero and is not running again (terminated,
-    or waiting in CrashLoopBackOff), or a waiting reason that needs a fix (an image that cannot be
-    pulled, a missing Secret)."""
+    """(track, version) -> why a pod of that version cannot start, from its container's status (the
+    first pod by name that has a reason)."""
     found: dict[tuple[Track, str], str] = {}
     for pod in sorted(pods, key=lambda item: str((item.get("metadata") or {}).get("name"))):
-        meta = pod.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        try:
-            key = (Track(str(labels.get(LABEL_TRACK))), str(labels.get(LABEL_VERSION)))
-        except ValueError:
-            continue
-        if key in found:
+        key = _pod_key(pod)
+        if key is None or key in found:
             continue
         for status in (pod.get("status") or {}).get("containerStatuses") or ():
-            if (why := _container_failure(status)) is not None:
-                found[key] = f"pod {meta.get('name')} {why}"
+            if (why := container_failure(status)) is not None:
+                found[key] = f"pod {(pod.get('metadata') or {}).get('name')} {why}"
                 break
     return found
 
 
-def _container_failure(status: Mapping[str, Any]) -> str | None:
+def container_failure(status: Mapping[str, Any]) -> str | None:
+    """Why a serving container fails, or None while it starts, serves or was stopped on purpose.
+
+    A container that keeps failing fails in every state of its cycle, with the same words: exited
+    (terminated non-zero), waiting to be restarted (CrashLoopBackOff, whatever its last exit code: a
+    server must not exit), and running again but not ready yet after a non-zero exit (the restart
+    proves nothing until the container is ready). So a crash loop is one failure for as long as it
+    lasts, never a failure per restart. A waiting reason that needs a fix (an image that cannot be
+    pulled, a missing Secret) is a failure too. A ready container is not failing, whatever it did
+    before; a container that exited 0 was stopped (a drain).
+    """
+    if status.get("ready"):
+        return None
     state = status.get("state") or {}
     waiting = state.get("waiting") or {}
+    last = (status.get("lastState") or {}).get("terminated") or {}
     terminated = state.get("terminated")
-    if terminated is None and waiting.get("reason") == "CrashLoopBackOff":
-        terminated = (status.get("lastState") or {}).get("terminated")
-    if terminated and int(terminated.get("exitCode", 0)) != 0:
-        said = str(terminated.get("message") or terminated.get("reason") or "").strip()
-        return f"exited with code {terminated.get('exitCode')}" + (f": {said}" if said else "")
+    if terminated is not None:
+        exited = terminated if int(terminated.get("exitCode", 0)) != 0 else None
+    elif waiting.get("reason") == "CrashLoopBackOff":
+        exited = last or {"exitCode": "unknown", "reason": "CrashLoopBackOff"}
+    elif last and int(last.get("exitCode", 0)) != 0:
+        exited = last  # restarted after a failure: failing until it is ready
+    else:
+        exited = None
+    if exited is not None:
+        said = str(exited.get("message") or exited.get("reason") or "").strip()
+        return f"exited with code {exited.get('exitCode')}" + (f": {said}" if said else "")
     if waiting.get("reason") in FAILED_WAITING:
         return f"cannot start: {waiting.get('reason')}: {waiting.get('message') or ''}".rstrip(": ")
     return None

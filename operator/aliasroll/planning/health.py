@@ -7,7 +7,8 @@ track runs its version with the split in place; False with the reason that says 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aliasroll import conditions, reasons
@@ -15,6 +16,7 @@ from aliasroll.analysis.judge import Verdict
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.planning.canary import CanaryRun, Phase
 from aliasroll.planning.decide import TrackDecision
+from aliasroll.planning.observed import previous_serving, serving
 from aliasroll.planning.state import (
     EventRecord,
     ObservedState,
@@ -107,45 +109,58 @@ def rollout_conditions(
     rollout: Rollout,
     registry_ok: bool,
     not_followed: str | None,
+    previous: Sequence[Mapping[str, object]] = (),
 ) -> tuple[Condition, Condition]:
-    """(Ready, Progressing). `not_followed` says why alias moves are not followed now, if they aren't."""
+    """(Ready, Progressing). `not_followed` says why alias moves are not followed now, if they
+    aren't; `previous` is the resource's conditions before this pass (status.conditions), which
+    keep a stall in place through a moment with no evidence of it (`still_stalled`)."""
     stalled: list[str] = []
+    serving_now: list[str] = []  # for a stalled track: what serves it meanwhile
     moving: list[str] = []
     for track, version in rollout.served.items():
         workload = observed.workloads.get(track)
         final = rollout.targets.get(track, 0)
+        # Pods of the version the track rolls to; `earlier` are the previous version's, still serving.
         available = workload.available if workload else 0
-        if workload is not None and (stalled_by := stall_message(workload, version)):
-            stalled.append(f"{track.value} rolling to version {version.version}: {stalled_by}")
+        earlier = previous_serving(workload)
+        rolling = f"{track.value} rolling to version {version.version} ({available}/{final} available"
+        why = None
+        if workload is not None:
+            why = stall_message(workload, version)
+            if why is None and track in rollout.targets:
+                why = still_stalled(previous, workload, version)
+        if why is not None:
+            stalled.append(f"{rolling}): {why}")
+            if earlier:
+                serving_now.append(f"the previous version keeps serving {track.value} on {_pods(earlier)}")
+            elif not available:
+                serving_now.append(f"no pod serves {track.value}")
         elif track not in rollout.targets:
             moving.append(
-                f"{track.value} version {version.version} ending: {available} pods left, removed as the "
-                "other track's pods become available"
+                f"{track.value} version {version.version} ending: {serving(workload)} pods left, removed as "
+                "the other track's pods become available"
             )
         elif not (
             workload is not None and settled(workload.model, workload.version, workload.rolled_out, version)
         ):
-            moving.append(
-                f"{track.value} rolling to version {version.version} ({available}/{final} available)"
-            )
-        elif workload.replicas != final or workload.available > final:
+            meanwhile = f"; the previous version serves on {_pods(earlier)} meanwhile" if earlier else ""
+            moving.append(f"{rolling}{meanwhile})")
+        elif workload.replicas != final or serving(workload) > final:
             # The split is not in place while a track still scales (surplus pods still count).
-            moving.append(f"{track.value} scaling from {workload.available} to {final} pods")
+            moving.append(f"{track.value} scaling from {serving(workload)} to {final} pods")
 
     production = rollout.served[Track.PRODUCTION]
-    serving = f"version {production.version} serves production"
+    serves = f"version {production.version} serves production"
     canary = rollout.served.get(Track.CANARY)
     if canary is not None and Track.CANARY in rollout.targets:
-        serving += f", canary version {canary.version} gets {rollout.canary_share}"
+        serves += f", canary version {canary.version} gets {rollout.canary_share}"
     caveat = "" if registry_ok else "; alias moves are not followed until the registry answers"
     if not_followed:
         caveat += f"; {not_followed}"
     if stalled:
         message = "; ".join(stalled)
         return (
-            Condition(
-                reasons.READY, FALSE, reasons.ROLLOUT_STALLED, message + "; the previous pods keep serving"
-            ),
+            Condition(reasons.READY, FALSE, reasons.ROLLOUT_STALLED, "; ".join([message, *serving_now])),
             Condition(reasons.PROGRESSING, FALSE, reasons.ROLLOUT_STALLED, message),
         )
     if moving:
@@ -157,22 +172,68 @@ def rollout_conditions(
     if not_followed:
         progressing = Condition(reasons.PROGRESSING, FALSE, reasons.SUSPENDED, not_followed)
     else:
-        progressing = Condition(reasons.PROGRESSING, FALSE, reasons.ROLLOUT_COMPLETE, serving)
+        progressing = Condition(reasons.PROGRESSING, FALSE, reasons.ROLLOUT_COMPLETE, serves)
     if spec.replicas == 0:
         message = f"spec.replicas is 0: no pod serves; version {production.version} runs when scaled up"
         return Condition(reasons.READY, TRUE, reasons.SCALED_TO_ZERO, message + caveat), progressing
-    return Condition(reasons.READY, TRUE, reasons.SERVING, serving + caveat), progressing
+    return Condition(reasons.READY, TRUE, reasons.SERVING, serves + caveat), progressing
+
+
+def _pods(count: int) -> str:
+    return f"{count} pod" if count == 1 else f"{count} pods"
 
 
 def stall_message(workload: ObservedWorkload, wanted: ServedVersion) -> str | None:
     """Why the track's roll to `wanted` stands still: the Deployment's progress deadline passed, or
-    a pod of the version exits (a requirement the index lacks, a Python the image cannot honour: its
-    termination message says which); None while it moves. A pod failure of a version already in
-    place is the pods' own business (restarts, probes), not a stalled roll."""
+    a pod of the version fails (a requirement the index lacks, a Python the image cannot honour: its
+    termination message says which; kube/observe.py counts a crash loop as failing in every state of
+    its cycle); None while it moves. A pod failure of a version already in place is the pods' own
+    business (restarts, probes), not a stalled roll."""
     failure = None
     if workload.pod_failure and not settled(workload.model, workload.version, workload.rolled_out, wanted):
         failure = workload.pod_failure
     return "; ".join(part for part in (workload.stalled, failure) if part) or None
+
+
+# One track's entry in a RolloutStalled message, "production rolling to version 2 (0/2 available): why"
+# ("production rolling to version 2: why" before the counts were added).
+_STALLED_ENTRY = re.compile(
+    r"(?P<track>production|canary) rolling to version (?P<version>[^ :]+)"
+    r"(?: \((?P<available>\d+)/\d+ available[^)]*\))?: (?P<why>.*)",
+    re.DOTALL,
+)
+_ENTRY_START = re.compile(r"; (?=(?:production|canary) rolling to version )")
+
+
+def still_stalled(
+    previous: Sequence[Mapping[str, object]], workload: ObservedWorkload, wanted: ServedVersion
+) -> str | None:
+    """Why the track's roll to `wanted` is still stalled when this pass sees no evidence of it, or
+    None.
+
+    A stall stays put: once the roll of a version stalled (its Deployment's progress deadline
+    passed, or its pods failed), it is stalled until the version actually progresses (more of its
+    pods available than when the stall was last seen, or all of them: settled) or the track rolls
+    to another version (the alias moved). A moment without evidence is no progress: a crashing
+    pod replaced by a new one that has not failed yet, a Deployment whose deadline its controller
+    restarts when it gets more replicas. So Ready does not flip back to RollingOut, nor a Warning
+    repeat, for as long as the stall lasts; its cause is kept as last seen.
+    """
+    if settled(workload.model, workload.version, workload.rolled_out, wanted):
+        return None
+    before = conditions.find(previous, reasons.PROGRESSING)
+    if before is None or (before.get("status"), before.get("reason")) != (FALSE, reasons.ROLLOUT_STALLED):
+        return None
+    for entry in _ENTRY_START.split(str(before.get("message") or "")):
+        found = _STALLED_ENTRY.fullmatch(entry)
+        if (
+            found is not None
+            and found["track"] == workload.track.value
+            and found["version"] == wanted.version
+            and workload.available <= int(found["available"] or 0)
+        ):
+            return found["why"]
+    return None
 
 
 def settled(model: str | None, version: str | None, rolled_out: bool, wanted: ServedVersion) -> bool:

@@ -215,21 +215,24 @@ def _env(spec: ModelDeploymentSpec, *, track: Track, version: ServedVersion) -> 
 
 
 def pod_disruption_budget(*, owner: ResourceRef, track: Track, replicas: int) -> Manifest:
-    """Limits voluntary evictions (node drains) of one track's pods, named like its Deployment.
+    """Limits voluntary evictions (node drains) of one track's pods, named like its Deployment: one
+    pod at a time may go, whatever the track's size (`replicas` no longer changes the budget).
 
-    Two or more pods: one at a time may go. One pod (a lone canary, or replicas 1): none may go, so
-    a node drain waits until the track has more pods or ends, instead of leaving the track with no
-    pod at all (a canary with no pod gets no traffic and its comparison stops). Unhealthy pods may
-    always be evicted: they serve nothing, and keeping them would block drains for no gain.
+    A budget that allows no eviction (minAvailable 1 on a one-pod track, as with `replicas: 1`)
+    means, in Kubernetes' words, that a drain of the node never completes: node upgrades wait for
+    ever. For a single instance Kubernetes' guidance is to tolerate the downtime, which is what
+    maxUnavailable 1 does on a one-pod track (as no budget would): the pod is evicted and the track
+    is down until its replacement is ready. `replicas: 2` or more keeps a track serving through
+    drains: one pod goes at a time, and the next only once the evicted pod's replacement is ready.
+    Unhealthy pods may always be evicted: they serve nothing, and keeping them would block drains
+    for no gain.
     """
+    del replicas
     budget: dict[str, Any] = {
         "selector": {"matchLabels": track_selector(owner, track)},
+        "maxUnavailable": 1,
         "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
-    if replicas >= 2:
-        budget["maxUnavailable"] = 1
-    else:
-        budget["minAvailable"] = 1
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",

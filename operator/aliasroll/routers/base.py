@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from aliasroll.planning.observed import serving
 from aliasroll.planning.state import ObservedState, ServedVersion
 from aliasroll.planning.workloads import Manifest
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, RouterKind, Track
@@ -29,8 +30,9 @@ class TrafficInput:
     weight: int | None = None
 
     def available(self, track: Track) -> int:
-        workload = self.observed.workloads.get(track)
-        return workload.available if workload else 0
+        """The track's available pods, whatever version each runs: what its Service reaches (during
+        a roll, the previous version's pods serve beside the new one's)."""
+        return serving(self.observed.workloads.get(track))
 
     @property
     def requested_weight(self) -> int:
@@ -58,7 +60,8 @@ class TrafficRouter(Protocol):
 
     def route(self, traffic: TrafficInput, replicas: Mapping[Track, int]) -> Routing:
         """Routing objects for the tracks in `replicas` (a canary there but not wanted is
-        draining). Never sends a track more requests than its available pods can carry."""
+        draining). Never sends a track more requests than its available pods can carry, and no
+        request to a track without an available pod."""
         ...
 
 

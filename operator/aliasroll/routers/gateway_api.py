@@ -26,7 +26,8 @@ class GatewayAPIRouter:
 
     def split(self, traffic: TrafficInput) -> Mapping[Track, int]:
         spec = traffic.spec
-        if traffic.canary is None or spec.canary is None:
+        if traffic.canary is None or spec.canary is None or spec.replicas == 0:
+            # spec.replicas 0 is zero pods in every track: no canary pod either, whatever its share.
             return {Track.PRODUCTION: spec.replicas}
         # Production keeps every replica: the route, not the pod count, moves requests. The canary is
         # sized for its largest step, so stepping up moves only the route.
@@ -57,21 +58,30 @@ class GatewayAPIRouter:
         wanted_canary = replicas.get(Track.CANARY, 0) if traffic.canary is not None else 0
         available = min(traffic.available(Track.CANARY), wanted_canary)
         # The canary's share grows with its available pods: 50% asked with 1 of 5 pods up is 10%.
-        weight = math.floor(asked * available / wanted_canary) if wanted_canary else 0
+        canary = math.floor(asked * available / wanted_canary) if wanted_canary else 0
+        # A backend with no available pod gets no weight: its requests would find no endpoint.
+        # Weights are relative, so its share goes to the other backend, as a Service spreads its
+        # requests over the ready pods it has; with none anywhere, the route weights nothing.
+        production = 100 - canary if traffic.available(Track.PRODUCTION) > 0 else 0
+        weight = canary if production else (100 if canary else 0)  # the canary's share of requests
         routed = [Track.PRODUCTION] if traffic.canary is None else tracks
-        objects.append(self._route(traffic, routed, weight))
+        weights = {Track.PRODUCTION: 100 - weight if production else 0, Track.CANARY: weight}
+        objects.append(self._route(traffic, routed, weights))
         why = f"{available} of the canary's {wanted_canary} pods available" if wanted_canary else ""
+        if not production:
+            why = "production has no available pod" + (f"; {why}" if why else "")
         if traffic.canary is None:
             message = "all requests go to production"
             if Track.CANARY in replicas:
                 message += "; the canary's pods go once production carries every request"
         else:
             message = f"the HTTPRoute sends the canary {share(weight, asked, why)}"
+        if not production and not weight:
+            message = "no pod is available: the HTTPRoute weights no backend"
         return Routing(objects=tuple(objects), canary_weight=weight, message=message, why=why)
 
-    def _route(self, traffic: TrafficInput, tracks: list[Track], canary_weight: int) -> Manifest:
+    def _route(self, traffic: TrafficInput, tracks: list[Track], weights: Mapping[Track, int]) -> Manifest:
         owner, gateway = traffic.owner, traffic.spec.traffic
-        weights = {Track.PRODUCTION: 100 - canary_weight, Track.CANARY: canary_weight}
         parent_refs: list[dict[str, Any]] = [
             {
                 key: value
