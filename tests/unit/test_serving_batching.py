@@ -38,7 +38,7 @@ class RecordingModel:
             assert self._gate.wait(10), "the test never opened the gate"
         if self._fail:
             raise ValueError("model broke")
-        return BatchOutcome([text.encode() for text in texts], batched=len(group) > 1)
+        return BatchOutcome([text.encode() for text in texts], calls=[len(group)])
 
 
 def batcher(model: RecordingModel, *, threads: int = 2) -> Batcher:
@@ -149,3 +149,22 @@ async def test_close_cancels_what_is_queued_refuses_new_requests_and_waits_for_c
     gate.set()
     assert await busy == b"busy"  # a call already running still answers
     await asyncio.wait_for(closing, 5)
+
+
+async def test_every_predict_call_of_a_group_is_observed_with_the_requests_it_scored() -> None:
+    class Split(RecordingModel):
+        def answer_group(self, group: Sequence[ParsedRequest]) -> BatchOutcome:
+            outcome = super().answer_group(group)
+            # As ServedModel says of a group it scored in a shared call and one of its own.
+            return BatchOutcome(outcome.answers, calls=[len(group) - 1, 1] if len(group) > 1 else [1])
+
+    model = Split()
+    observed: list[int] = []
+    scorer = Batcher(
+        cast(ServedModel, model), enabled=True, max_batch_rows=1024, threads=1, on_batch=observed.append
+    )
+    try:
+        await asyncio.gather(*(scorer.score(request(f"s{index}")) for index in range(3)))
+        assert observed == [2, 1]
+    finally:
+        await scorer.close()

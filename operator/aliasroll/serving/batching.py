@@ -2,10 +2,12 @@
 
 There is no waiting window: an idle server scores a request at once (a batch of one); under load,
 whatever queued up during the previous predict call goes into the next one, up to max_batch_rows.
-Only requests of the same shape (same format, same columns, no params) are merged, and MLflow's own
-`spark_udf` already relies on what this needs: that a pyfunc's predictions for rows do not depend
-on which rows share the call. A batch whose output is not one prediction per row, or that fails,
-is scored again request by request, so a bad request only ever fails itself.
+Only requests of the same shape (same format, same columns, no params) are taken together, and
+the model scores them in as few predict calls as keep each request's parsed input what it is alone
+(sharing.py). MLflow's own `spark_udf` already relies on what a shared call needs: that a pyfunc's
+predictions for rows do not depend on which rows share the call. A batch whose output is not one
+prediction per row, or that fails, is scored again request by request, so a bad request only ever
+fails itself.
 
 Each request costs the two hand-offs `mlflow models serve` pays too (loop -> predict thread -> loop)
 and wakes no other thread: on a busy 2-core node every extra wake-up is one more wait for a CPU or
@@ -59,7 +61,7 @@ class Batcher:
         enabled: bool,
         max_batch_rows: int,
         threads: int,
-        on_batch: Callable[[int, bool], None] = lambda size, batched: None,
+        on_batch: Callable[[int], None] = lambda size: None,  # requests per predict call
     ) -> None:
         self._model = model
         self._enabled = enabled
@@ -172,7 +174,8 @@ class Batcher:
                 if not pending.answer.done():
                     pending.answer.set_exception(outcome)
             return
-        self._on_batch(len(group), outcome.batched)
+        for size in outcome.calls:
+            self._on_batch(size)
         for pending, answer in zip(group, outcome.answers, strict=True):
             if pending.answer.done():
                 continue  # the client went away or timed out

@@ -105,8 +105,8 @@ class Metrics:
         if kind is not None:
             self.failures.labels(**self._labels, kind=kind).inc()
 
-    def observe_batch(self, size: int, batched: bool) -> None:
-        self.batch_size.labels(**self._labels).observe(size if batched else 1)
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.labels(**self._labels).observe(size)
 
     def set_ready(self, ready: bool = True) -> None:
         self.ready.labels(**self._labels).set(1 if ready else 0)

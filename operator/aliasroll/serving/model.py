@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -26,6 +26,7 @@ from aliasroll.serving.protocol import (
     shorten,
 )
 from aliasroll.serving.redaction import redact, secret_values
+from aliasroll.serving.sharing import join, kinds, parses_together, signature
 
 log = logging.getLogger("aliasroll.serving")
 
@@ -78,10 +79,24 @@ def _is_input_validation(error: Any) -> bool:
 
 @dataclass
 class BatchOutcome:
-    """Per-request answers of one group, and whether the group was scored as one batch."""
+    """Per-request answers of one group, and the requests each predict call made for it scored
+    (a request refused before its predict call, for input that does not parse, is in none)."""
 
     answers: list[bytes | RequestError]
-    batched: bool
+    calls: list[int]
+
+
+_UNPARSED: Any = object()  # a request of a group not parsed alone (yet)
+
+
+def _by(indices: Iterable[int], key: Callable[[int], Hashable | None]) -> list[list[int]]:
+    """`indices` grouped by `key` in order, groups of two or more; a None key groups nothing."""
+    found: dict[Hashable, list[int]] = {}
+    for index in indices:
+        value = key(index)
+        if value is not None:
+            found.setdefault(value, []).append(index)
+    return [members for members in found.values() if len(members) > 1]
 
 
 class ServedModel:
@@ -95,6 +110,8 @@ class ServedModel:
         # Models whose signature comes from type hints take `inputs` as it is, unparsed (MLflow's rule).
         from_hints = getattr(pyfunc.metadata, "_is_signature_from_type_hint", None)
         self.unparsed_inputs = bool(from_hints()) if callable(from_hints) else False
+        # Unparsed inputs cost nothing to parse alone (and are joined as lists).
+        self._parses_together = not self.unparsed_inputs and parses_together(self.input_schema)
         self.input_example = Model.load(str(local_path)).load_input_example(str(local_path))
         self._secrets = secret_values(os.environ)
 
@@ -150,9 +167,89 @@ class ServedModel:
 
     def answer(self, request: ParsedRequest) -> bytes:
         """The response body for one request; raises RequestError."""
-        data = self._parse(request)
+        return self._answer_parsed(self._parse(request), request.params)
+
+    def answer_group(self, group: Sequence[ParsedRequest]) -> BatchOutcome:
+        """Scores requests of one batch key in as few predict calls as keep each answer what the
+        request alone gets (sharing.py): requests of equal kinds parsed together, the others each
+        parsed alone and joined where their parsed inputs agree, the rest in calls of their own.
+        A shared call that fails, or whose output is not one prediction per row, is made again
+        request by request, so a bad request only fails itself."""
+        parsed: list[Any] = [_UNPARSED] * len(group)
+        answers: list[bytes | RequestError | None] = [None] * len(group)
+        calls: list[int] = []
+        alone: set[int] = set()
+
+        def together(members: list[int]) -> Any:
+            return self._parse_body(merge([group[i] for i in members]))
+
+        def joined(members: list[int]) -> Any:
+            return join([parsed[i] for i in members])
+
+        def share(members: list[int], data: Callable[[list[int]], Any]) -> None:
+            shared = self._answer_shared(lambda: data(members), [group[i].rows or 0 for i in members])
+            if shared is None:
+                for index in members:  # made again below, parsed again as a lone request is
+                    parsed[index] = _UNPARSED
+                    alone.add(index)
+                return
+            for index, answer in zip(members, shared, strict=True):
+                answers[index] = answer
+            calls.append(len(members))
+
+        if len(group) > 1:
+            if self._parses_together:
+                for members in _by(range(len(group)), lambda i: kinds(group[i])):
+                    share(members, together)
+            rest = [index for index, answer in enumerate(answers) if answer is None and index not in alone]
+            for index in rest:
+                parsed[index] = self._parse_or_error(group[index])
+            for members in _by(rest, lambda i: self._signature(group[i], parsed[i])):
+                share(members, joined)
+        done: list[bytes | RequestError] = []
+        for index, request in enumerate(group):
+            answer = answers[index]
+            if answer is None:
+                data = self._parse_or_error(request) if parsed[index] is _UNPARSED else parsed[index]
+                if isinstance(data, RequestError):
+                    answer = data
+                else:
+                    answer = self._answer_or_error(data, request.params)
+                    calls.append(1)
+            done.append(answer)
+        return BatchOutcome(done, calls=calls)
+
+    @staticmethod
+    def _signature(request: ParsedRequest, data: Any) -> Any:
+        if isinstance(data, RequestError) or request.rows is None or request.params is not None:
+            return None
+        return signature(data, request.rows)
+
+    def _answer_shared(self, data: Callable[[], Any], rows: Sequence[int]) -> list[bytes] | None:
+        """One predict call for the rows of several requests; None when it has to be made again
+        request by request (it failed, or did not answer one prediction per row)."""
         try:
-            predictions = self._predict(data, request.params)
+            jsonable = self._jsonable(self._predict(data(), None))
+        except Exception:
+            return None
+        if not isinstance(jsonable, list) or len(jsonable) != sum(rows):
+            return None
+        answers: list[bytes] = []
+        start = 0
+        for count in rows:
+            answers.append(encode_predictions(jsonable[start : start + count]))
+            start += count
+        return answers
+
+    def _parse_or_error(self, request: ParsedRequest) -> Any:
+        try:
+            return self._parse(request)
+        except RequestError as error:
+            return error
+
+    def _answer_parsed(self, data: Any, params: dict[str, Any] | None) -> bytes:
+        try:
+            predictions = self._predict(data, params)
         except Exception as error:
             failure = prediction_failure(error)
             if failure.kind == "model":
@@ -160,28 +257,9 @@ class ServedModel:
             raise failure from None
         return encode_predictions(self._jsonable(predictions))
 
-    def answer_group(self, group: Sequence[ParsedRequest]) -> BatchOutcome:
-        """Scores compatible requests as one batch; falls back to one by one when the batch fails
-        or its output is not one prediction per row, so a bad request only fails itself."""
-        if len(group) > 1:
-            try:
-                data = self._parse_body(merge(group))
-                jsonable = self._jsonable(self._predict(data, None))
-                rows = [request.rows or 0 for request in group]
-                if isinstance(jsonable, list) and len(jsonable) == sum(rows):
-                    answers: list[bytes | RequestError] = []
-                    start = 0
-                    for count in rows:
-                        answers.append(encode_predictions(jsonable[start : start + count]))
-                        start += count
-                    return BatchOutcome(answers, batched=True)
-            except Exception:
-                pass
-        return BatchOutcome([self._answer_or_error(request) for request in group], batched=False)
-
-    def _answer_or_error(self, request: ParsedRequest) -> bytes | RequestError:
+    def _answer_or_error(self, parsed: Any, params: dict[str, Any] | None) -> bytes | RequestError:
         try:
-            return self.answer(request)
+            return self._answer_parsed(parsed, params)
         except RequestError as error:
             return error
         except Exception as error:  # a bug of ours, not the client's

@@ -4,7 +4,8 @@ Accepted exactly as `mlflow models serve` accepts them: JSON objects with one of
 `dataframe_records`, `instances` or `inputs` (plus optional `params`), and `text/csv`. Parsing into
 pandas/numpy is MLflow's own (`infer_and_parse_data`, `parse_csv_input`), so existing clients get the
 same semantics; what differs is that JSON is decoded with orjson, and that requests in the same
-shape can be merged into one batch before that parse (see `merge`).
+shape (`batch_key`) can share a predict call, without changing what any of them parses to
+(sharing.py decides how: their rows parsed together by `merge`, or each parsed alone and joined).
 
 Errors carry an HTTP status and a message that says what to fix; they never echo the payload.
 """
@@ -66,7 +67,7 @@ class ParsedRequest:
     payload: Any  # the value under the format key, or the CSV text
     params: dict[str, Any] | None
     rows: int | None
-    batch_key: tuple[Any, ...] | None  # requests with equal keys can be merged
+    batch_key: tuple[Any, ...] | None  # requests with equal keys may share a predict call
 
 
 def decode(body: bytes, content_type: str | None) -> ParsedRequest:
@@ -110,7 +111,9 @@ def decode(body: bytes, content_type: str | None) -> ParsedRequest:
 
 
 def merge(requests: Sequence[ParsedRequest]) -> dict[str, Any]:
-    """One request body holding the rows of several requests of the same batch key, in order."""
+    """One request body holding the rows of several requests of the same batch key, in order.
+
+    Parsing it gives each request's rows what they parse to alone only when sharing.py says so."""
     first = requests[0]
     if first.format == DF_SPLIT:
         columns = first.payload.get("columns")
