@@ -3,9 +3,9 @@
 Against a real MLflow registry and a package index on loopback (an air-gapped cluster's mirror);
 the server started as the image starts it. Covers: a scikit-learn model the image (here, the test
 environment) already satisfies installs nothing; a pyfunc importing a package the image lacks gets
-the pinned version from the index; a second server with the same cache neither resolves nor downloads;
-a requirement the index lacks and a Python of another minor each end the process with exit 1 and a
-termination message naming what failed.
+the pinned version from the index; a second server with the same cache and index neither resolves nor
+downloads, and one of another index resolves anew; a requirement the index lacks and a Python of
+another minor each end the process with exit 1 and a termination message naming what failed.
 """
 
 from __future__ import annotations
@@ -140,26 +140,41 @@ def test_a_package_the_image_lacks_is_installed_at_its_pinned_version(
         assert first.post({"dataframe_records": [{"x": "a"}]}).json() == {"predictions": ["1.0:a"]}
         assert "installed 1 package(s)" in first.log()
         assert set(index.downloads) == {"/files/aliasroll_probe-1.0-py3-none-any.whl"}
-        downloads = len(index.downloads)
+        asked = len(index.requests)
     finally:
         first.stop()
     # What the first server imported of the installed packages is compiled in the cache, for the next.
     assert list(cache.glob("envs/*/aliasroll_probe/__pycache__/__init__.cpython-*.pyc"))
-    # A second pod of the node: the cache has the resolution and the packages; the index is not asked.
+    # A second pod of the node: the cache has the resolution and the packages; the index is not asked,
+    # neither a project page nor a file.
     second = _serve(
         probe_uri,
         mlflow_server,
         workdir,
-        UV_INDEX_URL="http://127.0.0.1:9/simple",
+        UV_INDEX_URL=index.url(),
         ALIASROLL_DEPENDENCY_CACHE=str(cache),
     )
     try:
         second.wait_until("/ready")
         assert second.post({"dataframe_records": [{"x": "b"}]}).json() == {"predictions": ["1.0:b"]}
         assert "found in the cache" in second.log()
-        assert len(index.downloads) == downloads
+        assert len(index.requests) == asked
     finally:
         second.stop()
+    # Another index can resolve otherwise: a pod installing from it does not take this resolution.
+    third = _serve(
+        probe_uri,
+        mlflow_server,
+        workdir,
+        UV_INDEX_URL="http://127.0.0.1:9/simple",
+        UV_HTTP_RETRIES="0",
+        ALIASROLL_DEPENDENCY_CACHE=str(cache),
+    )
+    try:
+        assert third.wait_exit() == 1
+        assert "127.0.0.1:9" in third.log()
+    finally:
+        third.stop()
 
 
 def test_dependencies_image_installs_nothing(

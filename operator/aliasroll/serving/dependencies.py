@@ -11,8 +11,11 @@ MLflow records a version's environment beside the model: the Python it was logge
 The index is the pod's: uv reads UV_INDEX_URL / UV_DEFAULT_INDEX / UV_FIND_LINKS itself, and pip's
 PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_CERT are passed on when uv's own are not set.
 With a cache directory (ALIASROLL_DEPENDENCY_CACHE, a volume the pods of a node share), the
-resolution is kept under a key of the logged requirements and the image, and the installed packages
-under a key of the resolved set: a second pod of the same version neither resolves nor downloads.
+resolution is kept under a key of the logged requirements, the image and the index settings, and the
+installed packages under a key of the resolved set and the index settings: a second pod of the same
+version neither resolves nor downloads. What a hit yields is exactly what the miss that wrote it
+yielded (the same requirement lines, so the same installed set); an entry is only ever written from
+a resolution that would come out the same again (see `Installer._resolve`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -47,10 +51,37 @@ COMPLETE = ".complete"
 COMPILE = ("pip", "compile", "--no-header", "--no-annotate")
 # Kubernetes keeps at most 4096 bytes of a termination message; uv's explanation fits in this.
 MAX_UV_OUTPUT = 1500
+# Part of every cache key: entries of another format are never read. 2: keys cover the index
+# settings; a resolution file is read line by line (format 1 split it on whitespace, and could hold
+# an unconstrained resolution written after a transient failure of the constrained one).
+CACHE_FORMAT = 2
+# What uv reads that changes what a resolution yields or where its packages come from, besides the
+# requirements and the image (credentials are left out: they decide access, not content).
+RESOLUTION_SETTINGS = (
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "UV_NO_INDEX",
+    "UV_INDEX_STRATEGY",
+    "UV_PRERELEASE",
+    "UV_RESOLUTION",
+    "UV_EXCLUDE_NEWER",
+    "UV_NO_BINARY",
+    "UV_NO_BUILD",
+)
+# How uv says a resolution has no solution (a recorded pin against the image's versions), as opposed
+# to failing to reach or read the index.
+NO_SOLUTION = "No solution found when resolving dependencies"
 
 
 class DependencyError(Exception):
     """The version's environment cannot be honoured by this image and index; the message says what."""
+
+
+class NoSolution(DependencyError):
+    """uv found the requirements cannot be resolved together (not that the index failed)."""
 
 
 @dataclass(frozen=True)
@@ -203,8 +234,20 @@ def _without_credentials(url: str) -> str:
     return url
 
 
-def uv_environment(env: Mapping[str, str], cache: Path) -> dict[str, str]:
-    """uv's environment: pip's settings carried over where uv's own are not set."""
+def resolution_settings(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The settings uv resolves and installs with (RESOLUTION_SETTINGS, pip's carried over), as
+    `NAME=value` without credentials: part of the cache keys, so another index resolves anew."""
+    seen = _with_pip_settings(env)
+    return tuple(
+        f"{name}={_CREDENTIALS.sub('//', seen[name])}" for name in RESOLUTION_SETTINGS if seen.get(name)
+    )
+
+
+# user:password@ (or a token@) in any URL of a setting, which may list several.
+_CREDENTIALS = re.compile(r"//[^/@\s]*@")
+
+
+def _with_pip_settings(env: Mapping[str, str]) -> dict[str, str]:
     out = dict(env)
     if not (env.get("UV_INDEX_URL") or env.get("UV_DEFAULT_INDEX")) and env.get("PIP_INDEX_URL"):
         out["UV_INDEX_URL"] = env["PIP_INDEX_URL"]
@@ -212,6 +255,12 @@ def uv_environment(env: Mapping[str, str], cache: Path) -> dict[str, str]:
         out["UV_EXTRA_INDEX_URL"] = env["PIP_EXTRA_INDEX_URL"]
     if not env.get("SSL_CERT_FILE") and env.get("PIP_CERT"):
         out["SSL_CERT_FILE"] = env["PIP_CERT"]
+    return out
+
+
+def uv_environment(env: Mapping[str, str], cache: Path) -> dict[str, str]:
+    """uv's environment: pip's settings carried over where uv's own are not set."""
+    out = _with_pip_settings(env)
     out.update(
         UV_CACHE_DIR=str(cache / "uv"),
         UV_PYTHON_DOWNLOADS="never",  # the image's interpreter or nothing
@@ -234,10 +283,21 @@ def _uv() -> str:
 
 def _key(*parts: Iterable[str]) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{sys.version_info[:2]} {platform.machine()} {sys.platform}\n".encode())
+    digest.update(f"{CACHE_FORMAT} {sys.version_info[:2]} {platform.machine()} {sys.platform}\n".encode())
     for part in parts:
         digest.update("\n".join(part).encode() + b"\n--\n")
     return digest.hexdigest()[:32]
+
+
+def resolution_text(lines: Iterable[str]) -> str:
+    """A resolution as the cache keeps it: one requirement a line."""
+    return "".join(f"{line}\n" for line in lines)
+
+
+def resolution_lines(text: str) -> list[str]:
+    """The requirements of uv's output or of a cached resolution, one a line. A line is one
+    requirement whatever it holds: `name @ https://...`, `name==1.0 ; python_version < "3.12"`."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -292,9 +352,17 @@ class Installer:
         return target
 
     def _resolve(self, steps: Plan) -> list[str]:
-        saved = self.cache / "resolved" / f"{_key(steps.missing, steps.constraints)}.txt"
+        """The pinned requirements to install, from the cache or from uv.
+
+        A hit yields exactly what the miss that wrote it did: the miss returns the lines it wrote,
+        read back as a hit reads them. And an entry is written only from a resolution that comes
+        out the same on every try: the constrained one, or the unconstrained one after uv found the
+        constrained one has no solution; any other failure (the index unreachable, a timeout)
+        fails this start and caches nothing, so the next start resolves again."""
+        settings = resolution_settings(self.env)
+        saved = self.cache / "resolved" / f"{_key(steps.missing, steps.constraints, settings)}.txt"
         if saved.is_file():
-            return saved.read_text().split()
+            return resolution_lines(saved.read_text())
         with tempfile.TemporaryDirectory(dir=self._work()) as work:
             requirements = Path(work, "requirements.in")
             requirements.write_text("\n".join(steps.missing) + "\n")
@@ -304,16 +372,18 @@ class Installer:
                 # The image's versions first; when a recorded pin forbids them (transitively), the
                 # model's pins win and the packages it needs shadow the image's.
                 output = self._run([*COMPILE, str(requirements), "-c", str(constraints)], steps.missing)
-            except DependencyError:
+            except NoSolution:
+                log.info(
+                    "dependencies: %s cannot keep the image's versions; resolving without them",
+                    self.model_uri,
+                )
                 output = self._run([*COMPILE, str(requirements)], steps.missing)
-        resolved = [
-            line.strip() for line in output.splitlines() if line.strip() and not line.lstrip().startswith("#")
-        ]
-        _write_atomically(saved, "\n".join(resolved) + "\n")
-        return resolved
+        text = resolution_text(resolution_lines(output))
+        _write_atomically(saved, text)
+        return resolution_lines(text)
 
     def _install(self, wanted: Sequence[str], missing: Sequence[str]) -> Path:
-        target = self.cache / "envs" / _key(wanted)
+        target = self.cache / "envs" / _key(wanted, resolution_settings(self.env))
         if (target / COMPLETE).exists():
             log.info("dependencies: found in the cache (%s)", target)
             return target
@@ -356,7 +426,8 @@ class Installer:
         said = (done.stderr or done.stdout).strip()
         named = [line for line in missing if (_name(line) or "\0") in said.lower()]
         what = ", ".join(named or missing)
-        raise DependencyError(
+        failed = NoSolution if NO_SOLUTION.lower() in said.lower() else DependencyError
+        raise failed(
             f"cannot install {what} for {self.model_uri} from {index_description(self.env)}: "
             f"uv {arguments[0]} {arguments[1]} failed: {said[-MAX_UV_OUTPUT:]}"
         )
