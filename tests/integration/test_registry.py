@@ -236,6 +236,114 @@ async def test_version_details_are_asked_once(
         await poller.close()
 
 
+class SlowAnswers(RegistryClient):
+    """A real client whose answers travel back slowly: a read reads the registry, then waits for
+    `reads_go` before answering; a sweep takes `sweep_seconds` and finds `elsewhere` models more
+    than the server has (a registry of many thousand models)."""
+
+    def __init__(self, *, sweep_seconds: float = 0.0, elsewhere: int = 0) -> None:
+        super().__init__()
+        self.elsewhere = elsewhere
+        self.reads_go = threading.Event()
+        self.reads_go.set()
+        self.read_done = threading.Event()  # a read has had the registry's answer
+        self.reads = 0
+        self.sweep_seconds = sweep_seconds
+
+    def model_aliases(self, endpoint: Endpoint, model: str) -> dict[str, str]:
+        answer = super().model_aliases(endpoint, model)
+        self.reads += 1
+        self.read_done.set()
+        self.reads_go.wait(timeout=10)
+        return answer
+
+    def all_model_aliases(self, endpoint: Endpoint) -> dict[str, dict[str, str]]:
+        time.sleep(self.sweep_seconds)
+        found = super().all_model_aliases(endpoint)
+        return found | {f"elsewhere-{n}": {} for n in range(self.elsewhere)}
+
+
+async def test_a_push_while_the_model_is_read_is_read_again(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    """The read under way answered before the move: the push that came meanwhile reads once more,
+    at once, instead of a pollInterval later."""
+    quick_versions(registry, model_name, 2)
+    registry.set_registered_model_alias(model_name, "production", "1")
+    client = SlowAnswers()
+    poller = RegistryPoller(client, batch_window=0.0)
+    endpoint = Endpoint(mlflow_server.url)
+    woken = asyncio.Event()
+    try:
+        first = await poller.subscribe(
+            subscriber="a", endpoint=endpoint, model=model_name, interval=60.0, wake=woken.set
+        )
+        assert first.aliases == {"production": "1"}
+        woken.clear()
+        client.reads_go.clear()
+        client.read_done.clear()
+        poller.refresh(model_name)  # a read (a poll, a push) starts...
+        assert await asyncio.to_thread(client.read_done.wait, 5)  # ...and has its answer: version 1
+        registry.set_registered_model_alias(model_name, "production", "2")
+        moved_at = time.time()
+        poller.refresh(model_name, moved_at=moved_at)  # MLflow's webhook for the move
+        client.reads_go.set()
+        await asyncio.wait_for(woken.wait(), timeout=5)
+        again = await poller.subscribe(
+            subscriber="a", endpoint=endpoint, model=model_name, interval=60.0, wake=woken.set
+        )
+        assert again.aliases == {"production": "2"}
+        assert poller.take_change("a") == moved_at
+        assert client.reads == 3, "the first read, the one under way, then one more"
+    finally:
+        client.reads_go.set()
+        await poller.close()
+
+
+async def test_a_late_first_sweep_gives_way_to_direct_reads(
+    registry: MlflowClient, mlflow_server: MlflowServer, model_name: str
+) -> None:
+    """The first sweep of a registry too large to list within its deadline (half the answer
+    timeout): the first followers are answered by direct reads in time, and once the sweep has
+    answered (late: 10,000 models for 30 followed), the registry's models are read one by one."""
+    models = [f"{model_name}-{i}" for i in range(30)]
+    for model in models:
+        quick_versions(registry, model, 1)
+        registry.set_registered_model_alias(model, "production", "1")
+    poller = RegistryPoller(
+        SlowAnswers(sweep_seconds=4.0, elsewhere=10_000), sweep_threshold=25, answer_timeout=3.0
+    )
+    endpoint = Endpoint(mlflow_server.url)
+    try:
+        gets, searches = mlflow_server.count_requests(GET_MODEL), mlflow_server.count_requests(SEARCH_MODELS)
+        started = time.monotonic()
+        snapshots = await asyncio.gather(
+            *(
+                poller.subscribe(
+                    subscriber=model, endpoint=endpoint, model=model, interval=60, wake=lambda: None
+                )
+                for model in models
+            )
+        )
+        assert time.monotonic() - started < 3.0
+        assert [snapshot.aliases for snapshot in snapshots] == [{"production": "1"}] * 30
+        assert mlflow_server.count_requests(GET_MODEL) - gets == 30
+        # The sweep answers at last.
+        deadline = time.monotonic() + 10
+        while mlflow_server.count_requests(SEARCH_MODELS) == searches:
+            assert time.monotonic() < deadline, "the sweep never reached the server"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        for model in models:
+            poller.refresh(model)
+        while mlflow_server.count_requests(GET_MODEL) - gets < 60:
+            assert time.monotonic() < deadline, "the models are read one by one"
+            await asyncio.sleep(0.05)
+        assert mlflow_server.count_requests(SEARCH_MODELS) - searches == 1
+    finally:
+        await poller.close()
+
+
 @pytest.mark.usefixtures("operator_http_settings")
 async def test_registry_down_then_back(
     registry: MlflowClient, mlflow_server: MlflowServer, model_name: str

@@ -1,6 +1,8 @@
 """The poller's scheduling, with a scripted registry client (the client itself is tested against a real
 MLflow server in tests/integration): sweeps that miss an alias, registries that never answer, a loop
-that crashes."""
+that crashes; and, with reads held open (HeldPoller), what happens while a read is under way: a push,
+a follower leaving, an outage, a sweep that does not answer in time. tests/unit/test_poller_model.py
+drives random interleavings of all of these."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any, cast
 
 import pytest
 
-from aliasroll.errors import ModelNotFound, RegistryUnavailable
+from aliasroll.backoff import Backoff
+from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable
 from aliasroll.registry.client import RegistryClient
 from aliasroll.registry.poller import RegistryPoller
 from aliasroll.registry.types import Endpoint, VersionInfo
@@ -31,7 +34,11 @@ class ScriptedRegistry:
         self.sweeps = 0
         self.direct_reads: list[str] = []
         self.fail_next: BaseException | None = None
+        self.down = False  # every call fails, as when the registry is unreachable
         self.release = threading.Event()
+        self.sweep_gate = threading.Event()  # a sweep answers once this is set (a large registry)
+        self.sweep_gate.set()
+        self.sweep_error: RegistryError | None = None  # what a sweep raises once let through
         self.lock = threading.Lock()
 
     def _block_if_silent(self, endpoint: Endpoint) -> None:
@@ -41,6 +48,8 @@ class ScriptedRegistry:
 
     def model_aliases(self, endpoint: Endpoint, model: str) -> dict[str, str]:
         self._block_if_silent(endpoint)
+        if self.down:
+            raise RegistryUnavailable("the registry is down")
         with self.lock:
             if self.fail_next is not None:
                 error, self.fail_next = self.fail_next, None
@@ -52,9 +61,14 @@ class ScriptedRegistry:
 
     def all_model_aliases(self, endpoint: Endpoint) -> dict[str, dict[str, str]]:
         self._block_if_silent(endpoint)
+        if self.down:
+            raise RegistryUnavailable("the registry is down")
         with self.lock:
             self.sweeps += 1
             hidden, self.hide_in_next_sweep = self.hide_in_next_sweep, {}
+        self.sweep_gate.wait(timeout=30)
+        if self.sweep_error is not None:
+            raise self.sweep_error
         answer = {model: dict(aliases) for model, aliases in self.aliases.items()}
         for model, alias in hidden.items():
             answer[model].pop(alias, None)
@@ -70,6 +84,63 @@ class ScriptedRegistry:
 
     def set_version_tags(self, endpoint: Endpoint, model: str, version: str, tags: dict[str, str]) -> None:
         pass
+
+
+class HeldCall:
+    def __init__(self, call: str, args: tuple[object, ...], answer: object) -> None:
+        self.call, self.args, self.answer = call, args, answer
+        self.released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def model(self) -> str | None:
+        """The model a direct read asks about (None for a sweep)."""
+        return cast(str, self.args[1]) if self.call == "model_aliases" else None
+
+    def answers(self) -> None:
+        if not self.released.done():
+            self.released.set_result(None)
+
+    def fails(self, error: RegistryError) -> None:
+        if not self.released.done():
+            self.released.set_exception(error)
+
+
+class HeldPoller(RegistryPoller):
+    """A poller whose registry calls read the registry when they start and hand the answer back
+    only when the test says so (HeldCall.answers or .fails): a read in flight, held open as long as
+    the test needs, on the event loop's own thread, so every interleaving is the test's to choose."""
+
+    def __init__(self, client: object, **kwargs: Any) -> None:
+        kwargs.setdefault("backoff", Backoff(base=0.01, cap=0.01))  # a failed read is due again at once
+        super().__init__(cast(RegistryClient, client), **kwargs)
+        self.held: list[HeldCall] = []
+
+    async def _run(self, endpoint: Endpoint, fn: Callable[..., Any], *args: object) -> Any:
+        try:
+            answer: object = fn(*args)  # the registry is read when the call starts...
+        except RegistryError as error:
+            answer = error
+        call = HeldCall(fn.__name__, args, answer)
+        self.held.append(call)
+        try:
+            await call.released  # ...and the answer travels back when the test says so
+        finally:
+            self.held.remove(call)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def reads(self, *models: str) -> list[HeldCall]:
+        return [call for call in self.held if call.model in models]
+
+    def sweeps(self) -> list[HeldCall]:
+        return [call for call in self.held if call.call == "all_model_aliases"]
+
+
+async def settle() -> None:
+    """Lets the poller run until it waits for the registry or for time (nothing here sleeps)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
 
 
 async def until(check: Callable[[], Any], limit: float = 5.0) -> None:
@@ -90,6 +161,7 @@ def registry() -> Iterator[ScriptedRegistry]:
     )
     yield scripted
     scripted.release.set()  # threads blocked on the silent registry end now
+    scripted.sweep_gate.set()
 
 
 class Follower:
@@ -261,5 +333,243 @@ async def test_models_followed_at_different_moments_fall_due_together_and_one_sw
         assert sorted(registry.direct_reads) == ["m1", "m2", "m3"], "each read once when first followed"
         await until(lambda: registry.sweeps >= 3, limit=3.0)
         assert len(registry.direct_reads) == 3, "after that, only sweeps"
+    finally:
+        await poller.close()
+
+
+# While a read is under way.
+
+BY_SWEEP = pytest.mark.parametrize("sweep", [False, True], ids=["direct reads", "one sweep"])
+MODELS = ("m1", "m2", "m3")
+
+
+async def follow(poller: HeldPoller, models: tuple[str, ...] = MODELS) -> list[Follower]:
+    """A follower for each model, answered (one held read each, or one held sweep, let through)."""
+    followers = [Follower(poller, REGISTRY, model, interval=3600.0) for model in models]
+    first = asyncio.gather(*(follower.snapshot() for follower in followers))
+    await settle()
+    for call in list(poller.held):
+        call.answers()
+    await first
+    return followers
+
+
+def read_all(poller: RegistryPoller, models: tuple[str, ...] = MODELS) -> None:
+    """A poll of every model (as the grid brings it), here brought forward."""
+    for model in models:
+        poller.refresh(model)
+
+
+@BY_SWEEP
+async def test_a_push_that_arrives_while_the_model_is_read_is_read_again(
+    registry: ScriptedRegistry, sweep: bool
+) -> None:
+    """A refresh (a push, an alias write) received after a read of the model started causes another
+    read once that read ends: the read under way may have seen the registry before the move."""
+    poller = HeldPoller(registry, sweep_threshold=2 if sweep else 25, batch_window=0.0)
+    try:
+        followers = await follow(poller)
+        wakes = followers[0].wakes
+        read_all(poller)  # a poll is under way...
+        await settle()
+        under_way = list(poller.held)
+        assert [call.call for call in under_way] == (
+            ["all_model_aliases"] if sweep else ["model_aliases"] * 3
+        )
+        with registry.lock:
+            registry.aliases["m1"]["production"] = "3"  # ...when @production moves
+        assert poller.refresh("m1", moved_at=123.0) == 1  # and MLflow pushes
+        for call in under_way:
+            call.answers()  # what the registry said before the move
+        await settle()
+
+        assert followers[0].wakes == wakes, "nothing new in that answer"
+        again = poller.reads("m1")
+        assert len(again) == 1, "m1 is read once more, at once (not a pollInterval later)"
+        assert poller.held == again, "and only m1"
+        again[0].answers()
+        await settle()
+        assert followers[0].wakes == wakes + 1
+        assert (await followers[0].snapshot()).aliases == {"production": "3", "canary": "2"}
+        assert poller.take_change(f"{REGISTRY}/m1") == 123.0, "the pushed move's own time"
+        assert poller.held == [], "then the grid again"
+    finally:
+        await poller.close()
+
+
+@BY_SWEEP
+async def test_a_follower_leaving_while_its_model_is_read_costs_no_other_answer(
+    registry: ScriptedRegistry, sweep: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A follower may leave at any moment (its resource deleted during another's registry outage):
+    the read under way drops only that model; every other answer of the batch is published, and
+    nothing escapes the poll loop. Followed again, the model gets a read of its own."""
+    poller = HeldPoller(registry, sweep_threshold=2 if sweep else 25, batch_window=0.0)
+    try:
+        followers = await follow(poller)
+        wakes = [follower.wakes for follower in followers]
+        with registry.lock:
+            registry.aliases["m2"]["production"] = "5"
+            registry.aliases["m3"]["production"] = "8"
+        read_all(poller)
+        await settle()
+        assert poller.held
+        poller.unsubscribe(f"{REGISTRY}/m1")  # m1's last follower leaves while it is being read
+        for call in list(poller.held):
+            call.answers()
+        await settle()
+
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert [follower.wakes - before for follower, before in zip(followers, wakes, strict=True)] == [
+            0,
+            1,
+            1,
+        ]
+        assert (await followers[1].snapshot()).aliases == {"production": "5"}
+        assert (await followers[2].snapshot()).aliases == {"production": "8"}
+        assert poller.held == []
+
+        back = asyncio.ensure_future(followers[0].snapshot())
+        await settle()
+        assert [call.model for call in poller.held] == ["m1"]
+        poller.held[0].answers()
+        assert (await back).aliases == {"production": "1", "canary": "2"}
+    finally:
+        await poller.close()
+
+
+@BY_SWEEP
+async def test_an_outage_wakes_followers_when_it_begins_and_when_it_ends_only(
+    registry: ScriptedRegistry, sweep: bool
+) -> None:
+    """Followers are woken only when their answer changes: a registry that fails the same way at
+    every retry costs retries, not passes."""
+    # The default batch window (0.25 s) takes in a retry due 0.01 s later: one retry each turn.
+    poller = HeldPoller(registry, sweep_threshold=2 if sweep else 25)
+    try:
+        followers = await follow(poller)
+        wakes = [follower.wakes for follower in followers]
+        registry.down = True
+        read_all(poller)
+        for _ in range(5):
+            await settle()
+            assert poller.held, "retried"
+            for call in list(poller.held):
+                call.answers()  # fails: the registry is down
+        await settle()
+        assert [follower.wakes - before for follower, before in zip(followers, wakes, strict=True)] == [
+            1,
+            1,
+            1,
+        ]
+        snapshot = await followers[0].snapshot()
+        assert snapshot.aliases is None
+        assert isinstance(snapshot.error, RegistryUnavailable)
+
+        registry.down = False
+        for call in list(poller.held):
+            call.fails(RegistryUnavailable("the last failure"))
+        for _ in range(3):
+            await settle()
+            for call in list(poller.held):
+                call.answers()
+        await settle()
+        assert [follower.wakes - before for follower, before in zip(followers, wakes, strict=True)] == [
+            2,
+            2,
+            2,
+        ]
+        assert (await followers[0].snapshot()).aliases == {"production": "1", "canary": "2"}
+    finally:
+        await poller.close()
+
+
+async def test_a_first_sweep_that_is_late_gives_way_to_direct_reads(registry: ScriptedRegistry) -> None:
+    """A sweep has a deadline (half the answer timeout): past it, the followers still waiting for a
+    first answer get it from a direct read while the sweep runs on, and the loop goes on (a push is
+    read at once). A late sweep of one page is only a slow call: sweeps go on."""
+    registry.sweep_gate.clear()  # the registry is slow to list its models
+    poller = RegistryPoller(
+        cast(RegistryClient, registry), sweep_threshold=2, answer_timeout=2.0, batch_window=0.0
+    )
+    followers = [Follower(poller, REGISTRY, model, interval=3600.0) for model in MODELS]
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        answers = await asyncio.gather(*(follower.snapshot() for follower in followers))
+        assert [answer.aliases for answer in answers] == [
+            {"production": "1", "canary": "2"},
+            {"production": "4"},
+            {"production": "7"},
+        ], "answers, not RegistryUnavailable"
+        assert loop.time() - started < 2.0
+        assert registry.sweeps == 1
+        assert sorted(registry.direct_reads) == ["m1", "m2", "m3"]
+
+        with registry.lock:
+            registry.aliases["m2"]["production"] = "5"
+        poller.refresh("m2")  # a push while the sweep still runs: read at once
+        await until(lambda: followers[1].wakes == 2)
+
+        registry.sweep_gate.set()  # the sweep answers, past its deadline
+        await until(lambda: not poller._sweeps)
+        read_all(poller)
+        await until(lambda: registry.sweeps == 2)
+        assert len(registry.direct_reads) == 4
+        assert (await followers[1].snapshot()).aliases == {"production": "5"}
+    finally:
+        await poller.close()
+
+
+async def test_a_registry_too_large_to_sweep_in_time_is_read_one_by_one(registry: ScriptedRegistry) -> None:
+    """A late sweep of more than one page (1,000 models) turns sweeps of that registry off for an
+    hour, even where its size alone would make them pay off: one would not fit in a poll."""
+    models = tuple(f"m{n}" for n in range(1, 42))  # 41 models due: a sweep pays off up to 1,025 models
+    registry.aliases.update({model: {"production": "1"} for model in models[3:]})
+    registry.aliases.update({f"elsewhere-{n}": {} for n in range(1001 - len(registry.aliases))})
+    registry.sweep_gate.clear()
+    poller = RegistryPoller(
+        cast(RegistryClient, registry), sweep_threshold=25, answer_timeout=1.0, batch_window=0.0
+    )
+    followers = [Follower(poller, REGISTRY, model, interval=3600.0) for model in models]
+    try:
+        answers = await asyncio.gather(*(follower.snapshot() for follower in followers))
+        assert all(answer.error is None for answer in answers)
+        assert (registry.sweeps, len(registry.direct_reads)) == (1, 41)
+        registry.sweep_gate.set()
+        await until(lambda: not poller._sweeps)
+        read_all(poller, models)
+        await until(lambda: len(registry.direct_reads) == 82)
+        assert registry.sweeps == 1
+    finally:
+        await poller.close()
+
+
+async def test_a_late_sweep_that_fails_keeps_its_models_and_sweeps_on(registry: ScriptedRegistry) -> None:
+    """A sweep past its deadline keeps the models someone already has an answer for (a registry
+    that does not answer costs one call a retry, not one per model); one that fails says nothing of
+    the registry's size, so sweeps go on."""
+    poller = RegistryPoller(
+        cast(RegistryClient, registry),
+        sweep_threshold=2,
+        answer_timeout=0.6,
+        batch_window=0.0,
+        backoff=Backoff(base=0.05, cap=0.05, jitter=0.0),  # the models are retried together
+    )
+    followers = [Follower(poller, REGISTRY, model, interval=3600.0) for model in MODELS]
+    try:
+        await asyncio.gather(*(follower.snapshot() for follower in followers))
+        assert (registry.sweeps, registry.direct_reads) == (1, [])
+        registry.sweep_gate.clear()
+        registry.sweep_error = RegistryUnavailable("timed out")  # after a while
+        read_all(poller)
+        await asyncio.sleep(0.5)  # past the deadline (0.3 s)
+        assert registry.direct_reads == [], "answered models wait for the late sweep"
+        registry.sweep_gate.set()
+        await until(lambda: followers[0].wakes == 2)  # the error is published
+        registry.sweep_error = None
+        await until(lambda: followers[0].wakes == 3)  # and the sweeps that follow answer
+        assert registry.sweeps >= 3
+        assert registry.direct_reads == []
     finally:
         await poller.close()

@@ -18,6 +18,20 @@ A sweep is a paged listing that can miss a model (pages shift when models are cr
 between them), so an alias that a sweep no longer shows is confirmed with a direct read before it
 is published: a missing @canary would otherwise end a canary at once.
 
+A sweep lists the whole registry, however large, so it has a deadline (`sweep_deadline`, half the
+answer timeout): past it the loop stops waiting for it, and the models someone waits for (a first
+follower, a push) are read one by one while the sweep runs on. A late sweep still tells the
+registry's size; one that needed more than a page turns sweeps of that registry off for an hour
+(`SLOW_SWEEP_PAUSE`): the registry is too large for a sweep to fit in a poll.
+
+A model is read by one read at a time (`_Read`), and a read's answer counts only while the model is
+followed and the read still holds it: a model whose last follower left meanwhile is dropped from the
+read, the other models of the batch are recorded as usual, and a new follower starts a read of its
+own. A refresh (a push, an alias write) that arrives while the model is being read is followed by
+another read as soon as that one ends: the read under way may have seen the registry before the
+change. Subscribers are woken only when the answer changes, so a registry that keeps failing the
+same way costs retries, not passes.
+
 Version details are cached separately: a version number never changes what it names, so a READY
 version is asked about once (the cache expires after an hour, in case a model is deleted and
 registered again under the same name).
@@ -38,7 +52,7 @@ from typing import TypeVar
 from aliasroll import metrics
 from aliasroll.backoff import Backoff
 from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable
-from aliasroll.registry.client import RegistryClient
+from aliasroll.registry.client import SEARCH_PAGE_SIZE, RegistryClient
 from aliasroll.registry.types import Endpoint, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -52,6 +66,9 @@ READY_VERSION_TTL = 3600.0
 # A sweep reads every model of the registry; it pays off while the registry holds at most this many
 # models per model we need (get_registered_model ~15 ms a call, a sweep ~0.6 ms a model, measured).
 SWEEP_MAX_READ_RATIO = 25
+# After a sweep of more than one page that answered only past its deadline, the registry's models
+# are read one by one for this long. (A late sweep of one page is a slow call, like any other.)
+SLOW_SWEEP_PAUSE = 3600.0
 
 
 # A model is read this much more often than its interval (at most a tenth of it): a move seen by
@@ -91,10 +108,21 @@ def loses_an_alias(previous: ModelSnapshot | None, answer: Answer) -> bool:
     return any(alias not in answer for alias in previous.aliases)
 
 
-@dataclass
+@dataclass(eq=False)
+class _Read:
+    """One batch of reads under way (one sweep, or direct reads), and the models it answers for."""
+
+    endpoint: Endpoint
+    entries: list[_Entry]
+    # A sweep past its deadline: the loop no longer waits for it (see RegistryPoller._wants_read).
+    overdue: bool = False
+
+
+@dataclass(eq=False)
 class _Entry:
     endpoint: Endpoint
     model: str
+    # Never empty while the entry is in RegistryPoller._entries: the last follower to leave removes it.
     subscribers: dict[Hashable, tuple[float, Wake]] = field(default_factory=dict)
     snapshot: ModelSnapshot | None = None
     snapshot_time: float = 0.0  # clock() of the snapshot, for rescheduling
@@ -106,6 +134,9 @@ class _Entry:
     pushed_at: float | None = None
     unapplied: set[Hashable] = field(default_factory=set)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    read: _Read | None = None  # the read under way, if any
+    # A refresh came after `read` started: another read follows as soon as it ends.
+    read_again: bool = False
 
     @property
     def interval(self) -> float:
@@ -122,6 +153,7 @@ class RegistryPoller:
         concurrency_per_registry: int = 4,
         answer_timeout: float = 10.0,
         batch_window: float = 0.25,
+        sweep_deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -130,6 +162,9 @@ class RegistryPoller:
         self._concurrency = concurrency_per_registry
         self._answer_timeout = answer_timeout
         self._batch_window = batch_window
+        # A first follower waits `answer_timeout`: half of it for a sweep, the rest for the direct
+        # reads that take over when the sweep is late.
+        self._sweep_deadline = answer_timeout / 2 if sweep_deadline is None else sweep_deadline
         self._clock = clock
         self._lanes: dict[Endpoint, ThreadPoolExecutor] = {}
         self._entries: dict[tuple[Endpoint, str], _Entry] = {}
@@ -138,6 +173,8 @@ class RegistryPoller:
         self._kicks: dict[Endpoint, asyncio.Event] = {}
         self._crashes: dict[Endpoint, int] = {}
         self._registry_sizes: dict[Endpoint, int] = {}
+        self._sweeps: dict[Endpoint, asyncio.Task[None]] = {}  # at most one sweep per registry
+        self._sweeps_off_until: dict[Endpoint, float] = {}
         self._grids: dict[tuple[Endpoint, float], float] = {}  # (endpoint, interval) -> its first tick
         self._versions: dict[tuple[Endpoint, str, str], tuple[VersionInfo | None, float]] = {}
         self._version_calls: dict[tuple[Endpoint, str, str], asyncio.Task[VersionInfo | None]] = {}
@@ -198,9 +235,8 @@ class RegistryPoller:
         for (entry_endpoint, entry_model), entry in self._entries.items():
             if entry_model != model or (endpoint is not None and entry_endpoint != endpoint):
                 continue
-            entry.next_due = now
             entry.pushed_at = moved_at
-            self._kick(entry_endpoint)
+            self._read_now(entry, now=now)
             woken += 1
         return woken
 
@@ -266,11 +302,18 @@ class RegistryPoller:
         serving) reads nothing again."""
         entry = self._entries.get((endpoint, model))
         if entry is not None:
-            entry.next_due = self._clock()
-            self._kick(endpoint)
+            self._read_now(entry, now=self._clock())
+
+    def _read_now(self, entry: _Entry, *, now: float) -> None:
+        """Reads the model at once; if a read of it is under way, once more when that read ends (it
+        may have seen the registry before whatever asked for this one)."""
+        entry.next_due = now
+        if entry.read is not None:
+            entry.read_again = True
+        self._kick(entry.endpoint)
 
     async def close(self) -> None:
-        tasks = [*self._loops.values(), *self._version_calls.values()]
+        tasks = [*self._loops.values(), *self._version_calls.values(), *self._sweeps.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -343,56 +386,155 @@ class RegistryPoller:
             if not entries:
                 return
             now = self._clock()
-            due = [entry for entry in entries if entry.next_due <= now + self._batch_window]
+            due = [entry for entry in entries if self._wants_read(entry, now=now)]
             if due:
                 await self._fetch(endpoint, due)
                 self._crashes.pop(endpoint, None)
                 continue
-            wait = min(entry.next_due for entry in entries) - now
+            waits = [entry.next_due - now for entry in entries if entry.read is None]
             # asyncio.timeout, not wait_for: wait_for (3.11) can swallow a cancellation that
             # arrives just as the event is set, and close() would then wait a whole interval.
+            # (No timeout: every model is in a late sweep, whose end kicks the loop.)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(wait, 0.0)):
+                async with asyncio.timeout(max(min(waits), 0.0) if waits else None):
                     await kick.wait()
 
+    def _wants_read(self, entry: _Entry, *, now: float) -> bool:
+        if entry.read is None:
+            return entry.next_due <= now + self._batch_window
+        # A late sweep keeps the models nobody waits for; a model someone waits for (its first
+        # answer, a push) is taken from it and read on its own.
+        return entry.read.overdue and (entry.snapshot is None or entry.read_again)
+
     async def _fetch(self, endpoint: Endpoint, due: list[_Entry]) -> None:
-        models = [entry.model for entry in due]
-        if self._sweep_pays_off(endpoint, len(due)):
-            answers = await self._sweep(endpoint, models)
-            doubtful = [entry.model for entry in due if loses_an_alias(entry.snapshot, answers[entry.model])]
+        """Reads the due models: one sweep, waited for at most `sweep_deadline`, or a call each."""
+        read = _Read(endpoint=endpoint, entries=due)
+        for entry in due:
+            entry.read, entry.read_again = read, False
+        if not self._sweep_pays_off(endpoint, len(due)):
+            await self._read_directly(read)
+            return
+        sweep = self._sweeps[endpoint] = asyncio.create_task(
+            self._sweep(read), name=f"registry-sweep {endpoint}"
+        )
+        sweep.add_done_callback(lambda task: self._sweep_ended(read, task))
+        done, _ = await asyncio.wait({sweep}, timeout=self._sweep_deadline)
+        if sweep in done:
+            sweep.result()  # what the sweep raised restarts the loop, as any other crash
+            return
+        read.overdue = True
+        log.warning(
+            "registry: a sweep of %s has not answered in %.1f s; models read one by one meanwhile",
+            endpoint,
+            self._sweep_deadline,
+        )
+
+    def _sweep_ended(self, read: _Read, task: asyncio.Task[None]) -> None:
+        if self._sweeps.get(read.endpoint) is task:
+            del self._sweeps[read.endpoint]
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here in any case; the loop raises it if it still waits
+        if error is not None and read.overdue:
+            log.error("registry: a late sweep of %s failed", read.endpoint, exc_info=error)
+
+    async def _read_directly(self, read: _Read) -> None:
+        answers: dict[str, Answer] = {}
+        unexpected: BaseException | None = None
+        try:
+            answers, unexpected = await self._read_each(
+                read.endpoint, [entry.model for entry in read.entries]
+            )
+        finally:
+            self._finish(read, answers)
+        if unexpected is not None:
+            raise unexpected
+
+    async def _sweep(self, read: _Read) -> None:
+        endpoint = read.endpoint
+        answers: dict[str, Answer] = {}
+        unexpected: BaseException | None = None
+        try:
+            swept = await self._sweep_answers(endpoint, [entry.model for entry in read.entries])
+            doubtful = [
+                entry.model
+                for entry in read.entries
+                if self._holds(read, entry) and loses_an_alias(entry.snapshot, swept[entry.model])
+            ]
+            confirmed: dict[str, Answer] = {}
             if doubtful:
                 log.info("registry: confirming aliases a sweep of %s no longer shows: %s", endpoint, doubtful)
-                answers.update(await self._read_each(endpoint, doubtful))
-        else:
-            answers = await self._read_each(endpoint, models)
-        now = self._clock()
-        for entry in due:
-            self._record(entry, answers[entry.model], now=now)
+                confirmed, unexpected = await self._read_each(endpoint, doubtful)
+            # A doubtful answer is published only once confirmed.
+            answers = {model: answer for model, answer in swept.items() if model not in doubtful}
+            answers.update(confirmed)
+        finally:
+            self._finish(read, answers)
+        if unexpected is not None:
+            raise unexpected
 
-    async def _read_each(self, endpoint: Endpoint, models: list[str]) -> dict[str, Answer]:
+    def _holds(self, read: _Read, entry: _Entry) -> bool:
+        """True while `read` answers for the entry: not taken over by a later read, still followed."""
+        return entry.read is read and self._entries.get((entry.endpoint, entry.model)) is entry
+
+    def _finish(self, read: _Read, answers: Mapping[str, Answer]) -> None:
+        """Ends `read`: records its answers for the models it still holds. A model it has no answer
+        for (a call that failed in a way the client does not map) stays due."""
+        now = self._clock()
+        for entry in read.entries:
+            if entry.read is not read:
+                continue  # taken over by a later read
+            followed = self._holds(read, entry)
+            entry.read = None
+            if followed and entry.model in answers:  # else its followers left: nobody to tell
+                self._record(entry, answers[entry.model], now=now)
+        self._kick(read.endpoint)
+
+    async def _read_each(
+        self, endpoint: Endpoint, models: list[str]
+    ) -> tuple[dict[str, Answer], BaseException | None]:
+        """Each model's answer, and the first error the client does not map (a bug), if any: the
+        other models' answers are recorded before it is raised."""
         results = await asyncio.gather(
             *(self._run(endpoint, self.client.model_aliases, endpoint, model) for model in models),
             return_exceptions=True,
         )
         answers: dict[str, Answer] = {}
+        unexpected: BaseException | None = None
         for model, result in zip(models, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, RegistryError):
-                raise result
-            answers[model] = result
-        return answers
+                unexpected = unexpected or result
+            else:
+                answers[model] = result
+        return answers, unexpected
 
     def _sweep_pays_off(self, endpoint: Endpoint, due: int) -> bool:
         if due < self._sweep_threshold:
             return False
+        if endpoint in self._sweeps or self._clock() < self._sweeps_off_until.get(endpoint, -math.inf):
+            return False  # a late sweep still runs, or the registry is too large for one in time
         size = self._registry_sizes.get(endpoint)
         return size is None or size <= due * SWEEP_MAX_READ_RATIO
 
-    async def _sweep(self, endpoint: Endpoint, models: list[str]) -> dict[str, Answer]:
+    async def _sweep_answers(self, endpoint: Endpoint, models: list[str]) -> dict[str, Answer]:
+        started = self._clock()
         try:
             everything = await self._run(endpoint, self.client.all_model_aliases, endpoint)
         except RegistryError as error:
             return dict.fromkeys(models, error)
         self._registry_sizes[endpoint] = len(everything)
+        took = self._clock() - started
+        if took > self._sweep_deadline and len(everything) > SEARCH_PAGE_SIZE:
+            self._sweeps_off_until[endpoint] = self._clock() + SLOW_SWEEP_PAUSE
+            log.warning(
+                "registry: a sweep of %s (%d models) took %.1f s, more than %.1f s: its models are read "
+                "one by one for the next %.0f s",
+                endpoint,
+                len(everything),
+                took,
+                self._sweep_deadline,
+                SLOW_SWEEP_PAUSE,
+            )
         return {
             model: everything[model]
             if model in everything
@@ -412,11 +554,15 @@ class RegistryPoller:
             entry.failures = 0
             snapshot = ModelSnapshot(model=entry.model, aliases=answer, error=None)
             entry.next_due = self._next_tick(entry.endpoint, entry.interval, after=now)
+        if entry.read_again:
+            entry.next_due = now  # a refresh came while this read was under way: read once more
         changed = not snapshot.same_answer(entry.snapshot)
-        if changed and entry.snapshot is not None and snapshot.error is None:
+        moved = changed and entry.snapshot is not None and snapshot.error is None
+        if moved:
             entry.changed_at = entry.pushed_at if entry.pushed_at is not None else time.time()
             entry.unapplied = set(entry.subscribers)
-        entry.pushed_at = None
+        if moved or not entry.read_again:  # else the pushed move may be the next read's to find
+            entry.pushed_at = None
         entry.snapshot = snapshot
         entry.snapshot_time = now
         entry.answered.set()
