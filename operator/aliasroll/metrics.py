@@ -19,6 +19,12 @@ PASSES = Counter(
     "Reconcile passes, by result (ok, failed, gone)",
     ["result"],
 )
+PASS_INTERVAL_SECONDS = Histogram(
+    "aliasroll_pass_interval_seconds",
+    "Time from one pass of a resource to its next, over every resource: a resource passed every "
+    "second while nothing changes shows as passes in the lowest buckets",
+    buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
+)
 PASS_SECONDS = Histogram(
     "aliasroll_pass_duration_seconds",
     "Duration of a reconcile pass, by result",
@@ -71,9 +77,10 @@ LEADERSHIP_CHANGES = Counter(
 )
 REGISTRY_WRITES = Counter(
     "aliasroll_registry_writes_total",
-    "Writes to MLflow registries, one per tag, by kind (version_tag) and outcome (written; "
-    "not_leading: stopped by the leadership fence; else the refusal's reason: RegistryAuthFailed, "
-    "RegistryUnreachable, ModelNotFound, RegistryRejected, ...)",
+    "Writes to MLflow registries, one per tag or alias change, by kind (version_tag, alias) and "
+    "outcome (written; moved: an alias no longer named what the change expected, so it was left to "
+    "the human who moved it; not_leading: stopped by the leadership fence; else the refusal's "
+    "reason: RegistryAuthFailed, RegistryUnreachable, ModelNotFound, RegistryRejected, ...)",
     ["kind", "outcome"],
 )
 RECORD_WAKES = Counter(

@@ -27,6 +27,7 @@ DEFAULT_PRODUCTION_ALIAS = "production"
 DEFAULT_CANARY_ALIAS = "canary"
 DEFAULT_POLL_INTERVAL = "30s"
 DEFAULT_ANALYSIS_INTERVAL = "30s"
+DEFAULT_PROGRESS_DEADLINE = "30m"  # spec.canary.progressDeadline
 DEFAULT_MIN_REQUESTS = 20
 DEFAULT_FAILURE_LIMIT = 2
 DEFAULT_PORT = 8080
@@ -109,6 +110,8 @@ class CanarySpec:
     analysis: AnalysisSpec | None = None
     promotion: Promotion = Promotion.MANUAL
     on_abort: OnAbort = OnAbort.KEEP_ALIAS
+    # How long a run may wait for what it needs to move on before it is aborted (0: for ever).
+    progress_deadline_seconds: float = 0.0
 
     @property
     def watched(self) -> bool:
@@ -370,6 +373,9 @@ def _canary(raw: Mapping[str, Any], *, alias: str) -> CanarySpec:
             "spec.canary.onAbort", f"{raw.get('onAbort')!r} is not keepAlias or removeAlias"
         ) from None
     analysis = raw.get("analysis")
+    deadline = parse_duration(
+        str(raw.get("progressDeadline", DEFAULT_PROGRESS_DEADLINE)), field_path="spec.canary.progressDeadline"
+    )
     return CanarySpec(
         alias=alias,
         weight=0 if steps else _int(raw.get("weight"), path="spec.canary.weight", low=0, high=100),
@@ -378,6 +384,7 @@ def _canary(raw: Mapping[str, Any], *, alias: str) -> CanarySpec:
         analysis=None if analysis is None else _analysis(_object(analysis, path="spec.canary.analysis")),
         promotion=promotion,
         on_abort=on_abort,
+        progress_deadline_seconds=deadline,
     )
 
 

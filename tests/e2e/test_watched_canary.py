@@ -207,8 +207,8 @@ def test_metrics_that_cannot_be_read_hold_the_step_and_never_fail_it(
             .get("status", {})
             .get("canary", {})
             .get("analysis", {})
-            .get("measuredAt")
-            != resource["status"]["canary"]["analysis"].get("measuredAt")
+            .get("readAt")  # a reading that judged nothing: measuredAt stays the last judged one's
+            != resource["status"]["canary"]["analysis"].get("readAt")
         ),
         timeout=30,
         what="a later measurement attempt",

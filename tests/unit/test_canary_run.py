@@ -14,7 +14,7 @@ from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, MetricResult, Verdict
 from aliasroll.planning import canary, records
 from aliasroll.planning.canary import AnalysisResult, CanaryRun, Phase, Registry
-from aliasroll.planning.records import DeleteAlias, SetAlias, TagVersion
+from aliasroll.planning.records import AliasChange, TagVersion
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, parse_spec
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
@@ -68,7 +68,13 @@ def measured(verdict: Verdict, when: float, version: str = "3") -> AnalysisResul
 
 def analysing(step: int = 0, started: float = 0, **fields: Any) -> CanaryRun:
     return CanaryRun(
-        version="3", phase=Phase.ANALYZING, step_index=step, step_started_at=at(started), **fields
+        version="3",
+        phase=Phase.ANALYZING,
+        model="sentiment",
+        step_index=step,
+        step_started_at=at(started),
+        promoting_from=fields.pop("promoting_from", "2"),
+        **fields,
     )
 
 
@@ -93,7 +99,9 @@ def reasons_of(result: canary.Advance) -> list[str]:
 
 def test_a_new_canary_version_starts_at_the_first_step() -> None:
     result = advance(None, 0)
-    assert result.run == CanaryRun(version="3", phase=Phase.PROGRESSING)
+    assert result.run == CanaryRun(
+        version="3", phase=Phase.PROGRESSING, model="sentiment", waiting_since=at(0), promoting_from="2"
+    )
     assert canary.weight(spec(), result.run) == 5
 
 
@@ -142,7 +150,7 @@ def test_a_canary_on_production_s_version_is_no_canary() -> None:
         ),
         (
             "time up, passed earlier in the step: next step",
-            analysing(verdict=Verdict.PASSED, measured_at=at(50)),
+            analysing(verdict=Verdict.PASSED, measured_at=at(50), window_start=at(40)),
             61,
             None,
             1,
@@ -150,7 +158,7 @@ def test_a_canary_on_production_s_version_is_no_canary() -> None:
         ),
         (
             "time up, the last pass was before the step: holds",
-            analysing(started=100, verdict=Verdict.PASSED, measured_at=at(95)),
+            analysing(started=100, verdict=Verdict.PASSED, measured_at=at(95), window_start=at(85)),
             161,
             None,
             0,
@@ -177,7 +185,9 @@ def test_steps(
 
 def test_steps_without_analysis_pass_on_time_alone() -> None:
     no_analysis = spec(analysis=None)
-    run = CanaryRun(version="3", phase=Phase.PROGRESSING, step_started_at=at(0))
+    run = CanaryRun(
+        version="3", phase=Phase.PROGRESSING, model="sentiment", step_started_at=at(0), promoting_from="2"
+    )
     assert advance(run, 59, the_spec=no_analysis).run == run
     moved = advance(run, 60, the_spec=no_analysis).run
     assert moved is not None
@@ -214,25 +224,28 @@ def test_failures_count_to_the_limit_then_abort() -> None:
 
 
 def test_an_aborted_version_is_not_retried_until_the_alias_moves() -> None:
-    aborted = CanaryRun(version="3", phase=Phase.ABORTED, failures=2, ended_at=at(20))
+    aborted = CanaryRun(version="3", phase=Phase.ABORTED, model="sentiment", failures=2, ended_at=at(20))
     assert advance(aborted, 500).run == aborted
     assert advance(aborted, 500, registry=registry(canary_alias=None)).run == aborted
     fresh = advance(aborted, 500, registry=registry(canary_alias="4")).run
-    assert fresh == CanaryRun(version="4", phase=Phase.PROGRESSING)
+    assert fresh == CanaryRun(
+        version="4", phase=Phase.PROGRESSING, model="sentiment", waiting_since=at(500), promoting_from="2"
+    )
 
 
 def test_a_metrics_source_that_cannot_be_read_is_never_a_failure() -> None:
     broken = AnalysisResult(version="3", measured_at=at(10), error="no serving pod answered /metrics")
     result = advance(analysing(), 10, analysis=broken)
     assert result.run is not None
-    assert (result.run.failures, result.run.verdict, result.run.measured_at) == (0, None, at(10))
+    assert (result.run.failures, result.run.verdict, result.run.measured_at) == (0, None, None)
+    assert result.run.read_at == at(10), "read, so the next reading is an interval away"
     assert "could not read metrics" in result.run.message
 
 
 def test_a_baseline_is_no_verdict() -> None:
     result = advance(analysing(), 0, analysis=AnalysisResult(version="3", measured_at=at(0)))
     assert result.run is not None
-    assert (result.run.verdict, result.run.measured_at) == (None, at(0))
+    assert (result.run.verdict, result.run.measured_at, result.run.read_at) == (None, None, at(0))
 
 
 def test_a_measurement_of_another_version_is_ignored() -> None:
@@ -252,7 +265,7 @@ def test_auto_promotion_after_the_last_step_moves_the_production_alias() -> None
     assert (run.phase, run.promoting_from) == (Phase.PROMOTING, "2")
     assert reasons_of(result) == [reasons.CANARY_PROMOTING]
     writes = records.canary_writes(owner=OWNER, spec=auto, run=run, registry=registry())
-    assert writes[0] == SetAlias("production", "3", writes[0].event)
+    assert writes[0] == AliasChange("3", "production", expect="2", to="3", event=writes[0].event)
     assert canary.weight(auto, run) == 50, "the canary keeps its last weight until production rolls"
     # The registry shows the move: production rolls; once it runs the version everywhere, Succeeded.
     rolling = advance(run, 61, the_spec=auto, registry=registry(production="3", settled=None)).run
@@ -276,7 +289,7 @@ def test_a_human_moving_production_promotes_at_once_skipping_the_steps() -> None
     result = advance(analysing(step=0), 5, registry=registry(canary_alias=None, production="3", settled="2"))
     assert result.run is not None
     assert result.run.phase is Phase.PROMOTING
-    assert result.run.promoting_from is None, "nothing for the operator to move"
+    assert result.run.alias_write is None, "nothing for the operator to move"
     done = advance(result.run, 30, registry=registry(canary_alias=None, production="3", settled="3"))
     assert done.run is not None
     assert done.run.phase is Phase.SUCCEEDED
@@ -329,9 +342,15 @@ def _raw() -> dict[str, Any]:
 
 def test_remove_alias_on_abort_only_while_it_names_the_aborted_version() -> None:
     remove = spec(onAbort="removeAlias")
-    aborted = CanaryRun(version="3", phase=Phase.ABORTED, ended_at=at(20), message="aborted: error rate")
+    aborted = CanaryRun(
+        version="3",
+        phase=Phase.ABORTED,
+        ended_at=at(20),
+        message="aborted: error rate",
+        alias_write=canary.AliasWrite.PLANNED,
+    )
     writes = records.canary_writes(owner=OWNER, spec=remove, run=aborted, registry=registry())
-    assert [type(w) for w in writes] == [DeleteAlias, TagVersion]
+    assert [type(w) for w in writes] == [AliasChange, TagVersion]
     moved = records.canary_writes(owner=OWNER, spec=remove, run=aborted, registry=registry(canary_alias="4"))
     assert [type(w) for w in moved] == [TagVersion]
     kept = records.canary_writes(owner=OWNER, spec=spec(), run=aborted, registry=registry())
@@ -395,14 +414,14 @@ def test_measurements_are_due_once_an_interval_at_the_step_s_weight() -> None:
     the_spec = spec()
     assert not canary.measurement_due(the_spec, CanaryRun(version="3", phase=Phase.PROGRESSING), at(0))
     assert canary.measurement_due(the_spec, analysing(), at(0)), "the first one (a baseline) at once"
-    taken = analysing(measured_at=at(0))
+    taken = analysing(read_at=at(0))
     assert not canary.measurement_due(the_spec, taken, at(9))
     assert canary.measurement_due(the_spec, taken, at(10))
 
 
 def test_the_next_pass_comes_when_a_measurement_or_the_step_end_is_due() -> None:
-    assert canary.next_pass_in(spec(), analysing(measured_at=at(55)), at(56)) == 4.0  # step ends at 60
-    assert canary.next_pass_in(spec(), analysing(measured_at=at(20)), at(21)) == 9.0  # measurement at 30
+    assert canary.next_pass_in(spec(), analysing(read_at=at(55)), at(56)) == 4.0  # step ends at 60
+    assert canary.next_pass_in(spec(), analysing(read_at=at(20)), at(21)) == 9.0  # measurement at 30
     assert canary.next_pass_in(spec(), CanaryRun(version="3", phase=Phase.ABORTED), at(0)) is None
 
 
@@ -421,15 +440,43 @@ def test_a_fixed_weight_serves_until_a_human_promotes() -> None:
 @pytest.mark.parametrize(
     "run",
     [
-        CanaryRun(version="3", phase=Phase.PROGRESSING),
-        analysing(step=1, started=30, failures=1, verdict=Verdict.FAILED, measured_at=at(40), message="x"),
+        CanaryRun(
+            version="3", phase=Phase.PROGRESSING, model="sentiment", waiting_since=at(0), promoting_from="2"
+        ),
+        analysing(
+            step=1,
+            started=30,
+            failures=1,
+            verdict=Verdict.FAILED,
+            measured_at=at(40),
+            window_start=at(30),
+            read_at=at(40),
+            message="x",
+        ),
         replace(analysing(step=1), phase=Phase.PAUSED, message="paused"),
         replace(
-            analysing(step=3), phase=Phase.AWAITING_PROMOTION, verdict=Verdict.PASSED, measured_at=at(70)
+            analysing(step=3),
+            phase=Phase.AWAITING_PROMOTION,
+            verdict=Verdict.PASSED,
+            measured_at=at(70),
+            window_start=at(60),
+            read_at=at(70),
         ),
-        replace(analysing(step=3), phase=Phase.PROMOTING, promoting_from="2"),
-        CanaryRun(version="3", phase=Phase.ABORTED, failures=2, ended_at=at(20), message="aborted"),
-        CanaryRun(version="3", phase=Phase.SUCCEEDED, step_index=3, ended_at=at(90)),
+        replace(
+            analysing(step=3),
+            phase=Phase.PROMOTING,
+            promoting_from="2",
+            alias_write=canary.AliasWrite.PLANNED,
+        ),
+        CanaryRun(
+            version="3",
+            phase=Phase.ABORTED,
+            model="sentiment",
+            failures=2,
+            ended_at=at(20),
+            message="aborted",
+        ),
+        CanaryRun(version="3", phase=Phase.SUCCEEDED, model="sentiment", step_index=3, ended_at=at(90)),
     ],
     ids=lambda run: run.phase.value,
 )
@@ -445,10 +492,12 @@ ENDED = [
     CanaryRun(
         version="3",
         phase=Phase.ABORTED,
+        model="sentiment",
         step_index=1,
         failures=2,
         verdict=Verdict.FAILED,
         measured_at=at(40),
+        read_at=at(40),
         measurements=({"metric": "errorRate", "verdict": "Failed", "canary": 12.5, "bound": 1.0},),
         message="aborted after 2 failed measurement(s)",
         ended_at=at(40),
@@ -456,6 +505,7 @@ ENDED = [
     CanaryRun(
         version="3",
         phase=Phase.SUCCEEDED,
+        model="sentiment",
         step_index=3,
         verdict=Verdict.PASSED,
         ended_at=at(90),
@@ -468,7 +518,7 @@ ENDED = [
 @pytest.mark.parametrize("run", ENDED, ids=lambda run: run.phase.value)
 def test_an_ended_run_is_kept_in_last_canary_with_what_it_still_decides_on(run: CanaryRun) -> None:
     record = canary.to_record(run, spec().canary)  # type: ignore[arg-type]
-    assert set(record) == {"version", "phase", "step", "message", "endedAt", "analysis"}
+    assert set(record) == {"model", "version", "phase", "step", "message", "endedAt", "analysis"}
     assert record["step"] == ("2/3" if run.phase is Phase.ABORTED else "3/3")
     # Its pods are gone: status names no canary track, and the record alone is the run.
     kept = canary.recorded_run({"lastCanary": record})

@@ -647,8 +647,12 @@ def test_status_names_versions_run_ids_and_split() -> None:
         "replicas": 2,
         "availableReplicas": 2,
         "since": None,
-        # A fixed weight is a canary run waiting for a human to promote it.
+        # A fixed weight is a canary run waiting for a human to promote it, at its weight since
+        # it was in place.
         "phase": "AwaitingPromotion",
+        "model": "sentiment",
+        "promotingFrom": "2",
+        "stepStartedAt": "2026-11-23T12:00:00Z",
         "message": "move @production to version 3 to promote it",
         "weight": 20,
     }

@@ -15,7 +15,7 @@ from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, MetricResult, Verdict
 from aliasroll.planning.canary import AnalysisResult
 from aliasroll.planning.planner import Plan, plan
-from aliasroll.planning.records import SetAlias, TagVersion
+from aliasroll.planning.records import AliasChange, TagVersion
 from aliasroll.planning.state import ObservedState, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.spec import ModelDeploymentSpec, Track
@@ -150,8 +150,8 @@ def test_auto_promotion_moves_the_alias_then_production_rolls_and_it_succeeds() 
         cluster.step(the_spec, view("2", "3"), second)
         second += 1
         assert second < 400
-    moves = [w for w in cluster.plans[-1].writes if isinstance(w, SetAlias)]
-    assert [(m.alias, m.version) for m in moves] == [("production", "3")]
+    moves = [w for w in cluster.plans[-1].writes if isinstance(w, AliasChange)]
+    assert [(m.alias, m.expect, m.to) for m in moves] == [("production", "2", "3")]
     # The registry now says production is 3 (the canary alias stays on 3 too).
     for later in range(second, second + 5):
         cluster.step(the_spec, view("3", "3"), later)
@@ -162,6 +162,6 @@ def test_auto_promotion_moves_the_alias_then_production_rolls_and_it_succeeds() 
     assert (record["phase"], record["version"], record["step"]) == ("Succeeded", "3", "3/3")
     spans = [(h["track"], h["version"], h.get("outcome")) for h in cluster.status["history"]]
     assert spans == [("production", "2", None), ("canary", "3", "Succeeded"), ("production", "3", None)]
-    assert not [w for w in cluster.plans[-1].writes if isinstance(w, SetAlias)], "moved once, not again"
+    assert not [w for w in cluster.plans[-1].writes if isinstance(w, AliasChange)], "moved once, not again"
     assert cluster.events.count(reasons.CANARY_PROMOTING) == 1
     assert cluster.events.count(reasons.CANARY_PROMOTED) == 1

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # A replica that does not lead runs no pass: its workers wait until leadership wakes them all.
 STANDBY = PassResult(next_in=None)
+# A pass the fence refused while this replica still leads (a renewal running late closed it for a
+# moment, without a step-down, so no new leadership will wake the resource): it comes again soon.
+FENCE_FLICKER = PassResult(next_in=2.0)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -134,6 +137,7 @@ class Runtime:
             field_manager=MANAGER,
         )
         self._passed: set[str] = set()  # uids this process ran passes for since it last led
+        self._last_pass: dict[str, float] = {}  # uid -> when its last pass began (monotonic)
         self.listeners = self._listeners(config)
         metrics.QUEUE_DEPTH.set_function(lambda: self.scheduler.pending)
 
@@ -195,6 +199,7 @@ class Runtime:
 
     def _forget(self, uid: str) -> None:
         self._passed.discard(uid)
+        self._last_pass.pop(uid, None)
         self.reconciler.forget(uid)
 
     def _forget_passes(self) -> None:
@@ -204,18 +209,23 @@ class Runtime:
         for uid in self._passed:
             self.reconciler.forget(uid)
         self._passed.clear()
+        self.tags.stepped_down()  # the next leader plans from status what is still to be written
 
     async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> PassResult:
         if not self.leading:
-            return STANDBY
-        self._passed.add(str((body.get("metadata") or {}).get("uid") or ""))
+            return FENCE_FLICKER if self.fence.raised else STANDBY
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        self._passed.add(uid)
         began = time.perf_counter()
+        if (last := self._last_pass.get(uid)) is not None:
+            metrics.PASS_INTERVAL_SECONDS.observe(time.monotonic() - last)
+        self._last_pass[uid] = time.monotonic()
         outcome = "failed"  # also when the pass raises (the scheduler logs and retries it)
         try:
             fenced = await self.fence.run(self.reconciler.reconcile(body, wake=wake))
             if fenced is None:  # leadership ended during the pass, which was cancelled
                 outcome = "stepped_down"
-                return STANDBY
+                return FENCE_FLICKER if self.fence.raised else STANDBY
             result = fenced
             outcome = "gone" if result.gone else "failed" if result.failed is not None else "ok"
         finally:

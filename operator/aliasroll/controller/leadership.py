@@ -195,6 +195,12 @@ class Fence:
     def open(self) -> bool:
         return self._open and self._valid()
 
+    @property
+    def raised(self) -> bool:
+        """Leading, as the elector last said, whether or not the lease is still valid on the clock
+        this instant: a renewal running late closes `open` for a moment without a step-down."""
+        return self._open
+
     def bind(self, valid: Callable[[], bool]) -> None:
         """Also closed whenever `valid()` is false (the elector's lease, on the clock)."""
         self._valid = valid
@@ -278,6 +284,12 @@ class FencedRegistry(RegistryPoller):
     async def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
         self._fence.check()
         await super().delete_alias(endpoint, model, alias)
+
+    async def change_alias(
+        self, endpoint: Endpoint, model: str, alias: str, *, expect: str, to: str | None
+    ) -> dict[str, str]:
+        self._fence.check()
+        return await super().change_alias(endpoint, model, alias, expect=expect, to=to)
 
     async def set_version_tags(
         self, endpoint: Endpoint, model: str, version: str, tags: Mapping[str, str]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from lightkube import AsyncClient
 
-from aliasroll import reasons
+from aliasroll import metrics, reasons
 from aliasroll.controller.measuring import Analyzer
 from aliasroll.controller.records import InlineTags, TagsState
 from aliasroll.errors import (
@@ -28,8 +28,8 @@ from aliasroll.kube.applier import Applier
 from aliasroll.kube.observe import OwnedObjects, observe, taken_names
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import health, planner
-from aliasroll.planning.canary import AnalysisResult
-from aliasroll.planning.records import DeleteAlias, RegistryWrite, SetAlias, TagVersion
+from aliasroll.planning.canary import AliasWrite, AnalysisResult
+from aliasroll.planning.records import AliasChange, RegistryWrite, TagVersion
 from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.registry.poller import RegistryPoller, Wake
@@ -144,6 +144,8 @@ class Reconciler:
         # a moment later, and a pass that ran on the older body would otherwise announce the same
         # rollout twice. Empty after a restart, when the listed bodies are current anyway.
         self._written: dict[str, Mapping[str, Any]] = {}
+        # A measurement whose pass could not write its status, by uid (_keep_unrecorded).
+        self._unrecorded: dict[str, AnalysisResult] = {}
 
     async def reconcile(self, body: Mapping[str, Any], *, wake: Wake) -> PassResult:
         try:
@@ -199,17 +201,21 @@ class Reconciler:
         self._write_failures.pop(owner.uid, None)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
-        # Registry writes before status, so status never says an alias moved that did not.
-        recorded, problems, tags = await self._record(owner, spec.model.name, endpoint, plan.writes, wake)
+        changes = [write for write in plan.writes if isinstance(write, AliasChange)]
+        tags = await self._submit_tags(owner, spec.model.name, endpoint, plan.writes, wake)
         status = planner.with_records(
             plan.status,
             previous_status,
-            problems=[*problems, *tags.problems],
+            problems=list(tags.problems),
             pending=tags.pending,
             wrote=bool(plan.writes),
             owner=owner,
             now=now,
         )
+        # Status says an alias change is being made before it is (records.AliasChange): a pass that
+        # stops half-way never makes it twice, and an abort is recorded before its @canary goes.
+        for change in changes:
+            status = planner.with_alias_write(status, change.run, AliasWrite.ATTEMPTED)
         if written or pruned or _moved_on(status, previous_status):
             self._tags.progressed()  # tags wait while rollouts come in a burst
         try:
@@ -217,9 +223,15 @@ class Reconciler:
                 return GONE
         except KubernetesApplyFailed as error:
             log.error("%s/%s: %s", owner.namespace, owner.name, error)
+            self._keep_unrecorded(owner.uid, analysis)
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
-        for event in (*plan.events, *recorded):
+        self._unrecorded.pop(owner.uid, None)
+        for event in plan.events:
             self._events.post(body, event)
+        if changes and endpoint is not None:
+            done = await self._change_aliases(body, owner, spec.model.name, endpoint, changes, status, now)
+            if done is GONE:
+                return GONE
         failed = view.error if view.error is not None and view.error.transient else None
         next_in = spec.registry.poll_seconds
         if health.at_rest(status) and view.error is None:
@@ -254,41 +266,90 @@ class Reconciler:
         run = canary_run.from_status(previous_status.get("canary"))
         if run is None or not canary_run.measurement_due(spec, run, now):
             return None
+        kept = self._unrecorded.pop(owner.uid, None)
+        if kept is not None and kept.version == run.version:
+            return kept
         return await self._analyzer.measure(
             owner=owner, spec=spec, run=run, previous_status=previous_status, now=now
         )
 
-    async def _record(
+    async def _submit_tags(
         self,
         owner: ResourceRef,
         model: str,
         endpoint: Endpoint | None,
         writes: tuple[RegistryWrite, ...],
         wake: Wake,
-    ) -> tuple[list[EventRecord], list[str], TagsState]:
-        """Makes the plan's alias writes and hands its tags to the tag writer: (events of the alias
-        writes made, problems of the ones refused, the tags' state). A registry that refuses
-        writes never stops the pass: serving goes on, a condition says why."""
-        if endpoint is None or not writes:
-            return [], [], TagsState()
+    ) -> TagsState:
+        """Hands the plan's version tags to the tag writer (they never hold a pass up)."""
+        tags = [write for write in writes if isinstance(write, TagVersion)]
+        if endpoint is None or not tags:
+            return TagsState()
+        return await self._tags.submit(owner, endpoint, model, tags, wake)
+
+    async def _change_aliases(
+        self,
+        body: Mapping[str, Any],
+        owner: ResourceRef,
+        model: str,
+        endpoint: Endpoint,
+        changes: list[AliasChange],
+        status: Mapping[str, Any],
+        now: datetime,
+    ) -> PassResult | None:
+        """Makes the alias changes status now says are being made (evidence first), then writes how
+        they went: Made, or Planned again (retried by a later pass) when the registry failed. An alias
+        that no longer names what the change expects is left alone: a human moved it, and the next
+        pass, seeing the registry's answer, says so. Returns GONE when the resource went meanwhile."""
         events: list[EventRecord] = []
         problems: list[str] = []
-        for write in writes:
+        for change in changes:
+            state = AliasWrite.PLANNED
             try:
-                if isinstance(write, SetAlias):
-                    await self._registry.set_alias(endpoint, model, write.alias, write.version)
-                elif isinstance(write, DeleteAlias):
-                    await self._registry.delete_alias(endpoint, model, write.alias)
-                else:
-                    continue
+                if change.evidence is not None:
+                    await self._registry.set_version_tags(
+                        endpoint, model, change.evidence.version, change.evidence.tags
+                    )
+                found = await self._registry.change_alias(
+                    endpoint, model, change.alias, expect=change.expect, to=change.to
+                )
             except AliasrollError as error:
                 log.warning("%s/%s: registry write failed: %s", owner.namespace, owner.name, error)
+                metrics.REGISTRY_WRITES.labels("alias", error.reason).inc()
                 problems.append(error.message)
-                continue
-            if write.event is not None:
-                events.append(write.event)
-        tags = [write for write in writes if isinstance(write, TagVersion)]
-        return events, problems, await self._tags.submit(owner, endpoint, model, tags, wake)
+            else:
+                if found.get(change.alias) == change.expect:
+                    metrics.REGISTRY_WRITES.labels("alias", "written").inc()
+                    state = AliasWrite.MADE
+                    events.append(change.event)
+                else:
+                    metrics.REGISTRY_WRITES.labels("alias", "moved").inc()
+                    log.info(
+                        "%s/%s: @%s names %s, not %s: left as it is",
+                        owner.namespace, owner.name, change.alias, found.get(change.alias), change.expect,
+                    )  # fmt: skip
+                    # A removal has nothing left to do; a promotion is never to be made now: the
+                    # next pass calls it off.
+                    state = AliasWrite.MADE if change.to is None else AliasWrite.ATTEMPTED
+            status = planner.with_alias_write(status, change.run, state)
+        if problems:
+            status = planner.with_records(status, status, problems=problems, wrote=True, owner=owner, now=now)
+        try:
+            if not await self._write_status(body, owner, status):
+                return GONE
+        except KubernetesApplyFailed as error:
+            # The changes' outcome is not in status: the next pass reads them as Attempted (a made
+            # removal is seen in the registry; a made promotion too, or a human's move wins).
+            log.error("%s/%s: %s", owner.namespace, owner.name, error)
+        for event in events:
+            self._events.post(body, event)
+        return None
+
+    def _keep_unrecorded(self, uid: str, analysis: AnalysisResult | None) -> None:
+        """A measurement whose status could not be written is used by the next pass instead of a new
+        reading: the metrics reader's baseline has moved past its window, which would be lost."""
+        if analysis is not None and analysis.measurement is not None:
+            self._unrecorded[uid] = analysis
 
     def forget(self, uid: str) -> None:
         """The resource is gone (or no longer watched): drop its subscription and memory."""
@@ -297,6 +358,7 @@ class Reconciler:
             self._secrets.release(uid)
         self._written.pop(uid, None)
         self._write_failures.pop(uid, None)
+        self._unrecorded.pop(uid, None)
         self._tags.forget(uid)
         self._analyzer.forget(uid)
 

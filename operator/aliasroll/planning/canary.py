@@ -1,20 +1,34 @@
 """The watched canary: which step a canary version is at, what its analysis says, and when it is
 promoted or aborted. Pure, like the rest of the planner.
 
-A canary *run* is one version's way through the steps; status.canary keeps it beside the canary
-track it describes, so a restarted operator resumes at the same step (its start time is in status)
-and posts no event twice. Each pass:
+A canary *run* is one (model, version)'s way through the steps; status.canary keeps it beside the
+canary track it describes, so a restarted operator resumes at the same step (its start time is in
+status) and posts no event twice. Each pass:
 
     advance(previous run, registry, measurement, now)  -> the run after what happened since
     weight(run)                                       -> the share of requests to ask for now
     settle(run, whether that share is in place, now)  -> the step's clock starts once it is
 
-A run ends Aborted (a failed analysis: its workload goes, and the same version is not retried
-until @canary moves to another one) or Succeeded (production runs the version: promoted by the
-operator, or by a human moving @production). status.canary describes only a canary track that
-runs (an ended run's pods while they drain, with its phase); how the run ended is kept in
-status.lastCanary (`to_record`) until @canary names another version, and for good in the history's
-span (its outcome) and the version's tags in MLflow.
+A run ends Aborted (a failed analysis, or no progress within spec.canary.progressDeadline: its
+workload goes, and the same version is not retried until @canary moves to another one) or Succeeded
+(production runs the version: promoted by the operator, or by a human moving @production).
+status.canary describes only a canary track that runs (an ended run's pods while they drain, with
+its phase); how the run ended is kept in status.lastCanary (`to_record`) until @canary names another
+version, and for good in the history's span (its outcome) and the version's tags in MLflow.
+
+The promises this module keeps, whatever the order of passes, restarts, outages and edits:
+- A step passes, and so a promotion happens, only on a Passed measurement whose whole window lies
+  inside the step. A reading that could not be judged (metrics unreadable, a baseline after a
+  restart, too little traffic) never stands in for one: the step holds, and says why and since when.
+- A failed measurement counts once, whatever the registry does meanwhile (a registry outage only
+  holds back the decisions that need it: starting and ending runs on alias moves).
+- The operator moves @production at most once per run, and only while it still points where the run
+  found it (`AliasWrite`: the intent is in status before the write, which re-reads the alias first).
+  Once made, any other value is a human's and wins; so does any move made before it.
+- The phase follows from the spec in force and the run (`_conform`): an edit of the steps, the
+  analysis or the promotion mode maps a run in flight to a state it can finish from.
+- The next pass is asked for at the next future event only (a step's end, a measurement, the progress
+  deadline): a step that holds is not passed every second.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from typing import Any
 from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, Verdict
 from aliasroll.planning.state import EventRecord
-from aliasroll.spec import CanarySpec, ModelDeploymentSpec, Promotion
+from aliasroll.spec import CanarySpec, ModelDeploymentSpec, OnAbort, Promotion
 
 
 class Phase(StrEnum):
@@ -41,9 +55,23 @@ class Phase(StrEnum):
     SUCCEEDED = "Succeeded"
 
 
+class AliasWrite(StrEnum):
+    """The operator's own alias change for a run (promotion: @production to the run's version; an
+    abort with onAbort removeAlias: @canary removed), as status records it around the write."""
+
+    PLANNED = "Planned"  # decided: the next write of status says it is being made, then it is made
+    ATTEMPTED = "Attempted"  # status says it is being made: never made a second time
+    MADE = "Made"  # the registry took it
+
+
 ENDED = frozenset({Phase.ABORTED, Phase.SUCCEEDED})
 LAST_CANARY = "lastCanary"  # the status key of an ended run's record
 MEASURED = frozenset({Phase.ANALYZING, Phase.AWAITING_PROMOTION})
+# Waiting for what a run needs (its weight in place, a measurement that lets its step pass) counts
+# towards the progress deadline in these phases only: a human's turn (AwaitingPromotion), a pause
+# and production's own rollout (Promoting) do not.
+DEADLINED = frozenset({Phase.PROGRESSING, Phase.ANALYZING})
+HOLDING = "holding step"  # the start of the message of a step whose time is up but has not passed
 
 
 @dataclass(frozen=True)
@@ -52,21 +80,36 @@ class CanaryRun:
 
     version: str
     phase: Phase
+    # The registered model the version belongs to (a run is one model's version: a rename starts
+    # another). None in a status written before runs named their model: taken as the spec's.
+    model: str | None = None
     step_index: int = 0  # 0-based; len(steps) once every step passed
     step_started_at: datetime | None = None  # when the step's weight was in place
     failures: int = 0
-    verdict: Verdict | None = None  # the last measurement's
+    # The last judged measurement (Passed, Failed or Inconclusive) and the window it judged.
+    verdict: Verdict | None = None
     measured_at: datetime | None = None
-    measurements: tuple[Mapping[str, Any], ...] = ()  # the last measurement's metrics, for status
+    window_start: datetime | None = None
+    measurements: tuple[Mapping[str, Any], ...] = ()  # its metrics, for status
+    # The last reading of the metrics, judged or not (a baseline, an unreadable source): the next
+    # one is due an interval after it.
+    read_at: datetime | None = None
+    # Since when the run waits for what it needs to move on (its weight in place; a measurement that
+    # lets a step whose time is up pass). The progress deadline counts from it; status shows it.
+    waiting_since: datetime | None = None
     message: str = ""
     ended_at: datetime | None = None
-    # Promoting by the operator: the version @production pointed at when it decided to move it. The
-    # alias is moved only while it still points there, so a human's later move always wins.
+    # The version @production pointed at when the run began: the operator promotes only from there,
+    # so a human's move of @production during the run (a hotfix, a rollback) is never overwritten.
     promoting_from: str | None = None
+    alias_write: AliasWrite | None = None
 
     @property
     def ended(self) -> bool:
         return self.phase in ENDED
+
+    def of(self, model: str) -> bool:
+        return self.model is None or self.model == model
 
 
 @dataclass(frozen=True)
@@ -89,6 +132,9 @@ class Registry:
     canary_alias: str | None  # the version @canary points at (usable or not); None: no alias
     production_alias: str | None  # the version @production points at
     production_settled: str | None  # the version production's pods all run, rolled out
+    # False when the registry did not answer this pass and the aliases are the last ones known:
+    # runs go on (measured, stepped, aborted) but none starts or ends on an alias move.
+    fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,8 +143,11 @@ class Advance:
     events: tuple[EventRecord, ...] = ()
 
 
+# ------------------------------------------------------------------------------------ status
+
+
 def from_status(entry: Mapping[str, Any] | None) -> CanaryRun | None:
-    """The run status.canary describes; None for a status written before runs existed."""
+    """The run status.canary (or status.lastCanary) describes; None for a status without one."""
     if not entry or not entry.get("version") or not entry.get("phase"):
         return None
     try:
@@ -106,19 +155,23 @@ def from_status(entry: Mapping[str, Any] | None) -> CanaryRun | None:
     except ValueError:
         return None
     analysis = entry.get("analysis") or {}
-    verdict = analysis.get("verdict")
     return CanaryRun(
         version=str(entry["version"]),
         phase=phase,
+        model=str(entry["model"]) if entry.get("model") else None,
         step_index=_step_index(entry),
         step_started_at=_time(entry.get("stepStartedAt")),
         failures=int(analysis.get("failures") or 0),
-        verdict=_verdict(verdict),
+        verdict=_verdict(analysis.get("verdict")),
         measured_at=_time(analysis.get("measuredAt")),
+        window_start=_time(analysis.get("windowStart")),
         measurements=tuple(analysis.get("metrics") or ()),
+        read_at=_time(analysis.get("readAt")) or _time(analysis.get("measuredAt")),
+        waiting_since=_time(entry.get("waitingSince")),
         message=str(entry.get("message") or ""),
         ended_at=_time(entry.get("endedAt")),
         promoting_from=entry.get("promotingFrom") or None,
+        alias_write=_alias_write(entry.get("aliasWrite")),
     )
 
 
@@ -134,11 +187,11 @@ def recorded_run(status: Mapping[str, Any]) -> CanaryRun | None:
 
 def to_record(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
     """status.lastCanary: how an ended run ended, with only what it still decides on (the version
-    not to run again, the outcome and its tags' contents); the rest lived with the pods."""
+    not to run again, an alias change still to make, the outcome and its tags' contents)."""
     entry = {
         key: value
         for key, value in to_status(run, canary).items()
-        if key in ("version", "phase", "step", "message", "endedAt")
+        if key in ("model", "version", "phase", "step", "message", "endedAt", "aliasWrite")
     }
     if canary.analysis is not None:
         analysis: dict[str, Any] = {"failures": run.failures}
@@ -153,17 +206,24 @@ def to_record(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
 def to_status(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
     """The run's fields of status.canary (beside the version, pods and weight the planner adds)."""
     entry: dict[str, Any] = {"version": run.version, "phase": run.phase.value}
+    if run.model is not None:
+        entry["model"] = run.model
     if canary.steps:
         shown = min(run.step_index + 1, len(canary.steps))
         entry |= {"stepIndex": run.step_index, "step": f"{shown}/{len(canary.steps)}"}
     if run.step_started_at is not None:
         entry["stepStartedAt"] = stamp(run.step_started_at)
+    if run.waiting_since is not None and not run.ended:
+        entry["waitingSince"] = stamp(run.waiting_since)
     if canary.analysis is not None:
         analysis: dict[str, Any] = {"failures": run.failures, "failureLimit": canary.analysis.failure_limit}
         if run.verdict is not None:
             analysis["verdict"] = run.verdict.value
-        if run.measured_at is not None:
-            analysis["measuredAt"] = stamp(run.measured_at)
+        for key, moment in (("measuredAt", run.measured_at), ("windowStart", run.window_start)):
+            if moment is not None:
+                analysis[key] = stamp(moment)
+        if run.read_at is not None and run.read_at != run.measured_at:
+            analysis["readAt"] = stamp(run.read_at)  # a later reading that judged nothing
         if run.measurements:
             analysis["metrics"] = [dict(metric) for metric in run.measurements]
         entry["analysis"] = analysis
@@ -173,7 +233,12 @@ def to_status(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
         entry["endedAt"] = stamp(run.ended_at)
     if run.promoting_from is not None:
         entry["promotingFrom"] = run.promoting_from
+    if run.alias_write is not None:
+        entry["aliasWrite"] = run.alias_write.value
     return entry
+
+
+# ------------------------------------------------------------------------------------ a pass
 
 
 def advance(
@@ -187,13 +252,34 @@ def advance(
     canary = spec.canary
     if canary is None or not spec.canary_wanted:
         return Advance(run=None)  # no canary asked for: nothing to keep
+    model = spec.model.name
+    if previous is not None and not previous.of(model):
+        previous = None  # another model's run (spec.model.name changed): it says nothing of this one
+    if previous is not None and previous.model is None:
+        previous = replace(previous, model=model)
+    if previous is not None and previous.promoting_from is None and registry.fresh and not previous.ended:
+        # A run from a status that did not say where production was: from where it is now.
+        previous = replace(previous, promoting_from=registry.production_alias)
+    if not registry.fresh:
+        # The aliases are the last ones known: the run goes on as it was; none starts or ends.
+        return (
+            Advance(run=None)
+            if previous is None
+            else _same_version(spec, canary, previous, registry, analysis, now)
+        )
     wanted = registry.canary_alias
     if previous is not None and (wanted is None or wanted == previous.version):
         return _same_version(spec, canary, previous, registry, analysis, now)
     if wanted is None or wanted == registry.production_alias:
         return Advance(run=None)  # no canary alias, or one on production's version: no canary
-    # A new version under @canary: its own run from the first step.
-    first = CanaryRun(version=wanted, phase=Phase.PROGRESSING)
+    # A new version under @canary: its own run from the first step, waiting for its weight.
+    first = CanaryRun(
+        version=wanted,
+        phase=Phase.PROGRESSING,
+        model=model,
+        waiting_since=now,
+        promoting_from=registry.production_alias,
+    )
     return Advance(run=_paused(spec, first))
 
 
@@ -206,48 +292,135 @@ def _same_version(
     now: datetime,
 ) -> Advance:
     if run.ended:
-        return Advance(run=run)  # the record stays until @canary names another version
+        return Advance(run=_removal_settled(canary, run, registry))
     if registry.production_alias == run.version:
         # Promoted, by the operator's own alias move or a human's: the remaining steps are skipped.
         if registry.production_settled == run.version:
             if not canary.watched:
                 return Advance(run=None)  # a plain fixed weight keeps no record, as before runs existed
             message = f"production runs version {run.version} on every replica"
-            return Advance(run=replace(run, phase=Phase.SUCCEEDED, message=message, ended_at=now))
+            ended = replace(run, phase=Phase.SUCCEEDED, message=message, ended_at=now, waiting_since=None)
+            return Advance(run=replace(ended, alias_write=_made(ended.alias_write)))
         message = f"@{spec.model.alias} points at version {run.version}: production is rolling to it"
-        return Advance(run=replace(run, phase=Phase.PROMOTING, message=message))
-    if registry.canary_alias is None:
+        return Advance(
+            run=replace(
+                run,
+                phase=Phase.PROMOTING,
+                message=message,
+                waiting_since=None,
+                alias_write=_made(run.alias_write),
+            )
+        )
+    if registry.canary_alias is None and registry.fresh:
         return Advance(run=None)  # @canary was deleted: the canary ends, nothing to record
     if run.phase is Phase.PROMOTING:
-        if registry.production_alias == run.promoting_from:
-            return Advance(run=run)  # the operator's alias move is still to be seen in the registry
-        # Someone moved @production elsewhere meanwhile: theirs stands, the promotion is called off.
-        message = (
-            f"@{spec.model.alias} was moved to version {registry.production_alias} while the operator "
-            f"was promoting version {run.version}: promotion called off; move @{spec.model.alias} to promote"
-        )
-        event = EventRecord("Warning", reasons.PROMOTION_CALLED_OFF, message)
-        return Advance(
-            run=replace(run, phase=Phase.AWAITING_PROMOTION, promoting_from=None, message=message),
-            events=(event,),
-        )
+        return _promoting(spec, canary, run, registry, now)
     if spec.suspend:
         return Advance(run=_paused(spec, run))
     if run.phase is Phase.PAUSED:
-        run = replace(run, phase=Phase.PROGRESSING, step_started_at=None, message="")
+        run = replace(run, phase=Phase.PROGRESSING, step_started_at=None, message="", waiting_since=now)
 
     events: list[EventRecord] = []
+    run = _conform(spec, canary, run, now)
     run = _measured(canary, run, analysis, events)
     if run.phase is Phase.ABORTED:
-        return Advance(run=replace(run, ended_at=now), events=tuple(events))
+        return Advance(run=_aborted(canary, run, now), events=tuple(events))
     run = _next_step(spec, canary, run, registry, now, events)
+    run = _deadline(spec, canary, run, now, events)
+    if run.phase is Phase.ABORTED:
+        return Advance(run=_aborted(canary, run, now), events=tuple(events))
     return Advance(run=run, events=tuple(events))
+
+
+def _promoting(
+    spec: ModelDeploymentSpec, canary: CanarySpec, run: CanaryRun, registry: Registry, now: datetime
+) -> Advance:
+    """The operator decided to move @production (production does not point at the run's version)."""
+    if not registry.fresh:
+        return Advance(run=run)  # the aliases are the last ones known: decided when it answers
+    if (
+        canary.promotion is Promotion.AUTO
+        and run.alias_write is AliasWrite.PLANNED
+        and registry.production_alias == run.promoting_from
+    ):
+        return Advance(run=run)  # not made yet: the write re-reads the alias before it moves it
+    # A human moved @production (back to where it was, or elsewhere) after or before the operator's
+    # move, or the operator cannot tell whether its move was made: theirs stands.
+    alias = spec.model.alias
+    if run.alias_write is AliasWrite.ATTEMPTED and registry.production_alias == run.promoting_from:
+        why = f"the operator could not confirm its move of @{alias} to version {run.version}"
+    elif canary.promotion is not Promotion.AUTO and run.alias_write is AliasWrite.PLANNED:
+        why = "spec.canary.promotion is manual now"
+    elif run.alias_write is None:
+        why = f"@{alias} no longer points at version {run.version} (it names {registry.production_alias})"
+    else:
+        why = f"@{alias} was moved to version {registry.production_alias} while the operator was promoting it"
+    message = f"{why}: promotion called off; move @{alias} to version {run.version} to promote it"
+    event = EventRecord("Warning", reasons.PROMOTION_CALLED_OFF, f"version {run.version}: {message}")
+    called_off = replace(run, phase=Phase.AWAITING_PROMOTION, alias_write=None, message=message)
+    return Advance(run=called_off, events=(event,))
+
+
+def _removal_settled(canary: CanarySpec, run: CanaryRun, registry: Registry) -> CanaryRun:
+    """An aborted run whose @canary removal is pending: done once the alias no longer names it."""
+    pending = run.alias_write in (AliasWrite.PLANNED, AliasWrite.ATTEMPTED)
+    if run.phase is Phase.ABORTED and pending and registry.fresh and registry.canary_alias != run.version:
+        return replace(run, alias_write=AliasWrite.MADE)
+    return run
+
+
+def _aborted(canary: CanarySpec, run: CanaryRun, now: datetime) -> CanaryRun:
+    removal = AliasWrite.PLANNED if canary.on_abort is OnAbort.REMOVE_ALIAS else None
+    return replace(run, ended_at=now, waiting_since=None, alias_write=removal, promoting_from=None)
+
+
+def _made(write: AliasWrite | None) -> AliasWrite | None:
+    """Production points at the run's version: an intended move is done (by whoever made it)."""
+    return AliasWrite.MADE if write is not None else None
 
 
 def _paused(spec: ModelDeploymentSpec, run: CanaryRun) -> CanaryRun:
     if not spec.suspend:
         return run
-    return replace(run, phase=Phase.PAUSED, message="spec.suspend is true: the canary holds its step")
+    return replace(
+        run,
+        phase=Phase.PAUSED,
+        waiting_since=None,
+        message="spec.suspend is true: the canary holds its step",
+    )
+
+
+def _conform(spec: ModelDeploymentSpec, canary: CanarySpec, run: CanaryRun, now: datetime) -> CanaryRun:
+    """The run as the spec in force has it: steps added, removed, shortened or lengthened, an analysis
+    added or removed, promotion switched. The step index, its start and the verdicts stay; the phase
+    is what they mean under this spec."""
+    if not canary.steps:
+        # A fixed weight: at it (once in place) until a human promotes. `step_started_at` says since
+        # when the weight is in place; one carried over from steps no longer holds.
+        if run.phase is Phase.AWAITING_PROMOTION and run.step_index == 0:
+            return run
+        return replace(
+            run,
+            phase=Phase.PROGRESSING,
+            step_index=0,
+            step_started_at=None,
+            waiting_since=run.waiting_since or now,
+        )
+    if run.phase is Phase.AWAITING_PROMOTION and run.step_index < len(canary.steps):
+        # Steps lengthened past the ones every one of which passed, or a fixed weight turned into
+        # steps: the run resumes at its step, whose weight is not in place yet.
+        run = replace(run, step_started_at=None, waiting_since=None)
+    if run.step_index >= len(canary.steps):
+        # Every step of the spec in force passed (it may have been shortened below the step the run
+        # was at): as when the last one passes.
+        if run.phase is Phase.AWAITING_PROMOTION:
+            return run
+        return replace(run, phase=Phase.PROGRESSING, step_started_at=None)  # _next_step decides
+    if run.step_started_at is None:
+        return replace(run, phase=Phase.PROGRESSING, waiting_since=run.waiting_since or now)
+    # A step that started: measured when there is an analysis, timed alone when not.
+    phase = Phase.ANALYZING if canary.analysis is not None else Phase.PROGRESSING
+    return replace(run, phase=phase)
 
 
 def _measured(
@@ -257,7 +430,7 @@ def _measured(
         return run
     if run.phase not in MEASURED:
         return run
-    run = replace(run, measured_at=result.measured_at)
+    run = replace(run, read_at=result.measured_at)
     if result.error is not None:
         return replace(
             run, message=f"the analysis could not read metrics (not counted as a failure): {result.error}"
@@ -266,9 +439,14 @@ def _measured(
     if measurement is None:
         return replace(run, message="baseline taken; the first measurement follows in one interval")
     before = run.verdict
+    window_start = result.window_start or result.measured_at - timedelta(
+        seconds=canary.analysis.interval_seconds
+    )
     run = replace(
         run,
         verdict=measurement.verdict,
+        measured_at=result.measured_at,
+        window_start=window_start,
         measurements=tuple(measurement.to_status().get("metrics", ())),
         message=measurement.message,
     )
@@ -306,40 +484,104 @@ def _next_step(
     now: datetime,
     events: list[EventRecord],
 ) -> CanaryRun:
-    """Moves past every step whose time is up and whose analysis passed in it."""
+    """Moves past a step whose time is up and whose analysis passed in it; after the last, promotes
+    (auto) or waits for a human."""
     if not canary.steps or run.phase not in (Phase.PROGRESSING, Phase.ANALYZING):
         return run
-    if run.step_index >= len(canary.steps) or run.step_started_at is None:
-        return run
-    step = canary.steps[run.step_index]
-    if now < run.step_started_at + timedelta(seconds=step.duration_seconds):
-        return run
-    if canary.analysis is not None and not _passed_in_step(run, canary.analysis.interval_seconds):
-        if run.verdict is Verdict.INCONCLUSIVE:
-            return replace(run, message=f"holding step {run.step_index + 1}: {run.message}")
-        return run  # the step's time is up; its first passed measurement ends it
-    following = run.step_index + 1
-    run = replace(run, step_index=following, step_started_at=None, phase=Phase.PROGRESSING, message="")
-    if following < len(canary.steps):
-        return run
+    if run.step_index < len(canary.steps):
+        if run.step_started_at is None:
+            return run
+        step = canary.steps[run.step_index]
+        ends = run.step_started_at + timedelta(seconds=step.duration_seconds)
+        if now < ends:
+            return run
+        if canary.analysis is not None and not passed_in_step(run):
+            held = replace(run, waiting_since=run.waiting_since or ends)
+            if run.message.startswith(HOLDING):
+                return held  # said since the last reading; the next one may change it
+            return replace(held, message=f"{HOLDING} {run.step_index + 1}: {_holding(run)}")
+        following = run.step_index + 1
+        run = replace(
+            run,
+            step_index=following,
+            step_started_at=None,
+            phase=Phase.PROGRESSING,
+            message="",
+            waiting_since=now,
+        )
+        if following < len(canary.steps):
+            return run
+    alias = spec.model.alias
     if canary.promotion is Promotion.AUTO:
-        message = f"every step passed: moving @{spec.model.alias} to version {run.version} in MLflow"
-        events.append(EventRecord("Normal", reasons.CANARY_PROMOTING, message))
-        return replace(run, phase=Phase.PROMOTING, message=message, promoting_from=registry.production_alias)
-    message = f"every step passed: move @{spec.model.alias} to version {run.version} to promote it"
+        if registry.production_alias is None:
+            return run  # nothing known to move it from (never served): the next answer decides
+        if run.promoting_from is not None and registry.production_alias == run.promoting_from:
+            message = f"every step passed: moving @{alias} to version {run.version} in MLflow"
+            events.append(EventRecord("Normal", reasons.CANARY_PROMOTING, message))
+            return replace(
+                run,
+                phase=Phase.PROMOTING,
+                message=message,
+                alias_write=AliasWrite.PLANNED,
+                waiting_since=None,
+            )
+        # A human moved @production during the run: theirs stands; promoting is theirs too now.
+        message = (
+            f"every step passed, but @{alias} was moved from version {run.promoting_from} to "
+            f"{registry.production_alias} during the run: move @{alias} to version {run.version} "
+            "to promote it"
+        )
+        events.append(EventRecord("Normal", reasons.AWAITING_PROMOTION, message))
+        return replace(run, phase=Phase.AWAITING_PROMOTION, message=message, waiting_since=None)
+    message = f"every step passed: move @{alias} to version {run.version} to promote it"
     events.append(EventRecord("Normal", reasons.AWAITING_PROMOTION, message))
-    return replace(run, phase=Phase.AWAITING_PROMOTION, message=message)
+    return replace(run, phase=Phase.AWAITING_PROMOTION, message=message, waiting_since=None)
 
 
-def _passed_in_step(run: CanaryRun, interval_seconds: float) -> bool:
-    """The last measurement passed, and its window (one interval back) lies within the step: one
-    taken right after the step began would mostly judge the step before it."""
+def passed_in_step(run: CanaryRun) -> bool:
+    """The last judged measurement passed, and the whole window it judged lies within the step: one
+    that reaches back before the step began mostly judged the step before it."""
+    return run.verdict is Verdict.PASSED and _judged_in_step(run)
+
+
+def _judged_in_step(run: CanaryRun) -> bool:
     return (
-        run.verdict is Verdict.PASSED
-        and run.measured_at is not None
+        run.window_start is not None
         and run.step_started_at is not None
-        and run.measured_at >= run.step_started_at + timedelta(seconds=interval_seconds)
+        and run.window_start >= run.step_started_at
     )
+
+
+def _holding(run: CanaryRun) -> str:
+    """Why a step whose time is up has not passed, in the user's terms."""
+    if run.verdict is Verdict.FAILED and _judged_in_step(run):
+        return f"the last measurement failed ({run.failures} so far); it holds for a passing one"
+    if run.verdict is Verdict.INCONCLUSIVE and _judged_in_step(run):
+        return f"waiting for a conclusive measurement ({run.message})"
+    if run.message.startswith("the analysis could not read metrics"):
+        return f"waiting for a measurement: {run.message}"
+    return "waiting for a passing measurement taken wholly within this step"
+
+
+def _deadline(
+    spec: ModelDeploymentSpec, canary: CanarySpec, run: CanaryRun, now: datetime, events: list[EventRecord]
+) -> CanaryRun:
+    """Aborts a run that waited longer than spec.canary.progressDeadline for what it needs."""
+    deadline = canary.progress_deadline_seconds
+    if not deadline or run.phase not in DEADLINED or run.waiting_since is None:
+        return run
+    if now < run.waiting_since + timedelta(seconds=deadline):
+        return run
+    needed = run.message or "its weight in place"
+    message = (
+        f"aborted: no progress for {_duration(deadline)} (spec.canary.progressDeadline), "
+        f"waiting since {stamp(run.waiting_since)}: {needed}"
+    )
+    events.append(EventRecord("Warning", reasons.CANARY_ABORTED, f"version {run.version} {message}"))
+    return replace(run, phase=Phase.ABORTED, message=message)
+
+
+# ------------------------------------------------------------------------------------ the rest of a pass
 
 
 def weight(spec: ModelDeploymentSpec, run: CanaryRun | None) -> int:
@@ -364,40 +606,46 @@ def settle(
     if not canary.steps:
         # A fixed weight: it serves at that weight (measured, with an analysis) until a human promotes.
         message = f"move @{spec.model.alias} to version {run.version} to promote it"
-        return Advance(run=replace(run, phase=Phase.AWAITING_PROMOTION, message=message))
-    if run.step_started_at is not None:
+        return Advance(
+            run=replace(
+                run, phase=Phase.AWAITING_PROMOTION, step_started_at=now, message=message, waiting_since=None
+            )
+        )
+    if run.step_started_at is not None or run.step_index >= len(canary.steps):
         return Advance(run=run)
     phase = Phase.ANALYZING if canary.analysis is not None else Phase.PROGRESSING
     step = canary.steps[run.step_index]
     message = f"step {run.step_index + 1}/{len(canary.steps)} for {_duration(step.duration_seconds)}"
     event = EventRecord("Normal", reasons.CANARY_STEP, f"version {run.version} {message}: {share}")
-    return Advance(run=replace(run, phase=phase, step_started_at=now, message=message), events=(event,))
+    started = replace(run, phase=phase, step_started_at=now, message=message, waiting_since=None)
+    return Advance(run=started, events=(event,))
 
 
 def measurement_due(spec: ModelDeploymentSpec, run: CanaryRun | None, now: datetime) -> bool:
-    """Whether this pass measures: an analysed run at its weight, one interval after the last."""
+    """Whether this pass measures: an analysed run at its weight, one interval after the last reading."""
     canary = spec.canary
     if canary is None or canary.analysis is None or run is None or run.phase not in MEASURED or spec.suspend:
         return False
-    return run.measured_at is None or now >= run.measured_at + timedelta(
-        seconds=canary.analysis.interval_seconds
-    )
+    return run.read_at is None or now >= run.read_at + timedelta(seconds=canary.analysis.interval_seconds)
 
 
 def next_pass_in(spec: ModelDeploymentSpec, run: CanaryRun | None, now: datetime) -> float | None:
-    """Seconds until the run needs a pass of its own (a step ends, a measurement is due)."""
+    """Seconds until the run's next own event (a step ends, a measurement is due, the progress
+    deadline): only events still ahead. A due time already past was acted on by this pass."""
     canary = spec.canary
     if canary is None or run is None or run.ended or spec.suspend:
         return None
     due: list[datetime] = []
     if canary.analysis is not None and run.phase in MEASURED:
-        last = run.measured_at or now
-        due.append(last + timedelta(seconds=canary.analysis.interval_seconds))
+        due.append((run.read_at or now) + timedelta(seconds=canary.analysis.interval_seconds))
     if canary.steps and run.step_started_at is not None and run.step_index < len(canary.steps):
         due.append(run.step_started_at + timedelta(seconds=canary.steps[run.step_index].duration_seconds))
-    if not due:
+    if canary.progress_deadline_seconds and run.phase in DEADLINED and run.waiting_since is not None:
+        due.append(run.waiting_since + timedelta(seconds=canary.progress_deadline_seconds))
+    ahead = [moment for moment in due if moment > now]
+    if not ahead:
         return None
-    return max(0.0, (min(due) - now).total_seconds())
+    return (min(ahead) - now).total_seconds()
 
 
 def stamp(moment: datetime) -> str:
@@ -428,7 +676,16 @@ def _verdict(text: object) -> Verdict | None:
         return None
 
 
+def _alias_write(text: object) -> AliasWrite | None:
+    try:
+        return AliasWrite(str(text)) if text else None
+    except ValueError:
+        return None
+
+
 def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)}m"
     return f"{seconds:g}s"

@@ -213,10 +213,11 @@ def _canary_run(
     now: datetime,
     events: list[EventRecord],
 ) -> tuple[CanaryRun | None, canary_run.Registry | None]:
-    """The canary run after this pass's registry answer and measurement; unchanged without an answer."""
+    """The canary run after this pass's registry answer and measurement, and the registry it decided
+    on (None when the registry did not answer: no registry write is planned then). Without an
+    answer the run still goes on from the aliases last known (a measurement counts, a step passes, a
+    failed analysis aborts), but no run starts or ends on an alias move."""
     previous = canary_run.recorded_run(previous_status)
-    if view.error is not None:
-        return previous, None
     production_now = observed.workloads.get(Track.PRODUCTION)
     settled_version = (
         production_now.version
@@ -227,14 +228,23 @@ def _canary_run(
         )
         else None
     )
-    registry = canary_run.Registry(
-        canary_alias=canary.target.version if canary.target is not None else None,
-        production_alias=view.production.version if view.production is not None else None,
-        production_settled=settled_version,
-    )
+    if view.error is not None:
+        known = (previous_status.get("registry") or {}).get("aliases") or {}
+        registry = canary_run.Registry(
+            canary_alias=previous.version if previous is not None else None,
+            production_alias=known.get(spec.model.alias),
+            production_settled=settled_version,
+            fresh=False,
+        )
+    else:
+        registry = canary_run.Registry(
+            canary_alias=canary.target.version if canary.target is not None else None,
+            production_alias=view.production.version if view.production is not None else None,
+            production_settled=settled_version,
+        )
     advanced = canary_run.advance(spec=spec, previous=previous, registry=registry, analysis=analysis, now=now)
     events += advanced.events
-    return advanced.run, registry
+    return advanced.run, registry if registry.fresh else None
 
 
 def _in_place(placed: _Workloads, observed: ObservedState) -> bool:
@@ -289,7 +299,9 @@ def _place(
         )
         and production_now.replicas == targets[Track.PRODUCTION]
     )
-    hold = frozenset() if canary is not None or production_settled else frozenset({Track.CANARY})
+    # (Nothing is kept for capacity at spec.replicas 0: zero asked for is zero pods in every track.)
+    keep = canary is None and not production_settled and spec.replicas > 0
+    hold = frozenset({Track.CANARY}) if keep else frozenset()
     wanted = {Track.PRODUCTION: production, Track.CANARY: canary}
     rolling = frozenset(
         track
@@ -402,6 +414,7 @@ def _status(
 
     registry = health.registry_condition(spec, view)
     resolved = health.aliases_condition(spec, view, production, canary)
+    previous_conditions = list(previous.get("conditions") or ())
     if placed is None:
         ready, progressing = health.nothing_to_serve(production)
     else:
@@ -411,11 +424,11 @@ def _status(
             rollout=health.Rollout(served=placed.served, targets=placed.targets, canary_share=shown),
             registry_ok=registry.status == conditions.TRUE,
             not_followed=_not_followed(spec, production, placed.served[Track.PRODUCTION]),
+            previous=previous_conditions,  # a stall stays put through a pass that shows no sign of it
         )
     wanted = [ready, progressing, registry, resolved]
     if (analysed := health.canary_condition(spec, run)) is not None:
         wanted.append(analysed)
-    previous_conditions = list(previous.get("conditions") or ())
     events += health.condition_events(previous_conditions, wanted)
     status["conditions"] = conditions.merge(
         previous_conditions, wanted, now=now, observed_generation=owner.generation
@@ -446,6 +459,17 @@ def _not_followed(spec: ModelDeploymentSpec, production: TrackDecision, serving:
     return f"spec.suspend is true: alias moves are not followed{moved}"
 
 
+def with_alias_write(status: Mapping[str, Any], run: str, state: canary_run.AliasWrite) -> dict[str, Any]:
+    """The status with the alias change of the canary run of version `run` in `state` (the reconciler
+    writes it around the change: Attempted before, Made or Planned again after)."""
+    updated = dict(status)
+    for key in (Track.CANARY.value, canary_run.LAST_CANARY):
+        entry = updated.get(key)
+        if isinstance(entry, Mapping) and entry.get("version") == run and entry.get("aliasWrite"):
+            updated[key] = {**entry, "aliasWrite": state.value}
+    return updated
+
+
 def with_records(
     status: Mapping[str, Any],
     previous_status: Mapping[str, Any],
@@ -465,7 +489,8 @@ def with_records(
             reasons.RECORDED,
             FALSE,
             reasons.REGISTRY_WRITE_FAILED,
-            "the registry refused the operator's records (serving is not affected; retried every pass): "
+            "the registry refused the operator's records (serving is not affected; alias moves are "
+            "retried every pass, version tags by the operator with backoff): "
             + "; ".join(dict.fromkeys(problems)),
         )
     elif pending:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aliasroll import reasons
-from aliasroll.planning.canary import CanaryRun, Phase, Registry, stamp
+from aliasroll.planning.canary import AliasWrite, CanaryRun, Phase, Registry, stamp
 from aliasroll.planning.state import EventRecord
 from aliasroll.spec import ModelDeploymentSpec, OnAbort, Promotion, ResourceRef
 
@@ -23,17 +23,20 @@ TAG_PREFIX = "aliasroll.io"
 
 
 @dataclass(frozen=True)
-class SetAlias:
-    alias: str
-    version: str
-    event: EventRecord | None = None  # posted once the registry took the write
+class AliasChange:
+    """An alias the operator moves (a promotion: @production to the canary's version) or removes (an
+    abort with onAbort removeAlias: @canary). Made only after status says it is being made (so a
+    restart never makes it twice), and only while the alias still names `expect`, read just before
+    the write: a human's move, however recent, wins."""
 
-
-@dataclass(frozen=True)
-class DeleteAlias:
+    run: str  # the canary run's version (whose status records the change)
     alias: str
-    version: str  # the version it must still point at (the reconciler checks the view it read)
-    event: EventRecord | None = None
+    expect: str
+    to: str | None  # None: the alias is removed
+    event: EventRecord  # posted once the registry took it
+    # Written first: the record the change would otherwise leave without its evidence (an aborted
+    # run's outcome, before its @canary goes).
+    evidence: TagVersion | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class TagVersion:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
-RegistryWrite = SetAlias | DeleteAlias | TagVersion
+RegistryWrite = AliasChange | TagVersion
 
 
 def canary_writes(
@@ -54,44 +57,55 @@ def canary_writes(
     if canary is None or run is None:
         return []
     writes: list[RegistryWrite] = []
+    outcome = _outcome_tags(owner, run)
     if (
         run.phase is Phase.PROMOTING
         and canary.promotion is Promotion.AUTO
+        and run.alias_write is AliasWrite.PLANNED
         and run.promoting_from is not None
-        and registry.production_alias == run.promoting_from
     ):
         message = (
             f"moved @{spec.model.alias} from version {run.promoting_from} to {run.version} in MLflow "
             "(every canary step passed)"
         )
+        event = EventRecord("Normal", reasons.ALIAS_MOVED, message)
         writes.append(
-            SetAlias(spec.model.alias, run.version, EventRecord("Normal", reasons.ALIAS_MOVED, message))
+            AliasChange(run.version, spec.model.alias, expect=run.promoting_from, to=run.version, event=event)
         )
     if (
         run.phase is Phase.ABORTED
         and canary.on_abort is OnAbort.REMOVE_ALIAS
+        and run.alias_write is AliasWrite.PLANNED
         and registry.canary_alias == run.version
     ):
         message = (
             f"removed @{canary.alias} from aborted version {run.version} in MLflow (onAbort: removeAlias)"
         )
+        event = EventRecord("Normal", reasons.ALIAS_REMOVED, message)
         writes.append(
-            DeleteAlias(canary.alias, run.version, EventRecord("Normal", reasons.ALIAS_REMOVED, message))
+            AliasChange(run.version, canary.alias, expect=run.version, to=None, event=event, evidence=outcome)
         )
-    if run.ended and run.ended_at is not None:
-        outcome = "promoted" if run.phase is Phase.SUCCEEDED else "aborted"
-        tags = {
-            f"{TAG_PREFIX}/canary.outcome": outcome,
-            f"{TAG_PREFIX}/canary.time": stamp(run.ended_at),
-            f"{TAG_PREFIX}/canary.deployment": f"{owner.namespace}/{owner.name}",
-            f"{TAG_PREFIX}/canary.summary": run.message[:4000],
-        }
-        for metric in run.measurements:
-            name = str(metric.get("metric", ""))
-            if name:
-                tags[f"{TAG_PREFIX}/canary.analysis.{name}"] = _metric_text(metric)
-        writes.append(TagVersion(run.version, tags))
+    if outcome is not None:
+        writes.append(outcome)
     return writes
+
+
+def _outcome_tags(owner: ResourceRef, run: CanaryRun) -> TagVersion | None:
+    """How an ended run ended, on its version in MLflow."""
+    if not run.ended or run.ended_at is None:
+        return None
+    outcome = "promoted" if run.phase is Phase.SUCCEEDED else "aborted"
+    tags = {
+        f"{TAG_PREFIX}/canary.outcome": outcome,
+        f"{TAG_PREFIX}/canary.time": stamp(run.ended_at),
+        f"{TAG_PREFIX}/canary.deployment": f"{owner.namespace}/{owner.name}",
+        f"{TAG_PREFIX}/canary.summary": run.message[:4000],
+    }
+    for metric in run.measurements:
+        name = str(metric.get("metric", ""))
+        if name:
+            tags[f"{TAG_PREFIX}/canary.analysis.{name}"] = _metric_text(metric)
+    return TagVersion(run.version, tags)
 
 
 def served_tags(

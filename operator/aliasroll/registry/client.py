@@ -104,6 +104,22 @@ class RegistryClient:
                 subject=f"alias @{alias} of {model!r}",
             )
 
+    def change_alias(
+        self, endpoint: Endpoint, model: str, alias: str, expect: str, to: str | None
+    ) -> dict[str, str]:
+        """Moves `alias` to `to` (removes it when None), only if it still names `expect` when read
+        just before: MLflow has no conditional write, so this narrows the window in which a human's
+        move could be overwritten to one round trip. Returns the aliases as read before the change
+        (the alias named something else when it differs from `expect`: nothing was changed)."""
+        aliases = self.model_aliases(endpoint, model)
+        if aliases.get(alias) != expect:
+            return aliases
+        if to is None:
+            self.delete_alias(endpoint, model, alias)
+        else:
+            self.set_alias(endpoint, model, alias, to)
+        return aliases
+
     def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
         """Removes an alias; one that is already gone is not an error."""
         try:

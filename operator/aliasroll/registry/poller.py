@@ -278,6 +278,18 @@ class RegistryPoller:
         await self._write(endpoint, model, self.client.set_alias, endpoint, model, alias, version)
         self._read_soon(endpoint, model)
 
+    async def change_alias(
+        self, endpoint: Endpoint, model: str, alias: str, *, expect: str, to: str | None
+    ) -> dict[str, str]:
+        """Moves (or, to None, removes) `alias` only while it still names `expect`, read just before
+        (RegistryClient.change_alias); returns the aliases as read. The model is read again at once
+        either way, so the next pass sees the registry as it is now."""
+        found = await self._write(
+            endpoint, model, self.client.change_alias, endpoint, model, alias, expect, to
+        )
+        self._read_soon(endpoint, model)
+        return found
+
     async def delete_alias(self, endpoint: Endpoint, model: str, alias: str) -> None:
         await self._write(endpoint, model, self.client.delete_alias, endpoint, model, alias)
         self._read_soon(endpoint, model)
@@ -287,12 +299,12 @@ class RegistryPoller:
     ) -> None:
         await self._write(endpoint, model, self.client.set_version_tags, endpoint, model, version, tags)
 
-    async def _write(self, endpoint: Endpoint, model: str, call: Callable[..., None], *args: object) -> None:
-        """A write (an alias move, tags) on the endpoint's own threads. Raises the mapped registry
-        error, or RegistryUnavailable after `answer_timeout`."""
+    async def _write(self, endpoint: Endpoint, model: str, call: Callable[..., T], *args: object) -> T:
+        """A write (an alias move, tags) on the endpoint's own threads; returns the call's answer.
+        Raises the mapped registry error, or RegistryUnavailable after `answer_timeout`."""
         try:
             async with asyncio.timeout(self._answer_timeout):
-                await self._run(endpoint, call, *args)
+                return await self._run(endpoint, call, *args)
         except TimeoutError:
             raise self._no_answer(endpoint) from None
 
