@@ -313,6 +313,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 async def model_deployment_event(*, type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     if type == "DELETED":
+        if runtime.leading:
+            await runtime.reconciler.close_spans(dict(body), why="ModelDeployment deleted")
         await runtime.scheduler.remove(str(body.get("metadata", {}).get("uid") or ""))
         return
     await runtime.scheduler.update(dict(body))  # being deleted (deletionTimestamp) stops it too

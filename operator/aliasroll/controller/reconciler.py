@@ -27,7 +27,7 @@ from aliasroll.errors import (
 from aliasroll.kube.applier import Applier
 from aliasroll.kube.observe import OwnedObjects, observe, taken_names
 from aliasroll.planning import canary as canary_run
-from aliasroll.planning import health, planner
+from aliasroll.planning import health, planner, records
 from aliasroll.planning.canary import AliasWrite, AnalysisResult
 from aliasroll.planning.records import AliasChange, RegistryWrite, TagVersion
 from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
@@ -281,11 +281,50 @@ class Reconciler:
         writes: tuple[RegistryWrite, ...],
         wake: Wake,
     ) -> TagsState:
-        """Hands the plan's version tags to the tag writer (they never hold a pass up)."""
+        """Hands the plan's version tags to the tag writer (they never hold a pass up), per model
+        (a span of a model the resource served before a rename is closed in that model)."""
         tags = [write for write in writes if isinstance(write, TagVersion)]
         if endpoint is None or not tags:
             return TagsState()
-        return await self._tags.submit(owner, endpoint, model, tags, wake)
+        by_model: dict[str, list[TagVersion]] = {}
+        for write in tags:
+            by_model.setdefault(write.model or model, []).append(write)
+        states = [
+            await self._tags.submit(owner, endpoint, name, group, wake) for name, group in by_model.items()
+        ]
+        return TagsState(
+            pending=any(state.pending for state in states),
+            problems=tuple(problem for state in states for problem in state.problems),
+        )
+
+    async def close_spans(self, body: Mapping[str, Any], *, why: str) -> None:
+        """The resource is gone: the end of each span it still served is written to MLflow (by the
+        tag writer, after the resource; only while this process leads), so the registry's record
+        never says "to now (serving)" of a version nothing serves any more."""
+        owner = resource_ref(body)
+        status: Mapping[str, Any] = self._written.get(owner.uid) or body.get("status") or {}
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpec:
+            return
+        closing = records.closing_tags(
+            owner=owner, history=status.get("history") or (), now=canary_run.stamp(self._clock()), why=why
+        )
+        if not closing:
+            return
+        credentials: Credentials | None = None
+        try:
+            if spec.registry.credentials_secret and self._secrets is not None:
+                credentials = await self._secrets.credentials(
+                    uid=owner.uid,
+                    namespace=owner.namespace,
+                    secret_name=spec.registry.credentials_secret,
+                    wake=lambda: None,
+                )
+            endpoint = Endpoint(spec.registry.tracking_uri, credentials)
+            await self._submit_tags(owner, spec.model.name, endpoint, tuple(closing), lambda: None)
+        except AliasrollError as error:
+            log.warning("%s/%s: the end of its spans is not recorded: %s", owner.namespace, owner.name, error)
 
     async def _change_aliases(
         self,

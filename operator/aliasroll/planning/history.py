@@ -14,7 +14,7 @@ a burst of canaries never pushes out what served production; the version tags in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aliasroll import reasons
@@ -33,6 +33,9 @@ class TrackChanges:
     history: list[dict[str, Any]]
     since: dict[Track, str]  # when each serving track started serving its version
     events: list[EventRecord]
+    # Finished spans this pass dropped from status (HISTORY_LIMITS): their tags are planned once
+    # more by this pass, so a span's end reaches MLflow even when it leaves status at once.
+    dropped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def recorded(previous: Mapping[str, Any], track: Track, *, model: str) -> ServedVersion | None:
@@ -109,7 +112,8 @@ def track_changes(
                 }
             )
             since[track] = now
-    return TrackChanges(history=_bounded(history), since=since, events=events)
+    kept, dropped = _bounded(history)
+    return TrackChanges(history=kept, since=since, events=events, dropped=dropped)
 
 
 def change_event(
@@ -208,13 +212,14 @@ def _close(
     ]
 
 
-def _bounded(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The latest spans of each track: its oldest finished spans go first; an open span (what
-    serves now) always stays."""
+def _bounded(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The latest spans of each track (its oldest finished spans go first; an open span, what serves
+    now, always stays), and the ones dropped."""
+    dropped: list[dict[str, Any]] = []
     for track, limit in HISTORY_LIMITS.items():
         while (
             len(spans := [i for i, entry in enumerate(history) if entry.get("track") == track.value]) > limit
         ):
             oldest_closed = next((i for i in spans if "to" in history[i]), spans[0])
-            del history[oldest_closed]
-    return history
+            dropped.append(history.pop(oldest_closed))
+    return history, dropped

@@ -127,7 +127,7 @@ def plan(
         prune = tuple(child for child in observed.children if (child.kind, child.name) not in wanted)
     # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
 
-    status, status_events = _status(
+    status, status_events, dropped = _status(
         owner=owner,
         spec=spec,
         view=view,
@@ -144,7 +144,8 @@ def plan(
     writes: list[RegistryWrite] = []
     if registry is not None:  # only on a registry that answered: it is the one the writes go to
         writes += records.canary_writes(owner=owner, spec=spec, run=run, registry=registry)
-        writes += records.served_tags(owner=owner, spec=spec, history=status.get("history") or ())
+        spans = [*(status.get("history") or ()), *dropped]
+        writes += records.served_tags(owner=owner, spec=spec, history=spans)
     return Plan(
         objects=tuple(objects),
         prune=prune,
@@ -335,7 +336,8 @@ def _status(
     requested: int,
     shown: str,
     now: str,
-) -> tuple[dict[str, Any], list[EventRecord]]:
+) -> tuple[dict[str, Any], list[EventRecord], list[dict[str, Any]]]:
+    """The new status, the events of its changes, and the spans it dropped from the history."""
     served: Mapping[Track, ServedVersion] = placed.served if placed else {}
     changes = history.track_changes(
         spec=spec,
@@ -433,7 +435,7 @@ def _status(
     status["conditions"] = conditions.merge(
         previous_conditions, wanted, now=now, observed_generation=owner.generation
     )
-    return status, events
+    return status, events, changes.dropped
 
 
 def _fixed_weight(spec: ModelDeploymentSpec, canary: TrackDecision) -> int:

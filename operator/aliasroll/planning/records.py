@@ -45,6 +45,9 @@ class TagVersion:
 
     version: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The registered model the version belongs to; None: the one spec.model.name names. Another one
+    # for the spans of a model the resource served before spec.model.name changed.
+    model: str | None = None
 
 
 RegistryWrite = AliasChange | TagVersion
@@ -110,28 +113,53 @@ def _outcome_tags(owner: ResourceRef, run: CanaryRun) -> TagVersion | None:
 
 def served_tags(
     *, owner: ResourceRef, spec: ModelDeploymentSpec, history: Sequence[Mapping[str, Any]]
-) -> list[RegistryWrite]:
+) -> list[TagVersion]:
     """One tag per span of status.history: where the version served (the resource and track), from
-    when, and until when (`serving` while it still does). Keys hold no colon: MLflow servers on
-    Windows refuse them."""
-    writes: list[RegistryWrite] = []
+    when, and until when (`serving` while it still does). Spans of a model the resource served before
+    spec.model.name changed are closed in that model (in the same registry). Keys hold no colon:
+    MLflow servers on Windows refuse them."""
+    writes: list[TagVersion] = []
     for span in history:
-        if (
-            span.get("model") not in (None, spec.model.name)
-            or not span.get("version")
-            or not span.get("from")
-        ):
+        if not span.get("version") or not span.get("from"):
             continue
-        started = str(span["from"])
-        key = f"{TAG_PREFIX}/served/{owner.namespace}/{owner.name}/{span.get('track')}/{_compact(started)}"
+        model = str(span.get("model") or spec.model.name)
         until = span.get("to")
+        if model != spec.model.name and not until:
+            continue  # an open span of another model: closed by the pass that ended it
+        started = str(span["from"])
         writes.append(
             TagVersion(
                 str(span["version"]),
-                {key: f"{started} to {until}" if until else f"{started} to now (serving)"},
+                {
+                    _served_key(owner, span): f"{started} to {until}"
+                    if until
+                    else f"{started} to now (serving)"
+                },
+                model=None if model == spec.model.name else model,
             )
         )
     return writes
+
+
+def closing_tags(
+    *, owner: ResourceRef, history: Sequence[Mapping[str, Any]], now: str, why: str
+) -> list[TagVersion]:
+    """The end of every span still open, for a resource that goes (deleted, or no longer watched):
+    MLflow's record then says until when each version served, and why it stopped."""
+    return [
+        TagVersion(
+            str(span["version"]),
+            {_served_key(owner, span): f"{span['from']} to {now} ({why})"},
+            model=str(span["model"]) if span.get("model") else None,
+        )
+        for span in history
+        if span.get("version") and span.get("from") and not span.get("to")
+    ]
+
+
+def _served_key(owner: ResourceRef, span: Mapping[str, Any]) -> str:
+    started = _compact(str(span["from"]))
+    return f"{TAG_PREFIX}/served/{owner.namespace}/{owner.name}/{span.get('track')}/{started}"
 
 
 def _metric_text(metric: Mapping[str, Any]) -> str:
