@@ -106,3 +106,23 @@ class FixedObjects:
 
     async def pods(self, owner: ResourceRef) -> list[Mapping[str, Any]]:
         return list(self.pod_list)
+
+
+def written_status(body: Any) -> dict[str, Any] | None:
+    """The status a patch body writes, when it is the operator's status write (kube.applier: a JSON
+    patch that tests the uid, then sets /status); None for any other patch."""
+    if not isinstance(body, list):
+        return None
+    for operation in body:
+        if operation.get("path") == "/status" and operation.get("op") in ("add", "replace"):
+            return dict(operation["value"])
+    return None
+
+
+def uid_required(body: Any) -> str | None:
+    """The uid a status write requires the object to have (the JSON patch's test)."""
+    if isinstance(body, list):
+        for operation in body:
+            if operation.get("op") == "test" and operation.get("path") == "/metadata/uid":
+                return str(operation["value"])
+    return None

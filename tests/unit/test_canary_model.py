@@ -40,7 +40,7 @@ from typing import Any, cast
 import httpx2
 import pytest
 import yaml
-from builders import info
+from builders import info, uid_required, written_status
 from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -164,12 +164,13 @@ class Api:
         self.fail_status_writes = 0
         self._uids = itertools.count(1)
 
-    async def patch(self, resource: Any, name: str, body: Mapping[str, Any], **_: Any) -> None:
-        if body.get("kind") == "ModelDeployment":
+    async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
+        if (status := written_status(body)) is not None:
+            assert uid_required(body) == UID, "a status write names the object it is for"
             if self.fail_status_writes:
                 self.fail_status_writes -= 1
                 raise api_error(500, "etcdserver: request timed out")
-            self.status = copy.deepcopy(dict(body["status"]))
+            self.status = copy.deepcopy(status)
             return
         key = (str(body["kind"]), name)
         before = self.objects.get(key)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Hashable, Mapping
 from typing import Any, cast
 
 import httpx2
-from builders import FixedObjects
+from builders import FixedObjects, written_status
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 
@@ -45,7 +45,7 @@ class ClusterWithoutTheResource:
         raise ApiError(request=request, response=httpx2.Response(404, json=status, request=request))
 
     async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
-        if name == "sentiment" and "status" in body:
+        if name == "sentiment" and written_status(body) is not None:
             request = httpx2.Request("PATCH", "https://127.0.0.1:6443/apis/aliasroll.io/x/status")
             status = {
                 "kind": "Status",
@@ -102,7 +102,7 @@ class ClusterReloadingItsHandlers(ClusterWithoutTheResource):
     """Answers the status write with a bare 404 page, as while a CRD is created or deleted."""
 
     async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
-        if name == "sentiment" and "status" in body:
+        if name == "sentiment" and written_status(body) is not None:
             request = httpx2.Request("PATCH", "https://127.0.0.1:6443/apis/aliasroll.io/x/status")
             raise httpx2.HTTPStatusError(
                 "404 page not found",
@@ -123,3 +123,33 @@ def test_a_bare_404_is_not_taken_for_a_deletion() -> None:
     result = asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
     assert not result.gone, "a worker must not stop on a 404 that names no object"
     assert result.failed is not None, "retried with backoff"
+
+
+class ClusterWithAnotherObjectOfTheName(ClusterWithoutTheResource):
+    """The resource was deleted and created again under its name during the pass: the status write's
+    uid test fails (HTTP 422), and the object by that name has another uid."""
+
+    async def get(self, resource: Any, name: str, **_: Any) -> Any:
+        if name == "sentiment":
+            return {"metadata": {"name": "sentiment", "uid": "a-new-uid"}}
+        return await super().get(resource, name)
+
+    async def patch(self, resource: Any, name: str, body: Any, **_: Any) -> None:
+        if name == "sentiment" and written_status(body) is not None:
+            request = httpx2.Request("PATCH", "https://127.0.0.1:6443/apis/aliasroll.io/x/status")
+            status = {"kind": "Status", "reason": "Invalid", "code": 422, "message": "the request is invalid"}
+            raise ApiError(request=request, response=httpx2.Response(422, json=status, request=request))
+        self.patched.append(name)
+
+
+def test_a_pass_never_writes_status_onto_a_recreated_object_of_the_same_name() -> None:
+    reconciler = Reconciler(
+        client=cast(AsyncClient, ClusterWithAnotherObjectOfTheName()),
+        objects=FixedObjects(),
+        registry=cast(RegistryPoller, OneVersionRegistry()),
+        events=Events(),
+        defaults=WorkloadDefaults(image="aliasroll/serving:test"),
+    )
+    result = asyncio.run(reconciler.reconcile(BODY, wake=lambda: None))
+    assert result.gone, "the object by that name is another one: this resource is gone"
+    assert result.failed is None

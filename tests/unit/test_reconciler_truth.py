@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import httpx2
-from builders import FixedObjects, info
+from builders import FixedObjects, info, written_status
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import api_info
@@ -130,8 +130,8 @@ class Cluster:
         return self.objects[(kind, name)]
 
     async def patch(self, resource: Any, name: str, body: Mapping[str, Any], **_: Any) -> None:
-        if "status" in body and body.get("kind") == "ModelDeployment":
-            self.status = dict(body["status"])
+        if (status := written_status(body)) is not None:
+            self.status = status
             return
         if body["kind"] == self.refuse and self.refusal is not None:
             raise self.refusal

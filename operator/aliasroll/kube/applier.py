@@ -21,7 +21,7 @@ from aliasroll.kube.observe import ObjectKey
 from aliasroll.kube.resources import ModelDeployment, resource_for
 from aliasroll.planning.state import ChildRef
 from aliasroll.planning.workloads import MANAGER, Manifest
-from aliasroll.spec import API_VERSION, KIND, ResourceRef
+from aliasroll.spec import KIND, ResourceRef
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +81,21 @@ class Applier:
         return deleted
 
     async def write_status(self, owner: ResourceRef, status: Mapping[str, Any]) -> bool:
-        """Applies the whole status; False when the resource is gone (deleted during the pass)."""
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": {"name": owner.name, "namespace": owner.namespace},
-            "status": status,
-        }
+        """Writes the whole status, only onto the object this pass is for; False when the resource is
+        gone (deleted during the pass, or deleted and created again under the same name: a pass for
+        the old one must never write onto the new one, so the patch first tests the uid)."""
+        operations = [
+            {"op": "test", "path": "/metadata/uid", "value": owner.uid},
+            {"op": "add", "path": "/status", "value": dict(status)},
+        ]
         try:
             await self._client.patch(
                 ModelDeployment.Status,
                 owner.name,
-                body,
+                operations,
                 namespace=owner.namespace,
-                patch_type=PatchType.APPLY,
+                patch_type=PatchType.JSON,
                 field_manager=self._field_manager,
-                force=True,
             )
         except httpx2.HTTPError as error:
             if object_not_found(error, owner.name):
@@ -108,8 +107,21 @@ class Applier:
                     f"cannot write the status of {KIND} {owner.name}: the API server does not serve "
                     "the resource right now (HTTP 404)"
                 ) from None
+            if status_code(error) == 422 and await self._replaced(owner):
+                return False
             raise api_failure("write the status of", KIND, owner.name, error) from None
         return True
+
+    async def _replaced(self, owner: ResourceRef) -> bool:
+        """After a refused status patch: whether the object by that name is another one (the uid
+        test failed) or gone, rather than our status being invalid."""
+        try:
+            live = await self._client.get(ModelDeployment, owner.name, namespace=owner.namespace)
+        except httpx2.HTTPError as error:
+            return object_not_found(error, owner.name)
+        meta = live.get("metadata") if isinstance(live, Mapping) else getattr(live, "metadata", None)
+        uid = meta.get("uid") if isinstance(meta, Mapping) else getattr(meta, "uid", None)
+        return uid != owner.uid
 
 
 def object_not_found(error: httpx2.HTTPError, name: str) -> bool:
