@@ -21,33 +21,18 @@ from typing import Any
 import pytest
 from harness import Kube
 
-from localkube import ClusterError, LocalCluster, RealNode, resolve_bin_dir
+from localkube import LocalCluster, RealNode
 from mlflowserver import MlflowServer
 from operatorpods import MLFLOW_ALLOWED_HOSTS, InstalledOperator, host_service, real_node_only
+from support.realcluster import real_node_cluster
 
 REPO = Path(__file__).resolve().parents[2]
-REQUIRE_ENV = "ALIASROLL_REQUIRE_REAL_NODE"
 RUN = os.environ.get("ALIASROLL_E2E_INSTALL_RUN", "e2e-install")
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    if os.geteuid() != 0:
-        _unavailable("the install tier needs root (the real node: network namespace, mounts, cgroups)")
-    try:
-        RealNode.check_prerequisites(resolve_bin_dir(node=True))
-    except ClusterError as e:
-        _unavailable(str(e))
-    state = REPO / ".work" / f"{RUN}-cluster"
-    if state.exists():
-        LocalCluster(state).stop()  # a previous session that was killed
-    with LocalCluster(state, real_node=True, node_images=("pause", "operator", "serving")) as local:
+    with real_node_cluster(RUN, images=("pause", "operator", "serving")) as local:
         real_node_only(local)  # every pod the install makes runs for real
         yield local
 

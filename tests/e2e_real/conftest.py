@@ -25,36 +25,21 @@ from harness import wait_for
 from mlflow import MlflowClient
 from realstack import RealStack
 
-from localkube import ClusterError, LocalCluster, RealNode, resolve_bin_dir
+from localkube import LocalCluster, RealNode
 from localkube.node import pod_placement
 from mlflowserver import MlflowServer
 from operatorprocess import OperatorProcess
+from support.realcluster import real_node_cluster
 
 REPO = Path(__file__).resolve().parents[2]
-REQUIRE_ENV = "ALIASROLL_REQUIRE_REAL_NODE"
 RUN = os.environ.get("ALIASROLL_E2E_REAL_RUN", "e2e-real")
 OPERATOR_NAMESPACE = "aliasroll-system"
 _namespaces = itertools.count(1)
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
-    if os.geteuid() != 0:
-        _unavailable("the real node needs root (network namespace, mounts, cgroups)")
-    try:
-        RealNode.check_prerequisites(resolve_bin_dir(node=True))
-    except ClusterError as e:
-        _unavailable(str(e))
-    state = REPO / ".work" / f"{RUN}-cluster"
-    if state.exists():
-        LocalCluster(state).stop()  # a previous session that was killed
-    with LocalCluster(state, real_node=True) as local:
+    with real_node_cluster(RUN) as local:
         yield local
 
 
