@@ -15,9 +15,9 @@ and commit what changed. Normalised: no uid, resourceVersion, managedFields or l
 annotation; namespace `ml`, model `sentiment`, the local MLflow and Prometheus URLs as in-cluster
 ones; every timestamp moved by the same amount, so that the object's creation is 2026-01-01T10:00:00Z.
 
-kwok's pods answer nothing, so a canary's analysis reads a scripted Prometheus started here, which the
-operator queries as it would a real one: for each model, windows that pass, fail (half the canary's
-answers 5xx) or hold too few canary requests for a verdict.
+kwok's pods answer nothing, so a canary's analysis reads a scripted Prometheus started here
+(support/prometheus_script.py), which the operator queries as it would a real one: for each model,
+windows that pass, fail (half the canary's answers 5xx) or hold too few canary requests for a verdict.
 """
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ import copy
 import json
 import os
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 import yaml
@@ -52,6 +49,7 @@ from test_argocd_health import ARGOCD, HEALTH_TESTS, TESTDATA, health_tests, run
 from localcluster import READY_DELAY_ANNOTATION
 from mlflowserver import MlflowServer
 from operatorprocess import OperatorProcess
+from support.prometheus_script import FAILING, FEW, PASSING, ScriptedPrometheus
 
 CAPTURE = os.environ.get("ALIASROLL_CAPTURE_ARGOCD_TESTDATA") == "1"
 # The states captured, in the order health_test.yaml lists them.
@@ -88,69 +86,6 @@ BASE_TIME = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 WIDE = 10_000  # one line per message in the YAML written
-
-
-class ScriptedPrometheus:
-    """Prometheus' instant-query API, answering the analysis' three queries (requests, 5xx answers,
-    latency buckets; see aliasroll.analysis.prometheus) with fixed windows: production 400 requests,
-    the canary 100 (5 when `few`), every answer within 50 ms, and half of the canary's answers 5xx when
-    `failing`. Modes are per model, so a canary left over from an earlier test reads its own."""
-
-    def __init__(self) -> None:
-        self.modes: dict[str, str] = {}
-        answer = self.answer
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                query = parse_qs(self.rfile.read(length).decode()).get("query", [""])[0]
-                body = json.dumps(
-                    {"status": "success", "data": {"resultType": "vector", "result": answer(query)}}
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Quiet."""
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> ScriptedPrometheus:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def answer(self, promql: str) -> list[dict[str, Any]]:
-        model = re.search(r'model="([^"]*)"', promql)
-        versions = re.search(r'version=~"([^"]*)"', promql)
-        if model is None or versions is None:
-            return []
-        production, canary = versions.group(1).split("|")
-        mode = self.modes.get(model.group(1), "passing")
-        requests = {production: 400.0, canary: 5.0 if mode == "few" else 100.0}
-        if 'code=~"5.."' in promql:
-            errors = {production: 0.0, canary: requests[canary] / 2 if mode == "failing" else 0.0}
-            return [_sample({"version": version}, count) for version, count in errors.items()]
-        if "_bucket" in promql:
-            return [
-                _sample({"version": version, "le": le}, count)
-                for version, count in requests.items()
-                for le in ("0.05", "+Inf")
-            ]
-        return [_sample({"version": version}, count) for version, count in requests.items()]
-
-
-def _sample(labels: dict[str, str], value: float) -> dict[str, Any]:
-    return {"metric": labels, "value": [1767261600.0, str(value)]}
 
 
 @pytest.fixture(scope="module")
@@ -493,7 +428,7 @@ def test_a_canary_analysed_awaits_promotion_and_is_promoted(
     scene: Scene,
 ) -> None:
     registered(registry, scene.model, 2, production="1", canary="2")
-    prometheus.modes[scene.model] = "few"
+    prometheus.set(scene.model, FEW)
     manifest = model_deployment(
         "sentiment",
         scene.model,
@@ -518,7 +453,7 @@ def test_a_canary_analysed_awaits_promotion_and_is_promoted(
     )
     verdict(scene, resource, "canaryAnalysisInconclusive", "Progressing", "Analyzing, step 1/2")
 
-    prometheus.modes[scene.model] = "passing"
+    prometheus.set(scene.model, PASSING)
     resource = scene.wait(
         lambda r: (
             canary(r).get("phase") == "Analyzing"
@@ -560,7 +495,7 @@ def test_a_canary_aborted_until_its_alias_goes(
     scene: Scene,
 ) -> None:
     registered(registry, scene.model, 2, production="1", canary="2")
-    prometheus.modes[scene.model] = "failing"
+    prometheus.set(scene.model, FAILING)
     manifest = model_deployment(
         "sentiment",
         scene.model,
