@@ -152,6 +152,17 @@ def listed(api: ApiReader, path: str, namespaces: set[str]) -> Iterator[dict[str
             yield item
 
 
+def events_by_reason(api: ApiReader, namespaces: set[str]) -> dict[str, int]:
+    """The ModelDeployments' events, by reason, each as often as it happened (a repeat folds into
+    its first event's count)."""
+    counts: dict[str, int] = {}
+    for event in listed(api, "/api/v1/events", namespaces):
+        if event.get("involvedObject", {}).get("kind") == "ModelDeployment":
+            reason = str(event.get("reason"))
+            counts[reason] = counts.get(reason, 0) + int(event.get("count") or 1)
+    return counts
+
+
 def condition_since(obj: dict[str, Any], type_: str) -> float | None:
     """When the condition last became True, or None while it is not True."""
     for cond in obj.get("status", {}).get("conditions") or ():
@@ -327,6 +338,7 @@ class Figures:
     ready_writes: dict[tuple[str, str], float] = field(default_factory=dict)
     ready_reads: dict[tuple[str, str], float] = field(default_factory=dict)
     ready_registry: dict[str, float] = field(default_factory=dict)
+    ready_events: dict[str, int] = field(default_factory=dict)  # ModelDeployment events by reason
 
 
 class Run:
@@ -452,6 +464,7 @@ class Run:
             key: n - reads.get(key, 0.0) for key, n in after.items() if n > reads.get(key, 0.0)
         }
         figures.ready_registry = spent(registry, registry_calls(self.operator.metrics()))
+        figures.ready_events = events_by_reason(self.api, set(self.layout.namespaces))
         print(f"all Ready {figures.ready_seconds:.1f} s after the apply began", flush=True)
         # The version tags follow the rollouts (they never hold one up): when MLflow holds them all.
         recorded = self.all_model_deployments("Recorded")
@@ -616,6 +629,8 @@ def report(f: Figures) -> None:
     print(f"  reads of those kinds meanwhile (every client): {read}")
     called = ", ".join(f"{call} {n:.0f}" for call, n in sorted(f.ready_registry.items()) if n)
     print(f"  the operator's registry calls meanwhile: {called}")
+    events = ", ".join(f"{reason} {n}" for reason, n in sorted(f.ready_events.items()))
+    print(f"  the ModelDeployments' events meanwhile, by reason: {events}")
     print(f"at rest: {f.rest_passes:.1f} passes a second, {f.rest_cpu * 100:.1f} % of a core")
     print(f"operator peak RSS: {f.rss_mb:.0f} MB (the restarted one: {f.restart_rss_mb:.0f} MB)")
     print(

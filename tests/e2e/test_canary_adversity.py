@@ -9,9 +9,9 @@ pods serve no metrics, so every analysis reads a scripted Prometheus on loopback
 happens when the test says. What is asserted is what a user sees: status.canary and
 status.lastCanary, conditions, events, and the aliases and tags in MLflow.
 
-Two tests are strict xfails, each naming an operator bug they found: a resumed (or re-weighted) step
-goes unmeasured until its end, and the outcome of a run aborted during an outage is never tagged
-when @canary moved meanwhile.
+Two of them found operator bugs, fixed since: a resumed (or re-weighted) step went unmeasured until
+its end, and the outcome of a run aborted during an outage was never tagged when @canary moved
+meanwhile.
 """
 
 from __future__ import annotations
@@ -669,17 +669,6 @@ def test_a_held_step_is_passed_once_an_interval_not_every_second(
     ), run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "operator bug: a run whose step's clock starts (settle: Progressing -> Analyzing) in a pass after "
-        "its last reading, with read_at + interval already past, gets no pass for its measurement: "
-        "next_pass_in drops due times in the past as if that pass had measured, and the resource at "
-        "rest waits for the step's end. Seen on resume from spec.suspend (here) and on steps after the "
-        "first under the replicas router (tests/e2e/test_argocd_health_e2e.py's analysed canary then "
-        "misses its Analyzing/Passed state about every other run)"
-    ),
-)
 def test_a_resumed_canary_is_measured_every_interval_again(
     kube: Kube,
     operator: OperatorProcess,
@@ -1019,14 +1008,6 @@ def test_an_aborted_canary_whose_alias_a_human_moved_keeps_the_humans_alias(
     ], spans
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "operator bug: a run aborted while the registry is unreachable has its outcome tags planned "
-        "only on a registry that answers (planner.plan), and by then @canary names another version, "
-        "so status.lastCanary is dropped and version 2 never gets aliasroll.io/canary.outcome=aborted"
-    ),
-)
 def test_the_outcome_of_a_canary_aborted_during_an_outage_is_recorded_after_a_human_moved_its_alias(
     kube: Kube,
     operator: OperatorProcess,

@@ -308,3 +308,35 @@ def test_the_world_measures_failures_per_run() -> None:
     result = measured(Verdict.FAILED, 10)
     assert result.measurement is not None
     assert registry().production_alias == "2"
+
+
+# Found by the end-to-end adversity tests ------------------------------------------------------------
+
+
+def test_a_step_started_after_its_reading_fell_due_is_measured_at_once() -> None:
+    """Resumed from spec.suspend (or a later step put in place): the step's clock starts in a pass
+    that did not measure, with the next reading already due; its pass comes at once, not at the
+    step's end."""
+    resumed = analysing(step=0, started=100, read_at=at(40))
+    assert canary.next_pass_in(spec(), resumed, at(100)) == 0.0
+    measured_now = replace(resumed, read_at=at(100))
+    assert canary.next_pass_in(spec(), measured_now, at(100)) == 10.0
+
+
+def test_an_outcome_decided_during_an_outage_is_planned_for_the_tag_writer() -> None:
+    """The registry is down when the run aborts, and @canary moves before it answers again: the
+    outcome tags go to the tag writer in the aborting pass (it retries them until written)."""
+    w = world()
+    w.registry.aliases["canary"] = "2"
+    w.run_pass()
+    until(w, Phase.ANALYZING)
+    w.registry.down = True
+    w.metrics.next = "failed"
+    go(w, passes=2)
+    run = w.run()
+    assert run is not None
+    assert run.phase is Phase.ABORTED
+    w.registry.aliases["canary"] = "3"
+    w.registry.down = False
+    go(w, passes=2)
+    assert w.registry.tags["2"].get("aliasroll.io/canary.outcome") == "aborted"

@@ -630,22 +630,24 @@ def measurement_due(spec: ModelDeploymentSpec, run: CanaryRun | None, now: datet
 
 
 def next_pass_in(spec: ModelDeploymentSpec, run: CanaryRun | None, now: datetime) -> float | None:
-    """Seconds until the run's next own event (a step ends, a measurement is due, the progress
-    deadline): only events still ahead. A due time already past was acted on by this pass."""
+    """Seconds until the run's next own event: a reading due (0 when one is due already: this pass
+    could not take it, its step's weight was put in place after the pass began; taking it moves the
+    next one an interval on), a step's end or the progress deadline still ahead (one already past
+    was acted on by this pass: a step that holds is not passed again before its next reading)."""
     canary = spec.canary
     if canary is None or run is None or run.ended or spec.suspend:
         return None
-    due: list[datetime] = []
+    due: list[float] = []
     if canary.analysis is not None and run.phase in MEASURED:
-        due.append((run.read_at or now) + timedelta(seconds=canary.analysis.interval_seconds))
+        reading = (run.read_at or now) + timedelta(seconds=canary.analysis.interval_seconds)
+        due.append(max(0.0, (reading - now).total_seconds()))
+    later: list[datetime] = []
     if canary.steps and run.step_started_at is not None and run.step_index < len(canary.steps):
-        due.append(run.step_started_at + timedelta(seconds=canary.steps[run.step_index].duration_seconds))
+        later.append(run.step_started_at + timedelta(seconds=canary.steps[run.step_index].duration_seconds))
     if canary.progress_deadline_seconds and run.phase in DEADLINED and run.waiting_since is not None:
-        due.append(run.waiting_since + timedelta(seconds=canary.progress_deadline_seconds))
-    ahead = [moment for moment in due if moment > now]
-    if not ahead:
-        return None
-    return (min(ahead) - now).total_seconds()
+        later.append(run.waiting_since + timedelta(seconds=canary.progress_deadline_seconds))
+    due += [(moment - now).total_seconds() for moment in later if moment > now]
+    return min(due) if due else None
 
 
 def stamp(moment: datetime) -> str:

@@ -141,11 +141,14 @@ def plan(
         shown=shown,
         now=timestamp(now),
     )
-    writes: list[RegistryWrite] = []
-    if registry is not None:  # only on a registry that answered: it is the one the writes go to
-        writes += records.canary_writes(owner=owner, spec=spec, run=run, registry=registry)
-        spans = [*(status.get("history") or ()), *dropped]
-        writes += records.served_tags(owner=owner, spec=spec, history=spans)
+    # Alias changes only on a registry that answered this pass (they decide on what it said); the
+    # records (tags) whatever it did: the tag writer retries them until they are written, so an
+    # outcome decided during an outage is not lost if its run leaves status before MLflow is back.
+    writes: list[RegistryWrite] = list(
+        records.canary_writes(owner=owner, spec=spec, run=run, registry=registry)
+    )
+    spans = [*(status.get("history") or ()), *dropped]
+    writes += records.served_tags(owner=owner, spec=spec, history=spans)
     return Plan(
         objects=tuple(objects),
         prune=prune,

@@ -54,15 +54,18 @@ RegistryWrite = AliasChange | TagVersion
 
 
 def canary_writes(
-    *, owner: ResourceRef, spec: ModelDeploymentSpec, run: CanaryRun | None, registry: Registry
+    *, owner: ResourceRef, spec: ModelDeploymentSpec, run: CanaryRun | None, registry: Registry | None
 ) -> list[RegistryWrite]:
+    """A run's alias change (with `registry`: the answer of this pass; none without one) and, once it
+    ended, its outcome tags."""
     canary = spec.canary
     if canary is None or run is None:
         return []
     writes: list[RegistryWrite] = []
     outcome = _outcome_tags(owner, run)
     if (
-        run.phase is Phase.PROMOTING
+        registry is not None
+        and run.phase is Phase.PROMOTING
         and canary.promotion is Promotion.AUTO
         and run.alias_write is AliasWrite.PLANNED
         and run.promoting_from is not None
@@ -76,7 +79,8 @@ def canary_writes(
             AliasChange(run.version, spec.model.alias, expect=run.promoting_from, to=run.version, event=event)
         )
     if (
-        run.phase is Phase.ABORTED
+        registry is not None
+        and run.phase is Phase.ABORTED
         and canary.on_abort is OnAbort.REMOVE_ALIAS
         and run.alias_write is AliasWrite.PLANNED
         and registry.canary_alias == run.version
