@@ -309,6 +309,9 @@ class Tags:
     def progressed(self) -> None:
         pass
 
+    def registry_answered(self, endpoint: Endpoint) -> None:
+        pass
+
     def forget(self, uid: str) -> None:
         pass
 

@@ -701,3 +701,45 @@ def test_a_status_that_only_says_the_records_moved_does_not_hold_the_tags() -> N
     assert _moved_on({**written, "replicas": 2}, pending)
     rolling = {"type": reasons.READY, "status": "False", "reason": "RollingOut"}
     assert _moved_on({**pending, "conditions": [rolling, *pending["conditions"][1:]]}, pending)
+
+
+def test_writes_held_back_by_an_outage_go_once_a_pass_reads_the_registry_again() -> None:
+    """An outage's backoff can have grown to minutes; once a pass gets an answer from the registry
+    (registry_answered), those writes go at once. A refusal (read-only credentials) keeps its backoff."""
+
+    async def scenario() -> None:
+        registry, clock = Registry(), Clock()
+
+        def down(version: str, tags: Mapping[str, str]) -> BaseException:
+            return RegistryUnavailable(
+                "the registry at http://mlflow:5000 did not answer: connection refused"
+            )
+
+        registry.refuse = down
+        async with writing(registry, clock, max_delay=0.0) as tags:
+            await tags.submit(OWNER, ENDPOINT, "m", [OUTCOME], lambda: None)
+            await settle()
+            for _ in range(60):  # five minutes down: the backoff grows past a minute
+                clock.now += 5.0
+                await settle()
+            registry.refuse = None
+            clock.now += 1.0
+            await settle()
+            assert registry.writes == [], "still waiting out its backoff"
+            tags.registry_answered(ENDPOINT)
+            await settle()
+            assert {key: value for _, written in registry.writes for key, value in written.items()} == dict(
+                OUTCOME.tags
+            )
+
+            # Refused, not unreachable: an answer of the registry hurries nothing.
+            registry.refuse = read_only
+            await tags.submit(OWNER, ENDPOINT, "m", [ENDED], lambda: None)
+            await settle()
+            attempts = len(registry.attempts)
+            registry.refuse = None
+            tags.registry_answered(ENDPOINT)
+            await settle()
+            assert len(registry.attempts) == attempts
+
+    run(scenario)

@@ -52,6 +52,8 @@ class TagWriter(Protocol):
 
     def progressed(self) -> None: ...
 
+    def registry_answered(self, endpoint: Endpoint) -> None: ...
+
     def forget(self, uid: str) -> None: ...
 
 
@@ -173,6 +175,8 @@ class Reconciler:
         now = self._clock()
         analysis = await self._measure(owner, spec, previous_status, now)
         view, endpoint = await self._registry_view(owner, spec, wake)
+        if view.error is None and endpoint is not None:
+            self._tags.registry_answered(endpoint)  # writes held back by an outage go now
         plan = planner.plan(
             owner=owner,
             spec=spec,

@@ -169,6 +169,9 @@ class InlineTags:
             self._written.wrote(uid, write.version, new)
         return TagsState(problems=tuple(problems))
 
+    def registry_answered(self, endpoint: Endpoint) -> None:
+        pass  # nothing waits: every write is made within its pass
+
     def progressed(self) -> None:
         pass
 
@@ -190,6 +193,7 @@ class _Record:
     refusals: int = 0  # in a row
     not_before: float = 0.0
     refusal: str | None = None  # the registry's word on the last attempt, while refused
+    unreachable: bool = False  # the last attempt found no registry answering (not a refusal)
 
     @property
     def id(self) -> RecordKey:
@@ -212,6 +216,7 @@ class _Gate:
 
     refusals: int = 0
     until: float = 0.0
+    unreachable: bool = False  # its last refusal was no answer at all
 
 
 class _Lane:
@@ -227,6 +232,7 @@ class _Lane:
         self.kick = asyncio.Event()  # a record was planned, or a write ended
         self.turned_away = 0  # records not accepted (queue full) since the last warning
         self.warned_at: float | None = None
+        self.waiting_for_answer = False  # some write waits out a backoff because nothing answered
 
 
 class DeferredTags:
@@ -433,6 +439,22 @@ class DeferredTags:
             )
             lane.warned_at, lane.turned_away = now, 0
 
+    def registry_answered(self, endpoint: Endpoint) -> None:
+        """A pass read the registry: writes that wait out a backoff only because it did not answer go
+        now (an outage's backoff can have grown to minutes). Writes it refused keep theirs."""
+        lane = self._lanes.get(endpoint.tracking_uri)
+        if lane is None or not lane.waiting_for_answer:
+            return
+        now = self._clock()
+        for gate in lane.gates.values():
+            if gate.unreachable:
+                gate.until = min(gate.until, now)
+        for record in lane.records.values():
+            if record.unreachable:
+                record.not_before = min(record.not_before, now)
+        lane.waiting_for_answer = False
+        lane.kick.set()
+
     def _lane(self, endpoint: Endpoint) -> _Lane:
         lane = self._lanes.get(endpoint.tracking_uri)
         if lane is None:
@@ -562,6 +584,8 @@ class DeferredTags:
         gate = lane.gates.setdefault(endpoint, _Gate())
         gate.refusals += 1
         gate.until = now + self._backoff(gate.refusals)
+        record.unreachable = gate.unreachable = isinstance(error, RegistryUnavailable)
+        lane.waiting_for_answer = lane.waiting_for_answer or record.unreachable
         if record.refusal is None:
             log.warning(
                 "%s: version %s of %r: registry write failed (retried with backoff): %s",
