@@ -94,8 +94,8 @@ fmt: venv ## Format and fix what ruff can
 	$(VENV)/bin/ruff check --fix .
 
 .PHONY: run
-run: venv ## Run the operator locally against the current kubeconfig
-	$(PY) -m aliasroll --verbose
+run: venv ## Run the operator locally against the current kubeconfig (registries on loopback allowed)
+	ALIASROLL_ALLOWED_DESTINATIONS="$${ALIASROLL_ALLOWED_DESTINATIONS:-*,127.0.0.0/8,::1}" $(PY) -m aliasroll --verbose
 
 .PHONY: demo
 demo: venv cluster-binaries node-binaries node-packages node-images ## The whole story on this machine: control plane, MLflow, deploy, move aliases, watch

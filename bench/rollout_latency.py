@@ -59,7 +59,9 @@ from mlflowserver import MlflowServer, free_port  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
 from support import load  # noqa: E402
 
-WEBHOOK_SECRET = "bench-webhook-secret"
+# The operator's one webhook registry (README "Push"): the bench's MLflow server, with its secret.
+WEBHOOK_REGISTRY = "bench"
+WEBHOOK_SECRET = "Rb4Tn8Wq1Lx6Zc3Vm9Kp2Hs7Gd0Jf5Ye"
 # The server delivers webhooks to the operator on loopback (plain http, a private address), and a new
 # webhook fires within a second (its list is cached this long; 60 s by default).
 WEBHOOK_SERVER_ENV = {
@@ -323,7 +325,7 @@ def push_moves(
     client.set_registered_model_alias(model, "production", "1")
     client.create_webhook(
         name="aliasroll-bench",
-        url=f"http://{operator.extra_env['ALIASROLL_WEBHOOK_LISTEN']}/webhooks/mlflow",
+        url=f"http://{operator.extra_env['ALIASROLL_WEBHOOK_LISTEN']}/webhooks/mlflow/{WEBHOOK_REGISTRY}",
         events=["model_version_alias.created", "model_version_alias.deleted"],
         secret=WEBHOOK_SECRET,
     )
@@ -422,12 +424,16 @@ def main() -> None:
         server.start()
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
+        registries = work / "webhook-registries.json"
+        registries.write_text(
+            json.dumps({WEBHOOK_REGISTRY: {"trackingUri": server.url, "secret": WEBHOOK_SECRET}})
+        )
         operator = OperatorProcess(
             kubeconfig=cluster.kubeconfig,
             log_path=work / "operator.log",
             env={
                 "ALIASROLL_SERVING_IMAGE": "bench:1",
-                "ALIASROLL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "ALIASROLL_WEBHOOK_REGISTRIES": str(registries),
                 "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
             },
         )

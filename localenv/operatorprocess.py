@@ -18,6 +18,9 @@ from pathlib import Path
 from mlflowserver import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+#: A local operator's registries and Prometheus run on this machine's loopback (tests, demo, bench),
+#: which an operator in a cluster refuses by default (aliasroll.egress): allowed here, on purpose.
+LOCAL_OPERATOR_ENV = {"ALIASROLL_ALLOWED_DESTINATIONS": "*,127.0.0.0/8,::1"}
 #: Metric samples by (name, sorted label pairs).
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -50,7 +53,7 @@ class OperatorProcess:
 
     def start(self, *, timeout: float = 60) -> None:
         """Starts it and waits for its liveness endpoint; raises with the log's tail if it exits."""
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env}
+        env = {**LOCAL_OPERATOR_ENV, **os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env}
         command = [
             *self._in_netns(),
             sys.executable,

@@ -14,11 +14,60 @@ from typing import Any
 #: is the ``kubernetes`` Service, named in the API server's certificate.
 SERVICE_CIDR = "10.0.0.0/16"
 
+#: Whose requests the audit log records: the ServiceAccounts of the operator's namespace, i.e. the
+#: operator's own (``system:serviceaccount:aliasroll-system:aliasroll``) and the namespaced install's
+#: that tests/e2e/test_install.py makes beside it. Nobody else's: the log stays small and cheap to
+#: write, and tests/e2e/test_zz_rbac_audit.py compares what these accounts did with what
+#: manifests/rbac.yaml grants them.
+AUDITED_GROUPS = ("system:serviceaccounts:aliasroll-system",)
+#: The audit log, in the logs directory (``LocalCluster.audit_log``); rotated at this many MB, this
+#: many old files kept beside it (``kube-apiserver-audit-<time>.log``).
+AUDIT_LOG_NAME = "kube-apiserver-audit.log"
+AUDIT_LOG_MAX_MB = 200
+AUDIT_LOG_BACKUPS = 5
 
-def args(*, etcd_url: str, port: int, pki: Path, egress_config: Path | None = None) -> list[str]:
+
+def audit_policy(groups: tuple[str, ...] = AUDITED_GROUPS) -> dict[str, Any]:
+    """Metadata (who, verb, resource, subresource, namespace, name, response code; never a body) of
+    every request by ``groups``, once the response is known (a watch: once when it starts, once when
+    it ends); nothing of anyone else."""
+    return {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", "userGroups": list(groups)}, {"level": "None"}],
+    }
+
+
+def write_audit_policy(path: Path) -> Path:
+    path.write_text(json.dumps(audit_policy(), indent=2) + "\n")  # JSON is YAML
+    return path
+
+
+def args(
+    *,
+    etcd_url: str,
+    port: int,
+    pki: Path,
+    egress_config: Path | None = None,
+    audit_policy_file: Path | None = None,
+    audit_log: Path | None = None,
+) -> list[str]:
     """``egress_config``: an EgressSelectorConfiguration (the real node's: kubelets reached through a
-    proxy inside its network namespace)."""
+    proxy inside its network namespace). ``audit_policy_file`` and ``audit_log``: the audit log of
+    ``write_audit_policy``'s accounts (both or neither)."""
     extra = [f"--egress-selector-config-file={egress_config}"] if egress_config is not None else []
+    if audit_policy_file is not None and audit_log is not None:
+        extra += [
+            f"--audit-policy-file={audit_policy_file}",
+            f"--audit-log-path={audit_log}",
+            "--audit-log-format=json",
+            # Each event written before the response goes out: a test that reads the log after a
+            # request sees it.
+            "--audit-log-mode=blocking",
+            f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}",
+            f"--audit-log-maxbackup={AUDIT_LOG_BACKUPS}",
+        ]
     return [
         *extra,
         f"--etcd-servers={etcd_url}",
@@ -36,6 +85,11 @@ def args(*, etcd_url: str, port: int, pki: Path, egress_config: Path | None = No
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--authorization-mode=Node,RBAC",
+        # As on clusters that enforce it (OpenShift): setting blockOwnerDeletion on an ownerReference
+        # needs `update` on the owner's finalizers subresource. The operator's owned objects carry it,
+        # so the tiers prove manifests/rbac.yaml's modeldeployments/finalizers grant is needed (an
+        # admission check: no request of its own ever shows it in the audit log).
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         "--allow-privileged=true",
         # It would write its own loopback address, which no pod can reach: the real node writes the
         # ``kubernetes`` Service's endpoints itself (its bridge on the node's address, incluster.py).

@@ -87,6 +87,18 @@ class LocalCluster:
         return self.pki_dir / "ca.crt"
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: the requests of the operator's ServiceAccounts, as metadata
+        (apiserver.audit_policy); older parts rotated beside it (``audit_logs``)."""
+        return self.logs_dir / apiserver.AUDIT_LOG_NAME
+
+    def audit_logs(self) -> list[Path]:
+        """The audit log and its rotated parts, oldest first."""
+        stem = self.audit_log.stem
+        rotated = sorted(self.logs_dir.glob(f"{stem}-*{self.audit_log.suffix}"))
+        return [*rotated, *([self.audit_log] if self.audit_log.exists() else [])]
+
+    @property
     def server(self) -> str:
         """The kube-apiserver URL, e.g. ``https://127.0.0.1:41234``."""
         if self._apiserver_port is not None:
@@ -336,6 +348,8 @@ class LocalCluster:
                 port=api_port,
                 pki=pki,
                 egress_config=self._node.egress_config() if self._node is not None else None,
+                audit_policy_file=apiserver.write_audit_policy(self.state_dir / "audit-policy.yaml"),
+                audit_log=self.audit_log,
             ),
         )
         self._wait("kube-apiserver ready", client.ready, deadline, ["etcd", "kube-apiserver"])

@@ -7,6 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aliasroll import __version__
+from aliasroll.allowlists import (
+    GATEWAYS,
+    HOSTNAMES,
+    PRIORITY_CLASSES,
+    RUNTIME_CLASSES,
+    AllowLists,
+    parse_list,
+)
+from aliasroll.egress import DEFAULT_ALLOWED, Destinations
+from aliasroll.planning.workloads import DependencySettings
+from aliasroll.registry.types import DEFAULT_MAX_ANSWER_BYTES
 
 
 @dataclass(frozen=True)
@@ -18,7 +29,15 @@ class OperatorConfig:
     registry_sweep_threshold: int = 25
     # Calls in flight to one registry at a time: a registry that hangs holds only its own threads.
     registry_concurrency: int = 4
+    # The most one registry answer may hold (read as it streams in; a larger one fails the call).
+    registry_max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    # Where the operator may call a resource's URLs (trackingUri, the analysis' Prometheus), from
+    # ALIASROLL_ALLOWED_DESTINATIONS and ALIASROLL_REFUSED_DESTINATIONS (aliasroll.egress).
+    destinations: Destinations = field(default_factory=lambda: Destinations.parse(DEFAULT_ALLOWED))
     progress_deadline_seconds: int = 600
+    # What the serving pods install and where they keep it (ALIASROLL_DEPENDENCY_*: the cache's
+    # location and size, direct references, source builds); the defaults are the safe choice.
+    dependencies: DependencySettings = field(default_factory=DependencySettings)
     # Retry delay after a failed pass (Kubernetes API errors, missing Secret), doubled up to the cap.
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
@@ -34,11 +53,19 @@ class OperatorConfig:
     # Version tags (the registry's records) wait while rollouts come in a burst, at most this long:
     # a burst of new resources gets Ready first (controller.records). 0: written as soon as planned.
     records_max_delay_seconds: float = 120.0
-    # Push: the registry webhooks' shared secret (from a Secret) and where to receive them; no
-    # secret or no address: no receiver, polling alone. A delivery's timestamp may be this far off.
+    # Push (README "Push"): the registries that deliver webhooks, each with its own secret, in a file
+    # mounted from a Secret (webhooks.load_registries); or one registry's secret and tracking URI.
+    # No registry or no address: no receiver, polling alone. A delivery's timestamp may be this far
+    # off. HTTPS when a certificate and key are given. Requests a second, per source and overall.
+    webhook_registries_file: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
+    webhook_tracking_uri: str | None = None
     webhook_listen: str | None = None
     webhook_tolerance_seconds: float = 300.0
+    webhook_tls_cert: str | None = None
+    webhook_tls_key: str | None = None
+    webhook_rate_per_source: float = 20.0
+    webhook_rate_total: float = 100.0
     # host:port for GET /metrics (Prometheus); None: not served.
     metrics_listen: str | None = None
     # Leader election (README "High availability"): off for a lone process (`make run`, the tests),
@@ -51,6 +78,9 @@ class OperatorConfig:
     lease_renew_deadline_seconds: float = 7.0
     lease_retry_period_seconds: float = 2.0
     pod_name: str | None = None  # the candidate's name in the Lease (plus a random suffix)
+    # What a ModelDeployment may ask for beyond its namespace (aliasroll.allowlists): RuntimeClasses,
+    # PriorityClasses, parentRefs in other namespaces, hostnames. The defaults are the safe choice.
+    allowed: AllowLists = field(default_factory=AllowLists)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -91,9 +121,14 @@ class OperatorConfig:
             progress_deadline_seconds=int(
                 number("ALIASROLL_PROGRESS_DEADLINE", defaults.progress_deadline_seconds)
             ),
+            dependencies=DependencySettings.from_env(env),
             registry_concurrency=max(
                 1, int(number("ALIASROLL_REGISTRY_CONCURRENCY", defaults.registry_concurrency))
             ),
+            registry_max_answer_bytes=max(
+                1024, int(number("ALIASROLL_REGISTRY_MAX_ANSWER_BYTES", defaults.registry_max_answer_bytes))
+            ),
+            destinations=destinations(env),
             retry_max_seconds=number("ALIASROLL_RETRY_MAX", defaults.retry_max_seconds),
             resync_seconds=number("ALIASROLL_RESYNC_SECONDS", defaults.resync_seconds),
             max_concurrent_passes=max(
@@ -105,11 +140,19 @@ class OperatorConfig:
             records_max_delay_seconds=number(
                 "ALIASROLL_RECORDS_MAX_DELAY_SECONDS", defaults.records_max_delay_seconds, zero=True
             ),
+            webhook_registries_file=env.get("ALIASROLL_WEBHOOK_REGISTRIES") or None,
             webhook_secret=env.get("ALIASROLL_WEBHOOK_SECRET") or None,
+            webhook_tracking_uri=env.get("ALIASROLL_WEBHOOK_TRACKING_URI") or None,
             webhook_listen=env.get("ALIASROLL_WEBHOOK_LISTEN") or None,
             webhook_tolerance_seconds=number(
                 "ALIASROLL_WEBHOOK_TOLERANCE", defaults.webhook_tolerance_seconds
             ),
+            webhook_tls_cert=env.get("ALIASROLL_WEBHOOK_TLS_CERT") or None,
+            webhook_tls_key=env.get("ALIASROLL_WEBHOOK_TLS_KEY") or None,
+            webhook_rate_per_source=number(
+                "ALIASROLL_WEBHOOK_RATE_PER_SOURCE", defaults.webhook_rate_per_source
+            ),
+            webhook_rate_total=number("ALIASROLL_WEBHOOK_RATE_TOTAL", defaults.webhook_rate_total),
             metrics_listen=env.get("ALIASROLL_METRICS_LISTEN") or None,
             leader_election=flag("ALIASROLL_LEADER_ELECTION", defaults.leader_election),
             lease_name=env.get("ALIASROLL_LEASE_NAME") or defaults.lease_name,
@@ -122,4 +165,30 @@ class OperatorConfig:
                 "ALIASROLL_LEASE_RETRY_PERIOD", defaults.lease_retry_period_seconds
             ),
             pod_name=env.get("POD_NAME") or None,
+            allowed=allow_lists(env),
         )
+
+
+def allow_lists(env: Mapping[str, str]) -> AllowLists:
+    """ALIASROLL_ALLOWED_*: patterns separated by commas or spaces; unset or empty keeps the default."""
+
+    def entries(name: str) -> tuple[str, ...] | None:
+        try:
+            return parse_list(name, env.get(name))
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+
+    return AllowLists(
+        runtime_classes=entries(RUNTIME_CLASSES) or (),
+        priority_classes=entries(PRIORITY_CLASSES) or (),
+        gateways=entries(GATEWAYS) or (),
+        hostnames=entries(HOSTNAMES),
+    )
+
+
+def destinations(env: Mapping[str, str]) -> Destinations:
+    """ALIASROLL_ALLOWED_DESTINATIONS and ALIASROLL_REFUSED_DESTINATIONS (aliasroll.egress)."""
+    try:
+        return Destinations.from_env(env)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None

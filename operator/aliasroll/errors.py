@@ -30,6 +30,13 @@ class InvalidSpec(AliasrollError):
         self.field_path = field_path
 
 
+class NotAllowed(InvalidSpec):
+    """A value the schema accepts but the operator's allow-lists refuse (aliasroll.allowlists): the
+    message names the setting. Handled as an InvalidSpec: nothing is applied, what serves keeps serving."""
+
+    reason = reasons.NOT_ALLOWED
+
+
 class CredentialsNotFound(AliasrollError):
     """The registry credentials Secret, or a key it should hold, is missing."""
 
@@ -55,6 +62,17 @@ class RegistryAuthFailed(RegistryError):
 
     reason = reasons.REGISTRY_AUTH_FAILED
     transient = True  # credentials may be fixed in the Secret without touching the resource
+
+
+class RegistryAnswerTooLarge(RegistryError):
+    """The registry answered more than ALIASROLL_REGISTRY_MAX_ANSWER_BYTES; reading stopped there."""
+
+
+class DestinationRefused(RegistryError):
+    """The trackingUri is not a destination the operator may call (ALIASROLL_ALLOWED_DESTINATIONS):
+    nothing was sent, and nothing is retried until the spec or the operator's settings change."""
+
+    reason = reasons.DESTINATION_REFUSED
 
 
 class ModelNotFound(RegistryError):

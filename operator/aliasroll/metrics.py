@@ -52,7 +52,8 @@ ALIAS_MOVE_APPLIED_SECONDS = Histogram(
 WEBHOOK_DELIVERIES = Counter(
     "aliasroll_webhook_deliveries_total",
     "Registry webhook deliveries, by outcome (accepted, duplicate, bad_signature, stale, malformed, "
-    "unknown_model, ignored_event)",
+    "unknown_model, ignored_event; refused before a check: unknown_registry, rate_limited, busy, "
+    "too_large, slow, standby; memory_full, unavailable)",
     ["outcome"],
 )
 QUEUE_DEPTH = Gauge(

@@ -19,6 +19,7 @@ SCALED_TO_ZERO: Final = "ScaledToZero"  # True: spec.replicas is 0, nothing is w
 ROLLING_OUT: Final = "RollingOut"
 NOTHING_TO_SERVE: Final = "NothingToServe"
 INVALID_SPEC: Final = "InvalidSpec"
+NOT_ALLOWED: Final = "NotAllowed"  # the operator's allow-lists (ALIASROLL_ALLOWED_*) refuse a value
 APPLY_FAILED: Final = "ApplyFailed"
 NAME_CONFLICT: Final = (
     "NameConflict"  # a name the operator would create is taken by an object it does not control
@@ -36,6 +37,8 @@ REGISTRY_UNREACHABLE: Final = "RegistryUnreachable"
 REGISTRY_AUTH_FAILED: Final = "RegistryAuthFailed"
 REGISTRY_REJECTED: Final = "RegistryRejected"
 CREDENTIALS_NOT_FOUND: Final = "CredentialsNotFound"
+# The trackingUri is not an allowed destination (ALIASROLL_ALLOWED_DESTINATIONS): never called.
+DESTINATION_REFUSED: Final = "DestinationRefused"
 
 # AliasesResolved.
 RESOLVED: Final = "Resolved"
@@ -76,3 +79,9 @@ REGISTRY_WRITE_FAILED: Final = "RegistryWriteFailed"
 # Canary analysis: the metrics source (the pods' /metrics or a Prometheus) could not be read. Never
 # a failed measurement: the step waits, and the message says what to fix.
 ANALYSIS_UNAVAILABLE: Final = "AnalysisUnavailable"
+
+# PodCredentials: which registry credentials the serving pods hold (only when a Secret is named).
+POD_CREDENTIALS: Final = "PodCredentials"
+POD_CREDENTIALS_SET: Final = "PodCredentialsSet"  # True: a Secret of their own (spec.serving)
+POD_CREDENTIALS_NOT_SET: Final = "PodCredentialsNotSet"  # the operator has one, the pods none
+OPERATOR_CREDENTIALS_SHARED: Final = "OperatorCredentialsShared"  # the pods get the operator's own

@@ -142,14 +142,19 @@ OPERATOR_ENV = frozenset(
         "PORT",
         "SCRATCH_DIR",
         "ALIASROLL_TRACK",
-        # spec.serving.dependencies and dependencyCache say these.
+        # spec.serving.dependencies and dependencyCache, and the operator's own dependency settings,
+        # say these.
         "ALIASROLL_DEPENDENCIES",
         "ALIASROLL_DEPENDENCY_CACHE",
+        "ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES",
+        "ALIASROLL_DIRECT_REFERENCES",
+        "ALIASROLL_SOURCE_BUILDS",
     }
 )
 DEPENDENCY_MODES = ("install", "image")
-# The volume sources spec.serving.dependencyCache takes (a cache the pods of a node share).
-DEPENDENCY_CACHE_SOURCES = ("hostPath", "persistentVolumeClaim")
+# What spec.serving.dependencyCache took before the cache became the operator's (ALIASROLL_DEPENDENCY_
+# CACHE_*): a resource stored with one of them reads as `enabled: true`; the CRD refuses them.
+LEGACY_DEPENDENCY_CACHE_SOURCES = ("hostPath", "persistentVolumeClaim")
 OPERATOR_LABELS = frozenset(
     {"app.kubernetes.io/managed-by", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
 )
@@ -196,14 +201,16 @@ class ServingSpec:
     resources: Mapping[str, Any]
     env: tuple[Mapping[str, Any], ...]
     service_account_name: str | None
-    # The Secret pods get with envFrom; None: spec.registry.credentialsSecretRef (see pod_credentials_secret).
+    # The Secret pods get with envFrom; None: no credentials (never spec.registry.credentialsSecretRef
+    # unless it is named here too: planning/workloads.pod_credentials_secret).
     credentials_secret: str | None = None
     scratch_size: str = DEFAULT_SCRATCH_SIZE
     pod: PodSettings = PodSettings()
     # install: the pods install what a version logged beyond the image; image: the image has it all.
     dependencies: str = "install"
-    # A volume source (hostPath or persistentVolumeClaim) the pods keep installed requirements in.
-    dependency_cache: Mapping[str, Any] | None = None
+    # The pods keep installed requirements in the operator's dependency cache (where it is, and
+    # whether there is one, is the operator's setting; this only says on or off).
+    dependency_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,22 @@ def parse_duration(text: str, *, field_path: str) -> float:
     return total
 
 
+def tracking_uri_problem(uri: str) -> str | None:
+    """What is wrong with a trackingUri (as the CRD's rules say it), or None. MLflow appends its API
+    path (/api/2.0/mlflow/...) to the URL: a base path is kept (a server under /mlflow), but a query
+    or fragment would swallow that path and let the URL pick any path and query on the host."""
+    if not re.match(r"^https?://[^/?#]+", uri):
+        return f"{uri!r} must be an http:// or https:// URL"
+    if re.match(r"^https?://[^/?#]*@", uri):
+        return "must not hold credentials; put them in a Secret named by spec.registry.credentialsSecretRef"
+    if "?" in uri or "#" in uri:
+        return (
+            f"{uri!r} must not have a query (?) or fragment (#): it is the MLflow server's base URL, "
+            "to which MLflow appends /api/2.0/mlflow/..."
+        )
+    return None
+
+
 def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
     """Builds the typed spec, applying the CRD's defaults; raises InvalidSpec naming the bad field."""
     model = _mapping(spec, "model", required=True)
@@ -274,8 +297,8 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
 
     registry = _mapping(spec, "registry", required=True)
     tracking_uri = _string(registry, "trackingUri", path="spec.registry.trackingUri", required=True)
-    if not tracking_uri.startswith(("http://", "https://")):
-        raise InvalidSpec("spec.registry.trackingUri", f"{tracking_uri!r} must be an http:// or https:// URL")
+    if (problem := tracking_uri_problem(tracking_uri)) is not None:
+        raise InvalidSpec("spec.registry.trackingUri", problem)
     secret_ref = registry.get("credentialsSecretRef") or {}
     credentials_secret = secret_ref.get("name") if isinstance(secret_ref, Mapping) else None
     poll_seconds = parse_duration(
@@ -519,13 +542,16 @@ def parse_serving(raw: object) -> ServingSpec:
             f"{dependencies!r}: use install (the pods install what the version logged beyond the image) "
             "or image (the image has every requirement)",
         )
-    cache = raw.get("dependencyCache")
-    if cache is not None and (
-        not isinstance(cache, Mapping) or sorted(cache) not in ([key] for key in DEPENDENCY_CACHE_SOURCES)
-    ):
+    raw_cache = raw.get("dependencyCache")
+    cache = _object(raw_cache, path="spec.serving.dependencyCache")
+    enabled = cache.get("enabled", True) if raw_cache is not None else False
+    if not isinstance(enabled, bool):
+        raise InvalidSpec("spec.serving.dependencyCache.enabled", f"must be true or false, got {enabled!r}")
+    unknown = sorted(set(cache) - {"enabled", *LEGACY_DEPENDENCY_CACHE_SOURCES})
+    if unknown:
         raise InvalidSpec(
             "spec.serving.dependencyCache",
-            "must name one volume source: hostPath or persistentVolumeClaim",
+            f"takes only enabled (the operator's settings say where the cache is), not {', '.join(unknown)}",
         )
     return ServingSpec(
         image=raw.get("image") or None,
@@ -537,7 +563,7 @@ def parse_serving(raw: object) -> ServingSpec:
         scratch_size=scratch_size,
         pod=_pod_settings(raw.get("podTemplate")),
         dependencies=str(dependencies),
-        dependency_cache=_frozen(cache) if cache is not None else None,
+        dependency_cache=enabled,
     )
 
 
@@ -588,9 +614,9 @@ def _pod_settings(raw: object) -> PodSettings:
             run_as_group=_id(
                 security.get("runAsGroup"), path=f"{path}.spec.securityContext.runAsGroup", low=1
             ),
-            fs_group=_id(security.get("fsGroup"), path=f"{path}.spec.securityContext.fsGroup", low=0),
+            fs_group=_id(security.get("fsGroup"), path=f"{path}.spec.securityContext.fsGroup", low=1),
             supplemental_groups=tuple(
-                _int(group, path=f"{path}.spec.securityContext.supplementalGroups", low=0, high=_MAX_ID)
+                _group(group, path=f"{path}.spec.securityContext.supplementalGroups")
                 for group in _list(
                     security.get("supplementalGroups"), path=f"{path}.spec.securityContext.supplementalGroups"
                 )
@@ -605,9 +631,20 @@ _MAX_ID = 2**31 - 1
 def _id(value: object, *, path: str, low: int) -> int | None:
     if value is None:
         return None
-    if low == 1 and value == 0:
-        raise InvalidSpec(path, "cannot be 0: serving pods run as non-root")
-    return _int(value, path=path, low=low, high=_MAX_ID)
+    return _group(value, path=path) if low == 1 else _int(value, path=path, low=low, high=_MAX_ID)
+
+
+def _group(value: object, *, path: str) -> int:
+    """A user or group id of the serving pods: never 0 (root, or the root group, which opens the
+    root-group-writable files of volumes and of the node to them)."""
+    if value == 0 and not isinstance(value, bool):
+        raise InvalidSpec(
+            path,
+            "cannot be 0: serving pods run as non-root"
+            if path.endswith("runAsUser")
+            else "cannot be 0: serving pods run without the root group",
+        )
+    return _int(value, path=path, low=1, high=_MAX_ID)
 
 
 def _object(value: object, *, path: str) -> Mapping[str, Any]:

@@ -11,16 +11,29 @@ the RBAC in manifests/, so a missing rule fails these tests.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, REPO, RUN, WEBHOOK_SECRET, Kube, wait_for
+from harness import (
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    OTHER_REGISTRY,
+    OTHER_REGISTRY_URI,
+    OTHER_WEBHOOK_SECRET,
+    REPO,
+    RUN,
+    WEBHOOK_REGISTRY,
+    WEBHOOK_SECRET,
+    Kube,
+    wait_for,
+)
 
 from localcluster import LocalCluster
-from mlflowserver import free_port
+from mlflowserver import MlflowServer, free_port
 from operatorprocess import OperatorProcess
 
 _namespaces = itertools.count(1)
@@ -64,10 +77,22 @@ def kube(cluster: LocalCluster) -> Iterator[Kube]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: LocalCluster, mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     token = cluster.mint_token(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, expiration_seconds=24 * 3600)
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = cluster.write_kubeconfig_for_token(workdir / "kubeconfig", token)
+    # The webhook registries, as the Deployment mounts them from the Secret aliasroll-webhooks.
+    registries = workdir / "registries.yaml"
+    registries.write_text(
+        json.dumps(
+            {
+                WEBHOOK_REGISTRY: {"trackingUri": mlflow_server.url, "secret": WEBHOOK_SECRET},
+                OTHER_REGISTRY: {"trackingUri": OTHER_REGISTRY_URI, "secret": OTHER_WEBHOOK_SECRET},
+            }
+        )
+    )
     process = OperatorProcess(
         kubeconfig=kubeconfig,
         log_path=REPO / ".work" / f"{RUN}-operator.log",
@@ -79,7 +104,7 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
             "ALIASROLL_RETRY_MAX": "3",
             "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",
             # Push and metrics on loopback, as the Deployment in manifests/ has them on the pod's ports.
-            "ALIASROLL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ALIASROLL_WEBHOOK_REGISTRIES": str(registries),
             "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
             "ALIASROLL_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         },

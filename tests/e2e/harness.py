@@ -20,7 +20,14 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 # A session's name: its cluster's state dir and operator logs under .work (see conftest.py).
 RUN = os.environ.get("ALIASROLL_E2E_RUN", "e2e")
-WEBHOOK_SECRET = "e2e-webhook-secret"  # the session operator's, for webhooks the tests register
+# The session operator's webhook registries (README "Push"), each with a secret of its own: `e2e` is
+# the session's MLflow server, for webhooks the tests register; `elsewhere` stands for another
+# tenant's registry, which no test runs.
+WEBHOOK_REGISTRY = "e2e"
+WEBHOOK_SECRET = "Xk2vR8qLm4TzN7wB1pYc9HsD3gJf6AeU"
+OTHER_REGISTRY = "elsewhere"
+OTHER_REGISTRY_URI = "http://127.0.0.1:9/elsewhere"
+OTHER_WEBHOOK_SECRET = "b5Qn0WdZ8rKx3MjV7tGy1LhC4sPe9FuA"
 OPERATOR_NAMESPACE = "aliasroll-system"
 OPERATOR_ACCOUNT = "aliasroll"
 

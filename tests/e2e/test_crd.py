@@ -51,6 +51,17 @@ BAD = [
         with_spec("spec.registry.trackingUri", "https://user:secret@mlflow.example.com"),
         "spec.registry.trackingUri",
     ),
+    # MLflow appends its API path to the URL: after a ? or # it would pick any path and query.
+    (
+        "query in the registry URL",
+        with_spec("spec.registry.trackingUri", "http://10.0.3.7:9200/_admin/x?"),
+        "spec.registry.trackingUri must not have a query (?) or fragment (#)",
+    ),
+    (
+        "fragment in the registry URL",
+        with_spec("spec.registry.trackingUri", "http://mlflow:5000/#/models"),
+        "spec.registry.trackingUri must not have a query (?) or fragment (#)",
+    ),
     ("negative replicas", with_spec("spec.replicas", -1), "spec.replicas"),
     (
         "canary replicas with the replicas router",

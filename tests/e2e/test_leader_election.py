@@ -81,7 +81,9 @@ class Replicas:
                 "ALIASROLL_LEASE_NAMESPACE": OPERATOR_NAMESPACE,
                 "POD_NAME": pod,
                 "ALIASROLL_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-                "ALIASROLL_WEBHOOK_SECRET": "e2e-leader-election",
+                # The single-registry setting, on the old path /webhooks/mlflow.
+                "ALIASROLL_WEBHOOK_SECRET": "Hc6Jq1Zw9Lr3Vn7Kx2Bt8Md4Gy0Sf5Pe",
+                "ALIASROLL_WEBHOOK_TRACKING_URI": "http://127.0.0.1:9/unused",
                 "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
             },
         )

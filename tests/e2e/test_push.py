@@ -1,6 +1,8 @@
 """Push: a real `mlflow server` with webhooks enabled delivers alias moves to the operator, which reads
 the model at once instead of at its next poll; forged, old, replayed and unknown-model deliveries are
-refused or ignored with a log line and nothing else. The operator's /metrics shows it all."""
+refused or ignored with a log line and nothing else; a delivery signed by another registry wakes
+nothing of this one, and a delivery id that is not a UUID is refused. The operator's /metrics shows
+it all."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from typing import Any
 import pytest
 from examples.sentiment.register import register_version
 from harness import (
+    OTHER_REGISTRY,
+    OTHER_WEBHOOK_SECRET,
+    WEBHOOK_REGISTRY,
     WEBHOOK_SECRET,
     Kube,
     available_at,
@@ -50,8 +55,9 @@ def settled(count: Callable[[], int], *, quiet: float = 2.0, timeout: float = 30
     return last
 
 
-def receiver_url(operator: OperatorProcess) -> str:
-    return f"http://{operator.extra_env['ALIASROLL_WEBHOOK_LISTEN']}{PATH}"
+def receiver_url(operator: OperatorProcess, registry: str = WEBHOOK_REGISTRY) -> str:
+    """Where a registry posts: each has a path (and a secret) of its own."""
+    return f"http://{operator.extra_env['ALIASROLL_WEBHOOK_LISTEN']}{PATH}/{registry}"
 
 
 def scrape(operator: OperatorProcess) -> Samples:
@@ -75,9 +81,11 @@ def webhook(registry: MlflowClient, operator: OperatorProcess) -> Iterator[str]:
     registry.delete_webhook(created.webhook_id)
 
 
-def post(operator: OperatorProcess, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+def post(
+    operator: OperatorProcess, body: bytes, headers: dict[str, str], *, registry: str = WEBHOOK_REGISTRY
+) -> tuple[int, str]:
     request = urllib.request.Request(
-        receiver_url(operator), data=body, headers={**headers, "Content-Type": "application/json"}
+        receiver_url(operator, registry), data=body, headers={**headers, "Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
@@ -185,17 +193,18 @@ def test_forged_old_replayed_and_unknown_deliveries_change_nothing(
     body = alias_event(model_name, v2)
     now = time.time()
 
-    forged = post(operator, body, signed(body, delivery_id="forged", sent=now, secret="guessed"))
-    old = post(operator, body, signed(body, delivery_id="old", sent=now - 3600))
+    ids = {what: str(uuid.uuid4()) for what in ("forged", "old", "unknown")}  # MLflow's are UUIDs
+    forged = post(operator, body, signed(body, delivery_id=ids["forged"], sent=now, secret="guessed" * 5))
+    old = post(operator, body, signed(body, delivery_id=ids["old"], sent=now - 3600))
     unknown_body = alias_event("nobody-follows-this", "1")
-    unknown = post(operator, unknown_body, signed(unknown_body, delivery_id="unknown", sent=now))
+    unknown = post(operator, unknown_body, signed(unknown_body, delivery_id=ids["unknown"], sent=now))
     assert (forged, old, unknown) == ((401, "bad_signature"), (401, "stale"), (200, "unknown_model"))
     time.sleep(1.0)
     assert count_requests(mlflow_server.log_path, reads) == reads_before, "a refused delivery read the model"
     assert deployment_version(kube, namespace, "quiet-production") == v1
 
     # A genuine delivery reads the model once; its replay is dropped.
-    genuine = signed(body, delivery_id=f"genuine-{uuid.uuid4().hex}", sent=now)
+    genuine = signed(body, delivery_id=str(uuid.uuid4()), sent=now)
     assert post(operator, body, genuine) == (200, "accepted")
     wait_for(
         lambda: deployment_version(kube, namespace, "quiet-production") == v2,
@@ -210,11 +219,13 @@ def test_forged_old_replayed_and_unknown_deliveries_change_nothing(
     assert count_requests(mlflow_server.log_path, reads) == reads_after_genuine, "a replay read the model"
 
     log = operator.log_path.read_text(errors="replace")
+    where = f"(registry {WEBHOOK_REGISTRY})"
     for line in (
-        "webhook forged bad_signature: the signature does not match the webhook secret",
-        "webhook old stale: sent 36",
-        "webhook unknown unknown_model: no ModelDeployment follows model 'nobody-follows-this'",
-        f"webhook {genuine[DELIVERY_ID_HEADER]} duplicate: this delivery id was already accepted",
+        f"webhook {ids['forged']} {where} bad_signature: the signature does not match the webhook secret",
+        f"webhook {ids['old']} {where} stale: sent 36",
+        f"webhook {ids['unknown']} {where} unknown_model: no ModelDeployment follows model "
+        f"'nobody-follows-this' on registry '{WEBHOOK_REGISTRY}'",
+        f"webhook {genuine[DELIVERY_ID_HEADER]} {where} duplicate: this delivery id was already accepted",
     ):
         assert line in log, line
     after = scrape(operator)
@@ -223,3 +234,61 @@ def test_forged_old_replayed_and_unknown_deliveries_change_nothing(
             value(after, "aliasroll_webhook_deliveries_total", outcome=outcome)
             == value(before, "aliasroll_webhook_deliveries_total", outcome=outcome) + 1
         ), outcome
+
+
+def test_another_registrys_delivery_wakes_nothing_here_and_ids_are_uuids(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    """The model is followed on the session's registry (`e2e`). Another tenant's registry
+    (`elsewhere`), holding only its own secret, cannot open e2e's path, and its own deliveries naming
+    the model read nothing here: the model is not followed on its tracking URI. A delivery id that is
+    not a UUID is refused before anything else."""
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    kube.apply(polled_hourly("scoped", model_name, mlflow_server.url), namespace=namespace)
+    wait_for(lambda: ready_at(kube, namespace, "scoped", v1), timeout=60, what="Ready at v1")
+    v2 = register_version(mlflow_server.url, model_name, variant="v2")
+    registry.set_registered_model_alias(model_name, "production", v2)  # no webhook: only a push reads it
+    reads = f"registered-models/get?name={model_name}"
+    reads_before = settled(lambda: count_requests(mlflow_server.log_path, reads))
+    before = scrape(operator)
+    body = alias_event(model_name, v2)
+    now = time.time()
+
+    def other(delivery_id: str) -> dict[str, str]:
+        return signed(body, delivery_id=delivery_id, sent=now, secret=OTHER_WEBHOOK_SECRET)
+
+    at_ours = post(operator, body, other(str(uuid.uuid4())))
+    at_theirs = post(operator, body, other(str(uuid.uuid4())), registry=OTHER_REGISTRY)
+    not_a_uuid = post(operator, body, signed(body, delivery_id="a" * 4000, sent=now))
+    nowhere = post(operator, body, signed(body, delivery_id=str(uuid.uuid4()), sent=now), registry="nowhere")
+    assert (at_ours, at_theirs, not_a_uuid, nowhere) == (
+        (401, "bad_signature"),
+        (200, "unknown_model"),
+        (400, "malformed"),
+        (404, "unknown_registry"),
+    )
+    time.sleep(1.0)
+    assert count_requests(mlflow_server.log_path, reads) == reads_before, "another registry read the model"
+    assert deployment_version(kube, namespace, "scoped-production") == v1
+
+    log = operator.log_path.read_text(errors="replace")
+    assert f"no ModelDeployment follows model {model_name!r} on registry '{OTHER_REGISTRY}'" in log
+    assert "a" * 100 not in log, "a malformed id is never logged"
+    after = scrape(operator)
+    for outcome in ("bad_signature", "unknown_model", "malformed", "unknown_registry"):
+        assert value(after, "aliasroll_webhook_deliveries_total", outcome=outcome) == (
+            value(before, "aliasroll_webhook_deliveries_total", outcome=outcome) + 1
+        ), outcome
+
+    # The same move, delivered by this registry, is read at once.
+    assert post(operator, body, signed(body, delivery_id=str(uuid.uuid4()), sent=now)) == (200, "accepted")
+    wait_for(
+        lambda: deployment_version(kube, namespace, "scoped-production") == v2,
+        timeout=10,
+        what="pinned to v2 by e2e's own delivery",
+    )

@@ -227,6 +227,10 @@ async def test_version_details_are_asked_once(
     poller = RegistryPoller(RegistryClient())
     endpoint = Endpoint(mlflow_server.url)
     try:
+        # Cached while the model is followed (a pass subscribes before it asks about versions).
+        await poller.subscribe(
+            subscriber="resource", endpoint=endpoint, model=model_name, interval=30, wake=lambda: None
+        )
         before = mlflow_server.count_requests("model-versions/get?")
         infos = await asyncio.gather(*(poller.version(endpoint, model_name, "1", ttl=30) for _ in range(50)))
         await poller.version(endpoint, model_name, "1", ttl=30)

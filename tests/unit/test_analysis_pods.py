@@ -168,7 +168,7 @@ async def test_no_canary_pod_answering_is_unavailable_and_says_why(
         await provider.measure(target(canary_pods=("10.0.0.2", "10.0.0.3", "")))
     message = str(raised.value)
     assert message.startswith("none of the 3 canary pods answered GET /metrics: ")
-    assert "c0 (http://10.0.0.2:8080/metrics: connection refused)" in message
+    assert "c0 (http://10.0.0.2:8080/metrics could not be connected to)" in message
     assert "c1 (http://10.0.0.3:8080/metrics: not Prometheus exposition text" in message
     assert "c2 (no pod IP yet)" in message
     assert raised.value.transient

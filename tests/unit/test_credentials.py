@@ -42,9 +42,38 @@ def test_a_binary_mlflow_key_is_named() -> None:
         secret_values({"MLFLOW_TRACKING_TOKEN": BINARY}, secret_name="mlflow")
 
 
-def test_missing_keys_lists_what_the_secret_has_without_values() -> None:
-    data = {"username": encoded(b"alice"), "keystore.p12": BINARY}
+# Review 2026-12 finding 15: the message listed every key of the Secret ("it has: keystore.p12,
+# username"), to whoever may read the resource's status.
+MISSING: list[tuple[str, dict[str, str], str]] = [
+    (
+        "no MLflow key",
+        {"username": "alice"},
+        "lacks MLFLOW_TRACKING_TOKEN, or both MLFLOW_TRACKING_USERNAME and",
+    ),
+    (
+        "a user without a password",
+        {"MLFLOW_TRACKING_USERNAME": "alice"},
+        "lacks MLFLOW_TRACKING_PASSWORD (beside MLFLOW_TRACKING_USERNAME), or MLFLOW_TRACKING_TOKEN",
+    ),
+    (
+        "a password without a user",
+        {"MLFLOW_TRACKING_PASSWORD": "pw"},
+        "lacks MLFLOW_TRACKING_USERNAME (beside MLFLOW_TRACKING_PASSWORD), or MLFLOW_TRACKING_TOKEN",
+    ),
+    ("an empty token", {"MLFLOW_TRACKING_TOKEN": ""}, "lacks MLFLOW_TRACKING_TOKEN"),
+]
+
+
+@pytest.mark.parametrize(("case", "keys", "said"), MISSING, ids=[m[0] for m in MISSING])
+def test_a_secret_without_credentials_names_only_the_mlflow_keys_it_lacks(
+    case: str, keys: dict[str, str], said: str
+) -> None:
+    data = {key: encoded(value.encode()) for key, value in keys.items()}
+    data |= {"keystore.p12": BINARY, "db-password": encoded(b"hunter2")}
     with pytest.raises(CredentialsNotFound) as caught:
         credentials_from(secret_values(data, secret_name="mlflow"), secret_name="mlflow", present_keys=data)
-    assert "it has: keystore.p12, username" in caught.value.message
-    assert "alice" not in caught.value.message
+    message = caught.value.message
+    assert message.startswith("Secret 'mlflow' "), message
+    assert said in message, case
+    for other in ("keystore.p12", "db-password", "username", "alice", "hunter2"):
+        assert other not in message, (case, message)

@@ -159,13 +159,24 @@ def test_the_service_and_the_scrape_annotations_reach_the_ports_the_operator_lis
     assert service["spec"]["selector"].items() <= labels.items()
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(ports["metrics"])
-    # The secret is optional: an install without the Secret runs, polling alone.
-    [secret] = [item for item in container["env"] if item["name"] == "ALIASROLL_WEBHOOK_SECRET"]
-    assert secret["valueFrom"]["secretKeyRef"] == {
-        "name": "aliasroll-webhook",
-        "key": "secret",
-        "optional": True,
-    }
+    # The registries' secrets are a file from an optional Secret: an install without it runs, polling
+    # alone. The single-secret setting of earlier releases still reaches the operator (which asks
+    # for its tracking URI), from its optional Secret.
+    mount = Path(env["ALIASROLL_WEBHOOK_REGISTRIES"]).parent
+    [volume_mount] = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == mount]
+    assert volume_mount["readOnly"] is True
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[volume_mount["name"]]["secret"] == {"secretName": "aliasroll-webhooks", "optional": True}
+    for name, key in (
+        ("ALIASROLL_WEBHOOK_SECRET", "secret"),
+        ("ALIASROLL_WEBHOOK_TRACKING_URI", "trackingUri"),
+    ):
+        [item] = [item for item in container["env"] if item["name"] == name]
+        assert item["valueFrom"]["secretKeyRef"] == {
+            "name": "aliasroll-webhook",
+            "key": key,
+            "optional": True,
+        }
     assert "service.yaml" in documents(MANIFESTS / "kustomization.yaml")[0]["resources"]
 
 

@@ -680,7 +680,7 @@ def test_pod_template_follows_the_serving_image_contract() -> None:
         "ALIASROLL_TRACK": "production",
         "EXTRA": "1",
     }
-    assert container["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert "envFrom" not in container, "the operator's Secret is never the pods' by default"
     assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
@@ -693,6 +693,31 @@ def test_pod_template_follows_the_serving_image_contract() -> None:
         "strategy"
     ]
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0, "a roll never drops below the asked capacity"
+
+
+def test_pods_without_credentials_of_their_own_are_said_once() -> None:
+    """Review 2026-12 finding 3: the operator's write-capable Secret went to the pods by default. Now
+    they get none unless spec.serving names one, and the resource says so, naming the field."""
+    registry = {"trackingUri": "http://mlflow:5000", "credentialsSecretRef": {"name": "creds"}}
+    the_spec = spec(registry=registry)
+    first = run(the_spec, view("4"), observed(), {})
+    assert condition(first, reasons.POD_CREDENTIALS) == ("False", reasons.POD_CREDENTIALS_NOT_SET)
+    warnings = [e for e in first.events if e.reason == reasons.POD_CREDENTIALS_NOT_SET]
+    assert len(warnings) == 1
+    assert warnings[0].type == "Warning"
+    assert "spec.serving.credentialsSecretRef" in warnings[0].message
+    again = run(the_spec, view("4"), observed(workload(P, "4")), first.status)
+    assert not [e for e in again.events if e.reason == reasons.POD_CREDENTIALS_NOT_SET]
+    fixed = run(
+        spec(registry=registry, serving={"credentialsSecretRef": {"name": "read-only"}}),
+        view("4"),
+        observed(workload(P, "4")),
+        again.status,
+    )
+    assert condition(fixed, reasons.POD_CREDENTIALS) == ("True", reasons.POD_CREDENTIALS_SET)
+    assert reasons.POD_CREDENTIALS not in {
+        c["type"] for c in run(spec(), view("4"), observed(), {}).status["conditions"]
+    }
 
 
 def test_no_empty_maps_in_status() -> None:

@@ -315,6 +315,20 @@ def test_gateway_route_attaches_to_the_stable_service_by_default() -> None:
     ]
 
 
+def test_gateway_route_matches_only_the_paths_clients_call() -> None:
+    # /metrics (model names, versions, counts), /version, /ready and /live are the cluster's: a Gateway
+    # that serves the route answers them 404, whatever the weights.
+    _, routing = plan(ROUTERS[RouterKind.GATEWAY_API], traffic(RouterKind.GATEWAY_API))
+    [rule] = route(routing.objects)["spec"]["rules"]
+    assert rule["matches"] == [
+        {"path": {"type": "Exact", "value": "/invocations"}},
+        {"path": {"type": "Exact", "value": "/ping"}},
+        {"path": {"type": "Exact", "value": "/health"}},
+    ]
+    paths = {match["path"]["value"] for match in rule["matches"]}
+    assert not paths & {"/metrics", "/version", "/ready", "/live", "/"}
+
+
 def test_gateway_track_services_select_one_track_each() -> None:
     _, routing = plan(ROUTERS[RouterKind.GATEWAY_API], traffic(RouterKind.GATEWAY_API))
     selectors = {

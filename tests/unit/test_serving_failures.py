@@ -109,6 +109,10 @@ ENV = {
     "MLFLOW_TRACKING_USERNAME": "alice",
     "DB_API_KEY": "dbkey-1",
     "SHORT_TOKEN": "1",
+    "SHORT_PASSWORD": "pw9",
+    "UV_INDEX_URL": "https://s3cr3t-deploy-token@pypi.fury.io/acme/simple",
+    "PIP_EXTRA_INDEX_URL": "https://bob:xtra-pa55@extra.example/simple",
+    "UV_EXTRA_INDEX_URL": "http://mirror.example/simple",
     "MODEL_URI": "models:/sentiment/3",
     "PATH": "/usr/bin",
 }
@@ -120,7 +124,32 @@ REDACTIONS: list[tuple[str, str, str]] = [
     ("url userinfo", "https://bob:pa55@db.internal/x", f"https://{MASK}@db.internal/x"),
     ("url userinfo of a known secret", f"https://alice:{SECRET}@h/", f"https://{MASK}@h/"),
     ("a user name alone is not a credential", "user alice", "user alice"),
-    ("too short to mask everywhere", "SHORT_TOKEN is 1", "SHORT_TOKEN is 1"),
+    ("a flag value is a setting, not a secret", "SHORT_TOKEN is 1", "SHORT_TOKEN is 1"),
+    # Review 2026-12 finding 13: a token alone as userinfo, the index variables, and short values.
+    (
+        "an index variable that carries a token is a secret whole",
+        "cannot reach https://s3cr3t-deploy-token@pypi.fury.io/acme/simple",
+        f"cannot reach {MASK}",
+    ),
+    (
+        "token-only userinfo of a URL no variable holds",
+        "cannot reach https://other-deploy-token@pypi.fury.io/acme/simple",
+        f"cannot reach https://{MASK}@pypi.fury.io/acme/simple",
+    ),
+    ("an index token outside its URL", "token s3cr3t-deploy-token refused", f"token {MASK} refused"),
+    ("an index URL's password outside its URL", "password xtra-pa55 refused", f"password {MASK} refused"),
+    (
+        "any URL's userinfo, known or not",
+        "git+https://ghp_abc@github.com/o/r and https://u:p@h/x",
+        f"git+https://{MASK}@github.com/o/r and https://{MASK}@h/x",
+    ),
+    ("a short secret standing alone", "login pw9 failed", f"login {MASK} failed"),
+    ("a short secret inside a longer word is not it", "pw9x", "pw9x"),
+    (
+        "an index without credentials is no secret",
+        "from http://mirror.example/simple",
+        "from http://mirror.example/simple",
+    ),
     ("settings that are not credentials", "models:/sentiment/3 /usr/bin", "models:/sentiment/3 /usr/bin"),
 ]
 
@@ -192,3 +221,18 @@ def test_metrics_count_failures_by_kind_and_answers_by_code_per_version() -> Non
     ] == [1, 1, 0]
     assert value("aliasroll_serving_request_duration_seconds_count") == 3
     assert value("aliasroll_serving_request_duration_seconds_bucket", le="0.01") == 2
+
+
+def test_the_termination_message_is_always_redacted(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from aliasroll.serving.__main__ import write_termination_message
+
+    path = Path(str(tmp_path)) / "termination-log"
+    monkeypatch.setenv("TERMINATION_MESSAGE_PATH", str(path))
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET)
+    monkeypatch.setenv("UV_INDEX_URL", "https://idx-t0ken@mirror.example/simple")
+    write_termination_message(f"failed with {SECRET} from https://idx-t0ken@mirror.example/simple")
+    assert path.read_text() == f"failed with {MASK} from {MASK}"

@@ -99,6 +99,35 @@ BAD = [
         {**MINIMAL, "serving": {"podTemplate": {"spec": {"securityContext": {"runAsGroup": 0}}}}},
         "spec.serving.podTemplate.spec.securityContext.runAsGroup",
     ),
+    # Review 2026-12 finding 2: group 0 opened root-group-writable files of volumes and the node.
+    (
+        "root group as fsGroup",
+        {**MINIMAL, "serving": {"podTemplate": {"spec": {"securityContext": {"fsGroup": 0}}}}},
+        "spec.serving.podTemplate.spec.securityContext.fsGroup",
+    ),
+    (
+        "root group among the supplemental groups",
+        {
+            **MINIMAL,
+            "serving": {"podTemplate": {"spec": {"securityContext": {"supplementalGroups": [5, 0]}}}},
+        },
+        "spec.serving.podTemplate.spec.securityContext.supplementalGroups",
+    ),
+    (
+        "a dependency cache location of the tenant's choosing",
+        {**MINIMAL, "serving": {"dependencyCache": {"emptyDir": {}}}},
+        "spec.serving.dependencyCache",
+    ),
+    (
+        "a dependency cache that is neither on nor off",
+        {**MINIMAL, "serving": {"dependencyCache": {"enabled": "yes"}}},
+        "spec.serving.dependencyCache.enabled",
+    ),
+    (
+        "operator-owned dependency setting",
+        {**MINIMAL, "serving": {"env": [{"name": "ALIASROLL_SOURCE_BUILDS", "value": "on"}]}},
+        "spec.serving.env",
+    ),
     (
         "tolerations not a list",
         {**MINIMAL, "serving": {"podTemplate": {"spec": {"tolerations": {"key": "gpu"}}}}},
@@ -131,7 +160,7 @@ def test_serving_settings_are_typed_and_read_only() -> None:
                     "imagePullSecrets": [{"name": "regcred"}],
                     "priorityClassName": "high",
                     "runtimeClassName": "nvidia",
-                    "securityContext": {"runAsUser": 1000, "fsGroup": 0, "supplementalGroups": [5]},
+                    "securityContext": {"runAsUser": 1000, "fsGroup": 2000, "supplementalGroups": [5]},
                 },
             },
         },
@@ -143,7 +172,7 @@ def test_serving_settings_are_typed_and_read_only() -> None:
     assert pod.labels == {"team": "search"}
     assert pod.image_pull_secrets == ("regcred",)
     assert (pod.priority_class_name, pod.runtime_class_name) == ("high", "nvidia")
-    assert pod.security == PodSecurity(run_as_user=1000, fs_group=0, supplemental_groups=(5,))
+    assert pod.security == PodSecurity(run_as_user=1000, fs_group=2000, supplemental_groups=(5,))
     assert pod.tolerations[0]["key"] == "nvidia.com/gpu"
     with pytest.raises(TypeError):
         pod.labels["team"] = "other"  # type: ignore[index]
@@ -158,3 +187,21 @@ def test_serving_defaults() -> None:
     assert serving.scratch_size == "10Gi"
     assert serving.credentials_secret is None
     assert serving.pod == PodSettings()
+
+
+@pytest.mark.parametrize(
+    ("serving", "enabled"),
+    [
+        pytest.param({}, False, id="absent-off"),
+        pytest.param({"dependencyCache": {}}, True, id="given-on"),
+        pytest.param({"dependencyCache": {"enabled": True}}, True, id="enabled"),
+        pytest.param({"dependencyCache": {"enabled": False}}, False, id="disabled"),
+        # Stored before the cache became the operator's: on, at the operator's location.
+        pytest.param({"dependencyCache": {"hostPath": {"path": "/"}}}, True, id="legacy-host-path-on"),
+        pytest.param(
+            {"dependencyCache": {"persistentVolumeClaim": {"claimName": "c"}}}, True, id="legacy-claim-on"
+        ),
+    ],
+)
+def test_the_dependency_cache_is_only_on_or_off(serving: dict[str, Any], enabled: bool) -> None:
+    assert parse_spec({**MINIMAL, "serving": serving}).serving.dependency_cache is enabled

@@ -12,7 +12,12 @@ from builders import OWNER, spec, workload
 from aliasroll.kube.observe import pod_failures
 from aliasroll.planning.health import stall_message
 from aliasroll.planning.state import ServedVersion
-from aliasroll.planning.workloads import DEPENDENCY_CACHE_PATH, WorkloadDefaults, deployment
+from aliasroll.planning.workloads import (
+    DEPENDENCY_CACHE_PATH,
+    DependencySettings,
+    WorkloadDefaults,
+    deployment,
+)
 from aliasroll.spec import InvalidSpec, Track
 
 P = Track.PRODUCTION
@@ -152,14 +157,16 @@ def test_stall_message(observed: Any, expected: str | None) -> None:
     assert stall_message(observed, WANTED) == expected
 
 
-def _container(serving: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _container(
+    serving: dict[str, Any], settings: DependencySettings | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     built = deployment(
         owner=OWNER,
         spec=spec(serving=serving),
         track=P,
         version=WANTED,
         replicas=1,
-        defaults=WorkloadDefaults(),
+        defaults=WorkloadDefaults(dependencies=settings or DependencySettings()),
     )
     pod_spec = built["spec"]["template"]["spec"]
     return pod_spec["containers"][0], pod_spec
@@ -170,18 +177,22 @@ def test_default_installs_with_no_cache_and_reports_why_it_failed() -> None:
     names = [item["name"] for item in container["env"]]
     assert "ALIASROLL_DEPENDENCIES" not in names
     assert "ALIASROLL_DEPENDENCY_CACHE" not in names
-    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # Review 2026-12 finding 13: FallbackToLogsOnError copied what the model printed into status.
+    assert container["terminationMessagePolicy"] == "File"
     assert [volume["name"] for volume in pod_spec["volumes"]] == ["scratch"]
 
 
-def test_image_mode_and_cache_volume_reach_the_pod() -> None:
-    cache = {"hostPath": {"path": "/var/cache/aliasroll", "type": "Directory"}}
-    container, pod_spec = _container({"dependencies": "image", "dependencyCache": cache})
+def test_image_mode_and_cache_reach_the_pod() -> None:
+    settings = DependencySettings(cache_claim="deps")
+    container, _ = _container({"dependencies": "image", "dependencyCache": {}}, settings)
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["ALIASROLL_DEPENDENCIES"] == "image"
+    assert "ALIASROLL_DEPENDENCY_CACHE" not in env, "nothing is installed: no cache"
+    container, pod_spec = _container({"dependencyCache": {}}, settings)
+    env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["ALIASROLL_DEPENDENCY_CACHE"] == DEPENDENCY_CACHE_PATH
     assert {"name": "dependency-cache", "mountPath": DEPENDENCY_CACHE_PATH} in container["volumeMounts"]
-    assert {"name": "dependency-cache", **cache} in pod_spec["volumes"]
+    assert {"name": "dependency-cache", "persistentVolumeClaim": {"claimName": "deps"}} in pod_spec["volumes"]
 
 
 @pytest.mark.parametrize(
@@ -189,12 +200,7 @@ def test_image_mode_and_cache_volume_reach_the_pod() -> None:
     [
         pytest.param({"dependencies": "pip"}, "use install", id="unknown-mode"),
         pytest.param(
-            {"dependencyCache": {"emptyDir": {}}}, "hostPath or persistentVolumeClaim", id="other-source"
-        ),
-        pytest.param(
-            {"dependencyCache": {"hostPath": {"path": "/a"}, "persistentVolumeClaim": {"claimName": "c"}}},
-            "one volume source",
-            id="two-sources",
+            {"dependencyCache": {"emptyDir": {}}}, "the operator's settings say where", id="other-source"
         ),
         pytest.param(
             {"env": [{"name": "ALIASROLL_DEPENDENCIES", "value": "image"}]}, "operator sets it", id="env"

@@ -1,4 +1,6 @@
-"""The serving pods the operator builds: spec.serving in, pod template out; the operator's own fields win."""
+"""The serving pods the operator builds: spec.serving in, pod template out; the operator's own fields win.
+Which registry credentials the pods hold (never the operator's by default), and where the dependency
+cache is (the operator's setting, one part per namespace)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,16 @@ from typing import Any
 import pytest
 from builders import OWNER, spec
 
+from aliasroll import reasons
+from aliasroll.conditions import FALSE, TRUE
 from aliasroll.planning.state import ServedVersion
 from aliasroll.planning.workloads import (
+    DEPENDENCY_CACHE_PATH,
     TERMINATION_GRACE_SECONDS,
+    DependencySettings,
     WorkloadDefaults,
     deployment,
+    pod_credentials_condition,
     pod_disruption_budget,
     track_selector,
 )
@@ -62,17 +69,26 @@ CASES: list[tuple[str, dict[str, Any], str, Any]] = [
         True,
     ),
     ("own service account is used", {"serviceAccountName": "reader"}, "spec.serviceAccountName", "reader"),
-    (
-        "pods get the registry Secret by default",
-        {},
-        "container.envFrom",
-        [{"secretRef": {"name": "operator-creds"}}],
-    ),
+    # Review 2026-12 finding 3: pods got spec.registry.credentialsSecretRef, the operator's
+    # write-capable Secret, by default.
+    ("pods get no registry credentials by default, never the operator's", {}, "container.envFrom", None),
     (
         "pods get their own Secret when given",
         {"credentialsSecretRef": {"name": "read-only"}},
         "container.envFrom",
         [{"secretRef": {"name": "read-only"}}],
+    ),
+    (
+        "pods get the operator's Secret only when spec.serving names it (the explicit opt-in)",
+        {"credentialsSecretRef": {"name": "operator-creds"}},
+        "container.envFrom",
+        [{"secretRef": {"name": "operator-creds"}}],
+    ),
+    (
+        "why a version cannot start is the server's redacted message, never the log",
+        {},
+        "container.terminationMessagePolicy",
+        "File",
     ),
     (
         "scratch is limited to 10Gi by default",
@@ -295,3 +311,178 @@ def test_pod_disruption_budget_per_track(replicas: int, budget: dict[str, int]) 
         assert build(spec(), track)["spec"]["selector"] == pdb["spec"]["selector"], (
             "it selects the track's pods"
         )
+
+
+# (case, spec.registry's Secret, spec.serving's, expected (status, reason) or None, words of the message)
+CREDENTIALS: list[tuple[str, str | None, str | None, tuple[str, str] | None, list[str]]] = [
+    ("no Secret anywhere: no condition", None, None, None, []),
+    (
+        "the operator's Secret and none for the pods: a warning naming the field",
+        "operator-creds",
+        None,
+        (FALSE, reasons.POD_CREDENTIALS_NOT_SET),
+        ["spec.serving.credentialsSecretRef", "read-only", "'operator-creds'"],
+    ),
+    (
+        "the pods get the operator's own Secret: kept as asked, and said",
+        "operator-creds",
+        "operator-creds",
+        (FALSE, reasons.OPERATOR_CREDENTIALS_SHARED),
+        ["'operator-creds'", "move aliases", "read-only"],
+    ),
+    (
+        "a Secret of their own",
+        "operator-creds",
+        "read-only",
+        (TRUE, reasons.POD_CREDENTIALS_SET),
+        ["'read-only'", "not the operator's"],
+    ),
+    ("a Secret for the pods alone", None, "read-only", (TRUE, reasons.POD_CREDENTIALS_SET), ["'read-only'"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "operator", "pods", "expected", "words"), CREDENTIALS, ids=[c[0] for c in CREDENTIALS]
+)
+def test_pod_credentials_condition(
+    case: str, operator: str | None, pods: str | None, expected: tuple[str, str] | None, words: list[str]
+) -> None:
+    registry: dict[str, Any] = {"trackingUri": "http://mlflow:5000"}
+    if operator:
+        registry["credentialsSecretRef"] = {"name": operator}
+    serving = {"credentialsSecretRef": {"name": pods}} if pods else {}
+    condition = pod_credentials_condition(spec(registry=registry, serving=serving))
+    if expected is None:
+        assert condition is None, case
+        return
+    assert condition is not None, case
+    assert (condition.type, condition.status, condition.reason) == (reasons.POD_CREDENTIALS, *expected)
+    for word in words:
+        assert word in condition.message, (case, condition.message)
+
+
+HOST = DependencySettings(cache_host_path="/var/cache/aliasroll")
+CLAIM = DependencySettings(cache_claim="aliasroll-dependencies")
+ON: dict[str, Any] = {"dependencyCache": {"enabled": True}}
+
+# (case, the operator's settings, spec.serving, the cache volume, its mount, the pods' dependency env)
+CACHES: list[tuple[str, DependencySettings, dict[str, Any], Any, Any, dict[str, str]]] = [
+    ("no cache asked, none mounted", HOST, {}, None, None, {}),
+    ("asked, but the operator has none: scratch", DependencySettings(), ON, None, None, {}),
+    ("turned off", HOST, {"dependencyCache": {"enabled": False}}, None, None, {}),
+    (
+        # Review 2026-12 finding 2: the tenant chose any hostPath, one directory for every namespace.
+        "the operator's node directory, this namespace's part of it only",
+        HOST,
+        ON,
+        {"name": "dependency-cache", "hostPath": {"path": "/var/cache/aliasroll", "type": "Directory"}},
+        {"name": "dependency-cache", "mountPath": DEPENDENCY_CACHE_PATH, "subPath": "ml"},
+        {
+            "ALIASROLL_DEPENDENCY_CACHE": DEPENDENCY_CACHE_PATH,
+            "ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES": str(20 * 2**30),
+        },
+    ),
+    (
+        "the operator's claim, one per namespace",
+        CLAIM,
+        ON,
+        {"name": "dependency-cache", "persistentVolumeClaim": {"claimName": "aliasroll-dependencies"}},
+        {"name": "dependency-cache", "mountPath": DEPENDENCY_CACHE_PATH},
+        {
+            "ALIASROLL_DEPENDENCY_CACHE": DEPENDENCY_CACHE_PATH,
+            "ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES": str(20 * 2**30),
+        },
+    ),
+    (
+        "a resource stored with the old hostPath gets the operator's cache, not its path",
+        HOST,
+        {"dependencyCache": {"hostPath": {"path": "/"}}},
+        {"name": "dependency-cache", "hostPath": {"path": "/var/cache/aliasroll", "type": "Directory"}},
+        {"name": "dependency-cache", "mountPath": DEPENDENCY_CACHE_PATH, "subPath": "ml"},
+        {
+            "ALIASROLL_DEPENDENCY_CACHE": DEPENDENCY_CACHE_PATH,
+            "ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES": str(20 * 2**30),
+        },
+    ),
+    ("an image that has everything needs no cache", HOST, {**ON, "dependencies": "image"}, None, None, {}),
+    (
+        "the operator allows direct references and builds",
+        DependencySettings(direct_references=True, source_builds=True),
+        {},
+        None,
+        None,
+        {"ALIASROLL_DIRECT_REFERENCES": "on", "ALIASROLL_SOURCE_BUILDS": "on"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "settings", "serving", "volume", "mount", "env"), CACHES, ids=[c[0] for c in CACHES]
+)
+def test_the_dependency_cache_is_the_operators_one_part_per_namespace(
+    case: str,
+    settings: DependencySettings,
+    serving: dict[str, Any],
+    volume: Any,
+    mount: Any,
+    env: dict[str, str],
+) -> None:
+    built = deployment(
+        owner=OWNER,
+        spec=spec(serving=serving),
+        track=Track.PRODUCTION,
+        version=VERSION,
+        replicas=1,
+        defaults=WorkloadDefaults(dependencies=settings),
+    )["spec"]["template"]["spec"]
+    (only,) = built["containers"]
+    volumes = [item for item in built["volumes"] if item["name"] == "dependency-cache"]
+    mounts = [item for item in only["volumeMounts"] if item["name"] == "dependency-cache"]
+    assert volumes == ([volume] if volume else []), case
+    assert mounts == ([mount] if mount else []), case
+    names = {"ALIASROLL_DEPENDENCY_CACHE", "ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES"}
+    names |= {"ALIASROLL_DIRECT_REFERENCES", "ALIASROLL_SOURCE_BUILDS"}
+    assert {item["name"]: item["value"] for item in only["env"] if item["name"] in names} == env, case
+
+
+# (case, the operator's environment, the settings, or the words of why it refuses to start)
+SETTINGS: list[tuple[str, dict[str, str], DependencySettings | str]] = [
+    ("nothing set: no cache, wheels from the index only", {}, DependencySettings()),
+    (
+        "a node directory",
+        {
+            "ALIASROLL_DEPENDENCY_CACHE_HOST_PATH": "/var/cache/aliasroll/",
+            "ALIASROLL_DEPENDENCY_CACHE_SIZE": "5Gi",
+        },
+        DependencySettings(cache_host_path="/var/cache/aliasroll", cache_max_bytes=5 * 2**30),
+    ),
+    (
+        "a claim, and what the admin allows",
+        {
+            "ALIASROLL_DEPENDENCY_CACHE_CLAIM": "deps",
+            "ALIASROLL_DEPENDENCY_DIRECT_REFERENCES": "true",
+            "ALIASROLL_DEPENDENCY_SOURCE_BUILDS": "on",
+        },
+        DependencySettings(cache_claim="deps", direct_references=True, source_builds=True),
+    ),
+    (
+        "both",
+        {"ALIASROLL_DEPENDENCY_CACHE_HOST_PATH": "/c", "ALIASROLL_DEPENDENCY_CACHE_CLAIM": "deps"},
+        "not both",
+    ),
+    ("a relative directory", {"ALIASROLL_DEPENDENCY_CACHE_HOST_PATH": "cache"}, "absolute directory"),
+    ("the node's root", {"ALIASROLL_DEPENDENCY_CACHE_HOST_PATH": "/"}, "absolute directory"),
+    ("a way out", {"ALIASROLL_DEPENDENCY_CACHE_HOST_PATH": "/var/cache/../../etc"}, "without '..'"),
+    ("not a claim name", {"ALIASROLL_DEPENDENCY_CACHE_CLAIM": "Deps_1"}, "not a PersistentVolumeClaim name"),
+    ("not a size", {"ALIASROLL_DEPENDENCY_CACHE_SIZE": "lots"}, "not a size"),
+    ("not a flag", {"ALIASROLL_DEPENDENCY_SOURCE_BUILDS": "maybe"}, "not true or false"),
+]
+
+
+@pytest.mark.parametrize(("case", "env", "expected"), SETTINGS, ids=[c[0] for c in SETTINGS])
+def test_dependency_settings(case: str, env: dict[str, str], expected: DependencySettings | str) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(SystemExit, match=expected):
+            DependencySettings.from_env(env)
+    else:
+        assert DependencySettings.from_env(env) == expected, case

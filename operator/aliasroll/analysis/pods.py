@@ -1,8 +1,16 @@
 """Measuring from the serving pods' own /metrics: no Prometheus needed.
 
-Each measurement scrapes every measured pod of both tracks (by pod IP, concurrently, with a short
-timeout) and returns the window between this reading and what was last read of each container,
-kept in memory per resource. Every container's requests are counted exactly once:
+Each measurement scrapes every measured pod of both tracks (by pod IP, a few at a time) and returns
+the window between this reading and what was last read of each container, kept in memory per
+resource. A pod runs the image its resource names, so its /metrics is bounded like any endpoint a
+tenant chooses (analysis.fetch): each scrape has a total deadline (DEFAULT_TIMEOUT_SECONDS) and a
+byte budget (MAX_BODY_BYTES) counted as the body streams in, and only the lines of the serving
+series are kept (MAX_SERIES_BYTES). At most MAX_SCRAPES_PER_MEASUREMENT scrapes of one measurement
+are under way at once, and nothing is shared between resources but the HTTP client (its pool has
+no connection limit, so one resource's silent pods never make another's scrapes wait). A pod that
+misbehaves is named with a fixed phrase, never with what it answered.
+
+Every container's requests are counted exactly once:
 
 - A baseline is kept per pod (by uid) with the identity of the container it was read from (restart
   count and container ID). A pod left out of a reading (not Ready for a moment, or its /metrics did
@@ -32,10 +40,12 @@ from datetime import datetime
 
 import httpx2
 
+from aliasroll.analysis.fetch import CallFailed, call
 from aliasroll.analysis.provider import AnalysisTarget, PodEndpoint, TrackWindows
 from aliasroll.analysis.window import (
     Counters,
     MetricsFormatError,
+    SeriesLines,
     Window,
     counted_since,
     parse_counters,
@@ -45,10 +55,16 @@ from aliasroll.analysis.window import (
 from aliasroll.errors import AnalysisUnavailable
 
 METRICS_PATH = "/metrics"
+# A whole scrape (connect, head, body): a serving pod answers its /metrics in milliseconds.
 DEFAULT_TIMEOUT_SECONDS = 2.0
-MAX_CONCURRENT_SCRAPES = 32
+# Scrapes of one measurement (one resource) under way at once.
+MAX_SCRAPES_PER_MEASUREMENT = 8
 # /metrics of one serving pod is a few kB; a pod answering far more is not a serving pod.
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Of that, the serving series' sample lines kept to be parsed (a pod's are about 2 kB per version),
+# and the longest line read.
+MAX_SERIES_BYTES = 256 * 1024
+MAX_LINE_BYTES = 64 * 1024
 # A pod neither measured nor named as existing for this many analysis intervals is gone (deleted):
 # its baseline is dropped. The pods the watch lists are named every reading, so this only bounds
 # what deleted pods leave behind (and covers callers that do not name unmeasured pods).
@@ -89,6 +105,7 @@ class _Scrape:
     pod: PodEndpoint
     counters: Counters | None = None  # None with no problem: the pod serves another version
     problem: str | None = None  # why the pod could not be read
+    read: int = 0  # bytes of its body read
 
 
 @dataclass(frozen=True)
@@ -108,18 +125,28 @@ class PodMetricsProvider:
     ) -> None:
         self._timeout = timeout_seconds
         # trust_env off: a proxy set for the registry must not sit between the operator and pod IPs.
-        self._client = client or httpx2.AsyncClient(timeout=timeout_seconds, trust_env=False)
+        # No connection limit (each measurement limits its own scrapes) and no kept-alive
+        # connections: the pool is no resource one resource's pods could hold from another's.
+        self._client = client or httpx2.AsyncClient(
+            timeout=timeout_seconds,
+            trust_env=False,
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=0),
+        )
         self._clock = clock
         self._readings: dict[str, _Reading] = {}
-        self._limit = asyncio.Semaphore(MAX_CONCURRENT_SCRAPES)
 
     async def measure(self, target: AnalysisTarget) -> TrackWindows | None:
         versions = (target.production_version, target.canary_version)
         # Taken before the scrapes: every request counted from this reading came after it.
         stamp = _Stamp(at=self._clock(), read_at=target.read_at)
+        slots = asyncio.Semaphore(MAX_SCRAPES_PER_MEASUREMENT)  # this measurement's own
         production, canary = await asyncio.gather(
-            self._scrape_all(target.production_pods, model=target.model, version=target.production_version),
-            self._scrape_all(target.canary_pods, model=target.model, version=target.canary_version),
+            self._scrape_all(
+                target.production_pods, model=target.model, version=target.production_version, slots=slots
+            ),
+            self._scrape_all(
+                target.canary_pods, model=target.model, version=target.canary_version, slots=slots
+            ),
         )
         _require_an_answer("production", production)
         _require_an_answer("canary", canary)
@@ -164,27 +191,38 @@ class PodMetricsProvider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _scrape_all(self, pods: Sequence[PodEndpoint], *, model: str, version: str) -> list[_Scrape]:
-        return list(await asyncio.gather(*(self._scrape(pod, model=model, version=version) for pod in pods)))
+    async def _scrape_all(
+        self, pods: Sequence[PodEndpoint], *, model: str, version: str, slots: asyncio.Semaphore
+    ) -> list[_Scrape]:
+        scrapes = (self._scrape(pod, model=model, version=version, slots=slots) for pod in pods)
+        return list(await asyncio.gather(*scrapes))
 
-    async def _scrape(self, pod: PodEndpoint, *, model: str, version: str) -> _Scrape:
+    async def _scrape(
+        self, pod: PodEndpoint, *, model: str, version: str, slots: asyncio.Semaphore | None = None
+    ) -> _Scrape:
         if not pod.ip:
             return _Scrape(pod, problem="no pod IP yet")
         host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
         url = f"http://{host}:{pod.port}{METRICS_PATH}"
+        lines = SeriesLines(limit=MAX_SERIES_BYTES, max_line=MAX_LINE_BYTES)
         try:
-            async with self._limit:
-                answer = await self._client.get(url, timeout=self._timeout)
-        except httpx2.TimeoutException:
-            return _Scrape(pod, problem=f"{url} timed out after {self._timeout:g} s")
-        except httpx2.HTTPError as error:
-            return _Scrape(pod, problem=f"{url}: {str(error) or type(error).__name__}")
-        if answer.status_code != 200:
-            return _Scrape(pod, problem=f"{url} answered HTTP {answer.status_code}")
-        if len(answer.content) > MAX_BODY_BYTES:
-            return _Scrape(pod, problem=f"{url} answered {len(answer.content)} bytes: not a serving pod")
-        try:
-            return _Scrape(pod, counters=parse_counters(answer.text, model=model, version=version))
+            async with slots or asyncio.Semaphore(1):
+                answer = await call(
+                    self._client,
+                    "GET",
+                    url,
+                    deadline=self._timeout,
+                    limit=MAX_BODY_BYTES,
+                    read_body=lambda status: status == 200,
+                    keep=lines.feed,
+                )
+            if answer.status != 200:
+                return _Scrape(pod, problem=f"{url} answered HTTP {answer.status}")
+            return _Scrape(
+                pod, counters=parse_counters(lines.text(), model=model, version=version), read=answer.read
+            )
+        except CallFailed as failed:
+            return _Scrape(pod, problem=f"{url} {failed}", read=failed.read)
         except MetricsFormatError as error:
             return _Scrape(pod, problem=f"{url}: {error}")
 

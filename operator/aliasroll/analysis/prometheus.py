@@ -14,6 +14,12 @@ same model version in another namespace is not counted; `namespace_label` rename
 with "" leaves the namespace out. The user's `matchers` are added (one naming the namespace label
 replaces the namespace matcher). The queries are evaluated at the target's `read_at`, so the window
 is exactly the interval before it.
+
+The address is the resource's to choose, so every query is bounded like any endpoint a tenant
+chooses (analysis.fetch): a total deadline (`timeout_seconds`) and a byte budget (MAX_ANSWER_BYTES;
+an answer of these aggregated queries is a few kB). What goes wrong is said in the operator's own
+words: never the server's `error` text nor any part of its answer (only its `errorType`, when it is
+one of Prometheus' own).
 """
 
 from __future__ import annotations
@@ -29,12 +35,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 
+from aliasroll.analysis.fetch import CallFailed, call
 from aliasroll.analysis.provider import AnalysisTarget, TrackWindows
 from aliasroll.analysis.window import LATENCY_BUCKET_SERIES, LATENCY_COUNT_SERIES, REQUESTS_SERIES, Window
 from aliasroll.errors import AnalysisUnavailable
 
+# A whole query (connect, head, body), not a timeout per read.
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# An answer of the aggregated queries: a sample per version (and per bucket), a few kB.
+MAX_ANSWER_BYTES = 256 * 1024
 DEFAULT_NAMESPACE_LABEL = "namespace"
+# Prometheus' own error types (its API's errorType): the only part of an error answer shown.
+_ERROR_TYPES = frozenset(
+    {"bad_data", "timeout", "canceled", "execution", "internal", "unavailable", "not_found", "not_acceptable"}
+)
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # Labels the queries set themselves.
 _RESERVED = frozenset({"model", "version", "code", "le", "__name__"})
@@ -55,27 +69,16 @@ class PrometheusProvider:
         prefix); `matchers`: extra label=value matchers for every query (e.g. the namespace or job
         label the user's scrape configuration sets), so that other deployments' pods are not counted;
         `namespace_label`: the label that carries the pods' namespace ("" for none)."""
+        check_source(address, matchers=matchers, namespace_label=namespace_label)
         parts = urlsplit(address.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Prometheus address {address!r}: give a URL such as http://prometheus:9090")
-        for name in matchers or {}:
-            if not _LABEL_NAME.match(name):
-                raise ValueError(f"label matcher {name!r}: not a Prometheus label name")
-            if name in _RESERVED:
-                raise ValueError(f"label matcher {name!r}: the analysis sets this label itself")
-        if namespace_label and not _LABEL_NAME.match(namespace_label):
-            raise ValueError(f"namespace label {namespace_label!r}: not a Prometheus label name")
-        if namespace_label in _RESERVED:
-            raise ValueError(f"namespace label {namespace_label!r}: the analysis sets this label itself")
         self._query_url = address.strip().rstrip("/") + "/api/v1/query"
         # Messages name the server without any credentials in its URL.
-        self.address = urlunsplit(
-            (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", "")
-        )
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        self.address = urlunsplit((parts.scheme, host, parts.path, "", ""))
         self._matchers = dict(matchers or {})
         self._namespace_label = namespace_label
         self._timeout = timeout_seconds
-        self._client = client or httpx2.AsyncClient(timeout=timeout_seconds, headers=dict(headers or {}))
+        self._client = client or new_client(headers=headers, timeout_seconds=timeout_seconds)
 
     async def measure(self, target: AnalysisTarget) -> TrackWindows:
         if target.interval_seconds < 1:
@@ -84,11 +87,19 @@ class PrometheusProvider:
         errors_selector = selector[:-1] + ',code=~"5.."}'
         rng = f"[{target.interval_seconds}s]"
         at = None if target.read_at is None else target.read_at.timestamp()
-        requests, errors, buckets = await asyncio.gather(
-            self._query(f"sum by (version) (increase({LATENCY_COUNT_SERIES}{selector}{rng}))", at=at),
-            self._query(f"sum by (version) (increase({REQUESTS_SERIES}{errors_selector}{rng}))", at=at),
-            self._query(f"sum by (version, le) (increase({LATENCY_BUCKET_SERIES}{selector}{rng}))", at=at),
-        )
+        queries = [
+            asyncio.ensure_future(self._query(promql, at=at))
+            for promql in (
+                f"sum by (version) (increase({LATENCY_COUNT_SERIES}{selector}{rng}))",
+                f"sum by (version) (increase({REQUESTS_SERIES}{errors_selector}{rng}))",
+                f"sum by (version, le) (increase({LATENCY_BUCKET_SERIES}{selector}{rng}))",
+            )
+        ]
+        try:
+            requests, errors, buckets = await asyncio.gather(*queries)
+        finally:
+            for query in queries:  # one failed: the others are not waited for
+                query.cancel()
         request_counts = _by_version(requests)
         if target.production_version not in request_counts:
             series = f"{LATENCY_COUNT_SERIES}{self._selector(target, 0)}"
@@ -140,6 +151,7 @@ class PrometheusProvider:
         """Nothing is kept per resource."""
 
     async def aclose(self) -> None:
+        """Closes the HTTP client (the one it was given too)."""
         await self._client.aclose()
 
     def _selector(self, target: AnalysisTarget, which: int | None = None) -> str:
@@ -169,50 +181,87 @@ class PrometheusProvider:
         if at is not None:
             form["time"] = f"{at:.3f}"
         try:
-            answer = await self._client.post(self._query_url, data=form, timeout=self._timeout)
-        except httpx2.TimeoutException:
+            answer = await call(
+                self._client,
+                "POST",
+                self._query_url,
+                data=form,
+                deadline=self._timeout,
+                limit=MAX_ANSWER_BYTES,
+            )
+        except CallFailed as failed:
+            raise AnalysisUnavailable(self._failed(str(failed))) from None
+        if answer.status in (401, 403):
             raise AnalysisUnavailable(
-                f"Prometheus at {self.address} did not answer within {self._timeout:g} s"
-            ) from None
-        except httpx2.HTTPError as error:
-            raise AnalysisUnavailable(
-                f"Prometheus at {self.address} is unreachable ({str(error) or type(error).__name__}): "
-                "check the analysis' Prometheus address and that the operator may reach it"
-            ) from None
-        body = _json(answer)
-        if answer.status_code in (401, 403):
-            raise AnalysisUnavailable(
-                f"Prometheus at {self.address} refused the operator (HTTP {answer.status_code}): "
+                f"Prometheus at {self.address} refused the operator (HTTP {answer.status}): "
                 "check the credentials it is given"
             )
+        body = _json(answer.body)
         if body is None or "status" not in body:
             raise AnalysisUnavailable(
-                f"{self.address} answered HTTP {answer.status_code} without a Prometheus API answer: "
+                f"{self.address} answered HTTP {answer.status} without a Prometheus API answer: "
                 "give the Prometheus server's base URL, e.g. http://prometheus.monitoring:9090"
             )
         if body.get("status") != "success":
+            kind = body.get("errorType")
             raise AnalysisUnavailable(
-                f"Prometheus at {self.address} could not run {promql}: "
-                f"{body.get('errorType', 'error')}: {body.get('error', 'no reason given')}"
+                f"Prometheus at {self.address} could not run {promql} "
+                f"(HTTP {answer.status}, {kind if kind in _ERROR_TYPES else 'an error'})"
             )
-        data = body.get("data") or {}
-        if data.get("resultType") != "vector" or not isinstance(data.get("result"), list):
+        data = body.get("data")
+        if (
+            not isinstance(data, dict)
+            or data.get("resultType") != "vector"
+            or not isinstance(data.get("result"), list)
+        ):
             raise AnalysisUnavailable(
-                f"Prometheus at {self.address} answered {promql} with a {data.get('resultType')!r}, "
-                "not an instant vector"
+                f"Prometheus at {self.address} answered {promql} with something other than an instant vector"
             )
         samples: list[tuple[dict[str, str], float]] = []
         for series in data["result"]:
             try:
                 value = float(series["value"][1])
                 labels = {str(k): str(v) for k, v in series.get("metric", {}).items()}
-            except (KeyError, IndexError, TypeError, ValueError):
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
                 raise AnalysisUnavailable(
-                    f"Prometheus at {self.address} answered {promql} with a sample it cannot read: {series!r}"
+                    f"Prometheus at {self.address} answered {promql} with a sample it cannot read"
                 ) from None
             if math.isfinite(value):
                 samples.append((labels, value))
         return samples
+
+    def _failed(self, phrase: str) -> str:
+        if phrase.startswith(("could not be connected to", "could not be reached")):
+            return (
+                f"Prometheus at {self.address} is unreachable ({phrase.removeprefix('could not be ')}): "
+                "check the analysis' Prometheus address and that the operator may reach it"
+            )
+        return f"Prometheus at {self.address} {phrase}"
+
+
+def check_source(address: str, *, matchers: Mapping[str, str] | None, namespace_label: str) -> None:
+    """Raises ValueError for an address, a matcher or a namespace label the queries cannot use."""
+    parts = urlsplit(address.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Prometheus address {address!r}: give a URL such as http://prometheus:9090")
+    for name in matchers or {}:
+        if not _LABEL_NAME.match(name):
+            raise ValueError(f"label matcher {name!r}: not a Prometheus label name")
+        if name in _RESERVED:
+            raise ValueError(f"label matcher {name!r}: the analysis sets this label itself")
+    if namespace_label and not _LABEL_NAME.match(namespace_label):
+        raise ValueError(f"namespace label {namespace_label!r}: not a Prometheus label name")
+    if namespace_label in _RESERVED:
+        raise ValueError(f"namespace label {namespace_label!r}: the analysis sets this label itself")
+
+
+def new_client(
+    *, headers: Mapping[str, str] | None = None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+) -> httpx2.AsyncClient:
+    """An HTTP client for one Prometheus address (it may be shared by the resources that name it)."""
+    # No proxy or .netrc from the environment: what the egress check saw is what is called (and
+    # httpx follows no redirect unless asked).
+    return httpx2.AsyncClient(timeout=timeout_seconds, headers=dict(headers or {}), trust_env=False)
 
 
 def _by_version(samples: list[tuple[dict[str, str], float]]) -> dict[str, float]:
@@ -224,9 +273,9 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-def _json(answer: httpx2.Response) -> dict[str, Any] | None:
+def _json(body: bytes) -> dict[str, Any] | None:
     try:
-        body = answer.json()
-    except ValueError:
+        found = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         return None
-    return body if isinstance(body, dict) else None
+    return found if isinstance(found, dict) else None

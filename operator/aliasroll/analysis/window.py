@@ -9,6 +9,7 @@ pods and one taken from a Prometheus give the same answer.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,13 @@ REQUESTS_SERIES = "aliasroll_serving_requests_total"
 LATENCY_BUCKET_SERIES = "aliasroll_serving_request_duration_seconds_bucket"
 LATENCY_COUNT_SERIES = "aliasroll_serving_request_duration_seconds_count"
 _READ = frozenset({REQUESTS_SERIES, LATENCY_BUCKET_SERIES, LATENCY_COUNT_SERIES})
+NOT_EXPOSITION = "not Prometheus exposition text"
+# A sample line of one of the series read, and a line that is not of the exposition format (a
+# sample line starts with a metric name; else it is a comment or blank).
+_SERIES_LINE = re.compile(
+    rb"^[ \t]*(?:" + b"|".join(re.escape(name.encode()) for name in sorted(_READ)) + rb")[ \t{][^\n]*", re.M
+)
+_NOT_A_LINE = re.compile(rb"^(?![ \t]*(?:#|\r?$|[a-zA-Z_:][a-zA-Z0-9_:]*[ \t{]))", re.M)
 
 # (upper bound, cumulative count), ascending bounds, the last one +Inf.
 Buckets = tuple[tuple[float, float], ...]
@@ -92,11 +100,57 @@ def parse_counters(text: str, *, model: str, version: str) -> Counters | None:
                     bound = float(labels["le"])
                     buckets[bound] = buckets.get(bound, 0.0) + sample.value
     except (ValueError, KeyError, TypeError) as error:
-        raise MetricsFormatError(f"not Prometheus exposition text: {error}") from error
+        # Never the parser's words: they quote the text, which the pod wrote.
+        raise MetricsFormatError(NOT_EXPOSITION) from error
     if not found:
         return None
     requests = counted if has_count else answered
     return Counters(requests=requests, errors=errors, buckets=tuple(sorted(buckets.items())))
+
+
+class SeriesLines:
+    """Takes a /metrics body piece by piece as it streams in and keeps only the sample lines of the
+    series the analysis reads (a serving pod's are a few kB of its body), so what is kept of a body is
+    bounded by `limit` whatever the pod sends. Every line is checked to be of the exposition format
+    as it arrives; a body that is not stops the reading at once. Raises MetricsFormatError."""
+
+    def __init__(self, *, limit: int, max_line: int) -> None:
+        self._limit = limit
+        self._max_line = max_line
+        self._kept: list[bytes] = []
+        self._size = 0
+        self._tail = b""  # a line not ended yet
+
+    def feed(self, piece: bytes) -> None:
+        data = self._tail + piece
+        end = data.rfind(b"\n") + 1
+        self._tail = data[end:]
+        if len(self._tail) > self._max_line:
+            raise MetricsFormatError(f"{NOT_EXPOSITION} (a line longer than {self._max_line} bytes)")
+        if end:
+            self._take(data[:end])
+
+    def text(self) -> str:
+        """The lines kept, once the whole body is read."""
+        tail, self._tail = self._tail, b""
+        if tail:
+            self._take(tail + b"\n")
+        try:
+            return b"\n".join(self._kept).decode()
+        except UnicodeDecodeError:
+            raise MetricsFormatError(NOT_EXPOSITION) from None
+
+    def _take(self, lines: bytes) -> None:
+        # Whole lines; the regular expressions run over all of them at once, not line by line.
+        if _NOT_A_LINE.search(lines):
+            raise MetricsFormatError(NOT_EXPOSITION)
+        for line in _SERIES_LINE.findall(lines):
+            self._size += len(line) + 1
+            if self._size > self._limit:
+                raise MetricsFormatError(
+                    f"more than {self._limit // 1024} KiB of samples of the serving series: not a serving pod"
+                )
+            self._kept.append(line)
 
 
 def window_between(before: Mapping[str, Counters], after: Mapping[str, Counters]) -> Window:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
-from lightkube import ALL_NS, AsyncClient
+from lightkube import ALL_NS
 
 from aliasroll import __version__, metrics
 from aliasroll.backoff import Backoff
@@ -32,16 +32,26 @@ from aliasroll.controller.leadership import Fence, FencedClient, FencedRegistry,
 from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.records import DeferredTags
 from aliasroll.controller.scheduler import Scheduler
-from aliasroll.http import Listener, metrics_app, parse_listen, webhook_app
-from aliasroll.kube.cache import OwnedCache
+from aliasroll.http import (
+    Listener,
+    ReceiverLimits,
+    ServerTLS,
+    ThreadedListener,
+    metrics_app,
+    on_this_loop,
+    parse_listen,
+    webhook_app,
+)
+from aliasroll.kube.cache import OwnedCache, PooledClient
 from aliasroll.kube.credentials import SecretCache
 from aliasroll.kube.events import EventRecorder
 from aliasroll.kube.resources import ModelDeployment
 from aliasroll.planning.workloads import MANAGER, WorkloadDefaults
 from aliasroll.registry.client import RegistryClient, configure_http
 from aliasroll.registry.poller import Wake
+from aliasroll.registry.scoped import ScopedPoller
 from aliasroll.spec import GROUP, PLURAL, VERSION
-from aliasroll.webhooks import WebhookReceiver
+from aliasroll.webhooks import WebhookConfigError, WebhookReceiver, load_registries
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +78,10 @@ class NoDiffBase(kopf.DiffBaseStorage):
         pass
 
 
+class ScopedFencedRegistry(ScopedPoller, FencedRegistry):
+    """The fenced poller, which a registry's webhook wakes on that registry's endpoints only."""
+
+
 class Runtime:
     """What lives for the operator's lifetime; kept in Kopf's memo."""
 
@@ -80,25 +94,35 @@ class Runtime:
         # pass checks it too.
         self.fence = Fence()
         self.client = FencedClient(fence=self.fence, field_manager=MANAGER)
-        # Watches hold a connection each for as long as they run: their own client, so they never
-        # take the connections passes write through. (They only read: no fence.)
-        self.watch_client = AsyncClient(field_manager=MANAGER)
+        # Watches hold a connection each for as long as they run: clients of their own, so they never
+        # take the connections passes write through. (They only read: no fence.) The owned kinds'
+        # watches have a pool of exactly as many connections as they are; how many Secrets are named
+        # is up to the tenants, so their watches are bounded and pooled apart: a watch of the owned
+        # kinds that reconnects never waits behind them.
+        self.watch_client = PooledClient(connections=OwnedCache.connections(self.namespaces))
         self.objects = OwnedCache(
             self.watch_client,
             namespaces=self.namespaces,
             wake=lambda owner: self.scheduler.child_changed(owner),
         )
-        self.secrets = SecretCache(self.watch_client)
-        self.registry = FencedRegistry(
-            RegistryClient(),
+        self.secret_client = PooledClient(connections=SecretCache.CONNECTIONS)
+        self.secrets = SecretCache(self.secret_client)
+        self.registry = ScopedFencedRegistry(
+            RegistryClient(
+                timeout_seconds=config.registry_timeout_seconds,
+                max_answer_bytes=config.registry_max_answer_bytes,
+                destinations=config.destinations,
+            ),
             fence=self.fence,
             sweep_threshold=config.registry_sweep_threshold,
             backoff=Backoff(cap=config.registry_max_backoff_seconds),
             concurrency_per_registry=config.registry_concurrency,
-            # One call's timeout, plus a margin for the thread to hand its answer over: a pass
+            # One call's deadline, plus a margin for the thread to hand its answer over: a pass
             # waits no longer than that for a registry, however busy or silent it is.
             answer_timeout=config.registry_timeout_seconds + 1.0,
+            destinations=config.destinations,
         )
+        log.info("tenant URLs (registries, Prometheus): %s", config.destinations.describe())
         # Events go through one writer whatever task posts them (a pass started by the watch, the
         # resync or a new leader); only while leading, through the fenced client.
         self.events = EventRecorder(
@@ -116,8 +140,12 @@ class Runtime:
             registry=self.registry,
             events=self.events,
             defaults=WorkloadDefaults(
-                image=config.serving_image, progress_deadline_seconds=config.progress_deadline_seconds
+                image=config.serving_image,
+                progress_deadline_seconds=config.progress_deadline_seconds,
+                dependencies=config.dependencies,
             ),
+            allowed=config.allowed,
+            destinations=config.destinations,
         )
         self.scheduler = Scheduler(
             reconcile=self._reconcile,
@@ -141,26 +169,55 @@ class Runtime:
         self.listeners = self._listeners(config)
         metrics.QUEUE_DEPTH.set_function(lambda: self.scheduler.pending)
 
-    def _listeners(self, config: OperatorConfig) -> list[Listener]:
-        listeners = []
+    def _listeners(self, config: OperatorConfig) -> list[Listener | ThreadedListener]:
+        listeners: list[Listener | ThreadedListener] = []
         if config.metrics_listen:
             host, port = parse_listen("ALIASROLL_METRICS_LISTEN", config.metrics_listen)
             listeners.append(Listener("metrics", metrics_app(), host, port))
-        if config.webhook_listen and config.webhook_secret:
+        try:
+            registries = load_registries(
+                registries_file=config.webhook_registries_file,
+                secret=config.webhook_secret,
+                tracking_uri=config.webhook_tracking_uri,
+            )
+        except WebhookConfigError as error:
+            raise SystemExit(str(error)) from None
+        if config.webhook_listen and registries:
             host, port = parse_listen("ALIASROLL_WEBHOOK_LISTEN", config.webhook_listen)
             receiver = WebhookReceiver(
-                secret=config.webhook_secret,
-                refresh=self.registry.refresh,
+                registries=registries,
+                # Checked on the receiver's own loop; the wake runs on this one, the poller's.
+                refresh=on_this_loop(self.registry.refresh_registry),
                 tolerance=config.webhook_tolerance_seconds,
             )
-            app = webhook_app(receiver, standby=lambda: not self.leading)
-            listeners.append(Listener("registry webhooks", app, host, port))
+            limits = ReceiverLimits(
+                per_source=config.webhook_rate_per_source, total=config.webhook_rate_total
+            )
+            app = webhook_app(receiver, standby=lambda: not self.leading, limits=limits)
+            tls = self._webhook_tls(config)
+            listeners.append(ThreadedListener("registry webhooks", app, host, port, tls=tls))
+            log.info(
+                "registry webhooks from %s",
+                ", ".join(f"{registry.name} at {registry.path}" for registry in registries),
+            )
         elif config.webhook_listen:
             log.warning(
-                "ALIASROLL_WEBHOOK_LISTEN is set but ALIASROLL_WEBHOOK_SECRET is not: webhooks are "
-                "not received (unsigned deliveries are never trusted); polling alone"
+                "ALIASROLL_WEBHOOK_LISTEN is set but no registry is (ALIASROLL_WEBHOOK_REGISTRIES): "
+                "webhooks are not received (unsigned deliveries are never trusted); polling alone"
             )
         return listeners
+
+    @staticmethod
+    def _webhook_tls(config: OperatorConfig) -> ServerTLS | None:
+        cert, key = config.webhook_tls_cert, config.webhook_tls_key
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            raise SystemExit("ALIASROLL_WEBHOOK_TLS_CERT and ALIASROLL_WEBHOOK_TLS_KEY go together: set both")
+        try:
+            return ServerTLS(cert, key)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"ALIASROLL_WEBHOOK_TLS_CERT/_KEY: {error}") from None
 
     async def start(self) -> None:
         for listener in self.listeners:
@@ -284,6 +341,7 @@ class Runtime:
         await self.registry.close()
         await self.client.close()
         await self.watch_client.close()
+        await self.secret_client.close()
 
 
 @kopf.on.startup()

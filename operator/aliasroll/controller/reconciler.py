@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lightkube import AsyncClient
 
-from aliasroll import metrics, reasons
+from aliasroll import allowlists, metrics, reasons
+from aliasroll.allowlists import AllowLists
 from aliasroll.controller.measuring import Analyzer
 from aliasroll.controller.records import InlineTags, TagsState
+from aliasroll.egress import Destinations
 from aliasroll.errors import (
     AliasrollError,
     CredentialsNotFound,
@@ -123,6 +125,8 @@ class Reconciler:
         registry: RegistryPoller,
         events: EventSink,
         defaults: WorkloadDefaults,
+        allowed: AllowLists | None = None,
+        destinations: Destinations | None = None,
         secrets: CredentialSource | None = None,
         analyzer: Analyzer | None = None,
         tags: TagWriter | None = None,
@@ -132,7 +136,7 @@ class Reconciler:
         self._objects = objects
         self._secrets = secrets
         self._registry = registry
-        self._analyzer = analyzer or Analyzer(objects)
+        self._analyzer = analyzer or Analyzer(objects, destinations=destinations)
         # Passes in a row whose writes failed with a server error, by uid.
         self._write_failures: dict[str, int] = {}
         # Every pass plans all of its version tags (they are idempotent); the writer makes the new
@@ -141,6 +145,7 @@ class Reconciler:
         self._applier = Applier(client)
         self._events = events
         self._defaults = defaults
+        self._allowed = allowed if allowed is not None else AllowLists()
         self._clock = clock
         # The status each resource was last given, by uid. The watch delivers our own status write
         # a moment later, and a pass that ran on the older body would otherwise announce the same
@@ -163,6 +168,8 @@ class Reconciler:
         previous_status: Mapping[str, Any] = self._written.get(owner.uid) or body.get("status") or {}
         try:
             spec = parse_spec(body.get("spec") or {})
+            # What the operator's allow-lists refuse (NotAllowed) is handled as an invalid spec.
+            allowlists.check(spec, namespace=owner.namespace, allowed=self._allowed)
         except InvalidSpec as error:
             # Nothing is applied or pruned: what runs keeps running until the spec is fixed.
             return await self._refuse(body, owner, previous_status, error, then=PassResult(next_in=None))
@@ -173,7 +180,7 @@ class Reconciler:
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
             return await self._refuse(body, owner, previous_status, error, then=retry)
         now = self._clock()
-        analysis = await self._measure(owner, spec, previous_status, now)
+        analysis = await self._measure(owner, spec, previous_status, now, wake)
         view, endpoint = await self._registry_view(owner, spec, wake)
         if view.error is None and endpoint is not None:
             self._tags.registry_answered(endpoint)  # writes held back by an outage go now
@@ -240,8 +247,13 @@ class Reconciler:
         next_in = spec.registry.poll_seconds
         if health.at_rest(status) and view.error is None:
             next_in = max(next_in, AT_REST_PASS_SECONDS)
-        if plan.next_in is not None:  # a canary step ends or a measurement is due sooner
-            next_in = max(MIN_CANARY_PASS_SECONDS, min(next_in, plan.next_in))
+        ahead = plan.next_in
+        if ahead is not None and self._analyzer.measuring(owner.uid):
+            # A reading under way wakes the resource when it ends: the next one is due an interval on.
+            run = canary_run.from_status(status.get("canary"))
+            ahead = None if run is None else canary_run.next_pass_in(spec, replace(run, read_at=now), now)
+        if ahead is not None:  # a canary step ends or a measurement is due sooner
+            next_in = max(MIN_CANARY_PASS_SECONDS, min(next_in, ahead))
         # A registry error is the poller's to retry (and the Secret watch's, for credentials): it
         # wakes this resource when the answer changes, so an outage adds no passes.
         return PassResult(next_in=next_in, failed=failed, back_off=False)
@@ -265,17 +277,29 @@ class Reconciler:
         return await self._refuse(body, owner, previous_status, shown, then=retry)
 
     async def _measure(
-        self, owner: ResourceRef, spec: ModelDeploymentSpec, previous_status: Mapping[str, Any], now: datetime
+        self,
+        owner: ResourceRef,
+        spec: ModelDeploymentSpec,
+        previous_status: Mapping[str, Any],
+        now: datetime,
+        wake: Wake,
     ) -> AnalysisResult | None:
+        """A finished measurement for the planner when one is due, or None. Never waits for the
+        metrics: the analyzer reads them outside the pass and wakes the resource when it has."""
         run = canary_run.from_status(previous_status.get("canary"))
         if run is None or not canary_run.measurement_due(spec, run, now):
             return None
-        kept = self._unrecorded.pop(owner.uid, None)
+        kept = self._unrecorded.get(owner.uid)
         if kept is not None and kept.version == run.version:
             return kept
-        return await self._analyzer.measure(
-            owner=owner, spec=spec, run=run, previous_status=previous_status, now=now
+        self._unrecorded.pop(owner.uid, None)
+        result = await self._analyzer.measure(
+            owner=owner, spec=spec, run=run, previous_status=previous_status, now=now, wake=wake
         )
+        # Taken from the analyzer once: kept until a status that records it is written, so a pass
+        # that ends before that (a refused apply, the API server away) hands it to the next one.
+        self._keep_unrecorded(owner.uid, result)
+        return result
 
     async def _submit_tags(
         self,
@@ -389,10 +413,15 @@ class Reconciler:
         return None
 
     def _keep_unrecorded(self, uid: str, analysis: AnalysisResult | None) -> None:
-        """A measurement whose status could not be written is used by the next pass instead of a new
-        reading: the metrics reader's baseline has moved past its window, which would be lost."""
+        """A measurement whose status is not written yet (or could not be) is used by the next pass
+        instead of a new reading: the metrics reader's baseline has moved past its window, which
+        would be lost."""
         if analysis is not None and analysis.measurement is not None:
             self._unrecorded[uid] = analysis
+
+    async def aclose(self) -> None:
+        """The operator stops: canary readings under way end, the analysis' HTTP clients close."""
+        await self._analyzer.aclose()
 
     def forget(self, uid: str) -> None:
         """The resource is gone (or no longer watched): drop its subscription and memory."""

@@ -15,19 +15,33 @@ follows a watch from that list's resourceVersion:
 A pass plans only on a cache whose first list has finished (`Informer.ready`): before it, a pass
 waits a little and then fails like a failed LIST did (no apply, no prune without a full picture).
 After it, the cache may trail the API server by a moment; see `OwnedCache` for why that is safe.
+
+What is kept of each object is a bounded projection, never the object a watch delivers: anyone who
+may create a Deployment (or a pod) can give it the managed-by label and a large annotation, in any
+namespace. Owned kinds keep an object only when its controller ownerReference is a ModelDeployment,
+and then only what passes read (`owned_projection`); pods only what passes read of them
+(`pod_projection`). Lists come in pages, so a relist holds at most a page of such objects at once.
+
+Each watch holds a connection for as long as it runs (HTTP/1.1), so the informers of a cache get a
+client of their own whose pool has exactly as many connections as they are (`pooled_client`): a
+watch that reconnects never waits behind another cache's watches, nor behind a pass's requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-from lightkube import ALL_NS, AsyncClient
+from lightkube import ALL_NS, AsyncClient, KubeConfig, SingleConfig
+from lightkube.config.client_adapter import ConnectionParams
 from lightkube.core.exceptions import ApiError
+from lightkube.core.generic_client import GenericAsyncClient
 from lightkube.core.resource import api_info
 from lightkube.generic_resource import GenericNamespacedResource, create_api_info
 from lightkube.resources.core_v1 import Pod
@@ -36,20 +50,77 @@ from aliasroll.backoff import Backoff
 from aliasroll.errors import AliasrollError, KubernetesApplyFailed, KubernetesUnavailable
 from aliasroll.kube.failures import api_failure
 from aliasroll.kube.resources import OWNED_KINDS
-from aliasroll.planning.workloads import LABEL_MANAGED_BY, LABEL_OWNER, MANAGER
-from aliasroll.spec import ResourceRef
+from aliasroll.planning.workloads import (
+    ANNOTATION_MODEL_URI,
+    ANNOTATION_RUN_ID,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER,
+    LABEL_TRACK,
+    LABEL_VERSION,
+    MANAGER,
+)
+from aliasroll.spec import GROUP, KIND, ResourceRef
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 IndexKey = Callable[[Mapping[str, Any]], Hashable | None]
 OnChange = Callable[[Mapping[str, Any]], None]
+# What a cache keeps of an object a watch delivers; None: nothing (not an object the operator reads).
+Keep = Callable[[dict[str, Any]], dict[str, Any] | None]
 # How long a pass waits for a cache's first list before it fails (and is retried with backoff).
 SYNC_WAIT_SECONDS = 10.0
 # How often a kind that is not installed is looked for again.
 ABSENT_RETRY_SECONDS = 30.0
 # The API server closes a watch after this many seconds; it is opened again from the last version.
 WATCH_SECONDS = 290
+# Objects per page of a list: what a list holds in memory at once, however large the objects are
+# (up to about 1.5 MiB each). A list is made at start and after a 410 only, so pages cost little.
+LIST_PAGE = 50
+# Messages kept of a condition or a container's state are cut at this many characters: the kubelet's
+# own bound on a termination message, which no real message passes.
+MAX_MESSAGE = 4096
+# Of an owned object, the fields the operator applied are kept up to this many characters of values
+# (a Deployment it writes holds a few thousand). Past it none are kept, so the pass applies the object
+# again (a no-op apply, by the same field manager, which also drops what it no longer writes).
+MAX_APPLIED_CHARS = 128 * 1024
+# Container statuses kept of a pod: the serving container, and a sidecar or two.
+MAX_CONTAINERS = 4
+# Where a kept owned object holds the fields the operator applied (owned_projection).
+APPLIED = "aliasroll.io/applied"
+
+
+@dataclass
+class _PooledParams(ConnectionParams):
+    """lightkube's connection parameters, with httpx's pool limits (passed on like the others)."""
+
+    limits: httpx2.Limits = field(default_factory=httpx2.Limits)
+
+
+class PooledClient(AsyncClient):
+    """A lightkube client whose connection pool holds `connections` connections.
+
+    With HTTP/1.1 a watch holds its connection for as long as it runs (about `WATCH_SECONDS`), and a
+    request that finds every connection taken waits, then fails (httpx's PoolTimeout). The informers
+    of one cache each hold at most one connection at a time (a list, then its watch), so a pool of as
+    many connections as informers is never waited for; nothing else uses it.
+    """
+
+    def __init__(
+        self,
+        *,
+        connections: int,
+        config: SingleConfig | KubeConfig | None = None,
+        timeout: httpx2.Timeout | None = None,
+    ) -> None:
+        # AsyncClient.__init__, with the limits added: lightkube passes every connection parameter
+        # on to httpx's client, but has no argument for the limits.
+        self._timeout = timeout or httpx2.Timeout(10.0)
+        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self._client = GenericAsyncClient(
+            _PooledParams(timeout=self._timeout, limits=limits), config, field_manager=MANAGER
+        )
+        self.connections = connections
 
 
 def owner_index(obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -60,32 +131,300 @@ def owner_index(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     return (str(meta.get("namespace") or ""), str(owner)) if owner else None
 
 
-def slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """Drops managedFields: nothing reads them, and they are often half of an object's size."""
-    meta = obj.get("metadata")
-    if isinstance(meta, dict) and "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-    return obj
+def controller_of(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference marked controller (an object has at most one), or None."""
+    for ref in meta.get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return ref
+    return None
 
 
-def without_status(obj: dict[str, Any]) -> dict[str, Any]:
-    """For kinds whose status no pass reads (budgets, Services, routes): the controllers' status
-    updates then leave the kept object as it was, and wake nobody."""
-    return {k: v for k, v in slim(obj).items() if k != "status"}
+# The labels passes read (the owner index, the track, the version); no other label is kept.
+_LABELS = (LABEL_MANAGED_BY, LABEL_OWNER, LABEL_TRACK, LABEL_VERSION)
+_IDENTITY = ("name", "namespace", "uid", "resourceVersion", "generation")
+_DEPLOYMENT_COUNTS = (
+    "observedGeneration",
+    "replicas",
+    "updatedReplicas",
+    "readyReplicas",
+    "availableReplicas",
+    "unavailableReplicas",
+)
 
 
-def pod_essentials(pod: dict[str, Any]) -> dict[str, Any]:
-    """What passes read of a serving pod: its name, labels and status (the termination messages,
-    readiness and IP); the spec, a copy of the Deployment's template, is most of its size."""
+def owned_projection(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """What a cache of an owned kind keeps of an object: None unless its controller ownerReference is
+    a ModelDeployment, else a bounded projection of it.
+
+    Kept: the object's identity, the labels passes read and its controller reference; of a
+    Deployment what `observe.reduce_deployment` reads (replicas, the version its template pins, the
+    rollout's counts and conditions); and, as compact JSON under APPLIED (a few KiB, where the same
+    fields as dicts take seven times that), every field the operator applied, found through the
+    object's managedFields. The applier compares the objects it wants with these (`applied_view`,
+    `applier.up_to_date`) to skip applies that would change nothing. A field someone else changed by
+    hand is no longer the operator's in managedFields: it is then missing there, and the next pass
+    applies it again, as it did when it compared whole objects. Nothing others added (annotations,
+    sidecars, status) is kept.
+    """
+    meta = obj.get("metadata") or {}
+    controller = controller_of(meta)
+    if (
+        controller is None
+        or controller.get("kind") != KIND
+        or str(controller.get("apiVersion") or "").partition("/")[0] != GROUP
+    ):
+        return None  # not a ModelDeployment's: no pass reads it, whatever labels it has
+    labels = meta.get("labels") or {}
+    kept: dict[str, Any] = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {
+            **{key: meta[key] for key in _IDENTITY if key in meta},
+            "labels": {key: labels[key] for key in _LABELS if key in labels},
+            # The controller reference as it is (the operator's own, or one that took its place):
+            # who controls the object is what observe() and the applier compare.
+            "ownerReferences": [
+                {key: _cut(controller[key], 253) for key in _REF_FIELDS if key in controller}
+            ],
+        },
+    }
+    if obj.get("kind") == "Deployment":
+        kept.update(_deployment_essentials(obj))
+    applied = _applied(obj, meta.get("managedFields"))
+    if applied is not None:
+        kept[APPLIED] = json.dumps(applied, separators=(",", ":"), ensure_ascii=False)
+    return kept
+
+
+def applied_view(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A kept object as the applier compares it: what the operator applied, with what else is kept
+    (the controller reference as it is). An object without APPLIED is itself."""
+    encoded = obj.get(APPLIED)
+    if not isinstance(encoded, str):
+        return obj
+    rest = {key: value for key, value in obj.items() if key != APPLIED}
+    view = _merged(json.loads(encoded), rest)
+    view["metadata"]["ownerReferences"] = rest["metadata"]["ownerReferences"]
+    return view
+
+
+_REF_FIELDS = ("apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion")
+
+
+def _deployment_essentials(obj: Mapping[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    template_meta = (spec.get("template") or {}).get("metadata") or {}
+    template_labels = template_meta.get("labels") or {}
+    template_annotations = template_meta.get("annotations") or {}
+    kept_spec: dict[str, Any] = {
+        "template": {
+            "metadata": {
+                "labels": {k: template_labels[k] for k in (LABEL_VERSION,) if k in template_labels},
+                "annotations": {
+                    k: _cut(template_annotations[k], MAX_MESSAGE)
+                    for k in (ANNOTATION_MODEL_URI, ANNOTATION_RUN_ID)
+                    if k in template_annotations
+                },
+            }
+        }
+    }
+    if "replicas" in spec:
+        kept_spec["replicas"] = spec["replicas"]
+    kept_status: dict[str, Any] = {key: status[key] for key in _DEPLOYMENT_COUNTS if key in status}
+    conditions = [
+        {
+            key: _cut(condition[key], MAX_MESSAGE)
+            for key in ("type", "status", "reason", "message")
+            if key in condition
+        }
+        for condition in (status.get("conditions") or ())[:8]
+        if isinstance(condition, Mapping)
+    ]
+    if conditions:
+        kept_status["conditions"] = conditions
+    return {"spec": kept_spec, "status": kept_status}
+
+
+def _applied(obj: Mapping[str, Any], managed: Any) -> dict[str, Any] | None:
+    """The fields of `obj` that the operator's field manager applied (its managedFields entries of
+    operation Apply), or None when there are none or they hold more than MAX_APPLIED_CHARS."""
+    fields: dict[str, Any] = {}
+    for entry in managed or ():
+        if (
+            isinstance(entry, Mapping)
+            and entry.get("manager") == MANAGER
+            and entry.get("operation") == "Apply"
+            and not entry.get("subresource")
+            and isinstance(entry.get("fieldsV1"), Mapping)
+        ):
+            fields = _union(fields, entry["fieldsV1"])
+    if not fields:
+        return None
+    budget = [MAX_APPLIED_CHARS]
+    selected = _select(obj, fields, budget)
+    return selected if type(selected) is dict and budget[0] >= 0 else None
+
+
+def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(a)
+    for key, value in b.items():
+        merged[key] = _union(merged[key], value) if key in merged else value
+    return merged
+
+
+def _select(value: Any, fields: Mapping[str, Any], budget: list[int]) -> Any:
+    """The parts of `value` a managedFields set (fieldsV1) names: `f:<name>` a field of an object,
+    `k:<json>` the item of a list whose keys have these values, `v:<json>` the item equal to it,
+    `i:<n>` the n-th item; an empty set (or only `.`), the whole value (a scalar, or an atomic map
+    or list). Runs on every event of an owned kind: decoded JSON is plain dicts and lists."""
+    if type(value) is dict:
+        selected: dict[str, Any] = {}
+        for key, sub in fields.items():
+            if key[:2] == "f:" and (name := key[2:]) in value:
+                item = value[name]
+                if sub and (len(sub) > 1 or "." not in sub) and type(item) in (dict, list):
+                    selected[name] = _select(item, sub, budget)
+                else:
+                    budget[0] -= _chars(item)
+                    selected[name] = item
+            elif key == "." and len(fields) == 1:
+                budget[0] -= _chars(value)
+                return value
+        return selected if fields else _whole(value, budget)
+    if type(value) is list and any(key != "." for key in fields):
+        items = _item_keys(fields)
+        chosen: list[Any] = []
+        for index, item in enumerate(value):
+            for match, sub in items:
+                if match(index, item):
+                    whole = not sub or (len(sub) == 1 and "." in sub) or type(item) is not dict
+                    chosen.append(_whole(item, budget) if whole else _select(item, sub, budget))
+                    break
+        return chosen
+    return _whole(value, budget)
+
+
+def _whole(value: Any, budget: list[int]) -> Any:
+    budget[0] -= _chars(value)
+    return value
+
+
+ItemMatch = Callable[[int, Any], bool]
+
+
+def _item_keys(members: Mapping[str, Any]) -> list[tuple[ItemMatch, Mapping[str, Any]]]:
+    """How to find the list items a managedFields set names, each key decoded once per list."""
+    found: list[tuple[ItemMatch, Mapping[str, Any]]] = []
+    for key, sub in members.items():
+        kind, _, literal = key.partition(":")
+        try:
+            if kind == "k":
+                found.append((_keyed(json.loads(literal)), sub))
+            elif kind == "v":
+                found.append((_equal(json.loads(literal)), sub))
+            elif kind == "i":
+                found.append((_at_index(int(literal)), sub))
+        except (ValueError, AttributeError):
+            continue  # not a path element this reader knows: no item is kept for it
+    return found
+
+
+def _keyed(keys: Mapping[str, Any]) -> ItemMatch:
+    pairs = tuple(keys.items())  # AttributeError when the key is not an object
+    return lambda _, item: type(item) is dict and all(item.get(k) == v for k, v in pairs)
+
+
+def _equal(value: Any) -> ItemMatch:
+    return lambda _, item: bool(item == value)
+
+
+def _at_index(at: int) -> ItemMatch:
+    return lambda index, _: index == at
+
+
+def _chars(value: Any) -> int:
+    if type(value) is str:
+        return len(value)
+    if type(value) is dict:
+        return sum(len(key) + _chars(item) for key, item in value.items())
+    if type(value) is list:
+        return sum(_chars(item) for item in value)
+    return 8
+
+
+def _merged(applied: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
+    """Both are read from the same object: maps are merged, anything else is the applied value."""
+    merged = dict(applied)
+    for key, value in kept.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        elif key not in merged:
+            merged[key] = value
+    return merged
+
+
+def _cut(value: Any, limit: int) -> Any:
+    return value[:limit] if isinstance(value, str) else value
+
+
+def pod_projection(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """What the pod cache keeps of a pod: None unless a ReplicaSet controls it and it names its
+    owner in the owner label, else what passes read of it (its identity, the labels passes read, its
+    IP, whether it is Ready, and of a few containers why they fail and which run of them answers).
+    The spec, a copy of the Deployment's template, and the annotations are most of a pod's size."""
     meta = pod.get("metadata") or {}
+    controller = controller_of(meta)
+    labels = meta.get("labels") or {}
+    if controller is None or controller.get("kind") != "ReplicaSet" or LABEL_OWNER not in labels:
+        return None
+    status = pod.get("status") or {}
+    kept_status: dict[str, Any] = {
+        "conditions": [
+            {"type": "Ready", "status": c.get("status")}
+            for c in status.get("conditions") or ()
+            if isinstance(c, Mapping) and c.get("type") == "Ready"
+        ][:1],
+        "containerStatuses": [
+            _container(c)
+            for c in (status.get("containerStatuses") or ())[:MAX_CONTAINERS]
+            if isinstance(c, Mapping)
+        ],
+    }
+    if "podIP" in status:
+        kept_status["podIP"] = _cut(status["podIP"], 64)
     return {
         "apiVersion": pod.get("apiVersion"),
         "kind": pod.get("kind"),
         "metadata": {
-            k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion", "uid") if k in meta
+            **{key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta},
+            "labels": {key: labels[key] for key in _LABELS if key in labels},
         },
-        "status": pod.get("status") or {},
+        "status": kept_status,
     }
+
+
+def _container(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What observe.container_failure and measuring.container_identity read of a container."""
+    kept: dict[str, Any] = {
+        key: _cut(status[key], 253)
+        for key in ("name", "ready", "restartCount", "containerID")
+        if key in status
+    }
+    state = status.get("state") or {}
+    kept["state"] = {
+        phase: _state(state[phase])
+        for phase in ("waiting", "running", "terminated")
+        if isinstance(state.get(phase), Mapping)
+    }
+    last = (status.get("lastState") or {}).get("terminated")
+    if isinstance(last, Mapping):
+        kept["lastState"] = {"terminated": _state(last)}
+    return kept
+
+
+def _state(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _cut(state[key], MAX_MESSAGE) for key in ("reason", "message", "exitCode") if key in state}
 
 
 class Store:
@@ -125,6 +464,13 @@ class Store:
         if (index := self._index_key(obj)) is not None:
             self._index.setdefault(index, set()).add(key)
         return True
+
+    def remove(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """Forgets an object (deleted, or no longer one this store keeps); returns what it held."""
+        before = self._objects.get((namespace, name))
+        if before is not None:
+            self._remove((namespace, name), before)
+        return before
 
     def replace(self, objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """A fresh list: everything it has, nothing else. Returns what changed, deletions included
@@ -199,7 +545,7 @@ class Informer:
         fields: Mapping[str, str] | None = None,
         index: IndexKey = owner_index,
         on_change: OnChange | None = None,
-        keep: Callable[[dict[str, Any]], dict[str, Any]] = slim,
+        keep: Keep = dict,
         backoff: Backoff | None = None,
         absent_retry: float = ABSENT_RETRY_SECONDS,
     ) -> None:
@@ -223,6 +569,8 @@ class Informer:
 
     def start(self) -> None:
         if self._task is None:
+            if not self.ready.is_set():
+                self._answered.clear()  # set by a stop before the first list came
             self._task = asyncio.create_task(self.run(), name=f"watch {self.kind} {self._where()}")
 
     async def stop(self) -> None:
@@ -231,6 +579,7 @@ class Informer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._answered.set()  # a pass waiting for a first list that will not come waits no longer
 
     async def wait_ready(self, patience: float) -> None:
         """Returns once the first list is in. Raises what the last list failed with, at once when
@@ -309,11 +658,13 @@ class Informer:
             listed = self._client.list(
                 self._resource,
                 namespace=self._namespace,
+                chunk_size=LIST_PAGE,
                 labels=self._labels or None,
                 fields=self._fields or None,
             )
             async for item in listed:
-                items.append(self._as_dict(item))
+                if (kept := self._keep(self._as_dict(item))) is not None:
+                    items.append(kept)
         except httpx2.HTTPStatusError as error:
             if _code(error) != 404:
                 raise
@@ -344,8 +695,14 @@ class Informer:
         ):
             obj = self._as_dict(item)
             self._seen = _version(obj) or self._seen
-            if event in ("ADDED", "MODIFIED", "DELETED") and self.store.apply(event, obj):
-                self._notify((obj,))
+            if event not in ("ADDED", "MODIFIED", "DELETED"):
+                continue  # BOOKMARK
+            kept = self._keep(obj) if event != "DELETED" else None
+            if kept is None:  # gone, or no longer one this cache keeps (its owner reference removed)
+                if (gone := self.store.remove(*_key(obj))) is not None:
+                    self._notify((gone,))
+            elif self.store.apply(event, kept):
+                self._notify((kept,))
         # lightkube reconnects on its own when the server ends a watch; an end here is unexpected.
 
     def _as_dict(self, item: Any) -> dict[str, Any]:
@@ -354,7 +711,7 @@ class Informer:
         # Lists leave apiVersion and kind out of items.
         data.setdefault("apiVersion", info.api_version)
         data.setdefault("kind", info.kind)
-        return self._keep(data)
+        return data
 
     def _notify(self, changed: Iterable[Mapping[str, Any]]) -> None:
         if self._on_change is None:
@@ -372,8 +729,13 @@ class Informer:
 class OwnedCache:
     """Every kind the operator owns, and the serving pods, from one watch each per namespace.
 
-    Filtered on the server by the managed-by label, indexed by (namespace, owner label); a pass then
-    keeps only the objects whose controller ownerReference is its resource's uid.
+    Filtered on the server by the managed-by label, indexed by (namespace, owner label). Of the owned
+    kinds only objects controlled by a ModelDeployment are kept (`owned_projection`), of pods only
+    those of a ReplicaSet (`pod_projection`); a pass then keeps only the objects whose controller
+    ownerReference is its resource's uid.
+
+    Its client should be its own (`PooledClient` of `connections(namespaces)`): each informer holds
+    a connection while it watches.
 
     The cache trails the API server by a moment, which is safe for what a pass does with it:
     - apply: an object the pass wrote a moment ago may still look old or missing; server-side apply is
@@ -397,9 +759,7 @@ class OwnedCache:
         selector = {LABEL_MANAGED_BY: MANAGER}
         scopes = tuple(namespaces) or (ALL_NS,)
 
-        def informers(
-            resource: Any, on_change: OnChange | None, keep: Callable[[dict[str, Any]], dict[str, Any]] = slim
-        ) -> dict[str, Informer]:
+        def informers(resource: Any, on_change: OnChange | None, keep: Keep) -> dict[str, Informer]:
             return {
                 scope: Informer(
                     client, resource, namespace=scope, labels=selector, on_change=on_change, keep=keep
@@ -407,13 +767,19 @@ class OwnedCache:
                 for scope in scopes
             }
 
-        # Of what the operator owns, passes read the status of Deployments only (rollout progress).
+        # Of what the operator owns, passes read the status of Deployments only (rollout progress):
+        # a budget's or a Service's status changes keep the same projection, and wake nobody.
         self._owned = {
-            key: informers(resource, self._changed, slim if key[1] == "Deployment" else without_status)
-            for key, resource in OWNED_KINDS.items()
+            key: informers(resource, self._changed, owned_projection) for key, resource in OWNED_KINDS.items()
         }
         # Pods change often (every probe result): they are read by passes, never a reason for one.
-        self._pods = informers(Pod, None, pod_essentials)
+        self._pods = informers(Pod, None, pod_projection)
+
+    @staticmethod
+    def connections(namespaces: Iterable[str] = ()) -> int:
+        """The connections its informers hold at most: one per kind (and pods) per watched scope,
+        and one to spare for a connection the server has closed but the pool not yet let go."""
+        return (len(OWNED_KINDS) + 1) * max(1, len(set(namespaces))) + 1
 
     def _all(self) -> list[Informer]:
         return [i for by_scope in (*self._owned.values(), self._pods) for i in by_scope.values()]

@@ -13,6 +13,7 @@ from lightkube import AsyncClient
 from lightkube.core.resource import api_info
 
 from aliasroll.errors import AliasrollError
+from aliasroll.kube.cache import applied_view
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.resources import resource_for
 from aliasroll.planning.observed import ObservedTrack
@@ -60,7 +61,7 @@ async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
         if not _controlled_by(meta, owner):
             continue  # same labels, someone else's object: never touch it
         kind, name = obj["kind"], meta["name"]
-        live[(kind, name)] = obj
+        live[(kind, name)] = applied_view(obj)  # the cache keeps what the operator applied compact
         children.append(ChildRef(api_version=obj["apiVersion"], kind=kind, name=name, uid=meta.get("uid")))
         if kind == "Deployment" and _track(obj) is not None:
             deployments.append(obj)

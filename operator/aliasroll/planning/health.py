@@ -33,6 +33,7 @@ REGISTRY_FAILURES = frozenset(
         reasons.REGISTRY_AUTH_FAILED,
         reasons.REGISTRY_REJECTED,
         reasons.CREDENTIALS_NOT_FOUND,
+        reasons.DESTINATION_REFUSED,
     }
 )
 # Condition reasons that are not worth a Warning event when a condition takes them.

@@ -434,6 +434,8 @@ def _status(
     wanted = [ready, progressing, registry, resolved]
     if (analysed := health.canary_condition(spec, run)) is not None:
         wanted.append(analysed)
+    if (credentials := workloads.pod_credentials_condition(spec)) is not None:
+        wanted.append(credentials)
     events += health.condition_events(previous_conditions, wanted)
     status["conditions"] = conditions.merge(
         previous_conditions, wanted, now=now, observed_generation=owner.generation

@@ -8,9 +8,14 @@ template (env, labels, annotations), so an alias move is a rolling update Kubern
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
+from aliasroll import reasons
+from aliasroll.conditions import FALSE, TRUE, Condition
 from aliasroll.planning.state import ServedVersion
 from aliasroll.spec import API_VERSION, KIND, ModelDeploymentSpec, ResourceRef, ServingSpec, Track, thawed
 
@@ -42,12 +47,81 @@ SERVER_DRAIN_SECONDS = 20
 TERMINATION_GRACE_SECONDS = 40
 
 
+DEFAULT_DEPENDENCY_CACHE_SIZE = "20Gi"
+_CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_UNITS.update({"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40})
+
+
+@dataclass(frozen=True)
+class DependencySettings:
+    """The operator's settings for what the serving pods install (README "Model dependencies"): where
+    the dependency cache is, how big it may grow, and what the pods may install beyond requirements
+    from the index. Tenants only turn the cache on or off (spec.serving.dependencyCache)."""
+
+    # A directory on every node; the pods of a namespace get its subdirectory <namespace> (subPath).
+    cache_host_path: str | None = None
+    # Or a PersistentVolumeClaim of this name in each namespace whose pods use the cache.
+    cache_claim: str | None = None
+    cache_max_bytes: int = 20 * 2**30
+    direct_references: bool = False  # name @ URL, VCS links, paths in requirement files
+    source_builds: bool = False  # sdists built at install (their build code runs in the pod)
+
+    @property
+    def cache(self) -> bool:
+        return bool(self.cache_host_path or self.cache_claim)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DependencySettings:
+        """ALIASROLL_DEPENDENCY_*; a bad value stops the operator with a message naming it."""
+        host_path = (env.get("ALIASROLL_DEPENDENCY_CACHE_HOST_PATH") or "").strip() or None
+        claim = (env.get("ALIASROLL_DEPENDENCY_CACHE_CLAIM") or "").strip() or None
+        if host_path and claim:
+            raise SystemExit(
+                "set ALIASROLL_DEPENDENCY_CACHE_HOST_PATH or ALIASROLL_DEPENDENCY_CACHE_CLAIM, not both"
+            )
+        if host_path is not None:
+            pure = PurePosixPath(host_path)
+            if not pure.is_absolute() or ".." in pure.parts or pure == PurePosixPath("/"):
+                raise SystemExit(
+                    f"ALIASROLL_DEPENDENCY_CACHE_HOST_PATH={host_path!r} must be an absolute directory "
+                    "(not /) without '..'"
+                )
+            host_path = str(pure)
+        if claim is not None and not _CLAIM_NAME.match(claim):
+            raise SystemExit(
+                f"ALIASROLL_DEPENDENCY_CACHE_CLAIM={claim!r} is not a PersistentVolumeClaim name"
+            )
+        size = (env.get("ALIASROLL_DEPENDENCY_CACHE_SIZE") or DEFAULT_DEPENDENCY_CACHE_SIZE).strip()
+        quantity = _QUANTITY.match(size)
+        if quantity is None or int(quantity[1]) == 0:
+            raise SystemExit(f"ALIASROLL_DEPENDENCY_CACHE_SIZE={size!r} is not a size such as 20Gi")
+        return cls(
+            cache_host_path=host_path,
+            cache_claim=claim,
+            cache_max_bytes=int(quantity[1]) * _UNITS[quantity[2] or ""],
+            direct_references=_flag(env, "ALIASROLL_DEPENDENCY_DIRECT_REFERENCES"),
+            source_builds=_flag(env, "ALIASROLL_DEPENDENCY_SOURCE_BUILDS"),
+        )
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "false", "0", "no", "off"):
+        return False
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    raise SystemExit(f"{name}={env.get(name)!r} is not true or false")
+
+
 @dataclass(frozen=True)
 class WorkloadDefaults:
     """Operator-wide settings that shape workloads."""
 
     image: str = "ghcr.io/aliasroll/serving:0.1.0"
     progress_deadline_seconds: int = 600
+    dependencies: DependencySettings = field(default_factory=DependencySettings)
 
 
 def common_labels(owner: ResourceRef) -> dict[str, str]:
@@ -105,7 +179,7 @@ def deployment(
         "name": CONTAINER_NAME,
         "image": spec.serving.image or defaults.image,
         "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
-        "env": _env(spec, track=track, version=version),
+        "env": _env(spec, track=track, version=version, dependencies=defaults.dependencies),
         "readinessProbe": _probe(READINESS_PATH, period=5, failures=3),
         "livenessProbe": _probe(LIVENESS_PATH, period=10, failures=3),
         # Downloading and loading a model can take minutes; liveness waits for it.
@@ -119,11 +193,13 @@ def deployment(
         },
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_PATH}],
         # Why a version cannot start (a requirement the index lacks, ...) reaches the pod's status,
-        # where the operator reads it for the RolloutStalled condition (kube/observe.py).
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # where the operator reads it for the RolloutStalled condition (kube/observe.py). The
+        # server writes it, redacted; the kubelet never puts the log (what the model printed) there.
+        "terminationMessagePolicy": "File",
     }
-    if spec.serving.dependency_cache is not None:
-        container["volumeMounts"].append({"name": "dependency-cache", "mountPath": DEPENDENCY_CACHE_PATH})
+    cache = uses_dependency_cache(spec, defaults.dependencies)
+    if cache:
+        container["volumeMounts"].append(_cache_mount(owner, defaults.dependencies))
     if spec.serving.resources:
         container["resources"] = thawed(spec.serving.resources)
     if secret := pod_credentials_secret(spec):
@@ -144,18 +220,85 @@ def deployment(
             "progressDeadlineSeconds": defaults.progress_deadline_seconds,
             "template": {
                 "metadata": {"labels": template_labels, "annotations": template_annotations},
-                "spec": pod_spec(spec.serving, container),
+                "spec": pod_spec(spec.serving, container, cache=defaults.dependencies if cache else None),
             },
         },
     }
 
 
 def pod_credentials_secret(spec: ModelDeploymentSpec) -> str | None:
-    """The Secret pods get MLflow credentials from: their own (say, read-only), else the operator's."""
-    return spec.serving.credentials_secret or spec.registry.credentials_secret
+    """The Secret pods get MLflow credentials from: spec.serving.credentialsSecretRef, or none.
+
+    Never the operator's spec.registry.credentialsSecretRef by default: the operator writes to the
+    registry (version tags, a canary's alias moves), so its credentials can, and a pod runs the
+    model's code and the packages it installs. Naming that same Secret in
+    spec.serving.credentialsSecretRef is the explicit opt-in (the PodCredentials condition says so)."""
+    return spec.serving.credentials_secret
 
 
-def pod_spec(serving: ServingSpec, container: dict[str, Any]) -> dict[str, Any]:
+def pod_credentials_condition(spec: ModelDeploymentSpec) -> Condition | None:
+    """PodCredentials: which registry credentials the serving pods hold, when the resource names any
+    Secret. False when pods that likely need credentials (the operator needs them for this
+    registry) get none, or when they get the operator's own, which may write."""
+    operator, pods = spec.registry.credentials_secret, spec.serving.credentials_secret
+    if operator is None and pods is None:
+        return None
+    if pods is None:
+        return Condition(
+            reasons.POD_CREDENTIALS,
+            FALSE,
+            reasons.POD_CREDENTIALS_NOT_SET,
+            f"the serving pods get no registry credentials: spec.serving.credentialsSecretRef is not set, "
+            f"and the operator's Secret {operator!r} (spec.registry.credentialsSecretRef) is not given to "
+            "pods, since it may write to the registry. If the pods need credentials to download the "
+            "model, set spec.serving.credentialsSecretRef to a read-only Secret (or to "
+            f"{operator!r} itself, to give them the operator's access knowingly)",
+        )
+    if pods == operator:
+        return Condition(
+            reasons.POD_CREDENTIALS,
+            FALSE,
+            reasons.OPERATOR_CREDENTIALS_SHARED,
+            f"the serving pods get the operator's own Secret {pods!r}, as spec.serving.credentialsSecretRef "
+            "asks: the model's code and the packages it installs can do in the registry whatever the "
+            "operator may (move aliases, and so the ModelDeployments that follow them); give the pods "
+            "a read-only Secret instead",
+        )
+    return Condition(
+        reasons.POD_CREDENTIALS,
+        TRUE,
+        reasons.POD_CREDENTIALS_SET,
+        f"the serving pods get Secret {pods!r} (spec.serving.credentialsSecretRef), not the operator's",
+    )
+
+
+def uses_dependency_cache(spec: ModelDeploymentSpec, settings: DependencySettings) -> bool:
+    """The pods mount the operator's dependency cache: the resource asks for it, the operator has
+    one, and the pods install anything at all."""
+    return spec.serving.dependency_cache and settings.cache and spec.serving.dependencies == "install"
+
+
+def _cache_mount(owner: ResourceRef, settings: DependencySettings) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": "dependency-cache", "mountPath": DEPENDENCY_CACHE_PATH}
+    if settings.cache_host_path:
+        # Only this namespace's directory is in the pod: another namespace's sets are out of reach.
+        mount["subPath"] = owner.namespace
+    return mount
+
+
+def _cache_volume(settings: DependencySettings) -> dict[str, Any]:
+    if settings.cache_host_path:
+        # Directory: the operator's directory must exist (never created by the kubelet, as root).
+        return {
+            "name": "dependency-cache",
+            "hostPath": {"path": settings.cache_host_path, "type": "Directory"},
+        }
+    return {"name": "dependency-cache", "persistentVolumeClaim": {"claimName": settings.cache_claim}}
+
+
+def pod_spec(
+    serving: ServingSpec, container: dict[str, Any], *, cache: DependencySettings | None = None
+) -> dict[str, Any]:
     """The operator's pod with spec.serving.podTemplate merged in: the operator's settings win."""
     pod = serving.pod
     security: dict[str, Any] = {
@@ -191,12 +334,14 @@ def pod_spec(serving: ServingSpec, container: dict[str, Any]) -> dict[str, Any]:
             "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": serving.scratch_size}}],
         }
     )
-    if serving.dependency_cache is not None:
-        result["volumes"].append({"name": "dependency-cache", **thawed(serving.dependency_cache)})
+    if cache is not None:
+        result["volumes"].append(_cache_volume(cache))
     return result
 
 
-def _env(spec: ModelDeploymentSpec, *, track: Track, version: ServedVersion) -> list[dict[str, Any]]:
+def _env(
+    spec: ModelDeploymentSpec, *, track: Track, version: ServedVersion, dependencies: DependencySettings
+) -> list[dict[str, Any]]:
     own = [
         {"name": "MODEL_URI", "value": version.uri},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.registry.tracking_uri},
@@ -206,8 +351,16 @@ def _env(spec: ModelDeploymentSpec, *, track: Track, version: ServedVersion) -> 
     ]
     if spec.serving.dependencies != "install":
         own.append({"name": "ALIASROLL_DEPENDENCIES", "value": spec.serving.dependencies})
-    if spec.serving.dependency_cache is not None:
+    if uses_dependency_cache(spec, dependencies):
         own.append({"name": "ALIASROLL_DEPENDENCY_CACHE", "value": DEPENDENCY_CACHE_PATH})
+        own.append(
+            {"name": "ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES", "value": str(dependencies.cache_max_bytes)}
+        )
+    if spec.serving.dependencies == "install":
+        if dependencies.direct_references:
+            own.append({"name": "ALIASROLL_DIRECT_REFERENCES", "value": "on"})
+        if dependencies.source_builds:
+            own.append({"name": "ALIASROLL_SOURCE_BUILDS", "value": "on"})
     taken = {item["name"] for item in own}
     # The CRD and parse_spec refuse these names; dropping them here keeps the env a valid list-map
     # (unique names) whatever reaches the builder.

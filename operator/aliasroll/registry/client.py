@@ -1,58 +1,113 @@
 """Blocking calls to one MLflow registry, on the MLflow client library, with errors mapped once.
 
-The registry store is built per endpoint (tracking URI + credentials) rather than through the
-MLFLOW_TRACKING_* environment variables, so resources that name different registries or different
-Secrets never share credentials. Timeouts and retries are the operator's (`configure_http`), not
-MLflow's defaults: 120 s and 7 retries would stall a reconcile loop.
+The registry store is built per call and endpoint (tracking URI + credentials) rather than through
+the MLFLOW_TRACKING_* environment variables, so resources that name different registries or
+different Secrets never share credentials, and nothing of an endpoint (credentials included) outlives
+the calls made for it. MLflow's store decides what to ask and how to read the answer; its HTTP is the
+operator's (`transport.BoundedHttp`): a total deadline per call, a byte budget read as the answer
+streams in, no retries inside a call (the poller retries with its own backoff), no redirects, and
+only destinations the egress allow-list accepts (`aliasroll.egress`).
+
+What a remote says never reaches a condition: messages are the operator's own words (an HTTP
+status, MLflow's error code when it is one of MLflow's, "not an MLflow server", ...), never the body.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import re
-import threading
+import socket
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from mlflow.entities.model_registry import ModelVersionTag
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.protos.databricks_pb2 import ENDPOINT_NOT_FOUND, ErrorCode
 from mlflow.store.model_registry.rest_store import RestStore
-from mlflow.utils.rest_utils import MlflowHostCreds
+from mlflow.tracking.request_header.registry import resolve_request_headers
+from mlflow.utils.proto_json_utils import parse_dict
+from mlflow.utils.rest_utils import MlflowHostCreds, verify_rest_response
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, ReadTimeoutError
 
+from aliasroll.egress import Destinations
 from aliasroll.errors import (
+    DestinationRefused,
     ModelNotFound,
+    RegistryAnswerTooLarge,
     RegistryAuthFailed,
     RegistryError,
     RegistryUnavailable,
 )
-from aliasroll.registry.types import READY, Credentials, Endpoint, VersionInfo
+from aliasroll.registry.transport import AnswerTooLarge, BoundedHttp, DeadlinePassed, DestinationRefusedError
+from aliasroll.registry.types import DEFAULT_MAX_ANSWER_BYTES, READY, Credentials, Endpoint, VersionInfo
 
 # MLflow refuses max_results above 1000 for search_registered_models.
 SEARCH_PAGE_SIZE = 1000
 _AUTH_CODES = {"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"}
 _NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
-_MESSAGE_LIMIT = 300
+_MLFLOW_CODES = frozenset(ErrorCode.keys())
 
 
 def configure_http(*, timeout_seconds: float) -> None:
     """Sets the timeout of every MLflow request of this process, and no retries inside a call.
 
     MLflow reads both from the environment at each request and has no per-call setting; the operator
-    owns its process, so it sets them once at start. The poller retries with its own backoff.
+    owns its process, so it sets them once at start. It is also the deadline of a RegistryClient
+    built without one of its own.
     """
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_seconds)))
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
 
 
 class RegistryClient:
-    """Thread-safe blocking client; the async poller runs its calls in worker threads."""
+    """Thread-safe blocking client; the async poller runs its calls in worker threads.
 
-    def __init__(self) -> None:
-        self._stores: dict[Endpoint, RestStore] = {}
-        self._lock = threading.Lock()
+    `timeout_seconds` is each call's whole deadline (connect, TLS, headers and body), by default
+    MLFLOW_HTTP_REQUEST_TIMEOUT (configure_http); `max_answer_bytes` the most an answer may hold;
+    `destinations` the egress allow-list (None: no check, for tests and tools that pick their URLs).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float | None = None,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        destinations: Destinations | None = None,
+    ) -> None:
+        self._timeout = timeout_seconds
+        self.destinations = destinations
+        self._http = BoundedHttp(max_answer_bytes=max_answer_bytes, destinations=destinations)
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def max_answer_bytes(self) -> int:
+        return self._http.max_answer_bytes
+
+    def timeout(self) -> float:
+        if self._timeout is not None:
+            return self._timeout
+        return float(MLFLOW_HTTP_REQUEST_TIMEOUT.get())
+
+    def refusal(self, endpoint: Endpoint) -> DestinationRefused | None:
+        """Why the endpoint is not called (its URL is not an allowed destination), or None."""
+        if "?" in endpoint.tracking_uri or "#" in endpoint.tracking_uri:
+            # The spec refuses these too: MLflow's API path would land in the query or fragment.
+            return _refused(endpoint, "a trackingUri has no query (?) or fragment (#)")
+        if self.destinations is None:
+            return None
+        reason = self.destinations.check(endpoint.tracking_uri)
+        return None if reason is None else _refused(endpoint, reason)
+
+    def close(self) -> None:
+        self._http.close()
 
     def model_aliases(self, endpoint: Endpoint, model: str) -> dict[str, str]:
         """All aliases of one registered model, in one call: {alias: version}."""
@@ -159,28 +214,121 @@ class RegistryClient:
                 return
 
     def _store(self, endpoint: Endpoint) -> RestStore:
-        with self._lock:
-            store = self._stores.get(endpoint)
-            if store is None:
-                creds = endpoint.credentials or Credentials()
-                host = MlflowHostCreds(
-                    endpoint.tracking_uri,
-                    username=creds.username,
-                    password=creds.password,
-                    token=creds.token,
-                    ignore_tls_verification=creds.insecure_tls,
-                )
-                store = RestStore(lambda: host)
-                self._stores[endpoint] = store
-            return store
+        return _BoundedStore(endpoint, self)
 
     def _call(
         self, endpoint: Endpoint, method: str, call: Callable[[RestStore], Any], *, subject: str
     ) -> Any:
+        if (refused := self.refusal(endpoint)) is not None:
+            raise refused
         try:
             return call(self._store(endpoint))
         except MlflowException as error:
             raise map_registry_error(error, endpoint=endpoint, subject=subject) from None
+        except DeadlinePassed:
+            raise RegistryUnavailable(
+                f"the registry at {endpoint.tracking_uri} did not answer within {self.timeout():g} s "
+                "(ALIASROLL_REGISTRY_TIMEOUT)"
+            ) from None
+        except AnswerTooLarge:
+            raise RegistryAnswerTooLarge(
+                f"the registry at {endpoint.tracking_uri} answered more than "
+                f"{_size(self.max_answer_bytes)} for {subject} (ALIASROLL_REGISTRY_MAX_ANSWER_BYTES)"
+            ) from None
+        except DestinationRefusedError as error:
+            raise _refused(endpoint, error.reason) from None
+        except requests.RequestException as error:
+            raise RegistryUnavailable(
+                f"the registry at {endpoint.tracking_uri} did not answer: {_connection_problem(error)}"
+            ) from None
+
+    def _request(
+        self,
+        endpoint: Endpoint,
+        path: str,
+        method: str,
+        json_body: str | None,
+        extra_headers: Mapping[str, str] | None,
+    ) -> requests.Response:
+        """One HTTP call as MLflow's client makes it (same headers, authentication and body)."""
+        if self._headers is None:
+            self._headers = dict(resolve_request_headers())  # fixed for the process; not cheap
+        headers = {**self._headers, **(extra_headers or {})}
+        creds = endpoint.credentials or Credentials()
+        if creds.username and creds.password:
+            headers["Authorization"] = _basic(creds.username, creds.password)
+        elif creds.token:
+            headers["Authorization"] = f"Bearer {creds.token}"
+        body = json.loads(json_body) if json_body is not None else None
+        response = self._http.request(
+            method,
+            f"{endpoint.tracking_uri.rstrip('/')}{path}",
+            timeout=self.timeout(),
+            headers=headers,
+            params=body if method == "GET" else None,
+            json=None if method == "GET" else body,
+            insecure_tls=creds.insecure_tls,
+        )
+        if 300 <= response.status_code < 400:
+            raise RegistryError(
+                f"the registry at {endpoint.tracking_uri} answered with a redirect (HTTP "
+                f"{response.status_code}), which the operator does not follow: set "
+                "spec.registry.trackingUri to the server's own URL (https:// if it redirects there)"
+            )
+        return response
+
+
+class _BoundedStore(RestStore):
+    """MLflow's REST store, asking and reading as MLflow does, over the client's bounded HTTP."""
+
+    def __init__(self, endpoint: Endpoint, client: RegistryClient) -> None:
+        creds = endpoint.credentials or Credentials()
+        host = MlflowHostCreds(
+            endpoint.tracking_uri,
+            username=creds.username,
+            password=creds.password,
+            token=creds.token,
+            ignore_tls_verification=creds.insecure_tls,
+        )
+        super().__init__(lambda: host)
+        self._endpoint = endpoint
+        self._client = client
+
+    def _call_endpoint(
+        self, api: Any, json_body: str | None, call_all_endpoints: bool = False, extra_headers: Any = None
+    ) -> Any:
+        # Instead of RestStore's, which sends through MLflow's own session (per-read timeouts, whole
+        # answers, redirects followed): the same request, answered through the bounded HTTP.
+        if call_all_endpoints:
+            endpoints = self._get_all_endpoints_from_method(api)
+        else:
+            endpoints = [self._get_endpoint_from_method(api)]
+        for index, (path, method) in enumerate(endpoints):
+            try:
+                return self._call_one(api, path, method, json_body, extra_headers)
+            except RestException as error:
+                if error.error_code != ErrorCode.Name(ENDPOINT_NOT_FOUND) or index == len(endpoints) - 1:
+                    raise
+        raise AssertionError("unreachable: the last endpoint's error is raised")
+
+    def _call_one(self, api: Any, path: str, method: str, json_body: str | None, extra_headers: Any) -> Any:
+        response_proto = self._get_response_from_method(api)
+        response = self._client._request(self._endpoint, path, method, json_body, extra_headers)
+        try:
+            response = verify_rest_response(response, path)
+        except RestException as error:
+            # MLflow derives the status from the error code it read; the one that came is truer
+            # (map_registry_error).
+            error.http_status = response.status_code  # type: ignore[attr-defined]
+            raise
+        if response.status_code == 204:
+            return response_proto
+        try:
+            parse_dict(js_dict=json.loads(response.text), message=response_proto)
+        except Exception:  # a JSON object whose fields are not MLflow's types
+            unreadable = _not_mlflow(self._endpoint, "an answer that MLflow's client cannot read")
+            raise RegistryError(unreadable) from None
+        return response_proto
 
 
 @contextlib.contextmanager
@@ -212,9 +360,13 @@ def normalize_aliases(aliases: Any) -> dict[str, str]:
 
 
 def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: str) -> RegistryError:
-    """One place that decides what an MLflow error means to the operator."""
+    """One place that decides what an MLflow error means to the operator. The message never quotes
+    the remote's text: a registry is any URL a tenant names, and conditions are readable by others."""
     code = str(error.error_code or "")
-    detail = _short(error.message if isinstance(error, RestException) else str(error))
+    # MLflow's error code is named when the registry sent one of MLflow's (a missing or unknown
+    # one reads as INTERNAL_ERROR, which the registry never said).
+    sent = error.json.get("error_code") if isinstance(error, RestException) else code
+    named = f", {code}" if code in _MLFLOW_CODES and sent == code else ""
     if _HOST_REFUSED in str(error):
         # MLflow 3.5+ answers 403 to a Host header it does not know (its DNS-rebinding guard): not a
         # credentials problem, and the one setting to change is on the server.
@@ -224,7 +376,7 @@ def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: s
             "(MLFLOW_SERVER_ALLOWED_HOSTS)"
         )
     if isinstance(error, RestException):
-        status = error.get_http_status_code()
+        status = getattr(error, "http_status", None) or error.get_http_status_code()
         if code in _NOT_FOUND_CODES or status == 404:
             return ModelNotFound(f"the registry at {endpoint.tracking_uri} has no {subject}")
         if code in _AUTH_CODES or status in (401, 403):
@@ -234,10 +386,11 @@ def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: s
             )
         if status >= 500 or status == 429:
             return RegistryUnavailable(
-                f"the registry at {endpoint.tracking_uri} failed (HTTP {status}): {detail}"
+                f"the registry at {endpoint.tracking_uri} failed (HTTP {status}{named})"
             )
         return RegistryError(
-            f"the registry at {endpoint.tracking_uri} rejected the request for {subject}: {detail}"
+            f"the registry at {endpoint.tracking_uri} rejected the request for {subject} "
+            f"(HTTP {status}{named})"
         )
     if code in _AUTH_CODES:
         return RegistryAuthFailed(
@@ -255,7 +408,8 @@ def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: s
     if _NON_JSON_SUCCESS in text:
         return RegistryError(_not_mlflow(endpoint, "an answer that is not JSON"))
     return RegistryUnavailable(
-        f"the registry at {endpoint.tracking_uri} did not answer: {_transport_problem(text) or detail}"
+        f"the registry at {endpoint.tracking_uri} did not answer: "
+        f"{_transport_problem(text) or 'the connection failed'}"
     )
 
 
@@ -263,6 +417,10 @@ def map_registry_error(error: MlflowException, *, endpoint: Endpoint, subject: s
 _HOST_REFUSED = "Invalid Host header"
 _NON_JSON_STATUS = re.compile(r"failed with error code (\d+) != 200")
 _NON_JSON_SUCCESS = "response body was not in a valid JSON format"
+_TIMED_OUT = "timed out (ALIASROLL_REGISTRY_TIMEOUT)"
+_TLS_FAILED = (
+    "TLS verification failed (trust its CA, or set MLFLOW_TRACKING_INSECURE_TLS in the credentials Secret)"
+)
 # What the connection failures of requests/urllib3 say, in the words a user would search for.
 _TRANSPORT_PROBLEMS = (
     (
@@ -270,12 +428,8 @@ _TRANSPORT_PROBLEMS = (
         "the host name does not resolve",
     ),
     (("Connection refused",), "connection refused"),
-    (("ConnectTimeout", "ReadTimeout", "timed out"), "timed out (ALIASROLL_REGISTRY_TIMEOUT)"),
-    (
-        ("SSLError", "CERTIFICATE_VERIFY_FAILED"),
-        "TLS verification failed (trust its CA, or set MLFLOW_TRACKING_INSECURE_TLS "
-        "in the credentials Secret)",
-    ),
+    (("ConnectTimeout", "ReadTimeout", "timed out"), _TIMED_OUT),
+    (("SSLError", "CERTIFICATE_VERIFY_FAILED"), _TLS_FAILED),
 )
 
 
@@ -286,6 +440,47 @@ def _transport_problem(text: str) -> str | None:
     return None
 
 
+def _connection_problem(error: BaseException) -> str:
+    """What went wrong with a connection, from the exceptions' types (never their text)."""
+    causes = list(_causes(error))
+
+    def any_of(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(cause, kinds) for cause in causes)
+
+    if any_of(NameResolutionError, socket.gaierror):
+        return "the host name does not resolve"
+    if any_of(ConnectionRefusedError):
+        return "connection refused"
+    if any_of(ssl.SSLError, requests.exceptions.SSLError):
+        return _TLS_FAILED
+    # urllib3's NewConnectionError is a ConnectTimeoutError too: only a real timeout counts here.
+    if any_of(TimeoutError, ReadTimeoutError, requests.Timeout) or any(
+        type(cause) is ConnectTimeoutError for cause in causes
+    ):
+        return _TIMED_OUT
+    return "the connection failed"
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and everything it wraps (requests -> urllib3 -> socket), each once."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for inner in (
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            *(arg for arg in current.args if isinstance(arg, BaseException)),
+        ):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+
+
 def _not_mlflow(endpoint: Endpoint, what: str) -> str:
     return (
         f"{endpoint.tracking_uri} gave {what} on the MLflow REST API: is it an MLflow tracking server? "
@@ -293,6 +488,17 @@ def _not_mlflow(endpoint: Endpoint, what: str) -> str:
     )
 
 
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+def _refused(endpoint: Endpoint, reason: str) -> DestinationRefused:
+    return DestinationRefused(f"the registry at {endpoint.tracking_uri} is not called: {reason}")
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.standard_b64encode(f"{username}:{password}".encode()).decode()
+
+
+def _size(count: int) -> str:
+    if count % (1024 * 1024) == 0:
+        return f"{count // (1024 * 1024)} MiB"
+    if count % 1024 == 0:
+        return f"{count // 1024} KiB"
+    return f"{count} bytes"

@@ -34,7 +34,13 @@ same way costs retries, not passes.
 
 Version details are cached separately: a version number never changes what it names, so a READY
 version is asked about once (the cache expires after an hour, in case a model is deleted and
-registered again under the same name).
+registered again under the same name) while the model is followed.
+
+What is kept for an endpoint (its loop, threads, version cache, size, grids: the endpoint is the key,
+credentials included) goes when its last follower leaves, so a resource that cycles its trackingUri
+or a Secret that rotates leaves nothing behind. An endpoint whose URL is not an allowed destination
+(`destinations`, aliasroll.egress) is never followed: a subscriber gets DestinationRefused at once,
+and no loop, read or retry starts for it.
 """
 
 from __future__ import annotations
@@ -51,7 +57,14 @@ from typing import TypeVar
 
 from aliasroll import metrics
 from aliasroll.backoff import Backoff
-from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable
+from aliasroll.egress import Destinations
+from aliasroll.errors import (
+    DestinationRefused,
+    ModelNotFound,
+    RegistryAnswerTooLarge,
+    RegistryError,
+    RegistryUnavailable,
+)
 from aliasroll.registry.client import SEARCH_PAGE_SIZE, RegistryClient
 from aliasroll.registry.types import Endpoint, VersionInfo
 
@@ -154,9 +167,12 @@ class RegistryPoller:
         answer_timeout: float = 10.0,
         batch_window: float = 0.25,
         sweep_deadline: float | None = None,
+        destinations: Destinations | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        # A refused destination is never followed: its subscribers get DestinationRefused at once.
+        self._destinations = destinations
         self._sweep_threshold = sweep_threshold
         self._backoff = backoff or Backoff()
         self._concurrency = concurrency_per_registry
@@ -166,7 +182,11 @@ class RegistryPoller:
         # reads that take over when the sweep is late.
         self._sweep_deadline = answer_timeout / 2 if sweep_deadline is None else sweep_deadline
         self._clock = clock
+        # Everything below that is keyed by endpoint goes when the endpoint's last follower leaves
+        # (its loop ends: _supervise), or, for an endpoint nobody follows (a write for a resource
+        # that is gone), when its last call ends (_run).
         self._lanes: dict[Endpoint, ThreadPoolExecutor] = {}
+        self._lane_calls: dict[Endpoint, int] = {}
         self._entries: dict[tuple[Endpoint, str], _Entry] = {}
         self._subscriptions: dict[Hashable, tuple[Endpoint, str]] = {}
         self._loops: dict[Endpoint, asyncio.Task[None]] = {}
@@ -189,6 +209,9 @@ class RegistryPoller:
         registry does answer.
         """
         key = (endpoint, model)
+        if (refused := self._refusal(endpoint)) is not None:
+            self.unsubscribe(subscriber)  # whatever it followed before, it follows nothing now
+            return ModelSnapshot(model=model, aliases=None, error=refused)
         previous = self._subscriptions.get(subscriber)
         if previous is not None and previous != key:
             self.unsubscribe(subscriber)
@@ -220,6 +243,8 @@ class RegistryPoller:
             entry.subscribers.pop(subscriber, None)
             if not entry.subscribers:
                 del self._entries[key]
+                for cached in [cached for cached in self._versions if cached[:2] == key]:
+                    del self._versions[cached]
                 self._kick(key[0])
 
     def refresh(self, model: str, endpoint: Endpoint | None = None, *, moved_at: float | None = None) -> int:
@@ -257,6 +282,8 @@ class RegistryPoller:
 
         Raises RegistryUnavailable when the registry does not answer within `answer_timeout`.
         """
+        if (refused := self._refusal(endpoint)) is not None:
+            raise refused
         key = (endpoint, model, version)
         cached = self._versions.get(key)
         if cached is not None and cached[1] > self._clock():
@@ -302,6 +329,8 @@ class RegistryPoller:
     async def _write(self, endpoint: Endpoint, model: str, call: Callable[..., T], *args: object) -> T:
         """A write (an alias move, tags) on the endpoint's own threads; returns the call's answer.
         Raises the mapped registry error, or RegistryUnavailable after `answer_timeout`."""
+        if (refused := self._refusal(endpoint)) is not None:
+            raise refused
         try:
             async with asyncio.timeout(self._answer_timeout):
                 return await self._run(endpoint, call, *args)
@@ -336,6 +365,14 @@ class RegistryPoller:
             lane.shutdown(wait=False, cancel_futures=True)
         self._lanes.clear()
 
+    def _refusal(self, endpoint: Endpoint) -> DestinationRefused | None:
+        if self._destinations is None:
+            return None
+        reason = self._destinations.check(endpoint.tracking_uri)
+        if reason is None:
+            return None
+        return DestinationRefused(f"the registry at {endpoint.tracking_uri} is not called: {reason}")
+
     def _no_answer(self, endpoint: Endpoint) -> RegistryUnavailable:
         return RegistryUnavailable(
             f"the registry at {endpoint.tracking_uri} did not answer in time "
@@ -349,7 +386,8 @@ class RegistryPoller:
         finally:
             self._version_calls.pop(key, None)
         keep = READY_VERSION_TTL if info is not None and info.ready else ttl
-        self._versions[key] = (info, self._clock() + keep)
+        if (endpoint, model) in self._entries:  # else nobody follows the model any more: not kept
+            self._versions[key] = (info, self._clock() + keep)
         return info
 
     # The per-endpoint loop.
@@ -382,13 +420,24 @@ class RegistryPoller:
                 await asyncio.sleep(delay)
                 continue
             break
+        self._forget_endpoint(endpoint)
+
+    def _forget_endpoint(self, endpoint: Endpoint) -> None:
+        """Nobody follows the endpoint any more: what was kept for it goes (memory, and the
+        credentials its key holds, which may be rotated ones)."""
         self._loops.pop(endpoint, None)
         self._crashes.pop(endpoint, None)
+        self._kicks.pop(endpoint, None)
+        self._registry_sizes.pop(endpoint, None)
+        self._sweeps_off_until.pop(endpoint, None)
         for grid in [grid for grid in self._grids if grid[0] == endpoint]:
             del self._grids[grid]
-        lane = self._lanes.pop(endpoint, None)
-        if lane is not None:
-            lane.shutdown(wait=False)  # calls under way still deliver their answers
+        for cached in [cached for cached in self._versions if cached[0] == endpoint]:
+            del self._versions[cached]
+        if not self._lane_calls.get(endpoint):
+            lane = self._lanes.pop(endpoint, None)
+            if lane is not None:
+                lane.shutdown(wait=False)
 
     async def _loop(self, endpoint: Endpoint) -> None:
         kick = self._kicks.setdefault(endpoint, asyncio.Event())
@@ -471,7 +520,9 @@ class RegistryPoller:
             doubtful = [
                 entry.model
                 for entry in read.entries
-                if self._holds(read, entry) and loses_an_alias(entry.snapshot, swept[entry.model])
+                if self._holds(read, entry)
+                and entry.model in swept
+                and loses_an_alias(entry.snapshot, swept[entry.model])
             ]
             confirmed: dict[str, Answer] = {}
             if doubtful:
@@ -532,6 +583,17 @@ class RegistryPoller:
         started = self._clock()
         try:
             everything = await self._run(endpoint, self.client.all_model_aliases, endpoint)
+        except RegistryAnswerTooLarge:
+            # A page of the registry does not fit the answer budget: its models are read one by one
+            # (no answer here keeps them due; the next pass of the loop reads them directly).
+            self._sweeps_off_until[endpoint] = self._clock() + SLOW_SWEEP_PAUSE
+            log.warning(
+                "registry: a sweep of %s answered more than the answer budget: its models are read "
+                "one by one for the next %.0f s",
+                endpoint,
+                SLOW_SWEEP_PAUSE,
+            )
+            return {}
         except RegistryError as error:
             return dict.fromkeys(models, error)
         self._registry_sizes[endpoint] = len(everything)
@@ -597,7 +659,16 @@ class RegistryPoller:
             lane = self._lanes[endpoint] = ThreadPoolExecutor(
                 max_workers=self._concurrency, thread_name_prefix=f"registry {endpoint.tracking_uri}"
             )
-        return await asyncio.get_running_loop().run_in_executor(lane, _timed, fn, *args)
+        self._lane_calls[endpoint] = self._lane_calls.get(endpoint, 0) + 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(lane, _timed, fn, *args)
+        finally:
+            # A call still running in its thread after a cancellation ends by its own deadline.
+            self._lane_calls[endpoint] -= 1
+            if not self._lane_calls[endpoint]:
+                del self._lane_calls[endpoint]
+                if endpoint not in self._loops and (idle := self._lanes.pop(endpoint, None)) is not None:
+                    idle.shutdown(wait=False)
 
 
 def _timed(fn: Callable[..., T], *args: object) -> T:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass, field
 
 READY = "READY"
+# The most a registry answer may hold (ALIASROLL_REGISTRY_MAX_ANSWER_BYTES). A search page of 1,000
+# models, each with a description, three tags, its latest version and two aliases, is 1.3 MB
+# (measured on MLflow 3.17); a registry whose page does not fit is read model by model instead.
+DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
+_FINGERPRINT_KEY = secrets.token_bytes(32)  # per process: see Credentials.fingerprint
 
 
 @dataclass(frozen=True)
@@ -19,9 +26,11 @@ class Credentials:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the credential set without revealing it (for cache keys and logs)."""
+        """Tells credential sets apart in this process's logs without revealing them: keyed with a
+        key drawn at start and never shown, so a log cannot be used to test guessed passwords
+        offline (an unkeyed hash of a known username and a password can). It changes at restart."""
         material = f"{self.username}\0{self.password}\0{self.token}\0{self.insecure_tls}".encode()
-        return hashlib.sha256(material).hexdigest()[:12]
+        return hmac.new(_FINGERPRINT_KEY, material, hashlib.sha256).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ then it is scaled by the share of them that is. Without spec.traffic.gatewayAPI.
 route attaches to the stable Service itself (the GAMMA convention for service meshes); with them it
 attaches to the named Gateways. The stable Service selects production pods, so clients that bypass
 the mesh still reach a pinned, known version.
+
+The route matches only what clients of the serving contract call (serving-image/README.md "HTTP"):
+scoring, `POST /invocations`, and MLflow's health checks, `/ping` and `/health`. The rest of the
+model server's port, `/metrics` (model names and versions, request counts), `/version`, `/ready` and
+`/live`, is for the cluster (Prometheus, the kubelet, the operator's canary analysis, which reach the
+pods directly) and is not exposed through a Gateway: a request for it finds no rule (404).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from aliasroll.routers.base import Routing, TrafficInput, share
 from aliasroll.spec import RouterKind, Track
 
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
+#: The paths the route sends to the model, each matched exactly (Gateway API core support).
+ROUTED_PATHS = ("/invocations", "/ping", "/health")
 
 
 class GatewayAPIRouter:
@@ -101,6 +109,7 @@ class GatewayAPIRouter:
             "parentRefs": parent_refs,
             "rules": [
                 {
+                    "matches": [{"path": {"type": "Exact", "value": path}} for path in ROUTED_PATHS],
                     "backendRefs": [
                         {
                             "group": "",
@@ -110,7 +119,7 @@ class GatewayAPIRouter:
                             "weight": weights[track],
                         }
                         for track in tracks
-                    ]
+                    ],
                 }
             ],
         }

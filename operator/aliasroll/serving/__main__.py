@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aliasroll.serving.app import ServingApp
 from aliasroll.serving.config import ConfigError, ServingConfig
+from aliasroll.serving.redaction import redact, secret_values
 from aliasroll.serving.server import DrainingServer
 
 log = logging.getLogger("aliasroll.serving")
@@ -52,7 +53,11 @@ def main() -> int:
         timeout_keep_alive=75,  # longer than common client and load-balancer idle timeouts
     )
     log.info("serving %s on %s:%d (loading)", config.model_uri, config.host, config.port)
-    server.run()
+    try:
+        server.run()
+    except Exception as error:  # a bug of ours: the pod still says why it stopped, in our words
+        log.exception("the server stopped on an unexpected error")
+        failure.append(f"the model server stopped on an unexpected error: {type(error).__name__}")
     if failure:
         write_termination_message(failure[0])
         return 1
@@ -61,13 +66,16 @@ def main() -> int:
 
 def write_termination_message(message: str) -> None:
     """Kubernetes shows this file's text in the container's terminated state, where the operator
-    reads why the version could not start (README: "When a version cannot start")."""
+    reads why the version could not start (README: "When a version cannot start") and copies it into
+    the resource's status: always redacted here, whatever the caller did. (The pod's
+    terminationMessagePolicy is File: the kubelet never copies the log, which holds what the model
+    printed, in its place.)"""
     given = os.environ.get("TERMINATION_MESSAGE_PATH")
     path = Path(given or "/dev/termination-log")
     if not given and not path.exists():
         return  # not in a pod: the log has it
     try:
-        path.write_text(message[:TERMINATION_MESSAGE_LIMIT])
+        path.write_text(redact(message, secret_values(os.environ))[:TERMINATION_MESSAGE_LIMIT])
     except OSError:
         log.warning("cannot write the termination message to %s", path)
 

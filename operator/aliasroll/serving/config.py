@@ -38,8 +38,14 @@ class ServingConfig:
     drain_accept_seconds: int = 3
     # install: what the version logged beyond the image is installed at start; image: nothing is.
     dependencies: str = "install"
-    # Where installed requirements are kept: a volume the pods of a node share, or scratch.
+    # Where installed requirements are kept: the operator's cache volume (this namespace's part of
+    # it), or scratch.
     dependency_cache: Path = Path("/scratch/dependencies")
+    # The operator's bound on that cache: sets no pod used for an hour are pruned above it. None: none.
+    dependency_cache_max_bytes: int | None = None
+    # What the operator allows beyond requirements from the index (serving/dependencies.Policy).
+    direct_references: bool = False
+    source_builds: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
@@ -95,6 +101,13 @@ class ServingConfig:
             drain_accept_seconds=accept,
             dependencies=dependencies,
             dependency_cache=Path(env.get("ALIASROLL_DEPENDENCY_CACHE") or scratch / "dependencies"),
+            dependency_cache_max_bytes=(
+                _int(env, "ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES", 0, low=1, high=2**62)
+                if env.get("ALIASROLL_DEPENDENCY_CACHE_MAX_BYTES", "").strip()
+                else None
+            ),
+            direct_references=_flag(env, "ALIASROLL_DIRECT_REFERENCES", default=False),
+            source_builds=_flag(env, "ALIASROLL_SOURCE_BUILDS", default=False),
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aliasroll.serving.config import ServingConfig
-from aliasroll.serving.dependencies import DependencyError, Installer
+from aliasroll.serving.dependencies import DependencyError, Installer, Policy
 from aliasroll.serving.protocol import (
     CONTENT_CSV,
     INPUTS,
@@ -133,7 +133,15 @@ class ServedModel:
             )
             downloaded = time.monotonic()
             if config.dependencies == "install":
-                Installer(model_uri=config.model_uri, cache=config.dependency_cache).ensure(local)
+                Installer(
+                    model_uri=config.model_uri,
+                    cache=config.dependency_cache,
+                    policy=Policy(
+                        direct_references=config.direct_references, source_builds=config.source_builds
+                    ),
+                    work=config.scratch_dir / "dependency-work",
+                    max_cache_bytes=config.dependency_cache_max_bytes,
+                ).ensure(local)
             installed = time.monotonic()
             pyfunc = mlflow.pyfunc.load_model(str(local))
         except DependencyError as error:
