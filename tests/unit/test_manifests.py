@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from aliasroll.egress import NODE, OWN_POD, Destinations
 from support.install import namespaced_kustomizations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,3 +206,19 @@ def test_two_replicas_elect_a_leader_on_a_lease_of_their_own_namespace() -> None
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "aliasroll", "namespace": "aliasroll-system"}
     ]
+
+
+def test_the_deployment_tells_the_operator_its_node_s_and_pod_s_addresses_to_refuse() -> None:
+    # aliasroll.egress refuses a tenant URL that points at the operator's node or its own pod only
+    # when it knows their addresses: the downward API gives them (every family: hostIPs, podIPs).
+    deployment = only(documents(MANIFESTS / "operator.yaml"), "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["HOST_IPS"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIPs"}}
+    assert env["POD_IPS"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIPs"}}
+    # As the kubelet fills them in: comma-separated, one per family.
+    destinations = Destinations.from_env({"HOST_IPS": "10.1.0.4,fd00::4", "POD_IPS": "10.244.0.7,fd01::7"})
+    assert NODE in (destinations.check("http://10.1.0.4:5000") or "")
+    assert NODE in (destinations.check("http://[fd00::4]:5000") or "")
+    assert OWN_POD in (destinations.check("http://10.244.0.7:8081") or "")
+    assert destinations.check("http://10.1.0.5:5000") is None
