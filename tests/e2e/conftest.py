@@ -103,6 +103,9 @@ def operator(
             "ALIASROLL_REGISTRY_MAX_BACKOFF": "2",
             "ALIASROLL_RETRY_MAX": "3",
             "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",
+            # The classes test_pods.py creates (the operator refuses any class it does not list).
+            "ALIASROLL_ALLOWED_RUNTIME_CLASSES": "serving-*",
+            "ALIASROLL_ALLOWED_PRIORITY_CLASSES": "serving-*",
             # Push and metrics on loopback, as the Deployment in manifests/ has them on the pod's ports.
             "ALIASROLL_WEBHOOK_REGISTRIES": str(registries),
             "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",

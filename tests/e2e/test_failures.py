@@ -142,10 +142,13 @@ def test_missing_credentials_secret_then_created(
         timeout=60,
         what="deployed once the Secret exists",
     )
+    # The operator's Secret may write to the registry: the pods never get it unless
+    # spec.serving.credentialsSecretRef names it, and status says they have none.
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]
-    # Nothing secret in status or events.
+    assert "envFrom" not in container
     resource = wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=30, what="Ready")
+    assert condition(resource, "PodCredentials") == ("False", "PodCredentialsNotSet")
+    # Nothing secret in status or events.
     assert secret_value not in str(resource)
     assert secret_value not in str(kube.events(namespace, "sentiment"))
     assert secret_value not in operator.log_tail(100_000)
