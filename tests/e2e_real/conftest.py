@@ -102,6 +102,10 @@ def operator(
     # Inside the namespace the API server is reached through its bridge on 127.0.0.1:6443.
     text = kubeconfig.read_text().replace(installed.server, "https://127.0.0.1:6443")
     kubeconfig.write_text(text)
+    # The operator's dependency cache, as README "Model dependencies" sets it up: a node directory of
+    # mode 1777, whose namespace subdirectories the kubelet makes with the same mode (subPath).
+    dependency_cache = tmp_path_factory.mktemp("dependency-cache")
+    dependency_cache.chmod(0o1777)
     process = OperatorProcess(
         kubeconfig=kubeconfig,
         log_path=REPO / ".work" / f"{RUN}-operator.log",
@@ -113,6 +117,7 @@ def operator(
             "ALIASROLL_RETRY_MAX": "3",
             # A version that cannot load stalls within the test's patience.
             "ALIASROLL_PROGRESS_DEADLINE": "40",
+            "ALIASROLL_DEPENDENCY_CACHE_HOST_PATH": str(dependency_cache),
         },
     )
     process.log_path.unlink(missing_ok=True)

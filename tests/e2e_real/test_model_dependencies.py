@@ -12,7 +12,6 @@ while the previous version answers every request.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import warnings
@@ -34,7 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE_MODEL = REPO / "tests" / "integration" / "models" / "probe_model.py"
 WHEELHOUSE = Path.home() / ".cache" / "aliasroll" / "wheelhouse"
 FEATURES = [[0.1, 1.0], [2.5, -1.0], [3.0, 0.5]]
-SERVER_UID = 10001  # the serving pods' user (serving-image/Dockerfile, the operator's pod template)
 
 
 def _sklearn_model_dir(directory: Path) -> Path:
@@ -124,17 +122,14 @@ def test_models_the_image_lacks_packages_for_serve_from_the_unchanged_image(
     mlflow.set_tracking_uri(stack.mlflow.url)
     sklearn_version = _register(stack, sklearn_dir)
     stack.point("production", sklearn_version)
-    # The node's cache, as the README shows it: a directory of the node the server's uid writes.
-    cache = stack.tmp / "node-cache"
-    cache.mkdir()
-    os.chown(cache, SERVER_UID, SERVER_UID)
+    # The operator's cache (a node directory: tests/e2e_real/conftest.py), which the resource asks for.
     manifest = stack.deploy(
         replicas=1,
         serving={
             "image": stack.image,
             "podTemplate": {"spec": stack.placement},
             "env": [{"name": "UV_INDEX_URL", "value": index}],
-            "dependencyCache": {"hostPath": {"path": str(cache), "type": "Directory"}},
+            "dependencyCache": {"enabled": True},
         },
     )
     stack.ready(sklearn_version, timeout=400)
