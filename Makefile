@@ -83,10 +83,19 @@ e2e-install: venv cluster-binaries node-binaries node-packages node-images ## Th
 	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_install
 
 .PHONY: lint
-lint: venv ## ruff (lint + format check) and mypy --strict
+lint: venv ## ruff (lint + format check), mypy --strict and the docs site (mkdocs build --strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+.PHONY: docs
+docs: venv ## Build the docs site into site/ (MkDocs, Material; the ModelDeployment reference rendered from crds/)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+.PHONY: docs-serve
+docs-serve: venv ## Serve the docs site on http://127.0.0.1:8000, rebuilt as docs/ or crds/ change
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 .PHONY: fmt
 fmt: venv ## Format and fix what ruff can

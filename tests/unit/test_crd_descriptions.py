@@ -1,5 +1,5 @@
 """Every field of the CRD says what it is (`kubectl explain modeldeployment.<path>`), and every
-`kubectl get mdep` shown in the README has the CRD's printer columns, in order."""
+`kubectl get mdep` shown in the README or the docs has the CRD's printer columns, in order."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "modeldeployments.aliasroll.io.yaml"
 # The docs that show `kubectl get mdep`: every sample there must match the columns.
-DOCS = [REPO / "README.md", *sorted((REPO / "examples").rglob("*.md"))]
+DOCS = [
+    REPO / "README.md",
+    *sorted((REPO / "docs").rglob("*.md")),
+    *sorted((REPO / "examples").rglob("*.md")),
+]
 
 
 def version() -> dict[str, Any]:
@@ -86,11 +90,12 @@ def samples() -> Iterator[tuple[str, str, bool]]:
         for i, line in enumerate(lines[:-1]):
             found = command.match(line.strip())
             if found and "-o" not in found.group(2).replace("-o wide", ""):
-                yield doc.name, lines[i + 1].strip(), "-o wide" in found.group(2)
+                yield doc.relative_to(REPO).as_posix(), lines[i + 1].strip(), "-o wide" in found.group(2)
 
 
-def test_the_readme_shows_kubectl_get() -> None:
-    assert any(doc == "README.md" for doc, _, _ in samples())
+def test_the_readme_and_the_canary_page_show_kubectl_get() -> None:
+    shown = {doc for doc, _, _ in samples()}
+    assert {"README.md", "docs/canary.md"} <= shown
 
 
 @pytest.mark.parametrize(("doc", "header", "wide"), list(samples()))
