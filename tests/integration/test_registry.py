@@ -320,7 +320,6 @@ async def test_a_late_first_sweep_gives_way_to_direct_reads(
     endpoint = Endpoint(mlflow_server.url)
     try:
         gets, searches = mlflow_server.count_requests(GET_MODEL), mlflow_server.count_requests(SEARCH_MODELS)
-        started = time.monotonic()
         snapshots = await asyncio.gather(
             *(
                 poller.subscribe(
@@ -329,8 +328,11 @@ async def test_a_late_first_sweep_gives_way_to_direct_reads(
                 for model in models
             )
         )
-        assert time.monotonic() - started < 3.0
-        assert [snapshot.aliases for snapshot in snapshots] == [{"production": "1"}] * 30
+        # In time: a subscriber the poller could not answer within answer_timeout gets an error
+        # snapshot without aliases (how long the reads took on a busy machine is not the point).
+        assert [(snapshot.aliases, snapshot.error) for snapshot in snapshots] == [
+            ({"production": "1"}, None)
+        ] * 30
         assert mlflow_server.count_requests(GET_MODEL) - gets == 30
         # The sweep answers at last.
         deadline = time.monotonic() + 10

@@ -53,6 +53,14 @@ class Request:
     name: str | None
     code: int
     user_agent: str
+    # The authorizer's decision ("allow" or "forbid", from the event's annotations): a 403 may also
+    # come from admission after RBAC allowed it (a ResourceQuota that allows no Services).
+    decision: str = ""
+
+    @property
+    def denied(self) -> bool:
+        """Refused by authorization (RBAC), not by admission."""
+        return self.decision == "forbid" or (not self.decision and self.code == 403)
 
     @property
     def grant(self) -> Grant:
@@ -86,6 +94,7 @@ def parse(lines: Iterable[str]) -> list[Request]:
                 name=ref.get("name"),
                 code=int((event.get("responseStatus") or {}).get("code") or 0),
                 user_agent=event.get("userAgent", ""),
+                decision=str((event.get("annotations") or {}).get("authorization.k8s.io/decision") or ""),
             )
         )
     return found
@@ -105,7 +114,7 @@ def of(requests: Iterable[Request], user: str) -> list[Request]:
 
 
 def forbidden(requests: Iterable[Request]) -> list[Request]:
-    return [request for request in requests if request.code == 403]
+    return [request for request in requests if request.denied]
 
 
 def used(requests: Iterable[Request]) -> Counter[Grant]:
@@ -114,7 +123,7 @@ def used(requests: Iterable[Request]) -> Counter[Grant]:
     of an object that does not exist yet, inside the one request the log shows as `patch`."""
     counts: Counter[Grant] = Counter()
     for request in requests:
-        if request.code == 403:
+        if request.denied:
             continue
         counts[request.grant] += 1
         if request.verb == "patch" and request.code == 201:
@@ -193,7 +202,7 @@ def compare(
         {
             f"{request.verb} {request.resource} {request.namespace}/{request.name}"
             for request in requests
-            if request.code != 403
+            if not request.denied
             and (limit := grants.get(request.grant)) is not None
             and request.name not in limit
         }

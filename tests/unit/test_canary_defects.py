@@ -340,3 +340,21 @@ def test_an_outcome_decided_during_an_outage_is_planned_for_the_tag_writer() -> 
     w.registry.down = False
     go(w, passes=2)
     assert w.registry.tags["2"].get("aliasroll.io/canary.outcome") == "aborted"
+
+
+# A reading that ends after the run reached AwaitingPromotion (readings run beside the passes) -------
+
+
+def test_measurements_while_awaiting_promotion_keep_the_promotion_instruction() -> None:
+    w = world(promotion="manual")
+    w.registry.aliases["canary"] = "2"
+    w.run_pass()
+    awaiting = until(w, Phase.AWAITING_PROMOTION)
+    assert awaiting.message.startswith("every step passed: move @production to version 2"), awaiting
+    go(w, passes=6)  # the canary is still watched: readings keep arriving
+    run = w.run()
+    assert run is not None
+    assert run.phase is Phase.AWAITING_PROMOTION, run
+    assert run.read_at is not None
+    assert run.read_at > (awaiting.read_at or T0), "no measurement was taken while awaiting"
+    assert run.message == awaiting.message, "a measurement replaced what a human must do"

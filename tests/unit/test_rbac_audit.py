@@ -23,6 +23,7 @@ def event(
     user: str = USER,
     agent: str = "kopf/1.45",
     subresource: str | None = None,
+    decision: str | None = None,
 ) -> str:
     ref: dict[str, Any] = {"resource": resource, "apiGroup": group}
     if namespace:
@@ -31,8 +32,10 @@ def event(
         ref["name"] = name
     if subresource:
         ref["subresource"] = subresource
+    annotations = {"authorization.k8s.io/decision": decision} if decision else {}
     return json.dumps(
         {
+            "annotations": annotations,
             "verb": verb,
             "user": {"username": user},
             "objectRef": ref,
@@ -133,3 +136,16 @@ def test_the_shipped_installs_grant_what_the_operator_s_code_needs() -> None:
     namespaced = rbac_audit.namespaced_install()
     assert ("", "secrets", "watch") in namespaced
     assert ("", "secrets", "get") not in namespaced
+
+
+def test_a_403_from_admission_after_rbac_allowed_is_not_a_refusal() -> None:
+    # A ResourceQuota that allows no Services answers 403 too, after RBAC allowed the request.
+    requests = rbac_audit.parse(
+        [
+            event("patch", "services", code=403, decision="allow"),
+            event("delete", "services", code=403, decision="forbid"),
+        ]
+    )
+    comparison = rbac_audit.compare(requests, rbac_audit.granted([]), allowed_unused={})
+    assert [(r.verb, r.resource) for r in comparison.refused] == [("delete", "services")]
+    assert comparison.missing == [("", "services", "patch")], "the allowed one was used"

@@ -431,12 +431,19 @@ def _measured(
     if run.phase not in MEASURED:
         return run
     run = replace(run, read_at=result.measured_at)
+    # Awaiting promotion, the canary is still watched (a failure aborts it), but the run's message
+    # stays what a human must do; the measurement is in the run's analysis.
+    awaiting = run.phase is Phase.AWAITING_PROMOTION
     if result.error is not None:
+        if awaiting:
+            return run
         return replace(
             run, message=f"the analysis could not read metrics (not counted as a failure): {result.error}"
         )
     measurement = result.measurement
     if measurement is None:
+        if awaiting:
+            return run
         return replace(run, message="baseline taken; the first measurement follows in one interval")
     before = run.verdict
     window_start = result.window_start or result.measured_at - timedelta(
@@ -448,7 +455,7 @@ def _measured(
         measured_at=result.measured_at,
         window_start=window_start,
         measurements=tuple(measurement.to_status().get("metrics", ())),
-        message=measurement.message,
+        message=run.message if awaiting else measurement.message,
     )
     if measurement.verdict is Verdict.INCONCLUSIVE:
         if before is not Verdict.INCONCLUSIVE:  # told once per stretch, not every interval
