@@ -48,6 +48,12 @@ node-binaries: ## The real node's binaries from source: containerd, ctr, runc sh
 prometheus: ## Prometheus from source, API only, for the canary analysis' tests (cached)
 	@localenv/build.sh prometheus >/dev/null
 
+# kube-router's network policy controller, NetworkPolicy enforcement for the real node's policy tests
+# (opt-in: not part of `all`; cold build about 10 minutes on 2 cores, then cached).
+.PHONY: network-policy-binaries
+network-policy-binaries: ## kube-router from source, only its NetworkPolicy controller runs on the real node (cached)
+	@localenv/build.sh network-policy >/dev/null
+
 .PHONY: node-packages
 node-packages: ## The real node's Debian packages (runc, iptables, socat, buildah, ...); needs root when one is missing
 	@localenv/node-packages.sh
@@ -59,7 +65,7 @@ node-images: venv node-packages ## The real node's pause, serving and operator i
 	@PYTHONPATH=localenv $(PY) -m localkube.images build pause serving operator >/dev/null
 
 .PHONY: test
-test: venv cluster-binaries node-binaries node-packages prometheus node-images ## Lint, unit, integration (real mlflow server, real Prometheus); beside them end-to-end (real control plane, kwok), real pods and the install tier (the operator image as pods), each in a session of its own
+test: venv cluster-binaries node-binaries network-policy-binaries node-packages prometheus node-images ## Lint, unit, integration (real mlflow server, real Prometheus); beside them end-to-end (real control plane, kwok), real pods and the install tier (the operator image as pods), each in a session of its own
 	$(PY) hack/tiers.py
 
 .PHONY: unit
@@ -75,7 +81,7 @@ e2e: venv cluster-binaries ## End-to-end tests against the local control plane (
 	$(PYTEST) tests/e2e
 
 .PHONY: e2e-real
-e2e-real: venv cluster-binaries node-binaries node-packages node-images ## Real pods of the built serving image on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
+e2e-real: venv cluster-binaries node-binaries network-policy-binaries node-packages node-images ## Real pods of the built serving image on a real node (containerd, kubelet, kube-proxy in a network namespace; root)
 	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_real
 
 .PHONY: e2e-install

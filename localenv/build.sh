@@ -11,6 +11,8 @@
 #   localenv/build.sh prometheus       the Prometheus server the canary analysis tests query
 #                                      (API only: no web UI; static, file and http discovery only)
 #   localenv/build.sh all              control plane and node (what the local cluster runs)
+#   localenv/build.sh network-policy   opt-in: kube-router, of which the real node's NetworkPolicy
+#                                      tests run only the policy controller (localkube/netpol.py)
 #
 # Prints the directory holding the binaries (one cache directory per group, all linked into one
 # bin/current/). runc, iptables and the other node tools are Debian packages: localenv/node-packages.sh.
@@ -139,12 +141,22 @@ prometheus() {
     "remove_all_sd"
 }
 
+network_policy() {
+  # kube-router v2 (the Go module proxy serves v2.1.0 only) for its network policy controller:
+  # NetworkPolicy enforcement on the real node, with iptables and ipset inside its namespace.
+  local kube_router_version
+  kube_router_version="$(awk '/^require github.com\/cloudnativelabs\/kube-router\/v2/ {print $3}' "$here/go/kube-router/go.mod")"
+  build kube-router kube-router "kube-router" "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router" \
+    "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kube_router_version"
+}
+
 case "${1:-control-plane}" in
   control-plane) control_plane ;;
   node) node ;;
   prometheus) prometheus ;;
   all) control_plane; node ;;
-  *) echo "usage: $0 [control-plane|node|prometheus|all]" >&2; exit 2 ;;
+  network-policy) network_policy ;;
+  *) echo "usage: $0 [control-plane|node|prometheus|all|network-policy]" >&2; exit 2 ;;
 esac
 
 echo "$cache_root/bin/current"

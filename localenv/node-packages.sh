@@ -10,6 +10,7 @@ packages=(
   runc                  # the OCI runtime; Debian's is built with libseccomp, which the CRI's
                         # RuntimeDefault seccomp profile needs (a runc from Go source fails every pod)
   iptables              # kube-proxy's and the CNI portmap/bridge rules, inside the node's netns (nft backend)
+  ipset                 # kube-router's NetworkPolicy controller (the real node's policy tests), same netns
   conntrack             # kube-proxy clears stale UDP conntrack entries with it
   socat                 # bridges the API server and MLflow into the node's network namespace
   iproute2              # ip netns / ip addr / ip route for the node's namespace

@@ -296,6 +296,25 @@ class RealNode:
             self._wait_listening(f"{name}-node", port, timeout=timeout)
         return self.address, port
 
+    def start_process(self, name: str, argv: Sequence[str], *, exe: str) -> None:
+        """Start a process of a test's own inside the node's namespace (e.g. a NetworkPolicy
+        controller), recorded like the node's own components: ``stop()`` ends it with them."""
+        self._add_component(name)
+        self._procs.spawn(name, self.nsenter_argv(*argv), exe=exe)
+
+    def stop_process(self, name: str, *, grace: float = 10.0) -> None:
+        """End a process ``start_process`` started (SIGTERM, then SIGKILL after ``grace`` s)."""
+        left = self._procs.terminate([name], grace=grace)
+        if left:
+            raise ClusterError(f"could not stop {name} (pid {left[name]})")
+        self._record(components=[c for c in self.components if c != name])
+
+    def process_alive(self, name: str) -> bool:
+        return self._procs.alive(name)
+
+    def process_log(self, name: str, lines: int = 40) -> str:
+        return tail(self._procs.log_file(name), lines)
+
     # ------------------------------------------------------------------------------------ start
 
     @staticmethod
