@@ -634,8 +634,9 @@ def test_a_held_step_is_passed_once_an_interval_not_every_second(
     namespace: str,
     model_name: str,
 ) -> None:
-    """Too little canary traffic: the step's time is up and it holds, Inconclusive. The next pass is
-    the next measurement (every 5 s), not every second."""
+    """Too little canary traffic: the step's time is up and it holds, Inconclusive. Passes come with
+    the measurements (every 5 s: the pass that finds one due starts the reading beside it, and the
+    reading's end wakes the pass that takes it), not every second."""
     registered(registry, model_name, 2, production="1", canary="2")
     prometheus.set(model_name, FEW)
     manifest = model_deployment(
@@ -668,7 +669,7 @@ def test_a_held_step_is_passed_once_an_interval_not_every_second(
     ran = passes(own_operator) - before
     measured = len(prometheus.asked(model_name)) - asked
     assert 3 <= measured <= 5, f"{measured} measurements in {elapsed:.1f} s at an interval of 5 s"
-    assert ran <= elapsed / 5 + 3, f"{ran:.0f} passes in {elapsed:.1f} s of a held step"
+    assert ran <= 2 * (elapsed / 5) + 3, f"{ran:.0f} passes in {elapsed:.1f} s of a held step"
     run = run_of(resource_of(kube, namespace))
     assert (run["phase"], run["stepIndex"], run["analysis"]["verdict"]) == (
         "Analyzing",
