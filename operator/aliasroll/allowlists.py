@@ -1,6 +1,6 @@
 """Operator-level allow-lists: what a ModelDeployment may cause beyond its own namespace's pods.
 
-Whoever may create a ModelDeployment may run pods in its namespace (README "Security model"). Some of
+Whoever may create a ModelDeployment may run pods in its namespace (docs/operations/security.md). Some of
 what the operator writes for it reaches further, and a cluster admin who withholds those rights from
 the namespace's users would otherwise grant them through the operator: a RuntimeClass picks the node's
 container runtime (a less isolated one, say), a PriorityClass lets the pods preempt other tenants',

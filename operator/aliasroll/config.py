@@ -53,8 +53,9 @@ class OperatorConfig:
     # Version tags (the registry's records) wait while rollouts come in a burst, at most this long:
     # a burst of new resources gets Ready first (controller.records). 0: written as soon as planned.
     records_max_delay_seconds: float = 120.0
-    # Push (README "Push"): the registries that deliver webhooks, each with its own secret, in a file
-    # mounted from a Secret (webhooks.load_registries); or one registry's secret and tracking URI.
+    # Push (docs/operations/webhooks.md): the registries that deliver webhooks, each with its own
+    # secret, in a file mounted from a Secret (webhooks.load_registries); or one registry's secret
+    # and tracking URI.
     # No registry or no address: no receiver, polling alone. A delivery's timestamp may be this far
     # off. HTTPS when a certificate and key are given. Requests a second, per source and overall.
     webhook_registries_file: str | None = None
@@ -68,7 +69,7 @@ class OperatorConfig:
     webhook_rate_total: float = 100.0
     # host:port for GET /metrics (Prometheus); None: not served.
     metrics_listen: str | None = None
-    # Leader election (README "High availability"): off for a lone process (`make run`, the tests),
+    # Leader election (docs/operations/high-availability.md): off for a lone process (`make run`, the tests),
     # on in the Deployment, whose two replicas share the Lease `lease_namespace/lease_name`.
     leader_election: bool = False
     lease_name: str = "aliasroll"

@@ -1,7 +1,7 @@
 """The operator's own HTTP listeners: the registry webhook receiver and the Prometheus metrics.
 
 Both use aiohttp (which Kopf already brings) and listen only when their address is configured (the
-operator's Deployment sets both); see README "Push" and "Metrics".
+operator's Deployment sets both); see docs/operations/webhooks.md and metrics.md.
 
 The webhook receiver faces the network before anyone is authenticated, so it runs on an event loop of
 its own, in its own thread (`ThreadedListener`): parsing requests and checking signatures never hold
@@ -157,7 +157,7 @@ def webhook_app(
         receiver.count(outcome, reason, registry=registry)
         headers = {"Retry-After": "1"} if outcome in (Outcome.RATE_LIMITED, Outcome.BUSY) else {}
         if outcome is Outcome.STANDBY:
-            # Not the leader (README "High availability"): 503 makes MLflow retry, on a new
+            # Not the leader (docs/operations/high-availability.md): 503 makes MLflow retry, on a new
             # connection, which the Service may send to the leader; polling is the safety net.
             headers = {"Retry-After": "1", "Connection": "close"}
         # The listener does not linger to read what is left of a refused body (lingering_time=0):

@@ -1,6 +1,6 @@
 """The operator's Prometheus metrics (one process-wide set, served by `aliasroll.http`).
 
-Names and labels are documented in the README ("Metrics"); labels stay low in cardinality: no
+Names and labels are documented in docs/operations/metrics.md; labels stay low in cardinality: no
 resource names, no model names, no registry addresses.
 """
 

@@ -251,7 +251,7 @@ def _refuse_overlaps(registries: Sequence[WebhookRegistry], *, source: str) -> N
 def load_registries(
     *, registries_file: str | None, secret: str | None, tracking_uri: str | None
 ) -> tuple[WebhookRegistry, ...]:
-    """The registries the settings name (README "Push"); () when push is not configured.
+    """The registries the settings name (docs/operations/webhooks.md); () when push is not configured.
 
     `registries_file` (ALIASROLL_WEBHOOK_REGISTRIES) is a YAML or JSON file, mounted from a Secret; a
     file that is not there (the Secret is optional) means no push. `secret` and `tracking_uri`
@@ -268,7 +268,7 @@ def load_registries(
                 "ALIASROLL_WEBHOOK_SECRET is set without ALIASROLL_WEBHOOK_TRACKING_URI: a delivery "
                 "wakes only the ModelDeployments of the registry that signed it, so name that registry "
                 "(the trackingUri its ModelDeployments use; several separated by commas), or move to "
-                "ALIASROLL_WEBHOOK_REGISTRIES, one secret per registry (README 'Push')"
+                "ALIASROLL_WEBHOOK_REGISTRIES, one secret per registry (docs/operations/webhooks.md)"
             )
         if (why := weak_secret(secret)) is not None:
             raise WebhookConfigError(

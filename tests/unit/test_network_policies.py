@@ -2,7 +2,7 @@
 as users render them, select the pods and ports the operator really makes: the planner's Deployments
 and Services for a sample ModelDeployment, and the operator's own Deployment and Service from
 manifests/. Who may connect to whom is then judged with NetworkPolicy's rules (tests/support/netpol.py):
-what the README's "NetworkPolicies" promises is allowed, and its refusals are refused.
+what docs/operations/security.md ("NetworkPolicies") promises is allowed, and its refusals are refused.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def test_the_components_render_network_policies_only_in_the_namespaces_asked(
 def test_the_documented_narrowing_patches_find_their_rules(
     install: list[dict[str, Any]], serving_policies: list[dict[str, Any]]
 ) -> None:
-    # README "NetworkPolicies" narrows rules by their index: the operator's API server rule
+    # The docs' "NetworkPolicies" narrows rules by their index: the operator's API server rule
     # (/spec/egress/1) and HTTPS rule (/spec/egress/4), the serving pods' HTTPS rule (/spec/egress/2).
     operator = by_name(install, "NetworkPolicy")["aliasroll-operator"]["spec"]["egress"]
     assert {p["port"] for p in operator[1]["ports"]} == {443, 6443}
@@ -143,10 +143,10 @@ def test_the_documented_narrowing_patches_find_their_rules(
     for rule in (operator[4], serving[2]):
         assert rule["ports"] == [{"port": 443, "protocol": "TCP"}]
         assert [peer["ipBlock"]["cidr"] for peer in rule["to"]] == ["0.0.0.0/0", "::/0"]
-    readme = (REPO / "README.md").read_text()
-    assert "path: /spec/egress/1/to" in readme
-    assert "path: /spec/egress/4/to" in readme
-    assert "/spec/egress/2 is the HTTPS rule" in readme
+    docs = (REPO / "docs" / "operations" / "security.md").read_text()
+    assert "path: /spec/egress/1/to" in docs
+    assert "path: /spec/egress/4/to" in docs
+    assert "/spec/egress/2 is the HTTPS rule" in docs
 
 
 # ------------------------------------------------------------------------------ the operator's pods

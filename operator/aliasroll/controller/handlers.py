@@ -89,7 +89,7 @@ class Runtime:
         self.config = config
         self.namespaces = tuple(namespaces)  # empty: every namespace
         configure_http(timeout_seconds=config.registry_timeout_seconds)
-        # Leader election (README "High availability"): passes run only through the fence, which
+        # Leader election (docs/operations/high-availability.md): passes run only through the fence, which
         # is up while this process leads (always, when leader election is off); every write of a
         # pass checks it too.
         self.fence = Fence()
@@ -349,7 +349,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # Events are aliasroll's own (kube.events): Kopf posts none, not even its log lines.
     settings.posting.enabled = False
     # No Kopf peering (it pauses handlers but does not fence writes): replicas elect a leader on a
-    # Lease instead (leadership.py; README "High availability").
+    # Lease instead (leadership.py; docs/operations/high-availability.md).
     settings.peering.standalone = True
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
