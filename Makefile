@@ -22,7 +22,7 @@ help: ## Show the targets
 $(UV):
 	@echo "installing uv $(UV_VERSION) into $(CACHE_DIR)/tools"
 	python3 -m venv "$(CACHE_DIR)/tools/uv-$(UV_VERSION)"
-	"$(CACHE_DIR)/tools/uv-$(UV_VERSION)/bin/pip" install --quiet "uv==$(UV_VERSION)"
+	"$(CACHE_DIR)/tools/uv-$(UV_VERSION)/bin/pip" install --quiet --require-hashes -r operator/uv-requirements.txt
 
 # Compiled bytecode halves the start of every mlflow process (this machine sets PYTHONDONTWRITEBYTECODE).
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
@@ -145,8 +145,8 @@ bench-canary: venv cluster-binaries node-binaries node-packages ## @canary set -
 	$(PY) bench/canary_promotion.py
 
 .PHONY: serving-requirements
-serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requirements.in
-	$(UV) pip compile --quiet --python-version 3.11 --no-header serving-image/requirements.in \
+serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requirements.in, with the sha256 of every file
+	$(UV) pip compile --quiet --python-version 3.11 --no-header --generate-hashes serving-image/requirements.in \
 	  -o serving-image/requirements.txt
 
 # With a Docker daemon: docker build. Without one: buildah builds them on a base made from Debian's

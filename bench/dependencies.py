@@ -274,7 +274,8 @@ def measure(work: Path, contestant: Contestant, run: int, timeout: float) -> Sta
             shutil.rmtree(cache, ignore_errors=True)
     port = free_port()
     scratch = Path(tempfile.mkdtemp(dir=work, prefix="scratch-"))
-    env = {**contestant.env, "PORT": str(port), "SCRATCH_DIR": str(scratch)}
+    # ADMIN_PORT: only aliasroll's server reads it (its /ready and /metrics; the peers ignore it).
+    env = {**contestant.env, "PORT": str(port), "ADMIN_PORT": str(free_port()), "SCRATCH_DIR": str(scratch)}
     log = work / f"{contestant.label.replace(' ', '_').replace('/', '_')}-{run}.log"
     start = cold_start(contestant.command(port), env, port, log, timeout)
     shutil.rmtree(scratch, ignore_errors=True)

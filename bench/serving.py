@@ -361,6 +361,7 @@ def main() -> None:
                             **base_env,
                             "MODEL_URI": uri,
                             "PORT": str(port),
+                            "ADMIN_PORT": str(free_port()),
                             "SCRATCH_DIR": str(work / f"scratch-{port}"),
                         },
                         cwd=work,

@@ -277,9 +277,12 @@ def start_model_server(kubectl: Kubectl, tracking_uri: str) -> int:
 
     template = kubectl.json("get", "deployment", f"{MODEL}-production", "-n", NAMESPACE)["spec"]["template"]
     env = {item["name"]: item.get("value", "") for item in template["spec"]["containers"][0]["env"]}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    ports = []
+    for _ in range(2):  # the serving port, and the admin port (/ready, /metrics)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    port, admin_port = ports
     pid_file = STATE / "model-server.pid"
     stop_pid(pid_file)
     scratch = STATE / f"scratch-{port}"
@@ -295,6 +298,7 @@ def start_model_server(kubectl: Kubectl, tracking_uri: str) -> int:
             "MODEL_URI": env["MODEL_URI"],
             "MLFLOW_TRACKING_URI": tracking_uri,
             "PORT": str(port),
+            "ADMIN_PORT": str(admin_port),
             "SCRATCH_DIR": str(scratch),
             "HOST": "127.0.0.1",
         },
@@ -304,7 +308,7 @@ def start_model_server(kubectl: Kubectl, tracking_uri: str) -> int:
 
     def ready() -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as answer:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as answer:
                 return bool(answer.status == 200)
         except OSError:
             return False

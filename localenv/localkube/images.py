@@ -57,6 +57,10 @@ PAUSE_ENTRYPOINT = (
     "trap 'exit 0' TERM INT; while :; do /bin/busybox sleep 3600 & wait $!; done",
 )
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# What the base's packages are checked against: debootstrap verifies the mirror's signed Release file
+# with Debian's archive keys, and each package against the sha256 listed there; --force-check-gpg
+# makes a missing key or signature an error, never a warning (debian-archive-keyring, `make node-packages`).
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 KEEP_ARCHIVES = 3
 
 
@@ -328,6 +332,26 @@ def _export(buildah: Buildah, image: str, *, refs: Sequence[str], archive: Path)
         partial.unlink(missing_ok=True)
 
 
+def debootstrap_command(rootfs: Path, mirror: str, *, keyring: Path = DEBIAN_KEYRING) -> list[str]:
+    """debootstrap of the base, verified: the Release file's signature against Debian's keys (a
+    download that does not match its signed sha256 stops the build)."""
+    if not keyring.is_file():
+        raise ImageError(
+            f"{keyring} is missing: debootstrap would not verify what it downloads; install "
+            "debian-archive-keyring (`make node-packages`)"
+        )
+    return [
+        "debootstrap",
+        "--variant=minbase",
+        f"--keyring={keyring}",
+        "--force-check-gpg",
+        f"--include={','.join(BASE_PACKAGES)}",
+        SUITE,
+        str(rootfs),
+        mirror,
+    ]
+
+
 def _build_base(buildah: Buildah, *, ref: str, archive: Path) -> None:
     """Debian bookworm minbase with Python 3.11, debootstrapped straight into a scratch container."""
     mirror = debian_mirror()
@@ -336,18 +360,7 @@ def _build_base(buildah: Buildah, *, ref: str, archive: Path) -> None:
     try:
         rootfs = Path(buildah.run("mount", container, capture=True))
         _log(f"base: debootstrap {SUITE} from {mirror} (about 80 s)")
-        subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(BASE_PACKAGES)}",
-                SUITE,
-                str(rootfs),
-                mirror,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        subprocess.run(debootstrap_command(rootfs, mirror), check=True, stdout=subprocess.DEVNULL)
         (rootfs / "usr/bin/python").symlink_to("python3")
         # pip may install into the system Python, as in python:3.11-slim (operator/Dockerfile does).
         for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):

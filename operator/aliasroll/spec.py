@@ -31,6 +31,8 @@ DEFAULT_PROGRESS_DEADLINE = "30m"  # spec.canary.progressDeadline
 DEFAULT_MIN_REQUESTS = 20
 DEFAULT_FAILURE_LIMIT = 2
 DEFAULT_PORT = 8080
+# The serving container's admin endpoints (/ready, /live, /metrics, /version): never a Service's port.
+DEFAULT_ADMIN_PORT = 9090
 MIN_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 24 * 3600.0
 
@@ -140,6 +142,7 @@ OPERATOR_ENV = frozenset(
         "MODEL_URI",
         "MLFLOW_TRACKING_URI",
         "PORT",
+        "ADMIN_PORT",
         "SCRATCH_DIR",
         "ALIASROLL_TRACK",
         # spec.serving.dependencies and dependencyCache, and the operator's own dependency settings,
@@ -201,6 +204,9 @@ class ServingSpec:
     resources: Mapping[str, Any]
     env: tuple[Mapping[str, Any], ...]
     service_account_name: str | None
+    # Where the pods answer /ready, /live, /metrics and /version: probes and the canary analysis read
+    # it; the Services route only to `port`.
+    admin_port: int = DEFAULT_ADMIN_PORT
     # The Secret pods get with envFrom; None: no credentials (never spec.registry.credentialsSecretRef
     # unless it is named here too: planning/workloads.pod_credentials_secret).
     credentials_secret: str | None = None
@@ -553,9 +559,20 @@ def parse_serving(raw: object) -> ServingSpec:
             "spec.serving.dependencyCache",
             f"takes only enabled (the operator's settings say where the cache is), not {', '.join(unknown)}",
         )
+    port = _int(raw.get("port", DEFAULT_PORT), path="spec.serving.port", low=1, high=65535)
+    admin_port = _int(
+        raw.get("adminPort", DEFAULT_ADMIN_PORT), path="spec.serving.adminPort", low=1, high=65535
+    )
+    if admin_port == port:
+        raise InvalidSpec(
+            "spec.serving.adminPort",
+            f"{admin_port} is spec.serving.port too: the admin endpoints (/metrics, /ready, ...) have a "
+            "port of their own, which Services do not route to",
+        )
     return ServingSpec(
         image=raw.get("image") or None,
-        port=_int(raw.get("port", DEFAULT_PORT), path="spec.serving.port", low=1, high=65535),
+        port=port,
+        admin_port=admin_port,
         resources=_frozen(resources),
         env=tuple(_frozen(item) for item in env),
         service_account_name=raw.get("serviceAccountName") or None,

@@ -160,6 +160,16 @@ BAD = [
         "spec.serving.podTemplate.spec.tolerations[0].tolerationSeconds",
     ),
     (
+        "admin port = serving port (the Services would route clients to /metrics)",
+        with_spec("spec.serving", {"port": 9090}),
+        "spec.serving.adminPort must differ from spec.serving.port",
+    ),
+    (
+        "ADMIN_PORT in env (the operator sets it)",
+        with_spec("spec.serving", {"env": [{"name": "ADMIN_PORT", "value": "8080"}]}),
+        "spec.serving.env cannot set",
+    ),
+    (
         "image pull secret without a name",
         with_spec("spec.serving", {"podTemplate": {"spec": {"imagePullSecrets": [{}]}}}),
         "spec.serving.podTemplate.spec.imagePullSecrets[0].name: Required value",
@@ -185,6 +195,7 @@ def test_defaults_and_printer_columns(kube: Kube, namespace: str) -> None:
     assert stored["spec"]["registry"]["pollInterval"] == "1s"
     assert stored["spec"]["traffic"]["router"] == "replicas"
     assert stored["spec"]["serving"]["port"] == 8080
+    assert stored["spec"]["serving"]["adminPort"] == 9090
     assert stored["spec"]["serving"]["scratchSize"] == "10Gi"
 
     header = kube.cluster.kubectl("get", "mdep", "-n", namespace).stdout.splitlines()[0].split()
@@ -340,7 +351,12 @@ def test_a_full_pod_template_is_accepted(kube: Kube, namespace: str) -> None:
     assert result.returncode == 0, result.stderr
     stored = kube.get("mdep", "full", namespace)
     assert stored is not None
-    assert stored["spec"]["serving"] == {**serving, "port": 8080, "dependencies": "install"}
+    assert stored["spec"]["serving"] == {
+        **serving,
+        "port": 8080,
+        "adminPort": 9090,
+        "dependencies": "install",
+    }
 
 
 def test_schema_source_is_the_running_kubernetes(kube: Kube) -> None:

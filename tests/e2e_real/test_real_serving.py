@@ -4,6 +4,8 @@ that cannot load. No failed request through transitions: test_transitions.py."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections import Counter
 from typing import Any
 
@@ -40,6 +42,30 @@ def test_the_seed_workflow_on_real_pods(stack: RealStack) -> None:
         inside("test -e /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes || echo no") == "no"
     )
     assert inside("touch /scratch/probe && echo ok") == "ok"
+
+    # The cluster's endpoints are on the pods' admin port, which the Service does not route to:
+    # a client gets 404 for them, and no header but the version.
+    def get(host: str, port: int, path: str) -> dict[str, Any]:
+        script = (
+            "import http.client, json, sys\n"
+            "c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)\n"
+            "c.request('GET', sys.argv[3])\n"
+            "r = c.getresponse()\n"
+            "print(json.dumps({'status': r.status, 'headers': sorted(k.lower() for k, _ in r.getheaders()),"
+            " 'body': r.read().decode(errors='replace')}))\n"
+        )
+        return dict(json.loads(stack.node.run(sys.executable, "-c", script, host, str(port), path).stdout))
+
+    for path in ("/metrics", "/version", "/ready", "/live"):
+        routed = get(stack.address, 80, path)
+        assert routed["status"] == 404, (path, routed)
+        assert "x-model-name" not in routed["headers"]
+        assert "x-model-uri" not in routed["headers"]
+    assert get(stack.address, 80, "/ping")["status"] == 200
+    serving = stack.pods("aliasroll.io/track=production")[0]
+    admin = get(serving["status"]["podIP"], 9090, "/metrics")
+    assert admin["status"] == 200
+    assert 'aliasroll_serving_requests_total{code="200"' in admin["body"]
 
     v2 = stack.register("v2", alias="production")
     stack.ready(v2)

@@ -111,7 +111,7 @@ def servers(
 
 @pytest.fixture(scope="module")
 def prometheus(servers: tuple[ServedProcess, ServedProcess]) -> Iterator[PrometheusServer]:
-    targets = [f"127.0.0.1:{server.port}" for server in servers]
+    targets = [f"127.0.0.1:{server.admin_port}" for server in servers]  # /metrics: the admin port
     with PrometheusServer(targets=targets, labels={"namespace": NAMESPACE}, scrape_interval="1s") as server:
         yield server
 
@@ -133,8 +133,8 @@ def target(
         production_version=versions[0],
         canary_version=canary_version or versions[1],
         interval_seconds=interval,
-        production_pods=(PodEndpoint("production-0", "127.0.0.1", production.port), *dead),
-        canary_pods=(PodEndpoint("canary-0", "127.0.0.1", canary.port),),
+        production_pods=(PodEndpoint("production-0", "127.0.0.1", production.admin_port), *dead),
+        canary_pods=(PodEndpoint("canary-0", "127.0.0.1", canary.admin_port),),
     )
 
 

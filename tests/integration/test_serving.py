@@ -111,7 +111,9 @@ def test_every_input_format_scores_the_example_model(
     assert great > 0.9
     assert terrible < 0.1
     assert answer.headers["X-Model-Version"] == sentiment_uri.rsplit("/", 1)[1]
-    assert answer.headers["X-Model-Name"] == "served-sentiment"
+    # Only the version: the model's name and URI are the cluster's (the admin port's /ready, /metrics).
+    assert "X-Model-Name" not in answer.headers
+    assert "X-Model-Uri" not in answer.headers
 
 
 def test_same_answers_as_mlflow_models_serve(
@@ -150,12 +152,10 @@ def test_same_answers_as_mlflow_models_serve(
         great, terrible = reference.post({"inputs": [GREAT, TERRIBLE]}).json()["predictions"]
         assert great > 0.9
         assert terrible < 0.1
-        for path in ("/ping", "/health", "/version"):
+        for path in ("/ping", "/health"):
             assert sentiment.session.get(sentiment.url + path).status_code == 200
-        assert (
-            sentiment.session.get(sentiment.url + "/version").text
-            == reference.session.get(reference.url + "/version").text
-        )
+        # MLflow's /version, on the admin port (the serving port, where clients go, answers it 404).
+        assert sentiment.get("/version").text == reference.session.get(reference.url + "/version").text
     finally:
         reference.stop()
 
@@ -173,7 +173,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(sentiment:
         scores = list(pool.map(score, texts))
     for text, value in zip(texts, scores, strict=True):
         assert (value > 0.5) == text.startswith(GREAT), text
-    metrics = sentiment.session.get(sentiment.url + "/metrics").text
+    metrics = sentiment.get("/metrics").text
     assert 'aliasroll_serving_requests_total{code="200"' in metrics
     assert "aliasroll_serving_batch_requests_bucket" in metrics
 
@@ -188,7 +188,7 @@ def test_live_at_once_ready_only_after_load_and_warm_up(
     try:
         server.wait_until("/live")
         # Importing MLflow alone takes seconds: the first answers come while the model loads.
-        not_yet = server.session.get(server.url + "/ready")
+        not_yet = server.get("/ready")
         assert not_yet.status_code == 503
         assert server.post({"inputs": [GREAT]}).status_code == 503
         ready = server.wait_until("/ready")
@@ -300,7 +300,7 @@ def test_a_failing_request_in_a_batch_fails_alone(picky: ServedProcess) -> None:
 
 
 def scrape(server: ServedProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = server.session.get(server.url + "/metrics").text
+    text = server.get("/metrics").text
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text)
@@ -402,7 +402,7 @@ def test_sigterm_drains_without_losing_a_request(
 
             not_ready = server.wait_until("/ready", status=503, timeout=accept)
             assert not_ready.json() == {"ready": False, "model": picky_uri, "draining": True}
-            assert server.session.get(server.url + "/live").status_code == 200
+            assert server.get("/live").status_code == 200
             # A client whose routing has not caught up yet is still answered, told to reconnect.
             late = requests.post(
                 server.url + "/invocations", json={"dataframe_records": [{"text": "late"}]}, timeout=10
@@ -441,6 +441,61 @@ def test_a_request_longer_than_the_drain_does_not_hold_the_process(
         assert answer.status_code == 503, answer.text
         assert answer.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
         assert "past the drain deadline" in server.log()
+    finally:
+        server.stop()
+
+
+# The two ports: clients reach only scoring and MLflow's health checks.
+
+
+def test_the_cluster_s_endpoints_are_on_the_admin_port_only(
+    sentiment: ServedProcess, sentiment_uri: str
+) -> None:
+    for path in ("/metrics", "/version", "/ready", "/live"):
+        routed = sentiment.session.get(sentiment.url + path, timeout=10)
+        assert routed.status_code == 404, path
+        assert "served-sentiment" not in routed.text
+        assert sentiment.session.get(sentiment.admin_url + path, timeout=10).status_code == 200, path
+    assert sentiment.get("/ready").json() == {"ready": True, "model": sentiment_uri}
+    assert "aliasroll_serving_requests_total" in sentiment.get("/metrics").text
+    # The admin port scores nothing.
+    scored = sentiment.session.post(
+        sentiment.admin_url + "/invocations", json={"inputs": [GREAT]}, timeout=10
+    )
+    assert scored.status_code == 404
+
+
+def test_past_the_requests_in_flight_bound_the_server_answers_503_at_once(
+    picky_uri: str, mlflow_server: MlflowServer, workdir: Path
+) -> None:
+    server = ServedProcess(
+        model_uri=picky_uri,
+        tracking_uri=mlflow_server.url,
+        workdir=workdir,
+        env={"ALIASROLL_MAX_IN_FLIGHT": "2", "DRAIN_SECONDS": "2"},
+    ).start()
+    try:
+        server.wait_until("/ready")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            # Two predict threads, each asleep on one request: two in flight.
+            held = [
+                pool.submit(server.post, {"dataframe_records": [{"text": f"sleep {seconds}"}]})
+                for seconds in (3, 4)
+            ]
+            wait_for_log(server, "picky model: sleeping on 'sleep 3'")
+            wait_for_log(server, "picky model: sleeping on 'sleep 4'")
+            started = time.monotonic()
+            refused = server.post({"dataframe_records": [{"text": "one more"}]})
+            assert time.monotonic() - started < 1, "refused at once, not queued"
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+            assert "ALIASROLL_MAX_IN_FLIGHT" in refused.json()["message"]
+            # Probes and scrapes are on the admin port: never refused under load.
+            assert server.get("/ready").status_code == 200
+            assert [future.result(timeout=30).status_code for future in held] == [200, 200]
+        assert server.post({"dataframe_records": [{"text": "again"}]}).json() == {"predictions": [5]}
+        assert metric(scrape(server), "aliasroll_serving_requests_total", code="503") == 1
     finally:
         server.stop()
 

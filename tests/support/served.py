@@ -15,6 +15,10 @@ import requests
 
 from mlflowserver import free_port
 
+# What the server answers on its admin port only (ADMIN_PORT): the serving port, where clients go,
+# answers them 404.
+ADMIN_PATHS = frozenset({"/ready", "/live", "/metrics", "/version"})
+
 
 class ServedProcess:
     def __init__(
@@ -28,6 +32,10 @@ class ServedProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_port = free_port()
+        while self.admin_port == self.port:
+            self.admin_port = free_port()
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         # A port can come round again within one module's workdir: each server gets a directory of its own.
         workdir.mkdir(parents=True, exist_ok=True)
         own = Path(tempfile.mkdtemp(dir=workdir, prefix=f"server-{self.port}-"))
@@ -39,6 +47,7 @@ class ServedProcess:
             "MODEL_URI": model_uri,
             "MLFLOW_TRACKING_URI": tracking_uri,
             "PORT": str(self.port),
+            "ADMIN_PORT": str(self.admin_port),
             "SCRATCH_DIR": str(scratch),
             **(env or {}),
         }
@@ -54,13 +63,20 @@ class ServedProcess:
         log.close()
         return self
 
+    def url_of(self, path: str) -> str:
+        """`path` on the port that serves it: the admin port for ADMIN_PATHS, else the serving port."""
+        return (self.admin_url if path in ADMIN_PATHS else self.url) + path
+
+    def get(self, path: str) -> requests.Response:
+        return self.session.get(self.url_of(path), timeout=10)
+
     def wait_until(self, path: str, *, status: int = 200, timeout: float = 120) -> requests.Response:
         deadline = time.monotonic() + timeout
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"the server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                answer = self.session.get(self.url + path, timeout=2)
+                answer = self.session.get(self.url_of(path), timeout=2)
                 if answer.status_code == status:
                     return answer
             except requests.ConnectionError:

@@ -78,12 +78,13 @@ class Pods:
         ]
 
 
-def resource(name: str, *, analysis: Mapping[str, Any] | None, port: int = 8080) -> dict[str, Any]:
+def resource(name: str, *, analysis: Mapping[str, Any] | None, admin_port: int = 9090) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {"name": "sentiment", "alias": "production"},
         "registry": {"trackingUri": "http://mlflow:5000"},
         "replicas": 2,
-        "serving": {"port": port},
+        # The pods' /metrics is on their admin port.
+        "serving": {"port": 8080, "adminPort": admin_port},
     }
     status: dict[str, Any] = {}
     if analysis is not None:
@@ -169,7 +170,7 @@ async def run_them(pods: Hostile, prometheus: Hostile) -> None:
         settle=0,
     )
     bodies = [
-        resource(f"pods-{i}", analysis={}, port=pods.port) if i % 2 else
+        resource(f"pods-{i}", analysis={}, admin_port=pods.port) if i % 2 else
         resource(f"prom-{i}", analysis={"prometheus": {"address": prometheus.url}})
         for i in range(HOSTILE)
     ]  # fmt: skip

@@ -63,6 +63,7 @@ def pod(
     ip: str | None = "10.0.0.9",
     ready: bool = True,
     containers: list[Mapping[str, Any]] | None = None,
+    ports: dict[str, int] | None = None,
 ) -> Mapping[str, Any]:
     labels = {"aliasroll.io/track": track} if track else {}
     status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
@@ -70,7 +71,16 @@ def pod(
         status["podIP"] = ip
     if containers is not None:
         status["containerStatuses"] = containers
-    return {"metadata": {"name": name, "uid": f"uid-{name}", "labels": labels}, "status": status}
+    made: dict[str, Any] = {
+        "metadata": {"name": name, "uid": f"uid-{name}", "labels": labels},
+        "status": status,
+    }
+    if ports is not None:
+        declared = [
+            {"name": port, "containerPort": number, "protocol": "TCP"} for port, number in ports.items()
+        ]
+        made["spec"] = {"containers": [{"name": "istio-proxy"}, {"name": "model-server", "ports": declared}]}
+    return made
 
 
 def serving(restarts: int, container_id: str) -> Mapping[str, Any]:
@@ -124,14 +134,33 @@ async def test_the_provider_is_asked_for_the_pods_with_their_containers_and_the_
     assert target.read_at == NOW
     assert (target.namespace, target.production_version, target.canary_version) == ("ml", "2", "3")
     assert target.production_pods == (
-        PodEndpoint("p0", "10.0.0.1", 8080, uid="uid-p0", container="0/containerd://a"),
+        PodEndpoint("p0", "10.0.0.1", 9090, uid="uid-p0", container="0/containerd://a"),
     )
+    # Scraped on the admin port (spec.serving.adminPort, 9090 by default), never the serving port.
     assert target.canary_pods == (
-        PodEndpoint("c0", "10.0.0.2", 8080, uid="uid-c0", container="2/containerd://c"),
-        PodEndpoint("c3", "10.0.0.4", 8080, uid="uid-c3", container=""),  # identity unknown
+        PodEndpoint("c0", "10.0.0.2", 9090, uid="uid-c0", container="2/containerd://c"),
+        PodEndpoint("c3", "10.0.0.4", 9090, uid="uid-c3", container=""),  # identity unknown
     )
     # Listed but not measured now: what was read of them is kept.
     assert target.unmeasured_pods == frozenset({"uid-c1", "uid-c2"})
+
+
+async def test_each_pod_is_scraped_on_the_admin_port_it_declares() -> None:
+    """/metrics is on the serving container's port named admin, not on the port the Services route
+    to; a pod made before the admin port existed (an operator upgrade rolls it) declares only http,
+    where it still answers /metrics."""
+    provider = Scripted(None)
+    await measure(
+        provider,
+        [
+            pod("p0", track="production", ip="10.0.0.1", ports={"http": 8080, "admin": 9191}),
+            pod("c0", ip="10.0.0.2", ports={"http": 8080, "admin": 9090}),
+            pod("c1", ip="10.0.0.3", ports={"http": 5000}),  # made by an operator before admin ports
+        ],
+    )
+    (target,) = provider.asked
+    assert [(p.name, p.port) for p in target.production_pods] == [("p0", 9191)]
+    assert [(p.name, p.port) for p in target.canary_pods] == [("c0", 9090), ("c1", 5000)]
 
 
 # (the provider's answer, verdict or None, window_start's offset from now or None, error, message end)

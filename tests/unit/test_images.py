@@ -167,3 +167,138 @@ def test_make_images_builds_both_dockerfiles_with_docker_when_a_daemon_answers(t
         f"build -f operator/Dockerfile -t ghcr.io/aliasroll/operator:{version[1]} .",
         f"build -f serving-image/Dockerfile -t ghcr.io/aliasroll/serving:{version[1]} .",
     ]
+
+
+# What the image builds fetch is verified: Python packages by sha256, the base's Debian packages by
+# the mirror's signed Release file.
+
+PIP_INSTALL = re.compile(r"^RUN (?P<pip>\S*pip) install (?P<args>.*)$")
+
+
+def pip_installs(dockerfile: str) -> list[list[str]]:
+    """The arguments of every `pip install` a Dockerfile runs."""
+    text = (REPO / dockerfile).read_text()
+    return [
+        match["args"].split()
+        for line in images._logical_lines(text)
+        if (match := PIP_INSTALL.match(line.strip()))
+    ]
+
+
+def pinned(requirements: Path) -> dict[str, list[str]]:
+    """Each requirement line of a pip requirements file, with the hashes it lists."""
+    found: dict[str, list[str]] = {}
+    for line in requirements.read_text().replace("\\\n", " ").splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        found[words[0]] = [w.removeprefix("--hash=") for w in words[1:] if w.startswith("--hash=")]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "requirements"),
+    [
+        ("serving-image/Dockerfile", "serving-image/requirements.txt"),
+        ("operator/Dockerfile", "operator/uv-requirements.txt"),
+    ],
+)
+def test_every_package_a_dockerfile_installs_is_pinned_by_sha256(dockerfile: str, requirements: str) -> None:
+    installs = pip_installs(dockerfile)
+    assert installs, f"{dockerfile} runs no pip install"
+    for args in installs:
+        # Only from a requirements file, and pip refuses any file whose hash it does not list.
+        assert "--require-hashes" in args, args
+        assert [arg for arg in args if not arg.startswith("-")] == [f"/tmp/{Path(requirements).name}"], args
+    copied = images.copied_sources((REPO / dockerfile).read_text())
+    assert requirements in copied, f"{dockerfile} does not copy {requirements} (nor keys its image on it)"
+    lines = pinned(REPO / requirements)
+    assert lines
+    for requirement, hashes in lines.items():
+        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==[^=]+", requirement), f"{requirement}: not pinned"
+        assert hashes, f"{requirements}: {requirement} has no --hash"
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), requirement
+
+
+def test_the_uv_the_images_and_the_makefile_install_is_one_version() -> None:
+    version = re.search(r"^UV_VERSION\s*:=\s*(\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert version is not None
+    assert list(pinned(REPO / "operator/uv-requirements.txt")) == [f"uv=={version[1]}"]
+    makefile = (REPO / "Makefile").read_text()
+    assert "install --quiet --require-hashes -r operator/uv-requirements.txt" in makefile
+    assert '"uv==$(UV_VERSION)"' not in makefile
+    assert "--generate-hashes serving-image/requirements.in" in makefile
+
+
+def _wheel(directory: Path) -> Path:
+    """A minimal wheel: what a tampered download would be, to the hash check."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        "demo_pinned/__init__.py": b"",
+        "demo_pinned-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: demo-pinned\nVersion: 1.0\n",
+        "demo_pinned-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = "".join(
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}\n"
+        for name, data in files.items()
+    )
+    wheel = directory / "demo_pinned-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr("demo_pinned-1.0.dist-info/RECORD", record + "demo_pinned-1.0.dist-info/RECORD,,\n")
+    return wheel
+
+
+@pytest.mark.parametrize("dockerfile", ["serving-image/Dockerfile", "operator/Dockerfile"])
+def test_a_download_whose_hash_differs_stops_the_build(dockerfile: str, tmp_path: Path) -> None:
+    """The Dockerfile's own pip install, offline against a file whose sha256 is not the pinned one."""
+    import hashlib
+    import shutil
+
+    pip = shutil.which("pip3") or shutil.which("pip")
+    if pip is None:
+        pytest.skip("no pip on this machine")
+    links = tmp_path / "links"
+    links.mkdir()
+    wheel = _wheel(links)
+    (args,) = pip_installs(dockerfile)
+    requirements = tmp_path / "requirements.txt"
+    run = [pip, "install", "--dry-run", "--no-index", "--find-links", str(links)]
+    run += [str(requirements) if arg.startswith("/tmp/") else arg for arg in args]
+    good = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+    requirements.write_text(f"demo-pinned==1.0 --hash=sha256:{good}\n")
+    assert subprocess.run(run, capture_output=True, text=True, env=env).returncode == 0
+
+    requirements.write_text(f"demo-pinned==1.0 --hash=sha256:{'0' * 64}\n")
+    refused = subprocess.run(run, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0
+    assert "DO NOT MATCH THE HASHES" in refused.stderr
+    assert good in refused.stderr  # what was got, beside what was expected
+
+    requirements.write_text("demo-pinned==1.0\n")  # a requirement without a hash is refused too
+    unhashed = subprocess.run(run, capture_output=True, text=True, env=env)
+    assert unhashed.returncode != 0
+    assert "hash" in unhashed.stderr.lower()
+
+
+def test_the_base_is_debootstrapped_against_debian_s_keys(tmp_path: Path) -> None:
+    keyring = tmp_path / "debian-archive-keyring.gpg"
+    keyring.write_bytes(b"keys")
+    command = images.debootstrap_command(tmp_path / "rootfs", "http://deb.example/debian", keyring=keyring)
+    assert command[0] == "debootstrap"
+    assert f"--keyring={keyring}" in command
+    assert "--force-check-gpg" in command  # a missing signature is an error, never a warning
+    assert "--no-check-gpg" not in command
+    assert command[-3:] == [images.SUITE, str(tmp_path / "rootfs"), "http://deb.example/debian"]
+    with pytest.raises(images.ImageError, match="debian-archive-keyring"):
+        images.debootstrap_command(
+            tmp_path / "rootfs", "http://deb.example/debian", keyring=tmp_path / "none"
+        )

@@ -665,7 +665,7 @@ def test_status_names_versions_run_ids_and_split() -> None:
 def test_pod_template_follows_the_serving_image_contract() -> None:
     the_spec = spec(
         registry={"trackingUri": "http://mlflow:5000", "credentialsSecretRef": {"name": "creds"}},
-        serving={"port": 9000, "env": [{"name": "EXTRA", "value": "1"}]},
+        serving={"port": 9000, "adminPort": 9100, "env": [{"name": "EXTRA", "value": "1"}]},
     )
     pod = deployments(run(the_spec, view("4"), observed(), {}))["sentiment-production"]["spec"]["template"][
         "spec"
@@ -676,15 +676,20 @@ def test_pod_template_follows_the_serving_image_contract() -> None:
         "MODEL_URI": "models:/sentiment/4",
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         "PORT": "9000",
+        "ADMIN_PORT": "9100",
         "SCRATCH_DIR": "/scratch",
         "ALIASROLL_TRACK": "production",
         "EXTRA": "1",
     }
     assert "envFrom" not in container, "the operator's Secret is never the pods' by default"
-    assert container["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
-    assert container["startupProbe"]["httpGet"] == {"path": "/live", "port": "http"}
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 9000, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 9100, "protocol": "TCP"},
+    ]
+    # The probes read the admin port, which no Service routes to.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "admin"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/live", "port": "admin"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"}]
     assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}}]

@@ -18,6 +18,7 @@ def test_defaults_match_the_crd() -> None:
     assert spec.registry.poll_seconds == 30
     assert spec.replicas == 1
     assert spec.serving.port == 8080
+    assert spec.serving.admin_port == 9090
     assert spec.traffic.router is RouterKind.REPLICAS
     assert spec.canary is None
     assert not spec.canary_wanted
@@ -55,6 +56,12 @@ BAD = [
     ),
     ("unknown router", {**MINIMAL, "traffic": {"router": "istio"}}, "spec.traffic.router"),
     ("negative replicas", {**MINIMAL, "replicas": -1}, "spec.replicas"),
+    (
+        "admin port = serving port (the admin endpoints would be routed to clients)",
+        {**MINIMAL, "serving": {"port": 9090}},
+        "spec.serving.adminPort",
+    ),
+    ("admin port out of range", {**MINIMAL, "serving": {"adminPort": 0}}, "spec.serving.adminPort"),
     ("replicas as text", {**MINIMAL, "replicas": "2"}, "spec.replicas"),
     (
         "env name twice (server-side apply would refuse the Deployment)",

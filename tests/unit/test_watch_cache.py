@@ -789,3 +789,35 @@ def test_the_pod_projection_keeps_what_passes_read() -> None:
     ready = copy.deepcopy(failing)
     ready["status"]["conditions"][0]["status"] = "True"
     assert PodStates.of([pod_projection(copy.deepcopy(ready)) or {}]) == PodStates.of([ready])
+
+
+def test_the_pod_projection_keeps_the_serving_containers_named_ports() -> None:
+    """The canary analysis reads /metrics on the port the pod declares as admin (controller/measuring)."""
+    from aliasroll.controller.measuring import metrics_port
+
+    made = pod("sentiment-canary-x", owner="sentiment")
+    made["spec"] = {
+        "containers": [
+            {"name": "istio-proxy", "ports": [{"name": "admin", "containerPort": 15000}]},
+            {
+                "name": "model-server",
+                "image": "x",
+                "ports": [
+                    {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                    {"name": "admin", "containerPort": 9090, "protocol": "TCP"},
+                    {"name": "debug", "containerPort": 5678, "protocol": "TCP"},
+                ],
+            },
+        ]
+    }
+    kept = pod_projection(copy.deepcopy(made))
+    assert kept is not None
+    assert kept["spec"] == {
+        "containers": [
+            {
+                "name": "model-server",
+                "ports": [{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9090}],
+            }
+        ]
+    }
+    assert metrics_port(kept, default=1) == metrics_port(made, default=1) == 9090

@@ -22,6 +22,7 @@ from aliasroll.planning.workloads import (
     deployment,
     pod_credentials_condition,
     pod_disruption_budget,
+    service,
     track_selector,
 )
 from aliasroll.spec import ModelDeploymentSpec, PodSettings, Track
@@ -242,7 +243,15 @@ def test_the_operators_env_wins() -> None:
     )
     (only,) = build(forged)["spec"]["template"]["spec"]["containers"]
     names = [item["name"] for item in only["env"]]
-    assert names == ["MODEL_URI", "MLFLOW_TRACKING_URI", "PORT", "SCRATCH_DIR", "ALIASROLL_TRACK", "EXTRA"]
+    assert names == [
+        "MODEL_URI",
+        "MLFLOW_TRACKING_URI",
+        "PORT",
+        "ADMIN_PORT",
+        "SCRATCH_DIR",
+        "ALIASROLL_TRACK",
+        "EXTRA",
+    ]
     assert only["env"][0]["value"] == "models:/sentiment/4"
 
 
@@ -486,3 +495,18 @@ def test_dependency_settings(case: str, env: dict[str, str], expected: Dependenc
             DependencySettings.from_env(env)
     else:
         assert DependencySettings.from_env(env) == expected, case
+
+
+def test_services_route_only_the_serving_port_and_the_admin_port_is_the_probes() -> None:
+    """/metrics, /version, /ready and /live are on the container's admin port, which no Service
+    targets: a client of the Service (or of a route to it) never reaches them."""
+    the_spec = spec(registry=REGISTRY, serving={"port": 5000, "adminPort": 5001})
+    made = service(owner=OWNER, name="sentiment", selector={"a": "b"}, spec=the_spec)
+    assert made["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    (container,) = build(the_spec)["spec"]["template"]["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 5000, "admin": 5001}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == "admin"
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert (env["PORT"], env["ADMIN_PORT"]) == ("5000", "5001")

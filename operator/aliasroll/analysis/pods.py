@@ -288,6 +288,6 @@ def _require_an_answer(track: str, scrapes: Sequence[_Scrape]) -> None:
         more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise AnalysisUnavailable(
             f"none of the {len(scrapes)} {track} pods answered GET {METRICS_PATH}: {shown}{more}. "
-            "The operator must reach the pods' IPs on the serving port (check NetworkPolicies), "
-            "or set the analysis to read a Prometheus"
+            "The operator must reach the pods' IPs on their admin port, spec.serving.adminPort "
+            "(check NetworkPolicies), or set the analysis to read a Prometheus"
         )

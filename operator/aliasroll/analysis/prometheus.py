@@ -106,7 +106,7 @@ class PrometheusProvider:
             raise AnalysisUnavailable(
                 f"Prometheus at {self.address} has no samples of {series}"
                 f" over the last {target.interval_seconds} s: check that it scrapes the serving pods' "
-                "/metrics (container port http), that the label matchers match their series"
+                "/metrics (container port admin), that the label matchers match their series"
                 f"{self._namespace_hint()}, and that the analysis interval spans at least two scrapes"
             )
         caveat = None

@@ -30,7 +30,7 @@ from aliasroll.analysis.window import Window
 class PodEndpoint:
     name: str
     ip: str
-    port: int  # the serving container's port named "http": it serves /metrics too
+    port: int  # the serving container's admin port (named "admin"), where it answers /metrics
     # Which container answers: the pod's uid and its serving container's identity (restart count and
     # container ID, from the watched pod's status). The pod reader keeps a baseline per uid and counts
     # a container it has not read before from zero. Empty: unknown (the name keys the pod, and a

@@ -49,7 +49,7 @@ from aliasroll.egress import Destinations, resolve_host
 from aliasroll.errors import AliasrollError, AnalysisUnavailable
 from aliasroll.kube.observe import OwnedObjects
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
-from aliasroll.planning.workloads import CONTAINER_NAME, LABEL_TRACK
+from aliasroll.planning.workloads import ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME, LABEL_TRACK
 from aliasroll.registry.poller import Wake
 from aliasroll.spec import AnalysisSpec, ModelDeploymentSpec, PrometheusSource, ResourceRef, Track
 
@@ -150,7 +150,7 @@ class Analyzer:
                 return None  # under way: it wakes the resource when it ends
             reading.task.cancel()  # of versions or a source the spec no longer names
         task = asyncio.create_task(
-            self._reading(owner, spec.serving.port, analysis, asked, now, wake),
+            self._reading(owner, spec.serving.admin_port, analysis, asked, now, wake),
             name=f"canary analysis {owner.namespace}/{owner.name}",
         )
         self._readings[owner.uid] = _Reading(asked=asked, task=task)
@@ -290,9 +290,10 @@ class Analyzer:
     async def _ready_pods(
         self, owner: ResourceRef, port: int
     ) -> tuple[dict[Track, tuple[PodEndpoint, ...]], frozenset[str]]:
-        """The ready serving pods of each track, by IP (the operator reaches them as Prometheus does),
-        from the operator's watch of serving pods, each with its uid and serving container's identity;
-        and the uids of the serving pods that are not measured now (not Ready, no IP yet)."""
+        """The ready serving pods of each track, by IP (the operator reaches them as Prometheus does)
+        and admin port (`metrics_port`), from the operator's watch of serving pods, each with its uid
+        and serving container's identity; and the uids of the serving pods that are not measured now
+        (not Ready, no IP yet)."""
         found: dict[Track, list[PodEndpoint]] = {Track.PRODUCTION: [], Track.CANARY: []}
         unmeasured: set[str] = set()
         try:
@@ -321,7 +322,7 @@ class Analyzer:
                 PodEndpoint(
                     name=str(meta.get("name")),
                     ip=status["podIP"],
-                    port=port,
+                    port=metrics_port(pod, default=port),
                     uid=uid,
                     container=container_identity(status),
                 )
@@ -345,6 +346,21 @@ def _judged(read: _Read, analysis: AnalysisSpec, *, version: str) -> AnalysisRes
     return AnalysisResult(
         version=version, measured_at=read.measured_at, measurement=measurement, window_start=since
     )
+
+
+def metrics_port(pod: Mapping[str, Any], *, default: int) -> int:
+    """Where a serving pod answers /metrics: its serving container's port named admin. A pod made
+    before the serving image had an admin port (an operator upgrade rolls it soon) declares none and
+    answers on its port named http; a pod that declares neither, on `default`
+    (spec.serving.adminPort)."""
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        if container.get("name") != CONTAINER_NAME:
+            continue
+        ports = {port.get("name"): port.get("containerPort") for port in container.get("ports") or ()}
+        for name in (ADMIN_PORT_NAME, HTTP_PORT_NAME):
+            if type(ports.get(name)) is int:
+                return int(ports[name])
+    return default
 
 
 def container_identity(status: Mapping[str, Any]) -> str:

@@ -51,8 +51,11 @@ from aliasroll.errors import AliasrollError, KubernetesApplyFailed, KubernetesUn
 from aliasroll.kube.failures import api_failure
 from aliasroll.kube.resources import OWNED_KINDS
 from aliasroll.planning.workloads import (
+    ADMIN_PORT_NAME,
     ANNOTATION_MODEL_URI,
     ANNOTATION_RUN_ID,
+    CONTAINER_NAME,
+    HTTP_PORT_NAME,
     LABEL_MANAGED_BY,
     LABEL_OWNER,
     LABEL_TRACK,
@@ -371,8 +374,9 @@ def _cut(value: Any, limit: int) -> Any:
 def pod_projection(pod: dict[str, Any]) -> dict[str, Any] | None:
     """What the pod cache keeps of a pod: None unless a ReplicaSet controls it and it names its
     owner in the owner label, else what passes read of it (its identity, the labels passes read, its
-    IP, whether it is Ready, and of a few containers why they fail and which run of them answers).
-    The spec, a copy of the Deployment's template, and the annotations are most of a pod's size."""
+    IP, whether it is Ready, of a few containers why they fail and which run of them answers, and
+    the serving container's two named ports, where the canary analysis reads /metrics). The rest
+    of the spec, a copy of the Deployment's template, and the annotations are most of a pod's size."""
     meta = pod.get("metadata") or {}
     controller = controller_of(meta)
     labels = meta.get("labels") or {}
@@ -393,7 +397,7 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any] | None:
     }
     if "podIP" in status:
         kept_status["podIP"] = _cut(status["podIP"], 64)
-    return {
+    kept = {
         "apiVersion": pod.get("apiVersion"),
         "kind": pod.get("kind"),
         "metadata": {
@@ -402,6 +406,24 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any] | None:
         },
         "status": kept_status,
     }
+    ports = _serving_ports(pod.get("spec") or {})
+    if ports:
+        kept["spec"] = {"containers": [{"name": CONTAINER_NAME, "ports": ports}]}
+    return kept
+
+
+def _serving_ports(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The serving container's ports named http and admin, in a pod's own shape."""
+    for container in (spec.get("containers") or ())[:MAX_CONTAINERS]:
+        if isinstance(container, Mapping) and container.get("name") == CONTAINER_NAME:
+            return [
+                {"name": port["name"], "containerPort": port["containerPort"]}
+                for port in (container.get("ports") or ())[:8]
+                if isinstance(port, Mapping)
+                and port.get("name") in (HTTP_PORT_NAME, ADMIN_PORT_NAME)
+                and type(port.get("containerPort")) is int
+            ]
+    return []
 
 
 def _container(status: Mapping[str, Any]) -> dict[str, Any]:

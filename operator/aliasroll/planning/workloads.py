@@ -33,6 +33,12 @@ MANAGER = "aliasroll"
 
 CONTAINER_NAME = "model-server"
 SERVICE_PORT = 80
+# The serving container's two ports: "http" (spec.serving.port), the only one the Services route to,
+# and "admin" (spec.serving.adminPort): /ready and /live for the kubelet's probes, /metrics for
+# Prometheus and the operator's canary analysis, /version. Clients never reach the admin port
+# through a Service or a route.
+HTTP_PORT_NAME = "http"
+ADMIN_PORT_NAME = "admin"
 SCRATCH_PATH = "/scratch"
 DEPENDENCY_CACHE_PATH = "/var/cache/aliasroll/dependencies"
 # The serving image's contract (serving-image/README): readiness means loaded and warmed up.
@@ -178,7 +184,10 @@ def deployment(
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.serving.image or defaults.image,
-        "ports": [{"name": "http", "containerPort": spec.serving.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": HTTP_PORT_NAME, "containerPort": spec.serving.port, "protocol": "TCP"},
+            {"name": ADMIN_PORT_NAME, "containerPort": spec.serving.admin_port, "protocol": "TCP"},
+        ],
         "env": _env(spec, track=track, version=version, dependencies=defaults.dependencies),
         "readinessProbe": _probe(READINESS_PATH, period=5, failures=3),
         "livenessProbe": _probe(LIVENESS_PATH, period=10, failures=3),
@@ -346,6 +355,7 @@ def _env(
         {"name": "MODEL_URI", "value": version.uri},
         {"name": "MLFLOW_TRACKING_URI", "value": spec.registry.tracking_uri},
         {"name": "PORT", "value": str(spec.serving.port)},
+        {"name": "ADMIN_PORT", "value": str(spec.serving.admin_port)},
         {"name": "SCRATCH_DIR", "value": SCRATCH_PATH},
         {"name": "ALIASROLL_TRACK", "value": track.value},
     ]
@@ -406,14 +416,17 @@ def service(
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+            # Only the serving port: the admin port (probes, /metrics) is never a Service's.
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}
+            ],
         },
     }
 
 
 def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": ADMIN_PORT_NAME},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": 2,

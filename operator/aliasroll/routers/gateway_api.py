@@ -7,10 +7,11 @@ attaches to the named Gateways. The stable Service selects production pods, so c
 the mesh still reach a pinned, known version.
 
 The route matches only what clients of the serving contract call (serving-image/README.md "HTTP"):
-scoring, `POST /invocations`, and MLflow's health checks, `/ping` and `/health`. The rest of the
-model server's port, `/metrics` (model names and versions, request counts), `/version`, `/ready` and
-`/live`, is for the cluster (Prometheus, the kubelet, the operator's canary analysis, which reach the
-pods directly) and is not exposed through a Gateway: a request for it finds no rule (404).
+scoring, `POST /invocations`, and MLflow's health checks, `/ping` and `/health`. `/metrics` (model
+names and versions, request counts), `/version`, `/ready` and `/live` are for the cluster
+(Prometheus, the kubelet, the operator's canary analysis, which reach the pods directly), on the
+model server's admin port, which no Service routes to; through a Gateway a request for them finds
+no rule (404), and the serving port would answer 404 too.
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 Exit codes: 0 on a normal stop (SIGTERM, drained: see server.py), 1 when the model version cannot
 be downloaded, loaded or warmed up (Kubernetes restarts the pod and the rollout stalls instead of
-sending traffic to it) or when a predict call outlived the drain, 2 for a bad setting.
+sending traffic to it) or when a predict call outlived the drain, 2 for a bad setting (or a port
+that cannot be listened on).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -41,6 +43,13 @@ def main() -> int:
             server.should_exit = True
 
     app = ServingApp(config, on_fatal=fatal)
+    try:
+        # The serving port (what Services route to) and the admin port (probes, /metrics): one
+        # server, one app, which tells them apart by the port a request arrived on (app.py).
+        sockets = [listen(config.host, config.port), listen(config.host, config.admin_port)]
+    except OSError as error:
+        log.error("cannot listen on %s: %s", config.host, error)
+        return 2
     server = DrainingServer.for_app(
         app,
         host=config.host,
@@ -52,9 +61,15 @@ def main() -> int:
         log_level=config.log_level,
         timeout_keep_alive=75,  # longer than common client and load-balancer idle timeouts
     )
-    log.info("serving %s on %s:%d (loading)", config.model_uri, config.host, config.port)
+    log.info(
+        "serving %s on %s:%d, admin endpoints on port %d (loading)",
+        config.model_uri,
+        config.host,
+        config.port,
+        config.admin_port,
+    )
     try:
-        server.run()
+        server.run(sockets=sockets)
     except Exception as error:  # a bug of ours: the pod still says why it stopped, in our words
         log.exception("the server stopped on an unexpected error")
         failure.append(f"the model server stopped on an unexpected error: {type(error).__name__}")
@@ -62,6 +77,19 @@ def main() -> int:
         write_termination_message(failure[0])
         return 1
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket as uvicorn binds its own (uvicorn starts listening on it)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"port {port}: {error.strerror or error}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def write_termination_message(message: str) -> None:

@@ -1,9 +1,17 @@
 """The HTTP side: a plain ASGI application (no framework: each layer costs per request).
 
-Endpoints: MLflow's `POST /invocations`, `GET /ping`, `/health`, `/version`; and for Kubernetes
-`GET /ready` (model loaded and warmed up, and not draining), `GET /live`, `GET /metrics`
-(Prometheus). Every answer names the model version that gave it (`X-Model-Version`), so a canary
-split can be measured from the client side.
+Two listeners, told apart by the port a request arrived on:
+- the serving port (PORT), the one the Services send clients to: MLflow's `POST /invocations`, and
+  its health checks `GET /ping` and `/health`; nothing else (404). Every answer there names the
+  model version that gave it (`X-Model-Version`), so a canary split can be measured from the client
+  side; nothing else about the model (its name, its URI) is in the headers;
+- the admin port (ADMIN_PORT), which no Service routes to, for the cluster: `GET /ready` (model
+  loaded and warmed up, and not draining), `GET /live` (the kubelet's probes), `GET /metrics`
+  (Prometheus, the operator's canary analysis), `GET /version` (MLflow's), `/ping` and `/health`.
+
+At most `ALIASROLL_MAX_IN_FLIGHT` scoring requests are in flight at once (read, queued for a
+predict call, or predicted); one more is answered 503 with `Retry-After` at once, before its body is
+read, so neither the queue nor the bodies held in memory grow without bound under load.
 
 Draining (server.py sets `draining` on SIGTERM): readiness turns 503 at once so the pod leaves the
 Service's endpoints, while /invocations keeps scoring; every answer then carries `Connection: close`
@@ -38,6 +46,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
 TEXT = b"text/plain; charset=utf-8"
+# What a client told to come back later waits, in seconds (a predict call takes milliseconds).
+RETRY_AFTER_SECONDS = b"1"
+ADMIN_PATHS = frozenset({"/ready", "/live", "/metrics", "/version", "/ping", "/health"})
 
 
 class ClientGone(Exception):
@@ -54,11 +65,10 @@ class ServingApp:
         # Set from a signal handler: a plain attribute, read once per answer.
         self.draining = False
         self._loader: asyncio.Task[None] | None = None
-        self._identity = [
-            (b"x-model-name", config.model_name.encode()),
-            (b"x-model-version", config.model_version.encode()),
-            (b"x-model-uri", config.model_uri.encode()),
-        ]
+        # On the serving port, only the version: what a client needs to tell a canary's answers
+        # apart. The model's name and URI (registry paths) are for the cluster: /ready, /metrics.
+        self._identity = [(b"x-model-version", config.model_version.encode())]
+        self.in_flight = 0
         try:
             self._mlflow_version = importlib.metadata.version("mlflow-skinny").encode()
         except importlib.metadata.PackageNotFoundError:
@@ -74,6 +84,10 @@ class ServingApp:
             return
         if scope["type"] != "http":
             return
+        server = scope.get("server")
+        if server is not None and server[1] == self.config.admin_port:
+            await self._admin(scope, send)
+            return
         path, method = scope["path"], scope["method"]
         if path == "/invocations":
             if method != "POST":
@@ -85,21 +99,68 @@ class ServingApp:
         elif path in ("/ping", "/health"):
             # MLflow's health check: healthy once the model is there.
             await self._send(send, 200 if self.ready else 503, b"\n")
+        else:
+            await self._send(send, 404, b"not found\n", TEXT)
+
+    async def _admin(self, scope: Scope, send: Send) -> None:
+        """The admin port: the cluster's endpoints, with no model headers (and no scoring)."""
+        path, method = scope["path"], scope["method"]
+        if path not in ADMIN_PATHS:
+            await self._send(send, 404, b"not found\n", TEXT, identity=False)
+        elif method not in ("GET", "HEAD"):
+            await self._send(send, 405, b"method not allowed\n", TEXT, identity=False)
+        elif path in ("/ping", "/health"):
+            await self._send(send, 200 if self.ready else 503, b"\n", identity=False)
         elif path == "/ready":
             body: dict[str, object] = {"ready": self.ready, "model": self.config.model_uri}
             if self.draining:
                 body["draining"] = True
-            await self._send(send, 200 if self.ready else 503, orjson.dumps(body))
+            await self._send(send, 200 if self.ready else 503, orjson.dumps(body), identity=False)
         elif path == "/live":
-            await self._send(send, 200, b'{"live":true}')
+            await self._send(send, 200, b'{"live":true}', identity=False)
         elif path == "/version":
-            await self._send(send, 200, self._mlflow_version)
+            await self._send(send, 200, self._mlflow_version, identity=False)
         elif path == "/metrics":
-            await self._send(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
-        else:
-            await self._send(send, 404, b"not found\n", TEXT)
+            await self._send(
+                send,
+                200,
+                self.metrics.render(),
+                b"text/plain; version=0.0.4; charset=utf-8",
+                identity=False,
+            )
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.in_flight >= self.config.max_in_flight:
+            await self._refuse_overload(send)
+            return
+        self.in_flight += 1
+        try:
+            await self._score(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse_overload(self, send: Send) -> None:
+        """503 with Retry-After, at once and without reading the body: what is queued stays bounded.
+        Counted like any 503 (a canary that sheds load fails its clients)."""
+        started = time.perf_counter()
+        log.debug("invocations answered 503: %d requests in flight", self.in_flight)
+        refused = RequestError(
+            503,
+            f"The server has {self.config.max_in_flight} requests in flight "
+            "(ALIASROLL_MAX_IN_FLIGHT); retry shortly.",
+            error_code="TEMPORARILY_UNAVAILABLE",
+        )
+        try:
+            await self._send(send, 503, refused.body(), retry_after=True)
+        finally:
+            self.metrics.observe(
+                code=503,
+                seconds=time.perf_counter() - started,
+                cause="TEMPORARILY_UNAVAILABLE",
+                kind="server",
+            )
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500  # counted if something escapes every handler below
         cause: str | None = "INTERNAL_ERROR"
@@ -172,12 +233,21 @@ class ServingApp:
             if not message.get("more_body"):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _send(self, send: Send, status: int, body: bytes, content_type: bytes = JSON) -> None:
-        headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            *self._identity,
-        ]
+    async def _send(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        content_type: bytes = JSON,
+        *,
+        identity: bool = True,
+        retry_after: bool = False,
+    ) -> None:
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        if identity:
+            headers.extend(self._identity)
+        if retry_after:
+            headers.append((b"retry-after", RETRY_AFTER_SECONDS))
         if self.draining:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})

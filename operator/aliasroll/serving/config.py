@@ -11,6 +11,13 @@ from pathlib import Path
 # The pod's terminationGracePeriodSeconds (40) minus its preStop sleep (5) is what the process has
 # after SIGTERM; the drain, plus up to 2 s for a hung predict call to be abandoned, must fit in it.
 MAX_DRAIN_SECONDS = 30
+# The port of /ready, /live, /metrics and /version: the cluster's (the kubelet, Prometheus, the
+# operator's canary analysis), never a Service's. The operator sets ADMIN_PORT (spec.serving.adminPort).
+DEFAULT_ADMIN_PORT = 9090
+# Scoring requests in flight at once (read, queued for a predict call, or predicted); past it a
+# request is answered 503 with Retry-After at once, so the queue, and the memory of the bodies
+# held in it (up to ALIASROLL_MAX_REQUEST_BYTES each), stays bounded.
+DEFAULT_MAX_IN_FLIGHT = 64
 
 _PINNED = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
@@ -26,9 +33,11 @@ class ServingConfig:
     model_version: str
     host: str = "0.0.0.0"
     port: int = 8080
+    admin_port: int = DEFAULT_ADMIN_PORT
     scratch_dir: Path = Path("/scratch")
     max_request_bytes: int = 16 * 1024 * 1024
     request_timeout_seconds: float = 60.0
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     batching: bool = True
     max_batch_rows: int = 1024
     predict_threads: int = 2
@@ -79,6 +88,13 @@ class ServingConfig:
                 "installed at start) or image (the image has them)"
             )
         scratch = Path(env.get("SCRATCH_DIR") or "/scratch")
+        port = _int(env, "PORT", 8080, low=1, high=65535)
+        admin_port = _int(env, "ADMIN_PORT", DEFAULT_ADMIN_PORT, low=1, high=65535)
+        if admin_port == port:
+            raise ConfigError(
+                f"ADMIN_PORT={admin_port} must differ from PORT={port}: /metrics, /version, /ready and "
+                "/live are served on a port of their own, which Services do not send clients to"
+            )
         pinned = _PINNED.match(uri)
         name, version = (pinned["name"], pinned["version"]) if pinned else (uri, "unknown")
         return cls(
@@ -86,12 +102,14 @@ class ServingConfig:
             model_name=name,
             model_version=version,
             host=env.get("HOST", "0.0.0.0"),
-            port=_int(env, "PORT", 8080, low=1, high=65535),
+            port=port,
+            admin_port=admin_port,
             scratch_dir=scratch,
             max_request_bytes=_int(env, "ALIASROLL_MAX_REQUEST_BYTES", 16 * 1024 * 1024, low=1, high=2**31),
             request_timeout_seconds=float(
                 _int(env, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", 60, low=1, high=86400)
             ),
+            max_in_flight=_int(env, "ALIASROLL_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, low=1, high=100_000),
             batching=_flag(env, "ALIASROLL_BATCHING", default=True),
             max_batch_rows=_int(env, "ALIASROLL_MAX_BATCH_ROWS", 1024, low=1, high=1_000_000),
             predict_threads=_int(env, "ALIASROLL_PREDICT_THREADS", 2, low=1, high=64),
