@@ -51,9 +51,10 @@ from harness import ApiReader  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
+from aliasroll.labels import LABEL_MANAGED_BY  # noqa: E402
 from aliasroll.planning import planner  # noqa: E402
 from aliasroll.planning.state import AliasTarget, ObservedState, RegistryView  # noqa: E402
-from aliasroll.planning.workloads import LABEL_MANAGED_BY, WorkloadDefaults  # noqa: E402
+from aliasroll.planning.workloads import WorkloadDefaults  # noqa: E402
 from aliasroll.registry.types import VersionInfo  # noqa: E402
 from aliasroll.spec import ResourceRef, parse_spec  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402

@@ -34,7 +34,7 @@ from aliasroll.kube.cache import (
 )
 from aliasroll.kube.credentials import SecretCache
 from aliasroll.kube.observe import observe, reduce_deployment
-from aliasroll.planning.workloads import LABEL_OWNER
+from aliasroll.labels import LABEL_OWNER
 from aliasroll.spec import ResourceRef
 
 Obj = dict[str, Any]

@@ -46,7 +46,8 @@ from aliasroll.kube.cache import OwnedCache, PooledClient
 from aliasroll.kube.credentials import SecretCache
 from aliasroll.kube.events import EventRecorder
 from aliasroll.kube.resources import ModelDeployment
-from aliasroll.planning.workloads import MANAGER, WorkloadDefaults
+from aliasroll.labels import MANAGER
+from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.registry.client import RegistryClient, configure_http
 from aliasroll.registry.poller import Wake
 from aliasroll.registry.scoped import ScopedPoller

@@ -48,8 +48,9 @@ from aliasroll.analysis.provider import AnalysisTarget, MetricsProvider, PodEndp
 from aliasroll.egress import Destinations, resolve_host
 from aliasroll.errors import AliasrollError, AnalysisUnavailable
 from aliasroll.kube.observe import OwnedObjects
+from aliasroll.labels import LABEL_TRACK
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
-from aliasroll.planning.workloads import ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME, LABEL_TRACK
+from aliasroll.planning.workloads import ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME
 from aliasroll.registry.poller import Wake
 from aliasroll.spec import AnalysisSpec, ModelDeploymentSpec, PrometheusSource, ResourceRef, Track
 

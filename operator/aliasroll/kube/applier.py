@@ -19,8 +19,9 @@ from aliasroll.errors import KubernetesUnavailable
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.observe import ObjectKey
 from aliasroll.kube.resources import ModelDeployment, resource_for
+from aliasroll.labels import MANAGER
 from aliasroll.planning.state import ChildRef
-from aliasroll.planning.workloads import MANAGER, Manifest
+from aliasroll.planning.workloads import Manifest
 from aliasroll.spec import KIND, ResourceRef
 
 log = logging.getLogger(__name__)

@@ -50,18 +50,16 @@ from aliasroll.backoff import Backoff
 from aliasroll.errors import AliasrollError, KubernetesApplyFailed, KubernetesUnavailable
 from aliasroll.kube.failures import api_failure
 from aliasroll.kube.resources import OWNED_KINDS
-from aliasroll.planning.workloads import (
-    ADMIN_PORT_NAME,
+from aliasroll.labels import (
     ANNOTATION_MODEL_URI,
     ANNOTATION_RUN_ID,
-    CONTAINER_NAME,
-    HTTP_PORT_NAME,
     LABEL_MANAGED_BY,
     LABEL_OWNER,
     LABEL_TRACK,
     LABEL_VERSION,
     MANAGER,
 )
+from aliasroll.planning.workloads import ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME
 from aliasroll.spec import GROUP, KIND, ResourceRef
 
 log = logging.getLogger(__name__)

@@ -16,15 +16,10 @@ from aliasroll.errors import AliasrollError
 from aliasroll.kube.cache import applied_view
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.resources import resource_for
+from aliasroll.labels import ANNOTATION_MODEL_URI, ANNOTATION_RUN_ID, LABEL_TRACK, LABEL_VERSION
 from aliasroll.planning.observed import ObservedTrack
 from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
-from aliasroll.planning.workloads import (
-    ANNOTATION_MODEL_URI,
-    ANNOTATION_RUN_ID,
-    LABEL_TRACK,
-    LABEL_VERSION,
-    Manifest,
-)
+from aliasroll.planning.workloads import Manifest
 from aliasroll.spec import ResourceRef, Track
 
 log = logging.getLogger("aliasroll")

@@ -21,6 +21,7 @@ from typing import Any
 from aliasroll import conditions, reasons
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.errors import AliasrollError
+from aliasroll.labels import LABEL_OWNER
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import capacity, health, history, records, workloads
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
@@ -402,7 +403,7 @@ def _status(
         if placed is not None
         else sum(workload.replicas for workload in observed.workloads.values())
     )
-    status["selector"] = f"{workloads.LABEL_OWNER}={owner.name}"
+    status["selector"] = f"{LABEL_OWNER}={owner.name}"
     if view.error is None:
         status["registry"] = {"trackingUri": spec.registry.tracking_uri}
         aliases = {

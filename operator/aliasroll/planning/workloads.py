@@ -16,20 +16,21 @@ from typing import Any
 
 from aliasroll import reasons
 from aliasroll.conditions import FALSE, TRUE, Condition
+from aliasroll.labels import (
+    ANNOTATION_MODEL_URI,
+    ANNOTATION_RUN_ID,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_OWNER,
+    LABEL_TRACK,
+    LABEL_VERSION,
+    MANAGER,
+)
 from aliasroll.planning.state import ServedVersion
 from aliasroll.spec import API_VERSION, KIND, ModelDeploymentSpec, ResourceRef, ServingSpec, Track, thawed
 
 Manifest = dict[str, Any]
-
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_OWNER = "aliasroll.io/modeldeployment"
-LABEL_TRACK = "aliasroll.io/track"
-LABEL_VERSION = "aliasroll.io/model-version"
-ANNOTATION_MODEL_URI = "aliasroll.io/model-uri"
-ANNOTATION_RUN_ID = "aliasroll.io/run-id"
-MANAGER = "aliasroll"
 
 CONTAINER_NAME = "model-server"
 SERVICE_PORT = 80

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from aliasroll.labels import LABEL_OWNER
 from aliasroll.planning import workloads
 from aliasroll.routers.base import Routing, TrafficInput, percent, share
 from aliasroll.spec import RouterKind, Track
@@ -33,7 +34,7 @@ class ReplicaRatioRouter:
         stable = workloads.service(
             owner=traffic.owner,
             name=traffic.owner.name,
-            selector={workloads.LABEL_OWNER: traffic.owner.name},
+            selector={LABEL_OWNER: traffic.owner.name},
             spec=traffic.spec,
         )
         production_ready = traffic.available(Track.PRODUCTION)
