@@ -121,7 +121,7 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 	$(PY) demo/demo.py down
 
 .PHONY: bench
-bench: bench-rollout bench-ha bench-scale bench-serving bench-canary ## Every benchmark: rollout (about 7 minutes), failover (about 3), scale, serving, canary (6 to 12 minutes)
+bench: bench-rollout bench-ha bench-scale bench-serving bench-canary bench-hostile ## Every benchmark: rollout (about 7 minutes), failover (about 3), scale, serving, canary (6 to 12 minutes), hostile tenants (about 4)
 
 .PHONY: bench-rollout
 bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max: polled (vs the interval) and pushed by a webhook
@@ -143,6 +143,10 @@ bench-serving: venv ## The model server against `mlflow models serve` and MLServ
 .PHONY: bench-canary
 bench-canary: venv cluster-binaries node-binaries node-packages ## @canary set -> promoted by the watched canary on real pods, vs the sum of its steps (root)
 	$(PY) bench/canary_promotion.py
+
+.PHONY: bench-hostile
+bench-hostile: venv cluster-binaries ## One operator shared by a hostile tenant and an ordinary one: the ordinary one's alias move -> Ready before and beside the hostile one (p50, ratio), operator peak RSS, no restart
+	$(PY) bench/hostile_tenants.py
 
 .PHONY: serving-requirements
 serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requirements.in, with the sha256 of every file
