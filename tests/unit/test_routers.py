@@ -8,8 +8,8 @@ import pytest
 from builders import OWNER, canary_spec, observed, workload
 
 from aliasroll.planning.observed import ObservedTrack, serving
+from aliasroll.planning.routers import ROUTERS, Routing, TrafficInput, TrafficRouter
 from aliasroll.planning.state import ObservedState, ServedVersion
-from aliasroll.routers import ROUTERS, Routing, TrafficInput, TrafficRouter
 from aliasroll.spec import RouterKind, Track
 
 P, C = Track.PRODUCTION, Track.CANARY

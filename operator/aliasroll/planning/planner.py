@@ -27,9 +27,9 @@ from aliasroll.planning import capacity, health, history, records, workloads
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
 from aliasroll.planning.decide import TrackDecision, decide_canary, decide_production
 from aliasroll.planning.records import RegistryWrite
+from aliasroll.planning.routers import Routing, TrafficInput, router_for, share
 from aliasroll.planning.state import ChildRef, EventRecord, ObservedState, RegistryView, ServedVersion
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
-from aliasroll.routers import Routing, TrafficInput, router_for, share
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, Track
 
 HISTORY_LIMIT = history.HISTORY_LIMIT

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from aliasroll.planning import workloads
+from aliasroll.planning.routers.base import Routing, TrafficInput, share
 from aliasroll.planning.workloads import Manifest
-from aliasroll.routers.base import Routing, TrafficInput, share
 from aliasroll.spec import RouterKind, Track
 
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"

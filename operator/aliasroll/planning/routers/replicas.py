@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from aliasroll.labels import LABEL_OWNER
 from aliasroll.planning import workloads
-from aliasroll.routers.base import Routing, TrafficInput, percent, share
+from aliasroll.planning.routers.base import Routing, TrafficInput, percent, share
 from aliasroll.spec import RouterKind, Track
 
 

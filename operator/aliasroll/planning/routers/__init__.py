@@ -4,9 +4,9 @@ Routers only compute desired objects; the one applier writes them. Add a router 
 `TrafficRouter` and registering it in ROUTERS; the contract tests run over every entry.
 """
 
-from aliasroll.routers.base import Routing, TrafficInput, TrafficRouter, share
-from aliasroll.routers.gateway_api import GatewayAPIRouter
-from aliasroll.routers.replicas import ReplicaRatioRouter
+from aliasroll.planning.routers.base import Routing, TrafficInput, TrafficRouter, share
+from aliasroll.planning.routers.gateway_api import GatewayAPIRouter
+from aliasroll.planning.routers.replicas import ReplicaRatioRouter
 from aliasroll.spec import RouterKind
 
 ROUTERS: dict[RouterKind, TrafficRouter] = {
