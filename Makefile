@@ -89,10 +89,11 @@ e2e-install: venv cluster-binaries node-binaries node-packages node-images ## Th
 	ALIASROLL_REQUIRE_REAL_NODE=1 $(PYTEST) tests/e2e_install
 
 .PHONY: lint
-lint: venv ## ruff (lint + format check), mypy --strict and the docs site (mkdocs build --strict)
+lint: venv ## ruff (lint + format check), mypy --strict, the layers (lint-imports, .importlinter) and the docs site (mkdocs build --strict)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 .PHONY: docs
