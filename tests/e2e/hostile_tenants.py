@@ -66,7 +66,7 @@ from harness import (
 from hostile import Behaviour, Hostile
 from mlflow import MlflowClient
 
-from aliasroll.planning.workloads import LABEL_MANAGED_BY
+from aliasroll.labels import LABEL_MANAGED_BY
 from aliasroll.webhooks import DELIVERY_ID_HEADER, PATH, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from localcluster import LocalCluster
 from mlflowserver import free_port
