@@ -37,6 +37,7 @@ from harness import (
 )
 from mlflow import MlflowClient
 
+from aliasroll.config import OperatorConfig
 from localcluster import LocalCluster
 from mlflowserver import MlflowServer, free_port
 from operatorprocess import OperatorProcess, Samples
@@ -64,7 +65,9 @@ class Replicas:
         self.cluster = cluster
         self.kubeconfig = kubeconfig
         self.namespace = namespace
-        self.lease = f"e2e-{namespace}"[:63]
+        # The install's Lease: its Role lets the operator read and renew that one name alone. The
+        # tests of this module run one after another, and each removes the Lease when it ends.
+        self.lease = OperatorConfig().lease_name
         self.started: dict[str, OperatorProcess] = {}
 
     def start(self, pod: str) -> OperatorProcess:
@@ -77,7 +80,6 @@ class Replicas:
                 "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",
                 "ALIASROLL_REGISTRY_TIMEOUT": "2",
                 "ALIASROLL_LEADER_ELECTION": "true",
-                "ALIASROLL_LEASE_NAME": self.lease,
                 "ALIASROLL_LEASE_NAMESPACE": OPERATOR_NAMESPACE,
                 "POD_NAME": pod,
                 "ALIASROLL_METRICS_LISTEN": f"127.0.0.1:{free_port()}",

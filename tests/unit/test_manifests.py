@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from aliasroll.config import OperatorConfig
 from aliasroll.egress import NODE, OWN_POD, Destinations
 from support.install import namespaced_kustomizations
 
@@ -197,9 +198,13 @@ def test_two_replicas_elect_a_leader_on_a_lease_of_their_own_namespace() -> None
 
     rbac = documents(MANIFESTS / "rbac.yaml")
     role = only(rbac, "Role")  # a Role (the operator's namespace only), never in the ClusterRole
-    assert grants(role["rules"]) == {
-        ("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")
-    }
+    # Read and renew only the operator's own Lease (the config's default name); create any (RBAC
+    # cannot limit create to a name).
+    lease = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+    assert role["rules"] == [
+        {**lease, "resourceNames": [OperatorConfig().lease_name], "verbs": ["get", "update"]},
+        {**lease, "verbs": ["create"]},
+    ]
     assert not {grant for grant in CLUSTER_WIDE if grant[1] == "leases"}
     binding = only(rbac, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
