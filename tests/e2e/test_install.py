@@ -139,8 +139,18 @@ ACCESS = [
     ("create pods in the watched namespace", ["create", "pods", "-n", WATCHED], False),
     (
         "update its Lease in the operator's namespace",
-        ["update", "leases.coordination.k8s.io", "-n", OPERATOR_NAMESPACE],
+        ["update", "leases.coordination.k8s.io/aliasroll", "-n", OPERATOR_NAMESPACE],
         True,
+    ),
+    (
+        "update another Lease in the operator's namespace",
+        ["update", "leases.coordination.k8s.io/kube-scheduler", "-n", OPERATOR_NAMESPACE],
+        False,
+    ),
+    (
+        "update a Deployment (every write is an apply)",
+        ["update", "deployments.apps", "-n", WATCHED],
+        False,
     ),
     (
         "create a Lease in the operator's namespace",
