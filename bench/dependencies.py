@@ -39,7 +39,7 @@ sys.path[:0] = [str(REPO / "localenv"), str(REPO), str(REPO / "tests")]
 from serving import first_prediction, stop_group  # noqa: E402
 
 from mlflowserver import MlflowServer, free_port  # noqa: E402
-from support.package_index import PackageIndex, wheelhouse  # noqa: E402
+from support.package_index import PackageIndex, wheelhouse, without_hashes  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aliasroll"
 UV = CACHE / "tools" / "uv-0.13.8" / "bin" / "uv"
@@ -48,8 +48,9 @@ BODY_ROWS = [[0.5, 1.0]]
 
 
 def image_venv() -> Path:
-    """The serving image's Python environment, made once per requirements.txt (uv's cache)."""
-    key = hashlib.sha256(IMAGE_REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    """The serving image's Python environment, made once per requirements.txt's pins (uv's cache;
+    uv checks each file against the hashes listed there)."""
+    key = hashlib.sha256(without_hashes(IMAGE_REQUIREMENTS.read_text()).encode()).hexdigest()[:12]
     venv = CACHE / "bench" / f"serving-image-{key}-compiled"
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)

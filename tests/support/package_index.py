@@ -54,8 +54,10 @@ def wheelhouse(root: Path, requirements: list[str], image_requirements: Path) ->
     """Wheels for `requirements` and their dependencies, for the host's Python and platform (the
     serving image's), made once per set under `root`. Like a mirror, which has every version, it
     also has the image's versions of the packages the requirements need (image_requirements, a
-    pinned requirements file): a server that resolves keeping the image's versions finds them."""
-    image = image_requirements.read_text()
+    pinned requirements file): a server that resolves keeping the image's versions finds them.
+    The image's pins are used without their hashes: pip takes a hash in a constraints file as hash
+    checking for every requirement, and the test's own requirements list none."""
+    image = without_hashes(image_requirements.read_text())
     key = hashlib.sha256("\n".join([*sorted(requirements), image]).encode()).hexdigest()[:16]
     house = root / f"{key}-with-image-pins"
     if (house / ".complete").exists():
@@ -80,9 +82,17 @@ def wheelhouse(root: Path, requirements: list[str], image_requirements: Path) ->
     # The server itself provides mlflow: the image's pins apply to the rest.
     beyond = house / "beyond-mlflow.txt"
     beyond.write_text("\n".join(line for line in requirements if not line.startswith("mlflow")) + "\n")
-    subprocess.run([*download, "-r", str(beyond), "-c", str(image_requirements)], check=True)
+    pins = house / "image-pins.txt"
+    pins.write_text(image)
+    subprocess.run([*download, "-r", str(beyond), "-c", str(pins)], check=True)
     (house / ".complete").write_text("")
     return house
+
+
+def without_hashes(requirements: str) -> str:
+    """A pip requirements file's text with its `--hash` options (and their continuation lines) dropped."""
+    joined = re.sub(r"\s*\\\n\s*(?=--hash=)", " ", requirements)
+    return "".join(re.sub(r"\s+--hash=\S+", "", line).rstrip() + "\n" for line in joined.splitlines())
 
 
 def _project(filename: str) -> str:

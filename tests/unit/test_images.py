@@ -302,3 +302,15 @@ def test_the_base_is_debootstrapped_against_debian_s_keys(tmp_path: Path) -> Non
         images.debootstrap_command(
             tmp_path / "rootfs", "http://deb.example/debian", keyring=tmp_path / "none"
         )
+
+
+def test_the_image_pins_used_as_constraints_carry_no_hashes() -> None:
+    """pip takes a hash in a constraints file as hash checking for every requirement: the real-pod
+    tests' wheelhouse uses the image's pins without them (tests/support/package_index.py)."""
+    from support.package_index import without_hashes
+
+    text = without_hashes((REPO / "serving-image/requirements.txt").read_text())
+    assert "--hash" not in text
+    assert "\\\n" not in text
+    pins = [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
+    assert pins == list(pinned(REPO / "serving-image/requirements.txt"))
