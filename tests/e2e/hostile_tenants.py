@@ -70,7 +70,7 @@ from aliasroll.labels import LABEL_MANAGED_BY
 from aliasroll.webhooks import DELIVERY_ID_HEADER, PATH, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from localcluster import LocalCluster
 from mlflowserver import free_port
-from operatorprocess import OperatorProcess
+from operatorprocess import OperatorProcess, image_python
 from support.prometheus_script import ScriptedPrometheus
 from support.registry import quick_versions
 
@@ -695,6 +695,8 @@ def own_operator(
         kubeconfig=cluster.write_kubeconfig_for_token(folder / "kubeconfig", token),
         log_path=log_path,
         verbose=True,
+        # The image's dependencies, not the test environment's: its memory is what is measured.
+        python=image_python(),
         args=[arg for namespace in namespaces for arg in ("--namespace", namespace)],
         env={
             "ALIASROLL_SERVING_IMAGE": "aliasroll/serving:e2e",

@@ -67,14 +67,6 @@ def test_the_operator_ran_through_without_a_restart_or_a_crash(figures: dict[str
     assert not process["crashes"], "the operator crashed:\n" + "\n".join(process["crashes"])
 
 
-# Not strict: the peak depends on how many of those reads overlap, so a run may stay under.
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 21: a registry call may hold up to its byte budget (4 MiB) while it reads, on its "
-    "endpoint's own thread, and a tenant's endpoints are read concurrently, so the operator's memory "
-    "grows with the number of endpoints that stream without end (5 of them: +43 MiB over an idle "
-    "operator of 192 MiB)",
-)
 def test_the_operator_memory_stays_under_half_its_limit(figures: dict[str, Any]) -> None:
     rss = figures["rss_mib"]
     assert max(rss["peak_VmHWM"], rss["largest_sampled"]) < rss["limit_half"], rss
