@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from aliasroll.webhooks import PATH, STATUS, Outcome, WebhookReceiver
@@ -257,6 +258,24 @@ class ServerTLS:
         self._loaded = stamp
         log.info("webhook TLS: certificate %s loaded again", self.cert)
         return True
+
+
+class _UnparsableRequests(logging.Filter):
+    """aiohttp logs a whole traceback for each request it cannot parse (a header line over its 8 KiB
+    limit, a bad request line), before any handler or rate limit sees it: a stranger who reaches a
+    listener could fill the operator's log with them. Such a request is answered 400 all the same;
+    its traceback is dropped here, and counted (`dropped`)."""
+
+    dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            type(self).dropped += 1
+            return False
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_UnparsableRequests())
 
 
 class Listener:

@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 from test_poller import Follower, ScriptedRegistry, until
 
+from aliasroll import http as http_module
 from aliasroll import webhooks
 from aliasroll.config import OperatorConfig
 from aliasroll.http import (
@@ -964,3 +965,19 @@ def test_tls_files_that_do_not_load_are_refused_at_start(tmp_path: Path) -> None
     (tmp_path / "tls.key").write_text("not a key")
     with pytest.raises(ValueError, match="cannot serve HTTPS"):
         ServerTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+
+
+async def test_an_unparsable_request_is_answered_400_without_a_traceback_in_the_log(
+    threaded: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header line over aiohttp's 8 KiB limit: refused by the parser before any handler; a stranger
+    sending many must not fill the operator's log with a traceback each."""
+    receiver = WebhookReceiver(registries=[TEAM_A], refresh=Refreshes())
+    port = await threaded(webhook_app(receiver))
+    dropped = http_module._UnparsableRequests.dropped
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        for _ in range(3):
+            status = await raw_request(port, head(f"{PATH}/team-a", 2, {"X-Big": "x" * 10_000}), body=b"{}")
+            assert " 400 " in status, status
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert http_module._UnparsableRequests.dropped >= dropped + 3
