@@ -374,3 +374,58 @@ def test_an_allowed_registry_answers_through_the_allow_list(
     assert info.ready
     local.set_version_tags(endpoint, model_name, "2", {"aliasroll.io/test": "yes"})
     assert local.all_model_aliases(endpoint)[model_name] == {"production": "2"}
+
+
+def test_calls_to_one_registry_together_hold_at_most_two_answers_worth() -> None:
+    """Eight calls at once to a registry that streams without end: each may hold one answer's budget,
+    but together they hold at most two answers' worth; the calls past that stop and are retried
+    (RegistryUnavailable), never letting the operator's memory grow with the calls a tenant causes."""
+    piece = b" " * (64 * 1024)
+
+    def endless(server: HostileServer, conn: socket.socket, request: bytes) -> None:
+        server.send(
+            conn, head("200 OK", {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        )
+        server.send(conn, chunk(b"{"))
+        with contextlib.suppress(OSError):
+            while True:
+                server.send(conn, chunk(piece))
+                time.sleep(0.01)
+
+    budget = 1024 * 1024
+    with hostile(endless) as server:
+        registry = client(timeout=4, max_answer_bytes=budget)
+        in_flight = registry._http.in_flight
+        peak = 0
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, in_flight.held)
+                time.sleep(0.005)
+
+        errors: list[RegistryError] = []
+
+        def call(i: int) -> None:
+            try:
+                registry.model_aliases(Endpoint(server.url), f"m{i}")
+            except RegistryError as error:
+                errors.append(error)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        calls = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for thread in calls:
+            thread.start()
+        for thread in calls:
+            thread.join(10)
+        done.set()
+        watcher.join()
+        assert len(errors) == 8
+        assert peak <= 2 * budget, f"{peak / 2**20:.1f} MiB held at once for one registry"
+        assert in_flight.held == 0, "every call gave its bytes back"
+        kinds = {type(error) for error in errors}
+        assert RegistryUnavailable in kinds, "no call was stopped by the registry's shared budget"
+        busy = [e.message for e in errors if isinstance(e, RegistryUnavailable)]
+        assert all("was not read: the operator holds as much" in m for m in busy), busy

@@ -46,7 +46,13 @@ from aliasroll.errors import (
     RegistryError,
     RegistryUnavailable,
 )
-from aliasroll.registry.transport import AnswerTooLarge, BoundedHttp, DeadlinePassed, DestinationRefusedError
+from aliasroll.registry.transport import (
+    AnswerTooLarge,
+    BoundedHttp,
+    DeadlinePassed,
+    DestinationRefusedError,
+    OperatorBusy,
+)
 from aliasroll.registry.types import DEFAULT_MAX_ANSWER_BYTES, READY, Credentials, Endpoint, VersionInfo
 
 # MLflow refuses max_results above 1000 for search_registered_models.
@@ -229,6 +235,11 @@ class RegistryClient:
             raise RegistryUnavailable(
                 f"the registry at {endpoint.tracking_uri} did not answer within {self.timeout():g} s "
                 "(ALIASROLL_REGISTRY_TIMEOUT)"
+            ) from None
+        except OperatorBusy:
+            raise RegistryUnavailable(
+                f"the registry at {endpoint.tracking_uri} was not read: the operator holds as much of "
+                "its answers, or of all registries' answers, as it may at once; retried"
             ) from None
         except AnswerTooLarge:
             raise RegistryAnswerTooLarge(

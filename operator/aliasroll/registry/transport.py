@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -47,6 +48,11 @@ class DeadlinePassed(Exception):
 
 class AnswerTooLarge(Exception):
     """The answer was longer than the byte budget (reading stopped there)."""
+
+
+class OperatorBusy(Exception):
+    """Reading on would take the operator past the bytes it holds for answers in flight (all
+    registries together): the call stops, and is retried like an unreachable registry's."""
 
 
 class DestinationRefusedError(Exception):
@@ -220,6 +226,49 @@ class _GuardedAdapter(HTTPAdapter):
         raise requests.exceptions.InvalidProxyURL("the registry client uses no proxy")
 
 
+#: The bytes of answers being read, all registries together: what the operator's memory holds for
+#: them at most (about a quarter of the Deployment's 512 MiB limit, over an idle operator's 110 MiB).
+DEFAULT_BYTES_IN_FLIGHT = 128 * 1024 * 1024
+
+
+class InFlight:
+    """The bytes the calls under way hold, by host: every call's answer counts against one budget
+    for its host (two answers' worth, however many calls to it run at once) and one for all hosts.
+    A registry that streams without end, however many calls it gets, holds at most two answers'
+    worth; only very many such registries together fill the whole. Past either, a call stops
+    (OperatorBusy, retried like an unreachable registry) rather than the operator running out of
+    memory."""
+
+    def __init__(self, *, per_host: int, total: int) -> None:
+        self.per_host, self.total = per_host, total
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+        self._sum = 0
+
+    def take(self, host: str, size: int) -> None:
+        """Raises OperatorBusy past the host's budget or the whole."""
+        with self._lock:
+            held = self._held.get(host, 0)
+            if held + size > self.per_host or self._sum + size > self.total:
+                raise OperatorBusy()
+            self._held[host] = held + size
+            self._sum += size
+
+    def give_back(self, host: str, size: int) -> None:
+        with self._lock:
+            held = self._held.get(host, 0) - size
+            if held > 0:
+                self._held[host] = held
+            else:
+                self._held.pop(host, None)
+            self._sum -= size
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._sum
+
+
 class BoundedHttp:
     """HTTP calls with a total deadline and a byte budget; thread-safe, one connection pool per host
     (the least recently used of `hosts` are dropped)."""
@@ -231,8 +280,12 @@ class BoundedHttp:
         destinations: Destinations | None,
         hosts: int = 32,
         connections_per_host: int = 4,
+        bytes_in_flight: int = DEFAULT_BYTES_IN_FLIGHT,
     ) -> None:
         self.max_answer_bytes = max_answer_bytes
+        self.in_flight = InFlight(
+            per_host=2 * max_answer_bytes, total=max(bytes_in_flight, 2 * max_answer_bytes)
+        )
         self.destinations = destinations
         self._session = requests.Session()
         self._session.trust_env = False  # no proxy, no .netrc: see the module's docstring
@@ -274,10 +327,10 @@ class BoundedHttp:
                 allow_redirects=False,
             )
             try:
-                content = self._read(response)
+                content = self._read(response, host=urlsplit(url).netloc.lower())
             finally:
                 response.close()
-        except (DestinationRefusedError, AnswerTooLarge):
+        except (DestinationRefusedError, AnswerTooLarge, OperatorBusy):
             raise
         except Exception as error:
             if call.expired:
@@ -296,19 +349,24 @@ class BoundedHttp:
         response.encoding = response.encoding or "utf-8"
         return response
 
-    def _read(self, response: requests.Response) -> bytes:
+    def _read(self, response: requests.Response, *, host: str) -> bytes:
         budget = self.max_answer_bytes
         announced = response.headers.get("Content-Length", "")
         if announced.isdigit() and int(announced) > budget:
             raise AnswerTooLarge()
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(CHUNK_BYTES):
-            size += len(chunk)
-            if size > budget:
-                raise AnswerTooLarge()
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                if size + len(chunk) > budget:
+                    raise AnswerTooLarge()
+                self.in_flight.take(host, len(chunk))
+                size += len(chunk)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            # The answer is handed on (or dropped) now: what it holds from here is the caller's.
+            self.in_flight.give_back(host, size)
 
     def close(self) -> None:
         self._session.close()
