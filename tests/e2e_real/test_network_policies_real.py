@@ -101,8 +101,8 @@ def namespaces(cluster: LocalCluster, enforcing: netpol.NetworkPolicyController)
     created_operator_namespace = (
         cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0
     )
-    if created_operator_namespace:
-        _create_namespace(cluster, OPERATOR_NAMESPACE, {})
+    if created_operator_namespace:  # as manifests/namespace.yaml makes it
+        _create_namespace(cluster, OPERATOR_NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted"})
     try:
         yield names
     finally:
@@ -143,16 +143,28 @@ def _client_pod(
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 1,
+            # Pod Security "restricted", which the operator's namespace enforces (manifests/).
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "containers": [
                 {
                     "name": "client",
                     "image": image,
                     "imagePullPolicy": "Never",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # writable by the user
                     "command": [BUSYBOX, "sh", "-c", _server_script(name, [8080], "/tmp/www")],
                     "ports": [{"name": "http", "containerPort": 8080}],
                     "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1},
                 }
             ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
         },
     }
 
