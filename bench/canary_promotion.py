@@ -26,13 +26,11 @@ requests through the Service from there (rollout_latency.py's real-node part, wh
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -41,16 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# The timings are the output; MLflow's run links and INFO lines (from registering the models) would
-# drown them.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO)]
+from common import REPO, argument_parser, ignore_interrupts, percentile, prelude, unwind_on_sigterm
 
-from rollout_latency import Stream, percentile  # noqa: E402
+prelude("localenv", "tests", "")
+
+from rollout_latency import Stream  # noqa: E402
 
 from aliasroll.errors import InvalidSpec  # noqa: E402
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
@@ -489,25 +484,8 @@ def report(settings: Settings, results: list[tuple[Run, Breakdown]]) -> None:
     )
 
 
-def unwind_on_sigterm() -> None:
-    """SIGTERM (make killed, a CI timeout) unwinds like Ctrl-C, so everything started is stopped."""
-
-    def interrupt(signum: int, frame: object) -> NoReturn:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
-def ignore_interrupts() -> None:
-    """While stopping what was started: a second Ctrl-C must not leave half of it running."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument(

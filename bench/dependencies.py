@@ -17,7 +17,6 @@ Goals (issue 13): cold <= 0.5x the fastest peer; warm within 1 s of the no-insta
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import hashlib
@@ -33,8 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "localenv"), str(REPO), str(REPO / "tests")]
+from common import REPO, argument_parser, prelude
+
+prelude("localenv", "", "tests", quiet_mlflow=False)
 
 from serving import first_prediction, stop_group  # noqa: E402
 
@@ -173,9 +173,7 @@ def cold_start(command: list[str], env: dict[str, str], port: int, log: Path, ti
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--servers", default="aliasroll,uv,virtualenv")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900)

@@ -28,21 +28,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO)]
+from common import argument_parser, install_crd, percentile, prelude, verdict
 
+prelude("localenv", "tests", "")
 
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
 from localcluster import LocalCluster  # noqa: E402
@@ -56,11 +52,6 @@ MODEL = "bench-ha-model"
 POD_MODEL = "bench-ha-pods"  # the pod rounds' model (the same MLflow server)
 OPERATOR_NAMESPACE = "aliasroll-system"
 GOAL_SECONDS = 15.0
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
 def leads(process: OperatorProcess) -> bool:
@@ -241,10 +232,8 @@ def table(title: str, rows: list[tuple[str, list[float]]]) -> None:
         print(f"{label:<34}{percentile(values, 0.5):8.2f}{max(values):8.2f}{statistics.mean(values):8.2f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args() -> argparse.Namespace:
+    parser = argument_parser(__doc__)
     parser.add_argument("--kills", type=int, default=6, help="rounds with kill -9 of the leader (at least 5)")
     parser.add_argument("--graceful", type=int, default=3, help="rounds with a graceful stop (SIGTERM)")
     parser.add_argument(
@@ -258,63 +247,93 @@ def main() -> None:
         default="60s",
         help="the resource's pollInterval: long, so the move is found by the new leader's first pass",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def set_up(cluster: LocalCluster, server: MlflowServer, work: Path, poll: str) -> tuple[Path, Any]:
+    """The control plane, MLflow, the operator's RBAC and one resource at version 1 of the model;
+    the operator's kubeconfig (its ServiceAccount's token) and the MLflow client."""
     from mlflow import MlflowClient
 
     from support.registry import quick_versions
 
+    print("starting the control plane and the mlflow server ...", flush=True)
+    cluster.start()
+    server.start()
+    install_crd(cluster)
+    token = cluster.mint_token(OPERATOR_NAMESPACE, "aliasroll", expiration_seconds=3600)
+    kubeconfig = cluster.write_kubeconfig_for_token(work / "operator-kubeconfig", token)
+
+    client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    quick_versions(client, MODEL, 2)
+    client.set_registered_model_alias(MODEL, "production", "1")
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    resource = model_deployment(MODEL, server.url, poll, replicas=2)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+    return kubeconfig, client
+
+
+def process_rounds(
+    args: argparse.Namespace, pair: Pair, cluster: LocalCluster, client: Any
+) -> tuple[list[tuple[str, list[float]]], list[float]]:
+    """The kill -9 rounds, then the graceful ones: the table's rows and the kill rounds' applied times."""
+    print(f"{args.kills} kills of the leader, then {args.graceful} graceful stops", flush=True)
+    killed = rounds(pair=pair, cluster=cluster, client=client, count=args.kills, kill=True, current="1")
+    rows = [("kill -9 -> other leading", killed[0]), ("kill -9 -> alias move applied", killed[1])]
+    if args.graceful:
+        graceful = rounds(
+            pair=pair, cluster=cluster, client=client, count=args.graceful, kill=False, current=killed[2]
+        )
+        rows += [
+            ("SIGTERM -> other leading", graceful[0]),
+            ("SIGTERM -> alias move applied", graceful[1]),
+        ]
+    return rows, killed[1]
+
+
+def pod_delete_rounds(
+    args: argparse.Namespace, work: Path, server: MlflowServer, client: Any
+) -> list[tuple[str, list[float]]]:
+    """The rounds deleting the leader's pod on a real node (a cluster of their own): the table's rows."""
+    from support.registry import quick_versions
+
+    if not args.pod_deletes:
+        return []
+    quick_versions(client, POD_MODEL, 2)
+    client.set_registered_model_alias(POD_MODEL, "production", "1")
+    pods = pod_rounds(work=work, server=server, client=client, count=args.pod_deletes, poll=args.poll)
+    return [
+        ("pod deleted -> other pod leading", pods[0]),
+        ("pod deleted -> alias move applied", pods[1]),
+    ]
+
+
+def report(poll: str, rows: list[tuple[str, list[float]]], killed_applied: list[float]) -> None:
+    table(
+        f"failover of two replicas (lease 10 s, renew deadline 7 s, retry 2 s; pollInterval {poll})",
+        rows,
+    )
+    worst = max(killed_applied)
+    met = verdict(worst < GOAL_SECONDS)
+    print(f"goal: kill -9 -> alias move applied < {GOAL_SECONDS:g} s: {met} (max {worst:.2f} s)")
+    print("note: the timer reads metrics and the Deployment every 50 ms (kubectl: tens of ms a read).")
+
+
+def main() -> None:
+    args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-ha-"))
     cluster = LocalCluster(work / "cluster")
     server = MlflowServer(work / "mlflow", extra_env=MLFLOW_ALLOWED_HOSTS)
     pair: Pair | None = None
     succeeded = False
     try:
-        print("starting the control plane and the mlflow server ...", flush=True)
-        cluster.start()
-        server.start()
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
-        cluster.kubectl("apply", "-k", str(REPO / "manifests"))  # the ServiceAccount and its RBAC
-        token = cluster.mint_token(OPERATOR_NAMESPACE, "aliasroll", expiration_seconds=3600)
-        kubeconfig = cluster.write_kubeconfig_for_token(work / "operator-kubeconfig", token)
-
-        client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
-        quick_versions(client, MODEL, 2)
-        client.set_registered_model_alias(MODEL, "production", "1")
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        resource = model_deployment(MODEL, server.url, args.poll, replicas=2)
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+        kubeconfig, client = set_up(cluster, server, work, args.poll)
         pair = Pair(cluster, kubeconfig, work)
-        print(f"{args.kills} kills of the leader, then {args.graceful} graceful stops", flush=True)
-        killed = rounds(pair=pair, cluster=cluster, client=client, count=args.kills, kill=True, current="1")
-        rows = [("kill -9 -> other leading", killed[0]), ("kill -9 -> alias move applied", killed[1])]
-        if args.graceful:
-            graceful = rounds(
-                pair=pair, cluster=cluster, client=client, count=args.graceful, kill=False, current=killed[2]
-            )
-            rows += [
-                ("SIGTERM -> other leading", graceful[0]),
-                ("SIGTERM -> alias move applied", graceful[1]),
-            ]
+        rows, killed_applied = process_rounds(args, pair, cluster, client)
         pair.stop_all()
         cluster.stop()  # the pod rounds' cluster is another one
-        if args.pod_deletes:
-            quick_versions(client, POD_MODEL, 2)
-            client.set_registered_model_alias(POD_MODEL, "production", "1")
-            pods = pod_rounds(work=work, server=server, client=client, count=args.pod_deletes, poll=args.poll)
-            rows += [
-                ("pod deleted -> other pod leading", pods[0]),
-                ("pod deleted -> alias move applied", pods[1]),
-            ]
-        table(
-            f"failover of two replicas (lease 10 s, renew deadline 7 s, retry 2 s; pollInterval {args.poll})",
-            rows,
-        )
-        worst = max(killed[1])
-        verdict = "met" if worst < GOAL_SECONDS else "NOT met"
-        print(f"goal: kill -9 -> alias move applied < {GOAL_SECONDS:g} s: {verdict} (max {worst:.2f} s)")
-        print("note: the timer reads metrics and the Deployment every 50 ms (kubectl: tens of ms a read).")
+        rows += pod_delete_rounds(args, work, server, client)
+        report(args.poll, rows, killed_applied)
         succeeded = True
     finally:
         if pair is not None:

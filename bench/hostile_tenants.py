@@ -21,26 +21,15 @@ own (kwok) with more alias moves for steadier medians:
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import signal
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-sys.path[:0] = [
-    str(REPO / "localenv"),
-    str(REPO / "tests"),
-    str(REPO / "tests" / "e2e"),
-    str(REPO / "tests" / "unit"),
-    str(REPO),
-]
+from common import argument_parser, exit_on_sigterm, install_crd, prelude, verdict
+
+prelude("localenv", "tests", "tests/e2e", "tests/unit", "")
 
 from harness import OPERATOR_NAMESPACE, Kube  # noqa: E402
 from hostile_tenants import run  # noqa: E402
@@ -49,10 +38,6 @@ from localcluster import LocalCluster  # noqa: E402
 from mlflowserver import MlflowServer  # noqa: E402
 
 RATIO_GOAL = 1.2
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def report(figures: dict[str, Any]) -> None:
@@ -72,9 +57,8 @@ def report(figures: dict[str, Any]) -> None:
             f"   {label:9} p50 {part['median']:.2f} s  min {moves[0]:.2f} s  max {moves[-1]:.2f} s"
             f"  (pod template pinned p50 {part['pinned_median']:.2f} s)"
         )
-    print(
-        f"   ratio {figures['ratio']:.2f}x (goal <= {RATIO_GOAL}x: {verdict(figures['ratio'] <= RATIO_GOAL)})"
-    )
+    met = verdict(figures["ratio"] <= RATIO_GOAL, "MISSED")
+    print(f"   ratio {figures['ratio']:.2f}x (goal <= {RATIO_GOAL}x: {met})")
     print(
         f"B's watched canary, @canary set -> promoted: {before['canary']:.1f} s, "
         f"beside A {after['canary']:.1f} s"
@@ -83,13 +67,13 @@ def report(figures: dict[str, Any]) -> None:
     print(
         f"operator RSS: {figures['rss_before_a_mib']:.0f} MiB"
         f" before A, peak {peak:.0f} MiB (goal < {rss['limit_half']:.0f} MiB: "
-        f"{verdict(peak < rss['limit_half'])})"
+        f"{verdict(peak < rss['limit_half'], 'MISSED')})"
     )
     print(f"   largest by phase (MiB): {json.dumps(rss['largest_by_phase'])}")
     print(f"operator CPU seconds by phase: {json.dumps(figures['operator_cpu_seconds_by_phase'])}")
     print(f"load average at each phase's end: {json.dumps(figures['load_average_at_phase_end'])}")
     ran_through = process["running"] and process["starts"] == 1 and not process["crashes"]
-    print(f"operator ran through (same process, no crash in its log): {verdict(ran_through)}")
+    print(f"operator ran through (same process, no crash in its log): {verdict(ran_through, 'MISSED')}")
     print("webhook deliveries from A, by case and answer:")
     for case, outcomes in figures["webhooks"].items():
         print(
@@ -99,21 +83,17 @@ def report(figures: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--moves", type=int, default=15, help="timed alias moves of B, before A and beside A")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops what it started
+    exit_on_sigterm()  # a stopped run still stops what it started
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-hostile-"))
     succeeded = False
     try:
         with LocalCluster(work / "cluster") as cluster, MlflowServer(work / "mlflow") as server:
             from mlflow import MlflowClient
 
-            cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-            cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
-            cluster.kubectl("apply", "-k", str(REPO / "manifests"))  # the ServiceAccount and its RBAC
+            install_crd(cluster)
             cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE)
             kube = Kube(cluster)
             try:

@@ -35,7 +35,6 @@ import random
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,12 +42,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# The timings are the output; MLflow's run links and INFO lines (from registering the real models)
-# would drown them.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO)]
+from common import argument_parser, install_crd, percentile, prelude
+
+prelude("localenv", "tests", "")
 
 from aliasroll.kube.observe import reduce_deployment  # noqa: E402
 from aliasroll.spec import parse_duration  # noqa: E402
@@ -80,12 +76,6 @@ STREAM_RATE = 40.0
 # The tests' load (tests/support/load.py), run inside the node's namespace: an open loop of requests
 # at a fixed rate, each on a new connection (so kube-proxy picks a pod per request), one JSON line per
 # answer with its start on the CLOCK_MONOTONIC this process shares with the benchmark.
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def deployment(cluster: LocalCluster, namespace: str = NAMESPACE, name: str = NAME) -> dict[str, Any]:
@@ -384,10 +374,8 @@ def push_moves(
         print(f"{label:<26}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args() -> argparse.Namespace:
+    parser = argument_parser(__doc__)
     parser.add_argument("--moves", type=int, default=20)
     parser.add_argument("--poll", default="2s", help="spec.registry.pollInterval (Go duration)")
     parser.add_argument("--replicas", type=int, default=4)
@@ -396,21 +384,126 @@ def main() -> None:
     parser.add_argument("--no-real-node", action="store_true", help="the kwok part only")
     parser.add_argument("--push-moves", type=int, default=20, help="alias moves pushed by a webhook (kwok)")
     parser.add_argument("--push-poll", default="60s", help="pollInterval of the pushed resource")
-    args = parser.parse_args()
-    poll_seconds = parse_duration(args.poll, field_path="--poll")
+    return parser.parse_args()
 
+
+def real_node_ready(args: argparse.Namespace, work: Path) -> bool:
+    """Whether the real-node part runs: asked for, and the node's prerequisites are there."""
+    if args.no_real_node:
+        return False
+    try:
+        RealNode.check_prerequisites(LocalCluster(work / "cluster").bin_dir)
+    except ClusterError as e:
+        print(f"no real node: {e}; the kwok part only", flush=True)
+        return False
+    return True
+
+
+def webhook_operator(cluster: LocalCluster, server: MlflowServer, work: Path) -> OperatorProcess:
+    """The CRD, and the operator (not started) with the bench's MLflow server as its one webhook
+    registry."""
+    install_crd(cluster, rbac=False)
+    registries = work / "webhook-registries.json"
+    registries.write_text(
+        json.dumps({WEBHOOK_REGISTRY: {"trackingUri": server.url, "secret": WEBHOOK_SECRET}})
+    )
+    return OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        log_path=work / "operator.log",
+        env={
+            "ALIASROLL_SERVING_IMAGE": "bench:1",
+            "ALIASROLL_WEBHOOK_REGISTRIES": str(registries),
+            "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
+        },
+    )
+
+
+def first_deploy(cluster: LocalCluster, server: MlflowServer, args: argparse.Namespace, work: Path) -> Any:
+    """Version 1 of the model at @production and its resource rolled out; the MLflow client."""
     from mlflow import MlflowClient
 
     from support.registry import quick_versions
 
+    client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    quick_versions(client, "bench-model", 2)
+    client.set_registered_model_alias("bench-model", "production", "1")
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    resource = {
+        "apiVersion": "aliasroll.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": "bench-model"},
+            "replicas": args.replicas,
+            "registry": {"trackingUri": server.url, "pollInterval": args.poll},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+    deadline = time.monotonic() + 120
+    while not rolled_out(deployment(cluster), "1"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the first deploy did not complete; see {work / 'operator.log'}")
+        time.sleep(0.1)
+    return client
+
+
+def polled_moves(
+    cluster: LocalCluster, client: Any, args: argparse.Namespace, poll_seconds: float, work: Path
+) -> tuple[list[float], list[float]]:
+    """The alias moved `--moves` times, found by the poll: seconds to the template, to all available."""
+    template_times: list[float] = []
+    available_times: list[float] = []
+    current = "1"
+    print(f"{args.moves} alias moves, pollInterval {args.poll}, {args.replicas} replicas", flush=True)
+    for move in range(args.moves):
+        # Moves land at random points of the poll cycle, as real ones do.
+        time.sleep(random.uniform(0.2, poll_seconds))
+        target = "2" if current == "1" else "1"
+        moved = time.monotonic()
+        client.set_registered_model_alias("bench-model", "production", target)
+        seen_template = None
+        while True:
+            obj = deployment(cluster)
+            now = time.monotonic()
+            if seen_template is None and template_version(obj) == target:
+                seen_template = now - moved
+            if seen_template is not None and rolled_out(obj, target):
+                available = now - moved
+                break
+            if now - moved > 120:
+                raise SystemExit(f"move {move + 1} did not complete; see {work / 'operator.log'}")
+        template_times.append(seen_template)
+        available_times.append(available)
+        current = target
+        print(
+            f"  move {move + 1:>2}: {current}  template {seen_template:5.2f} s  available {available:5.2f} s",
+            flush=True,
+        )
+    return template_times, available_times
+
+
+def report_polled(
+    moves: int, poll_seconds: float, template_times: list[float], available_times: list[float]
+) -> None:
+    print(f"\nalias move -> cluster (pollInterval {poll_seconds:g} s, {moves} moves)")
+    print(f"{'':<26}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}   (seconds; x poll interval)")
+    for label, values in (
+        ("pod template pinned", template_times),
+        ("new pods all available", available_times),
+    ):
+        p50, p95, worst = percentile(values, 0.5), percentile(values, 0.95), max(values)
+        print(
+            f"{label:<26}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}"
+            f"   ({p50 / poll_seconds:.2f}x, {p95 / poll_seconds:.2f}x, {worst / poll_seconds:.2f}x)"
+        )
+    print("note: the timer reads the Deployment with kubectl (tens of ms a read): that is the resolution.")
+
+
+def main() -> None:
+    args = parse_args()
+    poll_seconds = parse_duration(args.poll, field_path="--poll")
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-"))
-    real_node = not args.no_real_node
-    if real_node:
-        try:
-            RealNode.check_prerequisites(LocalCluster(work / "cluster").bin_dir)
-        except ClusterError as e:
-            print(f"no real node: {e}; the kwok part only", flush=True)
-            real_node = False
+    real_node = real_node_ready(args, work)
     # The kwok part's pods carry no placement, so they stay on the kwok node beside the real one.
     cluster = LocalCluster(work / "cluster", real_node=real_node, node_images=("pause", "serving"))
     server = MlflowServer(work / "mlflow", extra_env=WEBHOOK_SERVER_ENV)
@@ -422,87 +515,10 @@ def main() -> None:
         )
         cluster.start()
         server.start()
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
-        registries = work / "webhook-registries.json"
-        registries.write_text(
-            json.dumps({WEBHOOK_REGISTRY: {"trackingUri": server.url, "secret": WEBHOOK_SECRET}})
-        )
-        operator = OperatorProcess(
-            kubeconfig=cluster.kubeconfig,
-            log_path=work / "operator.log",
-            env={
-                "ALIASROLL_SERVING_IMAGE": "bench:1",
-                "ALIASROLL_WEBHOOK_REGISTRIES": str(registries),
-                "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}",
-            },
-        )
+        operator = webhook_operator(cluster, server, work)
         operator.start()
-        client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
-        quick_versions(client, "bench-model", 2)
-        client.set_registered_model_alias("bench-model", "production", "1")
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        resource = {
-            "apiVersion": "aliasroll.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": NAME, "namespace": NAMESPACE},
-            "spec": {
-                "model": {"name": "bench-model"},
-                "replicas": args.replicas,
-                "registry": {"trackingUri": server.url, "pollInterval": args.poll},
-            },
-        }
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
-        deadline = time.monotonic() + 120
-        while not rolled_out(deployment(cluster), "1"):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the first deploy did not complete; see {work / 'operator.log'}")
-            time.sleep(0.1)
-
-        template_times: list[float] = []
-        available_times: list[float] = []
-        current = "1"
-        print(f"{args.moves} alias moves, pollInterval {args.poll}, {args.replicas} replicas", flush=True)
-        for move in range(args.moves):
-            # Moves land at random points of the poll cycle, as real ones do.
-            time.sleep(random.uniform(0.2, poll_seconds))
-            target = "2" if current == "1" else "1"
-            moved = time.monotonic()
-            client.set_registered_model_alias("bench-model", "production", target)
-            seen_template = None
-            while True:
-                obj = deployment(cluster)
-                now = time.monotonic()
-                if seen_template is None and template_version(obj) == target:
-                    seen_template = now - moved
-                if seen_template is not None and rolled_out(obj, target):
-                    available = now - moved
-                    break
-                if now - moved > 120:
-                    raise SystemExit(f"move {move + 1} did not complete; see {work / 'operator.log'}")
-            template_times.append(seen_template)
-            available_times.append(available)
-            current = target
-            print(
-                f"  move {move + 1:>2}: {current}  template {seen_template:5.2f} s"
-                f"  available {available:5.2f} s",
-                flush=True,
-            )
-
-        print(f"\nalias move -> cluster (pollInterval {poll_seconds:g} s, {args.moves} moves)")
-        print(f"{'':<26}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}   (seconds; x poll interval)")
-        for label, values in (
-            ("pod template pinned", template_times),
-            ("new pods all available", available_times),
-        ):
-            p50, p95, worst = percentile(values, 0.5), percentile(values, 0.95), max(values)
-            print(
-                f"{label:<26}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}"
-                f"   ({p50 / poll_seconds:.2f}x, {p95 / poll_seconds:.2f}x, {worst / poll_seconds:.2f}x)"
-            )
-        print(
-            "note: the timer reads the Deployment with kubectl (tens of ms a read): that is the resolution."
-        )
+        client = first_deploy(cluster, server, args, work)
+        report_polled(args.moves, poll_seconds, *polled_moves(cluster, client, args, poll_seconds, work))
         if args.push_moves:
             push_moves(
                 cluster=cluster,

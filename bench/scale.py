@@ -24,14 +24,11 @@ poll, a restart converging with no writes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import resource
 import shutil
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,10 +38,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-sys.path[:0] = [str(REPO / "localenv"), str(REPO / "tests"), str(REPO / "tests" / "e2e"), str(REPO)]
+from common import argument_parser, exit_on_sigterm, install_crd, percentile, prelude
+
+prelude("localenv", "tests", "tests/e2e", "")
 
 import harness  # noqa: E402
 from harness import ApiReader  # noqa: E402
@@ -299,15 +295,6 @@ def ready_versions(api: ApiReader, resources: list[tuple[str, str]]) -> list[str
     return versions
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "NOT met"
-
-
 @dataclass
 class Figures:
     count: int
@@ -362,15 +349,12 @@ class Run:
         print("starting the control plane and the mlflow server ...", flush=True)
         self.cluster.start()
         self.server.start()
-        kubectl = self.cluster.kubectl
-        kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
-        kubectl("apply", "-k", str(REPO / "manifests"))  # the ServiceAccount and its RBAC
+        install_crd(self.cluster)
         token = self.cluster.mint_token(OPERATOR_NAMESPACE, "aliasroll", expiration_seconds=3600)
         self.cluster.write_kubeconfig_for_token(self.kubeconfig, token)
         names = [*self.layout.namespaces, *(FLOOR_PREFIX + ns for ns in self.layout.namespaces)]
         namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in names]
-        kubectl(
+        self.cluster.kubectl(
             "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": namespaces})
         )
         self.client = MlflowClient(tracking_uri=self.server.url, registry_uri=self.server.url)
@@ -670,9 +654,7 @@ def report(f: Figures) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--per-model", type=int, default=20, help="ModelDeployments per model")
     parser.add_argument("--namespaces", type=int, default=10)
@@ -690,7 +672,7 @@ def main() -> None:
         poll=args.poll,
     )
     # A stopped run (kill, timeout) still stops what it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-scale-"))
     run = Run(layout=layout, poll=args.poll, timeout=args.timeout, work=work)
     print(f"{figures.count} ModelDeployments over {args.models} models in {args.namespaces} namespaces")

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -36,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "localenv"), str(REPO)]
+from common import REPO, argument_parser, nearest_rank, prelude
+
+prelude("localenv", "", quiet_mlflow=False)
 
 from mlflowserver import MlflowServer, free_port  # noqa: E402
 
@@ -133,16 +133,10 @@ def hey(binary: Path, port: int, *, concurrency: int, seconds: float) -> Load:
         raise SystemExit(f"no request succeeded at concurrency {concurrency}")
     return Load(
         rps=len(ok) / elapsed,
-        p50_ms=_percentile(ok, 50) * 1000,
-        p99_ms=_percentile(ok, 99) * 1000,
+        p50_ms=nearest_rank(ok, 50) * 1000,
+        p99_ms=nearest_rank(ok, 99) * 1000,
         errors=len(rows) - len(ok),
     )
-
-
-def _percentile(ordered: list[float], percent: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(percent / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def run_server(
@@ -313,10 +307,8 @@ def _levels(value: str) -> tuple[int, ...]:
     return levels
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args() -> argparse.Namespace:
+    parser = argument_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=8, help="load duration per concurrency level")
     parser.add_argument("--models", type=_choices(MODELS), default=MODELS, help="sentiment,dense")
     parser.add_argument(
@@ -326,12 +318,55 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.seconds <= 120:
         parser.error("--seconds must be in (0, 120]")
-    servers = [key for key in SERVERS if key in args.servers]  # the report's order
-    bin_dir = Path(
+    return args
+
+
+def local_bin_dir() -> Path:
+    """The folder of the local binaries (hey among them), built by localenv/build.sh."""
+    return Path(
         subprocess.run([str(REPO / "localenv" / "build.sh")], capture_output=True, text=True, check=True)
         .stdout.strip()
         .splitlines()[-1]
     )
+
+
+def launch_of(
+    server: str, *, uri: str, label: str, env: dict[str, str], work: Path, mlserver: Path | None
+) -> Launch:
+    """How to start `server` on the model at `uri`."""
+    if server == "mlserver":
+        assert mlserver is not None
+        return mlserver_launch(venv=mlserver, uri=uri, label=label, env=env, work=work)
+    port = free_port()
+    if server == "aliasroll":
+        return Launch(
+            command=[sys.executable, "-m", "aliasroll.serving"],
+            env={
+                **env,
+                "MODEL_URI": uri,
+                "PORT": str(port),
+                "ADMIN_PORT": str(free_port()),
+                "SCRATCH_DIR": str(work / f"scratch-{port}"),
+            },
+            cwd=work,
+            port=port,
+        )
+    return Launch(
+        command=[
+            f"{Path(sys.executable).parent}/mlflow",
+            *("models", "serve", "-m", uri, "--env-manager", "local"),
+            *("--host", "127.0.0.1", "-p", str(port)),
+        ],
+        env=env,
+        cwd=work,
+        port=port,
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    servers = [key for key in SERVERS if key in args.servers]  # the report's order
+    bin_dir = local_bin_dir()
     mlserver = mlserver_venv() if "mlserver" in servers else None
     work = Path(tempfile.mkdtemp(prefix="aliasroll-bench-serving-"))
     venv_bin = str(Path(sys.executable).parent)
@@ -350,35 +385,7 @@ def main() -> None:
             }
             for server in servers:
                 print(f"{label}: {SERVERS[server]} ...", flush=True)
-                if server == "mlserver":
-                    assert mlserver is not None
-                    launch = mlserver_launch(venv=mlserver, uri=uri, label=label, env=base_env, work=work)
-                elif server == "aliasroll":
-                    port = free_port()
-                    launch = Launch(
-                        command=[sys.executable, "-m", "aliasroll.serving"],
-                        env={
-                            **base_env,
-                            "MODEL_URI": uri,
-                            "PORT": str(port),
-                            "ADMIN_PORT": str(free_port()),
-                            "SCRATCH_DIR": str(work / f"scratch-{port}"),
-                        },
-                        cwd=work,
-                        port=port,
-                    )
-                else:
-                    port = free_port()
-                    launch = Launch(
-                        command=[
-                            f"{venv_bin}/mlflow",
-                            *("models", "serve", "-m", uri, "--env-manager", "local"),
-                            *("--host", "127.0.0.1", "-p", str(port)),
-                        ],
-                        env=base_env,
-                        cwd=work,
-                        port=port,
-                    )
+                launch = launch_of(server, uri=uri, label=label, env=base_env, work=work, mlserver=mlserver)
                 results[label][server] = run_server(
                     name=server,
                     launch=launch,
