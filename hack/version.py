@@ -7,7 +7,7 @@ The API version (v1alpha1) moves on its own, by the Kubernetes API conventions.
     python hack/version.py            prints the version
     python hack/version.py 0.2.0      sets it everywhere (then add its section to CHANGELOG.md)
 
-tests/unit/test_versions.py fails when any place disagrees with operator/aliasroll/__init__.py.
+tests/unit/artifacts/test_versions.py fails when any place disagrees with operator/aliasroll/__init__.py.
 """
 
 from __future__ import annotations

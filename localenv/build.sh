@@ -115,7 +115,7 @@ node() {
     "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$cni_version" \
     "" cni-bin
   # kubelet and kube-proxy: the control plane's Kubernetes (kube-node pins the same version and
-  # replaces as kube; tests/unit/test_build_pins.py checks), in a group of its own so the cached
+  # replaces as kube; tests/unit/localenv/test_build_pins.py checks), in a group of its own so the cached
   # control plane stays valid. Shared packages come from Go's build cache.
   build kube-node kube-node "kubelet kube-proxy" \
     "k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy" \

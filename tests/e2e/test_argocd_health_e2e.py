@@ -5,8 +5,8 @@ as Argo CD runs it, must be the one expected.
 
 With ALIASROLL_CAPTURE_ARGOCD_TESTDATA=1 each object read is also written, normalised, to
 manifests/argocd/testdata/<health>_<state>.yaml and its verdict to manifests/argocd/health_test.yaml:
-the test data of the script (tests/unit/test_argocd_health.py runs that table), in Argo CD's own layout
-for resource health checks. After a change to what the operator writes, run
+the test data of the script (tests/unit/artifacts/test_argocd_health.py runs that table), in Argo CD's
+own layout for resource health checks. After a change to what the operator writes, run
 
     ALIASROLL_CAPTURE_ARGOCD_TESTDATA=1 ALIASROLL_E2E_RUN=argocd \\
         .venv/bin/python -m pytest tests/e2e/test_argocd_health_e2e.py
@@ -44,11 +44,11 @@ from harness import (
     wait_for,
 )
 from mlflow import MlflowClient
-from test_argocd_health import ARGOCD, HEALTH_TESTS, TESTDATA, health_tests, run_health
 
 from localcluster import READY_DELAY_ANNOTATION
 from mlflowserver import MlflowServer
 from operatorprocess import OperatorProcess
+from support.argocd_health import ARGOCD, HEALTH_TESTS, TESTDATA, health_tests, run_health
 from support.prometheus_script import FAILING, FEW, PASSING, ScriptedPrometheus
 
 CAPTURE = os.environ.get("ALIASROLL_CAPTURE_ARGOCD_TESTDATA") == "1"
@@ -80,7 +80,7 @@ HEADER = """\
 # offered upstream as resource_customizations/aliasroll.io/ModelDeployment/ as they are. Every object in
 # testdata/ was captured from the operator on a cluster, and every verdict checked against the one
 # expected there, by tests/e2e/test_argocd_health_e2e.py (ALIASROLL_CAPTURE_ARGOCD_TESTDATA=1 rewrites
-# them); tests/unit/test_argocd_health.py runs this table under Lua 5.1. Do not edit by hand.
+# them); tests/unit/artifacts/test_argocd_health.py runs this table under Lua 5.1. Do not edit by hand.
 """
 BASE_TIME = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")

@@ -216,7 +216,8 @@ def test_defaults_and_printer_columns(kube: Kube, namespace: str) -> None:
 
 
 def test_kubectl_explain_describes_the_fields(kube: Kube) -> None:
-    """Every field has a description (tests/unit/test_crd_descriptions.py); the API server serves them."""
+    """Every field has a description (tests/unit/artifacts/test_crd_descriptions.py); the API server
+    serves them."""
     for path, said in (
         ("modeldeployment.spec.registry", "The MLflow server whose Model Registry holds the model"),
         ("modeldeployment.status.canary.weight", "Share of requests (percent) the canary gets now"),

@@ -120,7 +120,7 @@ def test_every_verb_manifests_rbac_grants_was_used(
     )
     # The namespaced install's ClusterRole holds Kopf's cluster-wide reads alone: each is used by the
     # namespaced operator (test_install.py). Its Role mirrors rbac.yaml's namespaced rules
-    # (tests/unit/test_manifests.py), so the check above covers those.
+    # (tests/unit/artifacts/test_manifests.py), so the check above covers those.
     namespaced = found[NAMESPACED_USER]
     cluster_role = rbac_audit.granted(
         rbac_audit.rules_of(

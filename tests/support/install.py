@@ -2,7 +2,7 @@
 
 examples/install-namespaced/ is the folder users copy (for the namespace `ml-serving`); this writes the
 same kustomizations for the namespaces a test names, so no file of the repository is edited and the
-install the tests apply is the one the example shows (tests/unit/test_manifests.py checks that this
+install the tests apply is the one the example shows (tests/unit/artifacts/test_manifests.py checks that this
 writes exactly the example for `ml-serving`).
 """
 

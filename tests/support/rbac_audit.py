@@ -8,7 +8,7 @@ used is a grant to drop (or to name in ALLOWED_UNUSED with the reason the tier c
 used verb the roles lack is a 403 in the log (or a request the roles only allow through a broader rule).
 
 tests/e2e/test_zz_rbac_audit.py runs the comparison at the end of the end-to-end tier; the functions
-here are pure, so tests/unit/test_rbac_audit.py checks them on events written by hand.
+here are pure, so tests/unit/artifacts/test_rbac_audit.py checks them on events written by hand.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ ALLOWED_UNUSED: Mapping[Grant, str] = {
     ("aliasroll.io", "modeldeployments/finalizers", "update"): "admission check, never a request",
     # After a status patch the API server refuses (422), the applier reads the resource by name to
     # tell an object replaced under the same name from a status it cannot take
-    # (tests/unit/test_reconciler_gone.py); no status of the tier is refused.
+    # (tests/unit/controller/test_reconciler_gone.py); no status of the tier is refused.
     ("aliasroll.io", "modeldeployments", "get"): "only after a refused status patch",
-    # Prune deletes an HTTPRoute when its resource leaves the gatewayAPI router (tests/unit/test_
+    # Prune deletes an HTTPRoute when its resource leaves the gatewayAPI router (tests/unit/planning/test_
     # routers.py); the tier switches routers only towards gatewayAPI.
     ("gateway.networking.k8s.io", "httproutes", "delete"): "only when a resource leaves gatewayAPI",
 }

@@ -12,7 +12,8 @@ Recorded=Unknown/RecordsPending; a refusal makes it Recorded=False/RegistryWrite
 Each registry (tracking URI) has writers of its own, so one that hangs holds back only its own tags.
 
 What the writer holds is a record: one tag key of one model version in one registry, with the value
-last planned for it and the resources waiting for it. Its invariants (tests/unit/test_tag_writer.py):
+last planned for it and the resources waiting for it. Its invariants
+(tests/unit/controller/test_tag_writer.py):
 
 - Last planned value wins. A record's writes are serialised: one write at a time, and after a
   write that got no answer (it may still land) none for `LANDING_SECONDS`. A value planned while

@@ -13,7 +13,7 @@ and a schema's datetime column takes its format from the first row. Two ways kee
   numpy's strings `<U` of the longest), and each value is converted by itself. A schema casts a
   column value by value (astype, base64), except a datetime column's format inference: such a
   schema parses together only what kinds() cannot tell apart, so its models take the other way.
-  tests/unit/test_serving_sharing.py checks this against MLflow's own parse.
+  tests/unit/serving/test_serving_sharing.py checks this against MLflow's own parse.
 - alone, then joined (`signature`, `join`): every other request is parsed by itself, as a lone
   request is, and parsed inputs are joined only where joining converts nothing: frames of the same
   columns and dtypes, arrays of the same dtype and row shape, dicts of such arrays, lists. This

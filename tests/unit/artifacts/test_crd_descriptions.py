@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "modeldeployments.aliasroll.io.yaml"
 # The docs that show `kubectl get mdep`: every sample there must match the columns.
 DOCS = [

@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from builders import written_status
 from hostile import Behaviour, Hostile, hostile
 from lightkube import AsyncClient
-from test_reconciler_truth import Cluster, Events, Registry, written_status
+from reconciler_fakes import Cluster, Events, Registry
 
 from aliasroll.analysis.pods import PodMetricsProvider
 from aliasroll.controller.measuring import Analyzer

@@ -21,7 +21,7 @@ from localkube.apiserver import SERVICE_CIDR
 from localkube.node import NODE_ADDRESS, NODE_POD_CIDR, REAL_NODE_NAME
 from localkube.pki import APISERVER_SANS
 
-COREDNS_MAIN = Path(__file__).resolve().parents[2] / "localenv" / "go" / "coredns" / "main.go"
+COREDNS_MAIN = Path(__file__).resolve().parents[3] / "localenv" / "go" / "coredns" / "main.go"
 KUBECONFIG = Path("/run/x/coredns.kubeconfig")
 
 

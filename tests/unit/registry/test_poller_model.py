@@ -16,7 +16,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_poller import REGISTRY, HeldPoller, ScriptedRegistry, settle
+from scripted_registry import REGISTRY, HeldPoller, ScriptedRegistry, settle
 
 from aliasroll.backoff import Backoff
 from aliasroll.errors import ModelNotFound, RegistryError, RegistryUnavailable

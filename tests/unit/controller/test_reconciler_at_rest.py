@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from builders import FixedObjects, info
 from lightkube import AsyncClient
-from test_reconciler_truth import BODY, Cluster, Events, Registry, deployment
+from reconciler_fakes import BODY, Cluster, Events, Registry, deployment
 
 from aliasroll import reasons
 from aliasroll.controller.reconciler import AT_REST_PASS_SECONDS, PassResult, Reconciler

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 from builders import FixedObjects, spec
 from lightkube import AsyncClient
-from test_reconciler_truth import BODY, Cluster, Events, Registry, deployment, ready
+from reconciler_fakes import BODY, Cluster, Events, Registry, deployment, ready
 
 from aliasroll import reasons
 from aliasroll.allowlists import AllowLists, check

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
-from test_poller import Follower, ScriptedRegistry, until
+from scripted_registry import Follower, ScriptedRegistry, until
 
 from aliasroll import http as http_module
 from aliasroll import webhooks

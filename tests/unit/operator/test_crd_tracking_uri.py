@@ -15,7 +15,7 @@ import yaml
 from aliasroll.errors import InvalidSpec
 from aliasroll.spec import parse_spec
 
-CRD = Path(__file__).resolve().parents[2] / "crds" / "modeldeployments.aliasroll.io.yaml"
+CRD = Path(__file__).resolve().parents[3] / "crds" / "modeldeployments.aliasroll.io.yaml"
 
 
 def tracking_uri_rules() -> list[dict[str, str]]:

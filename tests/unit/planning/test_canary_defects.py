@@ -1,17 +1,17 @@
 """One named case per defect of the canary run and its records found in review (each failed on the code
 before the fix), driving the real planner and reconciler. The defects fixed in other modules have their
-tables beside them:
+tables beside them (under tests/unit/):
 
-    4  read-only credentials: a refusal wakes once      tests/unit/test_tag_writer.py
-    7  pod reader counts a returning pod's lifetime      tests/unit/test_analysis_pods.py
-    8  gatewayAPI with replicas 0                        tests/unit/test_routers.py, test_capacity.py
-    10 a webhook during a read is dropped                tests/unit/test_poller.py, test_poller_model.py
-    12 batching changes dtypes; the dependency cache     tests/unit/test_serving_sharing.py,
-                                                      tests/unit/test_dependency_cache.py
-    13 the poller's loop crashes on a leave mid-read     tests/unit/test_poller.py, test_poller_model.py
-    14 a stall that does not stay put                    tests/unit/test_rollout_truth.py
+    4  read-only credentials: a refusal wakes once      controller/test_tag_writer.py
+    7  pod reader counts a returning pod's lifetime      analysis/test_analysis_pods.py
+    8  gatewayAPI with replicas 0                        planning/test_routers.py, test_capacity.py
+    10 a webhook during a read is dropped                registry/test_poller.py, test_poller_model.py
+    12 batching changes dtypes; the dependency cache     serving/test_serving_sharing.py,
+                                                      serving/test_dependency_cache.py
+    13 the poller's loop crashes on a leave mid-read     registry/test_poller.py, test_poller_model.py
+    14 a stall that does not stay put                    planning/test_rollout_truth.py
 
-The model-based property test over random histories of all of them is tests/unit/test_canary_model.py.
+The model-based property test over random histories of all of them is test_canary_model.py, beside this.
 """
 
 from __future__ import annotations

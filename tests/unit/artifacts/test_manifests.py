@@ -16,7 +16,7 @@ from aliasroll.config import OperatorConfig
 from aliasroll.egress import NODE, OWN_POD, Destinations
 from support.install import namespaced_kustomizations
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MANIFESTS = REPO / "manifests"
 NAMESPACED = MANIFESTS / "namespaced"
 EXAMPLE = REPO / "examples" / "install-namespaced"

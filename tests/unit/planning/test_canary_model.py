@@ -61,7 +61,7 @@ from aliasroll.registry.poller import ModelSnapshot, RegistryPoller
 from aliasroll.registry.types import Endpoint
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, parse_spec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((REPO / "crds" / "modeldeployments.aliasroll.io.yaml").read_text())
 UID = "uid-model"
 MODEL = "sentiment"

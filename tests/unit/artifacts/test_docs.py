@@ -15,7 +15,7 @@ from types import ModuleType
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PACKAGE = REPO / "operator" / "aliasroll"
 DOCS = REPO / "docs"
 ARCHITECTURE = DOCS / "architecture.md"

@@ -17,7 +17,7 @@ import pytest
 
 from localkube import images
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 DOCKERFILE = """\
 ARG BASE=python:3.11-slim

@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 from builders import spec
-from test_poller import REGISTRY, Follower, ScriptedRegistry, until
+from scripted_registry import REGISTRY, Follower, ScriptedRegistry, until
 
 from aliasroll.conditions import FALSE
 from aliasroll.egress import Destinations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-LOCALENV = Path(__file__).resolve().parents[2] / "localenv"
+LOCALENV = Path(__file__).resolve().parents[3] / "localenv"
 BUILD_SH = LOCALENV / "build.sh"
 MODULES = sorted(p for p in (LOCALENV / "go").iterdir() if p.is_dir())
 
