@@ -17,6 +17,7 @@ from aliasroll import allowlists, metrics, reasons
 from aliasroll.allowlists import AllowLists
 from aliasroll.controller.measuring import Analyzer
 from aliasroll.controller.records import InlineTags, TagsState
+from aliasroll.controller.slots import given_back
 from aliasroll.egress import Destinations
 from aliasroll.errors import (
     AliasrollError,
@@ -466,13 +467,15 @@ class Reconciler:
             elif self._secrets is not None:
                 self._secrets.release(owner.uid)  # it named one before: stop watching it
             endpoint = Endpoint(spec.registry.tracking_uri, credentials)
-            snapshot = await self._registry.subscribe(
-                subscriber=owner.uid,  # not the name: a replaced object may overlap its successor
-                endpoint=endpoint,
-                model=model,
-                interval=spec.registry.poll_seconds,
-                wake=wake,
-            )
+            # A registry is the tenant's choice: no pass slot waits on it (controller/slots.py).
+            async with given_back():
+                snapshot = await self._registry.subscribe(
+                    subscriber=owner.uid,  # not the name: a replaced object may overlap its successor
+                    endpoint=endpoint,
+                    model=model,
+                    interval=spec.registry.poll_seconds,
+                    wake=wake,
+                )
             if snapshot.error is not None:
                 return RegistryView(model=model, error=snapshot.error), endpoint
             aliases = snapshot.aliases or {}
@@ -481,7 +484,10 @@ class Reconciler:
                 version = aliases.get(alias)
                 if version is None:
                     return AliasTarget(alias=alias, version=None)
-                info = await self._registry.version(endpoint, model, version, ttl=spec.registry.poll_seconds)
+                async with given_back():
+                    info = await self._registry.version(
+                        endpoint, model, version, ttl=spec.registry.poll_seconds
+                    )
                 return AliasTarget(alias=alias, version=version, info=info)
 
             view = RegistryView(

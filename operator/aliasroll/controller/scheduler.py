@@ -32,6 +32,7 @@ from typing import Any
 
 from aliasroll.backoff import Backoff
 from aliasroll.controller.reconciler import PassResult
+from aliasroll.controller.slots import PassSlot, running_in
 from aliasroll.registry.poller import Wake
 
 log = logging.getLogger(__name__)
@@ -274,14 +275,18 @@ class Scheduler:
         namespace, name = worker.name
         failures = 0
         while True:
-            async with self._slots:
+            # The pass may give its slot back while it waits on a tenant's endpoint (slots.py).
+            slot = PassSlot(self._slots)
+            await slot.acquire()
+            try:
                 worker.wake.clear()  # after the wait for a slot: wakes during it are this pass's
                 if worker.settling is not None:  # so are the changes it waits to settle
                     worker.settling.cancel()
                     worker.settling = None
                 self.running += 1
                 try:
-                    result = await self._reconcile(worker.body, lambda: self.wake(worker.uid))
+                    with running_in(slot):
+                        result = await self._reconcile(worker.body, lambda: self.wake(worker.uid))
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:  # a pass must never kill the worker: log, back off, retry
@@ -292,6 +297,8 @@ class Scheduler:
                     failures = failures + 1 if result.failed is not None and result.back_off else 0
                 finally:
                     self.running -= 1
+            finally:
+                slot.release()
             if result.gone:
                 log.info(
                     "%s/%s: the resource is gone (uid %s); stopping its worker", namespace, name, worker.uid

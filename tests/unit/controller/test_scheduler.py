@@ -13,7 +13,14 @@ import pytest
 from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
 from aliasroll.controller.reconciler import PassResult
-from aliasroll.controller.scheduler import ResyncPlan, Scheduler, jittered, plan_resync
+from aliasroll.controller.scheduler import (
+    DEFAULT_MAX_CONCURRENT,
+    ResyncPlan,
+    Scheduler,
+    jittered,
+    plan_resync,
+)
+from aliasroll.controller.slots import PassSlot, given_back, running_in
 from aliasroll.errors import RegistryUnavailable
 from aliasroll.registry.poller import Wake
 
@@ -384,3 +391,68 @@ def test_the_settle_time_is_set_from_the_environment_and_zero_turns_it_off() -> 
     assert OperatorConfig.from_env({"ALIASROLL_CHILD_SETTLE_SECONDS": "2.5"}).child_settle_seconds == 2.5
     with pytest.raises(SystemExit, match="ALIASROLL_CHILD_SETTLE_SECONDS='-1' must be zero or more"):
         OperatorConfig.from_env({"ALIASROLL_CHILD_SETTLE_SECONDS": "-1"})
+
+
+async def test_passes_waiting_on_a_tenant_s_registry_hold_no_slot_another_resource_needs() -> None:
+    """Twenty passes wait on registries that do not answer (a first answer waits up to the call's
+    deadline); with sixteen slots, another resource's pass still runs at once, and every slot comes
+    back when they end."""
+    released = asyncio.Event()
+    other_ran = asyncio.Event()
+    all_ran = asyncio.Event()
+    ran: list[str] = []
+
+    async def reconcile(resource: Mapping[str, Any], wake: Wake) -> PassResult:
+        name = resource["metadata"]["name"]
+        if name.startswith("hostile"):
+            async with given_back():
+                await released.wait()
+        ran.append(name)
+        if name == "other":
+            other_ran.set()
+        if len(ran) == 21:
+            all_ran.set()
+        return PassResult(next_in=None)
+
+    scheduler = Scheduler(
+        reconcile=reconcile,
+        forget=lambda uid: None,
+        max_concurrent=DEFAULT_MAX_CONCURRENT,
+        jitter=0,
+        settle=0,
+    )
+    for i in range(20):
+        await scheduler.update(body(name=f"hostile-{i}", uid=f"h{i}"))
+    await asyncio.sleep(0.05)
+    assert scheduler.running == 20, "every hostile pass started and waits without its slot"
+    await scheduler.update(body(name="other", uid="o"))
+    await asyncio.wait_for(other_ran.wait(), 2)
+    released.set()
+    await asyncio.wait_for(all_ran.wait(), 2)
+    await asyncio.sleep(0.05)  # the passes' ends give their slots back
+    assert scheduler._slots._value == DEFAULT_MAX_CONCURRENT, "a slot was lost or given twice"
+    await scheduler.stop()
+
+
+async def test_a_pass_stopped_while_it_takes_its_slot_again_gives_none_back_twice() -> None:
+    slots = asyncio.Semaphore(1)
+    slot = PassSlot(slots)
+    await slot.acquire()
+    entered = asyncio.Event()
+
+    async def waits() -> None:
+        with running_in(slot):
+            async with given_back():
+                entered.set()
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(waits())
+    await entered.wait()
+    await asyncio.wait_for(slots.acquire(), 1)  # another pass takes the slot given back ...
+    await asyncio.sleep(0.1)  # ... so when this pass wants it back, it waits
+    task.cancel()  # ... and the pass is stopped while it waits for it
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    slot.release()  # the scheduler's own release at the end of the pass: nothing held, nothing given
+    slots.release()
+    assert slots._value == 1
