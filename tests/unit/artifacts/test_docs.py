@@ -1,7 +1,7 @@
 """The docs site (docs/, mkdocs.yml) keeps up with the code: every module is on the architecture page,
 every setting the operator reads is in the settings table (and nothing it does not read), every
 condition and event reason has a troubleshooting entry, and the ModelDeployment reference renders from
-the CRD."""
+the CRD, and README.md stays a short front door whose links resolve."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
@@ -22,6 +23,8 @@ ARCHITECTURE = DOCS / "architecture.md"
 SETTINGS = DOCS / "operations" / "settings.md"
 TROUBLESHOOTING = DOCS / "troubleshooting.md"
 REFERENCE = DOCS / "reference" / "modeldeployment.md"
+README = REPO / "README.md"
+README_LIMIT = 10 * 1024
 
 # Where the operator reads ALIASROLL_* settings: config.py and the modules it delegates to (the model
 # server's own settings, serving/config.py, are the pods' environment, not the operator's).
@@ -198,3 +201,29 @@ def test_the_reference_has_every_field_of_the_crd_down_to_kubernetes_types() -> 
 def test_the_reference_escapes_what_markdown_would_read() -> None:
     module = crd_reference()
     assert module._escape("<name>-canary | a_b *c*") == "&lt;name&gt;-canary \\| a\\_b \\*c\\*"
+
+
+# --- README: the front door --------------------------------------------------------------------
+
+
+def test_the_readme_is_a_front_door() -> None:
+    size = len(README.read_bytes())
+    assert size < README_LIMIT, f"README.md is {size} bytes; the details belong in docs/"
+
+
+def links(path: Path) -> list[str]:
+    return [
+        target
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text())
+        if not target.startswith(("http://", "https://", "#", "mailto:"))
+    ]
+
+
+def test_the_readme_links_the_docs() -> None:
+    pages = {"docs/getting-started.md", "docs/troubleshooting.md", "docs/architecture.md"}
+    assert pages <= set(links(README))
+
+
+@pytest.mark.parametrize("target", links(README))
+def test_every_link_of_the_readme_resolves(target: str) -> None:
+    assert (REPO / target.partition("#")[0]).exists(), target
