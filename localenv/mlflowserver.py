@@ -12,6 +12,7 @@ import atexit
 import base64
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -36,11 +37,26 @@ _LISTENING = "uvicorn running on"
 _ACCESS_LINE = re.compile(r' - "(?P<request>[A-Z]+ \S+ HTTP/[\d.]+)" \d{3}\b')
 
 
+#: Where free_port looks: below the kernel's ephemeral range (32768-60999), where no outgoing
+#: connection takes a local port, and below the NodePort range (30000-32767). A port the kernel hands
+#: out (bind to 0) is one of the ephemeral ones, which a client connection of any process on this
+#: busy machine may take before the server binds it: servers then failed with "address already in use".
+PORTS = range(20000, 30000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A port nothing listens on, nor is likely to take before the caller binds it (see PORTS)."""
+    hosts = {host, "0.0.0.0"} if host.startswith("127.") else {host}
+    for _ in range(200):
+        port = random.choice(PORTS)
+        try:
+            for address in hosts:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind((address, port))
+        except OSError:
+            continue
         return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1} on {host}")
 
 
 def _mlflow_command() -> list[str]:
