@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 TRUE = "True"
 FALSE = "False"
 UNKNOWN = "Unknown"
+
+
+class ConditionStatus(TypedDict):
+    """One entry of status.conditions, as written."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    lastTransitionTime: str
+    observedGeneration: int
 
 
 @dataclass(frozen=True)
@@ -29,10 +40,10 @@ def merge(
     *,
     now: str,
     observed_generation: int,
-) -> list[dict[str, Any]]:
+) -> list[ConditionStatus]:
     """New condition list in `wanted` order, keeping lastTransitionTime where status did not flip."""
     before = {str(item.get("type")): item for item in previous}
-    merged: list[dict[str, Any]] = []
+    merged: list[ConditionStatus] = []
     for condition in wanted:
         old = before.get(condition.type)
         unchanged = (

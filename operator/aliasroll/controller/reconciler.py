@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lightkube import AsyncClient
 
-from aliasroll import allowlists, metrics, reasons
+from aliasroll import allowlists, metrics
 from aliasroll.allowlists import AllowLists
 from aliasroll.controller.measuring import Analyzer
 from aliasroll.controller.records import InlineTags, TagsState
@@ -28,11 +28,11 @@ from aliasroll.errors import (
     NameConflict,
 )
 from aliasroll.kube.applier import Applier
-from aliasroll.kube.observe import OwnedObjects, observe, taken_names
+from aliasroll.kube.observe import Observation, OwnedObjects, observe, taken_names
 from aliasroll.planning import canary as canary_run
-from aliasroll.planning import health, planner, records
+from aliasroll.planning import next_pass, planner, registry_writes
 from aliasroll.planning.canary import AliasWrite, AnalysisResult
-from aliasroll.planning.records import AliasChange, RegistryWrite, TagVersion
+from aliasroll.planning.registry_writes import AliasChange, RegistryWrite, TagVersion
 from aliasroll.planning.state import AliasTarget, EventRecord, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.registry.poller import RegistryPoller, Wake
@@ -88,23 +88,16 @@ GONE = PassResult(next_in=None, gone=True)
 # this many failed passes in a row they are shown in status as well: a Service whose create fails
 # with "range is full" (the IP allocator) or a failing admission webhook fails every time.
 SHOW_WRITE_FAILURES_AFTER = 3
-# A canary step that ends, or a measurement that is due, brings the next pass forward, never closer
-# than this to the last one.
-MIN_CANARY_PASS_SECONDS = 1.0
-# A resource at rest (health.at_rest) is woken by what can change it (its model's poller, watches);
-# its own timer is only a safety net, rare enough that a thousand of them cost the operator
-# little (at a 10 s poll, a pass of every resource every interval kept a core a third busy).
-AT_REST_PASS_SECONDS = 300.0
 
 
-def _moved_on(status: Mapping[str, Any], before: Mapping[str, Any]) -> bool:
-    """Whether status says something new besides the state of the records (a rollout moved on)."""
+@dataclass(frozen=True)
+class _Planned:
+    """A pass's plan and what it was made from that the later steps use."""
 
-    def rest(of: Mapping[str, Any]) -> dict[str, Any]:
-        found = of.get("conditions") or ()
-        return {**of, "conditions": [c for c in found if c.get("type") != reasons.RECORDED]}
-
-    return rest(status) != rest(before)
+    plan: planner.Plan
+    view: RegistryView
+    endpoint: Endpoint | None  # None when it could not be built (no credentials)
+    analysis: AnalysisResult | None  # a canary reading taken by this pass
 
 
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
@@ -165,22 +158,74 @@ class Reconciler:
             return PassResult(next_in=error.retry_after, failed=error)
 
     async def _reconcile(self, body: Mapping[str, Any], wake: Wake) -> PassResult:
+        """The pass as named steps: parse, observe, plan (measuring and reading the registry on the
+        way), apply, record, write status, announce, then time the next pass."""
         owner = resource_ref(body)
         previous_status: Mapping[str, Any] = self._written.get(owner.uid) or body.get("status") or {}
         try:
-            spec = parse_spec(body.get("spec") or {})
-            # What the operator's allow-lists refuse (NotAllowed) is handled as an invalid spec.
-            allowlists.check(spec, namespace=owner.namespace, allowed=self._allowed)
+            spec = self._parse(body, owner)
         except InvalidSpec as error:
             # Nothing is applied or pruned: what runs keeps running until the spec is fixed.
             return await self._refuse(body, owner, previous_status, error, then=PassResult(next_in=None))
-
         try:
             observation = await observe(self._objects, owner)
         except KubernetesApplyFailed as error:  # RBAC on a list: nothing applied or pruned blind
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
             return await self._refuse(body, owner, previous_status, error, then=retry)
         now = self._clock()
+        planned = await self._plan(owner, spec, observation, previous_status, now, wake)
+        applied = await self._apply(body, owner, spec, planned.plan, observation, previous_status)
+        if isinstance(applied, PassResult):
+            return applied
+        status = await self._recorded(owner, spec, planned, previous_status, now, wake, applied=applied)
+        try:
+            if not await self._write_status(body, owner, status):
+                return GONE
+        except KubernetesApplyFailed as error:
+            log.error("%s/%s: %s", owner.namespace, owner.name, error)
+            self._keep_unrecorded(owner.uid, planned.analysis)
+            return PassResult(next_in=spec.registry.poll_seconds, failed=error)
+        self._unrecorded.pop(owner.uid, None)
+        for event in planned.plan.events:
+            self._events.post(body, event)
+        changes = [write for write in planned.plan.writes if isinstance(write, AliasChange)]
+        if changes and planned.endpoint is not None:
+            done = await self._change_aliases(
+                body, owner, spec.model.name, planned.endpoint, changes, status, now
+            )
+            if done is GONE:
+                return GONE
+        view_error = planned.view.error
+        end = next_pass.PassEnd(
+            spec=spec,
+            status=status,
+            now=now,
+            registry_answered=view_error is None,
+            canary_due_in=planned.plan.next_in,
+            reading_under_way=self._analyzer.measuring(owner.uid),
+        )
+        # A registry error is the poller's to retry (and the Secret watch's, for credentials): it
+        # wakes this resource when the answer changes, so an outage adds no passes.
+        failed = view_error if view_error is not None and view_error.transient else None
+        return PassResult(next_in=next_pass.next_pass_in(end), failed=failed, back_off=False)
+
+    def _parse(self, body: Mapping[str, Any], owner: ResourceRef) -> ModelDeploymentSpec:
+        """The spec, checked against the operator's allow-lists (what they refuse, NotAllowed, is
+        handled as an invalid spec)."""
+        spec = parse_spec(body.get("spec") or {})
+        allowlists.check(spec, namespace=owner.namespace, allowed=self._allowed)
+        return spec
+
+    async def _plan(
+        self,
+        owner: ResourceRef,
+        spec: ModelDeploymentSpec,
+        observation: Observation,
+        previous_status: Mapping[str, Any],
+        now: datetime,
+        wake: Wake,
+    ) -> _Planned:
+        """Takes a finished canary reading when one is due, reads the registry, and asks the planner."""
         analysis = await self._measure(owner, spec, previous_status, now, wake)
         view, endpoint = await self._registry_view(owner, spec, wake)
         if view.error is None and endpoint is not None:
@@ -195,6 +240,20 @@ class Reconciler:
             defaults=self._defaults,
             analysis=analysis,
         )
+        return _Planned(plan=plan, view=view, endpoint=endpoint, analysis=analysis)
+
+    async def _apply(
+        self,
+        body: Mapping[str, Any],
+        owner: ResourceRef,
+        spec: ModelDeploymentSpec,
+        plan: planner.Plan,
+        observation: Observation,
+        previous_status: Mapping[str, Any],
+    ) -> bool | PassResult:
+        """Checks names, applies and prunes. Whether anything changed, or how the pass ends when the
+        API server refused: status then keeps saying what runs (the plan's would claim what was not
+        applied)."""
         try:
             if taken := await taken_names(self._client, owner, plan.objects, observation.live):
                 raise NameConflict(
@@ -204,7 +263,6 @@ class Reconciler:
             written = await self._applier.apply(plan.objects, observation.live)
             pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
         except (KubernetesApplyFailed, NameConflict) as error:
-            # Status keeps saying what runs; the plan's status would claim what was not applied.
             self._write_failures.pop(owner.uid, None)
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)
             return await self._refuse(body, owner, previous_status, error, then=retry)
@@ -213,8 +271,23 @@ class Reconciler:
         self._write_failures.pop(owner.uid, None)
         if written or pruned:
             log.info("%s/%s: applied %s, pruned %s", owner.namespace, owner.name, written, pruned)
-        changes = [write for write in plan.writes if isinstance(write, AliasChange)]
-        tags = await self._submit_tags(owner, spec.model.name, endpoint, plan.writes, wake)
+        return bool(written or pruned)
+
+    async def _recorded(
+        self,
+        owner: ResourceRef,
+        spec: ModelDeploymentSpec,
+        planned: _Planned,
+        previous_status: Mapping[str, Any],
+        now: datetime,
+        wake: Wake,
+        *,
+        applied: bool,
+    ) -> dict[str, Any]:
+        """Hands the plan's version tags to the tag writer, and returns the status to write: the
+        plan's, with the Recorded condition and the alias changes marked Attempted."""
+        plan = planned.plan
+        tags = await self._submit_tags(owner, spec.model.name, planned.endpoint, plan.writes, wake)
         status = planner.with_records(
             plan.status,
             previous_status,
@@ -224,40 +297,15 @@ class Reconciler:
             owner=owner,
             now=now,
         )
-        # Status says an alias change is being made before it is (records.AliasChange): a pass that
-        # stops half-way never makes it twice, and an abort is recorded before its @canary goes.
-        for change in changes:
-            status = planner.with_alias_write(status, change.run, AliasWrite.ATTEMPTED)
-        if written or pruned or _moved_on(status, previous_status):
+        # Status says an alias change is being made before it is (registry_writes.AliasChange): a
+        # pass that stops half-way never makes it twice, and an abort is recorded before its
+        # @canary goes.
+        for change in plan.writes:
+            if isinstance(change, AliasChange):
+                status = planner.with_alias_write(status, change.run, AliasWrite.ATTEMPTED)
+        if applied or next_pass.moved_on(status, previous_status):
             self._tags.progressed()  # tags wait while rollouts come in a burst
-        try:
-            if not await self._write_status(body, owner, status):
-                return GONE
-        except KubernetesApplyFailed as error:
-            log.error("%s/%s: %s", owner.namespace, owner.name, error)
-            self._keep_unrecorded(owner.uid, analysis)
-            return PassResult(next_in=spec.registry.poll_seconds, failed=error)
-        self._unrecorded.pop(owner.uid, None)
-        for event in plan.events:
-            self._events.post(body, event)
-        if changes and endpoint is not None:
-            done = await self._change_aliases(body, owner, spec.model.name, endpoint, changes, status, now)
-            if done is GONE:
-                return GONE
-        failed = view.error if view.error is not None and view.error.transient else None
-        next_in = spec.registry.poll_seconds
-        if health.at_rest(status) and view.error is None:
-            next_in = max(next_in, AT_REST_PASS_SECONDS)
-        ahead = plan.next_in
-        if ahead is not None and self._analyzer.measuring(owner.uid):
-            # A reading under way wakes the resource when it ends: the next one is due an interval on.
-            run = canary_run.from_status(status.get("canary"))
-            ahead = None if run is None else canary_run.next_pass_in(spec, replace(run, read_at=now), now)
-        if ahead is not None:  # a canary step ends or a measurement is due sooner
-            next_in = max(MIN_CANARY_PASS_SECONDS, min(next_in, ahead))
-        # A registry error is the poller's to retry (and the Secret watch's, for credentials): it
-        # wakes this resource when the answer changes, so an outage adds no passes.
-        return PassResult(next_in=next_in, failed=failed, back_off=False)
+        return status
 
     async def _write_failed(
         self,
@@ -336,7 +384,7 @@ class Reconciler:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec:
             return
-        closing = records.closing_tags(
+        closing = registry_writes.closing_tags(
             owner=owner, history=status.get("history") or (), now=canary_run.stamp(self._clock()), why=why
         )
         if not closing:

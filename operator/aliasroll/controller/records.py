@@ -1,4 +1,4 @@
-"""Writes the version tags a pass plans (planning/records.py): where and when each version served,
+"""Writes the version tags a pass plans (planning/registry_writes.py): where and when each version served,
 and how a canary ended.
 
 Tags are bookkeeping, and a rollout must never wait for them. The operator writes them beside
@@ -60,7 +60,7 @@ from typing import Any
 
 from aliasroll import metrics
 from aliasroll.errors import AliasrollError, RegistryUnavailable
-from aliasroll.planning.records import TAG_PREFIX, TagVersion
+from aliasroll.planning.registry_writes import TAG_PREFIX, TagVersion
 from aliasroll.registry.poller import RegistryPoller, Wake
 from aliasroll.registry.types import Endpoint
 from aliasroll.spec import ResourceRef

@@ -37,11 +37,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, Verdict
 from aliasroll.planning.state import EventRecord
+from aliasroll.planning.status import (
+    CanaryAnalysisStatus,
+    CanaryTrackStatus,
+    LastCanaryAnalysis,
+    LastCanaryStatus,
+    MetricStatus,
+)
 from aliasroll.spec import CanarySpec, ModelDeploymentSpec, OnAbort, Promotion
 
 
@@ -185,47 +192,56 @@ def recorded_run(status: Mapping[str, Any]) -> CanaryRun | None:
     return from_status(status.get(LAST_CANARY)) or running
 
 
-def to_record(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
+def to_record(run: CanaryRun, canary: CanarySpec) -> LastCanaryStatus:
     """status.lastCanary: how an ended run ended, with only what it still decides on (the version
     not to run again, an alias change still to make, the outcome and its tags' contents)."""
-    entry = {
-        key: value
-        for key, value in to_status(run, canary).items()
-        if key in ("model", "version", "phase", "step", "message", "endedAt", "aliasWrite")
-    }
+    entry: LastCanaryStatus = {"version": run.version, "phase": run.phase.value}
+    if run.model is not None:
+        entry["model"] = run.model
+    if canary.steps:
+        entry["step"] = _step_text(run, canary)
+    if run.message:
+        entry["message"] = run.message
+    if run.ended_at is not None:
+        entry["endedAt"] = stamp(run.ended_at)
+    if run.alias_write is not None:
+        entry["aliasWrite"] = run.alias_write.value
     if canary.analysis is not None:
-        analysis: dict[str, Any] = {"failures": run.failures}
+        analysis: LastCanaryAnalysis = {"failures": run.failures}
         if run.verdict is not None:
             analysis["verdict"] = run.verdict.value
         if run.measurements:
-            analysis["metrics"] = [dict(metric) for metric in run.measurements]
+            analysis["metrics"] = _metrics(run)
         entry["analysis"] = analysis
     return entry
 
 
-def to_status(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
+def to_status(run: CanaryRun, canary: CanarySpec) -> CanaryTrackStatus:
     """The run's fields of status.canary (beside the version, pods and weight the planner adds)."""
-    entry: dict[str, Any] = {"version": run.version, "phase": run.phase.value}
+    entry: CanaryTrackStatus = {"version": run.version, "phase": run.phase.value}
     if run.model is not None:
         entry["model"] = run.model
     if canary.steps:
-        shown = min(run.step_index + 1, len(canary.steps))
-        entry |= {"stepIndex": run.step_index, "step": f"{shown}/{len(canary.steps)}"}
+        entry |= {"stepIndex": run.step_index, "step": _step_text(run, canary)}
     if run.step_started_at is not None:
         entry["stepStartedAt"] = stamp(run.step_started_at)
     if run.waiting_since is not None and not run.ended:
         entry["waitingSince"] = stamp(run.waiting_since)
     if canary.analysis is not None:
-        analysis: dict[str, Any] = {"failures": run.failures, "failureLimit": canary.analysis.failure_limit}
+        analysis: CanaryAnalysisStatus = {
+            "failures": run.failures,
+            "failureLimit": canary.analysis.failure_limit,
+        }
         if run.verdict is not None:
             analysis["verdict"] = run.verdict.value
-        for key, moment in (("measuredAt", run.measured_at), ("windowStart", run.window_start)):
-            if moment is not None:
-                analysis[key] = stamp(moment)
+        if run.measured_at is not None:
+            analysis["measuredAt"] = stamp(run.measured_at)
+        if run.window_start is not None:
+            analysis["windowStart"] = stamp(run.window_start)
         if run.read_at is not None and run.read_at != run.measured_at:
             analysis["readAt"] = stamp(run.read_at)  # a later reading that judged nothing
         if run.measurements:
-            analysis["metrics"] = [dict(metric) for metric in run.measurements]
+            analysis["metrics"] = _metrics(run)
         entry["analysis"] = analysis
     if run.message:
         entry["message"] = run.message
@@ -236,6 +252,16 @@ def to_status(run: CanaryRun, canary: CanarySpec) -> dict[str, Any]:
     if run.alias_write is not None:
         entry["aliasWrite"] = run.alias_write.value
     return entry
+
+
+def _step_text(run: CanaryRun, canary: CanarySpec) -> str:
+    """ "2/3": the step a run is at, counted from one (a finished run stays at the last)."""
+    return f"{min(run.step_index + 1, len(canary.steps))}/{len(canary.steps)}"
+
+
+def _metrics(run: CanaryRun) -> list[MetricStatus]:
+    # The judge's own to_status shape (analysis.judge.MetricResult), kept as status gave it back.
+    return [cast("MetricStatus", dict(metric)) for metric in run.measurements]
 
 
 # ------------------------------------------------------------------------------------ a pass

@@ -15,7 +15,6 @@ from aliasroll import conditions, reasons
 from aliasroll.analysis.judge import Verdict
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.planning.canary import CanaryRun, Phase
-from aliasroll.planning.decide import TrackDecision
 from aliasroll.planning.observed import previous_serving, serving
 from aliasroll.planning.state import (
     EventRecord,
@@ -24,6 +23,7 @@ from aliasroll.planning.state import (
     RegistryView,
     ServedVersion,
 )
+from aliasroll.planning.version_decision import TrackDecision
 from aliasroll.spec import ModelDeploymentSpec, Track
 
 # Registry-level failures: the registry gave no usable answer at all.

@@ -8,19 +8,20 @@ ended (`outcome`: Aborted or Succeeded).
 
 Status keeps the latest spans of each track (HISTORY_LIMITS), so `kubectl describe` stays short and
 a burst of canaries never pushes out what served production; the version tags in MLflow
-(planning/records.py) keep every span.
+(planning/registry_writes.py) keep every span.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aliasroll import reasons
 from aliasroll.planning.canary import CanaryRun
-from aliasroll.planning.decide import TrackDecision, is_rollback
 from aliasroll.planning.state import EventRecord, ServedVersion
+from aliasroll.planning.status import HistorySpan
+from aliasroll.planning.version_decision import TrackDecision, is_rollback
 from aliasroll.spec import ModelDeploymentSpec, Track
 
 # Spans kept in status per track, the open one included.
@@ -30,12 +31,12 @@ HISTORY_LIMIT = sum(HISTORY_LIMITS.values())
 
 @dataclass(frozen=True)
 class TrackChanges:
-    history: list[dict[str, Any]]
+    history: list[HistorySpan]
     since: dict[Track, str]  # when each serving track started serving its version
     events: list[EventRecord]
     # Finished spans this pass dropped from status (HISTORY_LIMITS): their tags are planned once
     # more by this pass, so a span's end reaches MLflow even when it leaves status at once.
-    dropped: list[dict[str, Any]] = field(default_factory=list)
+    dropped: list[HistorySpan] = field(default_factory=list)
 
 
 def recorded(previous: Mapping[str, Any], track: Track, *, model: str) -> ServedVersion | None:
@@ -67,7 +68,7 @@ def track_changes(
     """The history after this pass, when each serving track started, and the events of its changes.
     `share` states the canary's share in place (and the one asked where they differ); `ended` is
     the canary run if it ended, whose outcome a canary span it closes keeps."""
-    history = [dict(entry) for entry in previous.get("history") or ()]
+    history = [cast("HistorySpan", dict(entry)) for entry in previous.get("history") or ()]
     events: list[EventRecord] = []
     since: dict[Track, str] = {}
     before = {track: recorded(previous, track, model=spec.model.name) for track in Track}
@@ -202,20 +203,22 @@ def _same(a: ServedVersion | None, b: ServedVersion | None) -> bool:
     return (a.model, a.version) == (b.model, b.version)
 
 
-def _close(
-    history: list[dict[str, Any]], *, track: Track, now: str, outcome: str | None
-) -> list[dict[str, Any]]:
-    ended = {"to": now} | ({"outcome": outcome} if outcome else {})
-    return [
-        entry | ended if entry.get("track") == track.value and "to" not in entry else entry
-        for entry in history
-    ]
+def _close(history: list[HistorySpan], *, track: Track, now: str, outcome: str | None) -> list[HistorySpan]:
+    closed: list[HistorySpan] = []
+    for entry in history:
+        if entry.get("track") == track.value and "to" not in entry:
+            entry = entry.copy()
+            entry["to"] = now
+            if outcome:
+                entry["outcome"] = outcome
+        closed.append(entry)
+    return closed
 
 
-def _bounded(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _bounded(history: list[HistorySpan]) -> tuple[list[HistorySpan], list[HistorySpan]]:
     """The latest spans of each track (its oldest finished spans go first; an open span, what serves
     now, always stays), and the ones dropped."""
-    dropped: list[dict[str, Any]] = []
+    dropped: list[HistorySpan] = []
     for track, limit in HISTORY_LIMITS.items():
         while (
             len(spans := [i for i, entry in enumerate(history) if entry.get("track") == track.value]) > limit

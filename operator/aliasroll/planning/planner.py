@@ -16,21 +16,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from aliasroll import conditions, reasons
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.errors import AliasrollError
 from aliasroll.labels import LABEL_OWNER
 from aliasroll.planning import canary as canary_run
-from aliasroll.planning import capacity, health, history, records, workloads
+from aliasroll.planning import capacity, health, history, registry_writes, workloads
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
-from aliasroll.planning.decide import TrackDecision, decide_canary, decide_production
-from aliasroll.planning.records import RegistryWrite
+from aliasroll.planning.registry_writes import RegistryWrite
 from aliasroll.planning.routers import Routing, TrafficInput, router_for, share
 from aliasroll.planning.state import ChildRef, EventRecord, ObservedState, RegistryView, ServedVersion
+from aliasroll.planning.status import (
+    CanaryTrackStatus,
+    HistorySpan,
+    ModelDeploymentStatus,
+    RegistryStatus,
+)
+from aliasroll.planning.version_decision import TrackDecision, decide_canary, decide_production
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
-from aliasroll.spec import ModelDeploymentSpec, ResourceRef, Track
+from aliasroll.spec import CanarySpec, ModelDeploymentSpec, ResourceRef, Track
 
 HISTORY_LIMIT = history.HISTORY_LIMIT
 
@@ -39,7 +45,7 @@ HISTORY_LIMIT = history.HISTORY_LIMIT
 class Plan:
     objects: tuple[Manifest, ...]
     prune: tuple[ChildRef, ...]
-    status: dict[str, Any]
+    status: ModelDeploymentStatus
     events: tuple[EventRecord, ...]
     # Registry writes (alias moves of a canary policy, tags), made before status is written.
     writes: tuple[RegistryWrite, ...] = ()
@@ -54,6 +60,19 @@ class _Workloads:
     replicas: dict[Track, int]
     targets: Mapping[Track, int]
     routing: Routing
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """The tracks placed by this pass (None with nothing to serve yet), the canary run once its
+    share is settled, the share in place as messages say it, and the objects that follow."""
+
+    run: CanaryRun | None
+    placed: _Workloads | None = None
+    shown: str = ""  # the canary's share in place, and the one asked where they differ
+    events: tuple[EventRecord, ...] = ()
+    objects: tuple[Manifest, ...] = ()
+    prune: tuple[ChildRef, ...] = ()
 
 
 def timestamp(now: datetime) -> str:
@@ -71,15 +90,11 @@ def plan(
     defaults: WorkloadDefaults,
     analysis: AnalysisResult | None = None,
 ) -> Plan:
+    """The pass as named steps: which version each track follows, where the canary run is, how many
+    pods each track runs and how requests are split, the objects that says, the status and events,
+    and the registry writes."""
     now = now.replace(microsecond=0)  # status keeps seconds; the canary's clocks compare with it
-    current = {track: _current(track, spec.model.name, observed, previous_status) for track in Track}
-    production = decide_production(spec=spec, view=view, current=current[Track.PRODUCTION])
-    canary = decide_canary(spec=spec, view=view, current=current[Track.CANARY], production=production.target)
-    if spec.suspend:
-        production, canary = (
-            _held(production, current[Track.PRODUCTION]),
-            _held(canary, current[Track.CANARY] if spec.canary_wanted else None),
-        )
+    production, canary = _follow(spec, view, observed, previous_status)
     events: list[EventRecord] = []
     run, registry = _canary_run(
         spec, view, observed, previous_status, production, canary, analysis, now, events
@@ -87,75 +102,37 @@ def plan(
     if run is not None and run.ended:
         # An aborted version never comes back until @canary names another; a promoted one is production.
         canary = TrackDecision(target=None, problem=canary.problem, pointed_at=canary.pointed_at)
-
-    objects: list[Manifest] = []
-    prune: tuple[ChildRef, ...] = ()
-    placed: _Workloads | None = None
     requested = canary_run.weight(spec, run) if run is not None else _fixed_weight(spec, canary)
-    shown = ""  # the canary's share in place, and the one asked where they differ, for messages
+    # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
+    placement = _Placement(run=run)
     if production.target is not None:
-        placed = _place(
+        placement = _put_in_place(
+            owner, spec, observed, production.target, canary.target, run, requested, now, defaults
+        )
+    placed, run, shown = placement.placed, placement.run, placement.shown
+    events += placement.events
+    status, status_events, dropped = _status(
+        _StatusInput(
             owner=owner,
             spec=spec,
+            view=view,
             observed=observed,
-            production=production.target,
-            canary=canary.target,
-            weight=canary_run.weight(spec, run) if run is not None else None,
+            previous=previous_status,
+            production=production,
+            canary=canary,
+            placed=placed,
+            run=run,
+            requested=requested,
+            shown=shown,
+            now=timestamp(now),
         )
-        shown = share(placed.routing.canary_weight, requested, placed.routing.why)
-        settled = canary_run.settle(spec, run, in_place=_in_place(placed, observed), share=shown, now=now)
-        run = settled.run
-        events += settled.events
-        for track, replicas in placed.replicas.items():
-            objects.append(
-                workloads.deployment(
-                    owner=owner,
-                    spec=spec,
-                    track=track,
-                    version=placed.served[track],
-                    replicas=replicas,
-                    defaults=defaults,
-                )
-            )
-        # A budget per running track, so a node drain never takes a track's last pods at once.
-        objects += [
-            workloads.pod_disruption_budget(owner=owner, track=track, replicas=replicas)
-            for track, replicas in placed.replicas.items()
-            if replicas > 0
-        ]
-        objects.extend(placed.routing.objects)
-        wanted = {(item["kind"], item["metadata"]["name"]) for item in objects}
-        prune = tuple(child for child in observed.children if (child.kind, child.name) not in wanted)
-    # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
-
-    status, status_events, dropped = _status(
-        owner=owner,
-        spec=spec,
-        view=view,
-        observed=observed,
-        previous=previous_status,
-        production=production,
-        canary=canary,
-        placed=placed,
-        run=run,
-        requested=requested,
-        shown=shown,
-        now=timestamp(now),
     )
-    # Alias changes only on a registry that answered this pass (they decide on what it said); the
-    # records (tags) whatever it did: the tag writer retries them until they are written, so an
-    # outcome decided during an outage is not lost if its run leaves status before MLflow is back.
-    writes: list[RegistryWrite] = list(
-        records.canary_writes(owner=owner, spec=spec, run=run, registry=registry)
-    )
-    spans = [*(status.get("history") or ()), *dropped]
-    writes += records.served_tags(owner=owner, spec=spec, history=spans)
     return Plan(
-        objects=tuple(objects),
-        prune=prune,
+        objects=tuple(placement.objects),
+        prune=placement.prune,
         status=status,
         events=tuple(status_events + events),
-        writes=tuple(writes),
+        writes=_writes(owner, spec, run, registry, [*status.get("history", ()), *dropped]),
         next_in=canary_run.next_pass_in(spec, run, now),
     )
 
@@ -175,8 +152,9 @@ def refused(
             if c.get("type") != reasons.READY
         ),
     ]
-    status = {
-        **previous_status,
+    # Everything else stays as the API server holds it (written by this operator, or an older one).
+    status: ModelDeploymentStatus = {
+        **cast("ModelDeploymentStatus", previous_status),
         "observedGeneration": owner.generation,
         "conditions": conditions.merge(
             previous_conditions, wanted, now=timestamp(now), observed_generation=owner.generation
@@ -205,6 +183,98 @@ def _pinned(observed: ObservedState, track: Track) -> ServedVersion | None:
     if workload is None or not workload.model or not workload.version:
         return None
     return ServedVersion(model=workload.model, version=workload.version, run_id=workload.run_id)
+
+
+def _put_in_place(
+    owner: ResourceRef,
+    spec: ModelDeploymentSpec,
+    observed: ObservedState,
+    production: ServedVersion,
+    canary: ServedVersion | None,
+    run: CanaryRun | None,
+    requested: int,
+    now: datetime,
+    defaults: WorkloadDefaults,
+) -> _Placement:
+    """Pods per track and the split (`_place`), the canary step's clock started once its share is
+    in place (`canary.settle`), and the objects to apply and prune."""
+    placed = _place(
+        owner=owner,
+        spec=spec,
+        observed=observed,
+        production=production,
+        canary=canary,
+        weight=canary_run.weight(spec, run) if run is not None else None,
+    )
+    shown = share(placed.routing.canary_weight, requested, placed.routing.why)
+    settled = canary_run.settle(spec, run, in_place=_in_place(placed, observed), share=shown, now=now)
+    objects = _objects(owner, spec, placed, defaults)
+    wanted = {(item["kind"], item["metadata"]["name"]) for item in objects}
+    return _Placement(
+        run=settled.run,
+        placed=placed,
+        shown=shown,
+        events=tuple(settled.events),
+        objects=tuple(objects),
+        prune=tuple(child for child in observed.children if (child.kind, child.name) not in wanted),
+    )
+
+
+def _follow(
+    spec: ModelDeploymentSpec, view: RegistryView, observed: ObservedState, previous: Mapping[str, Any]
+) -> tuple[TrackDecision, TrackDecision]:
+    """Which version each track follows this pass (planning/version_decision.py); a suspended
+    resource keeps what each track runs."""
+    current = {track: _current(track, spec.model.name, observed, previous) for track in Track}
+    production = decide_production(spec=spec, view=view, current=current[Track.PRODUCTION])
+    canary = decide_canary(spec=spec, view=view, current=current[Track.CANARY], production=production.target)
+    if spec.suspend:
+        return (
+            _held(production, current[Track.PRODUCTION]),
+            _held(canary, current[Track.CANARY] if spec.canary_wanted else None),
+        )
+    return production, canary
+
+
+def _objects(
+    owner: ResourceRef, spec: ModelDeploymentSpec, placed: _Workloads, defaults: WorkloadDefaults
+) -> list[Manifest]:
+    """The objects the placed tracks need: a Deployment each, a disruption budget for each running
+    one (so a node drain never takes a track's last pods at once), and the router's objects."""
+    objects = [
+        workloads.deployment(
+            owner=owner,
+            spec=spec,
+            track=track,
+            version=placed.served[track],
+            replicas=replicas,
+            defaults=defaults,
+        )
+        for track, replicas in placed.replicas.items()
+    ]
+    objects += [
+        workloads.pod_disruption_budget(owner=owner, track=track, replicas=replicas)
+        for track, replicas in placed.replicas.items()
+        if replicas > 0
+    ]
+    return [*objects, *placed.routing.objects]
+
+
+def _writes(
+    owner: ResourceRef,
+    spec: ModelDeploymentSpec,
+    run: CanaryRun | None,
+    registry: canary_run.Registry | None,
+    spans: list[Any],
+) -> tuple[RegistryWrite, ...]:
+    """The registry writes: alias changes only on a registry that answered this pass (they decide on
+    what it said); the records (tags) whatever it did: the tag writer retries them until they are
+    written, so an outcome decided during an outage is not lost if its run leaves status before
+    MLflow is back. `spans` are the history kept and the spans it dropped."""
+    return (
+        *registry_writes.canary_writes(owner=owner, spec=spec, run=run, registry=registry),
+        *registry_writes.served_tags(owner=owner, spec=spec, history=spans),
+    )
 
 
 def _canary_run(
@@ -326,122 +396,151 @@ def _place(
     )
 
 
-def _status(
-    *,
-    owner: ResourceRef,
-    spec: ModelDeploymentSpec,
-    view: RegistryView,
-    observed: ObservedState,
-    previous: Mapping[str, Any],
-    production: TrackDecision,
-    canary: TrackDecision,
-    placed: _Workloads | None,
-    run: CanaryRun | None,
-    requested: int,
-    shown: str,
-    now: str,
-) -> tuple[dict[str, Any], list[EventRecord], list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class _StatusInput:
+    """What the status of a pass is made from."""
+
+    owner: ResourceRef
+    spec: ModelDeploymentSpec
+    view: RegistryView
+    observed: ObservedState
+    previous: Mapping[str, Any]
+    production: TrackDecision
+    canary: TrackDecision
+    placed: _Workloads | None
+    run: CanaryRun | None
+    requested: int
+    shown: str
+    now: str
+
+
+def _status(given: _StatusInput) -> tuple[ModelDeploymentStatus, list[EventRecord], list[HistorySpan]]:
     """The new status, the events of its changes, and the spans it dropped from the history."""
-    served: Mapping[Track, ServedVersion] = placed.served if placed else {}
+    spec, placed, run = given.spec, given.placed, given.run
     changes = history.track_changes(
         spec=spec,
-        previous=previous,
-        served=served,
-        canary=canary,
-        share=shown,
+        previous=given.previous,
+        served=placed.served if placed else {},
+        canary=given.canary,
+        share=given.shown,
         ended=run if run is not None and run.ended else None,
-        now=now,
+        now=given.now,
     )
     events = list(changes.events)
-
-    status: dict[str, Any] = {"observedGeneration": owner.generation}
+    status: ModelDeploymentStatus = {"observedGeneration": given.owner.generation}
     if placed is not None:
-        for track, version in placed.served.items():
-            workload = observed.workloads.get(track)
-            alias = (
-                spec.model.alias
-                if track is Track.PRODUCTION
-                else (spec.canary.alias if spec.canary else "canary")
-            )
-            entry = {
-                "alias": alias,
-                "version": version.version,
-                "modelUri": version.uri,
-                "runId": version.run_id,
-                "since": changes.since.get(track, now),
-                "replicas": placed.replicas.get(track, 0),
-                "availableReplicas": workload.available if workload else 0,
-            }
-            status[track.value] = {key: value for key, value in entry.items() if value is not None}
+        status |= _tracks(given, placed, changes.since)
         if not (spec.canary and spec.canary.steps):  # steps are told by their own events
-            events += _weight_event(previous, canary, requested, shown)
+            events += _weight_event(given.previous, given.canary, given.requested, given.shown)
         status["traffic"] = {
             "router": spec.traffic.router.value,
-            "requestedCanaryWeight": requested,
+            "requestedCanaryWeight": given.requested,
             "canaryWeight": placed.routing.canary_weight,
             "message": placed.routing.message,
         }
     if run is not None and spec.canary is not None:
-        # status.canary is the canary track as it runs: gone with its pods, so `kubectl get`
-        # names no canary once none runs. (A canary of another version that still drains has no
-        # run of its own: left as it is.)
-        serving_canary = status.get(Track.CANARY.value)
-        if serving_canary is not None and serving_canary.get("version") == run.version:
-            # An ended run's pods drain: they say how it ended; its record is status.lastCanary.
-            serving_canary.update(
-                {"phase": run.phase.value} if run.ended else canary_run.to_status(run, spec.canary)
-            )
-            serving_canary["weight"] = status["traffic"]["canaryWeight"]
-        if run.ended:
-            # How the run ended: it stops the same version being tried again, and outlives its pods.
-            status[canary_run.LAST_CANARY] = canary_run.to_record(run, spec.canary)
+        _with_canary_run(status, run, spec.canary)
     # The scale subresource (kubectl scale, HorizontalPodAutoscaler): pods of both tracks. Status is
     # written only once the plan is applied, and then the Deployments ask for what the plan placed:
     # the first pass says so at once, instead of a second status write when its Deployment is seen.
     status["replicas"] = (
         sum(placed.replicas.values())
         if placed is not None
-        else sum(workload.replicas for workload in observed.workloads.values())
+        else sum(workload.replicas for workload in given.observed.workloads.values())
     )
-    status["selector"] = f"{LABEL_OWNER}={owner.name}"
-    if view.error is None:
-        status["registry"] = {"trackingUri": spec.registry.tracking_uri}
-        aliases = {
-            target.alias: target.version
-            for target in (view.production, view.canary)
-            if target is not None and target.version is not None
-        }
-        if aliases:  # an empty map would be sent as null, which the status schema refuses
-            status["registry"]["aliases"] = aliases
-    elif previous.get("registry"):
-        status["registry"] = dict(previous["registry"])  # last answer stands until a new one comes
+    status["selector"] = f"{LABEL_OWNER}={given.owner.name}"
+    if (registry := _registry(spec, given.view, given.previous)) is not None:
+        status["registry"] = registry
     if changes.history:
         status["history"] = changes.history
+    wanted = _conditions(given)
+    previous_conditions = list(given.previous.get("conditions") or ())
+    events += health.condition_events(previous_conditions, wanted)
+    status["conditions"] = conditions.merge(
+        previous_conditions, wanted, now=given.now, observed_generation=given.owner.generation
+    )
+    return status, events, changes.dropped
 
-    registry = health.registry_condition(spec, view)
-    resolved = health.aliases_condition(spec, view, production, canary)
-    previous_conditions = list(previous.get("conditions") or ())
+
+def _tracks(given: _StatusInput, placed: _Workloads, since: Mapping[Track, str]) -> ModelDeploymentStatus:
+    """status.production and status.canary: the version each track serves, since when, its pods."""
+    tracks: ModelDeploymentStatus = {}
+    spec = given.spec
+    for track, version in placed.served.items():
+        workload = given.observed.workloads.get(track)
+        entry: CanaryTrackStatus = {
+            "alias": spec.model.alias
+            if track is Track.PRODUCTION
+            else (spec.canary.alias if spec.canary else "canary"),
+            "version": version.version,
+            "modelUri": version.uri,
+            "since": since.get(track, given.now),
+            "replicas": placed.replicas.get(track, 0),
+            "availableReplicas": workload.available if workload else 0,
+        }
+        if version.run_id is not None:
+            entry["runId"] = version.run_id
+        tracks[track.value] = entry
+    return tracks
+
+
+def _with_canary_run(status: ModelDeploymentStatus, run: CanaryRun, canary: CanarySpec) -> None:
+    """status.canary is the canary track as it runs: gone with its pods, so `kubectl get` names no
+    canary once none runs. (A canary of another version that still drains has no run of its own:
+    left as it is.) An ended run's pods drain: they say how it ended; its record, which stops the
+    same version being tried again and outlives its pods, is status.lastCanary."""
+    serving_canary = status.get("canary")
+    if serving_canary is not None and serving_canary.get("version") == run.version:
+        if run.ended:
+            serving_canary["phase"] = run.phase.value
+        else:
+            serving_canary.update(canary_run.to_status(run, canary))
+        serving_canary["weight"] = status["traffic"]["canaryWeight"]
+    if run.ended:
+        status["lastCanary"] = canary_run.to_record(run, canary)
+
+
+def _registry(
+    spec: ModelDeploymentSpec, view: RegistryView, previous: Mapping[str, Any]
+) -> RegistryStatus | None:
+    """status.registry: the registry's last answer, which stands until a new one comes."""
+    if view.error is not None:
+        return cast("RegistryStatus", dict(previous["registry"])) if previous.get("registry") else None
+    registry: RegistryStatus = {"trackingUri": spec.registry.tracking_uri}
+    aliases = {
+        target.alias: target.version
+        for target in (view.production, view.canary)
+        if target is not None and target.version is not None
+    }
+    if aliases:  # an empty map would be sent as null, which the status schema refuses
+        registry["aliases"] = aliases
+    return registry
+
+
+def _conditions(given: _StatusInput) -> list[Condition]:
+    """The conditions this pass wants: Ready, Progressing, RegistryReachable, AliasesResolved, and
+    CanaryAnalysis and PodCredentials where they apply."""
+    spec, placed = given.spec, given.placed
+    registry = health.registry_condition(spec, given.view)
+    resolved = health.aliases_condition(spec, given.view, given.production, given.canary)
     if placed is None:
-        ready, progressing = health.nothing_to_serve(production)
+        ready, progressing = health.nothing_to_serve(given.production)
     else:
         ready, progressing = health.rollout_conditions(
             spec=spec,
-            observed=observed,
-            rollout=health.Rollout(served=placed.served, targets=placed.targets, canary_share=shown),
+            observed=given.observed,
+            rollout=health.Rollout(served=placed.served, targets=placed.targets, canary_share=given.shown),
             registry_ok=registry.status == conditions.TRUE,
-            not_followed=_not_followed(spec, production, placed.served[Track.PRODUCTION]),
-            previous=previous_conditions,  # a stall stays put through a pass that shows no sign of it
+            not_followed=_not_followed(spec, given.production, placed.served[Track.PRODUCTION]),
+            # A stall stays put through a pass that shows no sign of it.
+            previous=list(given.previous.get("conditions") or ()),
         )
     wanted = [ready, progressing, registry, resolved]
-    if (analysed := health.canary_condition(spec, run)) is not None:
+    if (analysed := health.canary_condition(spec, given.run)) is not None:
         wanted.append(analysed)
     if (credentials := workloads.pod_credentials_condition(spec)) is not None:
         wanted.append(credentials)
-    events += health.condition_events(previous_conditions, wanted)
-    status["conditions"] = conditions.merge(
-        previous_conditions, wanted, now=now, observed_generation=owner.generation
-    )
-    return status, events, changes.dropped
+    return wanted
 
 
 def _fixed_weight(spec: ModelDeploymentSpec, canary: TrackDecision) -> int:

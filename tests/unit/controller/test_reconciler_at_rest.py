@@ -15,8 +15,9 @@ from lightkube import AsyncClient
 from reconciler_fakes import BODY, Cluster, Events, Registry, deployment
 
 from aliasroll import reasons
-from aliasroll.controller.reconciler import AT_REST_PASS_SECONDS, PassResult, Reconciler
+from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.planning.health import at_rest
+from aliasroll.planning.next_pass import AT_REST_PASS_SECONDS
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.registry.poller import RegistryPoller
 

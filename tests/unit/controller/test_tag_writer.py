@@ -20,7 +20,6 @@ from prometheus_client import REGISTRY
 from aliasroll import reasons
 from aliasroll.conditions import UNKNOWN
 from aliasroll.config import OperatorConfig
-from aliasroll.controller.reconciler import _moved_on
 from aliasroll.controller.records import (
     LANDING_SECONDS,
     RETRY_FIRST_SECONDS,
@@ -31,7 +30,8 @@ from aliasroll.controller.records import (
 from aliasroll.errors import RegistryAuthFailed, RegistryUnavailable
 from aliasroll.planning import planner
 from aliasroll.planning.health import at_rest
-from aliasroll.planning.records import TagVersion, served_tags
+from aliasroll.planning.next_pass import moved_on as _moved_on
+from aliasroll.planning.registry_writes import TagVersion, served_tags
 from aliasroll.registry.poller import RegistryPoller
 from aliasroll.registry.types import Credentials, Endpoint
 from aliasroll.spec import ResourceRef

@@ -26,7 +26,7 @@ from test_canary_run import OWNER, advance, analysing, at, measured, registry, s
 
 from aliasroll import reasons
 from aliasroll.analysis.judge import Verdict
-from aliasroll.planning import canary, history, records
+from aliasroll.planning import canary, history, registry_writes
 from aliasroll.planning.canary import AliasWrite, AnalysisResult, CanaryRun, Phase
 from aliasroll.spec import Track, parse_spec
 
@@ -245,13 +245,15 @@ def test_11_a_span_dropped_from_status_is_closed_in_mlflow_by_the_pass_that_drop
         spec=spec(),
         previous={**previous, "production": {"version": "5", "modelUri": "models:/sentiment/5"}},
         served={Track.PRODUCTION: None},
-        canary=__import__("aliasroll.planning.decide", fromlist=["TrackDecision"]).TrackDecision(target=None),
+        canary=__import__("aliasroll.planning.version_decision", fromlist=["TrackDecision"]).TrackDecision(
+            target=None
+        ),
         share="",
         ended=None,
         now="2026-12-01T09:00:00Z",
     )
     assert [span["version"] for span in changes.dropped] == ["1"]
-    (tag,) = records.served_tags(owner=OWNER, spec=spec(), history=changes.dropped)
+    (tag,) = registry_writes.served_tags(owner=OWNER, spec=spec(), history=changes.dropped)
     assert next(iter(tag.tags.values())) == "2026-12-01T01:00:00Z to 2026-12-01T02:00:00Z"
 
 
@@ -267,7 +269,7 @@ def test_11_the_last_span_of_a_renamed_model_is_closed_in_that_model() -> None:
         },
         {"track": "production", "model": "sentiment-v2", "version": "1", "from": "2026-12-01T09:00:00Z"},
     ]
-    writes = records.served_tags(owner=OWNER, spec=renamed, history=spans)
+    writes = registry_writes.served_tags(owner=OWNER, spec=renamed, history=spans)
     assert [(w.model, w.version, next(iter(w.tags.values()))) for w in writes] == [
         ("sentiment", "4", "2026-12-01T08:00:00Z to 2026-12-01T09:00:00Z"),
         (None, "1", "2026-12-01T09:00:00Z to now (serving)"),

@@ -12,9 +12,9 @@ import pytest
 
 from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, MetricResult, Verdict
-from aliasroll.planning import canary, records
+from aliasroll.planning import canary, registry_writes
 from aliasroll.planning.canary import AnalysisResult, CanaryRun, Phase, Registry
-from aliasroll.planning.records import AliasChange, TagVersion
+from aliasroll.planning.registry_writes import AliasChange, TagVersion
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, parse_spec
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
@@ -264,14 +264,17 @@ def test_auto_promotion_after_the_last_step_moves_the_production_alias() -> None
     assert run is not None
     assert (run.phase, run.promoting_from) == (Phase.PROMOTING, "2")
     assert reasons_of(result) == [reasons.CANARY_PROMOTING]
-    writes = records.canary_writes(owner=OWNER, spec=auto, run=run, registry=registry())
+    writes = registry_writes.canary_writes(owner=OWNER, spec=auto, run=run, registry=registry())
     assert writes[0] == AliasChange("3", "production", expect="2", to="3", event=writes[0].event)
     assert canary.weight(auto, run) == 50, "the canary keeps its last weight until production rolls"
     # The registry shows the move: production rolls; once it runs the version everywhere, Succeeded.
     rolling = advance(run, 61, the_spec=auto, registry=registry(production="3", settled=None)).run
     assert rolling is not None
     assert rolling.phase is Phase.PROMOTING
-    assert records.canary_writes(owner=OWNER, spec=auto, run=rolling, registry=registry(production="3")) == []
+    assert (
+        registry_writes.canary_writes(owner=OWNER, spec=auto, run=rolling, registry=registry(production="3"))
+        == []
+    )
     done = advance(rolling, 90, the_spec=auto, registry=registry(production="3", settled="3")).run
     assert done is not None
     assert (done.phase, done.ended_at) == (Phase.SUCCEEDED, at(90))
@@ -282,7 +285,7 @@ def test_manual_promotion_waits_after_the_last_step() -> None:
     assert result.run is not None
     assert result.run.phase is Phase.AWAITING_PROMOTION
     assert reasons_of(result) == [reasons.AWAITING_PROMOTION]
-    assert records.canary_writes(owner=OWNER, spec=spec(), run=result.run, registry=registry()) == []
+    assert registry_writes.canary_writes(owner=OWNER, spec=spec(), run=result.run, registry=registry()) == []
 
 
 def test_a_human_moving_production_promotes_at_once_skipping_the_steps() -> None:
@@ -302,7 +305,7 @@ def test_a_human_move_during_the_operator_s_promotion_wins() -> None:
     assert result.run.phase is Phase.AWAITING_PROMOTION
     assert reasons_of(result) == [reasons.PROMOTION_CALLED_OFF]
     assert (
-        records.canary_writes(
+        registry_writes.canary_writes(
             owner=OWNER, spec=spec(promotion="auto"), run=result.run, registry=registry(production="1")
         )
         == []
@@ -349,11 +352,13 @@ def test_remove_alias_on_abort_only_while_it_names_the_aborted_version() -> None
         message="aborted: error rate",
         alias_write=canary.AliasWrite.PLANNED,
     )
-    writes = records.canary_writes(owner=OWNER, spec=remove, run=aborted, registry=registry())
+    writes = registry_writes.canary_writes(owner=OWNER, spec=remove, run=aborted, registry=registry())
     assert [type(w) for w in writes] == [AliasChange, TagVersion]
-    moved = records.canary_writes(owner=OWNER, spec=remove, run=aborted, registry=registry(canary_alias="4"))
+    moved = registry_writes.canary_writes(
+        owner=OWNER, spec=remove, run=aborted, registry=registry(canary_alias="4")
+    )
     assert [type(w) for w in moved] == [TagVersion]
-    kept = records.canary_writes(owner=OWNER, spec=spec(), run=aborted, registry=registry())
+    kept = registry_writes.canary_writes(owner=OWNER, spec=spec(), run=aborted, registry=registry())
     assert [type(w) for w in kept] == [TagVersion]
 
 
@@ -367,7 +372,7 @@ def test_an_ended_run_is_tagged_with_its_outcome() -> None:
             {"metric": "errorRate", "canary": 12.5, "production": 0.0, "bound": 1.0, "verdict": "Failed"},
         ),
     )
-    (tags,) = records.canary_writes(owner=OWNER, spec=spec(), run=ended, registry=registry())
+    (tags,) = registry_writes.canary_writes(owner=OWNER, spec=spec(), run=ended, registry=registry())
     assert isinstance(tags, TagVersion)
     assert tags.version == "3"
     assert tags.tags["aliasroll.io/canary.outcome"] == "aborted"
@@ -394,7 +399,7 @@ def test_every_span_of_history_is_a_tag_without_colons_in_its_key() -> None:
         {"track": "production", "model": "sentiment", "version": "2", "from": "2026-11-25T10:00:00Z"},
         {"track": "production", "model": "other-model", "version": "7", "from": "2026-11-25T08:00:00Z"},
     ]
-    writes = records.served_tags(owner=OWNER, spec=spec(), history=history)
+    writes = registry_writes.served_tags(owner=OWNER, spec=spec(), history=history)
     assert writes == [
         TagVersion(
             "1",

@@ -15,7 +15,7 @@ from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, MetricResult, Verdict
 from aliasroll.planning.canary import AnalysisResult
 from aliasroll.planning.planner import Plan, plan
-from aliasroll.planning.records import AliasChange, TagVersion
+from aliasroll.planning.registry_writes import AliasChange, TagVersion
 from aliasroll.planning.state import ObservedState, RegistryView
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.spec import ModelDeploymentSpec, Track

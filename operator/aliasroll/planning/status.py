@@ -1,0 +1,149 @@
+"""The shape of a ModelDeployment's status, typed so mypy checks every key the planner writes.
+
+These mirror the CRD's status schema (crds/modeldeployments.aliasroll.io.yaml); a unit test
+(tests/unit/planning/test_status_types.py) fails when a key is in one and not the other. They type
+what the planner builds; a previous status read back from the API server stays a plain Mapping (it
+may come from an older operator, or be edited by hand) and is read defensively.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from aliasroll.conditions import ConditionStatus
+
+__all__ = [
+    "CanaryAnalysisStatus",
+    "CanaryTrackStatus",
+    "ConditionStatus",
+    "HistorySpan",
+    "LastCanaryAnalysis",
+    "LastCanaryStatus",
+    "MetricStatus",
+    "ModelDeploymentStatus",
+    "RegistryStatus",
+    "TrackStatus",
+    "TrafficStatus",
+]
+
+
+class MetricStatus(TypedDict, total=False):
+    """One metric of a canary measurement (analysis.judge.MetricResult.to_status)."""
+
+    metric: str
+    verdict: str
+    canary: float
+    production: float
+    bound: float
+    boundKind: str
+    relativeSkipped: bool
+
+
+class CanaryAnalysisStatus(TypedDict, total=False):
+    """status.canary.analysis: the run's measurements so far."""
+
+    verdict: str
+    measuredAt: str
+    windowStart: str
+    readAt: str
+    failures: int
+    failureLimit: int
+    metrics: list[MetricStatus]
+
+
+class LastCanaryAnalysis(TypedDict, total=False):
+    """status.lastCanary.analysis: what an ended run's analysis said last."""
+
+    verdict: str
+    failures: int
+    metrics: list[MetricStatus]
+
+
+class TrackStatus(TypedDict, total=False):
+    """status.production: the version a track serves, since when, and its pods."""
+
+    alias: str
+    version: str
+    modelUri: str
+    runId: str
+    since: str
+    replicas: int
+    availableReplicas: int
+
+
+class CanaryTrackStatus(TrackStatus, total=False):
+    """status.canary: the canary track, with its run (planning/canary.py `to_status`)."""
+
+    model: str
+    phase: str
+    stepIndex: int
+    step: str
+    stepStartedAt: str
+    waitingSince: str
+    weight: int
+    message: str
+    endedAt: str
+    promotingFrom: str
+    aliasWrite: str
+    analysis: CanaryAnalysisStatus
+
+
+class LastCanaryStatus(TypedDict, total=False):
+    """status.lastCanary: how the last canary run ended (planning/canary.py `to_record`)."""
+
+    model: str
+    version: str
+    phase: str
+    step: str
+    message: str
+    endedAt: str
+    aliasWrite: str
+    analysis: LastCanaryAnalysis
+
+
+class TrafficStatus(TypedDict):
+    """status.traffic: the split asked for and the one in place."""
+
+    router: str
+    requestedCanaryWeight: int
+    canaryWeight: int
+    message: str
+
+
+class RegistryStatus(TypedDict, total=False):
+    """status.registry: where the registry is and what its aliases said last."""
+
+    trackingUri: str
+    aliases: dict[str, str]
+
+
+# "from" is a Python keyword, so the span is declared in the functional form.
+HistorySpan = TypedDict(
+    "HistorySpan",
+    {
+        "track": str,
+        "model": str,
+        "version": str,
+        "from": str,
+        "to": str,
+        "reason": str,
+        "outcome": str,
+    },
+    total=False,
+)
+HistorySpan.__doc__ = "One entry of status.history: a version a track served, from when to when."
+
+
+class ModelDeploymentStatus(TypedDict, total=False):
+    """A ModelDeployment's status as the planner writes it."""
+
+    observedGeneration: int
+    replicas: int
+    selector: str
+    production: TrackStatus
+    canary: CanaryTrackStatus
+    lastCanary: LastCanaryStatus
+    traffic: TrafficStatus
+    registry: RegistryStatus
+    history: list[HistorySpan]
+    conditions: list[ConditionStatus]
