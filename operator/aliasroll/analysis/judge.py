@@ -99,43 +99,14 @@ def judge(limits: Limits, *, canary: Window, production: Window) -> Measurement:
         )
     comparable = production.requests >= needed
     skipped = f"production answered {_count(production.requests)} requests (fewer than {needed})"
-    metrics: list[MetricResult] = []
-    if limits.max_error_percent is not None or limits.max_error_increase_points is not None:
-        relative = None
-        if limits.max_error_increase_points is not None and comparable:
-            relative = (production.error_percent or 0.0) + limits.max_error_increase_points
-        metrics.append(
-            _judge_metric(
-                "errorRate",
-                canary=canary.error_percent,
-                production=production.error_percent if comparable else None,
-                absolute=limits.max_error_percent,
-                relative=relative,
-                relative_rule=f"production + {limits.max_error_increase_points or 0:g} points",
-                skipped=skipped if limits.max_error_increase_points is not None and not comparable else None,
-                show=_percent,
-            )
+    metrics = [
+        metric
+        for metric in (
+            _error_rate(limits, canary, production, comparable=comparable, skipped=skipped),
+            _latency(limits, canary, production, comparable=comparable, skipped=skipped),
         )
-    if limits.max_p99_seconds is not None or limits.max_p99_ratio is not None:
-        production_p99 = production.p99_seconds if comparable else None
-        relative = None
-        if limits.max_p99_ratio is not None and production_p99 is not None:
-            relative = production_p99 * limits.max_p99_ratio
-        latency_skip = skipped
-        if comparable and production_p99 is None:
-            latency_skip = "production has no latency histogram"
-        metrics.append(
-            _judge_metric(
-                "latencyP99",
-                canary=canary.p99_seconds,
-                production=production_p99,
-                absolute=limits.max_p99_seconds,
-                relative=relative,
-                relative_rule=f"production x {limits.max_p99_ratio or 0:g}",
-                skipped=latency_skip if limits.max_p99_ratio is not None and relative is None else None,
-                show=_seconds,
-            )
-        )
+        if metric is not None
+    ]
     verdicts = {metric.verdict for metric in metrics}
     if Verdict.FAILED in verdicts:
         verdict = Verdict.FAILED
@@ -152,6 +123,54 @@ def judge(limits: Limits, *, canary: Window, production: Window) -> Measurement:
         canary_requests=canary.requests,
         production_requests=production.requests,
         message="; ".join([*parts, counts]),
+    )
+
+
+def _error_rate(
+    limits: Limits, canary: Window, production: Window, *, comparable: bool, skipped: str
+) -> MetricResult | None:
+    """The canary's error rate against its bounds, when one is set. A relative bound needs a
+    production that answered enough requests (`comparable`), else it is skipped and says why."""
+    if limits.max_error_percent is None and limits.max_error_increase_points is None:
+        return None
+    relative = None
+    if limits.max_error_increase_points is not None and comparable:
+        relative = (production.error_percent or 0.0) + limits.max_error_increase_points
+    return _judge_metric(
+        "errorRate",
+        canary=canary.error_percent,
+        production=production.error_percent if comparable else None,
+        absolute=limits.max_error_percent,
+        relative=relative,
+        relative_rule=f"production + {limits.max_error_increase_points or 0:g} points",
+        skipped=skipped if limits.max_error_increase_points is not None and not comparable else None,
+        show=_percent,
+    )
+
+
+def _latency(
+    limits: Limits, canary: Window, production: Window, *, comparable: bool, skipped: str
+) -> MetricResult | None:
+    """The canary's p99 against its bounds, when one is set; the relative bound also needs
+    production's latency histogram."""
+    if limits.max_p99_seconds is None and limits.max_p99_ratio is None:
+        return None
+    production_p99 = production.p99_seconds if comparable else None
+    relative = None
+    if limits.max_p99_ratio is not None and production_p99 is not None:
+        relative = production_p99 * limits.max_p99_ratio
+    latency_skip = skipped
+    if comparable and production_p99 is None:
+        latency_skip = "production has no latency histogram"
+    return _judge_metric(
+        "latencyP99",
+        canary=canary.p99_seconds,
+        production=production_p99,
+        absolute=limits.max_p99_seconds,
+        relative=relative,
+        relative_rule=f"production x {limits.max_p99_ratio or 0:g}",
+        skipped=latency_skip if limits.max_p99_ratio is not None and relative is None else None,
+        show=_seconds,
     )
 
 

@@ -119,36 +119,12 @@ def rollout_conditions(
     serving_now: list[str] = []  # for a stalled track: what serves it meanwhile
     moving: list[str] = []
     for track, version in rollout.served.items():
-        workload = observed.workloads.get(track)
-        final = rollout.targets.get(track, 0)
-        # Pods of the version the track rolls to; `earlier` are the previous version's, still serving.
-        available = workload.available if workload else 0
-        earlier = previous_serving(workload)
-        rolling = f"{track.value} rolling to version {version.version} ({available}/{final} available"
-        why = None
-        if workload is not None:
-            why = stall_message(workload, version)
-            if why is None and track in rollout.targets:
-                why = still_stalled(previous, workload, version)
-        if why is not None:
-            stalled.append(f"{rolling}): {why}")
-            if earlier:
-                serving_now.append(f"the previous version keeps serving {track.value} on {_pods(earlier)}")
-            elif not available:
-                serving_now.append(f"no pod serves {track.value}")
-        elif track not in rollout.targets:
-            moving.append(
-                f"{track.value} version {version.version} ending: {serving(workload)} pods left, removed as "
-                "the other track's pods become available"
-            )
-        elif not (
-            workload is not None and settled(workload.model, workload.version, workload.rolled_out, version)
-        ):
-            meanwhile = f"; the previous version serves on {_pods(earlier)} meanwhile" if earlier else ""
-            moving.append(f"{rolling}{meanwhile})")
-        elif workload.replicas != final or serving(workload) > final:
-            # The split is not in place while a track still scales (surplus pods still count).
-            moving.append(f"{track.value} scaling from {serving(workload)} to {final} pods")
+        state = _track_state(track, version, observed.workloads.get(track), rollout, previous)
+        if state.stalled is not None:
+            stalled.append(state.stalled)
+            serving_now += [state.meanwhile] if state.meanwhile else []
+        elif state.moving is not None:
+            moving.append(state.moving)
 
     production = rollout.served[Track.PRODUCTION]
     serves = f"version {production.version} serves production"
@@ -178,6 +154,54 @@ def rollout_conditions(
         message = f"spec.replicas is 0: no pod serves; version {production.version} runs when scaled up"
         return Condition(reasons.READY, TRUE, reasons.SCALED_TO_ZERO, message + caveat), progressing
     return Condition(reasons.READY, TRUE, reasons.SERVING, serves + caveat), progressing
+
+
+@dataclass(frozen=True)
+class _TrackState:
+    """One track's part of Ready and Progressing: stalled (and what serves it meanwhile), still
+    moving, or neither (in place)."""
+
+    stalled: str | None = None
+    meanwhile: str | None = None
+    moving: str | None = None
+
+
+def _track_state(
+    track: Track,
+    version: ServedVersion,
+    workload: ObservedWorkload | None,
+    rollout: Rollout,
+    previous: Sequence[Mapping[str, object]],
+) -> _TrackState:
+    final = rollout.targets.get(track, 0)
+    # Pods of the version the track rolls to; `earlier` are the previous version's, still serving.
+    available = workload.available if workload else 0
+    earlier = previous_serving(workload)
+    rolling = f"{track.value} rolling to version {version.version} ({available}/{final} available"
+    why = None
+    if workload is not None:
+        why = stall_message(workload, version)
+        if why is None and track in rollout.targets:
+            why = still_stalled(previous, workload, version)
+    if why is not None:
+        meanwhile = None
+        if earlier:
+            meanwhile = f"the previous version keeps serving {track.value} on {_pods(earlier)}"
+        elif not available:
+            meanwhile = f"no pod serves {track.value}"
+        return _TrackState(stalled=f"{rolling}): {why}", meanwhile=meanwhile)
+    if track not in rollout.targets:
+        return _TrackState(
+            moving=f"{track.value} version {version.version} ending: {serving(workload)} pods left, "
+            "removed as the other track's pods become available"
+        )
+    if not (workload is not None and settled(workload.model, workload.version, workload.rolled_out, version)):
+        meanwhile_text = f"; the previous version serves on {_pods(earlier)} meanwhile" if earlier else ""
+        return _TrackState(moving=f"{rolling}{meanwhile_text})")
+    if workload.replicas != final or serving(workload) > final:
+        # The split is not in place while a track still scales (surplus pods still count).
+        return _TrackState(moving=f"{track.value} scaling from {serving(workload)} to {final} pods")
+    return _TrackState()
 
 
 def _pods(count: int) -> str:

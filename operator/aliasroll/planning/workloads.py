@@ -182,6 +182,40 @@ def deployment(
     annotations = {ANNOTATION_MODEL_URI: version.uri}
     if version.run_id:
         annotations[ANNOTATION_RUN_ID] = version.run_id
+    cache = uses_dependency_cache(spec, defaults.dependencies)
+    container = _container(owner, spec, track, version, defaults, cache=cache)
+    template_labels = {**spec.serving.pod.labels, **labels}
+    template_annotations = {**spec.serving.pod.annotations, **annotations}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, workload_name(owner, track), labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": track_selector(owner, track)},
+            # Never fewer ready pods than asked for during a roll: new pods come up first.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": defaults.progress_deadline_seconds,
+            "template": {
+                "metadata": {"labels": template_labels, "annotations": template_annotations},
+                "spec": pod_spec(spec.serving, container, cache=defaults.dependencies if cache else None),
+            },
+        },
+    }
+
+
+def _container(
+    owner: ResourceRef,
+    spec: ModelDeploymentSpec,
+    track: Track,
+    version: ServedVersion,
+    defaults: WorkloadDefaults,
+    *,
+    cache: bool,
+) -> dict[str, Any]:
+    """The serving container: the pod contract (ports, probes, drain), hardened, with the version's
+    settings in its environment."""
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.serving.image or defaults.image,
@@ -207,7 +241,6 @@ def deployment(
         # server writes it, redacted; the kubelet never puts the log (what the model printed) there.
         "terminationMessagePolicy": "File",
     }
-    cache = uses_dependency_cache(spec, defaults.dependencies)
     if cache:
         container["volumeMounts"].append(_cache_mount(owner, defaults.dependencies))
     if spec.serving.resources:
@@ -215,25 +248,7 @@ def deployment(
     if secret := pod_credentials_secret(spec):
         # The Secret's keys are MLflow's own variable names (MLFLOW_TRACKING_USERNAME, ...).
         container["envFrom"] = [{"secretRef": {"name": secret}}]
-    template_labels = {**spec.serving.pod.labels, **labels}
-    template_annotations = {**spec.serving.pod.annotations, **annotations}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(owner, workload_name(owner, track), labels),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": track_selector(owner, track)},
-            # Never fewer ready pods than asked for during a roll: new pods come up first.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
-            "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": defaults.progress_deadline_seconds,
-            "template": {
-                "metadata": {"labels": template_labels, "annotations": template_annotations},
-                "spec": pod_spec(spec.serving, container, cache=defaults.dependencies if cache else None),
-            },
-        },
-    }
+    return container
 
 
 def pod_credentials_secret(spec: ModelDeploymentSpec) -> str | None:
