@@ -30,8 +30,8 @@ from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
 from aliasroll.controller.leadership import Fence, FencedClient, FencedRegistry, elector_for
 from aliasroll.controller.reconciler import PassResult, Reconciler
-from aliasroll.controller.records import DeferredTags
 from aliasroll.controller.scheduler import Scheduler
+from aliasroll.controller.tag_writer import DeferredTags
 from aliasroll.http import (
     Listener,
     ReceiverLimits,
