@@ -15,7 +15,7 @@ from lightkube import AsyncClient
 
 from aliasroll import allowlists, metrics, reasons
 from aliasroll.allowlists import AllowLists
-from aliasroll.controller.measuring import Analyzer
+from aliasroll.controller.analyzer import Analyzer
 from aliasroll.controller.slots import given_back
 from aliasroll.controller.tag_writer import InlineTags, TagsState
 from aliasroll.egress import Destinations
