@@ -28,10 +28,11 @@ from lightkube import ALL_NS
 from aliasroll import __version__, metrics
 from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
-from aliasroll.controller.leadership import Fence, FencedClient, FencedRegistry, elector_for
+from aliasroll.controller.leadership import elector_for
 from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.scheduler import Scheduler
 from aliasroll.controller.tag_writer import DeferredTags
+from aliasroll.controller.write_fence import Fence, FencedClient, FencedRegistry
 from aliasroll.http import (
     Listener,
     ReceiverLimits,
