@@ -78,7 +78,7 @@ def test_a_write_past_the_deadline_ends_the_pass_before_it_starts() -> None:
 
 def test_a_fence_closed_by_a_late_renewal_still_says_it_is_raised() -> None:
     """A renewal answered late closes `open` for a moment without a step-down: passes refused then
-    come again soon (handlers.FENCE_FLICKER), since no new leadership will wake their resources."""
+    come again soon (runtime.FENCE_FLICKER), since no new leadership will wake their resources."""
     valid = True
     fence = Fence()
     fence.bind(lambda: valid)
