@@ -352,7 +352,7 @@ def test_a_frozen_leader_thawed_after_the_takeover_writes_nothing(
     assert value(samples, "aliasroll_leadership_changes_total", change="lost") == 1.0
     assert passes(frozen) == thawed
     # Nothing applied once it stepped down (the applier logs every apply); before it noticed, the
-    # fence on every write holds (tests/unit/controller/test_leadership.py).
+    # fence on every write holds (tests/unit/controller/test_write_fence.py).
     after = frozen.log_path.read_text(errors="replace").split(stepped_down, 1)[1]
     assert "applied [" not in after, after
     assert replicas.leading() == [other]

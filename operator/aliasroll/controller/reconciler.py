@@ -15,9 +15,9 @@ from lightkube import AsyncClient
 
 from aliasroll import allowlists, metrics
 from aliasroll.allowlists import AllowLists
-from aliasroll.controller.measuring import Analyzer
-from aliasroll.controller.records import InlineTags, TagsState
+from aliasroll.controller.analyzer import Analyzer
 from aliasroll.controller.slots import given_back
+from aliasroll.controller.tag_writer import InlineTags, TagsState
 from aliasroll.egress import Destinations
 from aliasroll.errors import (
     AliasrollError,
@@ -47,7 +47,7 @@ class EventSink(Protocol):
 
 
 class TagWriter(Protocol):
-    """Writes the version tags passes plan (controller.records)."""
+    """Writes the version tags passes plan (controller.tag_writer)."""
 
     async def submit(
         self, owner: ResourceRef, endpoint: Endpoint, model: str, writes: Sequence[TagVersion], wake: Wake
@@ -134,7 +134,7 @@ class Reconciler:
         # Passes in a row whose writes failed with a server error, by uid.
         self._write_failures: dict[str, int] = {}
         # Every pass plans all of its version tags (they are idempotent); the writer makes the new
-        # ones, beside the passes in the operator (controller.records).
+        # ones, beside the passes in the operator (controller.tag_writer).
         self._tags = tags or InlineTags(registry)
         self._applier = Applier(client)
         self._events = events

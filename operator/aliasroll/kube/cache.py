@@ -425,7 +425,7 @@ def _serving_ports(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _container(status: Mapping[str, Any]) -> dict[str, Any]:
-    """What observe.container_failure and measuring.container_identity read of a container."""
+    """What observe.container_failure and controller.analyzer.container_identity read of a container."""
     kept: dict[str, Any] = {
         key: _cut(status[key], 253)
         for key in ("name", "ready", "restartCount", "containerID")

@@ -589,7 +589,7 @@ def with_records(
 ) -> dict[str, Any]:
     """The plan's status with the Recorded condition: whether the registry took this pass's writes
     (tags, a canary policy's alias moves), or its tags are still being written (they never hold a
-    rollout up: controller.records). Kept as it was in a pass that had nothing to write."""
+    rollout up: controller.tag_writer). Kept as it was in a pass that had nothing to write."""
     before = conditions.find(previous_status.get("conditions") or (), reasons.RECORDED)
     if problems:
         wanted = Condition(

@@ -41,7 +41,7 @@ class AliasChange:
 
 @dataclass(frozen=True)
 class TagVersion:
-    """Written beside the passes, after them (controller.records): no event waits on it."""
+    """Written beside the passes, after them (controller.tag_writer): no event waits on it."""
 
     version: str
     tags: Mapping[str, str] = field(default_factory=dict)

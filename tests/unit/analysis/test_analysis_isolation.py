@@ -22,7 +22,7 @@ from lightkube import AsyncClient
 from reconciler_fakes import Cluster, Events, Registry
 
 from aliasroll.analysis.pods import PodMetricsProvider
-from aliasroll.controller.measuring import Analyzer
+from aliasroll.controller.analyzer import Analyzer
 from aliasroll.controller.reconciler import PassResult, Reconciler
 from aliasroll.controller.scheduler import DEFAULT_MAX_CONCURRENT, Scheduler
 from aliasroll.planning import canary

@@ -210,7 +210,7 @@ class Seen:
 
     requests: int = 0
     errors: int = 0
-    container: str = "0/docker://a"  # restartCount/containerID, as measuring reads them from the status
+    container: str = "0/docker://a"  # restartCount/containerID, as the analyzer reads them from the status
     state: str = "ready"  # ready: measured; unready: listed but not measured; down: /metrics refuses
 
 

@@ -1,4 +1,4 @@
-"""The version tags' writer (controller.records): tags wait for rollouts to pause, at most
+"""The version tags' writer (controller.tag_writer): tags wait for rollouts to pause, at most
 `max_delay`; the last planned value of a tag wins and no older one lands after it; a record is
 retried by the writer (with a capped backoff) until written or abandoned, whatever the passes plan
 meanwhile; a refusal wakes its resource once, whatever its words; memory is bounded."""
@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from aliasroll import reasons
 from aliasroll.conditions import UNKNOWN
 from aliasroll.config import OperatorConfig
-from aliasroll.controller.records import (
+from aliasroll.controller.tag_writer import (
     LANDING_SECONDS,
     RETRY_FIRST_SECONDS,
     RETRY_MAX_SECONDS,
@@ -481,7 +481,7 @@ def test_a_registrys_queue_is_bounded_and_says_what_it_turns_away(caplog: pytest
             await settle()
             assert len(registry.writes) == 5
 
-    with caplog.at_level(logging.WARNING, logger="aliasroll.controller.records"):
+    with caplog.at_level(logging.WARNING, logger="aliasroll.controller.tag_writer"):
         run(scenario)
 
 

@@ -758,7 +758,7 @@ def test_what_is_kept_of_a_pod_is_bounded() -> None:
 
 
 def test_the_pod_projection_keeps_what_passes_read() -> None:
-    from aliasroll.controller.measuring import container_identity
+    from aliasroll.controller.analyzer import container_identity
     from aliasroll.kube.observe import PodStates
 
     failing = pod("sentiment-production-x", owner="sentiment")
@@ -792,8 +792,8 @@ def test_the_pod_projection_keeps_what_passes_read() -> None:
 
 
 def test_the_pod_projection_keeps_the_serving_containers_named_ports() -> None:
-    """The canary analysis reads /metrics on the port the pod declares as admin (controller/measuring)."""
-    from aliasroll.controller.measuring import metrics_port
+    """The canary analysis reads /metrics on the port the pod declares as admin (controller/analyzer.py)."""
+    from aliasroll.controller.analyzer import metrics_port
 
     made = pod("sentiment-canary-x", owner="sentiment")
     made["spec"] = {

@@ -3,7 +3,7 @@ watches tenants cause, and those are bounded however many Secrets tenants name.
 
 Against a fake API server on 127.0.0.1 that speaks HTTP/1.1 as the real one does for lists and
 watches (a watch holds its connection until the server ends it, as it does after timeoutSeconds),
-driven through the operator's own wiring (controller.handlers.Runtime) and lightkube clients.
+driven through the operator's own wiring (controller.runtime.Runtime) and lightkube clients.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lightkube import KubeConfig
 from lightkube.resources.core_v1 import Secret
 
 from aliasroll.config import OperatorConfig
-from aliasroll.controller.handlers import Runtime
+from aliasroll.controller.runtime import Runtime
 from aliasroll.errors import CredentialsNotFound
 from aliasroll.kube.cache import PooledClient
 from aliasroll.kube.credentials import SECRET_WATCHES, SecretCache

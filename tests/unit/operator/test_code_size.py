@@ -18,7 +18,9 @@ MODULE_LINES = 400
 # Counted on 2026-12-07 (main at 4e7cbe5): 13 functions over 60 lines (planner `_status` 116 and
 # `plan` 98, `Reconciler._reconcile` 94, `OperatorConfig.from_env` 84, `Runtime.__init__` 83, ...)
 # and 12 modules over 400 lines (serving/dependencies.py 1009, kube/cache.py 843, spec.py 715, ...).
-LONG_FUNCTIONS_TODAY = 7
+# Since then split into named steps: the planner's `plan` and `_status`, `Reconciler._reconcile`,
+# `Runtime.__init__` (controller/runtime.py), `rollout_conditions`, `judge` and `deployment`.
+LONG_FUNCTIONS_TODAY = 6
 LONG_MODULES_TODAY = 12
 
 

@@ -51,7 +51,7 @@ from lightkube.core.resource import api_info
 from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, MetricResult, Verdict
 from aliasroll.controller.reconciler import PassResult, Reconciler
-from aliasroll.controller.records import TagsState
+from aliasroll.controller.tag_writer import TagsState
 from aliasroll.errors import InvalidSpec, KubernetesUnavailable, RegistryUnavailable
 from aliasroll.planning import canary
 from aliasroll.planning.canary import AnalysisResult, CanaryRun, Phase

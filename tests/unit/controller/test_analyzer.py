@@ -1,4 +1,4 @@
-"""The measuring step of a pass (controller/measuring.py): what it asks the metrics provider (the
+"""The measuring step of a pass (controller/analyzer.py): what it asks the metrics provider (the
 pods from the watch, with their uid and serving container's identity; the pods it does not measure;
 the pass's time) and what the planner gets back (a measurement with where its window began, a
 baseline, or an error).
@@ -15,8 +15,7 @@ import pytest
 from builders import NOW, OWNER, FixedObjects, spec
 
 from aliasroll.analysis import AnalysisTarget, PodEndpoint, TrackWindows, Verdict, Window
-from aliasroll.controller import measuring
-from aliasroll.controller.measuring import Analyzer
+from aliasroll.controller.analyzer import Analyzer
 from aliasroll.egress import Destinations
 from aliasroll.errors import AnalysisUnavailable, InvalidSpec
 from aliasroll.planning.canary import AnalysisResult, CanaryRun, Phase
@@ -245,7 +244,7 @@ async def test_the_spec_s_namespace_label_reaches_the_prometheus_provider(
             super().__init__(None)
             made.append({"address": address, **settings})
 
-    monkeypatch.setattr(measuring, "PrometheusProvider", Recorded)
+    monkeypatch.setattr("aliasroll.controller.analyzer.PrometheusProvider", Recorded)
     analyzer = Analyzer(FixedObjects())
     analyzer._provider("uid", source.analysis.prometheus)
     assert [{k: v for k, v in m.items() if k not in ("client", "timeout_seconds")} for m in made] == [
@@ -281,9 +280,9 @@ async def test_a_prometheus_address_the_egress_list_refuses_is_never_called(
             super().__init__(None)
             made.append(address)
 
-    monkeypatch.setattr(measuring, "PrometheusProvider", Recorded)
+    monkeypatch.setattr("aliasroll.controller.analyzer.PrometheusProvider", Recorded)
     # Names resolve outside the allowed range (a name is judged by its addresses too).
-    monkeypatch.setattr(measuring, "resolve_host", lambda host: ["192.168.1.5"])
+    monkeypatch.setattr("aliasroll.controller.analyzer.resolve_host", lambda host: ["192.168.1.5"])
     analyzer = Analyzer(FixedObjects(), destinations=destinations)
     woken = asyncio.Event()
     ask = {
