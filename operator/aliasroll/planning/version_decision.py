@@ -54,8 +54,13 @@ def decide_canary(
     if target is None or target.version is None:
         return TrackDecision(target=None)
     decision = _follow(spec=spec, alias_target=target, current=current, alias=spec.canary.alias)
-    if decision.target is not None and decision.target.version == production.version:
-        # Same version as production (a promotion, or both aliases on one version): no canary.
+    if decision.target is not None and (decision.target.model, decision.target.version) == (
+        production.model,
+        production.version,
+    ):
+        # Same version as production (a promotion, or both aliases on one version): no canary. A
+        # version is the pair (model, number): production still on the model the spec named before
+        # a rename serves another version, whatever its number.
         return TrackDecision(target=None, problem=decision.problem, pointed_at=decision.pointed_at)
     return decision
 

@@ -405,12 +405,6 @@ CANARY = [
         served("3"),
         TrackDecision(target=served("3", model="fraud"), pointed_at="3"),
         id="a version is the pair (model, number): another model's canary at production's number still runs",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="decide_canary compares version numbers only: a canary of the renamed model at the number "
-            "production's old model serves is dropped as 'production's version' (history.py: a version is "
-            "the pair (model, version number))",
-        ),
     ),
 ]
 
