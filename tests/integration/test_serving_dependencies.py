@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from aliasroll.serving.dependencies import verify_manifest
+from aliasroll.serving.dependency_cache import verify_manifest
 from mlflowserver import MlflowServer
 from support.package_index import PackageIndex, make_wheel
 from support.served import ServedProcess

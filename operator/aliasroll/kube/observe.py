@@ -13,8 +13,8 @@ from lightkube import AsyncClient
 from lightkube.core.resource import api_info
 
 from aliasroll.errors import AliasrollError
-from aliasroll.kube.cache import applied_view
 from aliasroll.kube.failures import api_failure, status_code
+from aliasroll.kube.projection import applied_view
 from aliasroll.kube.resources import resource_for
 from aliasroll.labels import ANNOTATION_MODEL_URI, ANNOTATION_RUN_ID, LABEL_TRACK, LABEL_VERSION
 from aliasroll.planning.observed import ObservedTrack

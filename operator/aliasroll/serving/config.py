@@ -52,7 +52,7 @@ class ServingConfig:
     dependency_cache: Path = Path("/scratch/dependencies")
     # The operator's bound on that cache: sets no pod used for an hour are pruned above it. None: none.
     dependency_cache_max_bytes: int | None = None
-    # What the operator allows beyond requirements from the index (serving/dependencies.Policy).
+    # What the operator allows beyond requirements from the index (serving/requirements.Policy).
     direct_references: bool = False
     source_builds: bool = False
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aliasroll.serving.config import ServingConfig
-from aliasroll.serving.dependencies import DependencyError, Installer, Policy
+from aliasroll.serving.dependencies import Installer
 from aliasroll.serving.protocol import (
     CONTENT_CSV,
     INPUTS,
@@ -26,6 +26,7 @@ from aliasroll.serving.protocol import (
     shorten,
 )
 from aliasroll.serving.redaction import redact, secret_values
+from aliasroll.serving.requirements import DependencyError, Policy
 from aliasroll.serving.sharing import join, kinds, parses_together, signature
 
 log = logging.getLogger("aliasroll.serving")

@@ -24,16 +24,10 @@ from lightkube.models.meta_v1 import Status
 
 from aliasroll.errors import KubernetesApplyFailed, KubernetesUnavailable
 from aliasroll.kube.applier import up_to_date
-from aliasroll.kube.cache import (
-    Informer,
-    OwnedCache,
-    Store,
-    owned_projection,
-    owner_index,
-    pod_projection,
-)
+from aliasroll.kube.cache import Informer, OwnedCache, Store
 from aliasroll.kube.credentials import SecretCache
 from aliasroll.kube.observe import observe, reduce_deployment
+from aliasroll.kube.projection import owned_projection, owner_index, pod_projection
 from aliasroll.labels import LABEL_OWNER
 from aliasroll.spec import ResourceRef
 

@@ -1,7 +1,8 @@
-"""The dependency cache a namespace's pods share (serving/dependencies.py): a hit yields exactly what
-the miss that wrote it yielded, only a resolution that comes out the same on every try is written,
-and nothing another pod left there is used unless it is what uv writes (a resolution of pins the
-policy accepts, an installed set whose files match its manifest). The cache stays under its bound.
+"""The dependency cache a namespace's pods share, as the Installer uses it (serving/dependencies.py,
+serving/dependency_cache.py): a hit yields exactly what the miss that wrote it yielded, only a
+resolution that comes out the same on every try is written, and nothing another pod left there is
+used unless it is what uv writes (a resolution of pins the policy accepts, an installed set whose
+files match its manifest). The cache stays under its bound.
 
 uv is replaced by a stand-in for `subprocess.run` that answers what uv prints: its resolution on
 stdout, or its errors on stderr with its exit status; an install writes a module into --target."""
@@ -19,18 +20,10 @@ from typing import Any
 import pytest
 
 from aliasroll.serving import dependencies
-from aliasroll.serving.dependencies import (
-    MANIFEST,
-    DependencyError,
-    Installer,
-    Plan,
-    Policy,
-    prune,
-    resolution_settings,
-    to_install,
-    verify_manifest,
-    write_manifest,
-)
+from aliasroll.serving.dependencies import Installer
+from aliasroll.serving.dependency_cache import MANIFEST, cache_key, prune, verify_manifest, write_manifest
+from aliasroll.serving.requirements import DependencyError, Policy
+from aliasroll.serving.resolution import Plan, resolution_settings, to_install
 
 MODEL = "models:/m/4"
 STEPS = Plan(missing=("mypkg==1.0", "scikit-learn==1.5.2"), constraints=("numpy==2.1.0",))
@@ -244,7 +237,7 @@ def test_an_installed_set_is_used_only_while_its_files_match_its_manifest(uv: Fa
 def test_a_set_of_the_old_format_trusted_by_its_marker_alone_is_not_used(uv: FakeUv, tmp_path: Path) -> None:
     """The review's repro: a directory under the key with a `.complete` marker was imported as it was."""
     pod = _pod(tmp_path)
-    key = dependencies._key(WANTED, resolution_settings(pod.env), pod._flags())
+    key = cache_key(WANTED, resolution_settings(pod.env), pod._flags())
     planted = tmp_path / "envs" / key
     (planted / "mypkg").mkdir(parents=True)
     (planted / "mypkg" / "__init__.py").write_text("EVIL = True\n")
