@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aliasroll import conditions, reasons
 from aliasroll.analysis.judge import Verdict
@@ -156,8 +157,7 @@ def rollout_conditions(
     return Condition(reasons.READY, TRUE, reasons.SERVING, serves + caveat), progressing
 
 
-@dataclass(frozen=True)
-class _TrackState:
+class _TrackState(NamedTuple):
     """One track's part of Ready and Progressing: stalled (and what serves it meanwhile), still
     moving, or neither (in place)."""
 

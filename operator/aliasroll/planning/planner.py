@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from aliasroll import conditions, reasons
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
@@ -62,8 +62,7 @@ class _Workloads:
     routing: Routing
 
 
-@dataclass(frozen=True)
-class _Placement:
+class _Placement(NamedTuple):
     """The tracks placed by this pass (None with nothing to serve yet), the canary run once its
     share is settled, the share in place as messages say it, and the objects that follow."""
 
@@ -396,8 +395,7 @@ def _place(
     )
 
 
-@dataclass(frozen=True)
-class _StatusInput:
+class _StatusInput(NamedTuple):
     """What the status of a pass is made from."""
 
     owner: ResourceRef
