@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from builders import OWNER, spec, workload
 
+from aliasroll.errors import InvalidSpec
 from aliasroll.kube.observe import pod_failures
 from aliasroll.planning.health import stall_message
 from aliasroll.planning.state import ServedVersion
@@ -18,7 +19,7 @@ from aliasroll.planning.workloads import (
     WorkloadDefaults,
     deployment,
 )
-from aliasroll.spec import InvalidSpec, Track
+from aliasroll.spec import Track
 
 P = Track.PRODUCTION
 MESSAGE = "cannot install nope==1.0 for models:/m/2 from http://mirror/simple (UV_INDEX_URL): ..."
