@@ -4,8 +4,15 @@ The CRD's schema and CEL rules reject bad input at `kubectl apply` time; this pa
 `spec` into frozen dataclasses with the same defaults, so the planner never handles raw dicts. It
 still checks what it relies on, because a resource may predate the installed CRD: such a resource
 gets an `InvalidSpec` condition naming the field, never a crash.
+
+`types.py` holds what the operator works with (and imports nothing of the parsing), `parsing.py`
+builds it from a body (`parse_spec`), `serving.py` reads spec.serving, and `fields.py` holds the
+readers of one value the two share. Import from `aliasroll.spec`: these are its names.
 """
 
+from aliasroll.spec.fields import parse_duration
+from aliasroll.spec.parsing import parse_spec, tracking_uri_problem
+from aliasroll.spec.serving import parse_serving
 from aliasroll.spec.types import (
     API_VERSION,
     DEFAULT_ADMIN_PORT,
@@ -46,11 +53,7 @@ from aliasroll.spec.types import (
     ServingSpec,
     Track,
     TrafficSpec,
-    parse_duration,
-    parse_serving,
-    parse_spec,
     thawed,
-    tracking_uri_problem,
 )
 
 __all__ = [

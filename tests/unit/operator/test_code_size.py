@@ -18,8 +18,10 @@ MODULE_LINES = 400
 # Counted on 2026-12-07 (main at 4e7cbe5): 13 functions over 60 lines (planner `_status` 116 and
 # `plan` 98, `Reconciler._reconcile` 94, `OperatorConfig.from_env` 84, `Runtime.__init__` 83, ...)
 # and 12 modules over 400 lines (serving/dependencies.py 1009, kube/cache.py 843, spec.py 715, ...).
-LONG_FUNCTIONS_TODAY = 13
-LONG_MODULES_TODAY = 12
+# Since then: spec.py became the package spec/ (no module over 400 lines), with `parse_spec` and
+# `parse_serving` split into named steps: 11 and 11.
+LONG_FUNCTIONS_TODAY = 11
+LONG_MODULES_TODAY = 11
 
 
 def long_functions() -> list[tuple[str, str, int]]:

@@ -1,6 +1,6 @@
 """Why a version cannot start reaches the resource's status: the pods' termination messages
 (kube/observe.py), the stall decision (planning/health.py), and spec.serving.dependencies /
-dependencyCache as the pods get them (spec.py, planning/workloads.py)."""
+dependencyCache as the pods get them (spec/serving.py, planning/workloads.py)."""
 
 from __future__ import annotations
 
