@@ -19,8 +19,9 @@ MODULE_LINES = 400
 # `plan` 98, `Reconciler._reconcile` 94, `OperatorConfig.from_env` 84, `Runtime.__init__` 83, ...)
 # and 12 modules over 400 lines (serving/dependencies.py 1009, kube/cache.py 843, spec.py 715, ...).
 # Since then: spec.py became the package spec/ (no module over 400 lines), with `parse_spec` and
-# `parse_serving` split into named steps: 11 and 11.
-LONG_FUNCTIONS_TODAY = 11
+# `parse_serving` split into named steps, and `OperatorConfig.from_env` and `ServingConfig.from_env`
+# read their settings one group at a time: 9 and 11.
+LONG_FUNCTIONS_TODAY = 9
 LONG_MODULES_TODAY = 11
 
 
