@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aliasroll import __version__
 from aliasroll.allowlists import (
@@ -51,7 +51,7 @@ class OperatorConfig:
     # start): their owner's pass waits this long after the first change and reads the whole burst.
     child_settle_seconds: float = 1.0
     # Version tags (the registry's records) wait while rollouts come in a burst, at most this long:
-    # a burst of new resources gets Ready first (controller.records). 0: written as soon as planned.
+    # a burst of new resources gets Ready first (controller.tag_writer). 0: written as soon as planned.
     records_max_delay_seconds: float = 120.0
     # Push (docs/operations/webhooks.md): the registries that deliver webhooks, each with its own
     # secret, in a file mounted from a Secret (webhooks.load_registries); or one registry's secret
@@ -85,89 +85,141 @@ class OperatorConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
-        env = os.environ if env is None else env
-        defaults = cls()
+        """Every setting from the environment, one group at a time; unset or empty keeps the default,
+        and a bad value stops the operator with a message naming it."""
+        config, read = cls(), _Settings(os.environ if env is None else env)
+        for step in (_registry, _workloads, _calls, _passes, _listeners, _leadership):
+            config = step(config, read)
+        return replace(config, allowed=allow_lists(read.env))
 
-        def number(name: str, default: float, *, zero: bool = False) -> float:
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SystemExit(f"{name}={raw!r} is not a number") from None
-            if value < 0 or (value == 0 and not zero):
-                raise SystemExit(f"{name}={raw!r} must be " + ("zero or more" if zero else "above zero"))
-            return value
 
-        def flag(name: str, default: bool) -> bool:
-            raw = (env.get(name) or "").strip().lower()
-            if not raw:
-                return default
-            if raw in ("true", "1", "yes", "on"):
-                return True
-            if raw in ("false", "0", "no", "off"):
-                return False
-            raise SystemExit(f"{name}={env.get(name)!r} is not true or false")
+@dataclass(frozen=True)
+class _Settings:
+    """The environment, read one setting at a time."""
 
-        return cls(
-            serving_image=env.get("ALIASROLL_SERVING_IMAGE") or defaults.serving_image,
-            registry_timeout_seconds=number("ALIASROLL_REGISTRY_TIMEOUT", defaults.registry_timeout_seconds),
-            registry_max_backoff_seconds=number(
-                "ALIASROLL_REGISTRY_MAX_BACKOFF", defaults.registry_max_backoff_seconds
-            ),
-            registry_sweep_threshold=int(
-                number("ALIASROLL_REGISTRY_SWEEP_THRESHOLD", defaults.registry_sweep_threshold)
-            ),
-            progress_deadline_seconds=int(
-                number("ALIASROLL_PROGRESS_DEADLINE", defaults.progress_deadline_seconds)
-            ),
-            dependencies=DependencySettings.from_env(env),
-            registry_concurrency=max(
-                1, int(number("ALIASROLL_REGISTRY_CONCURRENCY", defaults.registry_concurrency))
-            ),
-            registry_max_answer_bytes=max(
-                1024, int(number("ALIASROLL_REGISTRY_MAX_ANSWER_BYTES", defaults.registry_max_answer_bytes))
-            ),
-            destinations=destinations(env),
-            retry_max_seconds=number("ALIASROLL_RETRY_MAX", defaults.retry_max_seconds),
-            resync_seconds=number("ALIASROLL_RESYNC_SECONDS", defaults.resync_seconds),
-            max_concurrent_passes=max(
-                1, int(number("ALIASROLL_MAX_CONCURRENT_PASSES", defaults.max_concurrent_passes))
-            ),
-            child_settle_seconds=number(
-                "ALIASROLL_CHILD_SETTLE_SECONDS", defaults.child_settle_seconds, zero=True
-            ),
-            records_max_delay_seconds=number(
-                "ALIASROLL_RECORDS_MAX_DELAY_SECONDS", defaults.records_max_delay_seconds, zero=True
-            ),
-            webhook_registries_file=env.get("ALIASROLL_WEBHOOK_REGISTRIES") or None,
-            webhook_secret=env.get("ALIASROLL_WEBHOOK_SECRET") or None,
-            webhook_tracking_uri=env.get("ALIASROLL_WEBHOOK_TRACKING_URI") or None,
-            webhook_listen=env.get("ALIASROLL_WEBHOOK_LISTEN") or None,
-            webhook_tolerance_seconds=number(
-                "ALIASROLL_WEBHOOK_TOLERANCE", defaults.webhook_tolerance_seconds
-            ),
-            webhook_tls_cert=env.get("ALIASROLL_WEBHOOK_TLS_CERT") or None,
-            webhook_tls_key=env.get("ALIASROLL_WEBHOOK_TLS_KEY") or None,
-            webhook_rate_per_source=number(
-                "ALIASROLL_WEBHOOK_RATE_PER_SOURCE", defaults.webhook_rate_per_source
-            ),
-            webhook_rate_total=number("ALIASROLL_WEBHOOK_RATE_TOTAL", defaults.webhook_rate_total),
-            metrics_listen=env.get("ALIASROLL_METRICS_LISTEN") or None,
-            leader_election=flag("ALIASROLL_LEADER_ELECTION", defaults.leader_election),
-            lease_name=env.get("ALIASROLL_LEASE_NAME") or defaults.lease_name,
-            lease_namespace=env.get("ALIASROLL_LEASE_NAMESPACE") or env.get("POD_NAMESPACE") or None,
-            lease_duration_seconds=number("ALIASROLL_LEASE_DURATION", defaults.lease_duration_seconds),
-            lease_renew_deadline_seconds=number(
-                "ALIASROLL_LEASE_RENEW_DEADLINE", defaults.lease_renew_deadline_seconds
-            ),
-            lease_retry_period_seconds=number(
-                "ALIASROLL_LEASE_RETRY_PERIOD", defaults.lease_retry_period_seconds
-            ),
-            pod_name=env.get("POD_NAME") or None,
-            allowed=allow_lists(env),
-        )
+    env: Mapping[str, str]
+
+    def text(self, name: str) -> str | None:
+        return self.env.get(name) or None
+
+    def number(self, name: str, default: float, *, zero: bool = False) -> float:
+        raw = self.env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SystemExit(f"{name}={raw!r} is not a number") from None
+        if value < 0 or (value == 0 and not zero):
+            raise SystemExit(f"{name}={raw!r} must be " + ("zero or more" if zero else "above zero"))
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = (self.env.get(name) or "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("true", "1", "yes", "on"):
+            return True
+        if raw in ("false", "0", "no", "off"):
+            return False
+        raise SystemExit(f"{name}={self.env.get(name)!r} is not true or false")
+
+
+def _registry(config: OperatorConfig, read: _Settings) -> OperatorConfig:
+    """How long the operator waits on a registry, how it backs off, and when one sweep reads them all."""
+    return replace(
+        config,
+        registry_timeout_seconds=read.number("ALIASROLL_REGISTRY_TIMEOUT", config.registry_timeout_seconds),
+        registry_max_backoff_seconds=read.number(
+            "ALIASROLL_REGISTRY_MAX_BACKOFF", config.registry_max_backoff_seconds
+        ),
+        registry_sweep_threshold=int(
+            read.number("ALIASROLL_REGISTRY_SWEEP_THRESHOLD", config.registry_sweep_threshold)
+        ),
+    )
+
+
+def _workloads(config: OperatorConfig, read: _Settings) -> OperatorConfig:
+    """What the serving pods get: their image, their rollout's deadline, their dependencies."""
+    return replace(
+        config,
+        serving_image=read.text("ALIASROLL_SERVING_IMAGE") or config.serving_image,
+        progress_deadline_seconds=int(
+            read.number("ALIASROLL_PROGRESS_DEADLINE", config.progress_deadline_seconds)
+        ),
+        dependencies=DependencySettings.from_env(read.env),
+    )
+
+
+def _calls(config: OperatorConfig, read: _Settings) -> OperatorConfig:
+    """What a tenant's endpoint may cost: calls at once per registry, an answer's size, destinations."""
+    return replace(
+        config,
+        registry_concurrency=max(
+            1, int(read.number("ALIASROLL_REGISTRY_CONCURRENCY", config.registry_concurrency))
+        ),
+        registry_max_answer_bytes=max(
+            1024, int(read.number("ALIASROLL_REGISTRY_MAX_ANSWER_BYTES", config.registry_max_answer_bytes))
+        ),
+        destinations=destinations(read.env),
+    )
+
+
+def _passes(config: OperatorConfig, read: _Settings) -> OperatorConfig:
+    """When passes run: retries, resyncs, how many at once, how long owned objects settle, records."""
+    return replace(
+        config,
+        retry_max_seconds=read.number("ALIASROLL_RETRY_MAX", config.retry_max_seconds),
+        resync_seconds=read.number("ALIASROLL_RESYNC_SECONDS", config.resync_seconds),
+        max_concurrent_passes=max(
+            1, int(read.number("ALIASROLL_MAX_CONCURRENT_PASSES", config.max_concurrent_passes))
+        ),
+        child_settle_seconds=read.number(
+            "ALIASROLL_CHILD_SETTLE_SECONDS", config.child_settle_seconds, zero=True
+        ),
+        records_max_delay_seconds=read.number(
+            "ALIASROLL_RECORDS_MAX_DELAY_SECONDS", config.records_max_delay_seconds, zero=True
+        ),
+    )
+
+
+def _listeners(config: OperatorConfig, read: _Settings) -> OperatorConfig:
+    """The operator's own listeners (http.py): the webhook receiver and GET /metrics."""
+    return replace(
+        config,
+        webhook_registries_file=read.text("ALIASROLL_WEBHOOK_REGISTRIES"),
+        webhook_secret=read.text("ALIASROLL_WEBHOOK_SECRET"),
+        webhook_tracking_uri=read.text("ALIASROLL_WEBHOOK_TRACKING_URI"),
+        webhook_listen=read.text("ALIASROLL_WEBHOOK_LISTEN"),
+        webhook_tolerance_seconds=read.number(
+            "ALIASROLL_WEBHOOK_TOLERANCE", config.webhook_tolerance_seconds
+        ),
+        webhook_tls_cert=read.text("ALIASROLL_WEBHOOK_TLS_CERT"),
+        webhook_tls_key=read.text("ALIASROLL_WEBHOOK_TLS_KEY"),
+        webhook_rate_per_source=read.number(
+            "ALIASROLL_WEBHOOK_RATE_PER_SOURCE", config.webhook_rate_per_source
+        ),
+        webhook_rate_total=read.number("ALIASROLL_WEBHOOK_RATE_TOTAL", config.webhook_rate_total),
+        metrics_listen=read.text("ALIASROLL_METRICS_LISTEN"),
+    )
+
+
+def _leadership(config: OperatorConfig, read: _Settings) -> OperatorConfig:
+    """Leader election on a Lease (docs/operations/high-availability.md)."""
+    return replace(
+        config,
+        leader_election=read.flag("ALIASROLL_LEADER_ELECTION", config.leader_election),
+        lease_name=read.text("ALIASROLL_LEASE_NAME") or config.lease_name,
+        lease_namespace=read.text("ALIASROLL_LEASE_NAMESPACE") or read.text("POD_NAMESPACE"),
+        lease_duration_seconds=read.number("ALIASROLL_LEASE_DURATION", config.lease_duration_seconds),
+        lease_renew_deadline_seconds=read.number(
+            "ALIASROLL_LEASE_RENEW_DEADLINE", config.lease_renew_deadline_seconds
+        ),
+        lease_retry_period_seconds=read.number(
+            "ALIASROLL_LEASE_RETRY_PERIOD", config.lease_retry_period_seconds
+        ),
+        pod_name=read.text("POD_NAME"),
+    )
 
 
 def allow_lists(env: Mapping[str, str]) -> AllowLists:

@@ -59,42 +59,11 @@ class ServingConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
         env = os.environ if env is None else env
-        uri = env.get("MODEL_URI", "").strip()
-        if not uri:
-            raise ConfigError("MODEL_URI is not set: give the pinned version, e.g. models:/sentiment/3")
-        if "@" in uri:
-            raise ConfigError(
-                f"MODEL_URI={uri!r} names an alias: a restarted pod could load another version. "
-                "Give models:/<name>/<version>."
-            )
-        drain = _int(
-            env,
-            "DRAIN_SECONDS",
-            20,
-            low=1,
-            high=MAX_DRAIN_SECONDS,
-            hint=" (the pod's terminationGracePeriodSeconds minus its preStop sleep must exceed it by 2 s)",
-        )
-        accept = _int(env, "DRAIN_ACCEPT_SECONDS", min(3, drain - 1), low=0, high=MAX_DRAIN_SECONDS)
-        if accept >= drain:
-            raise ConfigError(
-                f"DRAIN_ACCEPT_SECONDS={accept} must be less than DRAIN_SECONDS={drain}: "
-                "the drain must leave time to finish the requests in flight"
-            )
-        dependencies = env.get("ALIASROLL_DEPENDENCIES", "install").strip().lower() or "install"
-        if dependencies not in ("install", "image"):
-            raise ConfigError(
-                f"ALIASROLL_DEPENDENCIES={dependencies!r}: use install (the version's requirements are "
-                "installed at start) or image (the image has them)"
-            )
+        uri = _model_uri(env)
+        drain, accept = _drain(env)
+        dependencies = _dependencies(env)
         scratch = Path(env.get("SCRATCH_DIR") or "/scratch")
-        port = _int(env, "PORT", 8080, low=1, high=65535)
-        admin_port = _int(env, "ADMIN_PORT", DEFAULT_ADMIN_PORT, low=1, high=65535)
-        if admin_port == port:
-            raise ConfigError(
-                f"ADMIN_PORT={admin_port} must differ from PORT={port}: /metrics, /version, /ready and "
-                "/live are served on a port of their own, which Services do not send clients to"
-            )
+        port, admin_port = _ports(env)
         pinned = _PINNED.match(uri)
         name, version = (pinned["name"], pinned["version"]) if pinned else (uri, "unknown")
         return cls(
@@ -127,6 +96,61 @@ class ServingConfig:
             direct_references=_flag(env, "ALIASROLL_DIRECT_REFERENCES", default=False),
             source_builds=_flag(env, "ALIASROLL_SOURCE_BUILDS", default=False),
         )
+
+
+def _model_uri(env: Mapping[str, str]) -> str:
+    """MODEL_URI: the pinned version the pod serves, never an alias."""
+    uri = env.get("MODEL_URI", "").strip()
+    if not uri:
+        raise ConfigError("MODEL_URI is not set: give the pinned version, e.g. models:/sentiment/3")
+    if "@" in uri:
+        raise ConfigError(
+            f"MODEL_URI={uri!r} names an alias: a restarted pod could load another version. "
+            "Give models:/<name>/<version>."
+        )
+    return uri
+
+
+def _drain(env: Mapping[str, str]) -> tuple[int, int]:
+    """DRAIN_SECONDS and DRAIN_ACCEPT_SECONDS: how long a SIGTERM'd server drains, and how much of that
+    it still accepts new requests."""
+    drain = _int(
+        env,
+        "DRAIN_SECONDS",
+        20,
+        low=1,
+        high=MAX_DRAIN_SECONDS,
+        hint=" (the pod's terminationGracePeriodSeconds minus its preStop sleep must exceed it by 2 s)",
+    )
+    accept = _int(env, "DRAIN_ACCEPT_SECONDS", min(3, drain - 1), low=0, high=MAX_DRAIN_SECONDS)
+    if accept >= drain:
+        raise ConfigError(
+            f"DRAIN_ACCEPT_SECONDS={accept} must be less than DRAIN_SECONDS={drain}: "
+            "the drain must leave time to finish the requests in flight"
+        )
+    return drain, accept
+
+
+def _dependencies(env: Mapping[str, str]) -> str:
+    dependencies = env.get("ALIASROLL_DEPENDENCIES", "install").strip().lower() or "install"
+    if dependencies not in ("install", "image"):
+        raise ConfigError(
+            f"ALIASROLL_DEPENDENCIES={dependencies!r}: use install (the version's requirements are "
+            "installed at start) or image (the image has them)"
+        )
+    return dependencies
+
+
+def _ports(env: Mapping[str, str]) -> tuple[int, int]:
+    """PORT and ADMIN_PORT, never the same."""
+    port = _int(env, "PORT", 8080, low=1, high=65535)
+    admin_port = _int(env, "ADMIN_PORT", DEFAULT_ADMIN_PORT, low=1, high=65535)
+    if admin_port == port:
+        raise ConfigError(
+            f"ADMIN_PORT={admin_port} must differ from PORT={port}: /metrics, /version, /ready and "
+            "/live are served on a port of their own, which Services do not send clients to"
+        )
+    return port, admin_port
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int, hint: str = "") -> int:

@@ -1,6 +1,6 @@
 """Why a version cannot start reaches the resource's status: the pods' termination messages
 (kube/observe.py), the stall decision (planning/health.py), and spec.serving.dependencies /
-dependencyCache as the pods get them (spec.py, planning/workloads.py)."""
+dependencyCache as the pods get them (spec/serving.py, planning/workloads.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from builders import OWNER, spec, workload
 
+from aliasroll.errors import InvalidSpec
 from aliasroll.kube.observe import pod_failures
 from aliasroll.planning.health import stall_message
 from aliasroll.planning.state import ServedVersion
@@ -18,7 +19,7 @@ from aliasroll.planning.workloads import (
     WorkloadDefaults,
     deployment,
 )
-from aliasroll.spec import InvalidSpec, Track
+from aliasroll.spec import Track
 
 P = Track.PRODUCTION
 MESSAGE = "cannot install nope==1.0 for models:/m/2 from http://mirror/simple (UV_INDEX_URL): ..."
