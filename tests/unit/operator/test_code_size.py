@@ -18,7 +18,8 @@ MODULE_LINES = 400
 # Counted on 2026-12-07 (main at 4e7cbe5): 13 functions over 60 lines (planner `_status` 116 and
 # `plan` 98, `Reconciler._reconcile` 94, `OperatorConfig.from_env` 84, `Runtime.__init__` 83, ...)
 # and 12 modules over 400 lines (serving/dependencies.py 1009, kube/cache.py 843, spec.py 715, ...).
-LONG_FUNCTIONS_TODAY = 13
+# 11 since http.py `webhook_app` (74) and `PrometheusProvider.measure` (66) became named steps.
+LONG_FUNCTIONS_TODAY = 11
 LONG_MODULES_TODAY = 12
 
 
