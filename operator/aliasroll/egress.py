@@ -17,17 +17,17 @@ kinds of addresses are refused even then, unless the list names them on purpose:
 Such an address is reached only through an allow-list entry at least as narrow as the range it is
 in (`127.0.0.1` or `127.0.0.0/8` opens loopback; `*` or `0.0.0.0/0` does not). The default list is
 `*`: every other name and address, private cluster ranges included (MLflow usually runs in the
-cluster). A name is checked twice: here, against the name entries, and again when the connection is
-made, against the addresses it resolved to then (`check_address`), so a name that resolves to a
-refused address (DNS rebinding, a CNAME to the metadata server) is refused too.
+cluster). A name is checked against the name entries (`check`, before a call), and again when the
+connection is made, with the addresses it resolved to then (`check_connection`: aliasroll.outbound
+makes that check for every client), so a name that resolves to a refused address (DNS rebinding, a
+CNAME to the metadata server) is refused too.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -78,8 +78,6 @@ BUILT_IN_REFUSED_NAMES: tuple[tuple[str, str], ...] = (
     ("instance-data.ec2.internal", METADATA),
 )
 
-Resolve = Callable[[str], Iterable[str]]
-
 
 @dataclass(frozen=True)
 class _Refused:
@@ -89,8 +87,8 @@ class _Refused:
 
 @dataclass(frozen=True)
 class Destinations:
-    """The allow-list and the refused ranges; `check` and `check_address` return why a destination
-    is refused, or None when it may be contacted. Pure: nothing is resolved unless asked."""
+    """The allow-list and the refused ranges; `check`, `check_connection` and `check_address` return
+    why a destination is refused, or None when it may be contacted. Pure: nothing is resolved here."""
 
     any_host: bool = True
     names: frozenset[str] = frozenset()
@@ -165,9 +163,9 @@ class Destinations:
             allowed_text=",".join(entries),
         )
 
-    def check(self, url: str, *, resolve: Resolve | None = None) -> str | None:
-        """Why `url` may not be contacted, or None. Names are checked as names; with `resolve` (for
-        a client that cannot check at connect time) their addresses are checked too."""
+    def check(self, url: str) -> str | None:
+        """Why `url` may not be contacted, or None. Names are checked as names (their addresses when
+        the connection is made: `check_connection`)."""
         try:
             parts = urlsplit(url)
             host = parts.hostname
@@ -179,16 +177,15 @@ class Destinations:
         address = _address(host)
         if address is not None:
             return self._check_ip(address, shown=host)
-        name = _normal_name(host)
-        reason = self._check_name(name)
-        if reason is not None or resolve is None:
+        return self._check_name(_normal_name(host))
+
+    def check_connection(self, host: str, addresses: Sequence[str]) -> str | None:
+        """When a connection is made: why `host` may not be reached at the addresses it resolved to
+        (any one refused refuses it), or None. A name is checked as a name too."""
+        if _address(host) is None and (reason := self._check_name(_normal_name(host))) is not None:
             return reason
-        try:
-            resolved = list(resolve(name))
-        except OSError:
-            return None  # the client's own call says it does not resolve
-        for found in resolved:
-            if (reason := self.check_address(name, found)) is not None:
+        for address in addresses:
+            if (reason := self.check_address(host, address)) is not None:
                 return reason
         return None
 
@@ -235,11 +232,6 @@ class Destinations:
         if name is not None and self._names_explicitly(name):
             return None
         return f"{shown} is not in {ALLOWED_ENV} ({self.allowed_text})"
-
-
-def resolve_host(host: str) -> list[str]:
-    """The addresses a name resolves to now (for `check(url, resolve=resolve_host)`)."""
-    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)})
 
 
 def _entries(text: str) -> list[str]:

@@ -144,18 +144,39 @@ def webhook_app(
     limits: ReceiverLimits | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    limits = limits or ReceiverLimits()
-    per_source = TokenBuckets(
-        rate=limits.per_source,
-        burst=max(1.0, limits.per_source * limits.burst_seconds),
-        keys=limits.sources,
-        clock=clock,
-    )
-    total = TokenBuckets(rate=limits.total, burst=max(1.0, limits.total * limits.burst_seconds), clock=clock)
-    in_flight = 0
+    front = _Admission(receiver, standby=standby, limits=limits or ReceiverLimits(), clock=clock)
+    app = web.Application(client_max_size=front.limits.max_body, middlewares=[front.admit])
+    app.router.add_post(PATH, front.deliver)
+    app.router.add_post(PATH + "/{registry}", front.deliver)
+    return app
 
-    def refuse(outcome: Outcome, reason: str, *, registry: str | None = None) -> web.Response:
-        receiver.count(outcome, reason, registry=registry)
+
+class _Admission:
+    """The receiver's front: the rate limits and the cap on requests in flight (`admit`, before any
+    route), then the body's size and time (`deliver`), each refusal counted and answered at once."""
+
+    def __init__(
+        self,
+        receiver: WebhookReceiver,
+        *,
+        standby: Callable[[], bool],
+        limits: ReceiverLimits,
+        clock: Callable[[], float],
+    ) -> None:
+        self.receiver, self.standby, self.limits = receiver, standby, limits
+        self.per_source = TokenBuckets(
+            rate=limits.per_source,
+            burst=max(1.0, limits.per_source * limits.burst_seconds),
+            keys=limits.sources,
+            clock=clock,
+        )
+        self.total = TokenBuckets(
+            rate=limits.total, burst=max(1.0, limits.total * limits.burst_seconds), clock=clock
+        )
+        self.in_flight = 0
+
+    def refuse(self, outcome: Outcome, reason: str, *, registry: str | None = None) -> web.Response:
+        self.receiver.count(outcome, reason, registry=registry)
         headers = {"Retry-After": "1"} if outcome in (Outcome.RATE_LIMITED, Outcome.BUSY) else {}
         if outcome is Outcome.STANDBY:
             # Not the leader (docs/operations/high-availability.md): 503 makes MLflow retry, on a new
@@ -167,50 +188,52 @@ def webhook_app(
 
     @web.middleware
     async def admit(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        nonlocal in_flight
         source = source_key(request.remote)
-        if not per_source.take(source):
-            return refuse(Outcome.RATE_LIMITED, f"more than {limits.per_source:g}/s from {source}")
-        if not total.take():
-            return refuse(Outcome.RATE_LIMITED, f"more than {limits.total:g}/s in all")
-        if in_flight >= limits.in_flight:
-            return refuse(Outcome.BUSY, f"{in_flight} requests already in flight")
-        in_flight += 1
+        if not self.per_source.take(source):
+            return self.refuse(Outcome.RATE_LIMITED, f"more than {self.limits.per_source:g}/s from {source}")
+        if not self.total.take():
+            return self.refuse(Outcome.RATE_LIMITED, f"more than {self.limits.total:g}/s in all")
+        if self.in_flight >= self.limits.in_flight:
+            return self.refuse(Outcome.BUSY, f"{self.in_flight} requests already in flight")
+        self.in_flight += 1
         try:
             return await handler(request)
         finally:
-            in_flight -= 1
+            self.in_flight -= 1
 
-    async def deliver(request: web.Request) -> web.Response:
-        if standby():
-            return refuse(Outcome.STANDBY, "this replica does not lead")
-        registry = receiver.registry(request.path)
+    async def deliver(self, request: web.Request) -> web.Response:
+        if self.standby():
+            return self.refuse(Outcome.STANDBY, "this replica does not lead")
+        registry = self.receiver.registry(request.path)
         if registry is None:
-            return refuse(Outcome.UNKNOWN_REGISTRY, f"no registry is configured at {request.path[:80]!r}")
+            where = request.path[:80]
+            return self.refuse(Outcome.UNKNOWN_REGISTRY, f"no registry is configured at {where!r}")
+        body = await self._body(request, registry=registry.name)
+        if isinstance(body, web.Response):
+            return body
+        status, outcome = await self.receiver.receive(registry, request.headers, body)
+        return web.json_response({"outcome": outcome.value}, status=status)
+
+    async def _body(self, request: web.Request, *, registry: str) -> bytes | web.Response:
+        """The request's body, or the refusal of one too large or too slow."""
+        limits = self.limits
         if (request.content_length or 0) > limits.max_body:
-            return refuse(
+            return self.refuse(
                 Outcome.TOO_LARGE,
                 f"{request.content_length} bytes (at most {limits.max_body})",
-                registry=registry.name,
+                registry=registry,
             )
         try:
             async with asyncio.timeout(limits.body_seconds):
-                body = await _read_body(request, limits.max_body)
+                return await _read_body(request, limits.max_body)
         except _TooLarge:
-            return refuse(Outcome.TOO_LARGE, f"over {limits.max_body} bytes", registry=registry.name)
+            return self.refuse(Outcome.TOO_LARGE, f"over {limits.max_body} bytes", registry=registry)
         except TimeoutError:
-            return refuse(
-                Outcome.SLOW, f"no whole body within {limits.body_seconds:g} s", registry=registry.name
+            return self.refuse(
+                Outcome.SLOW, f"no whole body within {limits.body_seconds:g} s", registry=registry
             )
-        status, outcome = await receiver.receive(registry, request.headers, body)
-        return web.json_response({"outcome": outcome.value}, status=status)
-
-    app = web.Application(client_max_size=limits.max_body, middlewares=[admit])
-    app.router.add_post(PATH, deliver)
-    app.router.add_post(PATH + "/{registry}", deliver)
-    return app
 
 
 def metrics_app() -> web.Application:

@@ -28,9 +28,11 @@ from harness import (
     RUN,
     WEBHOOK_REGISTRY,
     WEBHOOK_SECRET,
+    Deploy,
     Kube,
     wait_for,
 )
+from mlflow import MlflowClient
 
 from localcluster import LocalCluster
 from mlflowserver import MlflowServer, free_port
@@ -130,6 +132,14 @@ def namespace(request: pytest.FixtureRequest, cluster: LocalCluster) -> Iterator
     # ModelDeployments first, while the operator (if any) still runs; then the namespace.
     cluster.kubectl("delete", "modeldeployments", "--all", "-n", name, "--wait=false", check=False)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def deploy(kube: Kube, registry: MlflowClient, namespace: str) -> Deploy:
+    """The prologue most tests share: `deploy(manifest, versions=2, ready="1", production="1")`
+    registers two versions of the manifest's model, points @production at 1, applies the
+    ModelDeployment and returns it once Ready at version 1 (harness.Deploy)."""
+    return Deploy(kube, registry, namespace)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -293,3 +293,40 @@ def ready_at(
     ):
         return resource
     return None
+
+
+class Deploy:
+    """The prologue most tests share (the `deploy` fixture): a model's versions in the session's
+    MLflow server with its aliases set, a ModelDeployment applied, and the resource once Ready."""
+
+    def __init__(self, kube: Kube, registry: Any, namespace: str) -> None:
+        self.kube, self.registry, self.namespace = kube, registry, namespace
+
+    def __call__(
+        self,
+        manifest: dict[str, Any],
+        *,
+        versions: int | None,
+        ready: str | tuple[str, str] | None,
+        timeout: float = 60,
+        **aliases: str,
+    ) -> dict[str, Any] | None:
+        """`versions` quick versions of a new model, the one `manifest` names (None: the test has
+        registered its own), with `aliases` set (alias=version); `manifest` applied in the test's
+        namespace; with `ready` (the production version, or production and canary), the resource once
+        Ready at them, else None at once."""
+        model = manifest["spec"]["model"]["name"]
+        if versions is not None:
+            registered(self.registry, model, versions)
+        for alias, version in aliases.items():
+            self.registry.set_registered_model_alias(model, alias, version)
+        self.kube.apply(manifest, namespace=self.namespace)
+        if ready is None:
+            return None
+        name = manifest["metadata"]["name"]
+        at = (ready,) if isinstance(ready, str) else ready
+        return wait_for(
+            lambda: ready_at(self.kube, self.namespace, name, *at),
+            timeout=timeout,
+            what=f"{name} Ready at {'+'.join(at)}",
+        )

@@ -32,6 +32,7 @@ from harness import (
     OPERATOR_NAMESPACE,
     REPO,
     RUN,
+    Deploy,
     Kube,
     available_at,
     condition,
@@ -167,12 +168,12 @@ def test_a_human_moving_production_back_during_the_promotion_calls_it_off(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
     """The operator moved @production to the canary's version and production is rolling to it; a
     human moves @production back. The operator calls its promotion off and never writes again."""
-    registered(registry, model_name, 2, production="1", canary="2")
     written = alias_writes(operator)
     manifest = model_deployment(
         NAME,
@@ -183,7 +184,7 @@ def test_a_human_moving_production_back_during_the_promotion_calls_it_off(
         # Production's roll to the canary's version takes seconds: the human moves within them.
         serving=ready_delay("4s"),
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
 
     wait_for(
         lambda: aliases(registry, model_name).get("production") == "2",
@@ -225,12 +226,12 @@ def test_a_human_moving_production_during_the_run_leaves_the_promotion_to_them(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
     """@production moves to another version (a hotfix) before the last step passes: with promotion
     auto the run still ends in AwaitingPromotion, and @production stays where the human put it."""
-    registered(registry, model_name, 3, production="1", canary="2")
     written = alias_writes(operator)
     steps = [{"weight": 25, "duration": "2s"}, {"weight": 50, "duration": "2s"}]
     manifest = model_deployment(
@@ -240,7 +241,7 @@ def test_a_human_moving_production_during_the_run_leaves_the_promotion_to_them(
         replicas=4,
         canary={"alias": "canary", "steps": steps, "promotion": "auto"},
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=3, ready=None, production="1", canary="2")
     wait_run(
         kube,
         namespace,
@@ -277,6 +278,7 @@ def test_a_step_holds_without_a_passing_measurement_taken_within_it(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     prometheus: ScriptedPrometheus,
     namespace: str,
     model_name: str,
@@ -284,7 +286,6 @@ def test_a_step_holds_without_a_passing_measurement_taken_within_it(
     """Step 1 passed; during step 2 Prometheus fails (HTTP 500), then hangs up, then has no sample of
     the canary: step 2 holds and says why and since when, nothing counts as a failure, nothing is
     promoted; once a measurement passes within the step, the run goes on to its promotion."""
-    registered(registry, model_name, 2, production="1", canary="2")
     prometheus.set(model_name, PASSING)
     steps = [{"weight": 25, "duration": "2s"}, {"weight": 50, "duration": "2s"}]
     manifest = model_deployment(
@@ -302,7 +303,7 @@ def test_a_step_holds_without_a_passing_measurement_taken_within_it(
         # Step 2's weight takes a new canary pod 2 s to be Ready: its clock starts after that.
         serving=ready_delay("2s"),
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
     # Step 1 passed: step 2's weight is not in place yet, so no measurement lies within it.
     wait_run(kube, namespace, lambda run: run.get("stepIndex") == 1, "step 1 passed", timeout=90)
     prometheus.set(model_name, SERVER_ERROR)
@@ -373,13 +374,13 @@ def test_a_failing_measurement_aborts_during_a_registry_outage(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     prometheus: ScriptedPrometheus,
     namespace: str,
     model_name: str,
 ) -> None:
     """MLflow is down; the canary answers 40% 5xx; failureLimit 1: the run aborts all the same, and
     the outage adds no passes of its own. The outcome tags follow once MLflow is back."""
-    registered(registry, model_name, 2, production="1", canary="2")
     prometheus.set(model_name, PASSING)
     manifest = model_deployment(
         NAME,
@@ -393,7 +394,7 @@ def test_a_failing_measurement_aborts_during_a_registry_outage(
             "analysis": analysis(prometheus, interval="2s", failureLimit=1),
         },
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
     wait_run(
         kube,
         namespace,
@@ -455,10 +456,10 @@ def test_steps_shortened_below_the_current_step_promote(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
     steps = [
         {"weight": 20, "duration": "1s"},
         {"weight": 40, "duration": "1s"},
@@ -471,7 +472,7 @@ def test_steps_shortened_below_the_current_step_promote(
         replicas=5,
         canary={"alias": "canary", "steps": steps, "promotion": "auto"},
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
     wait_run(
         kube,
         namespace,
@@ -498,18 +499,17 @@ def test_analysis_added_to_a_running_canary_measures_it_and_it_goes_on(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     prometheus: ScriptedPrometheus,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
     prometheus.set(model_name, PASSING)
     steps = [{"weight": 25, "duration": "4s"}, {"weight": 50, "duration": "2s"}]
     manifest = model_deployment(
         NAME, model_name, mlflow_server.url, replicas=4, canary={"alias": "canary", "steps": steps}
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
     wait_run(
         kube,
         namespace,
@@ -538,15 +538,15 @@ def test_steps_to_a_fixed_weight_and_back_restart_at_step_one(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
     steps = [{"weight": 20, "duration": "3s"}, {"weight": 50, "duration": "1h"}]
     manifest = model_deployment(
         NAME, model_name, mlflow_server.url, replicas=10, canary={"alias": "canary", "steps": steps}
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
     wait_run(
         kube,
         namespace,
@@ -630,6 +630,7 @@ def test_a_held_step_is_passed_once_an_interval_not_every_second(
     own_operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     prometheus: ScriptedPrometheus,
     namespace: str,
     model_name: str,
@@ -637,7 +638,6 @@ def test_a_held_step_is_passed_once_an_interval_not_every_second(
     """Too little canary traffic: the step's time is up and it holds, Inconclusive. Passes come with
     the measurements (every 5 s: the pass that finds one due starts the reading beside it, and the
     reading's end wakes the pass that takes it), not every second."""
-    registered(registry, model_name, 2, production="1", canary="2")
     prometheus.set(model_name, FEW)
     manifest = model_deployment(
         NAME,
@@ -652,7 +652,7 @@ def test_a_held_step_is_passed_once_an_interval_not_every_second(
             "analysis": analysis(prometheus, interval="5s"),
         },
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
     wait_run(
         kube,
         namespace,
@@ -682,7 +682,7 @@ def test_a_resumed_canary_is_measured_every_interval_again(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     prometheus: ScriptedPrometheus,
     namespace: str,
     model_name: str,
@@ -690,7 +690,6 @@ def test_a_resumed_canary_is_measured_every_interval_again(
     """Paused, then resumed at the same weight: the step starts again and is measured every interval
     from then on, so a canary that fails after the resume is aborted within an interval or two, not
     at the end of its step."""
-    registered(registry, model_name, 2, production="1", canary="2")
     prometheus.set(model_name, PASSING)
     manifest = model_deployment(
         NAME,
@@ -703,7 +702,7 @@ def test_a_resumed_canary_is_measured_every_interval_again(
             "analysis": analysis(prometheus, interval="2s", failureLimit=1),
         },
     )
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=2, ready=None, production="1", canary="2")
     wait_run(
         kube,
         namespace,
@@ -754,11 +753,10 @@ def test_gateway_api_at_zero_replicas_keeps_no_canary_pod_and_weights_no_empty_b
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
     manifest = model_deployment(
         NAME,
         model_name,
@@ -767,8 +765,7 @@ def test_gateway_api_at_zero_replicas_keeps_no_canary_pod_and_weights_no_empty_b
         canary={"alias": "canary", "weight": 25},
         traffic={"router": "gatewayAPI"},
     )
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, NAME, "1", "2"), timeout=60, what="Ready at 1 + 2")
+    deploy(manifest, versions=2, ready=("1", "2"), production="1", canary="2")
     assert route_weights(kube, namespace, NAME) == {f"{NAME}-production": 75, f"{NAME}-canary": 25}
 
     # Scaled to zero mid-canary; and another resource created at zero with its canary.
@@ -915,13 +912,19 @@ def test_an_aborted_canary_loses_its_alias_after_its_outcome_is_recorded(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     prometheus: ScriptedPrometheus,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
     prometheus.set(model_name, FAILING)
-    kube.apply(removing(prometheus, mlflow_server.url, model_name), namespace=namespace)
+    deploy(
+        removing(prometheus, mlflow_server.url, model_name),
+        versions=2,
+        ready=None,
+        production="1",
+        canary="2",
+    )
 
     wait_for(
         lambda: "canary" not in aliases(registry, model_name),

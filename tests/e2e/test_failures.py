@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from harness import (
+    Deploy,
     Kube,
     available_at,
     condition,
@@ -36,12 +37,13 @@ def test_registry_outage_rolls_nothing_and_recovers(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1")
-    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(
+        model_deployment("sentiment", model_name, mlflow_server.url), versions=2, ready="1", production="1"
+    )
 
     mlflow_server.stop()
     try:
@@ -79,12 +81,13 @@ def test_deleted_alias_keeps_the_version_serving(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 1, production="1")
-    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url), namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(
+        model_deployment("sentiment", model_name, mlflow_server.url), versions=1, ready="1", production="1"
+    )
 
     registry.delete_registered_model_alias(model_name, "production")
     resource = wait_condition(
@@ -112,14 +115,13 @@ def test_missing_credentials_secret_then_created(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 1, production="1")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url)
     manifest["spec"]["registry"]["credentialsSecretRef"] = {"name": "mlflow-credentials"}
-    kube.apply(manifest, namespace=namespace)
+    deploy(manifest, versions=1, ready=None, production="1")
 
     resource = wait_condition(
         kube, namespace, "sentiment", "RegistryReachable", ("False", "CredentialsNotFound"), timeout=30
@@ -251,14 +253,12 @@ def test_a_version_whose_pods_exit_stalls_with_their_message_while_the_previous_
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", broken="2")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url)
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(manifest, versions=2, ready="1", production="1", broken="2")
     serving = {pod["metadata"]["uid"] for pod in _pods(kube, namespace, "1")}
     assert len(serving) == 2
 
@@ -329,16 +329,14 @@ def test_a_crash_looping_version_stays_stalled_with_one_warning_and_counts_none_
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
     """With the operator's default progress deadline (600 s, never reached here) only the pod says
     the roll stalled, and it says so in every state of its restart cycle, running again included."""
-    registered(registry, model_name, 2, production="1", broken="2")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url)
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(manifest, versions=2, ready="1", production="1", broken="2")
 
     broken = json.loads(json.dumps(manifest))
     broken["spec"]["model"]["alias"] = "broken"

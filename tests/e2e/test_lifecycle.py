@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import Kube, available_at, model_deployment, ready_at, registered, wait_for
+from harness import Deploy, Kube, available_at, model_deployment, ready_at, wait_for
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
@@ -27,13 +27,12 @@ def test_a_replaced_resource_is_reconciled_under_its_new_uid(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1")
     manifest: dict[str, Any] = model_deployment("sentiment", model_name, mlflow_server.url, replicas=2)
-    kube.apply(manifest, namespace=namespace)
-    first = wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    first = deploy(manifest, versions=2, ready="1", production="1")
     old_uid = first["metadata"]["uid"]
     assert owner_uid(kube, namespace, "sentiment-production") == old_uid
     # Kopf keeps nothing on the resource: no finalizer, no last-handled state (handlers.NoDiffBase).
@@ -96,12 +95,16 @@ def test_resync_lists_the_resources_and_leaves_live_workers_alone(
     quick_resync: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1")
-    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url, replicas=1), namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(
+        model_deployment("sentiment", model_name, mlflow_server.url, replicas=1),
+        versions=2,
+        ready="1",
+        production="1",
+    )
     marker = len(quick_resync.log_path.read_text().splitlines())
 
     def resyncs() -> list[str]:

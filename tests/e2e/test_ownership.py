@@ -4,6 +4,7 @@ overwritten or pruned, and the resource says which object is in the way."""
 from __future__ import annotations
 
 from harness import (
+    Deploy,
     Kube,
     condition_message,
     model_deployment,
@@ -65,14 +66,13 @@ def test_two_resources_never_fight_over_a_name(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
     """`a` (gatewayAPI) wants Service `a-canary` for its canary track; resource `a-canary` wants the
     same name for its stable Service. The first keeps it; the second says so and waits."""
-    registered(registry, model_name, 1, production="1")
-    kube.apply(model_deployment("a-canary", model_name, mlflow_server.url), namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "a-canary", "1"), timeout=60, what="a-canary Ready")
+    deploy(model_deployment("a-canary", model_name, mlflow_server.url), versions=1, ready="1", production="1")
     owner_uid = kube.get("mdep", "a-canary", namespace)["metadata"]["uid"]  # type: ignore[index]
     service_before = kube.get("service", "a-canary", namespace)
     assert service_before is not None

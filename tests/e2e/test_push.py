@@ -21,6 +21,7 @@ from harness import (
     OTHER_WEBHOOK_SECRET,
     WEBHOOK_REGISTRY,
     WEBHOOK_SECRET,
+    Deploy,
     Kube,
     available_at,
     deployment_version,
@@ -119,13 +120,14 @@ def test_a_pushed_alias_move_reaches_the_pod_template_long_before_the_poll(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     webhook: str,
     namespace: str,
     model_name: str,
 ) -> None:
     v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
     before = scrape(operator)
-    kube.apply(polled_hourly("pushed", model_name, mlflow_server.url), namespace=namespace)
+    deploy(polled_hourly("pushed", model_name, mlflow_server.url), versions=None, ready=v1)
     wait_for(
         lambda: available_at(kube, namespace, "pushed-production", v1), timeout=60, what="available at v1"
     )
@@ -174,17 +176,17 @@ def test_forged_old_replayed_and_unknown_deliveries_change_nothing(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
     v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    kube.apply(polled_hourly("quiet", model_name, mlflow_server.url), namespace=namespace)
+    # The rollout's passes write version tags and read each write back: done (Ready) before the move.
+    deploy(polled_hourly("quiet", model_name, mlflow_server.url), versions=None, ready=v1)
     wait_for(
         lambda: available_at(kube, namespace, "quiet-production", v1), timeout=60, what="available at v1"
     )
     v2 = register_version(mlflow_server.url, model_name, variant="v2")
-    # The rollout's passes write version tags and read each write back: done before the move.
-    wait_for(lambda: ready_at(kube, namespace, "quiet", v1), timeout=60, what="Ready at v1")
     # Moved with no webhook registered: only a delivery could bring the change before the poll.
     registry.set_registered_model_alias(model_name, "production", v2)  # (the client reads the model too)
     reads = f"registered-models/get?name={model_name}"
@@ -241,6 +243,7 @@ def test_another_registrys_delivery_wakes_nothing_here_and_ids_are_uuids(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
@@ -249,8 +252,7 @@ def test_another_registrys_delivery_wakes_nothing_here_and_ids_are_uuids(
     the model read nothing here: the model is not followed on its tracking URI. A delivery id that is
     not a UUID is refused before anything else."""
     v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
-    kube.apply(polled_hourly("scoped", model_name, mlflow_server.url), namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "scoped", v1), timeout=60, what="Ready at v1")
+    deploy(polled_hourly("scoped", model_name, mlflow_server.url), versions=None, ready=v1)
     v2 = register_version(mlflow_server.url, model_name, variant="v2")
     registry.set_registered_model_alias(model_name, "production", v2)  # no webhook: only a push reads it
     reads = f"registered-models/get?name={model_name}"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from harness import (
+    Deploy,
     Kube,
     available_at,
     deployment_version,
     model_deployment,
     ready_at,
-    registered,
     wait_for,
 )
 from mlflow import MlflowClient
@@ -26,13 +26,12 @@ def test_operator_killed_mid_rollout_converges(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url, replicas=4, canary={"weight": 25})
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready 1+2")
+    deploy(manifest, versions=2, ready=("1", "2"), production="1", canary="2")
 
     try:
         registry.set_registered_model_alias(model_name, "production", "2")  # a promotion
@@ -62,16 +61,14 @@ def test_deleting_the_resource_removes_everything_it_owned(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
     manifest = model_deployment(
         "sentiment", model_name, mlflow_server.url, canary={"weight": 50}, traffic={"router": "gatewayAPI"}
     )
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready 1+2")
+    deploy(manifest, versions=2, ready=("1", "2"), production="1", canary="2")
     assert len(kube.list("deployments,services,httproutes", namespace, OWNED)) == 6
 
     kube.cluster.kubectl("delete", "mdep", "sentiment", "-n", namespace, "--wait=true", "--timeout=30s")
@@ -86,13 +83,16 @@ def test_hand_edits_and_deletions_are_restored(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 1, production="1")
-    kube.apply(model_deployment("sentiment", model_name, mlflow_server.url, replicas=2), namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(
+        model_deployment("sentiment", model_name, mlflow_server.url, replicas=2),
+        versions=1,
+        ready="1",
+        production="1",
+    )
 
     # Someone scales and re-images the Deployment by hand.
     patch = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness import Kube, condition, model_deployment, ready_at, registered, wait_events, wait_for
+from harness import Deploy, Kube, condition, model_deployment, ready_at, wait_events, wait_for
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
@@ -20,18 +20,19 @@ def test_kubectl_scale_splits_the_new_total_by_weight(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1", canary="2")
-    kube.apply(
+    deploy(
         model_deployment(
             "sentiment", model_name, mlflow_server.url, replicas=5, canary={"alias": "canary", "weight": 20}
         ),
-        namespace=namespace,
+        versions=2,
+        ready=("1", "2"),
+        production="1",
+        canary="2",
     )
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready 1+2")
 
     # What an autoscaler reads and writes: the scale subresource.
     scale = json.loads(
@@ -97,20 +98,21 @@ def test_a_horizontal_pod_autoscaler_scales_the_model_deployment(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
     """The real HPA controller finds the scale subresource and raises spec.replicas to its minimum
     (it needs no metrics for that); the operator splits what it set, and no one fights over it."""
-    registered(registry, model_name, 2, production="1", canary="2")
-    kube.apply(
+    deploy(
         model_deployment(
             "sentiment", model_name, mlflow_server.url, replicas=1, canary={"alias": "canary", "weight": 25}
         ),
-        namespace=namespace,
+        versions=2,
+        ready=("1", "2"),
+        production="1",
+        canary="2",
     )
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1", "2"), timeout=60, what="Ready 1+2")
     kube.apply(
         {
             "apiVersion": "autoscaling/v2",
@@ -158,13 +160,12 @@ def test_suspend_stops_following_aliases_and_resume_catches_up(
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
     registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 2, production="1")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url, replicas=2)
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at 1")
+    deploy(manifest, versions=2, ready="1", production="1")
 
     manifest["spec"]["suspend"] = True
     kube.apply(manifest, namespace=namespace)

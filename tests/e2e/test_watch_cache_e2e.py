@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from harness import (
+    Deploy,
     Kube,
     available_at,
     condition,
@@ -115,15 +116,13 @@ def test_a_change_to_an_owned_object_wakes_its_owner_without_a_poll(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
-    registered(registry, model_name, 1, production="1")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url)
     manifest["spec"]["registry"]["pollInterval"] = "1h"  # only the watch can bring the next pass
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(manifest, versions=1, ready="1", production="1")
     pdb = kube.get("pdb", "sentiment-production", namespace)
     assert pdb is not None
 
@@ -276,18 +275,16 @@ def test_a_registry_outage_adds_no_passes(
     kube: Kube,
     operator: OperatorProcess,
     mlflow_server: MlflowServer,
-    registry: MlflowClient,
+    deploy: Deploy,
     namespace: str,
     model_name: str,
 ) -> None:
     """The poller retries the registry (every 2 s at most here) and wakes the resource when its
     answer changes; the resource's own passes stay at its poll interval instead of backing off on
     their own (1, 2, 3, 3 ... s here: four passes or more in these 8 s)."""
-    registered(registry, model_name, 1, production="1")
     manifest = model_deployment("sentiment", model_name, mlflow_server.url)
     manifest["spec"]["registry"]["pollInterval"] = "30s"
-    kube.apply(manifest, namespace=namespace)
-    wait_for(lambda: ready_at(kube, namespace, "sentiment", "1"), timeout=60, what="Ready at v1")
+    deploy(manifest, versions=1, ready="1", production="1")
     # The passes woken by the rollout's progress are over once the count stands still for 3 s.
     passes_before, still_since = operator_passes(operator), time.monotonic()
     deadline = time.monotonic() + 30

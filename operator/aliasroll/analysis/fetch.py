@@ -11,8 +11,12 @@ without end, send a body of many megabytes or never answer. So every call has
   refused before any of it is read). The answer must not be compressed (`Accept-Encoding: identity`
   is asked for): the budget counts the bytes that are kept.
 
-Failures are said in the operator's own words (`CallFailed`), never with text from the remote's
-answer, which would put what a tenant's server says into status.
+A client may check the egress allow-list when it connects (aliasroll.outbound.GuardedTransport):
+a destination it refuses fails the call with the allow-list's reason (`CallFailed.refused`).
+
+Failures are said in the operator's own words (`CallFailed`, in the phrases aliasroll.outbound has
+for every outbound call), never with text from the remote's answer, which would put what a tenant's
+server says into status.
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ from dataclasses import dataclass
 
 import httpx2
 
+from aliasroll.outbound import DestinationRefusedError, more_than, no_answer_within, not_called
+
 IDENTITY = {"Accept-Encoding": "identity"}
 
 
 class CallFailed(Exception):
     """Why an endpoint's answer is not used: one of a few fixed phrases (str(error)), completing
-    "<the endpoint> ...". `read` is how many bytes of the body were read before the call ended."""
+    "<the endpoint> ...". `read` is how many bytes of the body were read before the call ended;
+    `refused` the allow-list's reason when the destination was refused (nothing was sent)."""
 
-    def __init__(self, phrase: str, *, read: int = 0) -> None:
+    def __init__(self, phrase: str, *, read: int = 0, refused: str | None = None) -> None:
         super().__init__(phrase)
         self.read = read
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -40,14 +48,6 @@ class Answer:
     status: int
     body: bytes  # what was read, unless `keep` took it (empty then, and when the body was not read)
     read: int  # bytes of the body read
-
-
-def size(limit: int) -> str:
-    """4194304 -> "4 MiB"; 262144 -> "256 KiB"."""
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if limit >= scale and limit % scale == 0:
-            return f"{limit // scale} {unit}"
-    return f"{limit} bytes"
 
 
 async def call(
@@ -78,14 +78,14 @@ async def call(
                     return Answer(status=answer.status_code, body=b"", read=0)
                 length = answer.headers.get("content-length", "")
                 if length.isdigit() and int(length) > limit:
-                    raise CallFailed(f"answered more than {size(limit)}")
+                    raise CallFailed(more_than(limit))
                 pieces: list[bytes] = []
                 # aiter_bytes, not aiter_raw: the same bytes (no encoding is accepted), and it also
                 # serves an answer a test transport has already read.
                 async for piece in answer.aiter_bytes():
                     read += len(piece)
                     if read > limit:
-                        raise CallFailed(f"answered more than {size(limit)}", read=read)
+                        raise CallFailed(more_than(limit), read=read)
                     if keep is None:
                         pieces.append(piece)
                     else:
@@ -94,8 +94,10 @@ async def call(
     except CallFailed as failed:
         failed.read = max(failed.read, read)
         raise
+    except DestinationRefusedError as refused:
+        raise CallFailed(not_called(refused.reason), refused=refused.reason) from None
     except (TimeoutError, httpx2.TimeoutException):
-        raise CallFailed(f"did not answer within {deadline:g} s", read=read) from None
+        raise CallFailed(no_answer_within(deadline), read=read) from None
     except httpx2.ConnectError:
         raise CallFailed("could not be connected to", read=read) from None
     except (httpx2.RemoteProtocolError, httpx2.ReadError):

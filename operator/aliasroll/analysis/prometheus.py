@@ -17,9 +17,11 @@ is exactly the interval before it.
 
 The address is the resource's to choose, so every query is bounded like any endpoint a tenant
 chooses (analysis.fetch): a total deadline (`timeout_seconds`) and a byte budget (MAX_ANSWER_BYTES;
-an answer of these aggregated queries is a few kB). What goes wrong is said in the operator's own
-words: never the server's `error` text nor any part of its answer (only its `errorType`, when it is
-one of Prometheus' own).
+an answer of these aggregated queries is a few kB). The operator's clients (`new_client` with the
+egress allow-list) connect only to addresses the allow-list accepts, checked when each connection is
+made, as the registry client's are (aliasroll.outbound); a refused address is never sent a byte.
+What goes wrong is said in the operator's own words: never the server's `error` text nor any part
+of its answer (only its `errorType`, when it is one of Prometheus' own).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from aliasroll.analysis.fetch import CallFailed, call
 from aliasroll.analysis.provider import AnalysisTarget, TrackWindows
 from aliasroll.analysis.window import LATENCY_BUCKET_SERIES, LATENCY_COUNT_SERIES, REQUESTS_SERIES, Window
 from aliasroll.errors import AnalysisUnavailable
+from aliasroll.outbound import ConnectCheck, GuardedTransport
 
 # A whole query (connect, head, body), not a timeout per read.
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -52,6 +55,8 @@ _ERROR_TYPES = frozenset(
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # Labels the queries set themselves.
 _RESERVED = frozenset({"model", "version", "code", "le", "__name__"})
+# A query's answer: each series' labels and value.
+Samples = list[tuple[dict[str, str], float]]
 
 
 class PrometheusProvider:
@@ -70,6 +75,7 @@ class PrometheusProvider:
         label the user's scrape configuration sets), so that other deployments' pods are not counted;
         `namespace_label`: the label that carries the pods' namespace ("" for none)."""
         check_source(address, matchers=matchers, namespace_label=namespace_label)
+        self._source = address  # as the spec names it: a refused destination is named so
         parts = urlsplit(address.strip())
         self._query_url = address.strip().rstrip("/") + "/api/v1/query"
         # Messages name the server without any credentials in its URL.
@@ -83,6 +89,46 @@ class PrometheusProvider:
     async def measure(self, target: AnalysisTarget) -> TrackWindows:
         if target.interval_seconds < 1:
             raise ValueError(f"interval_seconds must be at least 1, not {target.interval_seconds}")
+        requests, errors, buckets = await self._increases(target)
+        request_counts = _by_version(requests)
+        if target.production_version not in request_counts:
+            raise AnalysisUnavailable(
+                f"{self._no_samples(target, 0)}: check that it scrapes the serving pods' /metrics "
+                "(container port admin), that the label matchers match their series"
+                f"{self._namespace_hint()}, and that the analysis interval spans at least two scrapes"
+            )
+        caveat = None
+        if target.canary_version not in request_counts:
+            # Not a pass, nor a reason to hold without a word: no canary traffic is known, which the
+            # judge calls Inconclusive, and the message says why.
+            caveat = (
+                f"{self._no_samples(target, 1)}, counted as no canary traffic: the canary's pods are "
+                "not scraped yet (a pod needs two scrapes in the interval) or not scraped at all"
+            )
+        error_counts = _by_version(errors)
+        bucket_counts = _buckets_by_version(buckets)
+
+        def window(version: str) -> Window:
+            return Window(
+                requests=request_counts.get(version, 0.0),
+                errors=error_counts.get(version, 0.0),
+                buckets=tuple(sorted(bucket_counts.get(version, {}).items())),
+            )
+
+        since = None
+        if target.read_at is not None:
+            since = target.read_at - timedelta(seconds=target.interval_seconds)
+        return TrackWindows(
+            production=window(target.production_version),
+            canary=window(target.canary_version),
+            seconds=float(target.interval_seconds),
+            since=since,
+            caveat=caveat,
+        )
+
+    async def _increases(self, target: AnalysisTarget) -> list[Samples]:
+        """The three queries' samples, asked at once: the requests, the 5xx errors and the latency
+        buckets of both versions over the interval."""
         selector = self._selector(target)
         errors_selector = selector[:-1] + ',code=~"5.."}'
         rng = f"[{target.interval_seconds}s]"
@@ -96,55 +142,17 @@ class PrometheusProvider:
             )
         ]
         try:
-            requests, errors, buckets = await asyncio.gather(*queries)
+            return list(await asyncio.gather(*queries))
         finally:
             for query in queries:  # one failed: the others are not waited for
                 query.cancel()
-        request_counts = _by_version(requests)
-        if target.production_version not in request_counts:
-            series = f"{LATENCY_COUNT_SERIES}{self._selector(target, 0)}"
-            raise AnalysisUnavailable(
-                f"Prometheus at {self.address} has no samples of {series}"
-                f" over the last {target.interval_seconds} s: check that it scrapes the serving pods' "
-                "/metrics (container port admin), that the label matchers match their series"
-                f"{self._namespace_hint()}, and that the analysis interval spans at least two scrapes"
-            )
-        caveat = None
-        if target.canary_version not in request_counts:
-            # Not a pass, nor a reason to hold without a word: no canary traffic is known, which the
-            # judge calls Inconclusive, and the message says why.
-            series = f"{LATENCY_COUNT_SERIES}{self._selector(target, 1)}"
-            caveat = (
-                f"Prometheus at {self.address} has no samples of {series} over the last "
-                f"{target.interval_seconds} s, counted as no canary traffic: the canary's pods are "
-                "not scraped yet (a pod needs two scrapes in the interval) or not scraped at all"
-            )
-        error_counts = _by_version(errors)
-        bucket_counts: dict[str, dict[float, float]] = {}
-        for labels, value in buckets:
-            try:
-                bound = float(labels.get("le", ""))
-            except ValueError:
-                continue
-            bucket_counts.setdefault(labels.get("version", ""), {})[bound] = value
 
-        since = None
-        if target.read_at is not None:
-            since = target.read_at - timedelta(seconds=target.interval_seconds)
-
-        def window(version: str) -> Window:
-            return Window(
-                requests=request_counts.get(version, 0.0),
-                errors=error_counts.get(version, 0.0),
-                buckets=tuple(sorted(bucket_counts.get(version, {}).items())),
-            )
-
-        return TrackWindows(
-            production=window(target.production_version),
-            canary=window(target.canary_version),
-            seconds=float(target.interval_seconds),
-            since=since,
-            caveat=caveat,
+    def _no_samples(self, target: AnalysisTarget, which: int) -> str:
+        """What Prometheus lacks of one version (0 production, 1 canary) over the interval."""
+        series = f"{LATENCY_COUNT_SERIES}{self._selector(target, which)}"
+        return (
+            f"Prometheus at {self.address} has no samples of {series} "
+            f"over the last {target.interval_seconds} s"
         )
 
     def forget(self, key: str) -> None:
@@ -176,7 +184,7 @@ class PrometheusProvider:
             'in, or "" for none)'
         )
 
-    async def _query(self, promql: str, *, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+    async def _query(self, promql: str, *, at: float | None = None) -> Samples:
         form = {"query": promql}
         if at is not None:
             form["time"] = f"{at:.3f}"
@@ -190,6 +198,8 @@ class PrometheusProvider:
                 limit=MAX_ANSWER_BYTES,
             )
         except CallFailed as failed:
+            if failed.refused is not None:
+                raise AnalysisUnavailable(f"analysis.prometheus.address {self._source} {failed}") from None
             raise AnalysisUnavailable(self._failed(str(failed))) from None
         if answer.status in (401, 403):
             raise AnalysisUnavailable(
@@ -217,7 +227,7 @@ class PrometheusProvider:
             raise AnalysisUnavailable(
                 f"Prometheus at {self.address} answered {promql} with something other than an instant vector"
             )
-        samples: list[tuple[dict[str, str], float]] = []
+        samples: Samples = []
         for series in data["result"]:
             try:
                 value = float(series["value"][1])
@@ -256,16 +266,37 @@ def check_source(address: str, *, matchers: Mapping[str, str] | None, namespace_
 
 
 def new_client(
-    *, headers: Mapping[str, str] | None = None, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    destinations: ConnectCheck | None = None,
 ) -> httpx2.AsyncClient:
-    """An HTTP client for one Prometheus address (it may be shared by the resources that name it)."""
-    # No proxy or .netrc from the environment: what the egress check saw is what is called (and
-    # httpx follows no redirect unless asked).
-    return httpx2.AsyncClient(timeout=timeout_seconds, headers=dict(headers or {}), trust_env=False)
+    """An HTTP client for one Prometheus address (it may be shared by the resources that name it),
+    connecting only where `destinations` (the egress allow-list; None: anywhere) allows."""
+    # No proxy or .netrc from the environment: what the egress check sees is what is called (and
+    # httpx follows no redirect unless asked; one that were followed would be checked as well).
+    return httpx2.AsyncClient(
+        timeout=timeout_seconds,
+        headers=dict(headers or {}),
+        trust_env=False,
+        transport=GuardedTransport(destinations),
+    )
 
 
-def _by_version(samples: list[tuple[dict[str, str], float]]) -> dict[str, float]:
+def _by_version(samples: Samples) -> dict[str, float]:
     return {labels.get("version", ""): value for labels, value in samples}
+
+
+def _buckets_by_version(samples: Samples) -> dict[str, dict[float, float]]:
+    """{version: {upper bound: count}}; a sample whose `le` is not a number is left out."""
+    found: dict[str, dict[float, float]] = {}
+    for labels, value in samples:
+        try:
+            bound = float(labels.get("le", ""))
+        except ValueError:
+            continue
+        found.setdefault(labels.get("version", ""), {})[bound] = value
+    return found
 
 
 def _quote(value: str) -> str:

@@ -45,7 +45,7 @@ from aliasroll.analysis.judge import Limits, judge
 from aliasroll.analysis.pods import PodMetricsProvider
 from aliasroll.analysis.prometheus import PrometheusProvider
 from aliasroll.analysis.provider import AnalysisTarget, MetricsProvider, PodEndpoint, TrackWindows
-from aliasroll.egress import Destinations, resolve_host
+from aliasroll.egress import Destinations
 from aliasroll.errors import AliasrollError, AnalysisUnavailable
 from aliasroll.kube.observe import OwnedObjects
 from aliasroll.labels import LABEL_TRACK
@@ -220,15 +220,6 @@ class Analyzer:
     async def _windows(
         self, owner: ResourceRef, port: int, analysis: AnalysisSpec, asked: _Asked, now: datetime
     ) -> TrackWindows | None:
-        if asked.source is not None and self._destinations is not None:
-            # The name's addresses are checked as well (the lookup blocks: off the loop).
-            reason = await asyncio.to_thread(
-                self._destinations.check, asked.source.address, resolve=resolve_host
-            )
-            if reason is not None:
-                raise AnalysisUnavailable(
-                    f"analysis.prometheus.address {asked.source.address} is not called: {reason}"
-                )
         pods, unmeasured = await self._ready_pods(owner, port)
         target = AnalysisTarget(
             key=owner.uid,
@@ -255,7 +246,7 @@ class Analyzer:
         client = self._clients.get(source.address)
         if client is None:
             client = self._clients[source.address] = prometheus.new_client(
-                timeout_seconds=self._prometheus_timeout
+                timeout_seconds=self._prometheus_timeout, destinations=self._destinations
             )
         return PrometheusProvider(
             source.address,

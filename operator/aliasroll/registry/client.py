@@ -46,13 +46,8 @@ from aliasroll.errors import (
     RegistryError,
     RegistryUnavailable,
 )
-from aliasroll.registry.transport import (
-    AnswerTooLarge,
-    BoundedHttp,
-    DeadlinePassed,
-    DestinationRefusedError,
-    OperatorBusy,
-)
+from aliasroll.outbound import DestinationRefusedError, more_than, no_answer_within, not_called
+from aliasroll.registry.transport import AnswerTooLarge, BoundedHttp, DeadlinePassed, OperatorBusy
 from aliasroll.registry.types import DEFAULT_MAX_ANSWER_BYTES, READY, Credentials, Endpoint, VersionInfo
 
 # MLflow refuses max_results above 1000 for search_registered_models.
@@ -233,7 +228,7 @@ class RegistryClient:
             raise map_registry_error(error, endpoint=endpoint, subject=subject) from None
         except DeadlinePassed:
             raise RegistryUnavailable(
-                f"the registry at {endpoint.tracking_uri} did not answer within {self.timeout():g} s "
+                f"the registry at {endpoint.tracking_uri} {no_answer_within(self.timeout())} "
                 "(ALIASROLL_REGISTRY_TIMEOUT)"
             ) from None
         except OperatorBusy:
@@ -243,8 +238,8 @@ class RegistryClient:
             ) from None
         except AnswerTooLarge:
             raise RegistryAnswerTooLarge(
-                f"the registry at {endpoint.tracking_uri} answered more than "
-                f"{_size(self.max_answer_bytes)} for {subject} (ALIASROLL_REGISTRY_MAX_ANSWER_BYTES)"
+                f"the registry at {endpoint.tracking_uri} {more_than(self.max_answer_bytes)} for {subject} "
+                "(ALIASROLL_REGISTRY_MAX_ANSWER_BYTES)"
             ) from None
         except DestinationRefusedError as error:
             raise _refused(endpoint, error.reason) from None
@@ -500,16 +495,8 @@ def _not_mlflow(endpoint: Endpoint, what: str) -> str:
 
 
 def _refused(endpoint: Endpoint, reason: str) -> DestinationRefused:
-    return DestinationRefused(f"the registry at {endpoint.tracking_uri} is not called: {reason}")
+    return DestinationRefused(f"the registry at {endpoint.tracking_uri} {not_called(reason)}")
 
 
 def _basic(username: str, password: str) -> str:
     return "Basic " + base64.standard_b64encode(f"{username}:{password}".encode()).decode()
-
-
-def _size(count: int) -> str:
-    if count % (1024 * 1024) == 0:
-        return f"{count // (1024 * 1024)} MiB"
-    if count % 1024 == 0:
-        return f"{count // 1024} KiB"
-    return f"{count} bytes"

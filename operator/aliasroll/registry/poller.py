@@ -65,6 +65,7 @@ from aliasroll.errors import (
     RegistryError,
     RegistryUnavailable,
 )
+from aliasroll.outbound import not_called
 from aliasroll.registry.client import SEARCH_PAGE_SIZE, RegistryClient
 from aliasroll.registry.types import Endpoint, VersionInfo
 
@@ -371,7 +372,7 @@ class RegistryPoller:
         reason = self._destinations.check(endpoint.tracking_uri)
         if reason is None:
             return None
-        return DestinationRefused(f"the registry at {endpoint.tracking_uri} is not called: {reason}")
+        return DestinationRefused(f"the registry at {endpoint.tracking_uri} {not_called(reason)}")
 
     def _no_answer(self, endpoint: Endpoint) -> RegistryUnavailable:
         return RegistryUnavailable(

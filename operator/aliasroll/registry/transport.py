@@ -7,9 +7,10 @@ Here each call is watched: at its deadline the watchdog shuts its socket down, w
 connect, TLS handshake, header or body read at once (the call then fails as "did not answer within
 N s"); the body is read in chunks and the call fails as soon as it holds more than the budget (or the
 server announces more). A connection is made only to the addresses its name resolves to at that
-moment, after each is checked (`Destinations.check_address`), so a name that changes its answer
-between the check and the call (DNS rebinding) is caught. Name resolution itself is the one step the
-deadline cannot interrupt (the system resolver's own timeouts bound it).
+moment, after each is checked (`aliasroll.outbound.refuse_unless_allowed`, the check every outbound
+client makes), so a name that changes its answer between the check and the call (DNS rebinding) is
+caught. Name resolution itself is the one step the deadline cannot interrupt (the system resolver's
+own timeouts bound it).
 
 No proxy, .netrc or redirect is followed: the operator connects to the registry itself, so what the
 egress check sees is what is called, and a redirect cannot lead a call somewhere unchecked.
@@ -38,6 +39,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util import connection as connection_util
 
 from aliasroll.egress import Destinations
+from aliasroll.outbound import DestinationRefusedError, refuse_unless_allowed
 
 CHUNK_BYTES = 64 * 1024
 
@@ -53,14 +55,6 @@ class AnswerTooLarge(Exception):
 class OperatorBusy(Exception):
     """Reading on would take the operator past the bytes it holds for answers in flight (all
     registries together): the call stops, and is retried like an unreachable registry's."""
-
-
-class DestinationRefusedError(Exception):
-    """The destination resolved to an address the allow-list refuses; nothing was sent."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -161,10 +155,8 @@ class _GuardedConnectionMixin:
         except socket.gaierror as error:
             raise NameResolutionError(conn.host, conn, error) from error
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if call is not None and call.destinations is not None:
-            for address in addresses:
-                if (reason := call.destinations.check_address(conn.host, address)) is not None:
-                    raise DestinationRefusedError(reason)
+        if call is not None:
+            refuse_unless_allowed(call.destinations, conn.host, addresses)
         last: OSError | None = None
         for address in addresses:
             try:

@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import httpcore2
 import pytest
 from builders import NOW, OWNER, FixedObjects, spec
 
+from aliasroll import outbound
 from aliasroll.analysis import AnalysisTarget, PodEndpoint, TrackWindows, Verdict, Window
 from aliasroll.controller.analyzer import Analyzer
 from aliasroll.egress import Destinations
@@ -273,16 +275,19 @@ async def test_a_prometheus_address_the_egress_list_refuses_is_never_called(
 ) -> None:
     # The operator's own list: in-cluster names only; loopback and the rest refused as built in.
     destinations = Destinations.parse("*.svc.cluster.local,10.0.0.0/8")
-    made: list[str] = []
+    connected: list[str] = []
 
-    class Recorded(Scripted):
-        def __init__(self, address: str, **settings: Any) -> None:
-            super().__init__(None)
-            made.append(address)
+    async def resolve(host: str, port: int) -> list[str]:
+        # Names resolve outside the allowed range (a name is judged by its addresses too).
+        return [host] if host[0].isdigit() else ["192.168.1.5"]
 
-    monkeypatch.setattr("aliasroll.controller.analyzer.PrometheusProvider", Recorded)
-    # Names resolve outside the allowed range (a name is judged by its addresses too).
-    monkeypatch.setattr("aliasroll.controller.analyzer.resolve_host", lambda host: ["192.168.1.5"])
+    async def connect_tcp(self: object, host: str, port: int, **settings: Any) -> None:
+        connected.append(host)
+        raise httpcore2.ConnectError("not in this test")
+
+    # The check is the client's, when it connects (aliasroll.outbound), on what the name resolves to.
+    monkeypatch.setattr(outbound, "resolve", resolve)
+    monkeypatch.setattr(httpcore2.AnyIOBackend, "connect_tcp", connect_tcp)
     analyzer = Analyzer(FixedObjects(), destinations=destinations)
     woken = asyncio.Event()
     ask = {
@@ -300,6 +305,6 @@ async def test_a_prometheus_address_the_egress_list_refuses_is_never_called(
     assert result is not None
     assert result.measurement is None
     assert result.error is not None
-    assert f"analysis.prometheus.address {address} is not called" in result.error
+    assert result.error.startswith(f"analysis.prometheus.address {address} is not called: "), result.error
     assert why in result.error
-    assert made == [], "no provider was made for a refused address"
+    assert connected == [], "nothing was connected to for a refused address"

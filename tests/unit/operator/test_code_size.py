@@ -20,11 +20,12 @@ MODULE_LINES = 400
 # and 12 modules over 400 lines (serving/dependencies.py 1009, kube/cache.py 843, spec.py 715, ...).
 # Since then split into named steps: the planner's `plan` and `_status`, `Reconciler._reconcile`,
 # `Runtime.__init__` (controller/runtime.py), `rollout_conditions`, `judge`, `deployment`,
-# `parse_spec` and `parse_serving`, and both `from_env`; and into modules named for what they hold:
+# `parse_spec` and `parse_serving`, both `from_env`, `webhook_app` and `PrometheusProvider.measure`:
+# none is left, so a function over 60 lines now fails. And into modules named for what they hold:
 # spec.py (the package spec/), serving/dependencies.py (requirements.py, resolution.py,
 # dependency_cache.py, the Installer left in dependencies.py) and kube/cache.py's projections
 # (kube/projection.py; cache.py keeps the informers, 499 lines).
-LONG_FUNCTIONS_TODAY = 2
+LONG_FUNCTIONS_TODAY = 0
 LONG_MODULES_TODAY = 10
 
 

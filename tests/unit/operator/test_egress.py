@@ -126,20 +126,23 @@ def test_a_name_is_checked_again_at_connect_time_by_the_addresses_it_resolved_to
     assert ranges.check_address("mlflow.internal", "203.0.113.9") is not None
 
 
-def test_check_can_resolve_for_a_client_that_cannot_check_at_connect_time() -> None:
-    resolved = {
-        "prometheus.evil.example": ["203.0.113.5", "169.254.169.254"],
-        "prom.monitoring": ["10.0.0.9"],
-    }
-    reason = DEFAULT.check("http://prometheus.evil.example:9090", resolve=lambda host: resolved[host])
+def test_a_connection_is_checked_by_its_name_and_every_address_it_resolved_to() -> None:
+    # What every outbound client checks when it connects (aliasroll.outbound): one refused address
+    # refuses the name, whichever the connection would have used.
+    reason = DEFAULT.check_connection("prometheus.evil.example", ["203.0.113.5", "169.254.169.254"])
     assert reason is not None
-    assert "169.254.169.254" in reason
-    assert DEFAULT.check("http://prom.monitoring:9090", resolve=lambda host: resolved[host]) is None
-
-    def unresolvable(host: str) -> list[str]:
-        raise OSError("no such host")
-
-    assert DEFAULT.check("http://nowhere.example:9090", resolve=unresolvable) is None
+    assert reason.startswith("prometheus.evil.example (169.254.169.254) is a link-local address")
+    assert DEFAULT.check_connection("prom.monitoring", ["10.0.0.9"]) is None
+    # The name is checked as a name too, whatever it resolved to.
+    api = DEFAULT.check_connection("kubernetes.default.svc", ["10.0.0.9"])
+    assert api is not None
+    assert "the Kubernetes API server" in api
+    listed = Destinations.parse("*.svc.cluster.local")
+    unlisted = listed.check_connection("metrics.elsewhere.example", ["10.0.0.9"])
+    assert unlisted is not None
+    assert "not in ALIASROLL_ALLOWED_DESTINATIONS" in unlisted
+    # An address as the host: checked as the address, as `check` does for a URL naming it.
+    assert DEFAULT.check_connection("127.0.0.1", ["127.0.0.1"]) == DEFAULT.check("http://127.0.0.1:9090")
 
 
 def test_refused_destinations_can_be_added() -> None:
