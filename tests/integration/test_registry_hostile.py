@@ -26,6 +26,7 @@ from aliasroll.errors import (
     RegistryError,
     RegistryUnavailable,
 )
+from aliasroll.registry import transport
 from aliasroll.registry.client import RegistryClient
 from aliasroll.registry.types import Credentials, Endpoint
 from mlflowserver import MlflowServer
@@ -198,6 +199,17 @@ def test_a_silent_registry_releases_the_thread_at_the_deadline() -> None:
             client(timeout=1).model_aliases(Endpoint(server.url), "m")
         assert time.monotonic() - started < 2.5
         assert server.peer_closed.wait(5)
+
+
+def test_a_socket_timeout_at_the_deadline_is_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a busy machine the socket's own timer (as long as the deadline) can fire before the
+    # watchdog thread runs: the call still did not answer within its deadline, and says so.
+    def silent(server: HostileServer, conn: socket.socket, request: bytes) -> None:
+        server.wait_for_hang_up(conn, 60)
+
+    monkeypatch.setattr(transport._WATCHDOG, "watch", lambda call: None)  # the watchdog never runs
+    with hostile(silent) as server, pytest.raises(RegistryUnavailable, match="did not answer within 1 s"):
+        client(timeout=1).model_aliases(Endpoint(server.url), "m")
 
 
 @pytest.mark.parametrize("announced", [False, True], ids=["streamed", "content-length"])

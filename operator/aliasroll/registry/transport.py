@@ -93,6 +93,13 @@ class _Call:
             self.done = True
             self.sockets.clear()
 
+    @property
+    def past_deadline(self) -> bool:
+        """Cut by the watchdog, or ended by a socket timeout at the same moment: on a busy machine
+        the socket's own timer (the same length) can fire before the watchdog thread runs, and the
+        call then did not answer within its deadline all the same."""
+        return self.expired or time.monotonic() >= self.deadline
+
 
 def _cut(sock: socket.socket) -> None:
     """Ends whatever another thread is blocked on with this socket. socket.socket's own shutdown,
@@ -325,7 +332,7 @@ class BoundedHttp:
         except (DestinationRefusedError, AnswerTooLarge, OperatorBusy):
             raise
         except Exception as error:
-            if call.expired:
+            if call.past_deadline:
                 raise DeadlinePassed() from error
             raise
         finally:
