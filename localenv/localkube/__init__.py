@@ -2,9 +2,12 @@
 
 One module per component: ``pki`` (certificates), ``etcd``, ``apiserver``, ``controllers``
 (controller-manager and scheduler), ``kwok`` (the fake node), ``node`` (the real node: containerd,
-kubelet, kube-proxy and CoreDNS in a network namespace; ``incluster``: what its pods get as
-in-cluster clients, the kubernetes Service's endpoints and cluster DNS; ``dnsclient``, a DNS client
-to check that DNS with), plus what they share (``processes``, ``state``, ``kubeconfig``, ``bins``,
+kubelet, kube-proxy and CoreDNS in a network namespace; its parts ``nodenet``, the namespace and the
+bridges into it, ``nodecomponents``, its processes and their configs, ``nodehost``, what it changes
+on the host, ``nodestate``, what it records; ``incluster``: what its pods get as in-cluster clients,
+the kubernetes Service's endpoints and cluster DNS; ``dnsclient``, a DNS client to check that DNS
+with; ``images``, the images it runs, built with ``buildah``, cached by ``imagecache`` as archives
+of ``imagearchive``), plus what they share (``processes``, ``state``, ``kubeconfig``, ``bins``,
 ``common``). ``cluster.LocalCluster`` puts them together; ``cli`` is the
 command line of ``localenv/localcluster.py``.
 """

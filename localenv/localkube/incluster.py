@@ -12,7 +12,8 @@
   traffic stays on this machine and an outside name fails at once. kubelet's ``clusterDNS`` names
   the Service's IP, so ClusterFirst pods (the default) resolve ``<service>.<namespace>.svc``.
 
-Pure: the Corefile, the API objects and their paths. node.py starts the processes and applies them.
+Pure: the Corefile, the API objects and their paths. node.py applies them; nodecomponents.py starts
+CoreDNS.
 """
 
 from __future__ import annotations

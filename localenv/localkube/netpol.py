@@ -20,7 +20,8 @@ from pathlib import Path
 from .apiserver import SERVICE_CIDR
 from .bins import BUILD_SCRIPT
 from .common import ClusterError
-from .node import API_PORT_IN_NODE, RealNode
+from .node import RealNode
+from .nodenet import API_PORT_IN_NODE
 
 COMPONENT = "kube-router"
 BINARY = "kube-router"

@@ -1,4 +1,5 @@
-"""The locally built images' cache keys and the Dockerfiles' base argument (localenv/localkube/images.py).
+"""The locally built images' cache keys and the Dockerfiles' base argument (localenv/localkube:
+imagecache.py, buildah.py, images.py).
 
 An image is rebuilt exactly when one of its inputs changes: its Dockerfile, a file it copies, or the
 base. Anything else in the build context (and bytecode caches the tests write) must leave the key alone,
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from localkube import images
+from localkube import buildah, imagecache, images
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,13 +44,13 @@ def context(tmp_path: Path) -> Path:
 
 
 def key(context: Path, base_key: str = "base-1") -> str:
-    return images.input_key(context=context, dockerfile=context / "Dockerfile", base_key=base_key)
+    return imagecache.input_key(context=context, dockerfile=context / "Dockerfile", base_key=base_key)
 
 
 def test_copied_sources_skip_comments_flags_and_stages() -> None:
-    assert images.copied_sources(DOCKERFILE) == ["requirements.txt", "pkg/"]
-    assert images.copied_sources('COPY ["a b", "c", "/dest/"]\n') == ["a b", "c"]
-    assert images.copied_sources("COPY pyproject.toml uv.lock README.md ./\n") == [
+    assert imagecache.copied_sources(DOCKERFILE) == ["requirements.txt", "pkg/"]
+    assert imagecache.copied_sources('COPY ["a b", "c", "/dest/"]\n') == ["a b", "c"]
+    assert imagecache.copied_sources("COPY pyproject.toml uv.lock README.md ./\n") == [
         "pyproject.toml",
         "uv.lock",
         "README.md",
@@ -88,7 +89,7 @@ def test_key_changes_with_the_base(context: Path) -> None:
 
 def test_a_missing_copied_file_is_named(context: Path) -> None:
     (context / "requirements.txt").unlink()
-    with pytest.raises(images.ImageError, match=r"requirements\.txt"):
+    with pytest.raises(imagecache.ImageError, match=r"requirements\.txt"):
         key(context)
 
 
@@ -105,9 +106,9 @@ def test_dockerfiles_default_the_base_to_python_slim(dockerfile: str) -> None:
 
 
 def test_the_project_dockerfiles_have_keys() -> None:
-    base = images.base_key()
+    base = imagecache.base_key()
     for spec in images.DOCKERFILE_IMAGES.values():
-        assert len(images.input_key(context=REPO, dockerfile=REPO / spec.dockerfile, base_key=base)) == 64
+        assert len(imagecache.input_key(context=REPO, dockerfile=REPO / spec.dockerfile, base_key=base)) == 64
 
 
 def test_debian_mirror_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
@@ -118,16 +119,16 @@ def test_debian_mirror_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
         "Components: main\n\nTypes: deb\nURIs: http://mirror.example/debian\n"
         "Suites: bookworm bookworm-updates\nComponents: main\n"
     )
-    assert images.debian_mirror(sources) == "http://mirror.example/debian"
+    assert buildah.debian_mirror(sources) == "http://mirror.example/debian"
     (sources / "debian.sources").unlink()
     (tmp_path / "sources.list").write_text("deb [arch=amd64] http://other.example/debian bookworm main\n")
-    assert images.debian_mirror(sources) == "http://other.example/debian"
+    assert buildah.debian_mirror(sources) == "http://other.example/debian"
 
 
 def test_mounts_below_deepest_first() -> None:
     mounts = "proc /r/proc proc rw 0 0\nsysfs /r/sys sysfs rw 0 0\nx /r/proc/sys/fs/binfmt_misc y rw 0 0\n"
     mounts += "proc /rx/proc proc rw 0 0\n"
-    assert images.mounts_below(Path("/r"), mounts) == [
+    assert buildah.mounts_below(Path("/r"), mounts) == [
         Path("/r/proc/sys/fs/binfmt_misc"),
         Path("/r/proc"),
         Path("/r/sys"),
@@ -140,7 +141,7 @@ def test_prune_keeps_the_most_recently_used_archives(tmp_path: Path) -> None:
         archive.write_bytes(b"")
         os.utime(archive, (1_000_000 - age, 1_000_000 - age))
     (tmp_path / "pause-other.tar").write_bytes(b"")
-    images._prune("serving", directory=tmp_path, keep=3)
+    imagecache.prune("serving", directory=tmp_path, keep=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "pause-other.tar",
         "serving-newest.tar",
@@ -180,7 +181,7 @@ def pip_installs(dockerfile: str) -> list[list[str]]:
     text = (REPO / dockerfile).read_text()
     return [
         match["args"].split()
-        for line in images._logical_lines(text)
+        for line in imagecache._logical_lines(text)
         if (match := PIP_INSTALL.match(line.strip()))
     ]
 
@@ -210,7 +211,7 @@ def test_every_package_a_dockerfile_installs_is_pinned_by_sha256(dockerfile: str
         # Only from a requirements file, and pip refuses any file whose hash it does not list.
         assert "--require-hashes" in args, args
         assert [arg for arg in args if not arg.startswith("-")] == [f"/tmp/{Path(requirements).name}"], args
-    copied = images.copied_sources((REPO / dockerfile).read_text())
+    copied = imagecache.copied_sources((REPO / dockerfile).read_text())
     assert requirements in copied, f"{dockerfile} does not copy {requirements} (nor keys its image on it)"
     lines = pinned(REPO / requirements)
     assert lines
@@ -292,14 +293,14 @@ def test_a_download_whose_hash_differs_stops_the_build(dockerfile: str, tmp_path
 def test_the_base_is_debootstrapped_against_debian_s_keys(tmp_path: Path) -> None:
     keyring = tmp_path / "debian-archive-keyring.gpg"
     keyring.write_bytes(b"keys")
-    command = images.debootstrap_command(tmp_path / "rootfs", "http://deb.example/debian", keyring=keyring)
+    command = buildah.debootstrap_command(tmp_path / "rootfs", "http://deb.example/debian", keyring=keyring)
     assert command[0] == "debootstrap"
     assert f"--keyring={keyring}" in command
     assert "--force-check-gpg" in command  # a missing signature is an error, never a warning
     assert "--no-check-gpg" not in command
-    assert command[-3:] == [images.SUITE, str(tmp_path / "rootfs"), "http://deb.example/debian"]
-    with pytest.raises(images.ImageError, match="debian-archive-keyring"):
-        images.debootstrap_command(
+    assert command[-3:] == [imagecache.SUITE, str(tmp_path / "rootfs"), "http://deb.example/debian"]
+    with pytest.raises(imagecache.ImageError, match="debian-archive-keyring"):
+        buildah.debootstrap_command(
             tmp_path / "rootfs", "http://deb.example/debian", keyring=tmp_path / "none"
         )
 

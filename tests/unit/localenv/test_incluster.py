@@ -18,7 +18,8 @@ import pytest
 
 from localkube import dnsclient, incluster
 from localkube.apiserver import SERVICE_CIDR
-from localkube.node import NODE_ADDRESS, NODE_POD_CIDR, REAL_NODE_NAME
+from localkube.node import REAL_NODE_NAME
+from localkube.nodenet import NODE_ADDRESS, NODE_POD_CIDR
 from localkube.pki import APISERVER_SANS
 
 COREDNS_MAIN = Path(__file__).resolve().parents[3] / "localenv" / "go" / "coredns" / "main.go"
