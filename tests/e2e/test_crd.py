@@ -231,10 +231,12 @@ def test_kubectl_explain_describes_the_fields(kube: Kube) -> None:
 def test_an_ended_canary_run_is_kept_and_reads_right(kube: Kube, namespace: str) -> None:
     """The status an ended run leaves (no status.canary, the record in lastCanary, the history's
     outcome) is stored as written, and `kubectl get` shows no canary, phase or step."""
-    kube.apply(
-        with_spec("spec.canary", {"steps": [{"weight": 20, "duration": "1m"}]}, name="ended"),
-        namespace=namespace,
-    )
+    body = with_spec("spec.canary", {"steps": [{"weight": 20, "duration": "1m"}]}, name="ended")
+    # A RuntimeClass the session's operator does not allow: if an operator runs beside this test, it
+    # refuses the resource (Ready=False, everything else in status kept as written) instead of
+    # writing a status of its own between the patch below and the read.
+    body["spec"].setdefault("serving", {})["podTemplate"] = {"spec": {"runtimeClassName": "not-allowed-here"}}
+    kube.apply(body, namespace=namespace)
     record = {
         "version": "4",
         "phase": "Aborted",
