@@ -77,6 +77,20 @@ class ScriptedRegistry:
         with self.lock:
             self.aliases[model][alias] = version
 
+    def change_alias(
+        self, endpoint: Endpoint, model: str, alias: str, expect: str, to: str | None
+    ) -> dict[str, str]:
+        """As RegistryClient.change_alias: moves `alias` only while it names `expect`; returns the
+        aliases as read before."""
+        with self.lock:
+            found = dict(self.aliases[model])
+            if found.get(alias) == expect:
+                if to is None:
+                    self.aliases[model].pop(alias, None)
+                else:
+                    self.aliases[model][alias] = to
+        return found
+
     def set_version_tags(self, endpoint: Endpoint, model: str, version: str, tags: dict[str, str]) -> None:
         pass
 

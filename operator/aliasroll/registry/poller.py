@@ -128,6 +128,7 @@ class _Read:
 
     endpoint: Endpoint
     entries: list[_Entry]
+    started: float = 0.0  # clock() when it began
     # A sweep past its deadline: the loop no longer waits for it (see RegistryPoller._wants_read).
     overdue: bool = False
 
@@ -151,6 +152,9 @@ class _Entry:
     read: _Read | None = None  # the read under way, if any
     # A refresh came after `read` started: another read follows as soon as it ends.
     read_again: bool = False
+    # clock() when this operator's last alias write of the model returned: a read that began before
+    # it answers for the registry before the write, and is not recorded (RegistryPoller._finish).
+    written: float = -math.inf
 
     @property
     def interval(self) -> float:
@@ -315,6 +319,13 @@ class RegistryPoller:
         found = await self._write(
             endpoint, model, self.client.change_alias, endpoint, model, alias, expect, to
         )
+        after = dict(found)
+        if found.get(alias) == expect:  # written
+            if to is None:
+                after.pop(alias, None)
+            else:
+                after[alias] = to
+        self._learn_write(endpoint, model, after)
         self._read_soon(endpoint, model)
         return found
 
@@ -337,6 +348,18 @@ class RegistryPoller:
                 return await self._run(endpoint, call, *args)
         except TimeoutError:
             raise self._no_answer(endpoint) from None
+
+    def _learn_write(self, endpoint: Endpoint, model: str, aliases: Mapping[str, str]) -> None:
+        """Takes what an alias write left in the registry as the model's answer at once (its
+        subscribers are woken: the resource acts on its own write). A read after it then finds a
+        human's move, even one straight back to the value before the write, as a change; and a read
+        that began before the write is not recorded over it (_finish)."""
+        entry = self._entries.get((endpoint, model))
+        if entry is None:
+            return
+        now = self._clock()
+        entry.written = now
+        self._record(entry, dict(aliases), now=now)
 
     def _read_soon(self, endpoint: Endpoint, model: str) -> None:
         """After an alias write the model's aliases are read again at once, so the next pass sees
@@ -470,7 +493,7 @@ class RegistryPoller:
 
     async def _fetch(self, endpoint: Endpoint, due: list[_Entry]) -> None:
         """Reads the due models: one sweep, waited for at most `sweep_deadline`, or a call each."""
-        read = _Read(endpoint=endpoint, entries=due)
+        read = _Read(endpoint=endpoint, entries=due, started=self._clock())
         for entry in due:
             entry.read, entry.read_again = read, False
         if not self._sweep_pays_off(endpoint, len(due)):
@@ -550,6 +573,9 @@ class RegistryPoller:
                 continue  # taken over by a later read
             followed = self._holds(read, entry)
             entry.read = None
+            if read.started < entry.written:
+                entry.next_due = now  # it saw the registry before this operator's write: read again
+                continue
             if followed and entry.model in answers:  # else its followers left: nobody to tell
                 self._record(entry, answers[entry.model], now=now)
         self._kick(read.endpoint)

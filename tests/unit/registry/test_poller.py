@@ -180,6 +180,64 @@ async def test_an_alias_write_reads_the_model_again_and_a_tag_write_does_not(
         await poller.close()
 
 
+async def test_a_human_moving_an_alias_straight_back_after_the_operators_write_wakes_the_resource(
+    registry: ScriptedRegistry,
+) -> None:
+    """The operator promotes (@production 1 -> 2) and a human moves it straight back to 1 before the
+    poller's next read: that read answers what the poller knew before the write. The write itself is
+    taken as the answer at once, so the read that finds 1 again is a change, and the resource is
+    woken to call its promotion off (it would otherwise wait for its at-rest timer, minutes)."""
+    poller = RegistryPoller(cast(RegistryClient, registry), batch_window=0.0)
+    follower = Follower(poller, REGISTRY, "m1", interval=3600.0)
+    try:
+        await follower.snapshot()
+        wakes = follower.wakes
+        found = await poller.change_alias(REGISTRY, "m1", "production", expect="1", to="2")
+        assert found["production"] == "1"
+        assert follower.wakes == wakes + 1, "the write wakes its resource"
+        assert (await follower.snapshot()).aliases["production"] == "2"
+        with registry.lock:
+            registry.aliases["m1"]["production"] = "1"  # a human: "not yet", before the next read
+        await until(lambda: follower.wakes == wakes + 2)
+        assert (await follower.snapshot()).aliases["production"] == "1"
+    finally:
+        await poller.close()
+
+
+async def test_a_read_that_began_before_the_operators_write_is_not_taken_over_it(
+    registry: ScriptedRegistry,
+) -> None:
+    """A poll under way when the operator writes saw the registry before the write: its answer would
+    undo the write in the poller's view (and a run would take its own promotion for a human's move
+    back), so it is dropped and the model read again."""
+    poller = HeldPoller(registry, batch_window=0.0)
+    follower = Follower(poller, REGISTRY, "m1", interval=3600.0)
+    try:
+        first = asyncio.ensure_future(follower.snapshot())
+        await settle()
+        for call in poller.reads("m1"):
+            call.answers()
+        await first
+        poller.refresh("m1")  # a poll starts and reads @production 1...
+        await settle()
+        (stale,) = poller.reads("m1")
+        write = asyncio.ensure_future(poller.change_alias(REGISTRY, "m1", "production", expect="1", to="2"))
+        await settle()
+        for call in list(poller.held):
+            if call.call == "change_alias":
+                call.answers()  # ...the write lands...
+        await write
+        stale.answers()  # ...and the poll's answer, from before it, arrives
+        await settle()
+        assert (await follower.snapshot()).aliases["production"] == "2", "the stale answer is dropped"
+        (again,) = poller.reads("m1")
+        again.answers()
+        await settle()
+        assert (await follower.snapshot()).aliases["production"] == "2"
+    finally:
+        await poller.close()
+
+
 async def test_models_followed_at_different_moments_fall_due_together_and_one_sweep_reads_them(
     registry: ScriptedRegistry,
 ) -> None:
