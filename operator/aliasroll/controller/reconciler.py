@@ -98,6 +98,7 @@ class _Planned:
     view: RegistryView
     endpoint: Endpoint | None  # None when it could not be built (no credentials)
     analysis: AnalysisResult | None  # a canary reading taken by this pass
+    changes: list[AliasChange]  # the plan's alias changes, made after its status is written
 
 
 def resource_ref(body: Mapping[str, Any]) -> ResourceRef:
@@ -188,10 +189,9 @@ class Reconciler:
         self._unrecorded.pop(owner.uid, None)
         for event in planned.plan.events:
             self._events.post(body, event)
-        changes = [write for write in planned.plan.writes if isinstance(write, AliasChange)]
-        if changes and planned.endpoint is not None:
+        if planned.changes and planned.endpoint is not None:
             done = await self._change_aliases(
-                body, owner, spec.model.name, planned.endpoint, changes, status, now
+                body, owner, spec.model.name, planned.endpoint, planned.changes, status, now
             )
             if done is GONE:
                 return GONE
@@ -240,7 +240,8 @@ class Reconciler:
             defaults=self._defaults,
             analysis=analysis,
         )
-        return _Planned(plan=plan, view=view, endpoint=endpoint, analysis=analysis)
+        changes = [write for write in plan.writes if isinstance(write, AliasChange)]
+        return _Planned(plan=plan, view=view, endpoint=endpoint, analysis=analysis, changes=changes)
 
     async def _apply(
         self,
@@ -300,9 +301,8 @@ class Reconciler:
         # Status says an alias change is being made before it is (registry_writes.AliasChange): a
         # pass that stops half-way never makes it twice, and an abort is recorded before its
         # @canary goes.
-        for change in plan.writes:
-            if isinstance(change, AliasChange):
-                status = planner.with_alias_write(status, change.run, AliasWrite.ATTEMPTED)
+        for change in planned.changes:
+            status = planner.with_alias_write(status, change.run, AliasWrite.ATTEMPTED)
         if applied or next_pass.moved_on(status, previous_status):
             self._tags.progressed()  # tags wait while rollouts come in a burst
         return status

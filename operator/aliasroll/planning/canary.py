@@ -192,20 +192,17 @@ def recorded_run(status: Mapping[str, Any]) -> CanaryRun | None:
     return from_status(status.get(LAST_CANARY)) or running
 
 
+# What status.lastCanary keeps of status.canary's fields (the analysis is its own, below).
+RECORD_KEYS = ("model", "version", "phase", "step", "message", "endedAt", "aliasWrite")
+
+
 def to_record(run: CanaryRun, canary: CanarySpec) -> LastCanaryStatus:
     """status.lastCanary: how an ended run ended, with only what it still decides on (the version
     not to run again, an alias change still to make, the outcome and its tags' contents)."""
-    entry: LastCanaryStatus = {"version": run.version, "phase": run.phase.value}
-    if run.model is not None:
-        entry["model"] = run.model
-    if canary.steps:
-        entry["step"] = _step_text(run, canary)
-    if run.message:
-        entry["message"] = run.message
-    if run.ended_at is not None:
-        entry["endedAt"] = stamp(run.ended_at)
-    if run.alias_write is not None:
-        entry["aliasWrite"] = run.alias_write.value
+    entry = cast(
+        "LastCanaryStatus",
+        {key: value for key, value in to_status(run, canary).items() if key in RECORD_KEYS},
+    )
     if canary.analysis is not None:
         analysis: LastCanaryAnalysis = {"failures": run.failures}
         if run.verdict is not None:
