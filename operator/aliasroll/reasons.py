@@ -56,6 +56,8 @@ CANARY_UPDATED: Final = "CanaryUpdated"
 CANARY_PROMOTED: Final = "CanaryPromoted"
 CANARY_REMOVED: Final = "CanaryRemoved"
 TRAFFIC_SHIFTED: Final = "TrafficShifted"
+# spec.rollback: @production moved to a warm version (or the canary promoted), by routing only.
+FAST_ROLLBACK: Final = "FastRollback"
 # The watched canary (status.canary.phase says where a run is, status.lastCanary.phase how the last one
 # ended; these say what happened).
 CANARY_STEP: Final = "CanaryStep"

@@ -48,7 +48,7 @@ from aliasroll.analysis.provider import AnalysisTarget, MetricsProvider, PodEndp
 from aliasroll.egress import Destinations
 from aliasroll.errors import AliasrollError, AnalysisUnavailable
 from aliasroll.kube.observe import OwnedObjects
-from aliasroll.labels import LABEL_TRACK
+from aliasroll.labels import LABEL_GATED, LABEL_TRACK, LABEL_VERSION
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
 from aliasroll.planning.workloads import ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME
 from aliasroll.registry.poller import Wake
@@ -220,7 +220,7 @@ class Analyzer:
     async def _windows(
         self, owner: ResourceRef, port: int, analysis: AnalysisSpec, asked: _Asked, now: datetime
     ) -> TrackWindows | None:
-        pods, unmeasured = await self._ready_pods(owner, port)
+        pods, unmeasured = await self._ready_pods(owner, port, asked)
         target = AnalysisTarget(
             key=owner.uid,
             namespace=owner.namespace,
@@ -280,7 +280,7 @@ class Analyzer:
         closing.add_done_callback(self._closing.discard)
 
     async def _ready_pods(
-        self, owner: ResourceRef, port: int
+        self, owner: ResourceRef, port: int, asked: _Asked
     ) -> tuple[dict[Track, tuple[PodEndpoint, ...]], frozenset[str]]:
         """The ready serving pods of each track, by IP (the operator reaches them as Prometheus does)
         and admin port (`metrics_port`), from the operator's watch of serving pods, each with its uid
@@ -297,10 +297,17 @@ class Analyzer:
             ) from None
         for pod in pods:
             meta = pod.get("metadata") or {}
-            try:
-                track = Track((meta.get("labels") or {}).get(LABEL_TRACK, ""))
-            except ValueError:
-                continue
+            labels = meta.get("labels") or {}
+            if LABEL_GATED in labels:  # version mode: a pod's track is its version's role now
+                by_version = {asked.production: Track.PRODUCTION, asked.canary: Track.CANARY}
+                if (found_track := by_version.get(str(labels.get(LABEL_VERSION)))) is None:
+                    continue
+                track = found_track
+            else:
+                try:
+                    track = Track(labels.get(LABEL_TRACK, ""))
+                except ValueError:
+                    continue
             status = pod.get("status") or {}
             uid = str(meta.get("uid") or "")
             ready = any(

@@ -263,6 +263,8 @@ class Reconciler:
                 )
             written = await self._applier.apply(plan.objects, observation.live)
             pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
+            # Version mode: the gates after the objects, so a version routed now has its Deployment.
+            written += await self._applier.set_gates(plan.gates, namespace=owner.namespace)
         except (KubernetesApplyFailed, NameConflict) as error:
             self._write_failures.pop(owner.uid, None)
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)

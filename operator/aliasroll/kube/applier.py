@@ -13,14 +13,16 @@ from typing import Any
 import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Pod
 from lightkube.types import CascadeType, PatchType
 
 from aliasroll.errors import KubernetesUnavailable
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.observe import ObjectKey
 from aliasroll.kube.resources import ModelDeployment, resource_for
-from aliasroll.labels import MANAGER
+from aliasroll.labels import MANAGER, READINESS_GATE
 from aliasroll.planning.state import ChildRef
+from aliasroll.planning.versions import GateWrite
 from aliasroll.planning.workloads import Manifest
 from aliasroll.spec import KIND, ResourceRef
 
@@ -80,6 +82,30 @@ class Applier:
                     raise api_failure("delete", child.kind, child.name, error) from None
             deleted.append((child.kind, child.name))
         return deleted
+
+    async def set_gates(self, gates: Iterable[GateWrite], *, namespace: str) -> list[ObjectKey]:
+        """Sets the readiness gate `aliasroll.io/routed` on pods (version mode): True routes a pod
+        (Ready, an endpoint, once its probe passes), False takes it out of the Services' endpoints
+        while it keeps running. A strategic merge of the pod's status merges conditions by type, so
+        the kubelet's own conditions are left as they are. The planner lists only pods of the
+        resource's own Deployments; a pod gone meanwhile is skipped."""
+        written: list[ObjectKey] = []
+        for gate in gates:
+            body = {
+                "status": {
+                    "conditions": [{"type": READINESS_GATE, "status": "True" if gate.routed else "False"}]
+                }
+            }
+            try:
+                await self._client.patch(
+                    Pod.Status, gate.pod, body, namespace=namespace, patch_type=PatchType.STRATEGIC
+                )
+            except httpx2.HTTPError as error:
+                if status_code(error) != 404:
+                    raise api_failure("set the readiness gate of", "Pod", gate.pod, error) from None
+                continue
+            written.append(("Pod", gate.pod))
+        return written
 
     async def write_status(self, owner: ResourceRef, status: Mapping[str, Any]) -> bool:
         """Writes the whole status, only onto the object this pass is for; False when the resource is

@@ -49,7 +49,7 @@ from aliasroll.errors import AliasrollError, KubernetesApplyFailed, KubernetesUn
 from aliasroll.kube.failures import api_failure
 from aliasroll.kube.projection import owned_projection, owner_index, pod_projection
 from aliasroll.kube.resources import OWNED_KINDS
-from aliasroll.labels import LABEL_MANAGED_BY, MANAGER
+from aliasroll.labels import LABEL_GATED, LABEL_MANAGED_BY, MANAGER
 from aliasroll.spec import ResourceRef
 
 log = logging.getLogger(__name__)
@@ -448,8 +448,10 @@ class OwnedCache:
         self._owned = {
             key: informers(resource, self._changed, owned_projection) for key, resource in OWNED_KINDS.items()
         }
-        # Pods change often (every probe result): they are read by passes, never a reason for one.
-        self._pods = informers(Pod, None, pod_projection)
+        # Pods change often (every probe result): they are read by passes, and a reason for one only
+        # in version mode (spec.rollback), where a new pod waits for its gate and a Ready one may let a
+        # leaving version go. The projection keeps what passes read, so a change is one that matters.
+        self._pods = informers(Pod, self._pod_changed, pod_projection)
 
     @staticmethod
     def connections(namespaces: Iterable[str] = ()) -> int:
@@ -492,6 +494,10 @@ class OwnedCache:
         if informer is None:  # a resource outside the watched namespaces: never handed over by Kopf
             raise KubernetesApplyFailed(f"namespace {namespace!r} is not watched by this operator")
         return informer
+
+    def _pod_changed(self, obj: Mapping[str, Any]) -> None:
+        if ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_GATED):
+            self._changed(obj)
 
     def _changed(self, obj: Mapping[str, Any]) -> None:
         # Rollout progress and hand edits (drift) of owned objects: the owner's next pass looks again.

@@ -16,9 +16,23 @@ from aliasroll.errors import AliasrollError
 from aliasroll.kube.failures import api_failure, status_code
 from aliasroll.kube.projection import applied_view
 from aliasroll.kube.resources import resource_for
-from aliasroll.labels import ANNOTATION_MODEL_URI, ANNOTATION_RUN_ID, LABEL_TRACK, LABEL_VERSION
+from aliasroll.labels import (
+    ANNOTATION_MODEL_URI,
+    ANNOTATION_RUN_ID,
+    LABEL_GATED,
+    LABEL_POD_TEMPLATE_HASH,
+    LABEL_TRACK,
+    LABEL_VERSION,
+    READINESS_GATE,
+)
 from aliasroll.planning.observed import ObservedTrack
-from aliasroll.planning.state import ChildRef, ObservedState, ObservedWorkload
+from aliasroll.planning.state import (
+    ChildRef,
+    ObservedPod,
+    ObservedState,
+    ObservedVersion,
+    ObservedWorkload,
+)
 from aliasroll.planning.workloads import Manifest
 from aliasroll.spec import ResourceRef, Track
 
@@ -58,14 +72,91 @@ async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
         kind, name = obj["kind"], meta["name"]
         live[(kind, name)] = applied_view(obj)  # the cache keeps what the operator applied compact
         children.append(ChildRef(api_version=obj["apiVersion"], kind=kind, name=name, uid=meta.get("uid")))
-        if kind == "Deployment" and _track(obj) is not None:
+        if kind == "Deployment" and (_track(obj) is not None or _gated(obj)):
             deployments.append(obj)
-    pods = PodStates.of(await _pods(objects, owner)) if deployments else PodStates()
+    listed = await _pods(objects, owner) if deployments else []
+    pods = PodStates.of(listed)
     workloads: dict[Track, ObservedWorkload] = {}
+    versions: list[ObservedVersion] = []
     for obj in deployments:
-        if (workload := reduce_deployment(obj, pods)) is not None:
+        if _gated(obj):
+            if (version := reduce_version(obj, listed)) is not None:
+                versions.append(version)
+        elif (workload := reduce_deployment(obj, pods)) is not None:
             workloads[workload.track] = workload
-    return Observation(state=ObservedState(workloads=workloads, children=tuple(children)), live=live)
+    state = ObservedState(workloads=workloads, children=tuple(children), versions=tuple(versions))
+    return Observation(state=state, live=live)
+
+
+def _gated(obj: Mapping[str, Any]) -> bool:
+    return bool(((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_GATED))
+
+
+def reduce_version(obj: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> ObservedVersion | None:
+    """One version-mode Deployment, with its pods: those of its own ReplicaSets only (the pod's
+    controller is `<deployment>-<pod-template-hash>`), so a pod that merely carries the labels is
+    neither counted nor ever patched."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    template_meta = (spec.get("template") or {}).get("metadata") or {}
+    model, version = _parse_model_uri((template_meta.get("annotations") or {}).get(ANNOTATION_MODEL_URI))
+    if model is None or version is None:
+        return None
+    name = str(meta.get("name"))
+    replicas = int(spec.get("replicas", 1))
+    seen = int(status.get("observedGeneration", 0)) >= int(meta.get("generation", 0))
+    updated = int(status.get("updatedReplicas", 0))
+    rolled_out = seen and updated >= replicas and int(status.get("replicas", 0)) <= updated
+    own = [pod for pod in pods if _pod_of(pod, name)]
+    stalled = None
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            stalled = condition.get("message") or "the Deployment exceeded its progress deadline"
+    failure = None
+    for pod in sorted(own, key=lambda item: str((item.get("metadata") or {}).get("name"))):
+        for container in (pod.get("status") or {}).get("containerStatuses") or ():
+            if failure is None and (why := container_failure(container)) is not None:
+                failure = f"pod {(pod.get('metadata') or {}).get('name')} {why}"
+    return ObservedVersion(
+        name=name,
+        model=model,
+        version=version,
+        replicas=replicas,
+        available=sum(1 for pod in own if _condition(pod, "Ready") is True),
+        rolled_out=rolled_out,
+        run_id=(template_meta.get("annotations") or {}).get(ANNOTATION_RUN_ID),
+        stalled=stalled,
+        pod_failure=failure,
+        pods=tuple(
+            ObservedPod(
+                name=str((pod.get("metadata") or {}).get("name")),
+                routed=_condition(pod, READINESS_GATE),
+                ready=_condition(pod, "Ready") is True,
+                probe_ready=_condition(pod, "ContainersReady") is True,
+            )
+            for pod in own
+        ),
+    )
+
+
+def _pod_of(pod: Mapping[str, Any], deployment: str) -> bool:
+    meta = pod.get("metadata") or {}
+    template_hash = (meta.get("labels") or {}).get(LABEL_POD_TEMPLATE_HASH)
+    return any(
+        ref.get("controller") is True
+        and ref.get("kind") == "ReplicaSet"
+        and template_hash
+        and ref.get("name") == f"{deployment}-{template_hash}"
+        for ref in meta.get("ownerReferences") or ()
+    )
+
+
+def _condition(pod: Mapping[str, Any], kind: str) -> bool | None:
+    for condition in (pod.get("status") or {}).get("conditions") or ():
+        if condition.get("type") == kind:
+            return bool(condition.get("status") == "True")
+    return None
 
 
 async def taken_names(

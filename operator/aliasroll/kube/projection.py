@@ -17,11 +17,14 @@ from typing import Any
 from aliasroll.labels import (
     ANNOTATION_MODEL_URI,
     ANNOTATION_RUN_ID,
+    LABEL_GATED,
     LABEL_MANAGED_BY,
     LABEL_OWNER,
+    LABEL_POD_TEMPLATE_HASH,
     LABEL_TRACK,
     LABEL_VERSION,
     MANAGER,
+    READINESS_GATE,
 )
 from aliasroll.planning.workloads import ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME
 from aliasroll.spec import GROUP, KIND
@@ -55,8 +58,14 @@ def controller_of(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-# The labels passes read (the owner index, the track, the version); no other label is kept.
-_LABELS = (LABEL_MANAGED_BY, LABEL_OWNER, LABEL_TRACK, LABEL_VERSION)
+# The labels passes read (the owner index, the track, the version, version mode's mark); no other
+# label is kept.
+_LABELS = (LABEL_MANAGED_BY, LABEL_OWNER, LABEL_TRACK, LABEL_VERSION, LABEL_GATED)
+# Of a pod, also the ReplicaSet's hash: with the controller reference, which Deployment it belongs to.
+_POD_LABELS = (*_LABELS, LABEL_POD_TEMPLATE_HASH)
+# Pod conditions passes read: Ready (takes requests), ContainersReady (the probe passes, routed or
+# not) and the operator's readiness gate.
+_POD_CONDITIONS = ("Ready", "ContainersReady", READINESS_GATE)
 _IDENTITY = ("name", "namespace", "uid", "resourceVersion", "generation")
 _DEPLOYMENT_COUNTS = (
     "observedGeneration",
@@ -298,10 +307,10 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any] | None:
     status = pod.get("status") or {}
     kept_status: dict[str, Any] = {
         "conditions": [
-            {"type": "Ready", "status": c.get("status")}
+            {"type": c.get("type"), "status": c.get("status")}
             for c in status.get("conditions") or ()
-            if isinstance(c, Mapping) and c.get("type") == "Ready"
-        ][:1],
+            if isinstance(c, Mapping) and c.get("type") in _POD_CONDITIONS
+        ][: len(_POD_CONDITIONS)],
         "containerStatuses": [
             _container(c)
             for c in (status.get("containerStatuses") or ())[:MAX_CONTAINERS]
@@ -315,7 +324,10 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any] | None:
         "kind": pod.get("kind"),
         "metadata": {
             **{key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta},
-            "labels": {key: labels[key] for key in _LABELS if key in labels},
+            "labels": {key: labels[key] for key in _POD_LABELS if key in labels},
+            "ownerReferences": [
+                {key: _cut(controller[key], 253) for key in _REF_FIELDS if key in controller}
+            ],
         },
         "status": kept_status,
     }

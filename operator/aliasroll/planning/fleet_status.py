@@ -6,8 +6,8 @@
 
 Beside them the planner's own status.production and status.canary (their `modelUri`) say which
 version each alias was given last: `remembered` reads all of it back, and `Memory.join` puts it on the
-Deployments the cluster runs. The shapes are TypedDicts here until the CRD has the fields (then they
-move to planning/status.py, which a test holds to the CRD's schema).
+Deployments the cluster runs. The shapes are planning/status.py's, which a test holds to the CRD's
+schema.
 """
 
 from __future__ import annotations
@@ -18,31 +18,9 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from aliasroll.planning.fleet import Decision, MoveKind, Role, RunningVersion, Switch, VersionId
+from aliasroll.planning.status import FastSwitchStatus, WarmVersionStatus
 
 MODELS_PREFIX = "models:/"
-
-
-class WarmVersionStatus(TypedDict, total=False):
-    """One entry of status.warm."""
-
-    model: str
-    version: str
-    since: str  # when it stopped serving production
-    until: str  # when it goes (since + spec.rollback.window); absent while it still drains
-    replicas: int
-    routed: bool  # still taking requests while the named versions' pods come up (for humans: the
-    # gate on its pods is what a pass reads)
-
-
-class VersionRef(TypedDict):
-    model: str
-    version: str
-
-
-# "from" is a Python keyword, so the switch is declared in the functional form.
-FastSwitchStatus = TypedDict(
-    "FastSwitchStatus", {"kind": str, "since": str, "from": VersionRef, "to": VersionRef}
-)
 
 
 class FleetStatus(TypedDict, total=False):

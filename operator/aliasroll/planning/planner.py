@@ -23,7 +23,7 @@ from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.errors import AliasrollError
 from aliasroll.labels import LABEL_OWNER
 from aliasroll.planning import canary as canary_run
-from aliasroll.planning import capacity, health, history, registry_writes, workloads
+from aliasroll.planning import capacity, fleet_status, health, history, registry_writes, versions, workloads
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
 from aliasroll.planning.registry_writes import RegistryWrite
 from aliasroll.planning.routers import Routing, TrafficInput, router_for, share
@@ -49,7 +49,9 @@ class Plan:
     events: tuple[EventRecord, ...]
     # Registry writes (alias moves of a canary policy, tags), made before status is written.
     writes: tuple[RegistryWrite, ...] = ()
-    next_in: float | None = None  # seconds until a canary step ends or a measurement is due
+    next_in: float | None = None  # seconds until a canary step ends, a measurement or a warm version's end
+    # Version mode (spec.rollback): the readiness gates to set on pods, after the objects are applied.
+    gates: tuple[versions.GateWrite, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class _Workloads:
     replicas: dict[Track, int]
     targets: Mapping[Track, int]
     routing: Routing
+    versions: versions.Placed | None = None  # version mode: every version's plan
+    view: ObservedState | None = None  # version mode: the tracks as placed, for status and conditions
 
 
 class _Placement(NamedTuple):
@@ -72,6 +76,7 @@ class _Placement(NamedTuple):
     events: tuple[EventRecord, ...] = ()
     objects: tuple[Manifest, ...] = ()
     prune: tuple[ChildRef, ...] = ()
+    gates: tuple[versions.GateWrite, ...] = ()
 
 
 def timestamp(now: datetime) -> str:
@@ -93,6 +98,8 @@ def plan(
     pods each track runs and how requests are split, the objects that says, the status and events,
     and the registry writes."""
     now = now.replace(microsecond=0)  # status keeps seconds; the canary's clocks compare with it
+    # Version mode: the tracks are the versions status gave each alias (planning/versions.py).
+    raw, observed = observed, versions.as_tracks(observed, previous_status) if spec.rollback else observed
     production, canary = _follow(spec, view, observed, previous_status)
     events: list[EventRecord] = []
     run, registry = _canary_run(
@@ -105,34 +112,23 @@ def plan(
     # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
     placement = _Placement(run=run)
     if production.target is not None:
-        placement = _put_in_place(
-            owner, spec, observed, production.target, canary.target, run, requested, now, defaults
-        )
+        where = _Where(owner, spec, observed, raw, previous_status, now, defaults)
+        placement = _put_in_place(where, production.target, canary.target, run, requested)
     placed, run, shown = placement.placed, placement.run, placement.shown
     events += placement.events
-    status, status_events, dropped = _status(
-        _StatusInput(
-            owner=owner,
-            spec=spec,
-            view=view,
-            observed=observed,
-            previous=previous_status,
-            production=production,
-            canary=canary,
-            placed=placed,
-            run=run,
-            requested=requested,
-            shown=shown,
-            now=timestamp(now),
-        )
-    )
+    observed = placed.view if placed is not None and placed.view is not None else observed
+    given = (owner, spec, view, observed, previous_status, production, canary, placed, run, requested)
+    status, status_events, dropped = _status(_StatusInput(*given, shown=shown, now=timestamp(now)))
+    next_in = canary_run.next_pass_in(spec, run, now)
+    next_in = _with_versions(status, status_events, spec, placed, next_in, now)
     return Plan(
         objects=tuple(placement.objects),
         prune=placement.prune,
         status=status,
         events=tuple(status_events + events),
         writes=_writes(owner, spec, run, registry, [*status.get("history", ()), *dropped]),
-        next_in=canary_run.next_pass_in(spec, run, now),
+        next_in=next_in,
+        gates=placement.gates,
     )
 
 
@@ -184,30 +180,43 @@ def _pinned(observed: ObservedState, track: Track) -> ServedVersion | None:
     return ServedVersion(model=workload.model, version=workload.version, run_id=workload.run_id)
 
 
+class _Where(NamedTuple):
+    """What placing a pass's versions reads besides the versions: the resource, the cluster (as the
+    planner's tracks, and as observed), the previous status, the clock and the defaults."""
+
+    owner: ResourceRef
+    spec: ModelDeploymentSpec
+    observed: ObservedState
+    raw: ObservedState
+    previous: Mapping[str, Any]
+    now: datetime
+    defaults: WorkloadDefaults
+
+
 def _put_in_place(
-    owner: ResourceRef,
-    spec: ModelDeploymentSpec,
-    observed: ObservedState,
+    where: _Where,
     production: ServedVersion,
     canary: ServedVersion | None,
     run: CanaryRun | None,
     requested: int,
-    now: datetime,
-    defaults: WorkloadDefaults,
 ) -> _Placement:
-    """Pods per track and the split (`_place`), the canary step's clock started once its share is
-    in place (`canary.settle`), and the objects to apply and prune."""
-    placed = _place(
-        owner=owner,
-        spec=spec,
-        observed=observed,
-        production=production,
-        canary=canary,
-        weight=canary_run.weight(spec, run) if run is not None else None,
-    )
+    """Pods per track and the split (`_place`, or `_place_versions` in version mode), the canary
+    step's clock started once its share is in place (`canary.settle`), and the objects to apply and
+    prune."""
+    owner, spec, observed, now = where.owner, where.spec, where.observed, where.now
+    weight = canary_run.weight(spec, run) if run is not None else None
+    if spec.rollback is not None:
+        placed = _place_versions(where, production, canary, weight)
+        assert placed.versions is not None
+        in_place = versions.in_place(placed.versions, where.raw, placed.targets)
+    else:
+        placed = _place(
+            owner=owner, spec=spec, observed=observed, production=production, canary=canary, weight=weight
+        )
+        in_place = _in_place(placed, observed)
     shown = share(placed.routing.canary_weight, requested, placed.routing.why)
-    settled = canary_run.settle(spec, run, in_place=_in_place(placed, observed), share=shown, now=now)
-    objects = _objects(owner, spec, placed, defaults)
+    settled = canary_run.settle(spec, run, in_place=in_place, share=shown, now=now)
+    objects = _objects(owner, spec, placed, where.defaults)
     wanted = {(item["kind"], item["metadata"]["name"]) for item in objects}
     return _Placement(
         run=settled.run,
@@ -216,6 +225,50 @@ def _put_in_place(
         events=tuple(settled.events),
         objects=tuple(objects),
         prune=tuple(child for child in observed.children if (child.kind, child.name) not in wanted),
+        gates=versions.gate_writes(where.raw, placed.versions) if placed.versions is not None else (),
+    )
+
+
+def _place_versions(
+    where: _Where, production: ServedVersion, canary: ServedVersion | None, weight: int | None
+) -> _Workloads:
+    """Version mode: the router's split, every version's plan (planning/fleet.py), and the routing
+    said as the router says it, over the tracks as placed."""
+    spec = where.spec
+    router = router_for(spec.traffic.router)
+    traffic = TrafficInput(
+        owner=where.owner,
+        spec=spec,
+        production=production,
+        canary=canary,
+        observed=where.observed,
+        weight=weight,
+    )
+    targets = router.split(traffic)
+    placed = versions.place(
+        spec=spec,
+        raw=where.raw,
+        previous_status=where.previous,
+        production=production,
+        canary=canary,
+        targets=targets,
+        weight=traffic.requested_weight,
+        now=where.now,
+    )
+    served = {Track.PRODUCTION: production}
+    if canary is not None and Track.CANARY in placed.replicas:
+        served[Track.CANARY] = canary
+    view = versions.track_view(where.raw, placed)
+    routed = TrafficInput(
+        owner=where.owner, spec=spec, production=production, canary=canary, observed=view, weight=weight
+    )
+    return _Workloads(
+        served=served,
+        replicas=placed.replicas,
+        targets=targets,
+        routing=router.route(routed, placed.replicas),
+        versions=placed,
+        view=view,
     )
 
 
@@ -239,7 +292,10 @@ def _objects(
     owner: ResourceRef, spec: ModelDeploymentSpec, placed: _Workloads, defaults: WorkloadDefaults
 ) -> list[Manifest]:
     """The objects the placed tracks need: a Deployment each, a disruption budget for each running
-    one (so a node drain never takes a track's last pods at once), and the router's objects."""
+    one (so a node drain never takes a track's last pods at once), and the router's objects; in
+    version mode, a Deployment per version (planning/versions.py)."""
+    if placed.versions is not None:
+        return [*versions.objects(owner, spec, placed.versions, defaults), *placed.routing.objects]
     objects = [
         workloads.deployment(
             owner=owner,
@@ -539,6 +595,45 @@ def _conditions(given: _StatusInput) -> list[Condition]:
     if (credentials := workloads.pod_credentials_condition(spec)) is not None:
         wanted.append(credentials)
     return wanted
+
+
+def _with_versions(
+    status: ModelDeploymentStatus,
+    events: list[EventRecord],
+    spec: ModelDeploymentSpec,
+    workloads_placed: _Workloads | None,
+    next_in: float | None,
+    now: datetime,
+) -> float | None:
+    """Version mode's part of the pass's end: status.warm and status.fastSwitch, the FastRollback
+    event of a fast move that ended, and a pass when the first warm version's window ends."""
+    if workloads_placed is None or (placed := workloads_placed.versions) is None:
+        return next_in
+    kept = fleet_status.to_status(placed.decision)
+    if "warm" in kept:
+        status["warm"] = kept["warm"]
+    if "fastSwitch" in kept:
+        status["fastSwitch"] = kept["fastSwitch"]
+    events += _fast_move_event(placed.decision, spec)
+    warm_due = versions.warm_due_in(placed.decision, now)
+    if warm_due is not None and (next_in is None or warm_due < next_in):
+        return warm_due
+    return next_in
+
+
+def _fast_move_event(decision: Any, spec: ModelDeploymentSpec) -> list[EventRecord]:
+    """FastRollback: a move of @production to a warm version (or a promotion of the canary's warm
+    pods) that ended this pass, and how long every request took to reach it."""
+    move = decision.fast_move
+    if move is None:
+        return []
+    how = "moved back to" if move.kind.value == "rollback" else "promoted to"
+    message = (
+        f"@{spec.model.alias} {how} version {move.target.version}, warm: every request reaches it "
+        f"{move.seconds:.1f} s after the move (no pod created; version {move.source.version} stays warm "
+        "if spec.rollback.window allows)"
+    )
+    return [EventRecord("Normal", reasons.FAST_ROLLBACK, message)]
 
 
 def _fixed_weight(spec: ModelDeploymentSpec, canary: TrackDecision) -> int:

@@ -76,9 +76,40 @@ class ChildRef:
 
 
 @dataclass(frozen=True)
+class ObservedPod:
+    """A pod of a version-mode Deployment: its readiness gate and whether it takes requests."""
+
+    name: str
+    routed: bool | None  # the gate condition aliasroll.io/routed; None: not set yet (a new pod)
+    ready: bool  # Ready: routed and passing its probe, an endpoint of the Services
+    probe_ready: bool  # ContainersReady: passing its probe, routed or not
+
+
+@dataclass(frozen=True)
+class ObservedVersion:
+    """One version-mode Deployment (spec.rollback: a Deployment per version), reduced."""
+
+    name: str
+    model: str
+    version: str
+    replicas: int
+    available: int  # Ready pods: what takes requests now
+    rolled_out: bool  # every pod asked for exists and runs the template
+    run_id: str | None = None
+    stalled: str | None = None
+    pod_failure: str | None = None
+    pods: tuple[ObservedPod, ...] = ()
+
+    @property
+    def probe_ready(self) -> int:
+        return sum(1 for pod in self.pods if pod.probe_ready)
+
+
+@dataclass(frozen=True)
 class ObservedState:
     workloads: Mapping[Track, ObservedWorkload] = field(default_factory=dict)
     children: tuple[ChildRef, ...] = ()
+    versions: tuple[ObservedVersion, ...] = ()  # version mode's Deployments, by name
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ __all__ = [
     "CanaryAnalysisStatus",
     "CanaryTrackStatus",
     "ConditionStatus",
+    "FastSwitchStatus",
     "HistorySpan",
     "LastCanaryAnalysis",
     "LastCanaryStatus",
@@ -24,6 +25,8 @@ __all__ = [
     "RegistryStatus",
     "TrackStatus",
     "TrafficStatus",
+    "VersionRef",
+    "WarmVersionStatus",
 ]
 
 
@@ -134,6 +137,28 @@ HistorySpan = TypedDict(
 HistorySpan.__doc__ = "One entry of status.history: a version a track served, from when to when."
 
 
+class WarmVersionStatus(TypedDict, total=False):
+    """One entry of status.warm: a version kept warm after it left @production (spec.rollback)."""
+
+    model: str
+    version: str
+    since: str  # when it stopped serving production
+    until: str  # when it goes (since + spec.rollback.window); absent while it still drains
+    replicas: int
+    routed: bool  # still taking requests while the named versions' pods come up
+
+
+class VersionRef(TypedDict):
+    model: str
+    version: str
+
+
+# "from" is a Python keyword, so the switch is declared in the functional form.
+FastSwitchStatus = TypedDict(
+    "FastSwitchStatus", {"kind": str, "since": str, "from": VersionRef, "to": VersionRef}
+)
+
+
 class ModelDeploymentStatus(TypedDict, total=False):
     """A ModelDeployment's status as the planner writes it."""
 
@@ -147,3 +172,5 @@ class ModelDeploymentStatus(TypedDict, total=False):
     registry: RegistryStatus
     history: list[HistorySpan]
     conditions: list[ConditionStatus]
+    warm: list[WarmVersionStatus]
+    fastSwitch: FastSwitchStatus

@@ -183,7 +183,7 @@ def deployment(
     if version.run_id:
         annotations[ANNOTATION_RUN_ID] = version.run_id
     cache = uses_dependency_cache(spec, defaults.dependencies)
-    container = _container(owner, spec, track, version, defaults, cache=cache)
+    container = serving_container(owner, spec, track, version, defaults, cache=cache)
     template_labels = {**spec.serving.pod.labels, **labels}
     template_annotations = {**spec.serving.pod.annotations, **annotations}
     return {
@@ -205,17 +205,18 @@ def deployment(
     }
 
 
-def _container(
+def serving_container(
     owner: ResourceRef,
     spec: ModelDeploymentSpec,
-    track: Track,
+    track: Track | None,
     version: ServedVersion,
     defaults: WorkloadDefaults,
     *,
     cache: bool,
 ) -> dict[str, Any]:
     """The serving container: the pod contract (ports, probes, drain), hardened, with the version's
-    settings in its environment."""
+    settings in its environment (and its track's name, None in version mode: a pod there serves
+    whichever role its version has, which changes without new pods)."""
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.serving.image or defaults.image,
@@ -365,7 +366,11 @@ def pod_spec(
 
 
 def _env(
-    spec: ModelDeploymentSpec, *, track: Track, version: ServedVersion, dependencies: DependencySettings
+    spec: ModelDeploymentSpec,
+    *,
+    track: Track | None,
+    version: ServedVersion,
+    dependencies: DependencySettings,
 ) -> list[dict[str, Any]]:
     own = [
         {"name": "MODEL_URI", "value": version.uri},
@@ -373,8 +378,9 @@ def _env(
         {"name": "PORT", "value": str(spec.serving.port)},
         {"name": "ADMIN_PORT", "value": str(spec.serving.admin_port)},
         {"name": "SCRATCH_DIR", "value": SCRATCH_PATH},
-        {"name": "ALIASROLL_TRACK", "value": track.value},
     ]
+    if track is not None:
+        own.append({"name": "ALIASROLL_TRACK", "value": track.value})
     if spec.serving.dependencies != "install":
         own.append({"name": "ALIASROLL_DEPENDENCIES", "value": spec.serving.dependencies})
     if uses_dependency_cache(spec, dependencies):

@@ -223,6 +223,15 @@ class TrafficSpec:
 
 
 @dataclass(frozen=True)
+class RollbackSpec:
+    """spec.rollback: versions kept warm after they leave @production."""
+
+    window_seconds: int = 0  # spec.rollback.window, a duration (0s to 24h)
+    max_warm: int = 1  # spec.rollback.maxWarm, 1..5
+    floor: int | None = None  # spec.rollback.floor, 1..1000 pods of a warm version; None: spec.replicas
+
+
+@dataclass(frozen=True)
 class ModelDeploymentSpec:
     model: ModelRef
     registry: RegistrySpec
@@ -231,6 +240,7 @@ class ModelDeploymentSpec:
     traffic: TrafficSpec
     canary: CanarySpec | None = None
     suspend: bool = False  # alias moves are not followed; what runs keeps running
+    rollback: RollbackSpec | None = None  # version mode: a Deployment per version, warm ones kept
 
     @property
     def canary_wanted(self) -> bool:
