@@ -177,3 +177,44 @@ def test_at_most_max_warm_versions_stay() -> None:
         cluster.later(10)
     assert set(cluster.deployments) == {"sentiment-v2", "sentiment-v3", "sentiment-v4"}
     assert [w["version"] for w in cluster.status["warm"]] == ["3", "2"]
+
+
+def canary_rollback_spec(weight: int) -> ModelDeploymentSpec:
+    return replace(
+        spec(replicas=REPLICAS, canary={"alias": "canary", "weight": weight}),
+        rollback=RollbackSpec(window_seconds=1800),
+    )
+
+
+def test_a_promotion_gives_production_to_the_canary_pods_at_once() -> None:
+    cluster = VersionCluster()
+    the_spec = canary_rollback_spec(34)
+    converge(cluster, the_spec, "1")
+    for _ in range(4):
+        cluster.reconcile(the_spec, view("1", "2"))
+        cluster.start()
+    cluster.reconcile(the_spec, view("1", "2"))
+    assert cluster.serving() == {"1": 2, "2": 1}
+    assert cluster.status["canary"]["version"] == "2"
+    canary_pods = cluster.pods_of("2")
+    # A human promotes: @production names the canary's version.
+    cluster.reconcile(the_spec, view("2", "2"))
+    assert cluster.deployments["sentiment-v2"].replicas == REPLICAS  # its other pods start at once
+    assert canary_pods <= cluster.pods_of("2")
+    assert cluster.status["production"]["version"] == "2"
+    assert cluster.status["fastSwitch"]["kind"] == "promotion"
+    cluster.start()
+    cluster.reconcile(the_spec, view("2", "2"))
+    cluster.reconcile(the_spec, view("2", "2"))
+    assert cluster.serving() == {"2": REPLICAS}
+    assert [w["version"] for w in cluster.status["warm"]] == ["1"]
+    assert any(
+        "promoted to version 2" in message for reason, message in cluster.events if reason == "FastRollback"
+    )
+    # ... and regret is instant: version 1 is warm.
+    before = cluster.pods_of("1")
+    cluster.reconcile(the_spec, view("1", "2"))
+    cluster.reconcile(the_spec, view("1", "2"))
+    # (no pod created: with @canary still naming 2, production's side is 2 pods of the 3)
+    assert cluster.pods_of("1") <= before
+    assert cluster.serving() == {"1": 2, "2": 1}

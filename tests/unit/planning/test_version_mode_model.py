@@ -44,6 +44,7 @@ class VersionHistories(RuleBasedStateMachine):
         super().__init__()
         self.cluster = VersionCluster()
         self.production = "1"
+        self.canary: str | None = None
         self.window = 1800
         self.max_warm = 1
         self.floor: int | None = None
@@ -52,7 +53,7 @@ class VersionHistories(RuleBasedStateMachine):
 
     def spec(self) -> ModelDeploymentSpec:
         return replace(
-            spec(replicas=REPLICAS),
+            spec(replicas=REPLICAS, canary={"alias": "canary", "weight": 34}),
             rollback=RollbackSpec(window_seconds=self.window, max_warm=self.max_warm, floor=self.floor),
         )
 
@@ -62,9 +63,11 @@ class VersionHistories(RuleBasedStateMachine):
     def reconcile(self) -> None:
         before = {pod for d in self.cluster.deployments.values() for pod in d.pods_names()}
         warm_target = self.production in self.warm_versions()
-        self.cluster.reconcile(self.spec(), view(self.production))
+        self.cluster.reconcile(self.spec(), view(self.production, self.canary))
         after = {pod for d in self.cluster.deployments.values() for pod in d.pods_names()}
-        self.steps.append(f"pass @production={self.production} -> serving {self.cluster.serving()}")
+        self.steps.append(
+            f"pass @production={self.production} @canary={self.canary} -> serving {self.cluster.serving()}"
+        )
         if warm_target and self.floor is None:
             assert after <= before, "a move back to a warm version created pods:\n" + self.trail()
         if self.cluster.serving().get(self.production, 0) >= REPLICAS:
@@ -79,6 +82,14 @@ class VersionHistories(RuleBasedStateMachine):
             SEEN["moved back to a warm version"] += 1
         self.production = version
         self.steps.append(f"@production -> {version}")
+        self.reconcile()
+
+    @rule(version=st.sampled_from([None, "2", "3", "4"]))
+    def move_canary(self, version: str | None) -> None:
+        if version is not None and version not in (self.canary, self.production):
+            SEEN["canary started"] += 1
+        self.canary = version
+        self.steps.append(f"@canary -> {version}")
         self.reconcile()
 
     @rule(count=st.integers(min_value=1, max_value=REPLICAS * 2))
@@ -133,7 +144,7 @@ class VersionHistories(RuleBasedStateMachine):
     def only_production_or_leaving_serve(self) -> None:
         warm = self.warm_versions()
         for version in self.cluster.serving():
-            assert version not in warm or version == self.production, (
+            assert version not in warm or version in (self.production, self.canary), (
                 f"warm version {version} takes requests:\n" + self.trail()
             )
         listed = [entry["version"] for entry in self.cluster.status.get("warm", ()) if "until" in entry]
@@ -142,7 +153,7 @@ class VersionHistories(RuleBasedStateMachine):
     @invariant()
     def status_tells_what_serves(self) -> None:
         serving = self.cluster.serving()
-        if set(serving) == {self.production} and serving[self.production] >= REPLICAS:
+        if set(serving) == {self.production} and serving[self.production] >= REPLICAS and self.canary is None:
             assert self.cluster.status["production"]["version"] == self.production, self.trail()
 
     def teardown(self) -> None:
@@ -151,7 +162,13 @@ class VersionHistories(RuleBasedStateMachine):
             self.cluster.start()
             self.reconcile()
         serving = self.cluster.serving()
-        assert serving == {self.production: REPLICAS}, f"did not settle: {serving}\n" + self.trail()
+        last = self.cluster.status.get("lastCanary") or {}
+        ended = last.get("version") == self.canary and last.get("phase") in ("Aborted", "Promoted")
+        if self.canary in (None, self.production) or ended:
+            assert serving == {self.production: REPLICAS}, f"did not settle: {serving}\n" + self.trail()
+        else:
+            assert set(serving) == {self.production, self.canary}, f"{serving}\n" + self.trail()
+            assert sum(serving.values()) == REPLICAS, f"{serving}\n" + self.trail()
         SEEN["settled"] += 1
 
 
@@ -170,5 +187,11 @@ def test_version_mode_histories() -> None:
     SEEN.clear()
     run_state_machine_as_test(VersionHistories, settings=HISTORIES)
     print("\nreached:", dict(sorted(SEEN.items())))
-    for reached in ("moved back to a warm version", "a version went", "tracks from before", "settled"):
+    for reached in (
+        "moved back to a warm version",
+        "a version went",
+        "tracks from before",
+        "canary started",
+        "settled",
+    ):
         assert SEEN[reached] > 0, (reached, SEEN)
