@@ -31,6 +31,10 @@ DEFAULT_PORT = 8080
 DEFAULT_ADMIN_PORT = 9090
 MIN_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 24 * 3600.0
+# spec.rollback's bounds, as the CRD has them.
+MAX_ROLLBACK_WINDOW_SECONDS = 24 * 3600
+MAX_WARM_VERSIONS = 5
+MAX_WARM_FLOOR = 1000
 
 
 class Track(StrEnum):
@@ -223,6 +227,15 @@ class TrafficSpec:
 
 
 @dataclass(frozen=True)
+class RollbackSpec:
+    """spec.rollback: versions kept warm after they leave @production."""
+
+    window_seconds: int = 0  # spec.rollback.window, a duration (0s to 24h)
+    max_warm: int = 1  # spec.rollback.maxWarm, 1..5
+    floor: int | None = None  # spec.rollback.floor, 1..1000 pods of a warm version; None: spec.replicas
+
+
+@dataclass(frozen=True)
 class ModelDeploymentSpec:
     model: ModelRef
     registry: RegistrySpec
@@ -231,6 +244,7 @@ class ModelDeploymentSpec:
     traffic: TrafficSpec
     canary: CanarySpec | None = None
     suspend: bool = False  # alias moves are not followed; what runs keeps running
+    rollback: RollbackSpec | None = None  # None: spec.rollback is absent (nothing is kept warm)
 
     @property
     def canary_wanted(self) -> bool:
