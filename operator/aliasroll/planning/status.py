@@ -16,6 +16,7 @@ __all__ = [
     "CanaryAnalysisStatus",
     "CanaryTrackStatus",
     "ConditionStatus",
+    "FastSwitchStatus",
     "HistorySpan",
     "LastCanaryAnalysis",
     "LastCanaryStatus",
@@ -24,6 +25,8 @@ __all__ = [
     "RegistryStatus",
     "TrackStatus",
     "TrafficStatus",
+    "VersionRef",
+    "WarmVersionStatus",
 ]
 
 
@@ -134,6 +137,33 @@ HistorySpan = TypedDict(
 HistorySpan.__doc__ = "One entry of status.history: a version a track served, from when to when."
 
 
+class WarmVersionStatus(TypedDict, total=False):
+    """One entry of status.warm: a version that left @production and still runs (spec.rollback)."""
+
+    model: str
+    version: str
+    since: str  # when it left @production
+    until: str  # when it goes (since + spec.rollback.window); absent while it still takes requests
+    replicas: int
+    routed: bool  # still taking requests while the versions the aliases name come up
+
+
+class VersionRef(TypedDict):
+    """A model version: status.fastSwitch.from and .to."""
+
+    model: str
+    version: str
+
+
+# "from" is a Python keyword, so the switch is declared in the functional form.
+FastSwitchStatus = TypedDict(
+    "FastSwitchStatus", {"kind": str, "since": str, "from": VersionRef, "to": VersionRef}
+)
+FastSwitchStatus.__doc__ = (
+    "status.fastSwitch: a fast rollback or promotion under way (kind rollback or promotion)."
+)
+
+
 class ModelDeploymentStatus(TypedDict, total=False):
     """A ModelDeployment's status as the planner writes it."""
 
@@ -143,6 +173,8 @@ class ModelDeploymentStatus(TypedDict, total=False):
     production: TrackStatus
     canary: CanaryTrackStatus
     lastCanary: LastCanaryStatus
+    warm: list[WarmVersionStatus]
+    fastSwitch: FastSwitchStatus
     traffic: TrafficStatus
     registry: RegistryStatus
     history: list[HistorySpan]
