@@ -209,6 +209,13 @@ def render(crd: Path = CRD, source: Path = SERVING_SOURCE) -> str:
             out.append(f"## `{field.path}`")
             out.append("")
             out.append(_escape(str(field.schema.get("description") or "")))
+            # spec's own rules: those that read two of its fields, or the stored object (oldSelf).
+            rules = field.schema.get("x-kubernetes-validations") or ()
+            if rules:
+                out.append("")
+                out.append("Refused at `kubectl apply`:")
+                out.append("")
+                out.extend(f"- {_escape(str(rule.get('message') or rule.get('rule')))}" for rule in rules)
             section = None
             continue
         if top != section:

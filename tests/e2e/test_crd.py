@@ -14,9 +14,9 @@ from harness import Kube, model_deployment
 GOOD = model_deployment("good", "sentiment", "http://mlflow:5000")
 
 
-def with_spec(path: str, value: Any, *, name: str = "bad") -> dict[str, Any]:
-    """GOOD with one field changed; `value` None deletes the field."""
-    body = copy.deepcopy(GOOD)
+def with_spec(path: str, value: Any, *, name: str = "bad", base: dict[str, Any] = GOOD) -> dict[str, Any]:
+    """GOOD (or `base`) with one field changed; `value` None deletes the field."""
+    body = copy.deepcopy(base)
     body["metadata"]["name"] = name
     *parents, leaf = path.split(".")
     node = body
@@ -27,6 +27,9 @@ def with_spec(path: str, value: Any, *, name: str = "bad") -> dict[str, Any]:
     else:
         node[leaf] = value
     return body
+
+
+WARM = with_spec("spec.rollback", {"window": "30m"})
 
 
 BAD = [
@@ -174,6 +177,36 @@ BAD = [
         with_spec("spec.serving", {"podTemplate": {"spec": {"imagePullSecrets": [{}]}}}),
         "spec.serving.podTemplate.spec.imagePullSecrets[0].name: Required value",
     ),
+    # spec.rollback (issue 23): the router rule sees spec.traffic's defaults, the window its bound.
+    (
+        "rollback with the gatewayAPI router",
+        with_spec("spec.traffic", {"router": "gatewayAPI"}, base=WARM),
+        "the gatewayAPI router does not keep versions warm yet; remove spec.rollback or use the replicas "
+        "router",
+    ),
+    (
+        "rollback without a window",
+        with_spec("spec.rollback", {"maxWarm": 2}),
+        "spec.rollback.window: Required value",
+    ),
+    (
+        "rollback window not a duration",
+        with_spec("spec.rollback", {"window": "half an hour"}),
+        "spec.rollback.window must be a duration such as 30m, 2h or 0s",
+    ),
+    (
+        "rollback window over 24h",
+        with_spec("spec.rollback", {"window": "24h1s"}),
+        "spec.rollback.window must be at most 24h",
+    ),
+    ("no warm version", with_spec("spec.rollback", {"window": "30m", "maxWarm": 0}), "spec.rollback.maxWarm"),
+    (
+        "six warm versions",
+        with_spec("spec.rollback", {"window": "30m", "maxWarm": 6}),
+        "spec.rollback.maxWarm",
+    ),
+    ("warm floor 0", with_spec("spec.rollback", {"window": "30m", "floor": 0}), "spec.rollback.floor"),
+    ("warm floor 1001", with_spec("spec.rollback", {"window": "30m", "floor": 1001}), "spec.rollback.floor"),
 ]
 
 
@@ -208,6 +241,7 @@ def test_defaults_and_printer_columns(kube: Kube, namespace: str) -> None:
         "WEIGHT",
         "PHASE",
         "STEP",
+        "WARM",
         "READY",
         "AGE",
     ]
@@ -223,6 +257,8 @@ def test_kubectl_explain_describes_the_fields(kube: Kube) -> None:
         ("modeldeployment.status.canary.weight", "Share of requests (percent) the canary gets now"),
         ("modeldeployment.status.lastCanary.phase", "How it ended: Aborted"),
         ("modeldeployment.spec.serving.podTemplate.spec.tolerations", "toleration"),
+        ("modeldeployment.spec.rollback.window", "How long a version stays warm after it leaves @production"),
+        ("modeldeployment.status.fastSwitch.kind", "rollback (back to a warm version)"),
     ):
         explained = " ".join(kube.cluster.kubectl("explain", path).stdout.split())
         assert said in explained, f"{path}: {explained}"
@@ -286,6 +322,168 @@ def test_an_ended_canary_run_is_kept_and_reads_right(kube: Kube, namespace: str)
     row = kube.cluster.kubectl("get", "mdep", "ended", "-n", namespace, "--no-headers").stdout.split()
     # NAME MODEL ALIAS PRODUCTION (CANARY) WEIGHT (PHASE) (STEP) READY AGE: the empty cells vanish.
     assert row[:5] == ["ended", "sentiment", "production", "3", "0"], row
+
+
+@pytest.mark.parametrize(
+    ("body", "stored"),
+    [
+        pytest.param(WARM, {"window": "30m", "maxWarm": 1}, id="window only, router defaulted"),
+        pytest.param(
+            with_spec("spec.traffic", {"router": "replicas"}, base=WARM),
+            {"window": "30m", "maxWarm": 1},
+            id="the replicas router named",
+        ),
+        pytest.param(with_spec("spec.rollback", {"window": "0s"}), {"window": "0s", "maxWarm": 1}, id="0s"),
+        pytest.param(
+            with_spec("spec.rollback", {"window": "24h", "maxWarm": 5, "floor": 1000}),
+            {"window": "24h", "maxWarm": 5, "floor": 1000},
+            id="the bounds",
+        ),
+        pytest.param(
+            with_spec("spec.rollback", {"window": "1h30m", "maxWarm": 1, "floor": 1}),
+            {"window": "1h30m", "maxWarm": 1, "floor": 1},
+            id="the low bounds",
+        ),
+    ],
+)
+def test_a_rollback_window_is_accepted_with_its_defaults(
+    kube: Kube, namespace: str, body: dict[str, Any], stored: dict[str, Any]
+) -> None:
+    result = kube.try_apply(body, namespace=namespace)
+    assert result.returncode == 0, result.stderr
+    found = kube.get("mdep", body["metadata"]["name"], namespace)
+    assert found is not None
+    assert found["spec"]["rollback"] == stored
+
+
+REMOVAL_REFUSED = (
+    "spec.rollback cannot be removed once set: its versions run as one Deployment each; set "
+    "spec.rollback.window: 0s to keep no version warm, or delete and re-create the ModelDeployment"
+)
+
+
+def test_a_rollback_window_once_set_cannot_be_removed(kube: Kube, namespace: str) -> None:
+    kept = with_spec("spec.rollback", {"window": "30m", "maxWarm": 2}, name="kept")
+    kube.apply(kept, namespace=namespace)
+    without = with_spec("spec.rollback", None, name="kept", base=kept)
+    refused = kube.try_apply(without, namespace=namespace)
+    assert refused.returncode != 0, "the removal was accepted"
+    assert REMOVAL_REFUSED in refused.stderr, refused.stderr
+    # Nor with a null, as a merge patch or a GitOps tool would send it.
+    patched = kube.cluster.kubectl(
+        "patch",
+        "mdep",
+        "kept",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"rollback":null}}',
+        check=False,
+    )
+    assert patched.returncode != 0, "the removal by a null was accepted"
+    assert REMOVAL_REFUSED in patched.stderr, patched.stderr
+    # Other changes, and a window of 0s (what the message offers), are accepted.
+    kube.apply(with_spec("spec.replicas", 3, name="kept", base=kept), namespace=namespace)
+    kube.apply(with_spec("spec.rollback", {"window": "0s"}, name="kept"), namespace=namespace)
+    stored = kube.get("mdep", "kept", namespace)
+    assert stored is not None
+    assert stored["spec"]["rollback"] == {"window": "0s", "maxWarm": 1}
+    # Deleted and re-created, the resource may do without it.
+    kube.cluster.kubectl("delete", "mdep", "kept", "-n", namespace, "--wait=true")
+    result = kube.try_apply(without, namespace=namespace)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_rollback_window_can_be_added_and_resources_without_one_change_freely(
+    kube: Kube, namespace: str
+) -> None:
+    plain = with_spec("spec.replicas", 2, name="plain")
+    kube.apply(plain, namespace=namespace)
+    kube.apply(with_spec("spec.replicas", 3, name="plain"), namespace=namespace)  # oldSelf has no rollback
+    added = with_spec("spec.rollback", {"window": "10m"}, name="plain")
+    result = kube.try_apply(added, namespace=namespace)
+    assert result.returncode == 0, result.stderr
+    # The router rule holds on an update too: spec.rollback keeps the replicas router.
+    to_gateway = with_spec("spec.traffic", {"router": "gatewayAPI"}, name="plain", base=added)
+    refused = kube.try_apply(to_gateway, namespace=namespace)
+    assert refused.returncode != 0
+    assert "the gatewayAPI router does not keep versions warm yet" in refused.stderr, refused.stderr
+
+
+def test_the_warm_versions_are_stored_as_written_and_shown(kube: Kube, namespace: str) -> None:
+    """status.warm and status.fastSwitch keep every field the operator writes (nothing pruned), and
+    the Warm column shows a warm version."""
+    body = with_spec("spec.rollback", {"window": "30m", "maxWarm": 2}, name="warm")
+    # As in the ended-canary test: an operator running beside refuses the resource, keeps this status.
+    body["spec"].setdefault("serving", {})["podTemplate"] = {"spec": {"runtimeClassName": "not-allowed-here"}}
+    kube.apply(body, namespace=namespace)
+    warm = [
+        {
+            "model": "sentiment",
+            "version": "3",
+            "since": "2026-12-07T12:00:00Z",
+            "until": "2026-12-07T12:30:00Z",
+            "replicas": 1,
+            "routed": False,
+        },
+        {
+            "model": "sentiment",
+            "version": "2",
+            "since": "2026-12-07T11:00:00Z",
+            "replicas": 2,
+            "routed": True,
+        },
+    ]
+    switch = {
+        "kind": "rollback",
+        "since": "2026-12-07T12:31:04Z",
+        "from": {"model": "sentiment", "version": "4"},
+        "to": {"model": "sentiment", "version": "3"},
+    }
+    status = {
+        "observedGeneration": 1,
+        "production": {"alias": "production", "version": "4", "modelUri": "models:/sentiment/4"},
+        "warm": warm,
+        "fastSwitch": switch,
+    }
+    patched = kube.cluster.kubectl(
+        "patch",
+        "mdep",
+        "warm",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+        "-o",
+        "json",
+    ).stdout
+    stored = json.loads(patched)["status"]
+    assert stored["warm"] == warm, "nothing of status.warm is pruned"
+    assert stored["fastSwitch"] == switch, "nothing of status.fastSwitch is pruned"
+    header, row = kube.cluster.kubectl("get", "mdep", "warm", "-n", namespace).stdout.splitlines()[:2]
+    # Columns are left-aligned under their headers: the cell starts where WARM does.
+    cell = row[header.index("WARM") :].split()[0]
+    # The API server prints the first value of a printer column's JSONPath, not every one.
+    assert cell == "3", (header, row)
+    # The kind is rollback or promotion, nothing else.
+    bad = json.dumps({"status": {"fastSwitch": {**switch, "kind": "sideways"}}})
+    refused = kube.cluster.kubectl(
+        "patch",
+        "mdep",
+        "warm",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        bad,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "status.fastSwitch.kind" in refused.stderr, refused.stderr
 
 
 def test_unknown_env_fields_are_pruned_not_stored(kube: Kube, namespace: str) -> None:

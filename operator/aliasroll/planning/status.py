@@ -138,17 +138,19 @@ HistorySpan.__doc__ = "One entry of status.history: a version a track served, fr
 
 
 class WarmVersionStatus(TypedDict, total=False):
-    """One entry of status.warm: a version kept warm after it left @production (spec.rollback)."""
+    """One entry of status.warm: a version that left @production and still runs (spec.rollback)."""
 
     model: str
     version: str
-    since: str  # when it stopped serving production
-    until: str  # when it goes (since + spec.rollback.window); absent while it still drains
+    since: str  # when it left @production
+    until: str  # when it goes (since + spec.rollback.window); absent while it still takes requests
     replicas: int
-    routed: bool  # still taking requests while the named versions' pods come up
+    routed: bool  # still taking requests while the versions the aliases name come up
 
 
 class VersionRef(TypedDict):
+    """A model version: status.fastSwitch.from and .to."""
+
     model: str
     version: str
 
@@ -156,6 +158,9 @@ class VersionRef(TypedDict):
 # "from" is a Python keyword, so the switch is declared in the functional form.
 FastSwitchStatus = TypedDict(
     "FastSwitchStatus", {"kind": str, "since": str, "from": VersionRef, "to": VersionRef}
+)
+FastSwitchStatus.__doc__ = (
+    "status.fastSwitch: a fast rollback or promotion under way (kind rollback or promotion)."
 )
 
 
@@ -168,9 +173,9 @@ class ModelDeploymentStatus(TypedDict, total=False):
     production: TrackStatus
     canary: CanaryTrackStatus
     lastCanary: LastCanaryStatus
+    warm: list[WarmVersionStatus]
+    fastSwitch: FastSwitchStatus
     traffic: TrafficStatus
     registry: RegistryStatus
     history: list[HistorySpan]
     conditions: list[ConditionStatus]
-    warm: list[WarmVersionStatus]
-    fastSwitch: FastSwitchStatus

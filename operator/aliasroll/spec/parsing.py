@@ -4,6 +4,7 @@ what it relies on, because a resource may predate the installed CRD: InvalidSpec
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -21,6 +22,9 @@ from aliasroll.spec.types import (
     DEFAULT_PRODUCTION_ALIAS,
     DEFAULT_PROGRESS_DEADLINE,
     MAX_POLL_SECONDS,
+    MAX_ROLLBACK_WINDOW_SECONDS,
+    MAX_WARM_FLOOR,
+    MAX_WARM_VERSIONS,
     MIN_POLL_SECONDS,
     AnalysisSpec,
     CanarySpec,
@@ -32,6 +36,7 @@ from aliasroll.spec.types import (
     PrometheusSource,
     Promotion,
     RegistrySpec,
+    RollbackSpec,
     RouterKind,
     TrafficSpec,
 )
@@ -78,6 +83,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
         canary=canary,
         serving=parse_serving(serving),
         traffic=_traffic(traffic, router=router),
+        rollback=_optional_rollback(spec.get("rollback"), router=router),
     )
 
 
@@ -115,6 +121,36 @@ def _optional_canary(raw: object, *, production_alias: str) -> CanarySpec | None
     if alias == production_alias:
         raise InvalidSpec("spec.canary.alias", f"must differ from spec.model.alias ({production_alias!r})")
     return _canary(raw, alias=alias)
+
+
+def _optional_rollback(raw: object, *, router: RouterKind) -> RollbackSpec | None:
+    """spec.rollback, when there is one (the replicas router only, as the CRD says)."""
+    if raw is None:
+        return None
+    rollback = json_object(raw, path="spec.rollback")
+    if router is not RouterKind.REPLICAS:
+        raise InvalidSpec(
+            "spec.rollback",
+            f"the {router.value} router does not keep versions warm yet; remove spec.rollback or use the "
+            "replicas router",
+        )
+    window = parse_duration(
+        string(rollback, "window", path="spec.rollback.window", required=True),
+        field_path="spec.rollback.window",
+    )
+    if window > MAX_ROLLBACK_WINDOW_SECONDS:
+        raise InvalidSpec("spec.rollback.window", "must be at most 24h")
+    floor = rollback.get("floor")
+    return RollbackSpec(
+        # Whole seconds, rounded up: a window the CRD accepts (250ms) never reads as none (0s).
+        window_seconds=math.ceil(window),
+        max_warm=integer(
+            rollback.get("maxWarm", 1), path="spec.rollback.maxWarm", low=1, high=MAX_WARM_VERSIONS
+        ),
+        floor=None
+        if floor is None
+        else integer(floor, path="spec.rollback.floor", low=1, high=MAX_WARM_FLOOR),
+    )
 
 
 def _router(traffic: Mapping[str, Any]) -> RouterKind:

@@ -31,6 +31,10 @@ DEFAULT_PORT = 8080
 DEFAULT_ADMIN_PORT = 9090
 MIN_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 24 * 3600.0
+# spec.rollback's bounds, as the CRD has them.
+MAX_ROLLBACK_WINDOW_SECONDS = 24 * 3600
+MAX_WARM_VERSIONS = 5
+MAX_WARM_FLOOR = 1000
 
 
 class Track(StrEnum):
@@ -240,7 +244,7 @@ class ModelDeploymentSpec:
     traffic: TrafficSpec
     canary: CanarySpec | None = None
     suspend: bool = False  # alias moves are not followed; what runs keeps running
-    rollback: RollbackSpec | None = None  # version mode: a Deployment per version, warm ones kept
+    rollback: RollbackSpec | None = None  # None: spec.rollback is absent (nothing is kept warm)
 
     @property
     def canary_wanted(self) -> bool:

@@ -194,6 +194,9 @@ def test_the_reference_has_every_field_of_the_crd_down_to_kubernetes_types() -> 
     for path in paths:
         if path.split(".")[0] in ("spec", "status") and module.shown(path, roots):
             assert f"`{path}`" in rendered, path
+    # spec's own rules (two fields, or the stored object) are listed under it.
+    assert "spec.rollback cannot be removed once set" in rendered
+    assert "spec.canary.alias must differ from spec.model.alias" in rendered
     # Kubernetes' own types are cut one level down: affinity's terms are the Pod's to document.
     assert "podAffinityTerm" not in rendered
 

@@ -104,6 +104,15 @@ def test_pods_are_only_watched_in_both_installs() -> None:
         }
 
 
+def test_pod_status_is_only_patched_in_both_installs() -> None:
+    # The readiness gate (spec.rollback) is a condition in the pods' status: a patch of it, nothing
+    # else (no update, no get: the pods come from the watch above).
+    for install in (CLUSTER_WIDE, NAMESPACED_ROLE):
+        assert {verb for group, resource, verb in install if (group, resource) == ("", "pods/status")} == {
+            "patch"
+        }
+
+
 def test_the_role_binding_binds_the_role_to_the_operators_service_account() -> None:
     account = only(documents(MANIFESTS / "rbac.yaml"), "ServiceAccount")["metadata"]["name"]
     operator_namespace = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["namespace"]

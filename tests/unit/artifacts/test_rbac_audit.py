@@ -133,9 +133,13 @@ def test_the_shipped_installs_grant_what_the_operator_s_code_needs() -> None:
     assert ("coordination.k8s.io", "leases", "update") in wide
     assert ("aliasroll.io", "modeldeployments/status", "patch") in wide
     assert ("", "secrets", "get") not in wide
+    # The readiness gate of spec.rollback: a patch of the pods' status, never of the pods.
+    assert ("", "pods/status", "patch") in wide
+    assert ("", "pods", "patch") not in wide
     namespaced = rbac_audit.namespaced_install()
     assert ("", "secrets", "watch") in namespaced
     assert ("", "secrets", "get") not in namespaced
+    assert ("", "pods/status", "patch") in namespaced
 
 
 def test_a_403_from_admission_after_rbac_allowed_is_not_a_refusal() -> None:

@@ -50,6 +50,8 @@ def test_the_status_types_name_the_schema_keys_at_every_level() -> None:
     [
         pytest.param(status.TrackStatus, ("production",), id="the production track"),
         pytest.param(status.LastCanaryStatus, ("lastCanary",), id="the last canary"),
+        pytest.param(status.FastSwitchStatus, ("fastSwitch",), id="the fast switch"),
+        pytest.param(status.VersionRef, ("fastSwitch", "from"), id="the fast switch's versions"),
     ],
 )
 def test_each_part_is_the_part_of_the_schema_it_is_written_to(
@@ -65,3 +67,11 @@ def test_the_walk_compares_something() -> None:
     # A schema path that moved would leave nothing to compare and the tests above would pass on nothing.
     assert len(schema_status()["properties"]) >= 10
     assert "from" in get_type_hints(status.HistorySpan)  # declared in the functional form
+    assert {"from", "to"} <= set(get_type_hints(status.FastSwitchStatus))  # and this one too
+
+
+def test_the_warm_list_s_items_are_compared() -> None:
+    # status.warm is a list: the walk compares its TypedDict with the schema of its items.
+    schema = schema_status()["properties"]["warm"]
+    assert differences(status.WarmVersionStatus, schema["items"], "warm") == []
+    assert set(get_type_hints(status.WarmVersionStatus)) == set(schema["items"]["properties"])

@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from aliasroll.errors import InvalidSpec
-from aliasroll.spec import PodSecurity, PodSettings, RouterKind, parse_duration, parse_spec
+from aliasroll.spec import (
+    PodSecurity,
+    PodSettings,
+    RollbackSpec,
+    RouterKind,
+    parse_duration,
+    parse_spec,
+)
 
 MINIMAL: dict[str, Any] = {"model": {"name": "sentiment"}, "registry": {"trackingUri": "http://mlflow:5000"}}
 
@@ -22,6 +29,7 @@ def test_defaults_match_the_crd() -> None:
     assert spec.traffic.router is RouterKind.REPLICAS
     assert spec.canary is None
     assert not spec.canary_wanted
+    assert spec.rollback is None
 
 
 @pytest.mark.parametrize(
@@ -135,6 +143,27 @@ BAD = [
         {**MINIMAL, "serving": {"env": [{"name": "ALIASROLL_SOURCE_BUILDS", "value": "on"}]}},
         "spec.serving.env",
     ),
+    ("rollback not an object", {**MINIMAL, "rollback": "30m"}, "spec.rollback"),
+    ("rollback without a window", {**MINIMAL, "rollback": {"maxWarm": 2}}, "spec.rollback.window"),
+    ("rollback window blank", {**MINIMAL, "rollback": {"window": ""}}, "spec.rollback.window"),
+    ("rollback window as a number", {**MINIMAL, "rollback": {"window": 1800}}, "spec.rollback.window"),
+    (
+        "rollback window not a duration",
+        {**MINIMAL, "rollback": {"window": "half an hour"}},
+        "spec.rollback.window",
+    ),
+    ("rollback window over 24h", {**MINIMAL, "rollback": {"window": "24h1s"}}, "spec.rollback.window"),
+    ("no warm version", {**MINIMAL, "rollback": {"window": "30m", "maxWarm": 0}}, "spec.rollback.maxWarm"),
+    ("six warm versions", {**MINIMAL, "rollback": {"window": "30m", "maxWarm": 6}}, "spec.rollback.maxWarm"),
+    ("maxWarm as text", {**MINIMAL, "rollback": {"window": "30m", "maxWarm": "2"}}, "spec.rollback.maxWarm"),
+    ("floor 0", {**MINIMAL, "rollback": {"window": "30m", "floor": 0}}, "spec.rollback.floor"),
+    ("floor above 1000", {**MINIMAL, "rollback": {"window": "30m", "floor": 1001}}, "spec.rollback.floor"),
+    ("floor as a boolean", {**MINIMAL, "rollback": {"window": "30m", "floor": True}}, "spec.rollback.floor"),
+    (
+        "rollback with the gatewayAPI router (a resource older than the CRD's rule)",
+        {**MINIMAL, "traffic": {"router": "gatewayAPI"}, "rollback": {"window": "30m"}},
+        "spec.rollback",
+    ),
     (
         "tolerations not a list",
         {**MINIMAL, "serving": {"podTemplate": {"spec": {"tolerations": {"key": "gpu"}}}}},
@@ -212,3 +241,42 @@ def test_serving_defaults() -> None:
 )
 def test_the_dependency_cache_is_only_on_or_off(serving: dict[str, Any], enabled: bool) -> None:
     assert parse_spec({**MINIMAL, "serving": serving}).serving.dependency_cache is enabled
+
+
+@pytest.mark.parametrize(
+    ("rollback", "parsed"),
+    [
+        pytest.param({"window": "30m"}, RollbackSpec(window_seconds=1800), id="window-only"),
+        pytest.param(
+            {"window": "1h30m", "maxWarm": 3, "floor": 2},
+            RollbackSpec(window_seconds=5400, max_warm=3, floor=2),
+            id="every-field",
+        ),
+        pytest.param({"window": "0s"}, RollbackSpec(window_seconds=0), id="window-0-keeps-none"),
+        pytest.param(
+            {"window": "24h", "maxWarm": 5, "floor": 1000},
+            RollbackSpec(window_seconds=86400, max_warm=5, floor=1000),
+            id="the-bounds",
+        ),
+        # Whole seconds, rounded up: a window the CRD accepts never reads as none.
+        pytest.param({"window": "250ms"}, RollbackSpec(window_seconds=1), id="ms-rounded-up"),
+        pytest.param({"window": "1.5s"}, RollbackSpec(window_seconds=2), id="fraction-rounded-up"),
+    ],
+)
+def test_rollback_is_parsed_with_the_crd_defaults(rollback: dict[str, Any], parsed: RollbackSpec) -> None:
+    spec = parse_spec({**MINIMAL, "rollback": rollback})
+    assert spec.rollback == parsed
+    assert spec.rollback is not None
+    assert isinstance(spec.rollback.window_seconds, int)
+
+
+def test_rollback_null_is_absent() -> None:
+    # A GitOps tool may send the field as null: the same as leaving it out.
+    assert parse_spec({**MINIMAL, "rollback": None}).rollback is None
+
+
+def test_the_gateway_api_router_s_refusal_says_what_to_do() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec({**MINIMAL, "traffic": {"router": "gatewayAPI"}, "rollback": {"window": "30m"}})
+    assert "does not keep versions warm yet" in str(caught.value)
+    assert "remove spec.rollback or use the replicas router" in str(caught.value)
