@@ -1,7 +1,9 @@
-"""kwok, the fake node: pods scheduled to it become Running and Ready, though no container ever runs."""
+"""kwok, the fake node: pods scheduled to it become Running and Ready (as their readiness gates allow),
+though no container ever runs."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,82 @@ KWOK_STAGE_DIRS = ("node/fast", "node/heartbeat-with-lease", "pod/fast")
 #: ones do. Without it, fake pods are Ready at once.
 READY_DELAY_ANNOTATION = "kwok.localenv/ready-delay"
 
+# Readiness gates (spec.readinessGates) as the kubelet has them: a pod is Ready when its containers
+# are and every gate's condition is in status.conditions with status "True"; a gate that turns False
+# later makes the pod not Ready again (ContainersReady stays True). kwok's own pod-ready stage marks
+# every gate True itself, which would overwrite what another controller writes.
+#
+# $ready ("True" or "False") and $message from the pod's gates, as the kubelet words them.
+_GATES_READY = """\
+{{ $ready := "True" }}
+{{ $message := "" }}
+{{ range .spec.readinessGates }}
+{{ $gate := .conditionType }}
+{{ $status := "" }}
+{{ range $.status.conditions }}{{ if eq .type $gate }}{{ $status = .status }}{{ end }}{{ end }}
+{{ if and (ne $status "True") (eq $ready "True") }}
+{{ $ready = "False" }}
+{{ if $status }}
+{{ $message = printf "the status of pod readiness gate %q is not \\"True\\", but %s" $gate $status }}
+{{ else }}
+{{ $message = printf "corresponding condition of pod readiness gate %q does not exist." $gate }}
+{{ end }}
+{{ end }}
+{{ end }}
+"""
+# The same, as a jq expression for a stage selector: whether every gate's condition is "True".
+_GATES_TRUE_JQ = (
+    "[.spec.readinessGates[]?.conditionType as $gate"
+    ' | any(.status.conditions[]?; .type == $gate and .status == "True")] | all'
+)
+_READY_TRUE_JQ = 'any(.status.conditions[]?; .type == "Ready" and .status == "True")'
+# A running pod with gates whose Ready disagrees with them (a gate's condition written after the pod
+# became Running, or changed since): Ready again from the gates, and only Ready (a strategic merge
+# of status.conditions by type keeps every other condition, the gates' among them).
+_GATES_STAGE = f"""\
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-readiness-gates
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - jq:
+        key: '.metadata.deletionTimestamp'
+        operator: DoesNotExist
+    - jq:
+        key: '.status.phase'
+        operator: In
+        values: ['Running']
+    - jq:
+        key: '.spec.readinessGates[]?.conditionType'
+        operator: Exists
+    - jq:
+        key: '.status.conditions[]? | select(.type == "ContainersReady") | .status'
+        operator: In
+        values: ['True']
+    - jq:
+        key: '({_GATES_TRUE_JQ}) != ({_READY_TRUE_JQ})'
+        operator: In
+        values: ['true']
+  steps:
+  - patch:
+      subresource: status
+      root: status
+      type: strategic
+      template: |
+{textwrap.indent(_GATES_READY, " " * 8)}\
+        conditions:
+        - type: Ready
+          status: {{{{ $ready | Quote }}}}
+          reason: {{{{ if ne $ready "True" }}}}ReadinessGatesNotReady{{{{ end }}}}
+          message: {{{{ $message | Quote }}}}
+          lastTransitionTime: {{{{ Now | Quote }}}}
+"""
+
 
 def stage_files(bin_dir: Path, state_dir: Path) -> list[Path]:
     stages = sorted(
@@ -25,12 +103,21 @@ def stage_files(bin_dir: Path, state_dir: Path) -> list[Path]:
     )
     if not stages:
         raise ClusterError(f"no kwok stage files under {bin_dir / 'kwok-stages'}")
-    return [_with_ready_delay(f, state_dir) if f.name == "pod-ready.yaml" else f for f in stages]
+    gates = state_dir / "kwok-pod-readiness-gates.yaml"
+    gates.write_text(_GATES_STAGE)
+    return [_pod_ready(f, state_dir) if f.name == "pod-ready.yaml" else f for f in stages] + [gates]
 
 
-def _with_ready_delay(stage: Path, state_dir: Path) -> Path:
-    """kwok's pod-ready stage, delayed by the pod's READY_DELAY_ANNOTATION when it has one."""
-    text = stage.read_text()
+def _pod_ready(stage: Path, state_dir: Path) -> Path:
+    """kwok's pod-ready stage, delayed by the pod's READY_DELAY_ANNOTATION when it has one, and Ready
+    only when the pod's readiness gates are (their conditions left to whoever writes them)."""
+    text = _with_readiness_gates(stage, _with_ready_delay(stage, stage.read_text()))
+    ready = state_dir / "kwok-pod-ready.yaml"
+    ready.write_text(text)
+    return ready
+
+
+def _with_ready_delay(stage: Path, text: str) -> str:
     anchor = "\nspec:\n"
     if anchor not in text:
         raise ClusterError(f"{stage}: no top-level spec to add a delay to")
@@ -41,9 +128,41 @@ def _with_ready_delay(stage: Path, state_dir: Path) -> Path:
         "      jq:\n"
         f"        expression: '.metadata.annotations[\"{READY_DELAY_ANNOTATION}\"]'\n"
     )
-    delayed = state_dir / "kwok-pod-ready.yaml"
-    delayed.write_text(text.replace(anchor, anchor + delay, 1))
-    return delayed
+    return text.replace(anchor, anchor + delay, 1)
+
+
+def _with_readiness_gates(stage: Path, text: str) -> str:
+    indent = " " * 6  # the statusTemplate's lines, in its block scalar
+    now = f"{indent}{{{{ $now := Now }}}}\n"
+    ready = (
+        f"{indent}- lastTransitionTime: {{{{ $now | Quote }}}}\n"
+        f'{indent}  status: "True"\n'
+        f"{indent}  type: Ready\n"
+    )
+    gates_true = (
+        f"{indent}{{{{ range .spec.readinessGates }}}}\n"
+        f"{indent}- lastTransitionTime: {{{{ $now | Quote }}}}\n"
+        f'{indent}  status: "True"\n'
+        f"{indent}  type: {{{{ .conditionType | Quote }}}}\n"
+        f"{indent}{{{{ end }}}}\n"
+    )
+    for part in (now, ready, gates_true):
+        if text.count(part) != 1:
+            raise ClusterError(f"{stage}: not the pod-ready template expected (for readiness gates):\n{part}")
+    return (
+        text.replace(now, now + textwrap.indent(_GATES_READY, indent))
+        .replace(
+            ready,
+            f"{indent}- lastTransitionTime: {{{{ $now | Quote }}}}\n"
+            f"{indent}  status: {{{{ $ready | Quote }}}}\n"
+            f'{indent}  {{{{ if ne $ready "True" }}}}\n'
+            f"{indent}  reason: ReadinessGatesNotReady\n"
+            f"{indent}  message: {{{{ $message | Quote }}}}\n"
+            f"{indent}  {{{{ end }}}}\n"
+            f"{indent}  type: Ready\n",
+        )
+        .replace(gates_true, "")
+    )
 
 
 def args(*, kubeconfig: Path, stages: list[Path]) -> list[str]:
