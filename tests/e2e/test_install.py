@@ -137,6 +137,19 @@ ACCESS = [
     ("watch namespaces (Kopf)", ["watch", "namespaces"], True),
     ("create namespaces", ["create", "namespaces"], False),
     ("create pods in the watched namespace", ["create", "pods", "-n", WATCHED], False),
+    # The readiness gate of spec.rollback: a patch of a pod's status, nothing else of a pod.
+    (
+        "patch pod status in the watched namespace",
+        ["patch", "pods", "--subresource=status", "-n", WATCHED],
+        True,
+    ),
+    ("patch pod status in another namespace", ["patch", "pods", "--subresource=status", "-n", OTHER], False),
+    (
+        "update pod status in the watched namespace",
+        ["update", "pods", "--subresource=status", "-n", WATCHED],
+        False,
+    ),
+    ("patch pods in the watched namespace", ["patch", "pods", "-n", WATCHED], False),
     (
         "update its Lease in the operator's namespace",
         ["update", "leases.coordination.k8s.io/aliasroll", "-n", OPERATOR_NAMESPACE],
