@@ -39,11 +39,6 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
 
-#: Bounds of spec.rollback, as the CRD would hold them (the property tests generate within them).
-MAX_WINDOW_SECONDS = 24 * 3600
-MAX_WARM_LIMIT = 5
-MAX_FLOOR = 1000
-
 
 class VersionId(NamedTuple):
     """A version as the pods pin it: a registered model's version (a renamed model's are others)."""
@@ -79,9 +74,9 @@ class RollbackSettings:
     """spec.rollback: how long a version stays warm after it leaves @production, how many stay, and
     at how many pods (None: spec.replicas). The defaults keep nothing warm (today's behaviour)."""
 
-    window: int = 0  # seconds, 0 to MAX_WINDOW_SECONDS
-    max_warm: int = 1  # 1 to MAX_WARM_LIMIT
-    floor: int | None = None  # 1 to MAX_FLOOR, at most spec.replicas in effect
+    window: int = 0  # seconds, 0 to spec.MAX_ROLLBACK_WINDOW_SECONDS
+    max_warm: int = 1  # 1 to spec.MAX_WARM_VERSIONS
+    floor: int | None = None  # 1 to spec.MAX_WARM_FLOOR, at most spec.replicas in effect
 
     def floor_for(self, replicas: int) -> int:
         return replicas if self.floor is None else min(self.floor, replicas)

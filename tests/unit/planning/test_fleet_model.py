@@ -44,7 +44,6 @@ from hypothesis.stateful import (
 )
 
 from aliasroll.planning.fleet import (
-    MAX_WARM_LIMIT,
     Decision,
     Role,
     RollbackSettings,
@@ -57,6 +56,7 @@ from aliasroll.planning.fleet import (
     named_targets,
 )
 from aliasroll.planning.fleet_status import model_uri, remembered, to_status
+from aliasroll.spec import MAX_WARM_VERSIONS
 
 MODEL = "sentiment"
 T0 = datetime(2026, 12, 7, 9, 0, 0, tzinfo=UTC)
@@ -135,7 +135,7 @@ class FleetHistories(RuleBasedStateMachine):
         replicas=st.integers(1, 5),
         router=st.sampled_from(list(Split)),
         window=st.sampled_from(WINDOWS),
-        max_warm=st.integers(1, MAX_WARM_LIMIT),
+        max_warm=st.integers(1, MAX_WARM_VERSIONS),
         floor=st.one_of(st.none(), st.integers(1, 3)),
         delays=st.lists(st.integers(0, 3), min_size=1, max_size=8),
     )
@@ -441,7 +441,7 @@ class FleetHistories(RuleBasedStateMachine):
 
     @rule(
         window=st.sampled_from(WINDOWS),
-        max_warm=st.integers(1, MAX_WARM_LIMIT),
+        max_warm=st.integers(1, MAX_WARM_VERSIONS),
         floor=st.one_of(st.none(), st.integers(1, 6)),
     )
     def rollback_settings_edited(self, window: int, max_warm: int, floor: int | None) -> None:

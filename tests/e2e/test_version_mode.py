@@ -1,0 +1,134 @@
+"""Version mode (spec.rollback) against the real API server, with the operator running: a Deployment
+per version, the readiness gate set on the pods the operator owns, a version kept warm after it
+leaves @production, and a move back to it that creates no pod (kwok's pods honour readiness gates as
+a kubelet does: tests/e2e/test_kwok_readiness_gates.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from examples.sentiment.register import register_version
+from harness import Kube, model_deployment, wait_events, wait_for
+from mlflow import MlflowClient
+
+from mlflowserver import MlflowServer
+from operatorprocess import OperatorProcess
+
+REPLICAS = 2
+GATE = "aliasroll.io/routed"
+
+
+def pods(kube: Kube, namespace: str, version: str) -> dict[str, dict[str, Any]]:
+    found = kube.list(
+        "pods", namespace, selector=f"aliasroll.io/modeldeployment=fast,aliasroll.io/model-version={version}"
+    )
+    return {pod["metadata"]["uid"]: pod for pod in found if not pod["metadata"].get("deletionTimestamp")}
+
+
+def condition(pod: dict[str, Any], kind: str) -> str | None:
+    for found in pod.get("status", {}).get("conditions") or ():
+        if found["type"] == kind:
+            return str(found["status"])
+    return None
+
+
+def routed(kube: Kube, namespace: str, version: str) -> bool:
+    found = pods(kube, namespace, version)
+    return len(found) == REPLICAS and all(
+        condition(pod, GATE) == "True" and condition(pod, "Ready") == "True" for pod in found.values()
+    )
+
+
+def warm(kube: Kube, namespace: str, version: str) -> bool:
+    found = pods(kube, namespace, version)
+    return len(found) == REPLICAS and all(
+        condition(pod, GATE) == "False" and condition(pod, "Ready") == "False" for pod in found.values()
+    )
+
+
+def status(kube: Kube, namespace: str) -> dict[str, Any]:
+    resource = kube.get("modeldeployment", "fast", namespace)
+    assert resource is not None
+    return dict(resource.get("status") or {})
+
+
+def test_a_rollback_to_a_warm_version_changes_only_the_gates(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    v2 = register_version(mlflow_server.url, model_name, variant="v2")
+    manifest = model_deployment("fast", model_name, mlflow_server.url, replicas=REPLICAS)
+    manifest["spec"]["rollback"] = {"window": "30m"}
+    kube.apply(manifest, namespace=namespace)
+
+    # One Deployment per version, its pods gated, routed by the operator.
+    wait_for(lambda: routed(kube, namespace, v1), timeout=60, what=f"version {v1}'s pods routed")
+    deployment = kube.get("deployment", f"fast-v{v1}", namespace)
+    assert deployment is not None
+    assert deployment["metadata"]["labels"]["aliasroll.io/role"] == "production"
+    template = deployment["spec"]["template"]
+    assert template["spec"]["readinessGates"] == [{"conditionType": GATE}]
+    assert kube.get("deployment", "fast-production", namespace) is None
+
+    # Forward to v2 (cold): v1 stays, warm.
+    registry.set_registered_model_alias(model_name, "production", v2)
+    wait_for(lambda: routed(kube, namespace, v2), timeout=60, what=f"version {v2}'s pods routed")
+    wait_for(lambda: warm(kube, namespace, v1), timeout=60, what=f"version {v1} warm")
+    warm_v1 = set(pods(kube, namespace, v1))
+    found = wait_for(lambda: status(kube, namespace).get("warm"), timeout=30, what="status.warm")
+    assert [(entry["version"], entry["routed"]) for entry in found] == [(v1, False)]
+    assert "until" in found[0]
+    listed = kube.get("deployment", f"fast-v{v1}", namespace)
+    assert listed is not None
+    assert listed["metadata"]["labels"]["aliasroll.io/role"] == "warm"
+
+    # Back to v1: the same pods take the requests again; no pod of v1 is created.
+    registry.set_registered_model_alias(model_name, "production", v1)
+    wait_for(lambda: routed(kube, namespace, v1), timeout=30, what=f"version {v1} routed again")
+    wait_for(lambda: warm(kube, namespace, v2), timeout=30, what=f"version {v2} warm")
+    assert set(pods(kube, namespace, v1)) == warm_v1
+    events = wait_events(kube, namespace, "fast", "FastRollback", timeout=30)
+    messages = [message for _, reason, message in events if reason == "FastRollback"]
+    assert any(f"moved back to version {v1}" in message for message in messages), messages
+    final = wait_for(
+        lambda: (
+            (found := status(kube, namespace)).get("production", {}).get("version") == v1
+            and "fastSwitch" not in found
+            and found
+        ),
+        timeout=30,
+        what="status at v1, the switch over",
+    )
+    assert [entry["version"] for entry in final["warm"]] == [v2]
+
+
+def test_a_warm_version_goes_when_the_window_is_shortened_to_zero(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    v2 = register_version(mlflow_server.url, model_name, variant="v2")
+    manifest = model_deployment("fast", model_name, mlflow_server.url, replicas=REPLICAS)
+    manifest["spec"]["rollback"] = {"window": "30m"}
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: routed(kube, namespace, v1), timeout=60, what=f"version {v1}'s pods routed")
+    registry.set_registered_model_alias(model_name, "production", v2)
+    wait_for(lambda: warm(kube, namespace, v1), timeout=60, what=f"version {v1} warm")
+    manifest["spec"]["rollback"] = {"window": "0s"}
+    kube.apply(manifest, namespace=namespace)
+    wait_for(
+        lambda: kube.get("deployment", f"fast-v{v1}", namespace) is None,
+        timeout=30,
+        what=f"version {v1}'s Deployment gone",
+    )
+    assert "warm" not in status(kube, namespace)
+    assert routed(kube, namespace, v2)
