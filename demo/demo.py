@@ -455,6 +455,7 @@ def up(use_current: bool) -> None:
 
     if service is not None:
         watched_canary(kubectl, client, server.url, manifest, service, production=v3)
+        instant_rollback(kubectl, client, server.url, manifest, service)
 
     step("What happened, as the resource records it")
     history(kubectl)
@@ -557,6 +558,48 @@ def watched_canary(
         if key.startswith("aliasroll.io/canary."):
             say(f"  tag {key} = {tags[key][:110]}")
     service.show(v4)
+
+
+def instant_rollback(
+    kubectl: Kubectl, client: Any, tracking_uri: str, manifest: dict[str, Any], service: Service
+) -> None:
+    """spec.rollback: the version @production leaves stays warm, and moving @production back to it
+    only changes routing: the on-call's rollback during an incident takes seconds."""
+    from examples.sentiment.register import register_version
+
+    step("10. An incident: roll back in seconds to a version kept warm (spec.rollback)")
+    good = str(client.get_registered_model(MODEL).aliases["production"])
+    manifest["spec"].pop("canary", None)
+    manifest["spec"]["rollback"] = {"window": "30m"}
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    say("spec.rollback.window: 30m: a version that leaves @production keeps its pods, warm, for 30 minutes")
+
+    def per_version() -> bool:
+        names = {d["metadata"]["name"] for d in kubectl.json("get", "deploy", "-n", NAMESPACE)["items"]}
+        return f"{MODEL}-v{good}" in names and f"{MODEL}-production" not in names and ready(kubectl, good)
+
+    wait(per_version, f"one Deployment per version: {MODEL}-v{good} serves production", timeout=300)
+    release = register_version(tracking_uri, MODEL, variant="v2")
+    client.set_registered_model_alias(MODEL, "production", release)
+    say(f"@production -> {release}: a new release (its pods start cold)")
+    wait(lambda: ready(kubectl, release), f"version {release} serves production", timeout=300)
+    service.show(release)
+    kubectl.show("get", "deploy", "-n", NAMESPACE, "-L", "aliasroll.io/role")
+    say(f"incident: version {release} misbehaves; on-call moves @production back to {good}")
+    moved = time.monotonic()
+    client.set_registered_model_alias(MODEL, "production", good)
+    wait(lambda: set(service.versions(10)) == {good}, f"every answer from version {good}", timeout=120)
+    say(f"every answer came from version {good} {time.monotonic() - moved:.1f} s after the alias move")
+    found: list[str] = []
+
+    def fast_rollback_event() -> bool:
+        events = kubectl.json("get", "events", "-n", NAMESPACE, "--field-selector", "reason=FastRollback")
+        found[:] = [str(event.get("message")) for event in events.get("items", [])]
+        return any(f"version {good}" in message for message in found)
+
+    wait(fast_rollback_event, "the FastRollback event", timeout=60)
+    say(f"  event FastRollback: {found[-1]}")
+    kubectl.show("get", "mdep", MODEL, "-n", NAMESPACE)
 
 
 def down() -> None:
