@@ -16,6 +16,13 @@ read, so neither the queue nor the bodies held in memory grow without bound unde
 Draining (server.py sets `draining` on SIGTERM): readiness turns 503 at once so the pod leaves the
 Service's endpoints, while /invocations keeps scoring; every answer then carries `Connection: close`
 so keep-alive clients reconnect, to another pod, before the listener closes.
+
+Connection age: kube-proxy steers only new connections, so a client keeps reaching a version whose
+pods left the Service's endpoints (kept warm for a rollback) for as long as it keeps its keep-alive
+connection. On the serving port, an answer on a connection older than
+`ALIASROLL_MAX_CONNECTION_AGE_SECONDS` (default 1 s; Envoy's max_connection_duration) carries
+`Connection: close`: its client reconnects, and lands where the Service routes now. When a connection
+was opened is told by the server's protocol (server.py), in the request's `scope["state"]`.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ TEXT = b"text/plain; charset=utf-8"
 # What a client told to come back later waits, in seconds (a predict call takes milliseconds).
 RETRY_AFTER_SECONDS = b"1"
 ADMIN_PATHS = frozenset({"/ready", "/live", "/metrics", "/version", "/ping", "/health"})
+# The key of scope["state"] under which server.py's protocols give when the request's connection was
+# opened (time.monotonic()); absent when the app runs under a server that does not say.
+CONNECTION_OPENED = "aliasroll.connection_opened"
+CLOSE = (b"connection", b"close")
 
 
 class ClientGone(Exception):
@@ -68,6 +79,7 @@ class ServingApp:
         # On the serving port, only the version: what a client needs to tell a canary's answers
         # apart. The model's name and URI (registry paths) are for the cluster: /ready, /metrics.
         self._identity = [(b"x-model-version", config.model_version.encode())]
+        self._max_connection_age = config.max_connection_age_seconds
         self.in_flight = 0
         try:
             self._mlflow_version = importlib.metadata.version("mlflow-skinny").encode()
@@ -91,37 +103,38 @@ class ServingApp:
         path, method = scope["path"], scope["method"]
         if path == "/invocations":
             if method != "POST":
-                await self._send(send, 405, b'{"error_code":"BAD_REQUEST","message":"use POST"}')
+                await self._send(scope, send, 405, b'{"error_code":"BAD_REQUEST","message":"use POST"}')
                 return
             await self._invocations(scope, receive, send)
         elif method not in ("GET", "HEAD"):
-            await self._send(send, 405, b"method not allowed\n", TEXT)
+            await self._send(scope, send, 405, b"method not allowed\n", TEXT)
         elif path in ("/ping", "/health"):
             # MLflow's health check: healthy once the model is there.
-            await self._send(send, 200 if self.ready else 503, b"\n")
+            await self._send(scope, send, 200 if self.ready else 503, b"\n")
         else:
-            await self._send(send, 404, b"not found\n", TEXT)
+            await self._send(scope, send, 404, b"not found\n", TEXT)
 
     async def _admin(self, scope: Scope, send: Send) -> None:
         """The admin port: the cluster's endpoints, with no model headers (and no scoring)."""
         path, method = scope["path"], scope["method"]
         if path not in ADMIN_PATHS:
-            await self._send(send, 404, b"not found\n", TEXT, identity=False)
+            await self._send(scope, send, 404, b"not found\n", TEXT, identity=False)
         elif method not in ("GET", "HEAD"):
-            await self._send(send, 405, b"method not allowed\n", TEXT, identity=False)
+            await self._send(scope, send, 405, b"method not allowed\n", TEXT, identity=False)
         elif path in ("/ping", "/health"):
-            await self._send(send, 200 if self.ready else 503, b"\n", identity=False)
+            await self._send(scope, send, 200 if self.ready else 503, b"\n", identity=False)
         elif path == "/ready":
             body: dict[str, object] = {"ready": self.ready, "model": self.config.model_uri}
             if self.draining:
                 body["draining"] = True
-            await self._send(send, 200 if self.ready else 503, orjson.dumps(body), identity=False)
+            await self._send(scope, send, 200 if self.ready else 503, orjson.dumps(body), identity=False)
         elif path == "/live":
-            await self._send(send, 200, b'{"live":true}', identity=False)
+            await self._send(scope, send, 200, b'{"live":true}', identity=False)
         elif path == "/version":
-            await self._send(send, 200, self._mlflow_version, identity=False)
+            await self._send(scope, send, 200, self._mlflow_version, identity=False)
         elif path == "/metrics":
             await self._send(
+                scope,
                 send,
                 200,
                 self.metrics.render(),
@@ -131,7 +144,7 @@ class ServingApp:
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.in_flight >= self.config.max_in_flight:
-            await self._refuse_overload(send)
+            await self._refuse_overload(scope, send)
             return
         self.in_flight += 1
         try:
@@ -139,7 +152,7 @@ class ServingApp:
         finally:
             self.in_flight -= 1
 
-    async def _refuse_overload(self, send: Send) -> None:
+    async def _refuse_overload(self, scope: Scope, send: Send) -> None:
         """503 with Retry-After, at once and without reading the body: what is queued stays bounded.
         Counted like any 503 (a canary that sheds load fails its clients)."""
         started = time.perf_counter()
@@ -151,7 +164,7 @@ class ServingApp:
             error_code="TEMPORARILY_UNAVAILABLE",
         )
         try:
-            await self._send(send, 503, refused.body(), retry_after=True)
+            await self._send(scope, send, 503, refused.body(), retry_after=True)
         finally:
             self.metrics.observe(
                 code=503,
@@ -179,7 +192,7 @@ class ServingApp:
                 raise RequestError(
                     504, "Request processing time exceeded limit", error_code="DEADLINE_EXCEEDED"
                 ) from None
-            await self._send(send, 200, answer)
+            await self._send(scope, send, 200, answer)
             status, cause, failure = 200, None, None
         except RequestError as error:
             status, cause, failure = error.status, error.error_code, error.kind
@@ -190,7 +203,7 @@ class ServingApp:
             else:
                 level = logging.WARNING if error.status >= 500 else logging.INFO
             log.log(level, "invocations answered %d %s", error.status, error.error_code)
-            await self._send(send, error.status, error.body())
+            await self._send(scope, send, error.status, error.body())
         except ClientGone:
             status, cause, failure = 499, "CLIENT_CLOSED", None
         except asyncio.CancelledError:
@@ -204,11 +217,11 @@ class ServingApp:
                 "The server stopped before this request finished (DRAIN_SECONDS passed); retry it.",
                 error_code="TEMPORARILY_UNAVAILABLE",
             )
-            await self._send(send, 503, stopped.body())
+            await self._send(scope, send, 503, stopped.body())
         except Exception:  # a bug of ours: still an answer in MLflow's shape, and counted
             log.exception("unexpected error while answering /invocations (answered 500)")
             status, cause, failure = 500, "INTERNAL_ERROR", "server"
-            await self._send(send, 500, RequestError(500, "internal error", error_code=cause).body())
+            await self._send(scope, send, 500, RequestError(500, "internal error", error_code=cause).body())
         finally:
             self.metrics.observe(
                 code=status, seconds=time.perf_counter() - started, cause=cause, kind=failure
@@ -235,6 +248,7 @@ class ServingApp:
 
     async def _send(
         self,
+        scope: Scope,
         send: Send,
         status: int,
         body: bytes,
@@ -249,9 +263,19 @@ class ServingApp:
         if retry_after:
             headers.append((b"retry-after", RETRY_AFTER_SECONDS))
         if self.draining:
-            headers.append((b"connection", b"close"))
+            headers.append(CLOSE)
+        elif identity and self._max_connection_age and self._aged(scope):
+            # The serving port only: the admin port is no Service's, its scrapers stay where they are.
+            headers.append(CLOSE)
+            self.metrics.observe_aged_out()
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    def _aged(self, scope: Scope) -> bool:
+        """Whether the request's connection is older than ALIASROLL_MAX_CONNECTION_AGE_SECONDS (measured
+        as its answer starts: a long request on a young connection still closes it, if it aged)."""
+        opened = scope.get("state", {}).get(CONNECTION_OPENED)
+        return opened is not None and time.monotonic() - opened >= self._max_connection_age
 
     # Lifecycle: the server listens at once (liveness), and turns ready once loaded and warmed up.
 

@@ -18,6 +18,12 @@ DEFAULT_ADMIN_PORT = 9090
 # request is answered 503 with Retry-After at once, so the queue, and the memory of the bodies
 # held in it (up to ALIASROLL_MAX_REQUEST_BYTES each), stays bounded.
 DEFAULT_MAX_IN_FLIGHT = 64
+# A keep-alive connection older than this gets `Connection: close` on its next answer (on the serving
+# port), so its client reconnects and lands where the Service routes now: kube-proxy steers only new
+# connections, and a version taken out of the endpoints (kept warm for a rollback) would otherwise
+# keep answering the clients that hold connections to it. 0: connections are never closed for age.
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 1.0
+MAX_CONNECTION_AGE_LIMIT = 86400
 
 _PINNED = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
@@ -38,6 +44,7 @@ class ServingConfig:
     max_request_bytes: int = 16 * 1024 * 1024
     request_timeout_seconds: float = 60.0
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
     batching: bool = True
     max_batch_rows: int = 1024
     predict_threads: int = 2
@@ -79,6 +86,13 @@ class ServingConfig:
                 _int(env, "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", 60, low=1, high=86400)
             ),
             max_in_flight=_int(env, "ALIASROLL_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, low=1, high=100_000),
+            max_connection_age_seconds=_seconds(
+                env,
+                "ALIASROLL_MAX_CONNECTION_AGE_SECONDS",
+                DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+                high=MAX_CONNECTION_AGE_LIMIT,
+                hint=" (0: connections are never closed for their age)",
+            ),
             batching=_flag(env, "ALIASROLL_BATCHING", default=True),
             max_batch_rows=_int(env, "ALIASROLL_MAX_BATCH_ROWS", 1024, low=1, high=1_000_000),
             predict_threads=_int(env, "ALIASROLL_PREDICT_THREADS", 2, low=1, high=64),
@@ -163,6 +177,20 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={raw!r} must be between {low} and {high}{hint}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, high: int, hint: str = "") -> float:
+    """A duration in seconds, fractions allowed, from 0 to `high`."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 <= value <= high:  # also refuses nan
+        raise ConfigError(f"{name}={raw!r} must be between 0 and {high} seconds{hint}")
     return value
 
 

@@ -69,6 +69,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self.aged_out = Counter(
+            "aliasroll_serving_connections_aged_out",
+            "Keep-alive connections closed (Connection: close) for being older than "
+            "ALIASROLL_MAX_CONNECTION_AGE_SECONDS: their clients reconnect where the Service routes now",
+            names,
+            registry=self.registry,
+        )
         self.info = Gauge(
             "aliasroll_serving_model_info",
             "The model version this server serves",
@@ -84,13 +91,19 @@ class Metrics:
         self._labels = labels
         self.info.labels(**labels, uri=config.model_uri).set(1)
         self.ready.labels(**labels).set(0)
-        for kind in get_args(FailureKind):  # present at 0 from the start, so rates exist before a failure
+        self._bind(labels)
+
+    def _bind(self, labels: dict[str, str]) -> None:
+        """The series present at 0 from the start, so rates exist before the first failure, and those
+        counted per request bound once: a labels() lookup per request is measurable at thousands of
+        requests a second."""
+        for kind in get_args(FailureKind):
             self.failures.labels(**labels, kind=kind)
         for code in SERVER_ERROR_CODES:
             self.requests.labels(**labels, code=code)
-        # Bound once: a labels() lookup per request is measurable at thousands of requests a second.
         self._answered = self.requests.labels(**labels, code="200")
         self._latency = self.latency.labels(**labels)
+        self._aged_out = self.aged_out.labels(**labels)
 
     def observe(
         self, *, code: int, seconds: float, cause: str | None = None, kind: FailureKind | None = None
@@ -104,6 +117,9 @@ class Metrics:
             self.errors.labels(**self._labels, cause=cause).inc()
         if kind is not None:
             self.failures.labels(**self._labels, kind=kind).inc()
+
+    def observe_aged_out(self) -> None:
+        self._aged_out.inc()
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.labels(**self._labels).observe(size)

@@ -10,10 +10,17 @@ On SIGTERM (or a first SIGINT), for at most `DRAIN_SECONDS`:
 4. a predict call cannot be cancelled (it runs in a thread): if one still runs 2 s past DRAIN_SECONDS,
    the process exits anyway (code 1), so it never waits for the kubelet's SIGKILL.
 The process exits 0 after a drain that finished in time.
+
+Its HTTP protocols are uvicorn's (httptools, or h11), which also note when each connection was opened,
+in the scope of every request on it: app.py answers `Connection: close` once a connection is older
+than `ALIASROLL_MAX_CONNECTION_AGE_SECONDS`, and uvicorn then closes it after that answer. The time
+is an attribute of the connection's protocol object, gone with the connection: no table of
+connections to bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -23,14 +30,40 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from aliasroll.serving.app import ServingApp
+from aliasroll.serving.app import CONNECTION_OPENED, ServingApp
 
 log = logging.getLogger("aliasroll.serving")
 
 # How long past DRAIN_SECONDS a predict call that outlived the drain may hold the process.
 ABANDON_AFTER_SECONDS = 2.0
 EXIT_ABANDONED = 1
+
+
+class AgedHttpToolsProtocol(HttpToolsProtocol):
+    """httptools' protocol, which gives each request on a connection the time it was opened."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # uvicorn copies app_state into each request's scope["state"]: a copy of its own, per
+        # connection, with the time, before the first request is parsed.
+        self.app_state = {**self.app_state, CONNECTION_OPENED: time.monotonic()}
+        super().connection_made(transport)
+
+
+class AgedH11Protocol(H11Protocol):
+    """h11's protocol, likewise."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.app_state = {**self.app_state, CONNECTION_OPENED: time.monotonic()}
+        super().connection_made(transport)
+
+
+PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
+    "httptools": AgedHttpToolsProtocol,
+    "h11": AgedH11Protocol,
+}
 
 
 class DrainingServer(uvicorn.Server):
@@ -43,9 +76,12 @@ class DrainingServer(uvicorn.Server):
         self._drain_announced = False
 
     @classmethod
-    def for_app(cls, app: ServingApp, **uvicorn_settings: Any) -> DrainingServer:
+    def for_app(cls, app: ServingApp, *, http: str = "httptools", **uvicorn_settings: Any) -> DrainingServer:
+        if http not in PROTOCOLS:
+            raise ValueError(f"http={http!r}: the model server runs on {' or '.join(PROTOCOLS)}")
         config = uvicorn.Config(
             app,
+            http=PROTOCOLS[http],
             # uvicorn's own mechanism finishes what is in flight once the accept window is over.
             timeout_graceful_shutdown=app.config.drain_seconds - app.config.drain_accept_seconds,
             **uvicorn_settings,

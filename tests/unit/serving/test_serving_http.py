@@ -1,12 +1,15 @@
 """The model server's HTTP surface, driven as uvicorn drives it (ASGI scopes), with a stand-in model:
-what each port answers, which headers name the model, and the bound on requests in flight."""
+what each port answers, which headers name the model, the bound on requests in flight, and the
+maximum age of a keep-alive connection (through real listeners on loopback)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import pytest
@@ -301,3 +304,164 @@ async def test_requests_in_flight_under_the_bound_still_share_predict_calls() ->
         gate.set()
         assert served.batcher is not None
         await served.batcher.close()
+
+
+# The maximum age of a connection: clients reconnect, so they land where the Service routes now.
+
+
+@asynccontextmanager
+async def listening(http: str = "httptools", **env: str) -> AsyncIterator[tuple[ServingApp, int, int]]:
+    """The server on two loopback ports, as the entry point runs it (uvicorn, a stand-in model)."""
+    sockets = [listen("127.0.0.1", 0), listen("127.0.0.1", 0)]
+    port, admin_port = (sock.getsockname()[1] for sock in sockets)
+    served = app(PORT=str(port), ADMIN_PORT=str(admin_port), **env)
+    await loaded(served, EchoModel())
+    server = DrainingServer.for_app(served, lifespan="off", http=http, log_level="warning")
+    running = asyncio.create_task(server.serve(sockets=sockets))
+    try:
+        for _ in range(500):  # uvicorn says it listens by a flag only
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert server.started
+        yield served, port, admin_port
+    finally:
+        server.should_exit = True
+        await running
+        assert served.batcher is not None
+        await served.batcher.close()
+
+
+class Connection:
+    """One keep-alive TCP connection, requests sent one after the other on it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.opened = time.monotonic()
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def request(self, path: str = "/invocations") -> Answer:
+        if path == "/invocations":
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            self.writer.write(f"{head}Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY)
+        else:
+            self.writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await self.writer.drain()
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+        headers = [(name.encode(), value.encode()) for name, value in (line.split(": ", 1) for line in lines)]
+        answer = Answer(int(status_line.split()[1]), headers, b"")
+        length = int(answer.headers["content-length"])
+        answer.body = await asyncio.wait_for(self.reader.readexactly(length), 5)
+        return answer
+
+    async def closed_by_server(self) -> bool:
+        """Whether the server closed its side: end of stream, with nothing more sent."""
+        return await asyncio.wait_for(self.reader.read(1), 5) == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+async def test_a_connection_older_than_the_max_age_is_closed_after_its_answer(http: str) -> None:
+    async with listening(http) as (served, port, _):  # the default age: 1 s
+        assert served.config.max_connection_age_seconds == 1.0
+        conn = await Connection.open(port)
+        try:
+            # A young connection keeps alive, request after request.
+            for path in ("/invocations", "/ping", "/invocations"):
+                young = await conn.request(path)
+                assert young.status == 200
+                assert "connection" not in young.headers
+            # Requests back to back: the first answer once the connection is past the age says close
+            # (and is whole), and the server closes the socket after it.
+            sent = 0
+            while True:
+                answer = await conn.request()
+                sent += 1
+                assert (answer.status, answer.body) == (200, b'{"predictions": ["a"]}')
+                if answer.headers.get("connection") == "close":
+                    break
+                assert time.monotonic() - conn.opened < 10, "never told to close"
+            # The server opened its side after the client began to connect, and measured as the answer
+            # started: the client, which got it later, counts at least as much.
+            assert time.monotonic() - conn.opened >= 1.0
+            assert sent > 1
+            assert await conn.closed_by_server()
+        finally:
+            await conn.close()
+        assert counted(served, "aliasroll_serving_connections_aged_out_total") == 1
+        # The client reconnects, and the new connection is young again.
+        again = await Connection.open(port)
+        try:
+            assert "connection" not in (await again.request()).headers
+        finally:
+            await again.close()
+
+
+async def test_an_idle_connection_past_the_age_gets_close_on_its_next_answer() -> None:
+    async with listening(ALIASROLL_MAX_CONNECTION_AGE_SECONDS="0.5") as (served, port, admin_port):
+        assert counted(served, "aliasroll_serving_connections_aged_out_total") == 0  # exported from the start
+        conn, admin = await Connection.open(port), await Connection.open(admin_port)
+        try:
+            assert "connection" not in (await conn.request("/ping")).headers
+            assert "connection" not in (await admin.request("/metrics")).headers
+            await asyncio.sleep(0.6)
+            # Any answer on the serving port, the health checks' too.
+            assert (await conn.request("/ping")).headers["connection"] == "close"
+            assert await conn.closed_by_server()
+            # The admin port is no Service's: its scrapers and probes keep their connections.
+            for _ in range(2):
+                assert "connection" not in (await admin.request("/metrics")).headers
+        finally:
+            await conn.close()
+            await admin.close()
+        assert counted(served, "aliasroll_serving_connections_aged_out_total") == 1
+
+
+async def test_a_max_age_of_0_never_closes_a_connection_for_its_age() -> None:
+    async with listening(ALIASROLL_MAX_CONNECTION_AGE_SECONDS="0") as (served, port, _):
+        conn = await Connection.open(port)
+        try:
+            for pause in (0.0, 0.15, 0.15):
+                await asyncio.sleep(pause)
+                answer = await conn.request()
+                assert answer.status == 200
+                assert "connection" not in answer.headers
+        finally:
+            await conn.close()
+        assert counted(served, "aliasroll_serving_connections_aged_out_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, 1.0),
+        ("", 1.0),
+        ("0", 0.0),
+        ("0.25", 0.25),
+        ("30", 30.0),
+        ("-1", "ALIASROLL_MAX_CONNECTION_AGE_SECONDS='-1' must be between 0 and 86400 seconds"),
+        ("86401", "must be between 0 and 86400 seconds \\(0: connections are never closed"),
+        ("nan", "'nan' must be between 0 and 86400"),
+        ("inf", "'inf' must be between 0 and 86400"),
+        ("1s", "ALIASROLL_MAX_CONNECTION_AGE_SECONDS='1s' is not a number of seconds"),
+    ],
+)
+def test_the_max_connection_age_setting(raw: str | None, expected: float | str) -> None:
+    env = {} if raw is None else {"ALIASROLL_MAX_CONNECTION_AGE_SECONDS": raw}
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            config(**env)
+    else:
+        assert config(**env).max_connection_age_seconds == expected
+
+
+def test_the_server_runs_only_on_a_protocol_that_tells_connection_age() -> None:
+    with pytest.raises(ValueError, match="http='auto': the model server runs on httptools or h11"):
+        DrainingServer.for_app(app(), http="auto")
