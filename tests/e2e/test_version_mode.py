@@ -132,3 +132,45 @@ def test_a_warm_version_goes_when_the_window_is_shortened_to_zero(
     )
     assert "warm" not in status(kube, namespace)
     assert routed(kube, namespace, v2)
+
+
+def test_setting_spec_rollback_drains_the_track_deployments_with_capacity_kept(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    manifest = model_deployment("fast", model_name, mlflow_server.url, replicas=REPLICAS)
+    kube.apply(manifest, namespace=namespace)
+    wait_for(
+        lambda: (
+            (found := kube.get("deployment", "fast-production", namespace)) is not None
+            and found.get("status", {}).get("availableReplicas") == REPLICAS
+        ),
+        timeout=60,
+        what="the production track serving",
+    )
+    manifest["spec"]["rollback"] = {"window": "30m"}
+    kube.apply(manifest, namespace=namespace)
+    lowest = REPLICAS
+
+    def migrated() -> bool:
+        nonlocal lowest
+        ready = [
+            pod
+            for pod in kube.list("pods", namespace, selector="aliasroll.io/modeldeployment=fast")
+            if condition(pod, "Ready") == "True" and not pod["metadata"].get("deletionTimestamp")
+        ]
+        lowest = min(lowest, len(ready))
+        return kube.get("deployment", "fast-production", namespace) is None and routed(kube, namespace, v1)
+
+    wait_for(migrated, timeout=90, what="the track Deployment replaced by fast-v1", interval=0.1)
+    assert lowest >= REPLICAS, f"{lowest} Ready pods during the move to a Deployment per version"
+    # Once set, spec.rollback cannot be removed (CEL): the message says what to do instead.
+    del manifest["spec"]["rollback"]
+    refused = kube.try_apply(manifest, namespace=namespace)
+    assert refused.returncode != 0
+    assert "window: 0s" in refused.stderr
