@@ -27,6 +27,7 @@ from aliasroll.planning import capacity, fleet_status, health, history, registry
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
 from aliasroll.planning.registry_writes import RegistryWrite
 from aliasroll.planning.routers import Routing, TrafficInput, router_for, share
+from aliasroll.planning.routers.gateway_api import GatewayAPIRouter
 from aliasroll.planning.state import ChildRef, EventRecord, ObservedState, RegistryView, ServedVersion
 from aliasroll.planning.status import (
     CanaryTrackStatus,
@@ -262,13 +263,13 @@ def _place_versions(
     routed = TrafficInput(
         owner=where.owner, spec=spec, production=production, canary=canary, observed=view, weight=weight
     )
+    if isinstance(router, GatewayAPIRouter):
+        backends = versions.backends(where.owner, spec, placed)
+        routing = router.route_versions(routed, backends, versions.canary_share(placed))
+    else:
+        routing = router.route(routed, placed.replicas)
     return _Workloads(
-        served=served,
-        replicas=placed.replicas,
-        targets=targets,
-        routing=router.route(routed, placed.replicas),
-        versions=placed,
-        view=view,
+        served=served, replicas=placed.replicas, targets=targets, routing=routing, versions=placed, view=view
     )
 
 

@@ -38,9 +38,10 @@ from aliasroll.planning import fleet, workloads
 from aliasroll.planning.fleet import Decision, Role, RollbackSettings, RunningVersion, VersionId
 from aliasroll.planning.fleet_status import Memory, remembered
 from aliasroll.planning.observed import ObservedTrack
+from aliasroll.planning.routers.gateway_api import Backend
 from aliasroll.planning.state import ObservedState, ObservedVersion, ObservedWorkload, ServedVersion
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
-from aliasroll.spec import ModelDeploymentSpec, ResourceRef, Track
+from aliasroll.spec import ModelDeploymentSpec, ResourceRef, RouterKind, Track
 
 # A label value is at most 63 characters; a longer Deployment name is hashed into the selector.
 MAX_LABEL_VALUE = 63
@@ -183,6 +184,8 @@ def place(
         replicas=spec.replicas,
         production=targets.get(Track.PRODUCTION, 0),
         canary=targets.get(Track.CANARY, 0),
+        # gatewayAPI: the route weights a backend per version; replicas: one Service over their pods.
+        split=fleet.Split.WEIGHTS if spec.traffic.router is RouterKind.GATEWAY_API else fleet.Split.PODS,
     )
     decision = fleet.decide(
         running=versions, wanted=wanted, sizes=sizes, settings=settings(spec), switch=memory.switch, now=now
@@ -240,6 +243,27 @@ def objects(
         if plan.routed and plan.replicas > 0:
             result.append(budget(owner, name))
     return result
+
+
+def backends(owner: ResourceRef, spec: ModelDeploymentSpec, placed: Placed) -> list[Backend]:
+    """The gatewayAPI route's backends: a Service per routed version (a track Deployment from before
+    keeps its track's Service), weighted by its share of requests."""
+    found: list[Backend] = []
+    for plan in placed.decision.versions:
+        if not plan.routed:
+            continue
+        if plan.id in placed.legacy:
+            track = placed.legacy[plan.id][0]
+            name, chosen = workloads.workload_name(owner, track), workloads.track_selector(owner, track)
+        else:
+            name = deployment_name(owner, spec, plan.id)
+            chosen = selector(owner, name)
+        found.append(Backend(name=name, selector=chosen, weight=plan.share))
+    return found
+
+
+def canary_share(placed: Placed) -> int:
+    return sum(plan.share for plan in placed.decision.with_role(Role.CANARY))
 
 
 def gate_writes(observed: ObservedState, placed: Placed) -> tuple[GateWrite, ...]:

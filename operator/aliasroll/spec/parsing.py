@@ -83,7 +83,7 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
         canary=canary,
         serving=parse_serving(serving),
         traffic=_traffic(traffic, router=router),
-        rollback=_optional_rollback(spec.get("rollback"), router=router),
+        rollback=_optional_rollback(spec.get("rollback")),
     )
 
 
@@ -123,17 +123,11 @@ def _optional_canary(raw: object, *, production_alias: str) -> CanarySpec | None
     return _canary(raw, alias=alias)
 
 
-def _optional_rollback(raw: object, *, router: RouterKind) -> RollbackSpec | None:
-    """spec.rollback, when there is one (the replicas router only, as the CRD says)."""
+def _optional_rollback(raw: object) -> RollbackSpec | None:
+    """spec.rollback, when there is one."""
     if raw is None:
         return None
     rollback = json_object(raw, path="spec.rollback")
-    if router is not RouterKind.REPLICAS:
-        raise InvalidSpec(
-            "spec.rollback",
-            f"the {router.value} router does not keep versions warm yet; remove spec.rollback or use the "
-            "replicas router",
-        )
     window = parse_duration(
         string(rollback, "window", path="spec.rollback.window", required=True),
         field_path="spec.rollback.window",

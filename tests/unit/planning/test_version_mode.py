@@ -32,10 +32,13 @@ def converge(
 ) -> Plan:
     """Passes with every pod starting at once, until nothing changes; capacity checked at each."""
     result = cluster.reconcile(the_spec, view(production))
+    served = False
     for _ in range(passes):
         cluster.start()
         result = cluster.reconcile(the_spec, view(production))
-        assert sum(cluster.serving().values()) >= REPLICAS
+        total = sum(cluster.serving().values())
+        assert total >= REPLICAS or not served  # once a version served, capacity never drops
+        served = served or total >= REPLICAS
     return result
 
 
@@ -218,3 +221,42 @@ def test_a_promotion_gives_production_to_the_canary_pods_at_once() -> None:
     # (no pod created: with @canary still naming 2, production's side is 2 pods of the 3)
     assert cluster.pods_of("1") <= before
     assert cluster.serving() == {"1": 2, "2": 1}
+
+
+def gateway_rollback_spec() -> ModelDeploymentSpec:
+    return replace(
+        spec(replicas=REPLICAS, traffic={"router": "gatewayAPI"}),
+        rollback=RollbackSpec(window_seconds=1800),
+    )
+
+
+def route_weights(result: Plan) -> dict[str, int]:
+    route = next(obj for obj in result.objects if obj["kind"] == "HTTPRoute")
+    return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def test_the_gateway_api_router_weights_a_service_per_routed_version() -> None:
+    cluster = VersionCluster()
+    the_spec = gateway_rollback_spec()
+    first = converge(cluster, the_spec, "1")
+    assert route_weights(first) == {"sentiment-v1": 100}
+    services = {obj["metadata"]["name"]: obj for obj in first.objects if obj["kind"] == "Service"}
+    assert services["sentiment-v1"]["spec"]["selector"] == {
+        "aliasroll.io/modeldeployment": "sentiment",
+        "aliasroll.io/workload": "sentiment-v1",
+    }
+    # The stable Service reaches the gated pods: the gate keeps warm ones out of it.
+    assert services["sentiment"]["spec"]["selector"] == {
+        "aliasroll.io/modeldeployment": "sentiment",
+        "aliasroll.io/gated": "true",
+    }
+    moving = cluster.reconcile(the_spec, view("2"))
+    assert route_weights(moving) == {"sentiment-v1": 100, "sentiment-v2": 0}  # v2 has no pod up yet
+    moved = converge(cluster, the_spec, "2")
+    assert route_weights(moved) == {"sentiment-v2": 100}  # warm v1 is no backend
+    cluster.later(30)
+    back = cluster.reconcile(the_spec, view("1"))
+    # The gates are set; v1's pods are Ready a moment later, and the next pass weights them.
+    assert route_weights(back) == {"sentiment-v1": 0, "sentiment-v2": 100}
+    assert cluster.pods_of("1") == {pod.name for pod in cluster.deployments["sentiment-v1"].pods}
+    assert route_weights(cluster.reconcile(the_spec, view("1"))) == {"sentiment-v1": 100}

@@ -21,6 +21,7 @@ import os
 from collections import Counter
 from dataclasses import replace
 
+import pytest
 from builders import spec, view
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -40,6 +41,8 @@ SEEN: Counter[str] = Counter()
 
 
 class VersionHistories(RuleBasedStateMachine):
+    router = "replicas"
+
     def __init__(self) -> None:
         super().__init__()
         self.cluster = VersionCluster()
@@ -53,7 +56,9 @@ class VersionHistories(RuleBasedStateMachine):
 
     def spec(self) -> ModelDeploymentSpec:
         return replace(
-            spec(replicas=REPLICAS, canary={"alias": "canary", "weight": 34}),
+            spec(
+                replicas=REPLICAS, canary={"alias": "canary", "weight": 34}, traffic={"router": self.router}
+            ),
             rollback=RollbackSpec(window_seconds=self.window, max_warm=self.max_warm, floor=self.floor),
         )
 
@@ -142,11 +147,11 @@ class VersionHistories(RuleBasedStateMachine):
 
     @invariant()
     def only_production_or_leaving_serve(self) -> None:
-        warm = self.warm_versions()
-        for version in self.cluster.serving():
-            assert version not in warm or version in (self.production, self.canary), (
-                f"warm version {version} takes requests:\n" + self.trail()
-            )
+        assert not self.cluster.warm_serving(), "a warm version takes requests:\n" + self.trail()
+        if self.cluster.route is not None:
+            weighted = {version for version, weight in self.cluster.route.items() if weight}
+            routed = {d.version for d in self.cluster.deployments.values() if d.role != "warm"}
+            assert weighted <= routed, f"the route weights a warm version: {weighted}\n" + self.trail()
         listed = [entry["version"] for entry in self.cluster.status.get("warm", ()) if "until" in entry]
         assert len(listed) <= self.max_warm, self.trail()
 
@@ -168,7 +173,11 @@ class VersionHistories(RuleBasedStateMachine):
             assert serving == {self.production: REPLICAS}, f"did not settle: {serving}\n" + self.trail()
         else:
             assert set(serving) == {self.production, self.canary}, f"{serving}\n" + self.trail()
-            assert sum(serving.values()) == REPLICAS, f"{serving}\n" + self.trail()
+            # The replicas router splits spec.replicas; the gatewayAPI router keeps production whole.
+            production_side = (
+                serving[self.production] if self.router == "gatewayAPI" else sum(serving.values())
+            )
+            assert production_side == REPLICAS, f"{serving}\n" + self.trail()
         SEEN["settled"] += 1
 
 
@@ -183,9 +192,16 @@ HISTORIES = settings(
 )
 
 
-def test_version_mode_histories() -> None:
+class GatewayHistories(VersionHistories):
+    """The same histories with the gatewayAPI router: what takes requests is what the route weights."""
+
+    router = "gatewayAPI"
+
+
+@pytest.mark.parametrize("machine", [VersionHistories, GatewayHistories], ids=["replicas", "gatewayAPI"])
+def test_version_mode_histories(machine: type[VersionHistories]) -> None:
     SEEN.clear()
-    run_state_machine_as_test(VersionHistories, settings=HISTORIES)
+    run_state_machine_as_test(machine, settings=HISTORIES)
     print("\nreached:", dict(sorted(SEEN.items())))
     for reached in (
         "moved back to a warm version",

@@ -51,6 +51,7 @@ class Deployment:
     gated: bool
     track: Track | None = None
     pods: list[Pod] = field(default_factory=list)
+    role: str | None = None  # the aliasroll.io/role label the last plan gave it
 
     def pods_names(self) -> set[str]:
         return {pod.name for pod in self.pods}
@@ -71,6 +72,7 @@ class VersionCluster:
     others: list[ChildRef] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
     gate_writes: int = 0
+    route: dict[str, int] | None = None  # the gatewayAPI router's backend weights, by version
 
     def legacy_track(self, track: Track, version: str, replicas: int) -> None:
         """A track Deployment of the track model, serving (its pods have no gate)."""
@@ -138,6 +140,7 @@ class VersionCluster:
                 found = Deployment(name, model, labels[LABEL_VERSION], 0, gated, track)
                 self.deployments[name] = found
             found.replicas = obj["spec"]["replicas"]
+            found.role = labels.get("aliasroll.io/role")
             found.scale()
         for child in result.prune:
             if child.kind == "Deployment":
@@ -149,6 +152,15 @@ class VersionCluster:
             if gate.pod in pods:
                 pods[gate.pod].routed = gate.routed
                 self.gate_writes += 1
+        for obj in result.objects:
+            if obj["kind"] == "HTTPRoute":
+                refs = obj["spec"]["rules"][0]["backendRefs"]
+                self.route = {
+                    self.deployments[ref["name"]].version
+                    if ref["name"] in self.deployments
+                    else ref["name"]: ref["weight"]
+                    for ref in refs
+                }
         self.status = dict(result.status)
         self.events += [(event.reason, event.message) for event in result.events]
 
@@ -162,13 +174,22 @@ class VersionCluster:
         self.now += timedelta(seconds=seconds)
 
     def serving(self) -> dict[str, int]:
-        """Ready pods per version: what the Service sends requests to."""
+        """Ready pods per version that take requests: the Service's endpoints (the replicas router),
+        or of the versions the route weights (the gatewayAPI router)."""
         found: dict[str, int] = {}
         for d in self.deployments.values():
             ready = sum(pod.ready for pod in d.pods)
+            if self.route is not None and not self.route.get(d.version):
+                continue
             if ready:
                 found[d.version] = found.get(d.version, 0) + ready
         return found
+
+    def warm_serving(self) -> list[str]:
+        """Deployments the plan calls warm whose pods take requests (none may)."""
+        return [
+            d.name for d in self.deployments.values() if d.role == "warm" and any(p.ready for p in d.pods)
+        ]
 
     def pods_of(self, version: str) -> set[str]:
         return {pod.name for d in self.deployments.values() if d.version == version for pod in d.pods}

@@ -17,9 +17,11 @@ no rule (404), and the serving port would answer 404 too.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from aliasroll.labels import LABEL_GATED, LABEL_OWNER
 from aliasroll.planning import workloads
 from aliasroll.planning.routers.base import Routing, TrafficInput, share
 from aliasroll.planning.workloads import Manifest
@@ -28,6 +30,19 @@ from aliasroll.spec import RouterKind, Track
 HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
 #: The paths the route sends to the model, each matched exactly (Gateway API core support).
 ROUTED_PATHS = ("/invocations", "/ping", "/health")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One version's Service as a backend of the route (version mode), and its weight."""
+
+    name: str
+    selector: Mapping[str, str]
+    weight: int
+
+
+def _gated(owner: Any) -> dict[str, str]:
+    return {LABEL_OWNER: owner.name, LABEL_GATED: "true"}
 
 
 class GatewayAPIRouter:
@@ -89,7 +104,38 @@ class GatewayAPIRouter:
             message = "no pod is available: the HTTPRoute weights no backend"
         return Routing(objects=tuple(objects), canary_weight=weight, message=message, why=why)
 
+    def route_versions(
+        self, traffic: TrafficInput, backends: Sequence[Backend], canary_weight: int
+    ) -> Routing:
+        """Version mode (spec.rollback): a Service per routed version as the route's backends, each
+        weighted by its share (planning/fleet.py gives a backend without an available pod none). The
+        stable Service selects every gated pod of the resource: the readiness gate keeps warm
+        versions out of it, so it reaches the versions the route weights (production, the canary, a
+        version still leaving)."""
+        owner, spec = traffic.owner, traffic.spec
+        objects: list[Manifest] = [
+            workloads.service(owner=owner, name=owner.name, selector=_gated(owner), spec=spec)
+        ]
+        objects += [
+            workloads.service(owner=owner, name=backend.name, selector=dict(backend.selector), spec=spec)
+            for backend in backends
+        ]
+        objects.append(self._route_to(traffic, [(backend.name, backend.weight) for backend in backends]))
+        asked = traffic.requested_weight
+        if not any(backend.weight for backend in backends):
+            message = "no pod is available: the HTTPRoute weights no backend"
+        elif traffic.canary is None:
+            message = "all requests go to production"
+        else:
+            message = f"the HTTPRoute sends the canary {share(canary_weight, asked, '')}"
+        return Routing(objects=tuple(objects), canary_weight=canary_weight, message=message)
+
     def _route(self, traffic: TrafficInput, tracks: list[Track], weights: Mapping[Track, int]) -> Manifest:
+        return self._route_to(
+            traffic, [(workloads.workload_name(traffic.owner, track), weights[track]) for track in tracks]
+        )
+
+    def _route_to(self, traffic: TrafficInput, backends: Sequence[tuple[str, int]]) -> Manifest:
         owner, gateway = traffic.owner, traffic.spec.traffic
         parent_refs: list[dict[str, Any]] = [
             {
@@ -115,11 +161,11 @@ class GatewayAPIRouter:
                         {
                             "group": "",
                             "kind": "Service",
-                            "name": workloads.workload_name(owner, track),
+                            "name": name,
                             "port": workloads.SERVICE_PORT,
-                            "weight": weights[track],
+                            "weight": weight,
                         }
-                        for track in tracks
+                        for name, weight in backends
                     ],
                 }
             ],
