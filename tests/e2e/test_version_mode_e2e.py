@@ -130,7 +130,8 @@ def test_a_warm_version_goes_when_the_window_is_shortened_to_zero(
         timeout=30,
         what=f"version {v1}'s Deployment gone",
     )
-    assert "warm" not in status(kube, namespace)
+    # Status is written after the pass's deletions: it follows a moment later.
+    wait_for(lambda: "warm" not in status(kube, namespace), timeout=30, what="status.warm gone")
     assert routed(kube, namespace, v2)
 
 
@@ -174,3 +175,44 @@ def test_setting_spec_rollback_drains_the_track_deployments_with_capacity_kept(
     refused = kube.try_apply(manifest, namespace=namespace)
     assert refused.returncode != 0
     assert "window: 0s" in refused.stderr
+
+
+def backends(kube: Kube, namespace: str) -> dict[str, int] | None:
+    route = kube.get("httproute", "fast", namespace)
+    if route is None:
+        return None
+    return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def test_the_gateway_api_router_moves_the_weight_to_a_warm_version(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    v2 = register_version(mlflow_server.url, model_name, variant="v2")
+    manifest = model_deployment("fast", model_name, mlflow_server.url, replicas=REPLICAS)
+    manifest["spec"]["rollback"] = {"window": "30m"}
+    manifest["spec"]["traffic"] = {"router": "gatewayAPI"}
+    kube.apply(manifest, namespace=namespace)
+    wait_for(
+        lambda: backends(kube, namespace) == {f"fast-v{v1}": 100}, timeout=60, what=f"the route on v{v1}"
+    )
+    service = kube.get("service", f"fast-v{v1}", namespace)
+    assert service is not None
+    assert service["spec"]["selector"]["aliasroll.io/workload"] == f"fast-v{v1}"
+    registry.set_registered_model_alias(model_name, "production", v2)
+    wait_for(
+        lambda: backends(kube, namespace) == {f"fast-v{v2}": 100}, timeout=60, what=f"the route on v{v2}"
+    )
+    wait_for(lambda: warm(kube, namespace, v1), timeout=30, what=f"version {v1} warm")
+    warm_v1 = set(pods(kube, namespace, v1))
+    registry.set_registered_model_alias(model_name, "production", v1)
+    wait_for(
+        lambda: backends(kube, namespace) == {f"fast-v{v1}": 100}, timeout=30, what=f"the route back on v{v1}"
+    )
+    assert set(pods(kube, namespace, v1)) == warm_v1
+    wait_events(kube, namespace, "fast", "FastRollback", timeout=30)
