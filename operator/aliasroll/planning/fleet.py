@@ -34,7 +34,7 @@ Everything a pass decides on is in the cluster (the Deployments, their pods, the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
@@ -143,6 +143,9 @@ class VersionPlan:
     share: int = 0  # percent of requests it takes now (WEIGHTS: its backend's weight)
     left_production: datetime | None = None  # kept in status.warm[].since (warm, or leaving to be warm)
     warm_until: datetime | None = None
+    # Leaving: how many of its pods stay routed (what the named versions do not carry yet); the others
+    # are unrouted one by one as the named versions' pods become Ready, and stay (warm) if it is kept.
+    routed_pods: int | None = None
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,11 @@ def decide(
         if keep.get(version.id, 0) > 0:
             # A leaving version never grows: its floor counts only up to what it runs.
             pods = max(keep[version.id], min(floor, version.replicas) if since is not None else 0)
-            others.append(VersionPlan(version.id, Role.LEAVING, pods, routed=True, left_production=since))
+            others.append(
+                VersionPlan(
+                    version.id, Role.LEAVING, pods, True, left_production=since, routed_pods=keep[version.id]
+                )
+            )
         elif since is not None:
             until = since + timedelta(seconds=settings.window)
             others.append(VersionPlan(version.id, Role.WARM, floor, False, 0, since, until))
@@ -310,10 +317,7 @@ def _with_shares(
         shares = apportion(100, available)
     else:
         shares = _weights(plans, available, wanted, sizes)
-    return tuple(
-        VersionPlan(p.id, p.role, p.replicas, p.routed, shares.get(p.id, 0), p.left_production, p.warm_until)
-        for p in plans
-    )
+    return tuple(replace(plan, share=shares.get(plan.id, 0)) for plan in plans)
 
 
 def _weights(

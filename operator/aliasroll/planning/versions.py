@@ -274,8 +274,28 @@ def gate_writes(observed: ObservedState, placed: Placed) -> tuple[GateWrite, ...
         plan = plans.get(VersionId(version.model, version.version))
         if plan is None:
             continue  # it goes: its pods are deleted with it
-        writes += [GateWrite(pod.name, plan.routed) for pod in version.pods if pod.routed is not plan.routed]
+        wanted = _pod_gates(version, plan)
+        writes += [
+            GateWrite(pod.name, wanted[pod.name])
+            for pod in version.pods
+            if pod.routed is not wanted[pod.name]
+        ]
     return tuple(sorted(writes, key=lambda write: (not write.routed, write.pod)))
+
+
+def _pod_gates(version: ObservedVersion, plan: fleet.VersionPlan) -> dict[str, bool]:
+    """The gate of each pod: its version's, except a leaving version's, which keeps routed only as
+    many pods as the named versions do not carry yet (the Ready ones first): its pods leave the
+    endpoints one by one as the named versions' pods become Ready, so the last of them leaves with
+    the last of those (one kube-proxy sync, where unrouting the whole version at the end waits for
+    another), and they keep running."""
+    if plan.routed_pods is None or not plan.routed or plan.replicas < len(version.pods):
+        # Not while its Deployment removes pods: which ones go is the ReplicaSet's choice, and
+        # unrouting others beside them would take more than the named versions carry.
+        return {pod.name: plan.routed for pod in version.pods}
+    # Ready pods first, then those already routed, by name: the same pods stay routed pass after pass.
+    ordered = sorted(version.pods, key=lambda pod: (not pod.ready, pod.routed is not True, pod.name))
+    return {pod.name: index < plan.routed_pods for index, pod in enumerate(ordered)}
 
 
 def selector(owner: ResourceRef, name: str) -> dict[str, str]:

@@ -260,3 +260,19 @@ def test_the_gateway_api_router_weights_a_service_per_routed_version() -> None:
     assert route_weights(back) == {"sentiment-v1": 0, "sentiment-v2": 100}
     assert cluster.pods_of("1") == {pod.name for pod in cluster.deployments["sentiment-v1"].pods}
     assert route_weights(cluster.reconcile(the_spec, view("1"))) == {"sentiment-v1": 100}
+
+
+def test_a_leaving_version_leaves_the_endpoints_pod_by_pod_and_keeps_its_pods() -> None:
+    """As each pod of the new version becomes Ready one pod of the old one is unrouted (its gate),
+    not deleted: the last of the old version's pods leaves with the last of the new one's arrivals,
+    and every pod stays for the version to be warm."""
+    cluster = VersionCluster()
+    converge(cluster, rollback_spec(), "1")
+    v1_pods = cluster.pods_of("1")
+    cluster.reconcile(rollback_spec(), view("2"))
+    for started in range(1, REPLICAS + 1):
+        cluster.start(1)
+        cluster.reconcile(rollback_spec(), view("2"))  # routes the new pod
+        cluster.reconcile(rollback_spec(), view("2"))  # sees it Ready: one of v1's leaves
+        assert cluster.serving() == ({"1": REPLICAS - started} if started < REPLICAS else {}) | {"2": started}
+        assert cluster.pods_of("1") == v1_pods
