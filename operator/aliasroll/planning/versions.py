@@ -37,7 +37,7 @@ from aliasroll.labels import (
 from aliasroll.planning import fleet, workloads
 from aliasroll.planning.fleet import Decision, Role, RollbackSettings, RunningVersion, VersionId
 from aliasroll.planning.fleet_status import Memory, remembered
-from aliasroll.planning.observed import ObservedTrack
+from aliasroll.planning.observed import ObservedTrack, serving
 from aliasroll.planning.routers.gateway_api import Backend
 from aliasroll.planning.state import ObservedState, ObservedVersion, ObservedWorkload, ServedVersion
 from aliasroll.planning.workloads import Manifest, WorkloadDefaults
@@ -92,7 +92,9 @@ def _legacy_id(track: Track, workload: ObservedWorkload) -> VersionId:
     return VersionId(workload.model or "", f"{workload.version or ''}@{track.value}-track")
 
 
-def running(observed: ObservedState, memory: Memory) -> tuple[list[RunningVersion], dict[VersionId, Any]]:
+def running(
+    observed: ObservedState, memory: Memory
+) -> tuple[list[RunningVersion], dict[VersionId, tuple[Track, ObservedWorkload]]]:
     """The versions the cluster runs, as fleet.decide reads them, with what status remembers; and
     the track Deployments among them (by the id they are given)."""
     found: list[RunningVersion] = []
@@ -114,7 +116,9 @@ def running(observed: ObservedState, memory: Memory) -> tuple[list[RunningVersio
         if workload.model and workload.version:
             vid = _legacy_id(track, workload)
             legacy[vid] = (track, workload)
-            found.append(RunningVersion(vid, workload.replicas, workload.available, workload.available, True))
+            # What its Service reaches, whatever version each pod runs (it may be mid-roll).
+            reached = serving(workload)
+            found.append(RunningVersion(vid, workload.replicas, reached, reached, routed=True))
     return memory.join(found), legacy
 
 
