@@ -30,6 +30,7 @@ def with_spec(path: str, value: Any, *, name: str = "bad", base: dict[str, Any] 
 
 
 WARM = with_spec("spec.rollback", {"window": "30m"})
+BAKE_RULES = {"errorRate": {"maxPercent": 1}}
 
 
 BAD = [
@@ -207,6 +208,55 @@ BAD = [
     ),
     ("warm floor 0", with_spec("spec.rollback", {"window": "30m", "floor": 0}), "spec.rollback.floor"),
     ("warm floor 1001", with_spec("spec.rollback", {"window": "30m", "floor": 1001}), "spec.rollback.floor"),
+    # spec.rollback.bake (issue 23): a duration within the window, and the canary analysis' rules.
+    (
+        "bake longer than the window",
+        with_spec("spec.rollback", {"window": "30m", "bake": {"duration": "1h", "analysis": BAKE_RULES}}),
+        "spec.rollback.bake.duration must be at most spec.rollback.window",
+    ),
+    (
+        "bake longer than a window in other units",
+        with_spec("spec.rollback", {"window": "90s", "bake": {"duration": "1m31s", "analysis": BAKE_RULES}}),
+        "shorten bake.duration or lengthen window",
+    ),
+    (
+        "bake duration not a duration",
+        with_spec(
+            "spec.rollback", {"window": "30m", "bake": {"duration": "ten minutes", "analysis": BAKE_RULES}}
+        ),
+        "spec.rollback.bake.duration must be a duration such as 10m or 1h",
+    ),
+    (
+        "bake without analysis",
+        with_spec("spec.rollback", {"window": "30m", "bake": {"duration": "10m"}}),
+        "spec.rollback.bake.analysis: Required value",
+    ),
+    (
+        "bake analysis without a bound",
+        with_spec(
+            "spec.rollback", {"window": "30m", "bake": {"duration": "10m", "analysis": {"interval": "30s"}}}
+        ),
+        "spec.rollback.bake.analysis needs errorRate and/or latencyP99 limits",
+    ),
+    (
+        "bake analysis with relative bounds only",
+        with_spec(
+            "spec.rollback",
+            {
+                "window": "30m",
+                "bake": {"duration": "10m", "analysis": {"errorRate": {"maxIncreasePoints": 1}}},
+            },
+        ),
+        "spec.rollback.bake.analysis needs errorRate.maxPercent and/or latencyP99.maxMilliseconds",
+    ),
+    (
+        "bake analysis failureLimit 0",
+        with_spec(
+            "spec.rollback",
+            {"window": "30m", "bake": {"duration": "10m", "analysis": {**BAKE_RULES, "failureLimit": 0}}},
+        ),
+        "spec.rollback.bake.analysis.failureLimit",
+    ),
 ]
 
 
@@ -343,6 +393,34 @@ def test_an_ended_canary_run_is_kept_and_reads_right(kube: Kube, namespace: str)
             with_spec("spec.rollback", {"window": "1h30m", "maxWarm": 1, "floor": 1}),
             {"window": "1h30m", "maxWarm": 1, "floor": 1},
             id="the low bounds",
+        ),
+        pytest.param(
+            with_spec(
+                "spec.rollback", {"window": "30m", "bake": {"duration": "30m", "analysis": BAKE_RULES}}
+            ),
+            {
+                "window": "30m",
+                "maxWarm": 1,
+                "bake": {
+                    "duration": "30m",
+                    "analysis": {**BAKE_RULES, "interval": "30s", "minRequests": 20, "failureLimit": 2},
+                },
+            },
+            id="a bake as long as the window, its analysis defaulted",
+        ),
+        pytest.param(
+            with_spec(
+                "spec.rollback", {"window": "1h", "bake": {"duration": "59m59s", "analysis": BAKE_RULES}}
+            ),
+            {
+                "window": "1h",
+                "maxWarm": 1,
+                "bake": {
+                    "duration": "59m59s",
+                    "analysis": {**BAKE_RULES, "interval": "30s", "minRequests": 20, "failureLimit": 2},
+                },
+            },
+            id="a bake in other units than the window",
         ),
     ],
 )
