@@ -25,6 +25,7 @@ The promises it keeps, whatever the order of passes, restarts and outages:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -302,10 +303,13 @@ def _metric_words(metric: MetricResult) -> str:
 
 
 def _said(measurement: Measurement) -> str:
-    """A measurement's message in the bake's words: the measured version is production now."""
-    return f"{measurement.verdict}: {measurement.message}".replace("canary ", "").replace(
-        "production 0 requests", "warm version 0 requests"
+    """A measurement's message in the bake's words: the measured version is production now, and the
+    warm version, which answers nothing, is no figure to count."""
+    said = f"{measurement.verdict}: {measurement.message}"
+    said = re.sub(
+        r"production answered 0 requests \(fewer than \d+\)", "the warm version takes no requests", said
     )
+    return said.replace(", production 0", "").replace("canary ", "")
 
 
 def _time(text: object) -> datetime | None:
