@@ -489,6 +489,64 @@ def test_a_rollback_window_can_be_added_and_resources_without_one_change_freely(
     assert "the gatewayAPI router does not keep versions warm yet" in refused.stderr, refused.stderr
 
 
+def test_a_bake_is_stored_as_written(kube: Kube, namespace: str) -> None:
+    """status.bake keeps every field the operator writes (nothing pruned); its phase is one of four."""
+    body = with_spec(
+        "spec.rollback", {"window": "30m", "bake": {"duration": "10m", "analysis": BAKE_RULES}}, name="baked"
+    )
+    body["spec"].setdefault("serving", {})["podTemplate"] = {"spec": {"runtimeClassName": "not-allowed-here"}}
+    kube.apply(body, namespace=namespace)
+    bake = {
+        "model": "sentiment",
+        "version": "4",
+        "previous": "3",
+        "phase": "Failed",
+        "startedAt": "2026-12-07T12:31:10Z",
+        "until": "2026-12-07T12:41:10Z",
+        "failures": 2,
+        "failureLimit": 2,
+        "verdict": "Failed",
+        "measuredAt": "2026-12-07T12:33:10Z",
+        "readAt": "2026-12-07T12:33:40Z",
+        "metrics": [
+            {
+                "metric": "errorRate",
+                "verdict": "Failed",
+                "canary": 7.5,
+                "bound": 1,
+                "boundKind": "absolute",
+                "relativeSkipped": True,
+            }
+        ],
+        "message": "failed after 2 failed measurement(s): error rate 7.50% above its bound 1.00% (absolute)",
+        "endedAt": "2026-12-07T12:33:10Z",
+        "aliasWrite": "Attempted",
+    }
+
+    def patch(status: dict[str, Any]) -> Any:
+        return kube.cluster.kubectl(
+            "patch",
+            "mdep",
+            "baked",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": status}),
+            "-o",
+            "json",
+            check=False,
+        )
+
+    written = patch({"observedGeneration": 1, "bake": bake})
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout)["status"]["bake"] == bake, "nothing of status.bake is pruned"
+    refused = patch({"bake": {**bake, "phase": "Burnt"}})
+    assert refused.returncode != 0
+    assert "status.bake.phase" in refused.stderr
+
+
 def test_the_warm_versions_are_stored_as_written_and_shown(kube: Kube, namespace: str) -> None:
     """status.warm and status.fastSwitch keep every field the operator writes (nothing pruned), and
     the Warm column shows a warm version."""
