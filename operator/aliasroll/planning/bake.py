@@ -159,8 +159,8 @@ def _ongoing(
     alias = spec.model.alias
     if moment.fresh and moment.alias != bake.version:
         message = (
-            f"@{alias} was moved to version {moment.alias} during the bake of version {bake.version}: "
-            "the bake ends, and the move stands"
+            f"@{alias} was {_moved(moment.alias)} during the bake of version {bake.version}: the bake "
+            "ends, and the move stands"
         )
         events.append(EventRecord("Normal", reasons.BAKE_SUPERSEDED, message))
         return replace(bake, phase=Phase.SUPERSEDED, message=message, ended_at=moment.now)
@@ -253,7 +253,7 @@ def _settled_write(bake: Bake, moment: Moment) -> Bake:
         return bake  # not made yet (retried while Planned), or its outcome unknown (Attempted)
     if moment.alias == bake.previous:
         return replace(bake, alias_write=AliasWrite.MADE)
-    message = f"{bake.message}; @production was moved to version {moment.alias} meanwhile: that move stands"
+    message = f"{bake.message}; @production was {_moved(moment.alias)} meanwhile: that move stands"
     return replace(bake, alias_write=None, message=message)
 
 
@@ -300,6 +300,10 @@ def _metric_words(metric: MetricResult) -> str:
         return f"error rate {value:.2f}% above its bound {bound:.2f}% ({metric.bound_kind})"
     value, bound = (metric.canary or 0) * 1000, (metric.bound or 0) * 1000
     return f"p99 latency {value:.0f} ms above its bound {bound:.0f} ms ({metric.bound_kind})"
+
+
+def _moved(alias: str | None) -> str:
+    return f"moved to version {alias}" if alias is not None else "removed"
 
 
 def _said(measurement: Measurement) -> str:

@@ -43,7 +43,7 @@ def moment(
         now=NOW,
         production=production,
         production_before=before,
-        alias=alias if fresh else None,
+        alias=alias if fresh else None,  # None and fresh: @production was removed
         fresh=fresh,
         warm_before=warm_before,
         warm={"1": False} if warm is None else warm,
@@ -188,6 +188,9 @@ CASES: dict[str, Case] = {
         phase=Phase.SUPERSEDED,
         failures=1,
         events=(reasons.BAKE_SUPERSEDED,),
+    ),
+    "@production removed during the bake supersedes it": Case(
+        ONE_FAILURE, moment(alias=None), phase=Phase.SUPERSEDED, failures=1, events=(reasons.BAKE_SUPERSEDED,)
     ),
     "the registry down: a bake is not superseded on aliases it cannot see": Case(
         ONE_FAILURE, moment(fresh=False), phase=Phase.BAKING, failures=1
