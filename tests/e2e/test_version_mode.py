@@ -132,3 +132,52 @@ def test_a_warm_version_goes_when_the_window_is_shortened_to_zero(
     )
     assert "warm" not in status(kube, namespace)
     assert routed(kube, namespace, v2)
+
+
+def test_a_bake_runs_after_a_move_forward_and_ends_with_its_record(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    """spec.rollback.bake wired end to end: a move forward from a version kept warm starts a bake,
+    its clock starts once the new version takes every request, the operator reads it on its own
+    (kwok's pods answer no /metrics: the readings are unreadable, never a failure), and the bake
+    passes on its duration, with its record in status and the tags on the version."""
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    v2 = register_version(mlflow_server.url, model_name, variant="v2")
+    manifest = model_deployment("fast", model_name, mlflow_server.url, replicas=REPLICAS)
+    manifest["spec"]["rollback"] = {
+        "window": "30m",
+        "bake": {"duration": "6s", "analysis": {"interval": "2s", "errorRate": {"maxPercent": 1}}},
+    }
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: routed(kube, namespace, v1), timeout=60, what=f"version {v1}'s pods routed")
+    assert "bake" not in status(kube, namespace)  # a first deploy is not baked
+
+    registry.set_registered_model_alias(model_name, "production", v2)
+    started = wait_events(kube, namespace, "fast", "BakeStarted", timeout=60)
+    assert any(
+        f"back to version {v1}" in message for _, reason, message in started if reason == "BakeStarted"
+    )
+    baked = wait_for(
+        lambda: (found := status(kube, namespace).get("bake") or {}).get("phase") == "Passed" and found,
+        timeout=90,
+        what="the bake passed",
+    )
+    assert (baked["version"], baked["previous"]) == (v2, v1)
+    assert baked["until"] > baked["startedAt"]
+    assert "no conclusive measurement" in baked["message"]
+    wait_events(kube, namespace, "fast", "BakePassed", timeout=30)
+    tags = wait_for(
+        lambda: (
+            (found := registry.get_model_version(model_name, v2).tags).get("aliasroll.io/bake.outcome")
+            and found
+        ),
+        timeout=60,
+        what="the bake's outcome tags",
+    )
+    assert tags["aliasroll.io/bake.outcome"] == "passed"
+    assert registry.get_model_version_by_alias(model_name, "production").version == v2
