@@ -58,6 +58,11 @@ CANARY_REMOVED: Final = "CanaryRemoved"
 TRAFFIC_SHIFTED: Final = "TrafficShifted"
 # spec.rollback: @production moved to a warm version (or the canary promoted), by routing only.
 FAST_ROLLBACK: Final = "FastRollback"
+# spec.rollback.bake: the new production measured after a move forward (status.bake says where it is).
+BAKE_STARTED: Final = "BakeStarted"
+BAKE_PASSED: Final = "BakePassed"
+BAKE_FAILED: Final = "BakeFailed"
+BAKE_SUPERSEDED: Final = "BakeSuperseded"
 # The watched canary (status.canary.phase says where a run is, status.lastCanary.phase how the last one
 # ended; these say what happened).
 CANARY_STEP: Final = "CanaryStep"

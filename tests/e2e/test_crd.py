@@ -30,6 +30,7 @@ def with_spec(path: str, value: Any, *, name: str = "bad", base: dict[str, Any] 
 
 
 WARM = with_spec("spec.rollback", {"window": "30m"})
+BAKE_RULES = {"errorRate": {"maxPercent": 1}}
 
 
 BAD = [
@@ -201,6 +202,55 @@ BAD = [
     ),
     ("warm floor 0", with_spec("spec.rollback", {"window": "30m", "floor": 0}), "spec.rollback.floor"),
     ("warm floor 1001", with_spec("spec.rollback", {"window": "30m", "floor": 1001}), "spec.rollback.floor"),
+    # spec.rollback.bake (issue 23): a duration within the window, and the canary analysis' rules.
+    (
+        "bake longer than the window",
+        with_spec("spec.rollback", {"window": "30m", "bake": {"duration": "1h", "analysis": BAKE_RULES}}),
+        "spec.rollback.bake.duration must be at most spec.rollback.window",
+    ),
+    (
+        "bake longer than a window in other units",
+        with_spec("spec.rollback", {"window": "90s", "bake": {"duration": "1m31s", "analysis": BAKE_RULES}}),
+        "shorten bake.duration or lengthen window",
+    ),
+    (
+        "bake duration not a duration",
+        with_spec(
+            "spec.rollback", {"window": "30m", "bake": {"duration": "ten minutes", "analysis": BAKE_RULES}}
+        ),
+        "spec.rollback.bake.duration must be a duration such as 10m or 1h",
+    ),
+    (
+        "bake without analysis",
+        with_spec("spec.rollback", {"window": "30m", "bake": {"duration": "10m"}}),
+        "spec.rollback.bake.analysis: Required value",
+    ),
+    (
+        "bake analysis without a bound",
+        with_spec(
+            "spec.rollback", {"window": "30m", "bake": {"duration": "10m", "analysis": {"interval": "30s"}}}
+        ),
+        "spec.rollback.bake.analysis needs errorRate and/or latencyP99 limits",
+    ),
+    (
+        "bake analysis with relative bounds only",
+        with_spec(
+            "spec.rollback",
+            {
+                "window": "30m",
+                "bake": {"duration": "10m", "analysis": {"errorRate": {"maxIncreasePoints": 1}}},
+            },
+        ),
+        "spec.rollback.bake.analysis needs errorRate.maxPercent and/or latencyP99.maxMilliseconds",
+    ),
+    (
+        "bake analysis failureLimit 0",
+        with_spec(
+            "spec.rollback",
+            {"window": "30m", "bake": {"duration": "10m", "analysis": {**BAKE_RULES, "failureLimit": 0}}},
+        ),
+        "spec.rollback.bake.analysis.failureLimit",
+    ),
 ]
 
 
@@ -338,6 +388,34 @@ def test_an_ended_canary_run_is_kept_and_reads_right(kube: Kube, namespace: str)
             {"window": "1h30m", "maxWarm": 1, "floor": 1},
             id="the low bounds",
         ),
+        pytest.param(
+            with_spec(
+                "spec.rollback", {"window": "30m", "bake": {"duration": "30m", "analysis": BAKE_RULES}}
+            ),
+            {
+                "window": "30m",
+                "maxWarm": 1,
+                "bake": {
+                    "duration": "30m",
+                    "analysis": {**BAKE_RULES, "interval": "30s", "minRequests": 20, "failureLimit": 2},
+                },
+            },
+            id="a bake as long as the window, its analysis defaulted",
+        ),
+        pytest.param(
+            with_spec(
+                "spec.rollback", {"window": "1h", "bake": {"duration": "59m59s", "analysis": BAKE_RULES}}
+            ),
+            {
+                "window": "1h",
+                "maxWarm": 1,
+                "bake": {
+                    "duration": "59m59s",
+                    "analysis": {**BAKE_RULES, "interval": "30s", "minRequests": 20, "failureLimit": 2},
+                },
+            },
+            id="a bake in other units than the window",
+        ),
     ],
 )
 def test_a_rollback_window_is_accepted_with_its_defaults(
@@ -402,6 +480,64 @@ def test_a_rollback_window_can_be_added_and_resources_without_one_change_freely(
     to_gateway = with_spec("spec.traffic", {"router": "gatewayAPI"}, name="plain", base=added)
     result = kube.try_apply(to_gateway, namespace=namespace)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_bake_is_stored_as_written(kube: Kube, namespace: str) -> None:
+    """status.bake keeps every field the operator writes (nothing pruned); its phase is one of four."""
+    body = with_spec(
+        "spec.rollback", {"window": "30m", "bake": {"duration": "10m", "analysis": BAKE_RULES}}, name="baked"
+    )
+    body["spec"].setdefault("serving", {})["podTemplate"] = {"spec": {"runtimeClassName": "not-allowed-here"}}
+    kube.apply(body, namespace=namespace)
+    bake = {
+        "model": "sentiment",
+        "version": "4",
+        "previous": "3",
+        "phase": "Failed",
+        "startedAt": "2026-12-07T12:31:10Z",
+        "until": "2026-12-07T12:41:10Z",
+        "failures": 2,
+        "failureLimit": 2,
+        "verdict": "Failed",
+        "measuredAt": "2026-12-07T12:33:10Z",
+        "readAt": "2026-12-07T12:33:40Z",
+        "metrics": [
+            {
+                "metric": "errorRate",
+                "verdict": "Failed",
+                "canary": 7.5,
+                "bound": 1,
+                "boundKind": "absolute",
+                "relativeSkipped": True,
+            }
+        ],
+        "message": "failed after 2 failed measurement(s): error rate 7.50% above its bound 1.00% (absolute)",
+        "endedAt": "2026-12-07T12:33:10Z",
+        "aliasWrite": "Attempted",
+    }
+
+    def patch(status: dict[str, Any]) -> Any:
+        return kube.cluster.kubectl(
+            "patch",
+            "mdep",
+            "baked",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": status}),
+            "-o",
+            "json",
+            check=False,
+        )
+
+    written = patch({"observedGeneration": 1, "bake": bake})
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout)["status"]["bake"] == bake, "nothing of status.bake is pruned"
+    refused = patch({"bake": {**bake, "phase": "Burnt"}})
+    assert refused.returncode != 0
+    assert "status.bake.phase" in refused.stderr
 
 
 def test_the_warm_versions_are_stored_as_written_and_shown(kube: Kube, namespace: str) -> None:

@@ -5,14 +5,17 @@ a kubelet does: tests/e2e/test_kwok_readiness_gates.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from examples.sentiment.register import register_version
 from harness import Kube, model_deployment, wait_events, wait_for
 from mlflow import MlflowClient
 
 from mlflowserver import MlflowServer
 from operatorprocess import OperatorProcess
+from support.prometheus_script import FAILING, ScriptedPrometheus
 
 REPLICAS = 2
 GATE = "aliasroll.io/routed"
@@ -216,3 +219,109 @@ def test_the_gateway_api_router_moves_the_weight_to_a_warm_version(
     )
     assert set(pods(kube, namespace, v1)) == warm_v1
     wait_events(kube, namespace, "fast", "FastRollback", timeout=30)
+
+
+def test_a_bake_runs_after_a_move_forward_and_ends_with_its_record(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+) -> None:
+    """spec.rollback.bake wired end to end: a move forward from a version kept warm starts a bake,
+    its clock starts once the new version takes every request, the operator reads it on its own
+    (kwok's pods answer no /metrics: the readings are unreadable, never a failure), and the bake
+    passes on its duration, with its record in status and the tags on the version."""
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    v2 = register_version(mlflow_server.url, model_name, variant="v2")
+    manifest = model_deployment("fast", model_name, mlflow_server.url, replicas=REPLICAS)
+    manifest["spec"]["rollback"] = {
+        "window": "30m",
+        "bake": {"duration": "6s", "analysis": {"interval": "2s", "errorRate": {"maxPercent": 1}}},
+    }
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: routed(kube, namespace, v1), timeout=60, what=f"version {v1}'s pods routed")
+    assert "bake" not in status(kube, namespace)  # a first deploy is not baked
+
+    registry.set_registered_model_alias(model_name, "production", v2)
+    started = wait_events(kube, namespace, "fast", "BakeStarted", timeout=60)
+    assert any(
+        f"back to version {v1}" in message for _, reason, message in started if reason == "BakeStarted"
+    )
+    baked = wait_for(
+        lambda: (found := status(kube, namespace).get("bake") or {}).get("phase") == "Passed" and found,
+        timeout=90,
+        what="the bake passed",
+    )
+    assert (baked["version"], baked["previous"]) == (v2, v1)
+    assert baked["until"] > baked["startedAt"]
+    assert "no conclusive measurement" in baked["message"]
+    wait_events(kube, namespace, "fast", "BakePassed", timeout=30)
+    tags = wait_for(
+        lambda: (
+            (found := registry.get_model_version(model_name, v2).tags).get("aliasroll.io/bake.outcome")
+            and found
+        ),
+        timeout=60,
+        what="the bake's outcome tags",
+    )
+    assert tags["aliasroll.io/bake.outcome"] == "passed"
+    assert registry.get_model_version_by_alias(model_name, "production").version == v2
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> Iterator[ScriptedPrometheus]:
+    with ScriptedPrometheus() as server:
+        yield server
+
+
+def test_a_failed_bake_moves_production_back_and_the_rollback_is_fast(
+    kube: Kube,
+    operator: OperatorProcess,
+    mlflow_server: MlflowServer,
+    registry: MlflowClient,
+    namespace: str,
+    model_name: str,
+    prometheus: ScriptedPrometheus,
+) -> None:
+    """The new production answers half its requests with 5xx (the scripted Prometheus, which the bake
+    asks for that version alone): failureLimit failed readings, @production back to the warm version
+    in MLflow (expecting the baked one), and version mode rolls back by routing only."""
+    prometheus.set(model_name, FAILING)
+    v1 = register_version(mlflow_server.url, model_name, variant="v1", alias="production")
+    v2 = register_version(mlflow_server.url, model_name, variant="v2")
+    manifest = model_deployment("fast", model_name, mlflow_server.url, replicas=REPLICAS)
+    rules = {
+        "interval": "2s",
+        "failureLimit": 2,
+        "errorRate": {"maxPercent": 1},
+        "prometheus": {"address": prometheus.url},
+    }
+    manifest["spec"]["rollback"] = {"window": "30m", "bake": {"duration": "5m", "analysis": rules}}
+    kube.apply(manifest, namespace=namespace)
+    wait_for(lambda: routed(kube, namespace, v1), timeout=60, what=f"version {v1}'s pods routed")
+    registry.set_registered_model_alias(model_name, "production", v2)
+    wait_for(lambda: warm(kube, namespace, v1), timeout=60, what=f"version {v1} warm")
+    warm_v1 = set(pods(kube, namespace, v1))
+
+    failed = wait_events(kube, namespace, "fast", "BakeFailed", timeout=60)
+    said = [message for _, reason, message in failed if reason == "BakeFailed"]
+    assert any("error rate 50.00% above its bound 1.00%" in message for message in said), said
+    wait_for(
+        lambda: registry.get_model_version_by_alias(model_name, "production").version == v1,
+        timeout=30,
+        what=f"@production back on version {v1} in MLflow",
+    )
+    wait_for(lambda: routed(kube, namespace, v1), timeout=30, what=f"version {v1} routed again")
+    assert set(pods(kube, namespace, v1)) == warm_v1, "the rollback created pods"
+    wait_events(kube, namespace, "fast", "FastRollback", timeout=30)
+    record = wait_for(
+        lambda: (found := status(kube, namespace).get("bake") or {}).get("aliasWrite") == "Made" and found,
+        timeout=30,
+        what="the bake's move back recorded as made",
+    )
+    assert (record["phase"], record["version"], record["previous"]) == ("Failed", v2, v1)
+    assert record["failures"] == 2
+    tags = registry.get_model_version(model_name, v2).tags
+    assert tags["aliasroll.io/bake.outcome"] == "failed"

@@ -128,9 +128,14 @@ class ScriptedPrometheus:
         versions = re.search(r'version=~"([^"]*)"', promql)
         if versions is None:
             return []
-        production, canary = versions.group(1).split("|")
-        requests = {production: answer.production_requests}
-        errors = {production: answer.production_errors}
+        named = versions.group(1).split("|")
+        # One version alone: a bake's reading of the new production (it is the "canary" here).
+        production, canary = (named[0], named[1]) if len(named) == 2 else (None, named[0])
+        requests: dict[str, float] = {}
+        errors: dict[str, float] = {}
+        if production is not None:
+            requests[production] = answer.production_requests
+            errors[production] = answer.production_errors
         if answer.canary_requests is not None:
             requests[canary] = answer.canary_requests
             errors[canary] = answer.canary_errors

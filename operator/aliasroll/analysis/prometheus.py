@@ -91,7 +91,8 @@ class PrometheusProvider:
             raise ValueError(f"interval_seconds must be at least 1, not {target.interval_seconds}")
         requests, errors, buckets = await self._increases(target)
         request_counts = _by_version(requests)
-        if target.production_version not in request_counts:
+        # No production version (a bake measures its version alone): nothing of production is needed.
+        if target.production_version and target.production_version not in request_counts:
             raise AnalysisUnavailable(
                 f"{self._no_samples(target, 0)}: check that it scrapes the serving pods' /metrics "
                 "(container port admin), that the label matchers match their series"
@@ -166,7 +167,7 @@ class PrometheusProvider:
         """{model="m",version=~"p|c",extra...}; with `which` (0 production, 1 canary) one version."""
         versions = (target.production_version, target.canary_version)
         if which is None:
-            version = f"version=~{_quote('|'.join(re.escape(v) for v in versions))}"
+            version = f"version=~{_quote('|'.join(re.escape(v) for v in versions if v))}"
         else:
             version = f"version={_quote(versions[which])}"
         matchers = dict(self._matchers)

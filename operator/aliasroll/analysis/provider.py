@@ -48,7 +48,7 @@ class AnalysisTarget:
     key: str  # the ModelDeployment's uid: what a provider keeps per resource
     namespace: str
     model: str
-    production_version: str
+    production_version: str  # "": none (a bake measures its version alone; production's window is empty)
     canary_version: str
     interval_seconds: int
     production_pods: tuple[PodEndpoint, ...] = ()

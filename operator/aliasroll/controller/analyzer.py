@@ -49,6 +49,7 @@ from aliasroll.egress import Destinations
 from aliasroll.errors import AliasrollError, AnalysisUnavailable
 from aliasroll.kube.observe import OwnedObjects
 from aliasroll.labels import LABEL_GATED, LABEL_TRACK, LABEL_VERSION
+from aliasroll.planning.bake import reading_key
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
 from aliasroll.planning.workloads import ADMIN_PORT_NAME, CONTAINER_NAME, HTTP_PORT_NAME
 from aliasroll.registry.poller import Wake
@@ -75,8 +76,9 @@ def limits_of(analysis: AnalysisSpec) -> Limits:
 class _Asked:
     """What a reading is of: a result read for anything else is not used."""
 
+    key: str  # where it is kept: the resource's uid, or planning.bake.reading_key of it
     model: str
-    production: str
+    production: str  # "": none (a bake measures its version alone)
     canary: str
     source: PrometheusSource | None  # None: the pods
 
@@ -139,22 +141,43 @@ class Analyzer:
         analysis = spec.canary.analysis
         assert analysis is not None, "measured only with an analysis"
         production = str((previous_status.get(Track.PRODUCTION.value) or {}).get("version") or "")
-        asked = _Asked(
-            model=spec.model.name, production=production, canary=run.version, source=analysis.prometheus
-        )
-        read = self._read.pop(owner.uid, None)
+        asked = _Asked(owner.uid, spec.model.name, production, run.version, analysis.prometheus)
+        return self._taken_or_started(owner, spec.serving.admin_port, analysis, asked, now, wake)
+
+    async def measure_bake(
+        self, *, owner: ResourceRef, spec: ModelDeploymentSpec, version: str, now: datetime, wake: Wake
+    ) -> AnalysisResult | None:
+        """As `measure`, for a bake: its version alone (no production: the warm version takes no
+        requests), under a key of its own (a canary run's readings and a bake's never mix)."""
+        bake = spec.rollback.bake if spec.rollback is not None else None
+        assert bake is not None, "measured only with a bake"
+        asked = _Asked(reading_key(owner.uid), spec.model.name, "", version, bake.analysis.prometheus)
+        return self._taken_or_started(owner, spec.serving.admin_port, bake.analysis, asked, now, wake)
+
+    def _taken_or_started(
+        self,
+        owner: ResourceRef,
+        port: int,
+        analysis: AnalysisSpec,
+        asked: _Asked,
+        now: datetime,
+        wake: Wake,
+    ) -> AnalysisResult | None:
+        """The finished reading of `asked` (taken); else None, and one started unless under way."""
+        key = asked.key
+        read = self._read.pop(key, None)
         if read is not None and read.asked == asked and now <= self._kept_until(read, analysis):
-            return _judged(read, analysis, version=run.version)
-        reading = self._readings.get(owner.uid)
+            return _judged(read, analysis, version=asked.canary)
+        reading = self._readings.get(key)
         if reading is not None:
             if reading.asked == asked:
                 return None  # under way: it wakes the resource when it ends
             reading.task.cancel()  # of versions or a source the spec no longer names
         task = asyncio.create_task(
-            self._reading(owner, spec.serving.admin_port, analysis, asked, now, wake),
-            name=f"canary analysis {owner.namespace}/{owner.name}",
+            self._reading(owner, port, analysis, asked, now, wake),
+            name=f"analysis {key} {owner.namespace}/{owner.name}",
         )
-        self._readings[owner.uid] = _Reading(asked=asked, task=task)
+        self._readings[key] = _Reading(asked=asked, task=task)
         return None
 
     def _kept_until(self, read: _Read, analysis: AnalysisSpec) -> datetime:
@@ -162,17 +185,19 @@ class Analyzer:
         says nothing of the run now: dropped, and a new one taken."""
         return read.measured_at + timedelta(seconds=self._deadline + analysis.interval_seconds)
 
-    def measuring(self, uid: str) -> bool:
-        """A reading of the resource is under way (it wakes the resource when it ends)."""
-        return uid in self._readings
+    def measuring(self, key: str) -> bool:
+        """A reading under `key` (a resource's uid, or its bake's reading_key) is under way (it wakes
+        the resource when it ends)."""
+        return key in self._readings
 
     def forget(self, uid: str) -> None:
-        reading = self._readings.pop(uid, None)
-        if reading is not None:
-            reading.task.cancel()
-        self._read.pop(uid, None)
-        self._use(uid, None)
-        self._pods.forget(uid)
+        for key in (uid, reading_key(uid)):
+            reading = self._readings.pop(key, None)
+            if reading is not None:
+                reading.task.cancel()
+            self._read.pop(key, None)
+            self._use(key, None)
+            self._pods.forget(key)
 
     async def aclose(self) -> None:
         readings = [reading.task for reading in self._readings.values()]
@@ -210,11 +235,11 @@ class Analyzer:
             read = replace(read, error="the reading failed (the operator's log says why)")
         if read.error is not None:
             log.warning("%s/%s: canary analysis: %s", owner.namespace, owner.name, read.error)
-        current = self._readings.get(owner.uid)
+        current = self._readings.get(asked.key)
         if current is None or current.task is not asyncio.current_task():
             return  # forgotten, or replaced by a reading of something else
-        del self._readings[owner.uid]
-        self._read[owner.uid] = read
+        del self._readings[asked.key]
+        self._read[asked.key] = read
         wake()
 
     async def _windows(
@@ -222,7 +247,7 @@ class Analyzer:
     ) -> TrackWindows | None:
         pods, unmeasured = await self._ready_pods(owner, port, asked)
         target = AnalysisTarget(
-            key=owner.uid,
+            key=asked.key,
             namespace=owner.namespace,
             model=asked.model,
             production_version=asked.production,
@@ -233,7 +258,7 @@ class Analyzer:
             unmeasured_pods=unmeasured,
             read_at=now,
         )
-        return await self._provider(owner.uid, asked.source).measure(target)
+        return await self._provider(asked.key, asked.source).measure(target)
 
     def _provider(self, uid: str, source: PrometheusSource | None) -> MetricsProvider:
         if source is None:

@@ -29,6 +29,7 @@ from aliasroll.errors import (
 )
 from aliasroll.kube.applier import Applier
 from aliasroll.kube.observe import Observation, OwnedObjects, observe, taken_names
+from aliasroll.planning import bake as bake_run
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import next_pass, planner, registry_writes
 from aliasroll.planning.canary import AliasWrite, AnalysisResult
@@ -98,6 +99,7 @@ class _Planned:
     view: RegistryView
     endpoint: Endpoint | None  # None when it could not be built (no credentials)
     analysis: AnalysisResult | None  # a canary reading taken by this pass
+    bake_analysis: AnalysisResult | None  # a bake reading taken by this pass
     changes: list[AliasChange]  # the plan's alias changes, made after its status is written
 
 
@@ -185,8 +187,10 @@ class Reconciler:
         except KubernetesApplyFailed as error:
             log.error("%s/%s: %s", owner.namespace, owner.name, error)
             self._keep_unrecorded(owner.uid, planned.analysis)
+            self._keep_unrecorded(bake_run.reading_key(owner.uid), planned.bake_analysis)
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         self._unrecorded.pop(owner.uid, None)
+        self._unrecorded.pop(bake_run.reading_key(owner.uid), None)
         for event in planned.plan.events:
             self._events.post(body, event)
         if planned.changes and planned.endpoint is not None:
@@ -203,6 +207,7 @@ class Reconciler:
             registry_answered=view_error is None,
             canary_due_in=planned.plan.next_in,
             reading_under_way=self._analyzer.measuring(owner.uid),
+            bake_reading_under_way=self._analyzer.measuring(bake_run.reading_key(owner.uid)),
         )
         # A registry error is the poller's to retry (and the Secret watch's, for credentials): it
         # wakes this resource when the answer changes, so an outage adds no passes.
@@ -227,6 +232,7 @@ class Reconciler:
     ) -> _Planned:
         """Takes a finished canary reading when one is due, reads the registry, and asks the planner."""
         analysis = await self._measure(owner, spec, previous_status, now, wake)
+        bake_analysis = await self._measure_bake(owner, spec, previous_status, now, wake)
         view, endpoint = await self._registry_view(owner, spec, wake)
         if view.error is None and endpoint is not None:
             self._tags.registry_answered(endpoint)  # writes held back by an outage go now
@@ -239,9 +245,17 @@ class Reconciler:
             now=now,
             defaults=self._defaults,
             analysis=analysis,
+            bake_analysis=bake_analysis,
         )
         changes = [write for write in plan.writes if isinstance(write, AliasChange)]
-        return _Planned(plan=plan, view=view, endpoint=endpoint, analysis=analysis, changes=changes)
+        return _Planned(
+            plan=plan,
+            view=view,
+            endpoint=endpoint,
+            analysis=analysis,
+            bake_analysis=bake_analysis,
+            changes=changes,
+        )
 
     async def _apply(
         self,
@@ -304,7 +318,7 @@ class Reconciler:
         # pass that stops half-way never makes it twice, and an abort is recorded before its
         # @canary goes.
         for change in planned.changes:
-            status = planner.with_alias_write(status, change.run, AliasWrite.ATTEMPTED)
+            status = planner.with_alias_write(status, change.run, AliasWrite.ATTEMPTED, record=change.record)
         if applied or next_pass.moved_on(status, previous_status):
             self._tags.progressed()  # tags wait while rollouts come in a burst
         return status
@@ -350,6 +364,30 @@ class Reconciler:
         # Taken from the analyzer once: kept until a status that records it is written, so a pass
         # that ends before that (a refused apply, the API server away) hands it to the next one.
         self._keep_unrecorded(owner.uid, result)
+        return result
+
+    async def _measure_bake(
+        self,
+        owner: ResourceRef,
+        spec: ModelDeploymentSpec,
+        previous_status: Mapping[str, Any],
+        now: datetime,
+        wake: Wake,
+    ) -> AnalysisResult | None:
+        """As `_measure`, for a bake (spec.rollback.bake) whose reading is due: its own readings and
+        its own kept result (key `<uid>/bake`), beside a canary run's."""
+        bake = bake_run.from_status(previous_status.get(bake_run.KEY))
+        if bake is None or not bake_run.measurement_due(spec, bake, now):
+            return None
+        key = bake_run.reading_key(owner.uid)
+        kept = self._unrecorded.get(key)
+        if kept is not None and kept.version == bake.version:
+            return kept
+        self._unrecorded.pop(key, None)
+        result = await self._analyzer.measure_bake(
+            owner=owner, spec=spec, version=bake.version, now=now, wake=wake
+        )
+        self._keep_unrecorded(key, result)
         return result
 
     async def _submit_tags(
@@ -449,7 +487,7 @@ class Reconciler:
                     # A removal has nothing left to do; a promotion is never to be made now: the
                     # next pass calls it off.
                     state = AliasWrite.MADE if change.to is None else AliasWrite.ATTEMPTED
-            status = planner.with_alias_write(status, change.run, state)
+            status = planner.with_alias_write(status, change.run, state, record=change.record)
         if problems:
             status = planner.with_records(status, status, problems=problems, wrote=True, owner=owner, now=now)
         try:
@@ -482,6 +520,7 @@ class Reconciler:
         self._written.pop(uid, None)
         self._write_failures.pop(uid, None)
         self._unrecorded.pop(uid, None)
+        self._unrecorded.pop(bake_run.reading_key(uid), None)
         self._tags.forget(uid)
         self._analyzer.forget(uid)
 

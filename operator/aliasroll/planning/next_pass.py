@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from aliasroll import reasons
+from aliasroll.planning import bake as bake_run
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import health
 from aliasroll.spec import ModelDeploymentSpec
@@ -43,6 +44,7 @@ class PassEnd:
     registry_answered: bool  # False: the poller retries it and wakes the resource on a change
     canary_due_in: float | None  # the plan's: seconds until a canary step ends or a reading is due
     reading_under_way: bool = False  # a canary reading of this resource runs in the background
+    bake_reading_under_way: bool = False  # a bake reading of it does (spec.rollback.bake)
 
 
 def next_pass_in(end: PassEnd) -> float:
@@ -54,14 +56,26 @@ def next_pass_in(end: PassEnd) -> float:
     if end.registry_answered and health.at_rest(end.status):
         next_in = max(next_in, AT_REST_PASS_SECONDS)
     ahead = end.canary_due_in
-    if ahead is not None and end.reading_under_way:
-        run = canary_run.from_status(end.status.get("canary"))
-        ahead = (
-            None if run is None else canary_run.next_pass_in(end.spec, replace(run, read_at=end.now), end.now)
-        )
+    if ahead is not None and (end.reading_under_way or end.bake_reading_under_way):
+        ahead = _without_readings_under_way(end)
     if ahead is not None:
         next_in = max(MIN_CANARY_PASS_SECONDS, min(next_in, ahead))
     return next_in
+
+
+def _without_readings_under_way(end: PassEnd) -> float | None:
+    """The canary's and the bake's next events, a reading under way counted as taken now (it wakes
+    the resource when it ends; the one after it is due an interval on)."""
+    due: list[float] = []
+    run = canary_run.from_status(end.status.get("canary"))
+    if run is not None:
+        run = replace(run, read_at=end.now) if end.reading_under_way else run
+        due += [found] if (found := canary_run.next_pass_in(end.spec, run, end.now)) is not None else []
+    bake = bake_run.from_status(end.status.get(bake_run.KEY))
+    if bake is not None:
+        bake = replace(bake, read_at=end.now) if end.bake_reading_under_way else bake
+        due += [found] if (found := bake_run.next_pass_in(end.spec, bake, end.now)) is not None else []
+    return min(due) if due else None
 
 
 def moved_on(status: Mapping[str, Any], before: Mapping[str, Any]) -> bool:

@@ -22,6 +22,7 @@ from aliasroll import conditions, reasons
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN, Condition
 from aliasroll.errors import AliasrollError
 from aliasroll.labels import LABEL_OWNER
+from aliasroll.planning import bake as bake_run
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import capacity, fleet_status, health, history, registry_writes, versions, workloads
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
@@ -94,10 +95,11 @@ def plan(
     now: datetime,
     defaults: WorkloadDefaults,
     analysis: AnalysisResult | None = None,
+    bake_analysis: AnalysisResult | None = None,
 ) -> Plan:
     """The pass as named steps: which version each track follows, where the canary run is, how many
     pods each track runs and how requests are split, the objects that says, the status and events,
-    and the registry writes."""
+    the bake of a new production (version mode), and the registry writes."""
     now = now.replace(microsecond=0)  # status keeps seconds; the canary's clocks compare with it
     # Version mode: the tracks are the versions status gave each alias (planning/versions.py).
     raw, observed = observed, versions.as_tracks(observed, previous_status) if spec.rollback else observed
@@ -122,12 +124,15 @@ def plan(
     status, status_events, dropped = _status(_StatusInput(*given, shown=shown, now=timestamp(now)))
     next_in = canary_run.next_pass_in(spec, run, now)
     next_in = _with_versions(status, status_events, spec, placed, next_in, now)
+    baked = _with_bake(owner, spec, view, previous_status, status, bake_analysis, now)
+    if baked.next_in is not None and (next_in is None or baked.next_in < next_in):
+        next_in = baked.next_in
     return Plan(
         objects=tuple(placement.objects),
         prune=placement.prune,
         status=status,
-        events=tuple(status_events + events),
-        writes=_writes(owner, spec, run, registry, [*status.get("history", ()), *dropped]),
+        events=tuple(status_events + events + list(baked.events)),
+        writes=(*_writes(owner, spec, run, registry, [*status.get("history", ()), *dropped]), *baked.writes),
         next_in=next_in,
         gates=placement.gates,
     )
@@ -622,6 +627,57 @@ def _with_versions(
     return next_in
 
 
+class _Baked(NamedTuple):
+    """The bake's part of a pass: its events, its registry writes and when it wants the next pass."""
+
+    events: tuple[EventRecord, ...] = ()
+    writes: tuple[RegistryWrite, ...] = ()
+    next_in: float | None = None
+
+
+def _with_bake(
+    owner: ResourceRef,
+    spec: ModelDeploymentSpec,
+    view: RegistryView,
+    previous: Mapping[str, Any],
+    status: ModelDeploymentStatus,
+    analysis: AnalysisResult | None,
+    now: datetime,
+) -> _Baked:
+    """Version mode with spec.rollback.bake: the bake after this pass (planning/bake.py) in
+    status.bake, which keeps an ended bake until the next one starts."""
+    if spec.rollback is None or spec.rollback.bake is None:
+        return _Baked()
+    model = spec.model.name
+    fresh = view.error is None
+    moment = bake_run.Moment(
+        now=now,
+        production=(status.get("production") or {}).get("version"),
+        production_before=(previous.get("production") or {}).get("version"),
+        alias=view.production.version if fresh and view.production is not None else None,
+        fresh=fresh,
+        warm_before=frozenset(
+            str(entry.get("version"))
+            for entry in previous.get("warm") or ()
+            if entry.get("model", model) == model
+        ),
+        warm={
+            entry["version"]: entry["routed"] for entry in status.get("warm", ()) if entry["model"] == model
+        },
+    )
+    previous_bake = bake_run.from_status(previous.get(bake_run.KEY))
+    advanced = bake_run.advance(spec=spec, previous=previous_bake, moment=moment, analysis=analysis)
+    if advanced.bake is None:
+        return _Baked(events=advanced.events)
+    status["bake"] = bake_run.to_status(advanced.bake, spec)
+    writes = registry_writes.bake_writes(owner=owner, spec=spec, bake=advanced.bake, moment=moment)
+    return _Baked(
+        events=advanced.events,
+        writes=tuple(writes),
+        next_in=bake_run.next_pass_in(spec, advanced.bake, now),
+    )
+
+
 def _fast_move_event(decision: Any, spec: ModelDeploymentSpec) -> list[EventRecord]:
     """FastRollback: a move of @production to a warm version (or a promotion of the canary's warm
     pods) that ended this pass, and how long every request took to reach it."""
@@ -660,11 +716,15 @@ def _not_followed(spec: ModelDeploymentSpec, production: TrackDecision, serving:
     return f"spec.suspend is true: alias moves are not followed{moved}"
 
 
-def with_alias_write(status: Mapping[str, Any], run: str, state: canary_run.AliasWrite) -> dict[str, Any]:
+def with_alias_write(
+    status: Mapping[str, Any], run: str, state: canary_run.AliasWrite, *, record: str = ""
+) -> dict[str, Any]:
     """The status with the alias change of the canary run of version `run` in `state` (the reconciler
-    writes it around the change: Attempted before, Made or Planned again after)."""
+    writes it around the change: Attempted before, Made or Planned again after); with `record`
+    "bake", the change of the bake of version `run` (status.bake)."""
     updated = dict(status)
-    for key in (Track.CANARY.value, canary_run.LAST_CANARY):
+    keys = (bake_run.KEY,) if record == bake_run.KEY else (Track.CANARY.value, canary_run.LAST_CANARY)
+    for key in keys:
         entry = updated.get(key)
         if isinstance(entry, Mapping) and entry.get("version") == run and entry.get("aliasWrite"):
             updated[key] = {**entry, "aliasWrite": state.value}

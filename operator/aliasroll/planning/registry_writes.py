@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aliasroll import reasons
+from aliasroll.planning.bake import KEY as BAKE_KEY
+from aliasroll.planning.bake import Bake
+from aliasroll.planning.bake import Moment as BakeMoment
+from aliasroll.planning.bake import Phase as BakePhase
 from aliasroll.planning.canary import AliasWrite, CanaryRun, Phase, Registry, stamp
 from aliasroll.planning.state import EventRecord
 from aliasroll.spec import ModelDeploymentSpec, OnAbort, Promotion, ResourceRef
@@ -37,6 +41,9 @@ class AliasChange:
     # Written first: the record the change would otherwise leave without its evidence (an aborted
     # run's outcome, before its @canary goes).
     evidence: TagVersion | None = None
+    # Which status entry records the change: "" the canary run's (status.canary, status.lastCanary);
+    # "bake" status.bake (a failed bake's move of @production back).
+    record: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,60 @@ def _outcome_tags(owner: ResourceRef, run: CanaryRun) -> TagVersion | None:
         if name:
             tags[f"{TAG_PREFIX}/canary.analysis.{name}"] = _metric_text(metric)
     return TagVersion(run.version, tags)
+
+
+def bake_writes(
+    *, owner: ResourceRef, spec: ModelDeploymentSpec, bake: Bake | None, moment: BakeMoment
+) -> list[RegistryWrite]:
+    """A failed bake's move of @production back (only on this pass's answer, while @production names
+    the baked version: `expect`), and an ended bake's outcome tags (passed or failed)."""
+    if bake is None or not bake.ended:
+        return []
+    outcome = _bake_outcome_tags(owner, bake)
+    found: list[RegistryWrite] = []
+    if (
+        bake.phase is BakePhase.FAILED
+        and bake.alias_write is AliasWrite.PLANNED
+        and moment.fresh
+        and moment.alias == bake.version
+    ):
+        alias = spec.model.alias
+        message = (
+            f"moved @{alias} from version {bake.version} back to {bake.previous} in MLflow (the bake of "
+            f"version {bake.version} failed)"
+        )
+        event = EventRecord("Normal", reasons.ALIAS_MOVED, message)
+        found.append(
+            AliasChange(
+                bake.version,
+                alias,
+                expect=bake.version,
+                to=bake.previous,
+                event=event,
+                evidence=outcome,
+                record=BAKE_KEY,
+            )
+        )
+    if outcome is not None:
+        found.append(outcome)
+    return found
+
+
+def _bake_outcome_tags(owner: ResourceRef, bake: Bake) -> TagVersion | None:
+    """How a bake ended, on its version in MLflow (passed or failed; a superseded one has no outcome)."""
+    if bake.phase not in (BakePhase.PASSED, BakePhase.FAILED) or bake.ended_at is None:
+        return None
+    tags = {
+        f"{TAG_PREFIX}/bake.outcome": "failed" if bake.phase is BakePhase.FAILED else "passed",
+        f"{TAG_PREFIX}/bake.time": stamp(bake.ended_at),
+        f"{TAG_PREFIX}/bake.deployment": f"{owner.namespace}/{owner.name}",
+        f"{TAG_PREFIX}/bake.summary": bake.message[:4000],
+    }
+    for metric in bake.measurements:
+        if name := str(metric.get("metric", "")):
+            parts = [f"{key}={metric[key]}" for key in ("canary", "bound", "verdict") if key in metric]
+            tags[f"{TAG_PREFIX}/bake.analysis.{name}"] = " ".join(parts).replace("canary=", "value=")
+    return TagVersion(bake.version, tags)
 
 
 def served_tags(

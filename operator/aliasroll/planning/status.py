@@ -13,6 +13,7 @@ from typing import TypedDict
 from aliasroll.conditions import ConditionStatus
 
 __all__ = [
+    "BakeStatus",
     "CanaryAnalysisStatus",
     "CanaryTrackStatus",
     "ConditionStatus",
@@ -164,6 +165,27 @@ FastSwitchStatus.__doc__ = (
 )
 
 
+class BakeStatus(TypedDict, total=False):
+    """status.bake: the bake of the new production after a move forward (planning/bake.py), or how
+    the last one ended (kept until the next one starts)."""
+
+    model: str
+    version: str  # the new production, measured
+    previous: str  # the warm version a failed bake moves @production back to
+    phase: str  # Baking, Passed, Failed or Superseded
+    startedAt: str  # when the new version took every request: the clock's start
+    until: str
+    failures: int
+    failureLimit: int
+    verdict: str
+    measuredAt: str
+    readAt: str
+    metrics: list[MetricStatus]
+    message: str
+    endedAt: str
+    aliasWrite: str
+
+
 class ModelDeploymentStatus(TypedDict, total=False):
     """A ModelDeployment's status as the planner writes it."""
 
@@ -175,6 +197,7 @@ class ModelDeploymentStatus(TypedDict, total=False):
     lastCanary: LastCanaryStatus
     warm: list[WarmVersionStatus]
     fastSwitch: FastSwitchStatus
+    bake: BakeStatus
     traffic: TrafficStatus
     registry: RegistryStatus
     history: list[HistorySpan]

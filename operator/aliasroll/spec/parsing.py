@@ -27,6 +27,7 @@ from aliasroll.spec.types import (
     MAX_WARM_VERSIONS,
     MIN_POLL_SECONDS,
     AnalysisSpec,
+    BakeSpec,
     CanarySpec,
     CanaryStep,
     ModelDeploymentSpec,
@@ -135,6 +136,7 @@ def _optional_rollback(raw: object) -> RollbackSpec | None:
     if window > MAX_ROLLBACK_WINDOW_SECONDS:
         raise InvalidSpec("spec.rollback.window", "must be at most 24h")
     floor = rollback.get("floor")
+    bake = rollback.get("bake")
     return RollbackSpec(
         # Whole seconds, rounded up: a window the CRD accepts (250ms) never reads as none (0s).
         window_seconds=math.ceil(window),
@@ -144,7 +146,34 @@ def _optional_rollback(raw: object) -> RollbackSpec | None:
         floor=None
         if floor is None
         else integer(floor, path="spec.rollback.floor", low=1, high=MAX_WARM_FLOOR),
+        bake=None if bake is None else _bake(json_object(bake, path="spec.rollback.bake"), window=window),
     )
+
+
+def _bake(raw: Mapping[str, Any], *, window: float) -> BakeSpec:
+    """spec.rollback.bake: a duration within the window (a bake needs the version it left warm) and
+    the canary analysis' rules."""
+    path = "spec.rollback.bake"
+    duration = parse_duration(
+        string(raw, "duration", path=f"{path}.duration", required=True), field_path=f"{path}.duration"
+    )
+    if duration > window:
+        raise InvalidSpec(
+            f"{path}.duration",
+            "must be at most spec.rollback.window (a bake needs the version it left warm): shorten it or "
+            "lengthen the window",
+        )
+    analysis = raw.get("analysis")
+    if analysis is None:
+        raise InvalidSpec(f"{path}.analysis", "is required")
+    rules = _analysis(json_object(analysis, path=f"{path}.analysis"), path=f"{path}.analysis")
+    if rules.max_error_percent is None and rules.max_p99_seconds is None:
+        raise InvalidSpec(
+            f"{path}.analysis",
+            "needs errorRate.maxPercent and/or latencyP99.maxMilliseconds: the warm version takes no "
+            "requests, so relative bounds have nothing to compare with",
+        )
+    return BakeSpec(duration_seconds=duration, analysis=rules)
 
 
 def _router(traffic: Mapping[str, Any]) -> RouterKind:
@@ -222,15 +251,17 @@ def _canary(raw: Mapping[str, Any], *, alias: str) -> CanarySpec:
             None if replicas is None else integer(replicas, path="spec.canary.replicas", low=1, high=1000)
         ),
         steps=steps,
-        analysis=None if analysis is None else _analysis(json_object(analysis, path="spec.canary.analysis")),
+        analysis=None
+        if analysis is None
+        else _analysis(json_object(analysis, path="spec.canary.analysis"), path="spec.canary.analysis"),
         promotion=promotion,
         on_abort=on_abort,
         progress_deadline_seconds=deadline,
     )
 
 
-def _analysis(raw: Mapping[str, Any]) -> AnalysisSpec:
-    path = "spec.canary.analysis"
+def _analysis(raw: Mapping[str, Any], *, path: str) -> AnalysisSpec:
+    """An analysis' rules (spec.canary.analysis, spec.rollback.bake.analysis), field paths under `path`."""
     interval = parse_duration(
         str(raw.get("interval", DEFAULT_ANALYSIS_INTERVAL)), field_path=f"{path}.interval"
     )

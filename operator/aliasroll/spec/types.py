@@ -227,12 +227,22 @@ class TrafficSpec:
 
 
 @dataclass(frozen=True)
+class BakeSpec:
+    """spec.rollback.bake: after @production moves forward while the version it left is warm, the
+    new version is measured for `duration_seconds` by the canary's rules; a failure moves it back."""
+
+    duration_seconds: float
+    analysis: AnalysisSpec
+
+
+@dataclass(frozen=True)
 class RollbackSpec:
     """spec.rollback: versions kept warm after they leave @production."""
 
     window_seconds: int = 0  # spec.rollback.window, a duration (0s to 24h)
     max_warm: int = 1  # spec.rollback.maxWarm, 1..5
     floor: int | None = None  # spec.rollback.floor, 1..1000 pods of a warm version; None: spec.replicas
+    bake: BakeSpec | None = None  # spec.rollback.bake; None: no bake
 
 
 @dataclass(frozen=True)

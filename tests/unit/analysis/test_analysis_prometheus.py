@@ -217,3 +217,32 @@ def test_a_namespace_label_the_queries_cannot_use_is_refused(case: tuple[str, st
     label, message = case
     with pytest.raises(ValueError, match=message):
         PrometheusProvider("http://prometheus:9090", namespace_label=label)
+
+
+async def test_a_bake_s_reading_of_its_version_alone_needs_no_production_sample(
+    scripted: Scripted, closing: list[PrometheusProvider]
+) -> None:
+    # A bake (spec.rollback.bake) measures the new production alone: the warm version it left takes
+    # no requests, so Prometheus has no sample of it and none is asked for.
+    scripted.requests = {"2": 100.0}
+    scripted.errors = {"2": 9.0}
+    provider = provider_for(scripted, namespace_label="")
+    closing.append(provider)
+    alone = AnalysisTarget(
+        key="uid/bake",
+        namespace="ml",
+        model="m",
+        production_version="",
+        canary_version="2",
+        interval_seconds=60,
+    )
+    windows = await provider.measure(alone)
+    assert all('version=~"2"' in form["query"] for form in scripted.asked)
+    assert windows.production.requests == 0
+    measured = judge(
+        Limits(min_canary_requests=20, max_error_percent=1.0, max_error_increase_points=0.5),
+        canary=windows.canary,
+        production=windows.production,
+    )
+    assert measured.verdict is Verdict.FAILED
+    assert "relative bound skipped" in measured.message

@@ -13,6 +13,9 @@ import pytest
 from aliasroll import reasons
 from aliasroll.conditions import FALSE, TRUE, UNKNOWN
 from aliasroll.planning import canary
+from aliasroll.planning.bake import Bake
+from aliasroll.planning.bake import Phase as BakePhase
+from aliasroll.planning.bake import to_status as to_bake_status
 from aliasroll.planning.canary import CanaryRun, Phase
 from aliasroll.planning.next_pass import (
     AT_REST_PASS_SECONDS,
@@ -76,6 +79,25 @@ def analysing(read: float | None) -> dict[str, Any]:
     return {**ROLLING, "canary": canary.to_status(run, spec().canary)}
 
 
+BAKED = {
+    "window": "30m",
+    "bake": {"duration": "1m", "analysis": {"interval": f"{int(INTERVAL)}s", "errorRate": {"maxPercent": 1}}},
+}
+
+
+def baking(read: float | None) -> dict[str, Any]:
+    """A status whose bake's clock runs (since 5 s), last read `read` seconds before NOW."""
+    bake = Bake(
+        version="2",
+        previous="1",
+        phase=BakePhase.BAKING,
+        model="sentiment",
+        started_at=NOW - timedelta(seconds=5),
+        read_at=None if read is None else NOW - timedelta(seconds=read),
+    )
+    return {**ROLLING, "bake": to_bake_status(bake, spec(rollback=BAKED))}
+
+
 @dataclass(frozen=True)
 class Case:
     status: dict[str, Any]
@@ -83,6 +105,8 @@ class Case:
     answered: bool = True
     due_in: float | None = None
     reading: bool = False
+    bake_reading: bool = False
+    baked: bool = False  # spec.rollback.bake is set
 
 
 CASES = {
@@ -108,18 +132,33 @@ CASES = {
         due_in=0.0,
         reading=True,
     ),
+    "a bake reading under way counts the next one an interval from now": Case(
+        baking(read=20), INTERVAL, due_in=0.0, bake_reading=True, baked=True
+    ),
+    "a canary reading under way leaves a bake reading due now": Case(
+        analysing(read=20) | baking(read=None), MIN_CANARY_PASS_SECONDS, due_in=0.0, reading=True, baked=True
+    ),
+    "both readings under way: the next in an interval": Case(
+        analysing(read=20) | baking(read=20),
+        INTERVAL,
+        due_in=0.0,
+        reading=True,
+        bake_reading=True,
+        baked=True,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_the_next_pass_is_due(case: Case) -> None:
     end = PassEnd(
-        spec=spec(),
+        spec=spec(rollback=BAKED) if case.baked else spec(),
         status=case.status,
         now=NOW,
         registry_answered=case.answered,
         canary_due_in=case.due_in,
         reading_under_way=case.reading,
+        bake_reading_under_way=case.bake_reading,
     )
     assert next_pass_in(end) == pytest.approx(case.expected)
 

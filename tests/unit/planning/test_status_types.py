@@ -52,6 +52,7 @@ def test_the_status_types_name_the_schema_keys_at_every_level() -> None:
         pytest.param(status.LastCanaryStatus, ("lastCanary",), id="the last canary"),
         pytest.param(status.FastSwitchStatus, ("fastSwitch",), id="the fast switch"),
         pytest.param(status.VersionRef, ("fastSwitch", "from"), id="the fast switch's versions"),
+        pytest.param(status.BakeStatus, ("bake",), id="the bake"),
     ],
 )
 def test_each_part_is_the_part_of_the_schema_it_is_written_to(

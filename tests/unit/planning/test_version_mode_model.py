@@ -12,6 +12,9 @@ spec.rollback. After every pass:
 - status tells the truth: status.production is @production's version once its pods carry every
   request, status.warm lists exactly the versions kept and not routed, at most maxWarm;
 - no pod is created by a move back to a warm version at full size;
+- a bake (spec.rollback.bake; readings that pass, fail, say nothing or cannot be read, a registry
+  that stops answering) never writes @production unless its failures reached failureLimit and
+  @production still names the baked version, and then only back to the version it left;
 - and every history ends, given pods that start and passes, with @production alone serving.
 """
 
@@ -34,9 +37,18 @@ from hypothesis.stateful import (
 )
 from version_cluster import VersionCluster
 
-from aliasroll.spec import ModelDeploymentSpec, RollbackSpec, Track
+from aliasroll.analysis.judge import Limits, judge
+from aliasroll.analysis.window import Window
+from aliasroll.errors import RegistryUnavailable
+from aliasroll.planning.canary import AliasWrite, AnalysisResult
+from aliasroll.planning.planner import Plan, with_alias_write
+from aliasroll.planning.registry_writes import AliasChange
+from aliasroll.spec import AnalysisSpec, BakeSpec, ModelDeploymentSpec, RollbackSpec, Track
 
 REPLICAS = 3
+RULES = AnalysisSpec(interval_seconds=30, min_requests=20, failure_limit=2, max_error_percent=1.0)
+READINGS = {"pass": (100, 0), "fail": (100, 9), "inconclusive": (5, 0)}
+FAILING = frozenset({"3", "4"})  # the versions whose readings fail (too many errors)
 SEEN: Counter[str] = Counter()
 
 
@@ -52,6 +64,8 @@ class VersionHistories(RuleBasedStateMachine):
         self.max_warm = 1
         self.floor: int | None = None
         self.served = False
+        self.registry_down = False
+        self.seen_canary: str | None = None  # @canary as the operator last read it
         self.steps: list[str] = []
 
     def spec(self) -> ModelDeploymentSpec:
@@ -59,16 +73,30 @@ class VersionHistories(RuleBasedStateMachine):
             spec(
                 replicas=REPLICAS, canary={"alias": "canary", "weight": 34}, traffic={"router": self.router}
             ),
-            rollback=RollbackSpec(window_seconds=self.window, max_warm=self.max_warm, floor=self.floor),
+            rollback=RollbackSpec(
+                window_seconds=self.window,
+                max_warm=self.max_warm,
+                floor=self.floor,
+                bake=BakeSpec(duration_seconds=300, analysis=RULES),
+            ),
         )
 
     def trail(self) -> str:
         return "\n".join(self.steps[-25:])
 
-    def reconcile(self) -> None:
+    def reconcile(self, bake_analysis: AnalysisResult | None = None) -> None:
         before = {pod for d in self.cluster.deployments.values() for pod in d.pods_names()}
-        warm_target = self.production in self.warm_versions()
-        self.cluster.reconcile(self.spec(), view(self.production, self.canary))
+        # (A canary the operator reads in the same pass, after an outage, starts pods of its own.)
+        warm_target = self.production in self.warm_versions() and self.canary == self.seen_canary
+        warm_target = warm_target and not self.registry_down
+        answer = (
+            view(error=RegistryUnavailable("down"))
+            if self.registry_down
+            else view(self.production, self.canary)
+        )
+        result = self.cluster.reconcile(self.spec(), answer, bake_analysis=bake_analysis)
+        self.seen_canary = self.seen_canary if self.registry_down else self.canary
+        self.bake_writes(result)
         after = {pod for d in self.cluster.deployments.values() for pod in d.pods_names()}
         self.steps.append(
             f"pass @production={self.production} @canary={self.canary} -> serving {self.cluster.serving()}"
@@ -77,6 +105,62 @@ class VersionHistories(RuleBasedStateMachine):
             assert after <= before, "a move back to a warm version created pods:\n" + self.trail()
         if self.cluster.serving().get(self.production, 0) >= REPLICAS:
             self.served = True
+
+    def bake_writes(self, result: Plan) -> None:
+        """The bake's alias change, checked, then made as the reconciler makes it (only while
+        @production names what it expects)."""
+        bake = self.cluster.status.get("bake") or {}
+        SEEN.update(f"bake {bake['phase']}" for _ in (1,) if bake)
+        for change in result.writes:
+            if not isinstance(change, AliasChange) or change.record != "bake":
+                continue
+            assert not self.registry_down, "a bake wrote without a registry answer:\n" + self.trail()
+            assert bake["phase"] == "Failed", self.trail()
+            assert bake["failures"] >= RULES.failure_limit, self.trail()
+            assert change.expect == bake["version"] == self.production, self.trail()
+            assert change.to == bake["previous"], self.trail()
+            self.cluster.status = with_alias_write(
+                self.cluster.status, change.run, AliasWrite.MADE, record="bake"
+            )
+            self.production = change.to
+            self.steps.append(f"the failed bake moved @production back to {change.to}")
+            SEEN["a failed bake moved @production back"] += 1
+            self.reconcile()  # the registry's answer wakes the resource: the fast rollback, checked
+
+    @rule(kind=st.sampled_from(["readings", "readings", "inconclusive", "error", "registry flaps"]))
+    def measure(self, kind: str) -> None:
+        """Bake readings of the version status.bake names, as the analyzer hands them to passes: once
+        every pod runs, two an interval apart (versions 3 and 4 fail theirs); one that says
+        nothing or could not be read; or the registry stops answering (or answers again)."""
+        if kind == "registry flaps":
+            self.registry_down = not self.registry_down
+            self.steps.append(
+                "the registry " + ("stops answering" if self.registry_down else "answers again")
+            )
+            self.reconcile()
+            return
+        if kind == "readings":  # the new version's pods start, and take every request: the clock runs
+            self.cluster.start()
+            self.steps.append("every pod passes its probe")
+            self.reconcile()
+        for _ in range(2 if kind == "readings" else 1):
+            self.read(kind)
+
+    def read(self, kind: str) -> None:
+        version = (self.cluster.status.get("bake") or {}).get("version", self.production)
+        now = self.cluster.now
+        if kind == "readings":
+            kind = "fail" if version in FAILING else "pass"
+        if kind == "error":
+            result = AnalysisResult(version=version, measured_at=now, error="no pod answered")
+        else:
+            requests, errors = READINGS[kind]
+            limits = Limits(min_canary_requests=RULES.min_requests, max_error_percent=RULES.max_error_percent)
+            measured = judge(limits, canary=Window(requests=requests, errors=errors), production=Window())
+            result = AnalysisResult(version=version, measured_at=now, measurement=measured)
+        self.steps.append(f"a bake reading of version {version}: {kind}")
+        self.reconcile(bake_analysis=result)
+        self.cluster.later(30)
 
     def warm_versions(self) -> set[str]:
         return {entry["version"] for entry in self.cluster.status.get("warm", ()) if not entry.get("routed")}
@@ -158,11 +242,14 @@ class VersionHistories(RuleBasedStateMachine):
     @invariant()
     def status_tells_what_serves(self) -> None:
         serving = self.cluster.serving()
+        if self.registry_down:
+            return  # the operator does not see a move made meanwhile
         if set(serving) == {self.production} and serving[self.production] >= REPLICAS and self.canary is None:
             assert self.cluster.status["production"]["version"] == self.production, self.trail()
 
     def teardown(self) -> None:
         # Given pods that start and passes, every history ends with @production alone serving.
+        self.registry_down = False
         for _ in range(6):
             self.cluster.start()
             self.reconcile()
@@ -209,5 +296,9 @@ def test_version_mode_histories(machine: type[VersionHistories]) -> None:
         "tracks from before",
         "canary started",
         "settled",
+        "bake Baking",
+        "bake Passed",
+        "bake Superseded",
+        "a failed bake moved @production back",
     ):
         assert SEEN[reached] > 0, (reached, SEEN)

@@ -16,6 +16,7 @@ from typing import Any
 from builders import NOW, OWNER
 
 from aliasroll.labels import LABEL_GATED, LABEL_TRACK, LABEL_VERSION
+from aliasroll.planning.canary import AnalysisResult
 from aliasroll.planning.planner import Plan, plan
 from aliasroll.planning.state import (
     ChildRef,
@@ -106,7 +107,9 @@ class VersionCluster:
             workloads=workloads, children=tuple(children + self.others), versions=tuple(versions)
         )
 
-    def reconcile(self, spec: ModelDeploymentSpec, view: RegistryView) -> Plan:
+    def reconcile(
+        self, spec: ModelDeploymentSpec, view: RegistryView, *, bake_analysis: AnalysisResult | None = None
+    ) -> Plan:
         result = plan(
             owner=OWNER,
             spec=spec,
@@ -115,6 +118,7 @@ class VersionCluster:
             previous_status=self.status,
             now=self.now,
             defaults=WorkloadDefaults(image="serving:test"),
+            bake_analysis=bake_analysis,
         )
         self.apply(result)
         return result

@@ -8,6 +8,8 @@ import pytest
 
 from aliasroll.errors import InvalidSpec
 from aliasroll.spec import (
+    AnalysisSpec,
+    BakeSpec,
     PodSecurity,
     PodSettings,
     RollbackSpec,
@@ -38,6 +40,8 @@ def test_defaults_match_the_crd() -> None:
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text, field_path="x") == seconds
 
+
+BAKE_RULES = {"errorRate": {"maxPercent": 1}}
 
 BAD = [
     ("model missing", {"registry": MINIMAL["registry"]}, "spec.model"),
@@ -165,6 +169,48 @@ BAD = [
         "spec.rollback",
     ),
     (
+        "bake longer than the window",
+        {**MINIMAL, "rollback": {"window": "10m", "bake": {"duration": "11m", "analysis": BAKE_RULES}}},
+        "spec.rollback.bake.duration",
+    ),
+    (
+        "bake without a duration",
+        {**MINIMAL, "rollback": {"window": "10m", "bake": {"analysis": BAKE_RULES}}},
+        "spec.rollback.bake.duration",
+    ),
+    (
+        "bake without analysis",
+        {**MINIMAL, "rollback": {"window": "10m", "bake": {"duration": "5m"}}},
+        "spec.rollback.bake.analysis",
+    ),
+    (
+        "bake analysis without a bound",
+        {**MINIMAL, "rollback": {"window": "10m", "bake": {"duration": "5m", "analysis": {}}}},
+        "spec.rollback.bake.analysis",
+    ),
+    (
+        "bake analysis with relative bounds only",
+        {
+            **MINIMAL,
+            "rollback": {
+                "window": "10m",
+                "bake": {"duration": "5m", "analysis": {"latencyP99": {"maxRatio": 1.5}}},
+            },
+        },
+        "spec.rollback.bake.analysis",
+    ),
+    (
+        "bake analysis interval below 1s",
+        {
+            **MINIMAL,
+            "rollback": {
+                "window": "10m",
+                "bake": {"duration": "5m", "analysis": {**BAKE_RULES, "interval": "500ms"}},
+            },
+        },
+        "spec.rollback.bake.analysis.interval",
+    ),
+    (
         "tolerations not a list",
         {**MINIMAL, "serving": {"podTemplate": {"spec": {"tolerations": {"key": "gpu"}}}}},
         "spec.serving.podTemplate.spec.tolerations",
@@ -268,6 +314,19 @@ def test_rollback_is_parsed_with_the_crd_defaults(rollback: dict[str, Any], pars
     assert spec.rollback == parsed
     assert spec.rollback is not None
     assert isinstance(spec.rollback.window_seconds, int)
+
+
+def test_a_bake_is_parsed_with_the_canary_analysis_defaults() -> None:
+    rollback = {"window": "30m", "bake": {"duration": "10m", "analysis": {"errorRate": {"maxPercent": 1}}}}
+    parsed = parse_spec({**MINIMAL, "rollback": rollback}).rollback
+    assert parsed is not None
+    assert parsed.bake == BakeSpec(
+        duration_seconds=600,
+        analysis=AnalysisSpec(interval_seconds=30, min_requests=20, failure_limit=2, max_error_percent=1.0),
+    )
+    same = parse_spec({**MINIMAL, "rollback": {**rollback, "bake": {**rollback["bake"], "duration": "30m"}}})
+    assert same.rollback is not None
+    assert same.rollback.bake is not None
 
 
 def test_rollback_null_is_absent() -> None:
