@@ -164,11 +164,6 @@ BAD = [
     ("floor above 1000", {**MINIMAL, "rollback": {"window": "30m", "floor": 1001}}, "spec.rollback.floor"),
     ("floor as a boolean", {**MINIMAL, "rollback": {"window": "30m", "floor": True}}, "spec.rollback.floor"),
     (
-        "rollback with the gatewayAPI router (a resource older than the CRD's rule)",
-        {**MINIMAL, "traffic": {"router": "gatewayAPI"}, "rollback": {"window": "30m"}},
-        "spec.rollback",
-    ),
-    (
         "bake longer than the window",
         {**MINIMAL, "rollback": {"window": "10m", "bake": {"duration": "11m", "analysis": BAKE_RULES}}},
         "spec.rollback.bake.duration",
