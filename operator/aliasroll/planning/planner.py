@@ -97,6 +97,9 @@ def plan(
     """The pass as named steps: which version each track follows, where the canary run is, how many
     pods each track runs and how requests are split, the objects that says, the status and events,
     and the registry writes."""
+    # Version mode's fast moves are timed to the millisecond (status.fastSwitch.since keeps them): a
+    # rollback to a warm version takes about a second, which whole seconds would report as 0 or 1.
+    clock = now.replace(microsecond=now.microsecond // 1000 * 1000)
     now = now.replace(microsecond=0)  # status keeps seconds; the canary's clocks compare with it
     # Version mode: the tracks are the versions status gave each alias (planning/versions.py).
     raw, observed = observed, versions.as_tracks(observed, previous_status) if spec.rollback else observed
@@ -112,7 +115,7 @@ def plan(
     # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
     placement = _Placement(run=run)
     if production.target is not None:
-        where = _Where(owner, spec, observed, raw, previous_status, now, defaults)
+        where = _Where(owner, spec, observed, raw, previous_status, now, defaults, clock)
         placement = _put_in_place(where, production.target, canary.target, run, requested)
     placed, run, shown = placement.placed, placement.run, placement.shown
     events += placement.events
@@ -191,6 +194,7 @@ class _Where(NamedTuple):
     previous: Mapping[str, Any]
     now: datetime
     defaults: WorkloadDefaults
+    clock: datetime  # now to the millisecond, for version mode's decision (planning/fleet.py)
 
 
 def _put_in_place(
@@ -253,7 +257,7 @@ def _place_versions(
         canary=canary,
         targets=targets,
         weight=traffic.requested_weight,
-        now=where.now,
+        now=where.clock,
     )
     served = {Track.PRODUCTION: production}
     if canary is not None and Track.CANARY in placed.replicas:
