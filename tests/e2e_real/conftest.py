@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from localkube.node import pod_placement
 from mlflowserver import MlflowServer, free_port
 from operatorprocess import OperatorProcess
 from support.realcluster import real_node_cluster
+from support.webhook_bridge import node_port_on_host
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = os.environ.get("ALIASROLL_E2E_REAL_RUN", "e2e-real")
@@ -103,28 +103,11 @@ def tracking_uri(node: RealNode, mlflow_server: MlflowServer) -> str:
 @pytest.fixture(scope="session")
 def webhook_address(node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """(host address, in-node port): the operator listens for webhooks on 127.0.0.1:<in-node port>
-    inside the node's namespace, and the MLflow server (on the host) delivers to the host address, a
-    socat on host loopback that reaches it through a Unix socket and a socat inside the namespace
-    (the reverse of `expose_host_port`)."""
-    inside, outside = free_port(), free_port()
-    sock = tmp_path_factory.mktemp("webhook-bridge") / "webhook.sock"
-    node.start_process(
-        "webhook-bridge-node",
-        ["socat", f"UNIX-LISTEN:{sock},fork,mode=600", f"TCP:127.0.0.1:{inside}"],
-        exe="socat",
-    )
-    wait_for(sock.exists, timeout=10, what="the webhook bridge's socket")
-    host = subprocess.Popen(
-        ["socat", f"TCP-LISTEN:{outside},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{sock}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield f"127.0.0.1:{outside}", inside
-    finally:
-        host.terminate()
-        host.wait(timeout=10)
-        node.stop_process("webhook-bridge-node")
+    inside the node's namespace, and the MLflow server (on the host) delivers to the host address
+    (support/webhook_bridge.py)."""
+    inside = free_port()
+    with node_port_on_host(node, inside, tmp_path_factory.mktemp("webhook-bridge")) as outside:
+        yield outside, inside
 
 
 @pytest.fixture(scope="session")

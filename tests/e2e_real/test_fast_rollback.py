@@ -18,6 +18,7 @@ import os
 import random
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -224,6 +225,59 @@ class Watcher:
         return {name for _, seen in self.samples[-1:] for name in seen if name.startswith(prefix)}
 
 
+# Inside the node's namespace: kube-proxy's count of iptables syncs (its metrics), 20 times a second;
+# a line (CLOCK_MONOTONIC, count) whenever it changes.
+PROXY_SYNCS = r"""
+import re, sys, time, urllib.request
+last = None
+while True:
+    try:
+        text = urllib.request.urlopen("http://127.0.0.1:10249/metrics", timeout=1).read().decode()
+        name = r'kubeproxy_sync_proxy_rules_duration_seconds_count\{ip_family="IPv4"\}'
+        found = re.search("^" + name + r" (\S+)", text, re.M)
+        count = float(found.group(1)) if found else None
+    except OSError:
+        count = None
+    if count is not None and count != last:
+        print(time.monotonic(), count, flush=True)
+        last = count
+    time.sleep(0.05)
+"""
+
+
+class ProxySyncs:
+    """When kube-proxy finished each sync of its rules (CLOCK_MONOTONIC, within 50 ms): kube-proxy
+    syncs at most once a second after a burst of two (its minSyncPeriod, 1 s by default), so an
+    endpoint change that comes right after others waits for it."""
+
+    def __init__(self, stack: RealStack) -> None:
+        self.process = subprocess.Popen(
+            stack.node.nsenter_argv(sys.executable, "-c", PROXY_SYNCS),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.moments: list[float] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.moments.append(float(line.split()[0]))
+
+    def __enter__(self) -> ProxySyncs:
+        self._reader.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [moment for moment in self.moments[1:] if start <= moment <= end]
+
+
 @dataclass
 class Move:
     """One alias move timed by the answers: from the move to the first answer of the target, and to
@@ -276,8 +330,13 @@ def p95(values: list[float]) -> float:
 
 
 def breakdown(
-    watcher: Watcher, moved: float, source: set[str], target: set[str], move: Move
-) -> dict[str, float | None]:
+    watcher: Watcher,
+    moved: float,
+    source: set[str],
+    target: set[str],
+    move: Move,
+    syncs: ProxySyncs | None = None,
+) -> dict[str, Any]:
     """From the move: the target's gates True, its pods Ready, its endpoints ready; the source's
     gates False, pods not Ready, endpoints not ready; first and last (all new) answers."""
 
@@ -293,6 +352,9 @@ def breakdown(
         "source endpoints not ready": since(watcher.when("endpoint", source, False, moved)),
         "first answer": round(move.first_new, 2),
         "all answers": round(move.all_new, 2),
+        "kube-proxy syncs": [since(m) for m in syncs.between(moved, moved + move.all_new + 0.5)]
+        if syncs
+        else None,
     }
 
 
@@ -335,7 +397,11 @@ def test_a_rollback_to_a_warm_version_takes_seconds(stack: RealStack) -> None:
     )
 
     warm_moves: list[Move] = []
-    with Watcher(stack, NAME) as watcher, Stream(stack, stack.address, "warm") as stream:
+    with (
+        Watcher(stack, NAME) as watcher,
+        ProxySyncs(stack) as syncs,
+        Stream(stack, stack.address, "warm") as stream,
+    ):
         # The first move is forward (cold: v2's pods start); v1 stays warm.
         _, first = move_and_time(stack, stack.model, stream, v2, timeout=180)
         print(f"\nwarm resource, forward to v{v2} (cold): all new {first.all_new:.2f} s", flush=True)
@@ -349,7 +415,7 @@ def test_a_rollback_to_a_warm_version_takes_seconds(stack: RealStack) -> None:
             source_pods, target_pods = watcher.pods_of(source), watcher.pods_of(target)
             moved, move = move_and_time(stack, stack.model, stream, target, timeout=60)
             warm_at(stack, source, timeout=60)
-            move.steps = breakdown(watcher, moved, source_pods, target_pods, move)
+            move.steps = breakdown(watcher, moved, source_pods, target_pods, move, syncs)
             warm_moves.append(move)
             current = target
             print(
