@@ -627,15 +627,18 @@ def _with_versions(
 
 def _fast_move_event(decision: Any, spec: ModelDeploymentSpec) -> list[EventRecord]:
     """FastRollback: a move of @production to a warm version (or a promotion of the canary's warm
-    pods) that ended this pass, and how long every request took to reach it."""
+    pods) that ended this pass, and how long it took from the pass that saw the move to the one that
+    unrouted the version it replaces. Requests follow as the Service's endpoints do: kube-proxy
+    applies the last change about a second after the first (its minimum sync period), which the
+    operator does not see, so the message does not claim every request."""
     move = decision.fast_move
     if move is None:
         return []
     how = "moved back to" if move.kind.value == "rollback" else "promoted to"
     message = (
-        f"@{spec.model.alias} {how} version {move.target.version}, warm: every request reaches it "
-        f"{move.seconds:.1f} s after the move (no pod created; version {move.source.version} stays warm "
-        "if spec.rollback.window allows)"
+        f"@{spec.model.alias} {how} version {move.target.version}, warm: the only version routed "
+        f"{move.seconds:.1f} s after the move was seen, no pod created (requests follow as the Service's "
+        f"endpoints do); version {move.source.version} stays warm if spec.rollback.window allows"
     )
     return [EventRecord("Normal", reasons.FAST_ROLLBACK, message)]
 
