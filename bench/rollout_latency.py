@@ -295,6 +295,172 @@ def real_node_moves(
         operator.stop()
 
 
+WARM_NAMESPACE = "bench-warm"
+WARM_MODEL = "bench-warm-sentiment"
+
+
+def _mdep(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("get", "mdep", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def _serving(resource: dict[str, Any], version: str) -> bool:
+    status = resource.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+    )
+    return ready and (status.get("production") or {}).get("version") == version
+
+
+def _warm(resource: dict[str, Any], version: str) -> bool:
+    entries = (resource.get("status") or {}).get("warm") or ()
+    return any(w.get("version") == version and not w.get("routed") and w.get("until") for w in entries)
+
+
+def _settled(stream: Stream, moved: float, target: str, timeout: float) -> tuple[float, float, int, int]:
+    """Until 3 s of answers come from `target` only: (first answer from it, every answer from it,
+    answers, failed), in seconds after `moved`."""
+    while True:
+        answers = stream.since(moved)
+        old = [a for a in answers if a[1] != 200 or a[2] != target]
+        last_old = old[-1][0] if old else moved
+        if answers and answers[-1][0] - last_old > 3:
+            break
+        if time.monotonic() - moved > timeout:
+            raise SystemExit(f"the move to {target} did not settle in {timeout:.0f} s")
+        time.sleep(0.1)
+    first = next(a[0] for a in answers if a[1] == 200 and a[2] == target) - moved
+    every = next(a[0] for a in answers if a[0] > last_old) - moved
+    return first, every, len(answers), sum(a[1] != 200 for a in answers)
+
+
+def real_warm_moves(
+    *, cluster: LocalCluster, server: MlflowServer, work: Path, moves: int, replicas: int
+) -> None:
+    """Version mode (spec.rollback) on the real node: @production moved back to a warm version
+    `moves` times (alternating between two versions, both warm after one cold move forward), each
+    move pushed by a registry webhook (pollInterval 60 s), timed by the Service's answers; the pods'
+    UIDs compared before and after."""
+    from examples.sentiment.register import register_version
+    from mlflow import MlflowClient
+
+    from support.webhook_bridge import node_port_on_host
+
+    node = cluster.node
+    address, port = node.expose_host_port(server.port)
+    tracking_uri = f"http://{address}:{port}"
+    client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    versions = [
+        register_version(server.url, WARM_MODEL, variant="v1", alias="production"),
+        register_version(server.url, WARM_MODEL, variant="v2"),
+    ]
+    registries = work / "warm-webhook-registries.json"
+    registries.write_text(json.dumps({"bench-real": {"trackingUri": tracking_uri, "secret": WEBHOOK_SECRET}}))
+    kubeconfig = work / "operator-real.kubeconfig"
+    kubeconfig.write_text(cluster.kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:6443"))
+    inside = free_port()
+    operator = OperatorProcess(
+        kubeconfig=kubeconfig,
+        log_path=work / "operator-warm.log",
+        netns=node.netns,
+        args=["--namespace", WARM_NAMESPACE],
+        env={
+            "ALIASROLL_WEBHOOK_REGISTRIES": str(registries),
+            "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{inside}",
+        },
+    )
+    stream: Stream | None = None
+    with node_port_on_host(node, inside, work) as outside:
+        webhook = client.create_webhook(
+            name="aliasroll-bench-warm",
+            url=f"http://{outside}/webhooks/mlflow/bench-real",
+            events=["model_version_alias.created", "model_version_alias.deleted"],
+            secret=WEBHOOK_SECRET,
+        )
+        try:
+            operator.start(timeout=120)
+            cluster.kubectl("create", "namespace", WARM_NAMESPACE)
+            resource = {
+                "apiVersion": "aliasroll.io/v1alpha1",
+                "kind": "ModelDeployment",
+                "metadata": {"name": NAME, "namespace": WARM_NAMESPACE},
+                "spec": {
+                    "model": {"name": WARM_MODEL},
+                    "replicas": replicas,
+                    "rollback": {"window": "30m"},
+                    "registry": {"trackingUri": tracking_uri, "pollInterval": "60s"},
+                    "serving": {"image": node.images["serving"], "podTemplate": {"spec": pod_placement()}},
+                },
+            }
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+            deadline = time.monotonic() + 300
+            while not _serving(_mdep(cluster, WARM_NAMESPACE, NAME), versions[0]):
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"the warm resource's first deploy did not complete; see {operator.log_path}"
+                    )
+                time.sleep(0.5)
+            service = cluster.kubectl("get", "service", NAME, "-n", WARM_NAMESPACE, "-o", "json").stdout
+            cluster_ip = json.loads(service)["spec"]["clusterIP"]
+            stream = Stream(node, cluster_ip, rate=STREAM_RATE, seconds=moves * 30 + 300)
+            time.sleep(2)
+            moved = time.monotonic()
+            client.set_registered_model_alias(WARM_MODEL, "production", versions[1])
+            _, forward, _, _ = _settled(stream, moved, versions[1], 300)
+            print(
+                f"\nreal node, version mode (spec.rollback window 30m): {replicas} replicas, the first move "
+                f"forward (cold) {forward:.2f} s to every answer from the new version; then {moves} moves "
+                f"back to a warm version, pushed, {STREAM_RATE:g} requests/s through Service {cluster_ip}",
+                flush=True,
+            )
+
+            def pods() -> set[str]:
+                out = cluster.kubectl("get", "pods", "-n", WARM_NAMESPACE, "-o", "json").stdout
+                return {p["metadata"]["uid"] for p in json.loads(out)["items"]}
+
+            current, firsts, everys, failed_total = versions[1], [], [], 0
+            for move in range(moves):
+                source, target = current, versions[0] if current == versions[1] else versions[1]
+                deadline = time.monotonic() + 60
+                while not _warm(_mdep(cluster, WARM_NAMESPACE, NAME), target):
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"version {target} is not warm; see {operator.log_path}")
+                    time.sleep(0.2)
+                if move == 0:
+                    uids = pods()
+                time.sleep(random.uniform(0.5, 1.5))
+                moved = time.monotonic()
+                client.set_registered_model_alias(WARM_MODEL, "production", target)
+                first, every, answered, failed = _settled(stream, moved, target, 60)
+                firsts.append(first)
+                everys.append(every)
+                failed_total += failed
+                current = target
+                print(
+                    f"  warm move {move + 1:>2}: {source} -> {target}  first answer {first:5.2f} s"
+                    f"  every answer {every:5.2f} s  ({answered} answers, {failed} failed)",
+                    flush=True,
+                )
+            created = pods() - uids
+            print(
+                f"\nalias move back to a warm version -> real pods (pushed, {moves} moves, "
+                f"{replicas} replicas)"
+            )
+            print(f"{'':<34}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}   (seconds)")
+            for label, values in (("first answer from it", firsts), ("every answer from it", everys)):
+                p50, p95, worst = percentile(values, 0.5), percentile(values, 0.95), max(values)
+                print(f"{label:<34}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}")
+            print(
+                f"requests through the Service: {len(stream.since(0.0))}, failed: {failed_total}; "
+                f"pods created by the moves back: {len(created)}"
+            )
+        finally:
+            if stream is not None:
+                stream.stop()
+            operator.stop()
+            client.delete_webhook(webhook.webhook_id)
+
+
 def push_moves(
     *,
     cluster: LocalCluster,
@@ -382,6 +548,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--real-moves", type=int, default=10, help="alias moves on the real node")
     parser.add_argument("--real-replicas", type=int, default=2, help="replicas on the real node")
     parser.add_argument("--no-real-node", action="store_true", help="the kwok part only")
+    parser.add_argument(
+        "--warm-moves",
+        type=int,
+        default=10,
+        help="moves back to a warm version on the real node (spec.rollback, pushed); 0: none",
+    )
+    parser.add_argument("--warm-only", action="store_true", help="on the real node, the warm moves only")
     parser.add_argument("--push-moves", type=int, default=20, help="alias moves pushed by a webhook (kwok)")
     parser.add_argument("--push-poll", default="60s", help="pollInterval of the pushed resource")
     return parser.parse_args()
@@ -518,8 +691,9 @@ def main() -> None:
         operator = webhook_operator(cluster, server, work)
         operator.start()
         client = first_deploy(cluster, server, args, work)
-        report_polled(args.moves, poll_seconds, *polled_moves(cluster, client, args, poll_seconds, work))
-        if args.push_moves:
+        if not args.warm_only:
+            report_polled(args.moves, poll_seconds, *polled_moves(cluster, client, args, poll_seconds, work))
+        if args.push_moves and not args.warm_only:
             push_moves(
                 cluster=cluster,
                 server=server,
@@ -532,14 +706,23 @@ def main() -> None:
         if real_node:
             operator.stop()
             operator = None
-            real_node_moves(
-                cluster=cluster,
-                server=server,
-                work=work,
-                moves=args.real_moves,
-                poll=args.poll,
-                replicas=args.real_replicas,
-            )
+            if not args.warm_only:
+                real_node_moves(
+                    cluster=cluster,
+                    server=server,
+                    work=work,
+                    moves=args.real_moves,
+                    poll=args.poll,
+                    replicas=args.real_replicas,
+                )
+            if args.warm_moves:
+                real_warm_moves(
+                    cluster=cluster,
+                    server=server,
+                    work=work,
+                    moves=args.warm_moves,
+                    replicas=args.real_replicas,
+                )
     finally:
         if operator is not None:
             operator.stop()

@@ -14,8 +14,10 @@ ALIASROLL_REQUIRE_REAL_NODE=1 (CI), where a missing prerequisite fails instead.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,19 @@ from realstack import RealStack
 
 from localkube import LocalCluster, RealNode
 from localkube.node import pod_placement
-from mlflowserver import MlflowServer
+from mlflowserver import MlflowServer, free_port
 from operatorprocess import OperatorProcess
 from support.realcluster import real_node_cluster
+from support.webhook_bridge import node_port_on_host
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = os.environ.get("ALIASROLL_E2E_REAL_RUN", "e2e-real")
 OPERATOR_NAMESPACE = "aliasroll-system"
+# The operator's one webhook registry: the session's MLflow server, as the pods and the operator name
+# it (tracking_uri). A test that wants its moves pushed registers a webhook with `push` (no test does
+# unless it asks: the others stay poll-only).
+WEBHOOK_REGISTRY = "real"
+WEBHOOK_SECRET = "Qx7Lm2Vb9Tn4Rc8Wd1Hs6Kp3Jf5Yg0Za"
 _namespaces = itertools.count(1)
 
 
@@ -93,8 +101,22 @@ def tracking_uri(node: RealNode, mlflow_server: MlflowServer) -> str:
 
 
 @pytest.fixture(scope="session")
+def webhook_address(node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """(host address, in-node port): the operator listens for webhooks on 127.0.0.1:<in-node port>
+    inside the node's namespace, and the MLflow server (on the host) delivers to the host address
+    (support/webhook_bridge.py)."""
+    inside = free_port()
+    with node_port_on_host(node, inside, tmp_path_factory.mktemp("webhook-bridge")) as outside:
+        yield outside, inside
+
+
+@pytest.fixture(scope="session")
 def operator(
-    installed: LocalCluster, node: RealNode, tmp_path_factory: pytest.TempPathFactory
+    installed: LocalCluster,
+    node: RealNode,
+    tracking_uri: str,
+    webhook_address: tuple[str, int],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     token = installed.mint_token(OPERATOR_NAMESPACE, "aliasroll", expiration_seconds=24 * 3600)
     workdir = tmp_path_factory.mktemp("operator")
@@ -106,6 +128,10 @@ def operator(
     # mode 1777, whose namespace subdirectories the kubelet makes with the same mode (subPath).
     dependency_cache = tmp_path_factory.mktemp("dependency-cache")
     dependency_cache.chmod(0o1777)
+    registries = workdir / "webhook-registries.json"
+    registries.write_text(
+        json.dumps({WEBHOOK_REGISTRY: {"trackingUri": tracking_uri, "secret": WEBHOOK_SECRET}})
+    )
     process = OperatorProcess(
         kubeconfig=kubeconfig,
         log_path=REPO / ".work" / f"{RUN}-operator.log",
@@ -118,12 +144,32 @@ def operator(
             # A version that cannot load stalls within the test's patience.
             "ALIASROLL_PROGRESS_DEADLINE": "40",
             "ALIASROLL_DEPENDENCY_CACHE_HOST_PATH": str(dependency_cache),
+            "ALIASROLL_WEBHOOK_REGISTRIES": str(registries),
+            "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{webhook_address[1]}",
         },
     )
     process.log_path.unlink(missing_ok=True)
     process.start(timeout=120)
     yield process
     process.stop()
+
+
+@pytest.fixture
+def push(
+    registry: MlflowClient, operator: OperatorProcess, webhook_address: tuple[str, int]
+) -> Iterator[None]:
+    """The session's MLflow server delivers alias moves to the operator by webhook (README "Push"),
+    for the length of the test; the server's cached webhook list (1 s here) holds it once this
+    returns."""
+    created = registry.create_webhook(
+        name=f"aliasroll-real-{next(_namespaces)}",
+        url=f"http://{webhook_address[0]}/webhooks/mlflow/{WEBHOOK_REGISTRY}",
+        events=["model_version_alias.created", "model_version_alias.deleted"],
+        secret=WEBHOOK_SECRET,
+    )
+    time.sleep(1.5)
+    yield
+    registry.delete_webhook(created.webhook_id)
 
 
 @pytest.fixture

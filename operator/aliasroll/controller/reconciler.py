@@ -275,10 +275,11 @@ class Reconciler:
                     f"{'; '.join(taken)}: the name is taken by an object this ModelDeployment does not "
                     "control, so nothing was changed; rename the ModelDeployment or remove that object"
                 )
-            written = await self._applier.apply(plan.objects, observation.live)
+            # Version mode: the gates first (they name pods that exist, so their Deployments do): the
+            # routing a pass decides is what a fast move waits on, the objects' changes are not.
+            written = await self._applier.set_gates(plan.gates, namespace=owner.namespace)
+            written += await self._applier.apply(plan.objects, observation.live)
             pruned = await self._applier.prune(plan.prune, namespace=owner.namespace)
-            # Version mode: the gates after the objects, so a version routed now has its Deployment.
-            written += await self._applier.set_gates(plan.gates, namespace=owner.namespace)
         except (KubernetesApplyFailed, NameConflict) as error:
             self._write_failures.pop(owner.uid, None)
             retry = PassResult(next_in=spec.registry.poll_seconds, failed=error)

@@ -27,7 +27,7 @@ from aliasroll.backoff import Backoff
 from aliasroll.config import OperatorConfig
 from aliasroll.controller.leadership import elector_for
 from aliasroll.controller.reconciler import PassResult, Reconciler
-from aliasroll.controller.scheduler import Scheduler
+from aliasroll.controller.scheduler import POD_SETTLE, Scheduler
 from aliasroll.controller.tag_writer import DeferredTags
 from aliasroll.controller.write_fence import Fence, FencedClient, FencedRegistry
 from aliasroll.http import (
@@ -111,6 +111,7 @@ class Runtime:
             self.watch_client,
             namespaces=self.namespaces,
             wake=lambda owner: self.scheduler.child_changed(owner),
+            wake_for_pod=lambda owner: self.scheduler.child_changed(owner, settle=POD_SETTLE),
         )
         self.secret_client = PooledClient(connections=SecretCache.CONNECTIONS)
         self.secrets = SecretCache(self.secret_client)

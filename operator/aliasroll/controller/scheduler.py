@@ -44,6 +44,11 @@ Forget = Callable[[Uid], None]
 DEFAULT_MAX_CONCURRENT = 16
 DEFAULT_JITTER = 0.1
 DEFAULT_SETTLE = 1.0
+# Version mode's gated pods (spec.rollback): a pod that becomes Ready after its gate went True is what
+# lets the version it replaces be unrouted, the last step of a rollback to a warm version; a settle of
+# a second there is most of the rollback. A tenth of a second still folds a burst (the gates of all of a
+# version's pods, patched in one pass) into one pass.
+POD_SETTLE = 0.1
 
 
 def jittered(
@@ -201,17 +206,25 @@ class Scheduler:
         for uid in self._by_name.get(name, ()):
             self.wake(uid)
 
-    def child_changed(self, name: NamespacedName) -> None:
-        """An object owned by the named resource changed: its owner is woken `settle` seconds later,
-        once for every change until then. A wake already due, or a pass not yet begun, covers the
-        change as well: a pass reads the latest state of every owned object."""
-        if self._settle <= 0:
+    def child_changed(self, name: NamespacedName, *, settle: float | None = None) -> None:
+        """An object owned by the named resource changed: its owner is woken `settle` seconds later
+        (the scheduler's own unless the caller asks for less), once for every change until then. A
+        wake already due, or a pass not yet begun, covers the change as well: a pass reads the latest
+        state of every owned object. A change that asks for less brings a later wake forward."""
+        wait = self._settle if settle is None else min(settle, self._settle)
+        if wait <= 0:
             self.wake_named(name)
             return
+        loop = asyncio.get_running_loop()
         for uid in self._by_name.get(name, ()):
             worker = self._workers[uid]
-            if worker.settling is None and not worker.wake.is_set():
-                worker.settling = asyncio.get_running_loop().call_later(self._settle, self._settled, uid)
+            if worker.wake.is_set():
+                continue
+            if worker.settling is not None:
+                if worker.settling.when() <= loop.time() + wait:
+                    continue
+                worker.settling.cancel()
+            worker.settling = loop.call_later(wait, self._settled, uid)
 
     def _settled(self, uid: Uid) -> None:
         worker = self._workers.get(uid)

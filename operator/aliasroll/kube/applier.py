@@ -6,8 +6,9 @@ shows exactly what the operator owns, and hand edits of those fields are taken b
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx2
@@ -83,29 +84,36 @@ class Applier:
             deleted.append((child.kind, child.name))
         return deleted
 
-    async def set_gates(self, gates: Iterable[GateWrite], *, namespace: str) -> list[ObjectKey]:
+    async def set_gates(self, gates: Sequence[GateWrite], *, namespace: str) -> list[ObjectKey]:
         """Sets the readiness gate `aliasroll.io/routed` on pods (version mode): True routes a pod
         (Ready, an endpoint, once its probe passes), False takes it out of the Services' endpoints
         while it keeps running. A strategic merge of the pod's status merges conditions by type, so
         the kubelet's own conditions are left as they are. The planner lists only pods of the
         resource's own Deployments; a pod gone meanwhile is skipped."""
-        written: list[ObjectKey] = []
-        for gate in gates:
-            body = {
-                "status": {
-                    "conditions": [{"type": READINESS_GATE, "status": "True" if gate.routed else "False"}]
-                }
-            }
-            try:
-                await self._client.patch(
-                    Pod.Status, gate.pod, body, namespace=namespace, patch_type=PatchType.STRATEGIC
-                )
-            except httpx2.HTTPError as error:
-                if status_code(error) != 404:
-                    raise api_failure("set the readiness gate of", "Pod", gate.pod, error) from None
-                continue
-            written.append(("Pod", gate.pod))
-        return written
+        # All at once: a version's pods then turn Ready together, and the Service's endpoints change
+        # in one step rather than pod by pod (kube-proxy applies a change at most once a second).
+        done = await asyncio.gather(
+            *(self._set_gate(gate, namespace) for gate in gates), return_exceptions=True
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [("Pod", gate.pod) for gate, outcome in zip(gates, done, strict=True) if outcome]
+
+    async def _set_gate(self, gate: GateWrite, namespace: str) -> bool:
+        """False when the pod is gone."""
+        body = {
+            "status": {"conditions": [{"type": READINESS_GATE, "status": "True" if gate.routed else "False"}]}
+        }
+        try:
+            await self._client.patch(
+                Pod.Status, gate.pod, body, namespace=namespace, patch_type=PatchType.STRATEGIC
+            )
+        except httpx2.HTTPError as error:
+            if status_code(error) != 404:
+                raise api_failure("set the readiness gate of", "Pod", gate.pod, error) from None
+            return False
+        return True
 
     async def write_status(self, owner: ResourceRef, status: Mapping[str, Any]) -> bool:
         """Writes the whole status, only onto the object this pass is for; False when the resource is

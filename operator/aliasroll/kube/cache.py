@@ -429,8 +429,11 @@ class OwnedCache:
         namespaces: Iterable[str] = (),
         wake: Callable[[tuple[str, str]], None] | None = None,
         sync_wait: float = SYNC_WAIT_SECONDS,
+        wake_for_pod: Callable[[tuple[str, str]], None] | None = None,
     ) -> None:
         self._wake = wake
+        # A gated pod's change wakes its owner this way when given (sooner: scheduler.POD_SETTLE).
+        self._wake_for_pod = wake_for_pod or wake
         self._sync_wait = sync_wait
         selector = {LABEL_MANAGED_BY: MANAGER}
         scopes = tuple(namespaces) or (ALL_NS,)
@@ -496,8 +499,9 @@ class OwnedCache:
         return informer
 
     def _pod_changed(self, obj: Mapping[str, Any]) -> None:
-        if ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_GATED):
-            self._changed(obj)
+        gated = ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_GATED)
+        if gated and self._wake_for_pod is not None and (owner := owner_index(obj)) is not None:
+            self._wake_for_pod(owner)
 
     def _changed(self, obj: Mapping[str, Any]) -> None:
         # Rollout progress and hand edits (drift) of owned objects: the owner's next pass looks again.

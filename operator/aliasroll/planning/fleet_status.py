@@ -79,7 +79,7 @@ def to_status(decision: Decision) -> FleetStatus:
         switch = decision.switch
         status["fastSwitch"] = {
             "kind": switch.kind.value,
-            "since": stamp(switch.since),
+            "since": stamp_ms(switch.since),
             "from": {"model": switch.source.model, "version": switch.source.version},
             "to": {"model": switch.target.model, "version": switch.target.version},
         }
@@ -105,6 +105,14 @@ def remembered(status: Mapping[str, Any]) -> Memory:
 
 def stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stamp_ms(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds when the moment has them (a fast move's start: the
+    FastRollback event's seconds are counted from it), else as `stamp`."""
+    if moment.microsecond // 1000 == 0:
+        return stamp(moment)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def model_uri(version: VersionId) -> str:

@@ -100,6 +100,9 @@ def plan(
     """The pass as named steps: which version each track follows, where the canary run is, how many
     pods each track runs and how requests are split, the objects that says, the status and events,
     the bake of a new production (version mode), and the registry writes."""
+    # Version mode's fast moves are timed to the millisecond (status.fastSwitch.since keeps them): a
+    # rollback to a warm version takes about a second, which whole seconds would report as 0 or 1.
+    clock = now.replace(microsecond=now.microsecond // 1000 * 1000)
     now = now.replace(microsecond=0)  # status keeps seconds; the canary's clocks compare with it
     # Version mode: the tracks are the versions status gave each alias (planning/versions.py).
     raw, observed = observed, versions.as_tracks(observed, previous_status) if spec.rollback else observed
@@ -115,7 +118,7 @@ def plan(
     # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
     placement = _Placement(run=run)
     if production.target is not None:
-        where = _Where(owner, spec, observed, raw, previous_status, now, defaults)
+        where = _Where(owner, spec, observed, raw, previous_status, now, defaults, clock)
         placement = _put_in_place(where, production.target, canary.target, run, requested)
     placed, run, shown = placement.placed, placement.run, placement.shown
     events += placement.events
@@ -197,6 +200,7 @@ class _Where(NamedTuple):
     previous: Mapping[str, Any]
     now: datetime
     defaults: WorkloadDefaults
+    clock: datetime  # now to the millisecond, for version mode's decision (planning/fleet.py)
 
 
 def _put_in_place(
@@ -259,7 +263,7 @@ def _place_versions(
         canary=canary,
         targets=targets,
         weight=traffic.requested_weight,
-        now=where.now,
+        now=where.clock,
     )
     served = {Track.PRODUCTION: production}
     if canary is not None and Track.CANARY in placed.replicas:
@@ -680,15 +684,18 @@ def _with_bake(
 
 def _fast_move_event(decision: Any, spec: ModelDeploymentSpec) -> list[EventRecord]:
     """FastRollback: a move of @production to a warm version (or a promotion of the canary's warm
-    pods) that ended this pass, and how long every request took to reach it."""
+    pods) that ended this pass, and how long it took from the pass that saw the move to the one that
+    unrouted the version it replaces. Requests follow as the Service's endpoints do: kube-proxy
+    applies the last change about a second after the first (its minimum sync period), which the
+    operator does not see, so the message does not claim every request."""
     move = decision.fast_move
     if move is None:
         return []
     how = "moved back to" if move.kind.value == "rollback" else "promoted to"
     message = (
-        f"@{spec.model.alias} {how} version {move.target.version}, warm: every request reaches it "
-        f"{move.seconds:.1f} s after the move (no pod created; version {move.source.version} stays warm "
-        "if spec.rollback.window allows)"
+        f"@{spec.model.alias} {how} version {move.target.version}, warm: the only version routed "
+        f"{move.seconds:.1f} s after the move was seen, no pod created (requests follow as the Service's "
+        f"endpoints do); version {move.source.version} stays warm if spec.rollback.window allows"
     )
     return [EventRecord("Normal", reasons.FAST_ROLLBACK, message)]
 

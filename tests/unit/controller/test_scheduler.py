@@ -456,3 +456,26 @@ async def test_a_pass_stopped_while_it_takes_its_slot_again_gives_none_back_twic
     slot.release()  # the scheduler's own release at the end of the pass: nothing held, nothing given
     slots.release()
     assert slots._value == 1
+
+
+async def test_a_change_that_asks_for_less_settle_brings_the_wake_forward() -> None:
+    """Version mode's gated pods wake their owner after POD_SETTLE, even while a Deployment's change
+    waits out the scheduler's own settle (a rollback to a warm version ends on a pod becoming Ready)."""
+    recorder, scheduler = await after_first_pass(settle=5.0)
+    began = asyncio.get_running_loop().time()
+    scheduler.child_changed(NAME)  # a Deployment's status: 5 s
+    scheduler.child_changed(NAME, settle=0.05)  # a gated pod: sooner
+    scheduler.child_changed(NAME)  # a later Deployment change does not push it back
+    await until(lambda: len(recorder.passes) == 2)
+    assert asyncio.get_running_loop().time() - began < 1.0
+    await asyncio.sleep(0.2)
+    assert len(recorder.passes) == 2, "one pass for all three"
+    await scheduler.stop()
+
+
+async def test_a_change_never_settles_longer_than_the_scheduler_asks() -> None:
+    recorder, scheduler = await after_first_pass(settle=0.0)
+    scheduler.child_changed(NAME, settle=5.0)
+    assert scheduler.pending == 1
+    await until(lambda: len(recorder.passes) == 2)
+    await scheduler.stop()

@@ -28,7 +28,7 @@ from aliasroll.kube.cache import Informer, OwnedCache, Store
 from aliasroll.kube.credentials import SecretCache
 from aliasroll.kube.observe import observe, reduce_deployment
 from aliasroll.kube.projection import owned_projection, owner_index, pod_projection
-from aliasroll.labels import LABEL_OWNER
+from aliasroll.labels import LABEL_GATED, LABEL_OWNER
 from aliasroll.spec import ResourceRef
 
 Obj = dict[str, Any]
@@ -305,6 +305,46 @@ def test_owners_are_woken_by_their_objects_but_not_by_their_pods() -> None:
     assert sorted(o["metadata"]["name"] for o in owned) == ["m", "m-canary"]
     assert [p["metadata"]["name"] for p in pods] == ["m-production-x1"]
     assert woken == [("ml", "m")], "the new Service woke its owner; the first list and the pod did not"
+
+
+def test_a_gated_pods_change_wakes_its_owner_by_the_pods_own_wake() -> None:
+    """Version mode (spec.rollback): a pod with the gate's mark wakes its owner through
+    `wake_for_pod` (the scheduler's short POD_SETTLE), not the settle of other children's changes."""
+    gated = pod("m-v2-x1")
+    gated["metadata"]["labels"][LABEL_GATED] = "true"
+    plain = pod("n-production-x1", owner="n")
+
+    class Client(ScriptedClient):
+        def list(self, resource: Any, **_: Any) -> Listed:
+            kind = resource._api_info.resource.kind
+            return Listed({"Pod": [gated, plain]}.get(kind, []), "5")
+
+        def watch(self, resource: Any, **_: Any) -> AsyncIterator[Any]:
+            kind = resource._api_info.resource.kind
+            changed = [
+                ("MODIFIED", {**p, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+                for p in (gated, plain)
+            ]
+            self.watches = [(changed if kind == "Pod" else [], None)]
+            return super().watch(resource, **_)
+
+    woken: list[tuple[str, str]] = []
+    by_pod: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        cache = OwnedCache(
+            cast(AsyncClient, Client(lists=[], watches=[])), wake=woken.append, wake_for_pod=by_pod.append
+        )
+        cache.start()
+        try:
+            await settle(lambda: bool(by_pod))
+            await asyncio.sleep(0.05)
+        finally:
+            await cache.stop()
+
+    asyncio.run(scenario())
+    assert by_pod == [("ml", "m")], "the gated pod woke its owner; the other pod did not"
+    assert woken == []
 
 
 def test_a_secret_is_read_once_and_its_change_wakes_who_reads_it() -> None:

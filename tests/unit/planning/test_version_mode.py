@@ -111,6 +111,23 @@ def test_a_rollback_to_a_warm_version_only_routes_it_and_says_how_long() -> None
     assert [w["version"] for w in cluster.status["warm"]] == ["2"]
 
 
+def test_a_fast_move_is_timed_to_the_millisecond() -> None:
+    """A rollback to a warm version takes about a second: counted in whole seconds (as status keeps
+    other times) it read "0.0 s" or "1.0 s" on the real node whatever it took."""
+    cluster = VersionCluster()
+    converge(cluster, rollback_spec(), "1")
+    converge(cluster, rollback_spec(), "2")
+    cluster.later(60.7)
+    cluster.reconcile(rollback_spec(), view("1"))
+    assert cluster.status["fastSwitch"]["since"].endswith(".700Z")
+    cluster.later(0.55)  # same second, by the clock's whole seconds
+    cluster.reconcile(rollback_spec(), view("1"))
+    assert "fastSwitch" not in cluster.status
+    fast = [message for reason, message in cluster.events if reason == reasons.FAST_ROLLBACK]
+    assert len(fast) == 1
+    assert "the only version routed 0.6 s after the move was seen" in fast[0]
+
+
 def test_a_warm_version_at_its_floor_scales_up_in_parallel_before_the_other_leaves() -> None:
     cluster = VersionCluster()
     the_spec = rollback_spec(floor=1)
