@@ -38,6 +38,10 @@ ATOMIC_MAPS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
+# Readiness-gate patches a pass keeps in flight at once (version mode).
+GATE_PATCHES_AT_ONCE = 32
+
+
 class Applier:
     def __init__(self, client: AsyncClient, *, field_manager: str = MANAGER) -> None:
         self._client = client
@@ -92,9 +96,15 @@ class Applier:
         resource's own Deployments; a pod gone meanwhile is skipped."""
         # All at once: a version's pods then turn Ready together, and the Service's endpoints change
         # in one step rather than pod by pod (kube-proxy applies a change at most once a second).
-        done = await asyncio.gather(
-            *(self._set_gate(gate, namespace) for gate in gates), return_exceptions=True
-        )
+        # At most GATE_PATCHES_AT_ONCE in flight: a floor of a thousand pods is not a thousand
+        # requests at once on the operator's one API connection pool.
+        limit = asyncio.Semaphore(GATE_PATCHES_AT_ONCE)
+
+        async def bounded(gate: GateWrite) -> bool:
+            async with limit:
+                return await self._set_gate(gate, namespace)
+
+        done = await asyncio.gather(*(bounded(gate) for gate in gates), return_exceptions=True)
         for outcome in done:
             if isinstance(outcome, BaseException):
                 raise outcome
