@@ -109,15 +109,7 @@ def reduce_version(obj: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) ->
     updated = int(status.get("updatedReplicas", 0))
     rolled_out = seen and updated >= replicas and int(status.get("replicas", 0)) <= updated
     own = [pod for pod in pods if _pod_of(pod, name)]
-    stalled = None
-    for condition in status.get("conditions") or ():
-        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
-            stalled = condition.get("message") or "the Deployment exceeded its progress deadline"
-    failure = None
-    for pod in sorted(own, key=lambda item: str((item.get("metadata") or {}).get("name"))):
-        for container in (pod.get("status") or {}).get("containerStatuses") or ():
-            if failure is None and (why := container_failure(container)) is not None:
-                failure = f"pod {(pod.get('metadata') or {}).get('name')} {why}"
+    failures = (_pod_failure(pod) for pod in sorted(own, key=_pod_name))
     return ObservedVersion(
         name=name,
         model=model,
@@ -126,11 +118,11 @@ def reduce_version(obj: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) ->
         available=sum(1 for pod in own if _condition(pod, "Ready") is True),
         rolled_out=rolled_out,
         run_id=(template_meta.get("annotations") or {}).get(ANNOTATION_RUN_ID),
-        stalled=stalled,
-        pod_failure=failure,
+        stalled=_stalled(status),
+        pod_failure=next((failure for failure in failures if failure is not None), None),
         pods=tuple(
             ObservedPod(
-                name=str((pod.get("metadata") or {}).get("name")),
+                name=_pod_name(pod),
                 routed=_condition(pod, READINESS_GATE),
                 ready=_condition(pod, "Ready") is True,
                 probe_ready=_condition(pod, "ContainersReady") is True,
@@ -249,10 +241,6 @@ def reduce_deployment(obj: Mapping[str, Any], pods: PodStates | None = None) -> 
         # version, at most its available pods, and at most its updated ones once the controller has
         # seen this template (before, `updatedReplicas` counts the previous template's pods).
         of_version = min(pods.ready.get((track, version or ""), 0), available, updated if seen else available)
-    stalled = None
-    for condition in status.get("conditions") or ():
-        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
-            stalled = condition.get("message") or "the Deployment exceeded its progress deadline"
     return ObservedTrack(
         name=str(meta.get("name")),
         track=track,
@@ -261,7 +249,7 @@ def reduce_deployment(obj: Mapping[str, Any], pods: PodStates | None = None) -> 
         replicas=replicas,
         available=of_version,
         rolled_out=rolled_out,
-        stalled=stalled,
+        stalled=_stalled(status),
         run_id=(template_meta.get("annotations") or {}).get(ANNOTATION_RUN_ID),
         pod_failure=pods.failures.get((track, version or "")),
         serving=available,
@@ -316,10 +304,7 @@ def ready_pods(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[Track, str], int
     counts: dict[tuple[Track, str], int] = {}
     for pod in pods:
         key = _pod_key(pod)
-        conditions = (pod.get("status") or {}).get("conditions") or ()
-        if key is not None and any(
-            c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
-        ):
+        if key is not None and _condition(pod, "Ready") is True:
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -328,15 +313,31 @@ def pod_failures(pods: Iterable[Mapping[str, Any]]) -> dict[tuple[Track, str], s
     """(track, version) -> why a pod of that version cannot start, from its container's status (the
     first pod by name that has a reason)."""
     found: dict[tuple[Track, str], str] = {}
-    for pod in sorted(pods, key=lambda item: str((item.get("metadata") or {}).get("name"))):
+    for pod in sorted(pods, key=_pod_name):
         key = _pod_key(pod)
-        if key is None or key in found:
-            continue
-        for status in (pod.get("status") or {}).get("containerStatuses") or ():
-            if (why := container_failure(status)) is not None:
-                found[key] = f"pod {(pod.get('metadata') or {}).get('name')} {why}"
-                break
+        if key is not None and key not in found and (failure := _pod_failure(pod)) is not None:
+            found[key] = failure
     return found
+
+
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name"))
+
+
+def _pod_failure(pod: Mapping[str, Any]) -> str | None:
+    """Why the pod cannot start, from the first of its containers that fails."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or ():
+        if (why := container_failure(status)) is not None:
+            return f"pod {_pod_name(pod)} {why}"
+    return None
+
+
+def _stalled(status: Mapping[str, Any]) -> str | None:
+    """The Deployment controller's message once a rollout exceeded its progress deadline."""
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+            return str(condition.get("message") or "the Deployment exceeded its progress deadline")
+    return None
 
 
 def container_failure(status: Mapping[str, Any]) -> str | None:

@@ -107,7 +107,7 @@ def as_tracks(observed: ObservedState, previous_status: Mapping[str, Any]) -> Ob
     Deployment it replaces). A track counts as rolled out only once no other version it replaces
     still takes requests."""
     memory = remembered(previous_status)
-    by_id = {VersionId(v.model, v.version): v for v in observed.versions}
+    by_id = _by_id(observed)
     tracks: dict[Track, ObservedWorkload] = {}
     for track, wanted in ((Track.PRODUCTION, memory.production), (Track.CANARY, memory.canary)):
         version = by_id.get(wanted) if wanted is not None else None
@@ -115,21 +115,30 @@ def as_tracks(observed: ObservedState, previous_status: Mapping[str, Any]) -> Ob
             if (legacy := observed.workloads.get(track)) is not None:
                 tracks[track] = legacy
             continue
-        others = _others_serving(observed, memory, exclude=version)
-        tracks[track] = ObservedTrack(
-            name=version.name,
-            track=track,
-            model=version.model,
-            version=version.version,
-            replicas=version.replicas,
-            available=version.available,
-            rolled_out=version.rolled_out and version.available >= version.replicas and not others,
-            stalled=version.stalled,
-            run_id=version.run_id,
-            pod_failure=version.pod_failure,
-            serving=version.available + (others if track is Track.PRODUCTION else 0),
-        )
+        tracks[track] = _as_track(version, track, _others_serving(observed, memory, exclude=version))
     return ObservedState(workloads=tracks, children=observed.children, versions=observed.versions)
+
+
+def _as_track(version: ObservedVersion, track: Track, others: int) -> ObservedTrack:
+    """A version's Deployment as the track it serves; `others`: Ready pods of versions leaving, which
+    take production's requests until its own pods are up (it is rolled out only once none does)."""
+    return ObservedTrack(
+        name=version.name,
+        track=track,
+        model=version.model,
+        version=version.version,
+        replicas=version.replicas,
+        available=version.available,
+        rolled_out=version.rolled_out and version.available >= version.replicas and not others,
+        stalled=version.stalled,
+        run_id=version.run_id,
+        pod_failure=version.pod_failure,
+        serving=version.available + (others if track is Track.PRODUCTION else 0),
+    )
+
+
+def _by_id(observed: ObservedState) -> dict[VersionId, ObservedVersion]:
+    return {VersionId(v.model, v.version): v for v in observed.versions}
 
 
 def _others_serving(observed: ObservedState, memory: Memory, *, exclude: ObservedVersion) -> int:
@@ -291,7 +300,7 @@ def track_view(raw: ObservedState, placed: Placed) -> ObservedState:
     """The tracks as this pass placed them, for status, conditions and the router: each track is its
     named version's Deployment; production's side also counts the Ready pods of versions leaving
     (they take its requests until its own pods are up), and is rolled out only once none does."""
-    by_id = {VersionId(v.model, v.version): v for v in raw.versions}
+    by_id = _by_id(raw)
     leaving = sum(
         by_id[plan.id].available if plan.id in by_id else placed.legacy[plan.id][1].available
         for plan in placed.decision.with_role(Role.LEAVING)
@@ -303,19 +312,7 @@ def track_view(raw: ObservedState, placed: Placed) -> ObservedState:
             version = by_id.get(plan.id)
             if version is None:
                 continue
-            tracks[track] = ObservedTrack(
-                name=version.name,
-                track=track,
-                model=version.model,
-                version=version.version,
-                replicas=version.replicas,
-                available=version.available,
-                rolled_out=version.rolled_out and version.available >= version.replicas and not leaving,
-                stalled=version.stalled,
-                run_id=version.run_id,
-                pod_failure=version.pod_failure,
-                serving=version.available + (leaving if track is Track.PRODUCTION else 0),
-            )
+            tracks[track] = _as_track(version, track, leaving)
     return ObservedState(workloads=tracks, children=raw.children, versions=raw.versions)
 
 
@@ -324,7 +321,7 @@ def in_place(placed: Placed, raw: ObservedState, targets: Mapping[Track, int]) -
     their pods available, and no version leaving still takes requests."""
     if Track.CANARY not in targets:
         return False
-    by_id = {VersionId(v.model, v.version): v for v in raw.versions}
+    by_id = _by_id(raw)
     for role, track in ((Role.PRODUCTION, Track.PRODUCTION), (Role.CANARY, Track.CANARY)):
         plans = placed.decision.with_role(role)
         if not plans or (version := by_id.get(plans[0].id)) is None:
