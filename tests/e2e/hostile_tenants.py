@@ -622,24 +622,39 @@ def time_moves(
 
 
 def time_canary(
-    kube: Kube, registry: MlflowClient, namespace: str, name: str, model: str, version: str
-) -> float:
-    """Seconds from @canary set to the canary promoted: @production moved by the operator and the
-    resource Ready at that version with the run Succeeded."""
+    kube: Kube,
+    registry: MlflowClient,
+    prometheus: ScriptedPrometheus,
+    namespace: str,
+    name: str,
+    model: str,
+    version: str,
+) -> dict[str, Any]:
+    """Seconds from @canary set to the canary promoted (@production moved by the operator and the
+    resource Ready at that version with the run Succeeded), when the run first showed each phase,
+    and when each of its analysis readings reached the Prometheus, all from the alias move."""
     started = time.monotonic()
+    asked_before = len(prometheus.asked(model))
     registry.set_registered_model_alias(model, "canary", version)
+    phases: dict[str, float] = {}
 
     def promoted() -> bool:
-        resource = ready_at(kube, namespace, name, version)
-        phase = ((resource or {}).get("status", {}).get("lastCanary") or {}).get("phase")
-        return phase == "Succeeded" and (resource or {})["status"]["lastCanary"].get("version") == version
+        resource = kube.get("mdep", name, namespace) or {}
+        canary = (resource.get("status") or {}).get("canary") or {}
+        if canary.get("version") == version and canary.get("phase"):
+            phases.setdefault(canary["phase"], round(time.monotonic() - started, 2))
+        last = ready_at(kube, namespace, name, version) or {}
+        ended = (last.get("status") or {}).get("lastCanary") or {}
+        return ended.get("phase") == "Succeeded" and ended.get("version") == version
 
     wait_for(promoted, timeout=120, what=f"{namespace}/{name}: canary {version} promoted", interval=0.1)
     assert registry.get_registered_model(model).aliases.get("production") == version
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    readings = [round(at - started, 2) for at in prometheus.asked(model)[asked_before:]]
+    return {"seconds": seconds, "phases": phases, "readings": readings}
 
 
-def timings(moves: list[Move], canary: float) -> dict[str, Any]:
+def timings(moves: list[Move], canary: dict[str, Any]) -> dict[str, Any]:
     ready = [move.ready for move in moves]
     pinned = [move.pinned for move in moves]
     return {
@@ -648,7 +663,8 @@ def timings(moves: list[Move], canary: float) -> dict[str, Any]:
         "pinned": [round(seconds, 3) for seconds in pinned],
         "pinned_median": median(pinned),
         "available_median": median([move.available for move in moves]),
-        "canary": canary,
+        "canary": canary["seconds"],
+        "canary_timeline": {"phases": canary["phases"], "readings": canary["readings"]},
     }
 
 
@@ -802,7 +818,7 @@ def run(
         upcoming = iter(versions[1:])
         time_moves(kube, registry, tenant_b, "mover", models["mover"], upcoming, 1)  # warm-up, not counted
         before = time_moves(kube, registry, tenant_b, "mover", models["mover"], upcoming, moves)
-        canary_before = time_canary(kube, registry, tenant_b, "watched", models["canary"], "2")
+        canary_before = time_canary(kube, registry, prometheus, tenant_b, "watched", models["canary"], "2")
         figures["before"] = timings(before, canary_before)
         figures["rss_before_a_mib"] = process_status(pid)["VmRSS"] / MiB
 
@@ -850,7 +866,7 @@ def run(
             )
         )
         after = time_moves(kube, registry, tenant_b, "mover", models["mover"], upcoming, moves)
-        canary_after = time_canary(kube, registry, tenant_b, "watched", models["canary"], "3")
+        canary_after = time_canary(kube, registry, prometheus, tenant_b, "watched", models["canary"], "3")
         flood.stop()
         phase("end")
         figures["after"] = timings(after, canary_after)

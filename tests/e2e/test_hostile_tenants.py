@@ -20,6 +20,7 @@ from harness import REPO, RUN, Kube
 from hostile_tenants import FOREIGN_DEPLOYMENTS, run
 from mlflow import MlflowClient
 
+from aliasroll.analysis.prometheus import DEFAULT_TIMEOUT_SECONDS as PROMETHEUS_DEADLINE_SECONDS
 from localcluster import LocalCluster
 from mlflowserver import MlflowServer
 from operatorprocess import OperatorProcess
@@ -34,10 +35,9 @@ pytestmark = pytest.mark.e2e
 # endpoints for seconds each, or an operator out of memory.
 RATIO = 2.0
 SLACK = 1.0
-# B's watched canary beside A: RATIO times its time before A, plus three of its 1 s analysis
-# intervals (a reading that just missed its interval, on a loaded machine, costs one each). A canary
-# whose readings waited behind A's endpoints would wait out their deadlines at every interval.
-CANARY_SLACK = 3.0
+# A reading of B's canary that waited behind one of A's silent or dripping Prometheus endpoints
+# would wait out that endpoint's whole deadline: B's readings would then be that far apart.
+A_READING_DEADLINE = PROMETHEUS_DEADLINE_SECONDS
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +85,21 @@ def test_b_rolls_out_about_as_quickly_beside_a(figures: dict[str, Any]) -> None:
     )
 
 
-def test_b_watched_canary_promotes_beside_a(figures: dict[str, Any]) -> None:
-    """run() waited for both of B's canaries to be promoted. One run each is too few for a ratio
-    (each takes a few analysis intervals and two rollouts); a canary whose measurements waited
-    behind A's would take many intervals more, or never be promoted."""
-    before, after = figures["before"]["canary"], figures["after"]["canary"]
-    assert after <= RATIO * before + CANARY_SLACK, (
-        f"B's canary took {after:.1f} s beside A, {before:.1f} s before"
-    )
+def test_b_watched_canary_is_measured_at_its_interval_beside_a(figures: dict[str, Any]) -> None:
+    """run() waited for both of B's canaries to be promoted; here, that B's readings beside A came at
+    its 1 s interval, none held behind A's endpoints. The canary's whole time (a poll, two rollouts
+    and the step) is one sample on a shared machine: `make bench-hostile` prints it beside the time
+    before A; the readings' spacing is what a shared slot would change, by seconds each."""
+    for half in ("before", "after"):
+        timeline = figures[half]["canary_timeline"]
+        readings, analyzing = timeline["readings"], timeline["phases"].get("Analyzing")
+        assert readings, f"{half} A: B's canary was promoted unmeasured: {timeline}"
+        assert analyzing is not None, f"{half} A: B's canary was never seen Analyzing: {timeline}"
+        gaps = [later - earlier for earlier, later in zip([analyzing, *readings], readings, strict=False)]
+        assert max(gaps) < A_READING_DEADLINE / 2, (
+            f"{half} A: B's readings {max(gaps):.1f} s apart at most (interval 1 s; A's endpoints "
+            f"hold a reading up to {A_READING_DEADLINE:.0f} s): {timeline}"
+        )
 
 
 def test_a_reached_the_operator_with_everything(figures: dict[str, Any]) -> None:
