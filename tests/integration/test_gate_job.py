@@ -38,7 +38,8 @@ def _holdout(rows: int = 400) -> Any:
     random = np.random.default_rng(24)
     x = random.uniform(0, 1, rows)
     label = ((x + random.normal(0, 0.05, rows)) > 0.5).astype(int)
-    return pd.DataFrame({"x": x, "other": random.normal(0, 1, rows), "label": label})
+    y = 2 * x + random.normal(0, 0.1, rows)  # the regressors' target
+    return pd.DataFrame({"x": x, "other": random.normal(0, 1, rows), "label": label, "y": y})
 
 
 def _log_version(config: Mapping[str, Any]) -> str:
@@ -65,8 +66,10 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
     frame = _holdout()
     frame.to_csv(directory / "holdout.csv", index=False)
     frame.to_parquet(directory / "holdout.parquet", index=False)
+    (directory / "garbage.parquet").write_bytes(b"not parquet at all" * 10)
     mlflow.set_experiment("gate-data")
     with mlflow.start_run() as run:
+        mlflow.log_artifact(str(directory / "garbage.parquet"), artifact_path="data")
         mlflow.log_artifact(str(directory / "holdout.csv"), artifact_path="data")
         mlflow.log_artifact(str(directory / "holdout.parquet"), artifact_path="data")
         artifacts = run.info.artifact_uri
@@ -75,6 +78,9 @@ def world(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
         "worse": _log_version({"threshold": 0.7}),
         "broken": _log_version({"fail_to_load": True}),
         "slow": _log_version({"threshold": 0.5, "sleep": 60}),
+        "raising": _log_version({"fail_to_predict": True}),
+        "regressor": _log_version({"scale": 2.0}),
+        "worse_regressor": _log_version({"scale": 1.5}),
         "csv": f"runs:/{run.info.run_id}/data/holdout.csv",
         "parquet": f"{artifacts}/data/holdout.parquet",
         "run": run.info.run_id,
@@ -225,7 +231,11 @@ def test_without_a_baseline_only_absolute_thresholds_judge(
         pytest.param(
             {"ALIASROLL_GATE_DATA_URI": "runs:/0123abcd/data/holdout.csv"}, "BadDataURI", id="no-such-run"
         ),
-        pytest.param({"ALIASROLL_GATE_TARGET": "y"}, "MissingColumn", id="missing-column"),
+        pytest.param({"ALIASROLL_GATE_TARGET": "absent"}, "MissingColumn", id="missing-column"),
+        pytest.param(
+            {"ALIASROLL_GATE_DATA_URI": "runs:/{run}/data/garbage.parquet"}, "BadData", id="not-parquet"
+        ),
+        pytest.param({"ALIASROLL_GATE_CANDIDATE_URI": "{raising}"}, "EvaluationFailed", id="cannot-predict"),
         pytest.param({"ALIASROLL_GATE_MAX_DATA_BYTES": "1000"}, "DataTooLarge", id="too-large"),
         pytest.param({"ALIASROLL_GATE_CANDIDATE_URI": "{broken}"}, "ModelLoadFailed", id="cannot-load"),
         pytest.param(
@@ -243,7 +253,9 @@ def test_a_gate_without_a_verdict_says_why_in_its_words(
         "ALIASROLL_GATE_BASELINE_URI": world["worse"],
         "ALIASROLL_GATE_DATA_URI": world["csv"],
         **{
-            key: value.replace("{run}", world["run"]).replace("{broken}", world["broken"])
+            key: value.replace("{run}", world["run"])
+            .replace("{broken}", world["broken"])
+            .replace("{raising}", world["raising"])
             for key, value in case.items()
         },
     }
@@ -252,9 +264,9 @@ def test_a_gate_without_a_verdict_says_why_in_its_words(
     assert message["verdict"] == "error"
     assert message["reason"] == reason
     assert message["metrics"] == []
-    if reason == "ModelLoadFailed":
+    if reason in ("ModelLoadFailed", "EvaluationFailed"):
         assert message["model"] == "candidate"
-    assert "fail_to_load" not in json.dumps(message)  # the model's own words stay in the log
+    assert "fail_to" not in json.dumps(message)  # the model's own words stay in the log
     assert reason in log
 
 
@@ -276,3 +288,26 @@ def test_the_deadline_ends_the_gate_with_timeout_and_the_run_killed(
     assert message["runId"], log
     run = MlflowClient(tracking_uri=mlflow_server.url).get_run(message["runId"])
     assert run.info.status == "KILLED"
+
+
+def test_a_regressor_is_judged_on_mlflow_s_regression_metrics(
+    mlflow_server: MlflowServer, world: dict[str, str], tmp_path: Path
+) -> None:
+    # Lower is better for the error (MLflow's built-in direction), higher for r2.
+    thresholds = {"root_mean_squared_error": {"minRelativeChange": 0.0}, "r2_score": {"threshold": 0.9}}
+    code, message, log = _gate(
+        mlflow_server,
+        tmp_path,
+        ALIASROLL_GATE_CANDIDATE_URI=world["regressor"],
+        ALIASROLL_GATE_BASELINE_URI=world["worse_regressor"],
+        ALIASROLL_GATE_DATA_URI=world["csv"],
+        ALIASROLL_GATE_TARGET="y",
+        ALIASROLL_GATE_MODEL_TYPE="regressor",
+        ALIASROLL_GATE_THRESHOLDS=json.dumps(thresholds),
+    )
+    assert code == 0, log
+    assert message["verdict"] == "passed"
+    rmse, r2 = message["metrics"]
+    assert rmse["candidate"] < rmse["baseline"] == pytest.approx(rmse["bound"])
+    assert r2["candidate"] > 0.9
+    assert all(metric["ok"] for metric in message["metrics"])
