@@ -154,9 +154,13 @@ bench-hostile: venv cluster-binaries ## One operator shared by a hostile tenant 
 	$(PY) bench/hostile_tenants.py
 
 .PHONY: serving-requirements
-serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt from requirements.in, with the sha256 of every file
+serving-requirements: $(UV) ## Re-pin serving-image/requirements.txt (and gate-requirements.txt) from their .in files, with the sha256 of every file
 	$(UV) pip compile --quiet --python-version 3.11 --no-header --generate-hashes serving-image/requirements.in \
 	  -o serving-image/requirements.txt
+	$(UV) pip compile --quiet --python-version 3.11 --no-header --generate-hashes serving-image/gate-requirements.in \
+	  -c serving-image/requirements.txt \
+	  $$(sed -n 's/^\([A-Za-z0-9._-]*\)==.*/--no-emit-package \1/p' serving-image/requirements.txt) \
+	  -o serving-image/gate-requirements.txt
 
 # With a Docker daemon: docker build. Without one: buildah builds them on a base made from Debian's
 # packages, nothing pulled from a registry, and exports OCI archives (plus the node's pause image) to

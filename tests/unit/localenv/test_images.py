@@ -200,25 +200,34 @@ def pinned(requirements: Path) -> dict[str, list[str]]:
 @pytest.mark.parametrize(
     ("dockerfile", "requirements"),
     [
-        ("serving-image/Dockerfile", "serving-image/requirements.txt"),
-        ("operator/Dockerfile", "operator/uv-requirements.txt"),
+        # The server's packages, and the holdout gate's evaluation packages in a directory of their own.
+        (
+            "serving-image/Dockerfile",
+            ("serving-image/requirements.txt", "serving-image/gate-requirements.txt"),
+        ),
+        ("operator/Dockerfile", ("operator/uv-requirements.txt",)),
     ],
 )
-def test_every_package_a_dockerfile_installs_is_pinned_by_sha256(dockerfile: str, requirements: str) -> None:
+def test_every_package_a_dockerfile_installs_is_pinned_by_sha256(
+    dockerfile: str, requirements: tuple[str, ...]
+) -> None:
     installs = pip_installs(dockerfile)
     assert installs, f"{dockerfile} runs no pip install"
+    files: list[str] = []
     for args in installs:
         # Only from a requirements file, and pip refuses any file whose hash it does not list.
         assert "--require-hashes" in args, args
-        assert [arg for arg in args if not arg.startswith("-")] == [f"/tmp/{Path(requirements).name}"], args
+        files += [arg for arg in args if not arg.startswith("-")]
+    assert files == [f"/tmp/{Path(name).name}" for name in requirements], installs
     copied = imagecache.copied_sources((REPO / dockerfile).read_text())
-    assert requirements in copied, f"{dockerfile} does not copy {requirements} (nor keys its image on it)"
-    lines = pinned(REPO / requirements)
-    assert lines
-    for requirement, hashes in lines.items():
-        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==[^=]+", requirement), f"{requirement}: not pinned"
-        assert hashes, f"{requirements}: {requirement} has no --hash"
-        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), requirement
+    for name in requirements:
+        assert name in copied, f"{dockerfile} does not copy {name} (nor keys its image on it)"
+        lines = pinned(REPO / name)
+        assert lines
+        for requirement, hashes in lines.items():
+            assert re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==[^=]+", requirement), f"{requirement}: not pinned"
+            assert hashes, f"{name}: {requirement} has no --hash"
+            assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), requirement
 
 
 def test_the_uv_the_images_and_the_makefile_install_is_one_version() -> None:
@@ -229,6 +238,7 @@ def test_the_uv_the_images_and_the_makefile_install_is_one_version() -> None:
     assert "install --quiet --require-hashes -r operator/uv-requirements.txt" in makefile
     assert '"uv==$(UV_VERSION)"' not in makefile
     assert "--generate-hashes serving-image/requirements.in" in makefile
+    assert "--generate-hashes serving-image/gate-requirements.in" in makefile
 
 
 def _wheel(directory: Path) -> Path:
@@ -268,26 +278,33 @@ def test_a_download_whose_hash_differs_stops_the_build(dockerfile: str, tmp_path
     links = tmp_path / "links"
     links.mkdir()
     wheel = _wheel(links)
-    (args,) = pip_installs(dockerfile)
     requirements = tmp_path / "requirements.txt"
-    run = [pip, "install", "--dry-run", "--no-index", "--find-links", str(links)]
-    run += [str(requirements) if arg.startswith("/tmp/") else arg for arg in args]
     good = hashlib.sha256(wheel.read_bytes()).hexdigest()
     env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    for args in pip_installs(dockerfile):  # each install: the server's, the gate's (--target)
+        run = [pip, "install", "--dry-run", "--no-index", "--find-links", str(links)]
+        run += [
+            str(requirements)
+            if arg.startswith("/tmp/")
+            else f"--target={tmp_path / 'target'}"
+            if arg.startswith("--target=")
+            else arg
+            for arg in args
+        ]
 
-    requirements.write_text(f"demo-pinned==1.0 --hash=sha256:{good}\n")
-    assert subprocess.run(run, capture_output=True, text=True, env=env).returncode == 0
+        requirements.write_text(f"demo-pinned==1.0 --hash=sha256:{good}\n")
+        assert subprocess.run(run, capture_output=True, text=True, env=env).returncode == 0
 
-    requirements.write_text(f"demo-pinned==1.0 --hash=sha256:{'0' * 64}\n")
-    refused = subprocess.run(run, capture_output=True, text=True, env=env)
-    assert refused.returncode != 0
-    assert "DO NOT MATCH THE HASHES" in refused.stderr
-    assert good in refused.stderr  # what was got, beside what was expected
+        requirements.write_text(f"demo-pinned==1.0 --hash=sha256:{'0' * 64}\n")
+        refused = subprocess.run(run, capture_output=True, text=True, env=env)
+        assert refused.returncode != 0
+        assert "DO NOT MATCH THE HASHES" in refused.stderr
+        assert good in refused.stderr  # what was got, beside what was expected
 
-    requirements.write_text("demo-pinned==1.0\n")  # a requirement without a hash is refused too
-    unhashed = subprocess.run(run, capture_output=True, text=True, env=env)
-    assert unhashed.returncode != 0
-    assert "hash" in unhashed.stderr.lower()
+        requirements.write_text("demo-pinned==1.0\n")  # a requirement without a hash is refused too
+        unhashed = subprocess.run(run, capture_output=True, text=True, env=env)
+        assert unhashed.returncode != 0
+        assert "hash" in unhashed.stderr.lower()
 
 
 def test_the_base_is_debootstrapped_against_debian_s_keys(tmp_path: Path) -> None:
