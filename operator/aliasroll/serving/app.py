@@ -48,7 +48,7 @@ from aliasroll.serving.config import ServingConfig
 from aliasroll.serving.metrics import Metrics
 from aliasroll.serving.mirror import Mirror
 from aliasroll.serving.model import ModelLoadError, ServedModel
-from aliasroll.serving.predictions import Unparseable, predictions_of, rows_of
+from aliasroll.serving.predictions import Unparseable, predictions_of
 from aliasroll.serving.protocol import FailureKind, RequestError, decode
 from aliasroll.serving.redaction import redact, secret_values
 from aliasroll.serving.shadow_client import MIRROR_HEADER
@@ -173,9 +173,7 @@ class ServingApp:
     def _answered(self, scope: Scope, body: bytes, answer: bytes, mirrored: bool) -> None:
         """After the client has its answer: its predictions counted, and the copy for the shadow."""
         try:
-            rows = rows_of(predictions_of(answer))
-            if rows is not None:
-                self.metrics.observe_predictions(rows, mirrored=mirrored)
+            self.metrics.observe_predictions(predictions_of(answer), mirrored=mirrored)
             if self.mirror is not None and not mirrored:
                 self.mirror.offer(body, _header(scope, b"content-type") or "application/json", answer)
         except Unparseable:

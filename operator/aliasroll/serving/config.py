@@ -70,7 +70,9 @@ class ShadowConfig:
 
     @property
     def authority(self) -> str:
-        return self.host if self.port == 80 else f"{self.host}:{self.port}"
+        """The Host header: host[:port], an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == 80 else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)

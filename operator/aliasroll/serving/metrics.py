@@ -10,7 +10,7 @@ prediction distribution and the comparison of production's answers with the shad
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,7 +22,6 @@ from prometheus_client import (
 )
 
 from aliasroll.serving.config import ServingConfig
-from aliasroll.serving.predictions import Row
 from aliasroll.serving.protocol import FailureKind
 from aliasroll.serving.shadow_metrics import PairMetrics, PredictionMetrics
 
@@ -142,8 +141,8 @@ class Metrics:
         if kind is not None:
             self.failures.labels(**self._labels, kind=kind).inc()
 
-    def observe_predictions(self, rows: list[Row], *, mirrored: bool) -> None:
-        self.predictions.observe(rows, mirrored=mirrored)
+    def observe_predictions(self, predictions: Any, *, mirrored: bool) -> None:
+        self.predictions.observe(predictions, mirrored=mirrored)
 
     def observe_aged_out(self) -> None:
         self._aged_out.inc()

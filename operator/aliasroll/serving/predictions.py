@@ -16,6 +16,7 @@ metric label, and only for the server's own predictions.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,9 +170,25 @@ def _columns(predictions: dict[str, Any]) -> list[Row] | None:
     return rows
 
 
-def single_cells(rows: list[Row]) -> list[Cell]:
-    """The cell of every row that holds one value: what a prediction distribution counts."""
-    return [row[0][1] for row in rows if len(row) == 1]
+def single_values(predictions: Any) -> Iterator[Cell]:
+    """The value of every row that holds one: what a prediction distribution counts. The rows of
+    `rows_of`, read without building them (this runs on every answer)."""
+    if isinstance(predictions, dict):
+        if len(predictions) != 1:
+            return
+        (predictions,) = predictions.values()
+        if not isinstance(predictions, list):
+            return
+    elif not isinstance(predictions, list):
+        return
+    for item in predictions:
+        if isinstance(item, dict | list):
+            if len(item) != 1:
+                continue
+            (item,) = item.values() if isinstance(item, dict) else item
+        cell = _cell(item)
+        if cell is not None:
+            yield cell
 
 
 class LabelCap:

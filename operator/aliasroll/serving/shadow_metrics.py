@@ -19,11 +19,17 @@ shadow's answer ever becomes a label.
 
 from __future__ import annotations
 
-from typing import Literal
+import bisect
+import itertools
+from collections.abc import Iterator
+from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from aliasroll.serving.predictions import LabelCap, Row, single_cells
+from aliasroll.serving.predictions import LabelCap, single_values
 from aliasroll.serving.shadow_client import SHADOW_ERROR_REASONS, ShadowErrorReason
 
 # What became of a mirrored request, as production counts it: the shadow's predictions agree with
@@ -33,6 +39,70 @@ from aliasroll.serving.shadow_client import SHADOW_ERROR_REASONS, ShadowErrorRea
 PairOutcome = Literal["agree", "disagree", "shadow_error", "timeout", "dropped"]
 PAIR_OUTCOMES: tuple[PairOutcome, ...] = ("agree", "disagree", "shadow_error", "timeout", "dropped")
 DIFFERENCE_BUCKETS = (1e-6, 1e-4, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 100.0)
+
+
+FLAGS = ("false", "true")
+
+
+class Distribution(Collector):
+    """The prediction distribution: counts kept in plain lists and dicts, rendered at each scrape. A
+    Histogram's observe() takes a lock and a Counter's labels() a lookup per value: 4.5 ms for an
+    answer of 1024 rows, on the event loop, where this takes a tenth of it. Only the loop's thread
+    updates and renders it (app.py), so it needs no lock."""
+
+    def __init__(self, labels: dict[str, str], buckets: tuple[float, ...]) -> None:
+        self._labels = labels
+        self._bounds = list(buckets)
+        self._counts = {flag: [0] * (len(buckets) + 1) for flag in FLAGS}  # the last: above every bound
+        self._sums = dict.fromkeys(FLAGS, 0.0)
+        self._classes: dict[str, dict[str, int]] = {flag: {} for flag in FLAGS}
+        self._caps = {flag: LabelCap() for flag in FLAGS}
+
+    def observe(self, predictions: Any, *, mirrored: bool) -> None:
+        flag = FLAGS[mirrored]
+        counts, bounds, classes, cap = self._counts[flag], self._bounds, self._classes[flag], self._caps[flag]
+        total = 0.0
+        for value in single_values(predictions):
+            if isinstance(value, float):
+                if value == value:  # not nan
+                    counts[bisect.bisect_left(bounds, value)] += 1
+                    total += value
+            else:
+                name = cap.name(value)
+                classes[name] = classes.get(name, 0) + 1
+        self._sums[flag] += total
+
+    def collect(self) -> Iterator[Metric]:
+        names = list(self._labels)
+        values = HistogramMetricFamily(
+            "aliasroll_serving_prediction_value",
+            "Predictions that are numbers, over fixed buckets (ALIASROLL_PREDICTION_BUCKETS)",
+            labels=[*names, "mirrored"],
+        )
+        classes = CounterMetricFamily(
+            "aliasroll_serving_predictions",
+            "Predictions that are labels, by label: the first 20 distinct labels by name, the rest as other",
+            labels=[*names, "class", "mirrored"],
+        )
+        for flag in FLAGS:
+            cumulative = list(itertools.accumulate(self._counts[flag]))
+            buckets = [(_le(bound), float(c)) for bound, c in zip(self._bounds, cumulative, strict=False)]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            values.add_metric([*self._labels.values(), flag], buckets, None)
+            # Written here: add_metric leaves out _count and _sum when a bucket is below 0 (a sum
+            # could then be negative, which OpenMetrics refuses; Prometheus' text format takes it).
+            labels = {**self._labels, "mirrored": flag}
+            values.add_sample(f"{values.name}_count", labels, float(cumulative[-1]))
+            values.add_sample(f"{values.name}_sum", labels, self._sums[flag])
+            for name, count in self._classes[flag].items():
+                classes.add_metric([*self._labels.values(), name, flag], count)
+        yield values
+        yield classes
+
+
+def _le(bound: float) -> str:
+    """A bucket's bound as prometheus_client writes its own (`0.0`, `1000.0`, `1e+06`)."""
+    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
 
 
 class PredictionMetrics:
@@ -47,19 +117,8 @@ class PredictionMetrics:
         latency_buckets: tuple[float, ...],
     ) -> None:
         names = list(labels)
-        self.classes = Counter(
-            "aliasroll_serving_predictions",
-            "Predictions that are labels, by label: the first 20 distinct labels by name, the rest as other",
-            [*names, "class", "mirrored"],
-            registry=registry,
-        )
-        self.values = Histogram(
-            "aliasroll_serving_prediction_value",
-            "Predictions that are numbers, over fixed buckets (ALIASROLL_PREDICTION_BUCKETS)",
-            [*names, "mirrored"],
-            buckets=buckets,
-            registry=registry,
-        )
+        self.distribution = Distribution(labels, buckets)
+        registry.register(self.distribution)
         self.mirrored_requests = Counter(
             "aliasroll_serving_mirrored_requests",
             "Mirrored scoring requests (X-Aliasroll-Mirror) by HTTP status, "
@@ -75,20 +134,11 @@ class PredictionMetrics:
             registry=registry,
         )
         self._labels = labels
-        self._caps = {"true": LabelCap(), "false": LabelCap()}
-        self._values = {flag: self.values.labels(**labels, mirrored=flag) for flag in ("true", "false")}
         self._mirrored_answered = self.mirrored_requests.labels(**labels, code="200")
         self._mirrored_latency = self.mirrored_latency.labels(**labels)
 
-    def observe(self, rows: list[Row], *, mirrored: bool) -> None:
-        flag = "true" if mirrored else "false"
-        values = self._values[flag]
-        for cell in single_cells(rows):
-            if isinstance(cell, float):
-                values.observe(cell)
-            else:
-                label = self._caps[flag].name(cell)
-                self.classes.labels(**self._labels, mirrored=flag, **{"class": label}).inc()
+    def observe(self, predictions: Any, *, mirrored: bool) -> None:
+        self.distribution.observe(predictions, mirrored=mirrored)
 
     def observe_mirrored(self, *, code: int, seconds: float) -> None:
         if code == 200:

@@ -8,6 +8,8 @@ import math
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aliasroll.serving.config import ConfigError, ServingConfig, ShadowConfig
 from aliasroll.serving.predictions import (
@@ -18,8 +20,9 @@ from aliasroll.serving.predictions import (
     compare,
     predictions_of,
     rows_of,
-    single_cells,
+    single_values,
 )
+from aliasroll.serving.shadow_metrics import PredictionMetrics
 
 # --- reading an answer -------------------------------------------------------------------------
 
@@ -72,9 +75,64 @@ def test_predictions_as_rows(name: str, predictions: Any, expected: Any) -> None
 
 
 def test_only_rows_of_one_value_are_in_the_distribution() -> None:
-    rows = rows_of([{"label": "a"}, {"label": "b", "score": 1}, 0.5])
-    assert rows is not None
-    assert single_cells(rows) == ["a", 0.5]
+    mixed = [{"label": "a"}, {"label": "b", "score": 1}, 0.5, [2], [[1]], True, None, [1, 2]]
+    assert list(single_values(mixed)) == ["a", 0.5, 2.0, "true", "null"]
+    assert list(single_values({"label": ["a", "b"]})) == ["a", "b"]
+    assert list(single_values({"a": [1], "b": [2]})) == []
+    assert list(single_values({"a": 1})) == []
+    assert list(single_values(3)) == []
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return None
+
+
+def test_the_distribution_of_numbers_over_fixed_buckets() -> None:
+    registry = CollectorRegistry()
+    metrics = PredictionMetrics(
+        registry, {"model": "m", "version": "1", "track": ""}, buckets=(0.0, 0.5, 1.0), latency_buckets=(1.0,)
+    )
+    metrics.observe([-3, 0, 0.2, 0.5, 0.7, 1, 7, math.inf], mirrored=False)
+    metrics.observe({"score": [0.9]}, mirrored=True)
+    cumulative = {"0.0": 2, "0.5": 4, "1.0": 6, "+Inf": 8}
+    for le, count in cumulative.items():
+        assert sample(registry, "aliasroll_serving_prediction_value_bucket", le=le, mirrored="false") == count
+    assert sample(registry, "aliasroll_serving_prediction_value_count", mirrored="false") == 8
+    assert sample(registry, "aliasroll_serving_prediction_value_sum", mirrored="false") == math.inf
+    assert sample(registry, "aliasroll_serving_prediction_value_bucket", le="0.5", mirrored="true") == 0
+    assert sample(registry, "aliasroll_serving_prediction_value_bucket", le="1.0", mirrored="true") == 1
+    assert sample(registry, "aliasroll_serving_prediction_value_count", mirrored="true") == 1
+    assert sample(registry, "aliasroll_serving_prediction_value_sum", mirrored="true") == 0.9
+
+
+def test_the_distribution_of_labels_is_bounded() -> None:
+    registry = CollectorRegistry()
+    metrics = PredictionMetrics(
+        registry, {"model": "m", "version": "1", "track": ""}, buckets=(0.0,), latency_buckets=(1.0,)
+    )
+    metrics.observe([f"class-{i}" for i in range(30)] + ["class-0", True], mirrored=False)
+    metrics.observe(["class-29"], mirrored=True)
+
+    def counted(label: str, mirrored: str = "false") -> float | None:
+        return sample(registry, "aliasroll_serving_predictions_total", mirrored=mirrored, **{"class": label})
+
+    assert counted("class-0") == 2
+    assert counted("class-19") == 1
+    assert counted("class-20") is None
+    # Ten labels past the first twenty, and a boolean, counted as other.
+    assert counted(OTHER) == 11
+    assert counted("class-29", mirrored="true") == 1
+    classes = {
+        found.labels["class"]
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for found in family.samples
+        if found.name == "aliasroll_serving_predictions_total" and found.labels["mirrored"] == "false"
+    }
+    assert len(classes) == 21
 
 
 # --- comparing two answers ---------------------------------------------------------------------
@@ -199,6 +257,10 @@ def test_the_shadow_defaults() -> None:
     assert (shadow.percent, shadow.queue, shadow.concurrency, shadow.timeout_seconds) == (100.0, 64, 4, 5.0)
     assert (shadow.max_answer_bytes, shadow.queue_bytes, shadow.tolerance) == (4 << 20, 64 << 20, 1e-6)
     assert shadow.authority == "shadow"
+    assert config(ALIASROLL_SHADOW_URL="http://[fd00::1]:8080").shadow == ShadowConfig(
+        host="fd00::1", port=8080, path="/invocations"
+    )
+    assert ShadowConfig(host="fd00::1", port=8080, path="/").authority == "[fd00::1]:8080"
 
 
 @pytest.mark.parametrize(
