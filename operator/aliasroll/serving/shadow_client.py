@@ -12,12 +12,15 @@ implementation), and a sans-I/O parser leaves reading, and so the budget and the
 module. The image has no async HTTP client (httpx and aiohttp are not in it), and requests or urllib3
 would hold a thread per call that a deadline cannot stop. One connection a call, closed after it
 (`Connection: close`): a new connection is also what lets kube-proxy spread the copies over the
-shadow's pods.
+shadow's pods. The shadow's name is resolved at most every `RESOLVE_SECONDS` (a Service's ClusterIP
+does not move; a lookup per copy would cost, with the pods' `ndots: 5`, several DNS queries each).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from typing import Literal
 
 import h11
@@ -38,6 +41,9 @@ SHADOW_ERROR_REASONS: tuple[ShadowErrorReason, ...] = (
 HEADER_BYTES = 16 * 1024
 READ_BYTES = 64 * 1024
 MIRROR_HEADER = b"x-aliasroll-mirror"
+RESOLVE_SECONDS = 30.0
+# (host, port) -> (address, when it was resolved): one entry, the shadow's.
+_resolved: dict[tuple[str, int], tuple[str, float]] = {}
 
 
 class ShadowCallError(Exception):
@@ -51,15 +57,32 @@ async def post(shadow: ShadowConfig, body: bytes, *, content_type: str, mark: by
     `shadow.timeout_seconds`, ShadowCallError for every other failure."""
     async with asyncio.timeout(shadow.timeout_seconds):
         try:
-            reader, writer = await asyncio.open_connection(shadow.host, shadow.port, limit=READ_BYTES)
+            address = await _address(shadow.host, shadow.port)
+            reader, writer = await asyncio.open_connection(address, shadow.port, limit=READ_BYTES)
         except TimeoutError:
             raise
         except OSError:
+            _resolved.pop((shadow.host, shadow.port), None)  # looked up again on the next copy
             raise ShadowCallError("connection") from None
         try:
             return await _exchange(shadow, reader, writer, body, content_type=content_type, mark=mark)
         finally:
             writer.transport.abort()
+
+
+async def _address(host: str, port: int) -> str:
+    """The shadow's address, looked up at most every RESOLVE_SECONDS (a failure raises OSError)."""
+    now = time.monotonic()
+    cached = _resolved.get((host, port))
+    if cached is not None and now - cached[1] < RESOLVE_SECONDS:
+        return cached[0]
+    found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not found:
+        raise OSError(f"no address for {host}")
+    address = str(found[0][4][0])
+    _resolved.clear()
+    _resolved[(host, port)] = (address, now)
+    return address
 
 
 async def _exchange(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -369,3 +370,35 @@ async def test_no_shadow_listening_is_a_connection_error() -> None:
     with pytest.raises(ShadowCallError) as raised:
         await post(shadow(port=port), b"{}", content_type="application/json", mark=b"1")
     assert raised.value.reason == "connection"
+
+
+async def test_the_shadow_is_looked_up_once_not_per_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aliasroll.serving import shadow_client
+
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    real = loop.getaddrinfo
+
+    async def counting(host: str, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return await real(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", counting)
+    monkeypatch.setattr(shadow_client, "_resolved", {})
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+
+    async with listening(answer) as port:
+        for _ in range(3):
+            await post(shadow(host="localhost", port=port), b"{}", content_type="application/json", mark=b"1")
+        assert lookups == ["localhost"]
+        # A connection that fails forgets the address: the next copy looks it up again.
+        # (the listener is on 127.0.0.1 alone: 127.0.0.2 refuses)
+        shadow_client._resolved[("localhost", port)] = ("127.0.0.2", time.monotonic())
+        with pytest.raises(ShadowCallError):
+            await post(shadow(host="localhost", port=port), b"{}", content_type="application/json", mark=b"1")
+        await post(shadow(host="localhost", port=port), b"{}", content_type="application/json", mark=b"1")
+        assert lookups == ["localhost", "localhost"]
