@@ -23,11 +23,17 @@ connection. On the serving port, an answer on a connection older than
 `ALIASROLL_MAX_CONNECTION_AGE_SECONDS` (default 1 s; Envoy's max_connection_duration) carries
 `Connection: close`: its client reconnects, and lands where the Service routes now. When a connection
 was opened is told by the server's protocol (server.py), in the request's `scope["state"]`.
+
+Shadow traffic: once a request's answer is sent, its predictions are counted (the version's
+prediction distribution) and, with `ALIASROLL_SHADOW_URL`, a copy goes to the shadow (mirror.py). A
+request marked `X-Aliasroll-Mirror` (with `ALIASROLL_MIRROR_TOKEN`'s value when one is set) is a copy:
+answered as any other, counted apart from client traffic, never mirrored again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import importlib.metadata
 import logging
 import os
@@ -40,9 +46,12 @@ import orjson
 from aliasroll.serving.batching import Batcher
 from aliasroll.serving.config import ServingConfig
 from aliasroll.serving.metrics import Metrics
+from aliasroll.serving.mirror import Mirror
 from aliasroll.serving.model import ModelLoadError, ServedModel
+from aliasroll.serving.predictions import Unparseable, predictions_of
 from aliasroll.serving.protocol import FailureKind, RequestError, decode
 from aliasroll.serving.redaction import redact, secret_values
+from aliasroll.serving.shadow_client import MIRROR_HEADER
 
 log = logging.getLogger("aliasroll.serving")
 
@@ -81,6 +90,9 @@ class ServingApp:
         self._identity = [(b"x-model-version", config.model_version.encode())]
         self._max_connection_age = config.max_connection_age_seconds
         self.in_flight = 0
+        # What marks a mirrored request, sent to the shadow and accepted from production.
+        self._mirror_mark = (config.mirror_token or "1").encode()
+        self.mirror: Mirror | None = None
         try:
             self._mlflow_version = importlib.metadata.version("mlflow-skinny").encode()
         except importlib.metadata.PackageNotFoundError:
@@ -143,16 +155,33 @@ class ServingApp:
             )
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        mirrored = self._mirrored(scope)
         if self.in_flight >= self.config.max_in_flight:
-            await self._refuse_overload(scope, send)
+            await self._refuse_overload(scope, send, mirrored)
             return
         self.in_flight += 1
         try:
-            await self._score(scope, receive, send)
+            await self._score(scope, receive, send, mirrored)
         finally:
             self.in_flight -= 1
 
-    async def _refuse_overload(self, scope: Scope, send: Send) -> None:
+    def _mirrored(self, scope: Scope) -> bool:
+        """Whether the request is production's copy (shadow traffic): marked with the mark it sends."""
+        mark = _header(scope, MIRROR_HEADER)
+        return mark is not None and hmac.compare_digest(mark.encode("latin-1"), self._mirror_mark)
+
+    def _answered(self, scope: Scope, body: bytes, answer: bytes, mirrored: bool) -> None:
+        """After the client has its answer: its predictions counted, and the copy for the shadow."""
+        try:
+            self.metrics.observe_predictions(predictions_of(answer), mirrored=mirrored)
+            if self.mirror is not None and not mirrored:
+                self.mirror.offer(body, _header(scope, b"content-type") or "application/json", answer)
+        except Unparseable:
+            pass
+        except Exception:  # a bug of ours: the answer is sent, the request is not failed for it
+            log.exception("counting the predictions of an answer failed")
+
+    async def _refuse_overload(self, scope: Scope, send: Send, mirrored: bool = False) -> None:
         """503 with Retry-After, at once and without reading the body: what is queued stays bounded.
         Counted like any 503 (a canary that sheds load fails its clients)."""
         started = time.perf_counter()
@@ -171,9 +200,10 @@ class ServingApp:
                 seconds=time.perf_counter() - started,
                 cause="TEMPORARILY_UNAVAILABLE",
                 kind="server",
+                mirrored=mirrored,
             )
 
-    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _score(self, scope: Scope, receive: Receive, send: Send, mirrored: bool = False) -> None:
         started = time.perf_counter()
         status = 500  # counted if something escapes every handler below
         cause: str | None = "INTERNAL_ERROR"
@@ -194,6 +224,7 @@ class ServingApp:
                 ) from None
             await self._send(scope, send, 200, answer)
             status, cause, failure = 200, None, None
+            self._answered(scope, body, answer, mirrored)
         except RequestError as error:
             status, cause, failure = error.status, error.error_code, error.kind
             # Logged without the payload (and without the message, which may quote the input).
@@ -224,7 +255,11 @@ class ServingApp:
             await self._send(scope, send, 500, RequestError(500, "internal error", error_code=cause).body())
         finally:
             self.metrics.observe(
-                code=status, seconds=time.perf_counter() - started, cause=cause, kind=failure
+                code=status,
+                seconds=time.perf_counter() - started,
+                cause=cause,
+                kind=failure,
+                mirrored=mirrored,
             )
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -284,14 +319,23 @@ class ServingApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self._loader = asyncio.get_running_loop().create_task(self._load(), name="load model")
+                self.start_mirror()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._loader is not None:
                     self._loader.cancel()
+                if self.mirror is not None:
+                    await self.mirror.close()
                 if self.batcher is not None:
                     await self.batcher.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def start_mirror(self) -> None:
+        """The shadow's mirror, with ALIASROLL_SHADOW_URL (in the loop: its workers are tasks)."""
+        if self.config.shadow is not None and self.metrics.pairs is not None and self.mirror is None:
+            self.mirror = Mirror(self.config.shadow, self.metrics.pairs, mark=self._mirror_mark)
+            self.mirror.start()
 
     async def _load(self) -> None:
         started = time.monotonic()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # The pod's terminationGracePeriodSeconds (40) minus its preStop sleep (5) is what the process has
 # after SIGTERM; the drain, plus up to 2 s for a hung predict call to be abandoned, must fit in it.
@@ -25,11 +28,51 @@ DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 1.0
 MAX_CONNECTION_AGE_LIMIT = 86400
 
+# Shadow traffic (mirror.py): a copy of a share of the answered /invocations requests goes to the
+# shadow track's Service, after the client has its answer. The bounds below keep what a slow,
+# hanging or hostile shadow can cost production: queued copies, calls at once, time and bytes a call.
+DEFAULT_SHADOW_QUEUE = 64
+DEFAULT_SHADOW_QUEUE_BYTES = 64 * 1024 * 1024
+DEFAULT_SHADOW_CONCURRENCY = 4
+DEFAULT_SHADOW_TIMEOUT_SECONDS = 5.0
+MAX_SHADOW_TIMEOUT_SECONDS = 300
+DEFAULT_SHADOW_MAX_ANSWER_BYTES = 4 * 1024 * 1024
+DEFAULT_SHADOW_TOLERANCE = 1e-6
+# The score buckets of aliasroll_serving_prediction_value: probabilities in tenths, and a few decades
+# either side for scores that are not. ALIASROLL_PREDICTION_BUCKETS replaces them.
+DEFAULT_PREDICTION_BUCKETS = (
+    -1000.0, -100.0, -10.0, -1.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+    10.0, 100.0, 1000.0,
+)  # fmt: skip
+MAX_PREDICTION_BUCKETS = 50
+
 _PINNED = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 class ConfigError(Exception):
     """A setting the server cannot start with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """Where and how production mirrors its requests (ALIASROLL_SHADOW_*); see mirror.py."""
+
+    host: str
+    port: int
+    path: str  # the shadow's /invocations, under the URL's path
+    percent: float = 100.0
+    queue: int = DEFAULT_SHADOW_QUEUE
+    queue_bytes: int = DEFAULT_SHADOW_QUEUE_BYTES
+    concurrency: int = DEFAULT_SHADOW_CONCURRENCY
+    timeout_seconds: float = DEFAULT_SHADOW_TIMEOUT_SECONDS
+    max_answer_bytes: int = DEFAULT_SHADOW_MAX_ANSWER_BYTES
+    tolerance: float = DEFAULT_SHADOW_TOLERANCE
+
+    @property
+    def authority(self) -> str:
+        """The Host header: host[:port], an IPv6 address in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == 80 else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +105,11 @@ class ServingConfig:
     # What the operator allows beyond requirements from the index (serving/requirements.Policy).
     direct_references: bool = False
     source_builds: bool = False
+    # Mirroring to a shadow track; None: off.
+    shadow: ShadowConfig | None = None
+    # What marks a mirrored request (X-Aliasroll-Mirror), sent and accepted; "" : the value "1".
+    mirror_token: str = ""
+    prediction_buckets: tuple[float, ...] = DEFAULT_PREDICTION_BUCKETS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
@@ -109,6 +157,9 @@ class ServingConfig:
             ),
             direct_references=_flag(env, "ALIASROLL_DIRECT_REFERENCES", default=False),
             source_builds=_flag(env, "ALIASROLL_SOURCE_BUILDS", default=False),
+            shadow=_shadow(env),
+            mirror_token=_mirror_token(env),
+            prediction_buckets=_buckets(env),
         )
 
 
@@ -155,6 +206,80 @@ def _dependencies(env: Mapping[str, str]) -> str:
     return dependencies
 
 
+def _shadow(env: Mapping[str, str]) -> ShadowConfig | None:
+    """ALIASROLL_SHADOW_URL and its bounds; None when the URL is unset or the share is 0."""
+    url = env.get("ALIASROLL_SHADOW_URL", "").strip()
+    percent = _number(env, "ALIASROLL_SHADOW_PERCENT", 100.0, low=0, high=100)
+    if not url or percent == 0:
+        return None
+    host, port, path = _shadow_url(url)
+    return ShadowConfig(
+        host=host,
+        port=port,
+        path=path,
+        percent=percent,
+        queue=_int(env, "ALIASROLL_SHADOW_QUEUE", DEFAULT_SHADOW_QUEUE, low=1, high=100_000),
+        queue_bytes=_int(env, "ALIASROLL_SHADOW_QUEUE_BYTES", DEFAULT_SHADOW_QUEUE_BYTES, low=1, high=2**40),
+        concurrency=_int(env, "ALIASROLL_SHADOW_CONCURRENCY", DEFAULT_SHADOW_CONCURRENCY, low=1, high=256),
+        timeout_seconds=_number(
+            env,
+            "ALIASROLL_SHADOW_TIMEOUT_SECONDS",
+            DEFAULT_SHADOW_TIMEOUT_SECONDS,
+            low=0.001,
+            high=MAX_SHADOW_TIMEOUT_SECONDS,
+        ),
+        max_answer_bytes=_int(
+            env, "ALIASROLL_SHADOW_MAX_ANSWER_BYTES", DEFAULT_SHADOW_MAX_ANSWER_BYTES, low=1, high=2**31
+        ),
+        tolerance=_number(env, "ALIASROLL_SHADOW_TOLERANCE", DEFAULT_SHADOW_TOLERANCE, low=0, high=math.inf),
+    )
+
+
+def _shadow_url(url: str) -> tuple[str, int, str]:
+    """http://host[:port][/prefix]: the shadow track's Service, in the cluster (plain HTTP, as the
+    Services of the serving pods are)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 80
+    except ValueError:
+        raise ConfigError(f"ALIASROLL_SHADOW_URL={url!r} is not a URL") from None
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(
+            f"ALIASROLL_SHADOW_URL={url!r}: give http://<host>[:<port>], the shadow track's Service"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(f"ALIASROLL_SHADOW_URL={url!r}: no credentials, query or fragment")
+    return parts.hostname, port, parts.path.rstrip("/") + "/invocations"
+
+
+def _mirror_token(env: Mapping[str, str]) -> str:
+    token = env.get("ALIASROLL_MIRROR_TOKEN", "").strip()
+    if token and not re.fullmatch(r"[A-Za-z0-9._~+/=-]{8,256}", token):
+        raise ConfigError(
+            "ALIASROLL_MIRROR_TOKEN must be 8 to 256 characters of letters, digits and ._~+/=- "
+            "(it is sent as a header value)"
+        )
+    return token
+
+
+def _buckets(env: Mapping[str, str]) -> tuple[float, ...]:
+    """ALIASROLL_PREDICTION_BUCKETS: increasing upper bounds, comma-separated."""
+    raw = env.get("ALIASROLL_PREDICTION_BUCKETS", "").strip()
+    if not raw:
+        return DEFAULT_PREDICTION_BUCKETS
+    try:
+        bounds = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"ALIASROLL_PREDICTION_BUCKETS={raw!r}: give numbers separated by commas") from None
+    increasing = all(a < b for a, b in itertools.pairwise(bounds))
+    if not increasing or not all(math.isfinite(b) for b in bounds) or len(bounds) > MAX_PREDICTION_BUCKETS:
+        raise ConfigError(
+            f"ALIASROLL_PREDICTION_BUCKETS={raw!r}: at most {MAX_PREDICTION_BUCKETS} finite numbers, "
+            "each larger than the one before"
+        )
+    return bounds
+
+
 def _ports(env: Mapping[str, str]) -> tuple[int, int]:
     """PORT and ADMIN_PORT, never the same."""
     port = _int(env, "PORT", 8080, low=1, high=65535)
@@ -191,6 +316,19 @@ def _seconds(env: Mapping[str, str], name: str, default: float, *, high: int, hi
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
     if not 0 <= value <= high:  # also refuses nan
         raise ConfigError(f"{name}={raw!r} must be between 0 and {high} seconds{hint}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:  # also refuses nan
+        raise ConfigError(f"{name}={raw!r} must be between {low:g} and {high:g}")
     return value
 
 

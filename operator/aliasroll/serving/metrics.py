@@ -4,11 +4,13 @@ A canary analysis reads, per version: the 5xx share from `aliasroll_serving_requ
 latency percentiles from `aliasroll_serving_request_duration_seconds`, and whose fault the failures
 were from `aliasroll_serving_prediction_failures_total{kind}`. Every label has a closed set of
 values (the model, version and track of this process, an HTTP status, an error code, a kind).
+Mirrored requests (shadow traffic) count in none of these: shadow_metrics.py has theirs, the
+prediction distribution and the comparison of production's answers with the shadow's.
 """
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,6 +23,7 @@ from prometheus_client import (
 
 from aliasroll.serving.config import ServingConfig
 from aliasroll.serving.protocol import FailureKind
+from aliasroll.serving.shadow_metrics import PairMetrics, PredictionMetrics
 
 # The *_created series double what is scraped and tell nothing a restart counter does not.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -89,14 +92,25 @@ class Metrics:
             registry=self.registry,
         )
         self._labels = labels
+        self.predictions, self.pairs = self._shadow_side(config, labels)
         self.info.labels(**labels, uri=config.model_uri).set(1)
-        self.ready.labels(**labels).set(0)
         self._bind(labels)
+
+    def _shadow_side(
+        self, config: ServingConfig, labels: dict[str, str]
+    ) -> tuple[PredictionMetrics, PairMetrics | None]:
+        """shadow_metrics.py's: the prediction distribution and mirrored requests, and the pairs of
+        answers only while mirroring (a server without a shadow exports none)."""
+        predictions = PredictionMetrics(
+            self.registry, labels, buckets=config.prediction_buckets, latency_buckets=LATENCY_BUCKETS
+        )
+        return predictions, PairMetrics(self.registry, labels) if config.shadow is not None else None
 
     def _bind(self, labels: dict[str, str]) -> None:
         """The series present at 0 from the start, so rates exist before the first failure, and those
         counted per request bound once: a labels() lookup per request is measurable at thousands of
         requests a second."""
+        self.ready.labels(**labels).set(0)
         for kind in get_args(FailureKind):
             self.failures.labels(**labels, kind=kind)
         for code in SERVER_ERROR_CODES:
@@ -106,8 +120,17 @@ class Metrics:
         self._aged_out = self.aged_out.labels(**labels)
 
     def observe(
-        self, *, code: int, seconds: float, cause: str | None = None, kind: FailureKind | None = None
+        self,
+        *,
+        code: int,
+        seconds: float,
+        cause: str | None = None,
+        kind: FailureKind | None = None,
+        mirrored: bool = False,
     ) -> None:
+        if mirrored:  # shadow traffic: never in the series a canary analysis reads
+            self.predictions.observe_mirrored(code=code, seconds=seconds)
+            return
         if code == 200:
             self._answered.inc()
         else:
@@ -117,6 +140,9 @@ class Metrics:
             self.errors.labels(**self._labels, cause=cause).inc()
         if kind is not None:
             self.failures.labels(**self._labels, kind=kind).inc()
+
+    def observe_predictions(self, predictions: Any, *, mirrored: bool) -> None:
+        self.predictions.observe(predictions, mirrored=mirrored)
 
     def observe_aged_out(self) -> None:
         self._aged_out.inc()

@@ -19,6 +19,7 @@ from aliasroll.serving.__main__ import listen
 from aliasroll.serving.app import ServingApp
 from aliasroll.serving.batching import Batcher
 from aliasroll.serving.config import ConfigError, ServingConfig
+from aliasroll.serving.mirror import Mirror
 from aliasroll.serving.model import BatchOutcome, ServedModel
 from aliasroll.serving.protocol import ParsedRequest
 from aliasroll.serving.server import DrainingServer
@@ -79,13 +80,18 @@ async def call(
     method: str = "GET",
     body: bytes = b"",
     read: list[int] | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> Answer:
     """One request through the app, as uvicorn hands it over from a listener on `port`."""
     scope: dict[str, Any] = {
         "type": "http",
         "method": method,
         "path": path,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ],
         "server": ("10.0.0.7", port),
     }
     sent: list[dict[str, Any]] = []
@@ -465,3 +471,80 @@ def test_the_max_connection_age_setting(raw: str | None, expected: float | str) 
 def test_the_server_runs_only_on_a_protocol_that_tells_connection_age() -> None:
     with pytest.raises(ValueError, match="http='auto': the model server runs on httptools or h11"):
         DrainingServer.for_app(app(), http="auto")
+
+
+# Shadow traffic: the copies a shadow answers count apart; production mirrors after its answer.
+
+MIRROR = (b"x-aliasroll-mirror", b"1")
+TOKEN = "t0ken-of-the-resource"
+
+
+async def test_a_mirrored_request_is_answered_and_counted_apart_from_client_traffic() -> None:
+    served = app()
+    await loaded(served, EchoModel())
+    answer = await call(served, "/invocations", method="POST", body=BODY, headers=[MIRROR])
+    assert (answer.status, answer.body) == (200, b'{"predictions": ["a"]}')
+    assert counted(served, "aliasroll_serving_requests_total", code="200") == 0
+    assert counted(served, "aliasroll_serving_request_duration_seconds_count") == 0
+    assert counted(served, "aliasroll_serving_mirrored_requests_total", code="200") == 1
+    assert counted(served, "aliasroll_serving_mirrored_request_duration_seconds_count") == 1
+    assert counted(served, "aliasroll_serving_predictions_total", mirrored="true", **{"class": "a"}) == 1
+    await call(served, "/invocations", method="POST", body=b'{"inputs": ["b"]}')
+    assert counted(served, "aliasroll_serving_requests_total", code="200") == 1
+    assert counted(served, "aliasroll_serving_predictions_total", mirrored="false", **{"class": "b"}) == 1
+    # A mirrored request that fails counts apart too.
+    await call(served, "/invocations", method="POST", body=b"{", headers=[MIRROR])
+    assert counted(served, "aliasroll_serving_mirrored_requests_total", code="400") == 1
+    assert counted(served, "aliasroll_serving_requests_total", code="400") == 0
+
+
+async def test_with_a_token_only_its_value_marks_a_copy() -> None:
+    served = app(ALIASROLL_MIRROR_TOKEN=TOKEN)
+    await loaded(served, EchoModel())
+    for mark in (b"1", b"t0ken-of-the-resourcE", b""):  # a client's guess is client traffic
+        await call(served, "/invocations", method="POST", body=BODY, headers=[(MIRROR[0], mark)])
+    assert counted(served, "aliasroll_serving_requests_total", code="200") == 3
+    await call(served, "/invocations", method="POST", body=BODY, headers=[(MIRROR[0], TOKEN.encode())])
+    assert counted(served, "aliasroll_serving_mirrored_requests_total", code="200") == 1
+    assert counted(served, "aliasroll_serving_requests_total", code="200") == 3
+
+
+def test_a_server_without_a_shadow_exports_no_pairs() -> None:
+    assert b"aliasroll_serving_shadow_pairs" not in app().metrics.render()
+    shadowing = app(ALIASROLL_SHADOW_URL="http://shadow:8080").metrics.render().decode()
+    for outcome in ("agree", "disagree", "shadow_error", "timeout", "dropped"):
+        assert f'outcome="{outcome}"' in shadowing
+
+
+async def test_production_mirrors_a_copy_once_its_client_has_the_answer() -> None:
+    served = app(ALIASROLL_SHADOW_URL="http://shadow:8080", ALIASROLL_MAX_IN_FLIGHT="1")
+    await loaded(served, EchoModel())
+    gate = asyncio.Event()
+    copies: list[tuple[bytes, str, bytes]] = []
+
+    async def shadow(config: Any, body: bytes, *, content_type: str, mark: bytes) -> tuple[int, bytes]:
+        copies.append((body, content_type, mark))
+        await gate.wait()
+        return 200, b'{"predictions": ["a"]}'
+
+    assert served.config.shadow is not None
+    assert served.metrics.pairs is not None
+    served.mirror = Mirror(served.config.shadow, served.metrics.pairs, mark=b"1", send=shadow)
+    served.mirror.start()
+    try:
+        # The shadow has not answered: the clients have theirs, and the copies hold no place in flight.
+        for _ in range(2):
+            answer = await call(served, "/invocations", method="POST", body=BODY)
+            assert (answer.status, answer.body) == (200, b'{"predictions": ["a"]}')
+        await call(served, "/invocations", method="POST", body=b"{")  # a 400: nothing to compare
+        await call(served, "/invocations", method="POST", body=BODY, headers=[MIRROR])  # a copy itself
+        await asyncio.sleep(0.01)
+        assert copies == [(BODY, "application/json", b"1")] * 2
+        gate.set()
+        for _ in range(100):
+            if counted(served, "aliasroll_serving_shadow_pairs_total", outcome="agree") == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert counted(served, "aliasroll_serving_shadow_pairs_total", outcome="agree") == 2
+    finally:
+        await served.mirror.close()
