@@ -129,7 +129,7 @@ bench-planner: venv ## A pass's planning (planner.plan, three resources), this t
 	$(PY) bench/planner.py --against $(or $(AGAINST),HEAD)
 
 .PHONY: bench-rollout
-bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max: polled (vs the interval) and pushed by a webhook; back to a warm version (spec.rollback) on the real node
+bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max: polled (vs the interval) and pushed by a webhook; on the real node, version mode (spec.rollback): back to a warm version, a warm canary promoted, a failing bake, the warm pods held and their memory
 	$(PY) bench/rollout_latency.py
 
 .PHONY: bench-ha
