@@ -122,7 +122,7 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 	$(PY) demo/demo.py down
 
 .PHONY: bench
-bench: bench-planner bench-rollout bench-ha bench-scale bench-serving bench-canary bench-hostile ## Every benchmark: planner (about 1 minute), rollout (about 10 minutes), failover (about 3), scale, serving, canary (6 to 12 minutes), hostile tenants (about 4)
+bench: bench-planner bench-rollout bench-ha bench-scale bench-serving bench-canary bench-hostile ## Every benchmark: planner (about 1 minute), rollout (about 12 minutes), failover (about 3), scale, serving, canary (6 to 12 minutes), hostile tenants (about 4)
 
 .PHONY: bench-planner
 bench-planner: venv ## A pass's planning (planner.plan, three resources), this tree against a git ref (AGAINST=HEAD), side by side: microseconds and ratio
