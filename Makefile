@@ -122,14 +122,14 @@ demo-down: venv ## Stop what the demo left running (operator, MLflow server, loc
 	$(PY) demo/demo.py down
 
 .PHONY: bench
-bench: bench-planner bench-rollout bench-ha bench-scale bench-serving bench-canary bench-hostile ## Every benchmark: planner (about 1 minute), rollout (about 10 minutes), failover (about 3), scale, serving, canary (6 to 12 minutes), hostile tenants (about 4)
+bench: bench-planner bench-rollout bench-ha bench-scale bench-serving bench-canary bench-hostile ## Every benchmark: planner (about 1 minute), rollout (about 12 minutes), failover (about 3), scale, serving, canary (6 to 12 minutes), hostile tenants (about 4)
 
 .PHONY: bench-planner
 bench-planner: venv ## A pass's planning (planner.plan, three resources), this tree against a git ref (AGAINST=HEAD), side by side: microseconds and ratio
 	$(PY) bench/planner.py --against $(or $(AGAINST),HEAD)
 
 .PHONY: bench-rollout
-bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max: polled (vs the interval) and pushed by a webhook; back to a warm version (spec.rollback) on the real node
+bench-rollout: venv ## Alias move -> pod template and rollout complete, p50/p95/max: polled (vs the interval) and pushed by a webhook; on the real node, version mode (spec.rollback): back to a warm version, a warm canary promoted, a failing bake, the warm pods held and their memory
 	$(PY) bench/rollout_latency.py
 
 .PHONY: bench-ha

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,7 +40,14 @@ def argument_parser(description: str | None) -> argparse.ArgumentParser:
 def install_crd(cluster: Any, *, rbac: bool = True) -> None:
     """The ModelDeployment CRD, established; with rbac, manifests/ too (the ServiceAccount and its RBAC)."""
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io")
+    # A wait right after the apply can find no conditions yet ("accessor error"), and fails: again.
+    for attempt in range(5):
+        done = cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/modeldeployments.aliasroll.io", check=attempt == 4
+        )
+        if done.returncode == 0:
+            break
+        time.sleep(1)
     if rbac:
         cluster.kubectl("apply", "-k", str(REPO / "manifests"))
 

@@ -18,8 +18,25 @@ and counts the requests that failed during the move.
 Then (kwok), the same moves pushed: a registry webhook delivers each move to the operator, the
 resource's pollInterval is 60 s (--push-poll), so the time is delivery + one read + one pass.
 
+Then version mode on the real node (spec.rollback, every move pushed, a steady stream of requests
+through each resource's Service), beside a cold start measured in the same run:
+  warm moves  @production back to a warm version (--warm-moves times, --real-replicas replicas):
+              first and every answer from it, against the first move forward (cold)
+  promotion   a canary at a fixed 20 % of 10 replicas promoted: every answer from it, against one
+              cold start (the other 8 pods of the promoted version, the last passing its probe)
+  bake        a move to a version failing 30 % of its requests, its bake failing: from the first
+              reading that could fail to @production back in MLflow and to every answer from the
+              previous version, against the bound interval + 2 s
+  cost        the warm pods each ModelDeployment holds (pods of its Deployments labelled
+              aliasroll.io/role=warm, against maxWarm x floor) and their memory, read from the
+              containers' cgroups on this machine, against the production pods'
+`--warm`, `--promotion`, `--bake` run those parts alone (with --warm-only implied); none of them: all.
+Answers are counted by tests/support/answers.py, as the real-node tests count them.
+
     make bench                               # 20 kwok moves (4 replicas), 10 real ones (2), poll 2s
     .venv/bin/python bench/rollout_latency.py --moves 40 --poll 5s --replicas 2 --real-moves 20
+    .venv/bin/python bench/rollout_latency.py --warm-only --real-replicas 4   # version mode only
+    .venv/bin/python bench/rollout_latency.py --promotion                      # that part alone
 
 Runs against a local control plane of its own (kwok: pods become Ready without running, plus the
 real node), a real mlflow server, and the operator as a process, as in the end-to-end tests (on the
@@ -29,16 +46,16 @@ real node it runs inside the node's network namespace, as tests/e2e_real/conftes
 from __future__ import annotations
 
 import argparse
+import glob
 import json
-import os
 import random
-import signal
 import statistics
-import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +70,7 @@ from localkube import RealNode  # noqa: E402
 from localkube.node import pod_placement  # noqa: E402
 from mlflowserver import MlflowServer, free_port  # noqa: E402
 from operatorprocess import OperatorProcess  # noqa: E402
-from support import load  # noqa: E402
+from support.answers import SETTLED, FirstSeen, Stream, log_misbehaving, quiet_for, settle, timed  # noqa: E402
 
 # The operator's one webhook registry (README "Push"): the bench's MLflow server, with its secret.
 WEBHOOK_REGISTRY = "bench"
@@ -95,54 +112,6 @@ def rolled_out(obj: dict[str, Any], version: str) -> bool:
     to this version and available, no old replica left."""
     workload = reduce_deployment(obj) if obj else None
     return workload is not None and workload.version == version and workload.rolled_out
-
-
-class Stream:
-    """tests/support/load.py in the node's namespace, its answers gathered as they come:
-    (start, status, version)."""
-
-    def __init__(self, node: RealNode, address: str, *, rate: float, seconds: float) -> None:
-        self.answers: list[tuple[float, int, str | None]] = []
-        #: Failed requests: (start, what failed: an HTTP status or the client's exception).
-        self.failures: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self.process = subprocess.Popen(
-            node.nsenter_argv(*load.command(address, rate=rate, seconds=seconds, out="-", monotonic=True)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            answer = json.loads(line)
-            with self._lock:
-                status = int(answer["status"])
-                self.answers.append((float(answer["t"]), status, answer.get("version")))
-                if status != 200:
-                    self.failures.append((float(answer["t"]), answer.get("error") or f"HTTP {status}"))
-
-    def since(self, moment: float) -> list[tuple[float, int, str | None]]:
-        with self._lock:
-            return sorted(a for a in self.answers if a[0] >= moment)
-
-    def failures_since(self, moment: float) -> list[tuple[float, str]]:
-        with self._lock:
-            return sorted(f for f in self.failures if f[0] >= moment)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
 
 
 def print_table(title: str, rows: list[tuple[str, list[float]]], poll_seconds: float) -> None:
@@ -213,7 +182,7 @@ def real_node_moves(
             time.sleep(0.2)
         service = cluster.kubectl("get", "service", NAME, "-n", REAL_NAMESPACE, "-o", "json").stdout
         cluster_ip = json.loads(service)["spec"]["clusterIP"]
-        stream = Stream(node, cluster_ip, rate=STREAM_RATE, seconds=moves * 300 + 120)
+        stream = Stream(node, cluster_ip, work / "real.jsonl", rate=STREAM_RATE, seconds=moves * 300 + 120)
 
         template_times: list[float] = []
         first_times: list[float] = []
@@ -244,19 +213,15 @@ def real_node_moves(
                     if seen_template is not None and rolled_out(obj, target):
                         available = now - moved
                 answers = stream.since(moved)
-                old = [a for a in answers if a[1] != 200 or a[2] != target]
                 # Settled: the rollout is complete and the last 3 s of answers are all the new version.
-                if available is not None and answers and answers[-1][0] - (old[-1][0] if old else moved) > 3:
+                if available is not None and quiet_for(answers, moved, target) > SETTLED:
                     break
                 if now - moved > 300:
                     raise SystemExit(f"real move {move + 1} did not complete; see {operator.log_path}")
                 time.sleep(0.1)
             assert seen_template is not None
-            new = [a for a in answers if a[1] == 200 and a[2] == target]
-            first_new = new[0][0] - moved
-            last_old = old[-1][0] if old else moved
-            all_new = next(a[0] for a in answers if a[0] > last_old) - moved
-            failed = sum(a[1] != 200 for a in answers)
+            timing = timed(answers, moved, target)
+            first_new, all_new, failed = timing.first_new, timing.all_new, timing.failed
             failed_total += failed
             template_times.append(seen_template)
             available_times.append(available)
@@ -270,14 +235,14 @@ def real_node_moves(
                 flush=True,
             )
             if failed:
-                failures = stream.failures_since(moved)
-                kinds = Counter(kind for _, kind in failures)
+                failures = stream.failed(moved)
+                kinds = Counter(a.get("error") or f"HTTP {a['status']}" for a in failures)
                 print(
-                    f"      failed between {failures[0][0] - moved:.2f} s and {failures[-1][0] - moved:.2f} s"
-                    f" after the move: {dict(kinds)}",
+                    f"      failed between {failures[0]['t'] - moved:.2f} s and "
+                    f"{failures[-1]['t'] - moved:.2f} s after the move: {dict(kinds)}",
                     flush=True,
                 )
-        answered = len(stream.since(0.0))
+        answered = len(stream.read())
         print_table(
             f"alias move -> real pods (pollInterval {poll_seconds:g} s, {moves} moves, {replicas} replicas)",
             [
@@ -295,53 +260,107 @@ def real_node_moves(
         operator.stop()
 
 
+# --------------------------------------------------------------- version mode (spec.rollback), real node
+
 WARM_NAMESPACE = "bench-warm"
 WARM_MODEL = "bench-warm-sentiment"
+PROMOTION_MODEL = "bench-promotion-sentiment"
+BAKE_MODEL = "bench-bake-sentiment"
+PROMOTION = "promotion"  # the promotion's ModelDeployment
+BAKE = "bake"  # the bake's
+PROMOTED_REPLICAS = 10
+CANARY_WEIGHT = 20  # a fixed share: 2 of the 10 pods
+FAIL_SHARE = 0.3  # of the baked version's answers, a deliberate 500
+BAKE_INTERVAL = 5
+# tests/e2e_real/test_bake_real.py's bake: a reading every 5 s, failing at the first failed one.
+BAKE_SPEC = {
+    "window": "30m",
+    "bake": {
+        "duration": "60s",
+        "analysis": {
+            "interval": f"{BAKE_INTERVAL}s",
+            "failureLimit": 1,
+            "minRequests": 10,
+            "errorRate": {"maxPercent": 5},
+        },
+    },
+}
+ROLE = "aliasroll.io/role"
+OWNER = "aliasroll.io/modeldeployment"
+MEMORY_SOURCE = (
+    "the node's cgroups (v1 memory controller): each container's cgroup below kubelet's cgroupRoot, "
+    "kubepods/<qos>/pod<uid>/<container id>; working set = memory.usage_in_bytes - total_inactive_file "
+    "(as kubelet computes container_memory_working_set_bytes), rss = memory.stat total_rss "
+    "(v2: memory.current - inactive_file, anon)"
+)
 
 
-def _mdep(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
-    out = cluster.kubectl("get", "mdep", name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(out.stdout) if out.returncode == 0 else {}
+@dataclass
+class WarmStack:
+    """The version-mode part's operator (in the node's namespace, watching WARM_NAMESPACE, every move
+    pushed by a registry webhook) and what its parts share."""
+
+    cluster: LocalCluster
+    server: MlflowServer
+    client: Any  # MlflowClient on the host's address of the server
+    tracking_uri: str  # the server as the operator and the pods see it
+    work: Path
+    operator: OperatorProcess
+
+    def kubectl_json(self, *args: str) -> dict[str, Any]:
+        out = self.cluster.kubectl(*args, "-n", WARM_NAMESPACE, "-o", "json", check=False)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def mdep(self, name: str) -> dict[str, Any]:
+        return self.kubectl_json("get", "mdep", name)
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        items = self.kubectl_json("get", "pods", "-l", selector).get("items") or []
+        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+    def apply(self, name: str, model: str, replicas: int, **spec: Any) -> None:
+        """A ModelDeployment of `model` on the real node in version mode, its moves pushed."""
+        node = self.cluster.node
+        body = {
+            "model": {"name": model},
+            "replicas": replicas,
+            "rollback": {"window": "30m"},
+            "registry": {"trackingUri": self.tracking_uri, "pollInterval": "60s"},
+            "serving": {"image": node.images["serving"], "podTemplate": {"spec": pod_placement()}},
+            **spec,
+        }
+        resource = {
+            "apiVersion": "aliasroll.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": WARM_NAMESPACE},
+            "spec": body,
+        }
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
+
+    def wait(self, name: str, holds: Any, what: str, timeout: float = 420) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not holds(found := self.mdep(name)):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name}: {what} not seen in {timeout:.0f} s; see {self.operator.log_path}")
+            time.sleep(0.5)
+        return found
+
+    def stream(self, name: str, seconds: float = 900) -> Stream:
+        """STREAM_RATE requests a second through `name`'s Service, from the node's namespace."""
+        address = self.kubectl_json("get", "service", name)["spec"]["clusterIP"]
+        path = self.work / f"{name}-{time.monotonic_ns()}.jsonl"
+        return Stream(self.cluster.node, address, path, rate=STREAM_RATE, seconds=seconds)
+
+    def move(self, model: str, version: str, alias: str = "production") -> float:
+        moved = time.monotonic()
+        self.client.set_registered_model_alias(model, alias, version)
+        return moved
 
 
-def _serving(resource: dict[str, Any], version: str) -> bool:
-    status = resource.get("status") or {}
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
-    )
-    return ready and (status.get("production") or {}).get("version") == version
-
-
-def _warm(resource: dict[str, Any], version: str) -> bool:
-    entries = (resource.get("status") or {}).get("warm") or ()
-    return any(w.get("version") == version and not w.get("routed") and w.get("until") for w in entries)
-
-
-def _settled(stream: Stream, moved: float, target: str, timeout: float) -> tuple[float, float, int, int]:
-    """Until 3 s of answers come from `target` only: (first answer from it, every answer from it,
-    answers, failed), in seconds after `moved`."""
-    while True:
-        answers = stream.since(moved)
-        old = [a for a in answers if a[1] != 200 or a[2] != target]
-        last_old = old[-1][0] if old else moved
-        if answers and answers[-1][0] - last_old > 3:
-            break
-        if time.monotonic() - moved > timeout:
-            raise SystemExit(f"the move to {target} did not settle in {timeout:.0f} s")
-        time.sleep(0.1)
-    first = next(a[0] for a in answers if a[1] == 200 and a[2] == target) - moved
-    every = next(a[0] for a in answers if a[0] > last_old) - moved
-    return first, every, len(answers), sum(a[1] != 200 for a in answers)
-
-
-def real_warm_moves(
-    *, cluster: LocalCluster, server: MlflowServer, work: Path, moves: int, replicas: int
-) -> None:
-    """Version mode (spec.rollback) on the real node: @production moved back to a warm version
-    `moves` times (alternating between two versions, both warm after one cold move forward), each
-    move pushed by a registry webhook (pollInterval 60 s), timed by the Service's answers; the pods'
-    UIDs compared before and after."""
-    from examples.sentiment.register import register_version
+@contextmanager
+def warm_stack(cluster: LocalCluster, server: MlflowServer, work: Path) -> Iterator[WarmStack]:
+    """The operator of the version-mode part started, the registry webhook pointing at it; both gone
+    on the way out."""
     from mlflow import MlflowClient
 
     from support.webhook_bridge import node_port_on_host
@@ -350,10 +369,6 @@ def real_warm_moves(
     address, port = node.expose_host_port(server.port)
     tracking_uri = f"http://{address}:{port}"
     client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
-    versions = [
-        register_version(server.url, WARM_MODEL, variant="v1", alias="production"),
-        register_version(server.url, WARM_MODEL, variant="v2"),
-    ]
     registries = work / "warm-webhook-registries.json"
     registries.write_text(json.dumps({"bench-real": {"trackingUri": tracking_uri, "secret": WEBHOOK_SECRET}}))
     kubeconfig = work / "operator-real.kubeconfig"
@@ -369,7 +384,6 @@ def real_warm_moves(
             "ALIASROLL_WEBHOOK_LISTEN": f"127.0.0.1:{inside}",
         },
     )
-    stream: Stream | None = None
     with node_port_on_host(node, inside, work) as outside:
         webhook = client.create_webhook(
             name="aliasroll-bench-warm",
@@ -380,85 +394,331 @@ def real_warm_moves(
         try:
             operator.start(timeout=120)
             cluster.kubectl("create", "namespace", WARM_NAMESPACE)
-            resource = {
-                "apiVersion": "aliasroll.io/v1alpha1",
-                "kind": "ModelDeployment",
-                "metadata": {"name": NAME, "namespace": WARM_NAMESPACE},
-                "spec": {
-                    "model": {"name": WARM_MODEL},
-                    "replicas": replicas,
-                    "rollback": {"window": "30m"},
-                    "registry": {"trackingUri": tracking_uri, "pollInterval": "60s"},
-                    "serving": {"image": node.images["serving"], "podTemplate": {"spec": pod_placement()}},
-                },
-            }
-            cluster.kubectl("apply", "-f", "-", input=json.dumps(resource))
-            deadline = time.monotonic() + 300
-            while not _serving(_mdep(cluster, WARM_NAMESPACE, NAME), versions[0]):
-                if time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"the warm resource's first deploy did not complete; see {operator.log_path}"
-                    )
-                time.sleep(0.5)
-            service = cluster.kubectl("get", "service", NAME, "-n", WARM_NAMESPACE, "-o", "json").stdout
-            cluster_ip = json.loads(service)["spec"]["clusterIP"]
-            stream = Stream(node, cluster_ip, rate=STREAM_RATE, seconds=moves * 30 + 300)
-            time.sleep(2)
-            moved = time.monotonic()
-            client.set_registered_model_alias(WARM_MODEL, "production", versions[1])
-            _, forward, _, _ = _settled(stream, moved, versions[1], 300)
-            print(
-                f"\nreal node, version mode (spec.rollback window 30m): {replicas} replicas, the first move "
-                f"forward (cold) {forward:.2f} s to every answer from the new version; then {moves} moves "
-                f"back to a warm version, pushed, {STREAM_RATE:g} requests/s through Service {cluster_ip}",
-                flush=True,
-            )
-
-            def pods() -> set[str]:
-                out = cluster.kubectl("get", "pods", "-n", WARM_NAMESPACE, "-o", "json").stdout
-                return {p["metadata"]["uid"] for p in json.loads(out)["items"]}
-
-            current, firsts, everys, failed_total = versions[1], [], [], 0
-            for move in range(moves):
-                source, target = current, versions[0] if current == versions[1] else versions[1]
-                deadline = time.monotonic() + 60
-                while not _warm(_mdep(cluster, WARM_NAMESPACE, NAME), target):
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"version {target} is not warm; see {operator.log_path}")
-                    time.sleep(0.2)
-                if move == 0:
-                    uids = pods()
-                time.sleep(random.uniform(0.5, 1.5))
-                moved = time.monotonic()
-                client.set_registered_model_alias(WARM_MODEL, "production", target)
-                first, every, answered, failed = _settled(stream, moved, target, 60)
-                firsts.append(first)
-                everys.append(every)
-                failed_total += failed
-                current = target
-                print(
-                    f"  warm move {move + 1:>2}: {source} -> {target}  first answer {first:5.2f} s"
-                    f"  every answer {every:5.2f} s  ({answered} answers, {failed} failed)",
-                    flush=True,
-                )
-            created = pods() - uids
-            print(
-                f"\nalias move back to a warm version -> real pods (pushed, {moves} moves, "
-                f"{replicas} replicas)"
-            )
-            print(f"{'':<34}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}   (seconds)")
-            for label, values in (("first answer from it", firsts), ("every answer from it", everys)):
-                p50, p95, worst = percentile(values, 0.5), percentile(values, 0.95), max(values)
-                print(f"{label:<34}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}")
-            print(
-                f"requests through the Service: {len(stream.since(0.0))}, failed: {failed_total}; "
-                f"pods created by the moves back: {len(created)}"
-            )
+            yield WarmStack(cluster, server, client, tracking_uri, work, operator)
         finally:
-            if stream is not None:
-                stream.stop()
             operator.stop()
             client.delete_webhook(webhook.webhook_id)
+
+
+def _serving(resource: dict[str, Any], version: str, canary: str | None = None) -> bool:
+    status = resource.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+    )
+    return (
+        ready
+        and (status.get("production") or {}).get("version") == version
+        and (canary is None or (status.get("canary") or {}).get("version") == canary)
+    )
+
+
+def _warm(resource: dict[str, Any], version: str) -> bool:
+    entries = (resource.get("status") or {}).get("warm") or ()
+    return any(w.get("version") == version and not w.get("routed") and w.get("until") for w in entries)
+
+
+@dataclass
+class WarmFigures:
+    """What the version-mode part measured, for its table (seconds; absent: the part did not run)."""
+
+    replicas: int = 0
+    warm_every: list[float] = field(default_factory=list)
+    warm_first: list[float] = field(default_factory=list)
+    cold_forward: float | None = None  # the warm part's first move (cold: the new version's pods start)
+    promoted: float | None = None  # promotion: every answer from the promoted version
+    promotion_cold: float | None = None  # its new pods' cold start: the last passing its probe
+    bake_back: float | None = None  # from the first reading that could fail: @production back in MLflow
+    bake_every: float | None = None  # ...: every answer from the previous version
+    resources: list[str] = field(default_factory=list)
+
+
+def real_warm_moves(stack: WarmStack, moves: int, replicas: int, figures: WarmFigures) -> None:
+    """@production moved back to a warm version `moves` times (alternating between two versions, both
+    warm after one cold move forward), timed by the Service's answers; the pods' UIDs compared."""
+    from examples.sentiment.register import register_version
+
+    url = stack.server.url
+    versions = [
+        register_version(url, WARM_MODEL, variant="v1", alias="production"),
+        register_version(url, WARM_MODEL, variant="v2"),
+    ]
+    stack.apply(NAME, WARM_MODEL, replicas)
+    figures.resources.append(NAME)
+    stack.wait(NAME, lambda found: _serving(found, versions[0]), "the first deploy Ready", timeout=300)
+    selector = f"{OWNER}={NAME}"
+    with stack.stream(NAME, seconds=moves * 30 + 300) as stream:
+        time.sleep(2)
+        forward = settle(stream, stack.move(WARM_MODEL, versions[1]), versions[1], timeout=300)
+        figures.replicas, figures.cold_forward = replicas, forward.all_new
+        print(
+            f"\nreal node, version mode (spec.rollback window 30m): {replicas} replicas, the first move "
+            f"forward (cold) {forward.all_new:.2f} s to every answer from the new version; then {moves} "
+            f"moves back to a warm version, pushed, {STREAM_RATE:g} requests/s through the Service",
+            flush=True,
+        )
+        current, failed_total, uids = versions[1], 0, set[str]()
+        for number in range(moves):
+            source, target = current, versions[0] if current == versions[1] else versions[1]
+            stack.wait(NAME, lambda found, v=target: _warm(found, v), f"version {target} warm", timeout=60)
+            uids = uids or {p["metadata"]["uid"] for p in stack.pods(selector)}
+            time.sleep(random.uniform(0.5, 1.5))
+            move = settle(stream, stack.move(WARM_MODEL, target), target, timeout=60)
+            figures.warm_first.append(move.first_new)
+            figures.warm_every.append(move.all_new)
+            failed_total += move.failed
+            current = target
+            print(
+                f"  warm move {number + 1:>2}: {source} -> {target}  first answer {move.first_new:5.2f} s"
+                f"  every answer {move.all_new:5.2f} s  ({move.answers} answers, {move.failed} failed)",
+                flush=True,
+            )
+        created = {p["metadata"]["uid"] for p in stack.pods(selector)} - uids
+        answered = len(stream.read())
+    print(f"\nalias move back to a warm version -> real pods (pushed, {moves} moves, {replicas} replicas)")
+    print(f"{'':<34}{'p50':>8}{'p95':>8}{'max':>8}{'mean':>8}   (seconds)")
+    for label, values in (
+        ("first answer from it", figures.warm_first),
+        ("every answer from it", figures.warm_every),
+    ):
+        p50, p95, worst = percentile(values, 0.5), percentile(values, 0.95), max(values)
+        print(f"{label:<34}{p50:8.2f}{p95:8.2f}{worst:8.2f}{statistics.mean(values):8.2f}")
+    print(
+        f"requests through the Service: {answered}, failed: {failed_total}; "
+        f"pods created by the moves back: {len(created)}"
+    )
+
+
+def _new_pods_ready(stack: WarmStack, workload: str, kept: set[str], wanted: int) -> FirstSeen:
+    """The promoted version's pods other than `kept` (the canary's), read 5 times a second: when the
+    first and the last of `wanted` passed their readiness probe (ContainersReady)."""
+
+    def probed(pods: list[dict[str, Any]]) -> list[bool]:
+        conditions = [p["status"].get("conditions") or () for p in pods if p["metadata"]["name"] not in kept]
+        ready = {"type": "ContainersReady", "status": "True"}
+        return [any(ready.items() <= c.items() for c in on) for on in conditions]
+
+    return FirstSeen(
+        lambda: stack.pods(f"aliasroll.io/workload={workload}"),
+        {"first": lambda pods: any(probed(pods)), "last": lambda pods: sum(probed(pods)) >= wanted},
+        every=0.2,
+    )
+
+
+def promotion(stack: WarmStack, figures: WarmFigures) -> None:
+    """10 replicas, a canary at a fixed 20 % (2 of its pods, warm and routed); @production moves to the
+    canary's version (pushed): seconds to every answer from it, beside one cold start measured in the
+    same move (the other 8 pods of the promoted version, started in parallel, the last passing its
+    probe)."""
+    from examples.sentiment.register import register_version
+
+    url = stack.server.url
+    v1 = register_version(url, PROMOTION_MODEL, variant="v1", alias="production")
+    v2 = register_version(url, PROMOTION_MODEL, variant="v2", alias="canary")
+    stack.apply(
+        PROMOTION, PROMOTION_MODEL, PROMOTED_REPLICAS, canary={"alias": "canary", "weight": CANARY_WEIGHT}
+    )
+    figures.resources.append(PROMOTION)
+    stack.wait(PROMOTION, lambda found: _serving(found, v1, v2), f"Ready at {v1} + canary {v2}", timeout=600)
+    workload = f"{PROMOTION}-v{v2}"
+    canary = {p["metadata"]["name"] for p in stack.pods(f"aliasroll.io/workload={workload}")}
+    wanted = PROMOTED_REPLICAS - len(canary)
+    with stack.stream(PROMOTION) as stream, _new_pods_ready(stack, workload, canary, wanted) as cold:
+        time.sleep(2)
+        moved = stack.move(PROMOTION_MODEL, v2)
+        move = settle(stream, moved, v2, timeout=600)
+        deadline = time.monotonic() + 120
+        while "last" not in cold.first and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if "last" not in cold.first:
+        raise SystemExit(f"the promoted version's {wanted} new pods were not seen ready")
+    kept = canary <= {p["metadata"]["name"] for p in stack.pods(f"aliasroll.io/workload={workload}")}
+    figures.promoted, figures.promotion_cold = move.all_new, cold.first["last"] - moved
+    print(
+        f"\npromotion of a warm canary ({PROMOTED_REPLICAS} replicas, canary {CANARY_WEIGHT} %: "
+        f"{len(canary)} pods; pushed): first answer {move.first_new:.2f} s, every answer from v{v2} "
+        f"{move.all_new:.2f} s after the move; one cold start (its {wanted} new pods in parallel): first "
+        f"ready {cold.first['first'] - moved:.2f} s, last {figures.promotion_cold:.2f} s; "
+        f"{move.answers} requests, {move.failed} failed; the canary's pods kept: {kept}",
+        flush=True,
+    )
+
+
+def production(stack: WarmStack, model: str) -> str | None:
+    """@production of `model` in MLflow."""
+    return stack.client.get_registered_model(model).aliases.get("production")
+
+
+def _bake_states(stack: WarmStack) -> FirstSeen:
+    """status.bake read 5 times a second: when it started (the baked version takes every request) and
+    when it said Failed."""
+
+    def bake() -> dict[str, Any]:
+        return dict((stack.mdep(BAKE).get("status") or {}).get("bake") or {})
+
+    return FirstSeen(
+        bake,
+        {"started": lambda b: bool(b.get("startedAt")), "failed": lambda b: b.get("phase") == "Failed"},
+        every=0.2,
+    )
+
+
+def failing_bake(stack: WarmStack, figures: WarmFigures) -> None:
+    """@production moves (pushed) from a good version to one failing 30 % of its requests; the bake
+    (interval 5 s, failureLimit 1, errorRate maxPercent 5) fails, the operator moves @production back
+    in MLflow and rolls back to the warm version: seconds from the first reading that could fail to
+    @production back in MLflow and to every answer from the previous version."""
+    from examples.sentiment.register import register_version
+
+    v1 = register_version(stack.server.url, BAKE_MODEL, variant="v1", alias="production")
+    v2 = log_misbehaving(stack.server.url, BAKE_MODEL, fail_share=FAIL_SHARE)
+    stack.apply(BAKE, BAKE_MODEL, 2, rollback=BAKE_SPEC)
+    figures.resources.append(BAKE)
+    stack.wait(BAKE, lambda found: _serving(found, v1), f"Ready at {v1}", timeout=300)
+    with stack.stream(BAKE) as stream, _bake_states(stack) as states:
+        time.sleep(2)
+        moved = stack.move(BAKE_MODEL, v2)
+        deadline = time.monotonic() + 300
+        back = None
+        while back is None and time.monotonic() < deadline:
+            if "started" in states.first and production(stack, BAKE_MODEL) == v1:
+                back = time.monotonic()
+            time.sleep(0.1)
+        if back is None or "started" not in states.first:
+            raise SystemExit(f"the bake did not move @production back; see {stack.operator.log_path}")
+        first_possible = states.first["started"] + BAKE_INTERVAL
+        returned = settle(stream, first_possible, v1, timeout=120)
+        answers = stream.since(moved)
+    deliberate = sum(a["status"] == 500 and a.get("version") == v2 for a in answers)
+    others = sum(a["status"] != 200 for a in answers) - deliberate
+    figures.bake_back, figures.bake_every = back - first_possible, returned.all_new
+    print(
+        f"\nfailing bake (v{v2} fails {FAIL_SHARE:.0%} of its requests; interval {BAKE_INTERVAL}s, "
+        f"failureLimit 1, pushed): v{v2} took every request {states.first['started'] - moved:.2f} s after "
+        f"the move (cold); from the first reading that could fail (+{BAKE_INTERVAL} s): status.bake Failed "
+        f"seen {states.first.get('failed', float('nan')) - first_possible:.2f} s, @production back at "
+        f"v{v1} in MLflow {figures.bake_back:.2f} s, every answer from v{v1} {figures.bake_every:.2f} s "
+        f"(bound: interval + 2 s = {BAKE_INTERVAL + 2} s); {len(answers)} requests, {deliberate} of "
+        f"v{v2}'s deliberate 500s, "
+        f"{others} other failures",
+        flush=True,
+    )
+
+
+def container_memory(pod: dict[str, Any]) -> tuple[int, int] | None:
+    """(working set, rss) in bytes of the pod's containers, summed, from their cgroups on this
+    machine (MEMORY_SOURCE); None when a container's cgroup is not found."""
+    uid = pod["metadata"]["uid"]
+    working_set = rss = 0
+    for status in pod["status"].get("containerStatuses") or ():
+        container = (status.get("containerID") or "").rpartition("//")[2]
+        if not container:
+            return None
+        below = f"kubepods/**/pod{uid}/{container}"
+        found = glob.glob(f"/sys/fs/cgroup/memory/*/{below}", recursive=True)
+        found += glob.glob(f"/sys/fs/cgroup/*/{below}/memory.current", recursive=True)
+        if not found:
+            return None
+        where = Path(found[0].removesuffix("/memory.current"))
+        stat = dict(line.split() for line in (where / "memory.stat").read_text().splitlines())
+        if (where / "memory.usage_in_bytes").exists():  # cgroup v1
+            usage = int((where / "memory.usage_in_bytes").read_text())
+            working_set += usage - int(stat.get("total_inactive_file", 0))
+            rss += int(stat.get("total_rss", 0))
+        else:  # cgroup v2
+            usage = int((where / "memory.current").read_text())
+            working_set += usage - int(stat.get("inactive_file", 0))
+            rss += int(stat.get("anon", 0))
+    return working_set, rss
+
+
+def _mib(values: list[int]) -> str:
+    return f"{sum(values) / 2**20:.0f} MiB" if values else "-"
+
+
+CostRow = tuple[str, int, int, list[int], list[int], list[int]]
+
+
+def warm_cost(stack: WarmStack, names: list[str]) -> list[CostRow]:
+    """Per ModelDeployment: (name, warm pods held, maxWarm x floor, the warm pods' working sets and
+    rss, the production pods' working sets), counted from the cluster: the pods of its Deployments
+    labelled aliasroll.io/role=warm."""
+    rows = []
+    for name in names:
+        spec = stack.mdep(name).get("spec") or {}
+        rollback = spec.get("rollback") or {}
+        bound = int(rollback.get("maxWarm", 1)) * int(rollback.get("floor", spec.get("replicas", 1)))
+        held: dict[str, list[dict[str, Any]]] = {"warm": [], "production": []}
+        for role, pods in held.items():
+            selector = f"{OWNER}={name},{ROLE}={role}"
+            for found in stack.kubectl_json("get", "deployments", "-l", selector).get("items") or ():
+                labels = found["spec"]["selector"]["matchLabels"]
+                pods += stack.pods(",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        warm = [m for p in held["warm"] if (m := container_memory(p)) is not None]
+        production = [m[0] for p in held["production"] if (m := container_memory(p)) is not None]
+        rows.append((name, len(held["warm"]), bound, [m[0] for m in warm], [m[1] for m in warm], production))
+    return rows
+
+
+def report_cost(rows: list[CostRow]) -> None:
+    print("\nwhat version mode holds: warm pods per ModelDeployment and their memory")
+    print(f"  memory read from {MEMORY_SOURCE}")
+    print(
+        f"{'ModelDeployment':<18}{'warm pods':>10}{'maxWarm x floor':>17}{'working set':>13}{'rss':>10}"
+        f"{'per warm pod':>14}{'per production pod':>20}{'ratio':>7}"
+    )
+    for name, pods, bound, working, rss, production in rows:
+        per_warm = statistics.mean(working) / 2**20 if working else float("nan")
+        per_production = statistics.mean(production) / 2**20 if production else float("nan")
+        print(
+            f"{name:<18}{pods:>10}{bound:>17}{_mib(working):>13}{_mib(rss):>10}"
+            f"{per_warm:>10.0f} MiB{per_production:>16.0f} MiB{per_warm / per_production:>6.2f}x"
+        )
+
+
+def report_warm(figures: WarmFigures) -> None:
+    """The version-mode part against a cold start, measured in the same run."""
+    rows: list[tuple[str, float, str, float]] = []
+    if figures.warm_every and figures.cold_forward is not None:
+        cold = figures.cold_forward
+        for label, value in (
+            ("rollback to warm, every answer p50", percentile(figures.warm_every, 0.5)),
+            ("rollback to warm, every answer p95", percentile(figures.warm_every, 0.95)),
+        ):
+            rows.append((label, value, "the cold move forward, every answer", cold))
+    if figures.promoted is not None and figures.promotion_cold is not None:
+        rows.append(
+            (
+                f"promotion ({PROMOTED_REPLICAS} replicas), every answer",
+                figures.promoted,
+                "one cold start (last new pod ready)",
+                figures.promotion_cold,
+            )
+        )
+    if figures.bake_back is not None and figures.bake_every is not None:
+        bound = BAKE_INTERVAL + 2.0
+        against = "bound: interval + 2 s"
+        rows.append(("failing bake, @production back in MLflow", figures.bake_back, against, bound))
+        rows.append(("failing bake, every answer from previous", figures.bake_every, against, bound))
+    print(f"\nversion mode on the real node ({figures.replicas or '-'} replicas for the rollbacks; seconds)")
+    print(f"{'':<44}{'warm':>8}   {'against':<38}{'':>8}   ratio (against / warm)")
+    for label, value, against, other in rows:
+        print(f"{label:<44}{value:8.2f}   {against:<38}{other:8.2f}{other / value:8.2f}x")
+
+
+def version_mode(cluster: LocalCluster, server: MlflowServer, work: Path, args: argparse.Namespace) -> None:
+    """The version-mode parts asked for (rollbacks to a warm version, the promotion of a warm canary,
+    a failing bake), one operator for all, then what they hold warm; the table."""
+    figures = WarmFigures()
+    with warm_stack(cluster, server, work) as stack:
+        if "warm" in args.parts and args.warm_moves:
+            real_warm_moves(stack, args.warm_moves, args.real_replicas, figures)
+        if "promotion" in args.parts:
+            promotion(stack, figures)
+        if "bake" in args.parts:
+            failing_bake(stack, figures)
+        if figures.resources:
+            report_cost(warm_cost(stack, figures.resources))
+    report_warm(figures)
 
 
 def push_moves(
@@ -554,10 +814,32 @@ def parse_args() -> argparse.Namespace:
         default=10,
         help="moves back to a warm version on the real node (spec.rollback, pushed); 0: none",
     )
-    parser.add_argument("--warm-only", action="store_true", help="on the real node, the warm moves only")
+    parser.add_argument(
+        "--warm-only",
+        action="store_true",
+        help="on the real node, version mode only (spec.rollback: the warm moves, the promotion, the bake)",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="version mode: the moves back to a warm version (alone, or with the parts named)",
+    )
+    parser.add_argument(
+        "--promotion",
+        action="store_true",
+        help=f"version mode: the promotion of a warm canary, {PROMOTED_REPLICAS} replicas (alone, or ...)",
+    )
+    parser.add_argument(
+        "--bake", action="store_true", help="version mode: a failing bake's rollback (alone, or ...)"
+    )
     parser.add_argument("--push-moves", type=int, default=20, help="alias moves pushed by a webhook (kwok)")
     parser.add_argument("--push-poll", default="60s", help="pollInterval of the pushed resource")
-    return parser.parse_args()
+    args = parser.parse_args()
+    # Each version-mode part alone (--warm, --promotion, --bake, implying --warm-only), else all three.
+    named = [part for part in ("warm", "promotion", "bake") if getattr(args, part)]
+    args.parts = named or ["warm", "promotion", "bake"]
+    args.warm_only = args.warm_only or bool(named)
+    return args
 
 
 def real_node_ready(args: argparse.Namespace, work: Path) -> bool:
@@ -715,14 +997,7 @@ def main() -> None:
                     poll=args.poll,
                     replicas=args.real_replicas,
                 )
-            if args.warm_moves:
-                real_warm_moves(
-                    cluster=cluster,
-                    server=server,
-                    work=work,
-                    moves=args.warm_moves,
-                    replicas=args.real_replicas,
-                )
+            version_mode(cluster, server, work, args)
     finally:
         if operator is not None:
             operator.stop()

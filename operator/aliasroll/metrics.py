@@ -43,6 +43,14 @@ REGISTRY_CALL_SECONDS = Histogram(
     ["call"],
     buckets=_CALL_BUCKETS,
 )
+FAST_SWITCH_SECONDS = Histogram(
+    "aliasroll_fast_switch_seconds",
+    "Version mode (spec.rollback): a fast move of @production to warm pods, by kind (rollback: back "
+    "to a warm version; promotion: to the canary's routed pods), from the pass that saw the move to "
+    "the one that unrouted the version it replaces, as the FastRollback event says it",
+    ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
 ALIAS_MOVE_APPLIED_SECONDS = Histogram(
     "aliasroll_alias_move_to_applied_seconds",
     "From an alias move (the registry's webhook time when pushed, else when a poll saw it) to the end "

@@ -13,11 +13,9 @@ print with -s:
 
 from __future__ import annotations
 
-import json
-import subprocess
-import threading
 import time
 from collections import Counter
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +23,7 @@ from harness import Kube, wait_events, wait_for
 from realstack import NAME, RealStack
 from test_canary_analysis import register_misbehaving
 
-from support import load
+from support.answers import FirstSeen, Stream
 
 RATE = 40.0  # requests per second through the Service, each on a new connection
 FAIL_SHARE = 0.3  # of v2's answers, a deliberate 500
@@ -59,76 +57,22 @@ def pod_uids(stack: RealStack, version: str | None = None) -> dict[str, str]:
     }
 
 
-class Stream:
-    """tests/support/load.py inside the node's namespace: {"t": start on CLOCK_MONOTONIC (this
-    process's clock too), "ms", "status", "version"} per request."""
+def bake_states(kube: Kube, namespace: str) -> FirstSeen:
+    """status.bake read 10 times a second (a client and a thread of their own): the moment each of
+    its states was first seen."""
 
-    def __init__(self, stack: RealStack) -> None:
-        self.path = stack.tmp / "bake.jsonl"
-        self.process = subprocess.Popen(
-            stack.node.nsenter_argv(
-                *load.command(stack.address, rate=RATE, seconds=900, out=str(self.path), monotonic=True)
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def read() -> dict[str, Any]:
+        found = kube.get("mdep", NAME, namespace) or {}
+        return dict((found.get("status") or {}).get("bake") or {})
 
-    def __enter__(self) -> Stream:
-        wait_for(lambda: len(self.answers()) >= RATE, timeout=30, what="the load's first second of answers")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def answers(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_bytes().split(b"\n")[:-1]  # the last may be partial
-        return sorted((json.loads(line) for line in lines if line.strip()), key=lambda a: a["t"])
-
-
-class Watcher:
-    """status.bake read 10 times a second (a thread of its own): the monotonic moment each of its
-    states was first seen."""
-
-    def __init__(self, stack: RealStack) -> None:
-        self.kube = Kube(stack.cluster)
-        self.namespace = stack.namespace
-        self.first: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.kube.close()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            began = time.monotonic()
-            try:
-                found = self.kube.get("mdep", NAME, self.namespace) or {}
-            except (OSError, AssertionError):
-                continue
-            now = (began + time.monotonic()) / 2
-            bake = (found.get("status") or {}).get("bake") or {}
-            seen = {
-                "started": bool(bake.get("startedAt")),
-                "failed": bake.get("phase") == "Failed",
-                "made": bake.get("aliasWrite") == "Made",
-            }
-            for state, value in seen.items():
-                if value:
-                    self.first.setdefault(state, now)
+    return FirstSeen(
+        read,
+        {
+            "started": lambda bake: bool(bake.get("startedAt")),
+            "failed": lambda bake: bake.get("phase") == "Failed",
+            "made": lambda bake: bake.get("aliasWrite") == "Made",
+        },
+    )
 
 
 def test_a_failed_bake_moves_production_back_and_every_answer_is_v1_again(stack: RealStack) -> None:
@@ -142,7 +86,11 @@ def test_a_failed_bake_moves_production_back_and_every_answer_is_v1_again(stack:
     assert len(v1_pods) == 2, v1_pods
     wall_minus_monotonic = time.time() - time.monotonic()
 
-    with Stream(stack) as stream, Watcher(stack) as watcher:
+    with (
+        closing(Kube(stack.cluster)) as kube,
+        Stream(stack.node, stack.address, stack.tmp / "bake.jsonl", rate=RATE) as stream,
+        bake_states(kube, stack.namespace) as watcher,
+    ):
         stack.point("production", v2)
         wait_events(stack.kube, stack.namespace, NAME, "BakeStarted", timeout=120)
         wait_for(lambda: "started" in watcher.first, timeout=240, what="v2 taking every request (startedAt)")
@@ -165,14 +113,14 @@ def test_a_failed_bake_moves_production_back_and_every_answer_is_v1_again(stack:
         # The answers after the rollback: every one from v1 for 5 s is enough to see the last of v2.
         wait_for(
             lambda: (
-                (tail := [a for a in stream.answers() if a["t"] > time.monotonic() - 5])
+                (tail := [a for a in stream.read() if a["t"] > time.monotonic() - 5])
                 and all(a["version"] == v1 for a in tail)
             ),
             timeout=60,
             what="5 s of answers all from v1",
         )
         time.sleep(2)
-    answers = stream.answers()
+    answers = stream.read()
 
     bake = found["status"]["bake"]
     assert (bake["version"], bake["previous"], bake["phase"]) == (v2, v1, "Failed"), bake

@@ -6,29 +6,18 @@ while production answers every request; a canary without traffic holds its step 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import mlflow
 from harness import wait_for
 from realstack import NAME, RealStack
 
-MISBEHAVING = Path(__file__).parent / "models" / "misbehaving.py"
+from support.answers import log_misbehaving
 
 
 def register_misbehaving(stack: RealStack, **config: float) -> str:
     """A version that answers 0.5 to everything, raising on `fail_share` of the requests or
     `delay_seconds` late, as its model_config says."""
-    mlflow.set_tracking_uri(stack.mlflow.url)
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(MISBEHAVING),
-            model_config=dict(config),
-            registered_model_name=stack.model,
-            pip_requirements=[f"mlflow-skinny=={mlflow.__version__}"],
-        )
-    return str(info.registered_model_version)
+    return log_misbehaving(stack.mlflow.url, stack.model, **config)
 
 
 def canary_status(stack: RealStack, name: str = NAME) -> dict[str, Any]:

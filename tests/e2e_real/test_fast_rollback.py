@@ -12,7 +12,6 @@ and are run in a session of their own, on a machine doing nothing else:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -21,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +28,7 @@ from examples.sentiment.register import register_version
 from harness import Kube, condition, wait_events, wait_for
 from realstack import NAME, RealStack
 
-from support import load
+from support.answers import Move, Stream, settle
 
 WINDOW = {"window": "30m"}
 
@@ -112,54 +110,6 @@ WARM_MOVES = 20  # p95 of 20 is the 19th: of 10 it would be the slowest
 COLD_MOVES = 2
 REPLICAS = 4
 PUSHED = {"pollInterval": "60s"}  # moves arrive by webhook; the poll is far away
-
-
-class Stream:
-    """tests/support/load.py inside the node's namespace against one Service, its answers read as
-    they come: {"t": start on CLOCK_MONOTONIC (this process's clock too), "status", "version"}."""
-
-    def __init__(self, stack: RealStack, address: str, name: str) -> None:
-        self.path = stack.tmp / f"{name}.jsonl"
-        self.process = subprocess.Popen(
-            stack.node.nsenter_argv(
-                *load.command(address, rate=RATE, seconds=900, out=str(self.path), monotonic=True)
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.answers: list[dict[str, Any]] = []
-        self._offset = 0
-        self._partial = b""
-
-    def __enter__(self) -> Stream:
-        wait_for(lambda: len(self.read()) >= RATE, timeout=30, what="the load's first second of answers")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def read(self) -> list[dict[str, Any]]:
-        if self.path.exists():
-            with self.path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-            self._offset += len(data)
-            lines = (self._partial + data).split(b"\n")
-            self._partial = lines.pop()
-            self.answers += [json.loads(line) for line in lines if line.strip()]
-            self.answers.sort(key=lambda a: a["t"])
-        return self.answers
-
-    def since(self, moment: float) -> list[dict[str, Any]]:
-        return [a for a in self.read() if a["t"] >= moment]
-
-    def failed(self) -> list[dict[str, Any]]:
-        return [a for a in self.read() if a["status"] != 200]
 
 
 class Watcher:
@@ -280,19 +230,6 @@ class ProxySyncs:
         return [moment for moment in self.moments[1:] if start <= moment <= end]
 
 
-@dataclass
-class Move:
-    """One alias move timed by the answers: from the move to the first answer of the target, and to
-    the start of the first request after which every answer comes from it (all_new)."""
-
-    target: str
-    first_new: float
-    all_new: float
-    answers: int
-    failed: int
-    steps: dict[str, float | None] = field(default_factory=dict)
-
-
 def move_and_time(
     stack: RealStack, model: str, stream: Stream, target: str, *, timeout: float
 ) -> tuple[float, Move]:
@@ -300,23 +237,12 @@ def move_and_time(
     seconds of answers come from it only; (when the move was made, the timing)."""
     moved = time.monotonic()
     stack.registry.set_registered_model_alias(model, "production", target)
-    while True:
-        answers = stream.since(moved)
-        old = [a for a in answers if a["status"] != 200 or a.get("version") != target]
-        last_old = old[-1]["t"] if old else moved
-        if answers and answers[-1]["t"] - last_old > SETTLED:
-            break
-        assert time.monotonic() - moved < timeout, f"the move to {target} did not settle in {timeout:.0f} s"
-        time.sleep(0.1)
-    new = [a for a in answers if a["status"] == 200 and a.get("version") == target]
-    after = next(a["t"] for a in answers if a["t"] > last_old)
-    return moved, Move(
-        target=target,
-        first_new=new[0]["t"] - moved,
-        all_new=after - moved,
-        answers=len(answers),
-        failed=sum(a["status"] != 200 for a in answers),
-    )
+    return moved, settle(stream, moved, target, timeout=timeout)
+
+
+def load_through(stack: RealStack, address: str, name: str) -> Stream:
+    """RATE requests a second through the Service at `address`, its answers in tmp/name.jsonl."""
+    return Stream(stack.node, address, stack.tmp / f"{name}.jsonl", rate=RATE)
 
 
 def figures(values: list[float]) -> str:
@@ -402,7 +328,7 @@ def test_a_rollback_to_a_warm_version_takes_seconds(stack: RealStack) -> None:
     with (
         Watcher(stack, NAME) as watcher,
         ProxySyncs(stack) as syncs,
-        Stream(stack, stack.address, "warm") as stream,
+        load_through(stack, stack.address, "warm") as stream,
     ):
         # The first move is forward (cold: v2's pods start); v1 stays warm.
         _, first = move_and_time(stack, stack.model, stream, v2, timeout=180)
@@ -430,7 +356,7 @@ def test_a_rollback_to_a_warm_version_takes_seconds(stack: RealStack) -> None:
         warm_answers = len(stream.read())
 
     cold_moves: list[Move] = []
-    with Stream(stack, cold_address, "cold") as stream:
+    with load_through(stack, cold_address, "cold") as stream:
         current = c1
         for number in range(COLD_MOVES):
             time.sleep(random.uniform(0.5, 1.5))
@@ -488,7 +414,7 @@ def test_a_promotion_gives_production_to_the_canarys_warm_pods(stack: RealStack)
     stack.ready(v1, v2, timeout=420)
     canary_pods = pod_uids(stack, v2)
     assert len(canary_pods) == PROMOTED_REPLICAS * CANARY_WEIGHT // 100, canary_pods
-    with Watcher(stack, NAME) as watcher, Stream(stack, stack.address, "promotion") as stream:
+    with Watcher(stack, NAME) as watcher, load_through(stack, stack.address, "promotion") as stream:
         time.sleep(2)
         before = stream.read()[:]
         versions = {a.get("version") for a in before}

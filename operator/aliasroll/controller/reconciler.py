@@ -191,8 +191,7 @@ class Reconciler:
             return PassResult(next_in=spec.registry.poll_seconds, failed=error)
         self._unrecorded.pop(owner.uid, None)
         self._unrecorded.pop(bake_run.reading_key(owner.uid), None)
-        for event in planned.plan.events:
-            self._events.post(body, event)
+        self._announce(body, planned.plan)
         if planned.changes and planned.endpoint is not None:
             done = await self._change_aliases(
                 body, owner, spec.model.name, planned.endpoint, planned.changes, status, now
@@ -213,6 +212,15 @@ class Reconciler:
         # wakes this resource when the answer changes, so an outage adds no passes.
         failed = view_error if view_error is not None and view_error.transient else None
         return PassResult(next_in=next_pass.next_pass_in(end), failed=failed, back_off=False)
+
+    def _announce(self, body: Mapping[str, Any], plan: planner.Plan) -> None:
+        """The pass's events, once its status is written; a fast move that ended is timed in
+        aliasroll_fast_switch_seconds as its FastRollback event says it."""
+        for event in plan.events:
+            self._events.post(body, event)
+        if plan.fast_move is not None:
+            kind = plan.fast_move.kind.value
+            metrics.FAST_SWITCH_SECONDS.labels(kind).observe(plan.fast_move.seconds)
 
     def _parse(self, body: Mapping[str, Any], owner: ResourceRef) -> ModelDeploymentSpec:
         """The spec, checked against the operator's allow-lists (what they refuse, NotAllowed, is

@@ -26,6 +26,7 @@ from aliasroll.planning import bake as bake_run
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import capacity, fleet_status, health, history, registry_writes, versions, workloads
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
+from aliasroll.planning.fleet import FastMove
 from aliasroll.planning.registry_writes import RegistryWrite
 from aliasroll.planning.routers import Routing, TrafficInput, router_for, share
 from aliasroll.planning.routers.gateway_api import GatewayAPIRouter
@@ -54,6 +55,9 @@ class Plan:
     next_in: float | None = None  # seconds until a canary step ends, a measurement or a warm version's end
     # Version mode (spec.rollback): the readiness gates to set on pods, after the objects are applied.
     gates: tuple[versions.GateWrite, ...] = ()
+    # Version mode: a fast move (rollback or promotion to warm pods) that ended this pass, as its
+    # FastRollback event says it; the operator's metric aliasroll_fast_switch_seconds counts it.
+    fast_move: FastMove | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ def plan(
         writes=(*_writes(owner, spec, run, registry, [*status.get("history", ()), *dropped]), *baked.writes),
         next_in=next_in,
         gates=placement.gates,
+        fast_move=placed.versions.decision.fast_move if placed and placed.versions else None,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from builders import spec, view
 from version_cluster import VersionCluster
 
@@ -118,11 +119,16 @@ def test_a_fast_move_is_timed_to_the_millisecond() -> None:
     converge(cluster, rollback_spec(), "1")
     converge(cluster, rollback_spec(), "2")
     cluster.later(60.7)
-    cluster.reconcile(rollback_spec(), view("1"))
+    started = cluster.reconcile(rollback_spec(), view("1"))
     assert cluster.status["fastSwitch"]["since"].endswith(".700Z")
+    assert started.fast_move is None, "under way, not ended"
     cluster.later(0.55)  # same second, by the clock's whole seconds
-    cluster.reconcile(rollback_spec(), view("1"))
+    ended = cluster.reconcile(rollback_spec(), view("1"))
     assert "fastSwitch" not in cluster.status
+    # The plan says so, for the operator's metric aliasroll_fast_switch_seconds.
+    assert ended.fast_move is not None
+    assert (ended.fast_move.kind.value, ended.fast_move.target.version) == ("rollback", "1")
+    assert ended.fast_move.seconds == pytest.approx(0.55)
     fast = [message for reason, message in cluster.events if reason == reasons.FAST_ROLLBACK]
     assert len(fast) == 1
     assert "the only version routed 0.6 s after the move was seen" in fast[0]
