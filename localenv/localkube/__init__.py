@@ -18,7 +18,14 @@ from .bins import CONTROL_PLANE as COMPONENTS
 from .cluster import GATEWAY_API_GROUP, LocalCluster
 from .common import DEFAULT_STATE_DIR, REPO_ROOT, ClusterError, KubectlError
 from .kubeconfig import CLUSTER_NAME
-from .kwok import KWOK_STAGE_DIRS, NODE_NAME, POD_CIDR, READY_DELAY_ANNOTATION
+from .kwok import (
+    EXIT_CODE_ANNOTATION,
+    KWOK_STAGE_DIRS,
+    NODE_NAME,
+    POD_CIDR,
+    READY_DELAY_ANNOTATION,
+    TERMINATION_MESSAGE_ANNOTATION,
+)
 from .node import REAL_NODE_LABEL, REAL_NODE_TAINT, RealNode, pod_placement
 
 __all__ = [
@@ -27,6 +34,7 @@ __all__ = [
     "CNI_BIN_SUBDIR",
     "COMPONENTS",
     "DEFAULT_STATE_DIR",
+    "EXIT_CODE_ANNOTATION",
     "GATEWAY_API_GROUP",
     "KWOK_STAGE_DIRS",
     "NODE_NAME",
@@ -37,6 +45,7 @@ __all__ = [
     "REPO_ROOT",
     "REQUIRED_BINARIES",
     "SERVICE_CIDR",
+    "TERMINATION_MESSAGE_ANNOTATION",
     "ClusterError",
     "KubectlError",
     "LocalCluster",

@@ -12,6 +12,10 @@ from .common import ClusterError
 NODE_NAME = "kwok-node-0"
 POD_CIDR = "10.244.0.0/16"
 KWOK_STAGE_DIRS = ("node/fast", "node/heartbeat-with-lease", "pod/fast")
+#: A fake Job pod ends with these as its container's termination message and exit code (kwok's
+#: pod-complete stage, rewritten): how a test stands in for the holdout gate's evaluator.
+TERMINATION_MESSAGE_ANNOTATION = "test.kwok.aliasroll/termination-message"
+EXIT_CODE_ANNOTATION = "test.kwok.aliasroll/exit-code"
 #: A fake pod becomes Ready this long after it starts (a duration such as "1500ms") when it carries
 #: this annotation: tests that watch capacity through a rollout need pods that take time, as real
 #: ones do. Without it, fake pods are Ready at once.
@@ -105,7 +109,8 @@ def stage_files(bin_dir: Path, state_dir: Path) -> list[Path]:
         raise ClusterError(f"no kwok stage files under {bin_dir / 'kwok-stages'}")
     gates = state_dir / "kwok-pod-readiness-gates.yaml"
     gates.write_text(_GATES_STAGE)
-    return [_pod_ready(f, state_dir) if f.name == "pod-ready.yaml" else f for f in stages] + [gates]
+    rewritten = {"pod-ready.yaml": _pod_ready, "pod-complete.yaml": _pod_complete}
+    return [rewritten[f.name](f, state_dir) if f.name in rewritten else f for f in stages] + [gates]
 
 
 def _pod_ready(stage: Path, state_dir: Path) -> Path:
@@ -115,6 +120,42 @@ def _pod_ready(stage: Path, state_dir: Path) -> Path:
     ready = state_dir / "kwok-pod-ready.yaml"
     ready.write_text(text)
     return ready
+
+
+def _pod_complete(stage: Path, state_dir: Path) -> Path:
+    """kwok's pod-complete stage (a Job's pod ends), with the termination message and exit code a
+    test put in the pod's annotations (TERMINATION_MESSAGE_ANNOTATION, EXIT_CODE_ANNOTATION): what
+    the holdout gate's evaluator would have written. An exit code other than 0 ends the pod Failed."""
+    text = stage.read_text()
+    indent = " " * 6
+    head = f"{indent}{{{{ $now := Now }}}}\n"
+    exit_line = f"{indent}      exitCode: 0\n"
+    phase = f"{indent}phase: Succeeded\n"
+    ended = '{{ if eq $code "0" }}Succeeded{{ else }}Failed{{ end }}'
+    for part in (head, exit_line, phase):
+        if text.count(part) != 1:
+            raise ClusterError(f"{stage}: not the pod-complete template expected:\n{part}")
+    said = (
+        f'{indent}{{{{ $message := "" }}}}{{{{ $code := "0" }}}}\n'
+        f"{indent}{{{{ with .metadata.annotations }}}}"
+        f'{{{{ with index . "{TERMINATION_MESSAGE_ANNOTATION}" }}}}{{{{ $message = . }}}}{{{{ end }}}}'
+        f'{{{{ with index . "{EXIT_CODE_ANNOTATION}" }}}}{{{{ $code = . }}}}{{{{ end }}}}'
+        "{{ end }}\n"
+    )
+    text = (
+        text.replace(head, head + said)
+        .replace(
+            exit_line,
+            f"{indent}      exitCode: {{{{ $code }}}}\n"
+            f"{indent}      {{{{ if $message }}}}\n"
+            f"{indent}      message: {{{{ $message | Quote }}}}\n"
+            f"{indent}      {{{{ end }}}}\n",
+        )
+        .replace(phase, f"{indent}phase: {ended}\n")
+    )
+    complete = state_dir / "kwok-pod-complete.yaml"
+    complete.write_text(text)
+    return complete
 
 
 def _with_ready_delay(stage: Path, text: str) -> str:

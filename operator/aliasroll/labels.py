@@ -21,6 +21,8 @@ LABEL_VERSION: Final = "aliasroll.io/model-version"
 LABEL_GATED: Final = "aliasroll.io/gated"
 LABEL_ROLE: Final = "aliasroll.io/role"
 READINESS_GATE: Final = "aliasroll.io/routed"
+# The holdout gate's Job (spec.canary.gate) and its pod: a digest of what the Job judges with.
+LABEL_GATE_DIGEST: Final = "aliasroll.io/gate-digest"
 # The Deployment controller's label on the pods of one ReplicaSet (named <deployment>-<hash>).
 LABEL_POD_TEMPLATE_HASH: Final = "pod-template-hash"
 ANNOTATION_MODEL_URI: Final = "aliasroll.io/model-uri"

@@ -63,6 +63,11 @@ BAKE_STARTED: Final = "BakeStarted"
 BAKE_PASSED: Final = "BakePassed"
 BAKE_FAILED: Final = "BakeFailed"
 BAKE_SUPERSEDED: Final = "BakeSuperseded"
+# spec.canary.gate: the holdout Job judging a new @canary version before any request.
+GATE_STARTED: Final = "GateStarted"
+GATE_PASSED: Final = "GatePassed"
+GATE_FAILED: Final = "GateFailed"  # a threshold not met (MLflow's validation)
+GATE_ERROR: Final = "GateError"  # the Job could not judge (its reason in the message)
 # The watched canary (status.canary.phase says where a run is, status.lastCanary.phase how the last one
 # ended; these say what happened).
 CANARY_STEP: Final = "CanaryStep"

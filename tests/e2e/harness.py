@@ -58,6 +58,7 @@ API_PATHS: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("event", "events"), ("/api/v1", "events")),
     **dict.fromkeys(("hpa",), ("/apis/autoscaling/v2", "horizontalpodautoscalers")),
     **dict.fromkeys(("pdb",), ("/apis/policy/v1", "poddisruptionbudgets")),
+    **dict.fromkeys(("job", "jobs"), ("/apis/batch/v1", "jobs")),
     **dict.fromkeys(("httproute", "httproutes"), ("/apis/gateway.networking.k8s.io/v1", "httproutes")),
 }
 

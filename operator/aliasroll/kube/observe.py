@@ -14,6 +14,7 @@ from lightkube.core.resource import api_info
 
 from aliasroll.errors import AliasrollError
 from aliasroll.kube.failures import api_failure, status_code
+from aliasroll.kube.gate_jobs import is_gate_job, reduce_gate_jobs
 from aliasroll.kube.projection import applied_view
 from aliasroll.kube.resources import resource_for
 from aliasroll.labels import (
@@ -65,6 +66,7 @@ async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
     live: dict[ObjectKey, Mapping[str, Any]] = {}
     children: list[ChildRef] = []
     deployments: list[Mapping[str, Any]] = []
+    gate_jobs: list[Mapping[str, Any]] = []
     for obj in await objects.owned(owner):
         meta = obj.get("metadata") or {}
         if not _controlled_by(meta, owner):
@@ -74,7 +76,10 @@ async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
         children.append(ChildRef(api_version=obj["apiVersion"], kind=kind, name=name, uid=meta.get("uid")))
         if kind == "Deployment" and (_track(obj) is not None or _gated(obj)):
             deployments.append(obj)
+        elif is_gate_job(obj):
+            gate_jobs.append(obj)
     listed = await _pods(objects, owner) if deployments else []
+    judged = reduce_gate_jobs(gate_jobs, await _gate_pods(objects, owner)) if gate_jobs else ()
     pods = PodStates.of(listed)
     workloads: dict[Track, ObservedWorkload] = {}
     versions: list[ObservedVersion] = []
@@ -84,7 +89,9 @@ async def observe(objects: OwnedObjects, owner: ResourceRef) -> Observation:
                 versions.append(version)
         elif (workload := reduce_deployment(obj, pods)) is not None:
             workloads[workload.track] = workload
-    state = ObservedState(workloads=workloads, children=tuple(children), versions=tuple(versions))
+    state = ObservedState(
+        workloads=workloads, children=tuple(children), versions=tuple(versions), gate_jobs=judged
+    )
     return Observation(state=state, live=live)
 
 
@@ -264,6 +271,14 @@ async def _pods(objects: OwnedObjects, owner: ResourceRef) -> list[Mapping[str, 
     except AliasrollError as error:
         log.warning("cannot read the pods of %s: %s", owner.name, error)
         return []
+
+
+async def _gate_pods(objects: OwnedObjects, owner: ResourceRef) -> list[Mapping[str, Any]] | AliasrollError:
+    """The pods whose messages say a gate's verdict: an unreadable cache is said, not taken for none."""
+    try:
+        return await objects.pods(owner)
+    except AliasrollError as error:
+        return error
 
 
 # Waiting reasons that are a failure of the pod's own settings, not a step of its start.

@@ -17,6 +17,7 @@ from typing import Any
 from aliasroll.labels import (
     ANNOTATION_MODEL_URI,
     ANNOTATION_RUN_ID,
+    LABEL_GATE_DIGEST,
     LABEL_GATED,
     LABEL_MANAGED_BY,
     LABEL_OWNER,
@@ -60,13 +61,14 @@ def controller_of(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 # The labels passes read (the owner index, the track, the version, version mode's mark); no other
 # label is kept.
-_LABELS = (LABEL_MANAGED_BY, LABEL_OWNER, LABEL_TRACK, LABEL_VERSION, LABEL_GATED)
+_LABELS = (LABEL_MANAGED_BY, LABEL_OWNER, LABEL_TRACK, LABEL_VERSION, LABEL_GATED, LABEL_GATE_DIGEST)
 # Of a pod, also the ReplicaSet's hash: with the controller reference, which Deployment it belongs to.
 _POD_LABELS = (*_LABELS, LABEL_POD_TEMPLATE_HASH)
 # Pod conditions passes read: Ready (takes requests), ContainersReady (the probe passes, routed or
 # not) and the operator's readiness gate.
 _POD_CONDITIONS = ("Ready", "ContainersReady", READINESS_GATE)
 _IDENTITY = ("name", "namespace", "uid", "resourceVersion", "generation")
+_POD_CONTROLLERS = ("ReplicaSet", "Job")
 _DEPLOYMENT_COUNTS = (
     "observedGeneration",
     "replicas",
@@ -115,6 +117,8 @@ def owned_projection(obj: dict[str, Any]) -> dict[str, Any] | None:
     }
     if obj.get("kind") == "Deployment":
         kept.update(_deployment_essentials(obj))
+    elif obj.get("kind") == "Job":
+        kept["status"] = {"conditions": _job_conditions(obj.get("status") or {})}
     applied = _applied(obj, meta.get("managedFields"))
     if applied is not None:
         kept[APPLIED] = json.dumps(applied, separators=(",", ":"), ensure_ascii=False)
@@ -302,7 +306,8 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any] | None:
     meta = pod.get("metadata") or {}
     controller = controller_of(meta)
     labels = meta.get("labels") or {}
-    if controller is None or controller.get("kind") != "ReplicaSet" or LABEL_OWNER not in labels:
+    # A serving pod (its ReplicaSet's), or the holdout gate's (its Job's).
+    if controller is None or controller.get("kind") not in _POD_CONTROLLERS or LABEL_OWNER not in labels:
         return None
     status = pod.get("status") or {}
     kept_status: dict[str, Any] = {
@@ -349,6 +354,15 @@ def _serving_ports(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
                 and type(port.get("containerPort")) is int
             ]
     return []
+
+
+def _job_conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Whether a Job ended, and how: its Complete and Failed conditions (observe.reduce_gate_job)."""
+    return [
+        {key: _cut(c[key], 253) for key in ("type", "status", "reason") if key in c}
+        for c in (status.get("conditions") or ())[:16]
+        if isinstance(c, Mapping) and c.get("type") in ("Complete", "Failed")
+    ][:2]
 
 
 def _container(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 
@@ -21,6 +22,8 @@ OWNED_KINDS: dict[tuple[str, str], Any] = {
     ("policy/v1", "PodDisruptionBudget"): PodDisruptionBudget,
     ("v1", "Service"): Service,
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTPRoute,
+    # The holdout gate's Job (spec.canary.gate): a Job of its own per candidate version and gate.
+    ("batch/v1", "Job"): Job,
 }
 
 

@@ -41,7 +41,9 @@ from typing import Any, cast
 
 from aliasroll import reasons
 from aliasroll.analysis.judge import Measurement, Verdict
-from aliasroll.planning.state import EventRecord
+from aliasroll.planning import gate as holdout
+from aliasroll.planning.gate import GateRecord
+from aliasroll.planning.state import EventRecord, ObservedGateJob
 from aliasroll.planning.status import (
     CanaryAnalysisStatus,
     CanaryTrackStatus,
@@ -53,6 +55,7 @@ from aliasroll.spec import CanarySpec, ModelDeploymentSpec, OnAbort, Promotion
 
 
 class Phase(StrEnum):
+    GATING = "Gating"  # spec.canary.gate: the holdout Job judges the version; no pods, no requests
     PROGRESSING = "Progressing"  # pods or routes moving to the step's weight, or a step without analysis
     ANALYZING = "Analyzing"  # at the step's weight, measured every interval
     PAUSED = "Paused"  # spec.suspend: the step holds (its clock restarts on resume)
@@ -110,6 +113,7 @@ class CanaryRun:
     # so a human's move of @production during the run (a hotfix, a rollback) is never overwritten.
     promoting_from: str | None = None
     alias_write: AliasWrite | None = None
+    gate: GateRecord | None = None  # spec.canary.gate: its Job, then its verdict
 
     @property
     def ended(self) -> bool:
@@ -142,6 +146,15 @@ class Registry:
     # False when the registry did not answer this pass and the aliases are the last ones known:
     # runs go on (measured, stepped, aborted) but none starts or ends on an alias move.
     fresh: bool = True
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a pass knows of the holdout gate's Jobs: the resource's name (their names start with
+    it) and the Jobs observed."""
+
+    owner: str
+    jobs: tuple[ObservedGateJob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,7 @@ def from_status(entry: Mapping[str, Any] | None) -> CanaryRun | None:
         ended_at=_time(entry.get("endedAt")),
         promoting_from=entry.get("promotingFrom") or None,
         alias_write=_alias_write(entry.get("aliasWrite")),
+        gate=GateRecord.from_status(entry.get("gate")),
     )
 
 
@@ -193,7 +207,7 @@ def recorded_run(status: Mapping[str, Any]) -> CanaryRun | None:
 
 
 # What status.lastCanary keeps of status.canary's fields (the analysis is its own, below).
-RECORD_KEYS = ("model", "version", "phase", "step", "message", "endedAt", "aliasWrite")
+RECORD_KEYS = ("model", "version", "phase", "step", "message", "endedAt", "aliasWrite", "gate")
 
 
 def to_record(run: CanaryRun, canary: CanarySpec) -> LastCanaryStatus:
@@ -248,6 +262,8 @@ def to_status(run: CanaryRun, canary: CanarySpec) -> CanaryTrackStatus:
         entry["promotingFrom"] = run.promoting_from
     if run.alias_write is not None:
         entry["aliasWrite"] = run.alias_write.value
+    if run.gate is not None:
+        entry["gate"] = run.gate.to_status()
     return entry
 
 
@@ -271,6 +287,7 @@ def advance(
     registry: Registry,
     analysis: AnalysisResult | None,
     now: datetime,
+    gates: Gates | None = None,
 ) -> Advance:
     canary = spec.canary
     if canary is None or not spec.canary_wanted:
@@ -288,14 +305,15 @@ def advance(
         return (
             Advance(run=None)
             if previous is None
-            else _same_version(spec, canary, previous, registry, analysis, now)
+            else _same_version(spec, canary, previous, registry, analysis, now, gates)
         )
     wanted = registry.canary_alias
     if previous is not None and (wanted is None or wanted == previous.version):
-        return _same_version(spec, canary, previous, registry, analysis, now)
+        return _same_version(spec, canary, previous, registry, analysis, now, gates)
     if wanted is None or wanted == registry.production_alias:
         return Advance(run=None)  # no canary alias, or one on production's version: no canary
-    # A new version under @canary: its own run from the first step, waiting for its weight.
+    # A new version under @canary: its own run from the first step, waiting for its weight (after
+    # its holdout gate, with spec.canary.gate).
     first = CanaryRun(
         version=wanted,
         phase=Phase.PROGRESSING,
@@ -303,6 +321,10 @@ def advance(
         waiting_since=now,
         promoting_from=registry.production_alias,
     )
+    if canary.gate is not None:
+        return _gating(
+            spec, canary, replace(first, phase=Phase.GATING, waiting_since=None), registry, gates, now
+        )
     return Advance(run=_paused(spec, first))
 
 
@@ -313,6 +335,7 @@ def _same_version(
     registry: Registry,
     analysis: AnalysisResult | None,
     now: datetime,
+    gates: Gates | None = None,
 ) -> Advance:
     if run.ended:
         return Advance(run=_removal_settled(canary, run, registry))
@@ -338,6 +361,10 @@ def _same_version(
         return Advance(run=None)  # @canary was deleted: the canary ends, nothing to record
     if run.phase is Phase.PROMOTING:
         return _promoting(spec, canary, run, registry, now)
+    if gate_pending(canary, run):
+        return _gating(spec, canary, run, registry, gates, now)
+    if run.phase is Phase.GATING:
+        run = replace(run, phase=Phase.PROGRESSING, waiting_since=now)  # the gate was removed from the spec
     if spec.suspend:
         return Advance(run=_paused(spec, run))
     if run.phase is Phase.PAUSED:
@@ -382,6 +409,87 @@ def _promoting(
     event = EventRecord("Warning", reasons.PROMOTION_CALLED_OFF, f"version {run.version}: {message}")
     called_off = replace(run, phase=Phase.AWAITING_PROMOTION, alias_write=None, message=message)
     return Advance(run=called_off, events=(event,))
+
+
+def gate_pending(canary: CanarySpec, run: CanaryRun) -> bool:
+    """Whether the run must still clear spec.canary.gate before it takes a request. A run is gated
+    when it begins under a gate (`run.gate` is set then): a gate added while a version already takes
+    requests judges the next version, as an analysis edit does, rather than pull live traffic back."""
+    return canary.gate is not None and run.gate is not None and not run.gate.cleared
+
+
+def _gating(
+    spec: ModelDeploymentSpec,
+    canary: CanarySpec,
+    run: CanaryRun,
+    registry: Registry,
+    gates: Gates | None,
+    now: datetime,
+) -> Advance:
+    """The run while its holdout gate judges it: a Job per (version, gate settings, production
+    version), started once, its verdict taken once it ended. Without a registry answer the baseline
+    is not known: the Job in flight goes on and nothing is decided."""
+    gate = canary.gate
+    assert gate is not None
+    if not registry.fresh or gates is None:
+        return Advance(run=run)
+    baseline = registry.production_alias
+    digest = holdout.digest(gate, baseline)
+    events: list[EventRecord] = []
+    record = run.gate
+    if record is None or record.digest != digest or record.verdict is not None:
+        name = holdout.job_name(gates.owner, run.version, gate, baseline)
+        record = GateRecord(job=name, digest=digest, baseline=baseline)
+        against = f"production version {baseline}" if baseline else "its absolute thresholds alone"
+        message = f"version {run.version}: holdout gate started (Job {name}), judged against {against}"
+        events.append(EventRecord("Normal", reasons.GATE_STARTED, message))
+    running = replace(
+        run,
+        phase=Phase.GATING,
+        gate=record,
+        waiting_since=None,
+        message=f"the holdout gate runs (Job {record.job})",
+    )
+    job = next((job for job in gates.jobs if job.name == record.job and job.finished), None)
+    if job is None:
+        return Advance(run=running, events=tuple(events))
+    result = holdout.verdict(job.name, job.message, gate=gate, deadline_exceeded=job.deadline_exceeded)
+    return _gate_ended(canary, running, result, now, events)
+
+
+def _gate_ended(
+    canary: CanarySpec, run: CanaryRun, result: holdout.GateResult, now: datetime, events: list[EventRecord]
+) -> Advance:
+    """The gate's verdict: a pass (or any verdict in a dry run) lets the run take its first step; a
+    failure, or a gate that could not judge, ends it."""
+    assert canary.gate is not None
+    assert run.gate is not None
+    record = replace(
+        run.gate, verdict=result.verdict, reason=result.reason, summary=result.summary(), run_id=result.run_id
+    )
+    where = f" (MLflow run {result.run_id})" if result.run_id else ""
+    if result.verdict is holdout.Verdict.PASSED:
+        text = f"version {run.version} passed the holdout gate: {result.describe()}{where}"
+        events.append(EventRecord("Normal", reasons.GATE_PASSED, text))
+        cleared = replace(record, cleared=True)
+        return Advance(
+            run=replace(run, phase=Phase.PROGRESSING, gate=cleared, waiting_since=now, message=""),
+            events=tuple(events),
+        )
+    failed = result.verdict is holdout.Verdict.FAILED
+    what = "failed the holdout gate" if failed else "was not judged: the holdout gate could not judge it"
+    reason = reasons.GATE_FAILED if failed else reasons.GATE_ERROR
+    text = f"version {run.version} {what}: {result.describe()}{where}"
+    if canary.gate.dry_run:
+        events.append(EventRecord("Warning", reason, f"{text} (spec.canary.gate.dryRun: the canary goes on)"))
+        cleared = replace(record, cleared=True)
+        return Advance(
+            run=replace(run, phase=Phase.PROGRESSING, gate=cleared, waiting_since=now, message=""),
+            events=tuple(events),
+        )
+    events.append(EventRecord("Warning", reason, text))
+    aborted = replace(run, phase=Phase.ABORTED, gate=record, message=f"aborted: {what}: {result.describe()}")
+    return Advance(run=_aborted(canary, aborted, now), events=tuple(events))
 
 
 def _removal_settled(canary: CanarySpec, run: CanaryRun, registry: Registry) -> CanaryRun:
@@ -617,7 +725,7 @@ def _deadline(
 def weight(spec: ModelDeploymentSpec, run: CanaryRun | None) -> int:
     """The share of requests to ask for the canary now (0: no canary workload)."""
     canary = spec.canary
-    if canary is None or run is None or run.ended:
+    if canary is None or run is None or run.ended or run.phase is Phase.GATING or gate_pending(canary, run):
         return 0
     if not canary.steps:
         return canary.weight

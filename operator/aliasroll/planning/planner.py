@@ -25,6 +25,7 @@ from aliasroll.labels import LABEL_OWNER
 from aliasroll.planning import bake as bake_run
 from aliasroll.planning import canary as canary_run
 from aliasroll.planning import capacity, fleet_status, health, history, registry_writes, versions, workloads
+from aliasroll.planning import gate as holdout
 from aliasroll.planning.canary import AnalysisResult, CanaryRun
 from aliasroll.planning.fleet import FastMove
 from aliasroll.planning.registry_writes import RegistryWrite
@@ -112,18 +113,21 @@ def plan(
     raw, observed = observed, versions.as_tracks(observed, previous_status) if spec.rollback else observed
     production, canary = _follow(spec, view, observed, previous_status)
     events: list[EventRecord] = []
+    gates = canary_run.Gates(owner=owner.name, jobs=raw.gate_jobs)
     run, registry = _canary_run(
-        spec, view, observed, previous_status, production, canary, analysis, now, events
+        spec, view, observed, previous_status, production, canary, analysis, now, events, gates
     )
-    if run is not None and run.ended:
-        # An aborted version never comes back until @canary names another; a promoted one is production.
+    gate_job = _gate_job(owner, spec, run, canary.target, defaults)
+    if run is not None and (run.ended or run.phase is canary_run.Phase.GATING):
+        # An aborted version never comes back until @canary names another; a promoted one is
+        # production; one the holdout gate judges has no pods until it clears.
         canary = TrackDecision(target=None, problem=canary.problem, pointed_at=canary.pointed_at)
     requested = canary_run.weight(spec, run) if run is not None else _fixed_weight(spec, canary)
     # With nothing to serve yet (first deploy and no usable answer), nothing is created or pruned.
     placement = _Placement(run=run)
     if production.target is not None:
         where = _Where(owner, spec, observed, raw, previous_status, now, defaults, clock)
-        placement = _put_in_place(where, production.target, canary.target, run, requested)
+        placement = _put_in_place(where, production.target, canary.target, run, requested, gate_job)
     placed, run, shown = placement.placed, placement.run, placement.shown
     events += placement.events
     observed = placed.view if placed is not None and placed.view is not None else observed
@@ -214,6 +218,7 @@ def _put_in_place(
     canary: ServedVersion | None,
     run: CanaryRun | None,
     requested: int,
+    gate_job: Manifest | None = None,
 ) -> _Placement:
     """Pods per track and the split (`_place`, or `_place_versions` in version mode), the canary
     step's clock started once its share is in place (`canary.settle`), and the objects to apply and
@@ -232,6 +237,8 @@ def _put_in_place(
     shown = share(placed.routing.canary_weight, requested, placed.routing.why)
     settled = canary_run.settle(spec, run, in_place=in_place, share=shown, now=now)
     objects = _objects(owner, spec, placed, where.defaults)
+    if gate_job is not None:
+        objects.append(gate_job)
     wanted = {(item["kind"], item["metadata"]["name"]) for item in objects}
     return _Placement(
         run=settled.run,
@@ -330,6 +337,24 @@ def _objects(
     return [*objects, *placed.routing.objects]
 
 
+def _gate_job(
+    owner: ResourceRef,
+    spec: ModelDeploymentSpec,
+    run: CanaryRun | None,
+    candidate: ServedVersion | None,
+    defaults: WorkloadDefaults,
+) -> Manifest | None:
+    """The holdout gate's Job while a run is judged by it (planning/gate.py); after, it goes."""
+    gate = spec.canary.gate if spec.canary is not None else None
+    if gate is None or run is None or run.phase is not canary_run.Phase.GATING or run.gate is None:
+        return None
+    if candidate is None or candidate.version != run.version:
+        return None  # the version's details (its model, its run) are not known this pass
+    return holdout.job(
+        owner=owner, spec=spec, gate=gate, candidate=candidate, baseline=run.gate.baseline, defaults=defaults
+    )
+
+
 def _writes(
     owner: ResourceRef,
     spec: ModelDeploymentSpec,
@@ -357,6 +382,7 @@ def _canary_run(
     analysis: AnalysisResult | None,
     now: datetime,
     events: list[EventRecord],
+    gates: canary_run.Gates,
 ) -> tuple[CanaryRun | None, canary_run.Registry | None]:
     """The canary run after this pass's registry answer and measurement, and the registry it decided
     on (None when the registry did not answer: no registry write is planned then). Without an
@@ -387,7 +413,9 @@ def _canary_run(
             production_alias=view.production.version if view.production is not None else None,
             production_settled=settled_version,
         )
-    advanced = canary_run.advance(spec=spec, previous=previous, registry=registry, analysis=analysis, now=now)
+    advanced = canary_run.advance(
+        spec=spec, previous=previous, registry=registry, analysis=analysis, now=now, gates=gates
+    )
     events += advanced.events
     return advanced.run, registry if registry.fresh else None
 
@@ -557,8 +585,20 @@ def _with_canary_run(status: ModelDeploymentStatus, run: CanaryRun, canary: Cana
     """status.canary is the canary track as it runs: gone with its pods, so `kubectl get` names no
     canary once none runs. (A canary of another version that still drains has no run of its own:
     left as it is.) An ended run's pods drain: they say how it ended; its record, which stops the
-    same version being tried again and outlives its pods, is status.lastCanary."""
+    same version being tried again and outlives its pods, is status.lastCanary. A run its holdout
+    gate judges has no pods yet: status.canary says so (no replicas, no share)."""
     serving_canary = status.get("canary")
+    if run.phase is canary_run.Phase.GATING:
+        # The run is the canary now (pods of the one before it may still drain): no pod, no share.
+        status["canary"] = {
+            "alias": canary.alias,
+            "version": run.version,
+            "replicas": 0,
+            "availableReplicas": 0,
+            **canary_run.to_status(run, canary),
+            "weight": 0,
+        }
+        return
     if serving_canary is not None and serving_canary.get("version") == run.version:
         if run.ended:
             serving_canary["phase"] = run.phase.value

@@ -106,10 +106,26 @@ class ObservedVersion:
 
 
 @dataclass(frozen=True)
+class ObservedGateJob:
+    """A holdout gate's Job (spec.canary.gate), reduced: whether it ended, and what its pod said."""
+
+    name: str
+    version: str  # the candidate version it judges
+    digest: str  # what it judges with (planning/gate.py's digest)
+    finished: bool  # the Job's Complete or Failed condition is True
+    deadline_exceeded: bool = False  # Failed past its activeDeadlineSeconds
+    message: str | None = None  # its evaluator's termination message, as the pod's status keeps it
+
+
+@dataclass(frozen=True)
 class ObservedState:
     workloads: Mapping[Track, ObservedWorkload] = field(default_factory=dict)
     children: tuple[ChildRef, ...] = ()
     versions: tuple[ObservedVersion, ...] = ()  # version mode's Deployments, by name
+    gate_jobs: tuple[ObservedGateJob, ...] = ()  # the holdout gate's Jobs
+
+    def gate_job(self, version: str, digest: str) -> ObservedGateJob | None:
+        return next((job for job in self.gate_jobs if (job.version, job.digest) == (version, digest)), None)
 
 
 @dataclass(frozen=True)

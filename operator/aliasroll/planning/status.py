@@ -75,6 +75,19 @@ class TrackStatus(TypedDict, total=False):
     availableReplicas: int
 
 
+class GateStatus(TypedDict, total=False):
+    """status.canary.gate (and lastCanary.gate): the holdout gate of the run (planning/gate.py)."""
+
+    job: str
+    digest: str
+    baseline: str
+    verdict: str
+    reason: str
+    summary: str
+    runId: str
+    cleared: bool
+
+
 class CanaryTrackStatus(TrackStatus, total=False):
     """status.canary: the canary track, with its run (planning/canary.py `to_status`)."""
 
@@ -90,6 +103,7 @@ class CanaryTrackStatus(TrackStatus, total=False):
     promotingFrom: str
     aliasWrite: str
     analysis: CanaryAnalysisStatus
+    gate: GateStatus
 
 
 class LastCanaryStatus(TypedDict, total=False):
@@ -103,6 +117,7 @@ class LastCanaryStatus(TypedDict, total=False):
     endedAt: str
     aliasWrite: str
     analysis: LastCanaryAnalysis
+    gate: GateStatus
 
 
 class TrafficStatus(TypedDict):

@@ -12,6 +12,7 @@ from typing import Any
 
 from aliasroll.errors import InvalidSpec
 from aliasroll.spec.fields import integer, json_list, json_object, number, parse_duration, string, string_map
+from aliasroll.spec.gate import parse_gate
 from aliasroll.spec.serving import parse_serving
 from aliasroll.spec.types import (
     DEFAULT_ANALYSIS_INTERVAL,
@@ -257,6 +258,9 @@ def _canary(raw: Mapping[str, Any], *, alias: str) -> CanarySpec:
         promotion=promotion,
         on_abort=on_abort,
         progress_deadline_seconds=deadline,
+        gate=None
+        if raw.get("gate") is None
+        else parse_gate(json_object(raw["gate"], path="spec.canary.gate")),
     )
 
 

@@ -96,6 +96,40 @@ class AnalysisSpec:
     prometheus: PrometheusSource | None = None
 
 
+class ModelType(StrEnum):
+    """spec.canary.gate.modelType: how MLflow's evaluation scores the holdout."""
+
+    CLASSIFIER = "classifier"
+    REGRESSOR = "regressor"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One metric's bounds, in MLflow's MetricThreshold terms: `threshold` is absolute; the changes are
+    what the candidate must gain on @production (min_relative_change 0: not worse). Without a
+    production version to compare with, only `threshold` applies."""
+
+    metric: str
+    higher_is_better: bool
+    threshold: float | None = None
+    min_absolute_change: float | None = None
+    min_relative_change: float | None = None
+
+    @property
+    def relative(self) -> bool:
+        return self.min_absolute_change is not None or self.min_relative_change is not None
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    data: str
+    target: str
+    model_type: ModelType
+    thresholds: tuple[Threshold, ...]
+    timeout_seconds: float
+    dry_run: bool = False  # record the verdict; a failure does not stop the canary
+
+
 @dataclass(frozen=True)
 class CanarySpec:
     alias: str
@@ -107,6 +141,7 @@ class CanarySpec:
     on_abort: OnAbort = OnAbort.KEEP_ALIAS
     # How long a run may wait for what it needs to move on before it is aborted (0: for ever).
     progress_deadline_seconds: float = 0.0
+    gate: GateSpec | None = None  # spec.canary.gate: a holdout evaluation before any request
 
     @property
     def watched(self) -> bool:

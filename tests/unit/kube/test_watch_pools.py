@@ -225,6 +225,6 @@ def test_a_pool_holds_no_more_connections_than_it_is_given(tmp_path: Path) -> No
 def test_each_cache_gets_a_pool_of_its_own_sized_for_its_watches() -> None:
     from aliasroll.kube.cache import OwnedCache
 
-    assert OwnedCache.connections(()) == 6, "5 cluster-wide watches, and one to spare"
-    assert OwnedCache.connections(["a", "b", "c"]) == 16
+    assert OwnedCache.connections(()) == 7, "6 cluster-wide watches, and one to spare"
+    assert OwnedCache.connections(["a", "b", "c"]) == 19
     assert SecretCache.CONNECTIONS > SECRET_WATCHES, "one-shot reads never wait behind the watches"

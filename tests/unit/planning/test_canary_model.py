@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import os
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -55,11 +57,24 @@ from aliasroll.controller.tag_writer import TagsState
 from aliasroll.errors import InvalidSpec, KubernetesUnavailable, RegistryUnavailable
 from aliasroll.planning import canary
 from aliasroll.planning.canary import AnalysisResult, CanaryRun, Phase
+from aliasroll.planning.gate import Verdict as gate_verdicts
 from aliasroll.planning.state import EventRecord
 from aliasroll.planning.workloads import WorkloadDefaults
 from aliasroll.registry.poller import ModelSnapshot, RegistryPoller
 from aliasroll.registry.types import Endpoint
+from aliasroll.serving.gate.message import (
+    ERROR,
+    FAILED,
+    MISSING_COLUMN,
+    PASSED,
+    REASON_FAILED,
+    REASON_PASSED,
+    MetricReport,
+    Report,
+    encode,
+)
 from aliasroll.spec import ModelDeploymentSpec, ResourceRef, parse_spec
+from aliasroll.spec.gate import parse_gate
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((REPO / "crds" / "modeldeployments.aliasroll.io.yaml").read_text())
@@ -72,6 +87,9 @@ SEEN: Counter[str] = Counter()
 # Durations the generator writes: the CRD's pattern narrowed to seconds and minutes below 100, so a
 # history of a few dozen steps can see runs end (the CRD accepts hours; the planner treats them alike).
 SHORT_DURATION = r"^[1-9][0-9]?(s|m)$"
+GATE_DATA = ("runs:/0123456789abcdef0123456789abcdef/holdout.parquet", "mlflow-artifacts:/h/holdout.csv")
+# How a gate Job ends, as the world chooses: its evaluator's verdict, or a Job that says nothing.
+GATE_ENDS = ("passed", "failed", "error", "garbage", "silent", "deadline")
 
 
 def from_schema(schema: Mapping[str, Any]) -> st.SearchStrategy[Any]:
@@ -91,19 +109,37 @@ def from_schema(schema: Mapping[str, Any]) -> st.SearchStrategy[Any]:
         return st.fixed_dictionaries(fields).map(lambda d: {k: v for k, v in d.items() if v is not None})
     if kind == "array":
         return st.lists(
-            from_schema(schema.get("items") or {}), max_size=min(int(schema.get("maxItems", 4)), 4)
+            from_schema(schema.get("items") or {}),
+            min_size=int(schema.get("minItems", 0)),
+            max_size=min(int(schema.get("maxItems", 4)), 4),
         )
     if kind == "integer":
-        return st.integers(int(schema.get("minimum", -5)), int(schema.get("maximum", 1000)))
+        low, high = int(schema.get("minimum", -5)), int(schema.get("maximum", 1000))
+        for validation in schema.get("x-kubernetes-validations") or ():
+            # The CRD states some integers' bounds as CEL: `self >= 1 && self <= 100`.
+            if bounds := re.fullmatch(r"self >= (-?\d+) && self <= (-?\d+)", str(validation.get("rule", ""))):
+                low, high = int(bounds.group(1)), int(bounds.group(2))
+        return st.integers(low, high)
     if kind == "number":
-        return st.floats(float(schema.get("minimum", 0)), float(schema.get("maximum", 1000)), allow_nan=False)
+        return st.floats(
+            float(schema.get("minimum", 0)),
+            float(schema.get("maximum", 1000)),
+            exclude_min=bool(schema.get("exclusiveMinimum")),
+            allow_nan=False,
+        )
     if kind == "boolean":
         return st.booleans()
     for validation in schema.get("x-kubernetes-validations") or ():
         text = str(validation.get("rule", ""))
+        if text.startswith("self.startsWith('runs:/')"):
+            return st.sampled_from(GATE_DATA)  # spec.canary.gate.data: an artifact URI of a table
         if text.startswith("self.matches('") and text.endswith("')"):
             pattern = text[len("self.matches('") : -2].replace("\\\\", "\\")
             return st.from_regex(SHORT_DURATION if "(ms|s|m|h)" in pattern else pattern, fullmatch=True)
+    if "pattern" in schema:
+        return st.from_regex(schema["pattern"], fullmatch=True).filter(
+            lambda text: len(text) <= int(schema.get("maxLength", 64))
+        )
     return st.text(max_size=int(schema.get("maxLength", 20)))
 
 
@@ -128,10 +164,44 @@ def accepted(raw: Mapping[str, Any]) -> ModelDeploymentSpec | None:
         return None  # the CRD (its CEL rules) refuses it at apply time: never a spec the operator sees
 
 
+def _valid_gate(gate: Mapping[str, Any]) -> bool:
+    try:
+        parse_gate(gate)
+    except InvalidSpec:
+        return False
+    return True
+
+
+def _repaired_gate(gate: dict[str, Any]) -> dict[str, Any]:
+    """A drawn gate made to pass the CRD's rules across fields, as a user fixes what the API server
+    refused: a bound for each metric, each metric once, a target."""
+    thresholds: dict[str, dict[str, Any]] = {}
+    for item in gate.get("thresholds") or ():
+        item = dict(item)
+        if not {"threshold", "minAbsoluteChange", "minRelativeChange"} & set(item):
+            item["threshold"] = 0.5
+        thresholds.setdefault(item["metric"], item)
+    target = gate.get("target") or ""
+    return {**gate, "thresholds": list(thresholds.values()), "target": target if target.strip() else "label"}
+
+
+GATES = from_schema(CANARY_SCHEMA["properties"]["gate"]).map(_repaired_gate).filter(_valid_gate)
+
+
 @st.composite
 def canary_specs(draw: st.DrawFn) -> dict[str, Any]:
     raw = draw(from_schema(CANARY_SCHEMA))
-    raw = {key: value for key, value in raw.items() if value is not None}
+    raw = {key: value for key, value in raw.items() if value is not None and key != "gate"}
+    # `has(self.weight) != has(self.steps)`: one of the two, as the CRD's rule on the object says.
+    if ("weight" in raw) == ("steps" in raw):
+        raw.pop(draw(st.sampled_from(["weight", "steps"])), None)
+        if "weight" not in raw and "steps" not in raw:
+            raw["weight"] = draw(st.integers(0, 100))
+    # The gate from its own schema, kept when the parser takes it: its rules across fields refuse
+    # most random drafts, which would leave too few gated runs among the rest.
+    gate = draw(st.one_of(st.none(), GATES))
+    if gate is not None:
+        raw["gate"] = gate
     spec = {
         "model": {"name": MODEL},
         "registry": {"trackingUri": "http://mlflow:5000", "pollInterval": "30s"},
@@ -160,6 +230,7 @@ class Api:
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.job_pods: dict[str, dict[str, Any]] = {}  # a gate Job's name -> its ended pod
         self.status: dict[str, Any] = {}
         self.fail_status_writes = 0
         self._uids = itertools.count(1)
@@ -218,7 +289,11 @@ class Objects:
         return [copy.deepcopy(obj) for obj in self.api.objects.values()]
 
     async def pods(self, owner: ResourceRef) -> list[Mapping[str, Any]]:
-        return []
+        """The gate Jobs' pods (serving pods are not modelled: Deployments carry their counts); a
+        Job's pod goes with its Job, as the garbage collector takes it."""
+        return [
+            copy.deepcopy(pod) for job, pod in self.api.job_pods.items() if ("Job", job) in self.api.objects
+        ]
 
 
 @dataclass
@@ -393,6 +468,7 @@ class World:
     generation: int = 1
     reconciler: Reconciler | None = None
     last: PassResult | None = None
+    gate_ends: dict[str, str] = field(default_factory=dict)  # a gate Job's name -> how it ended
 
     def start_operator(self) -> None:
         """A new process (a restart, or another leader): nothing remembered but what status says."""
@@ -437,6 +513,52 @@ class World:
     def run(self) -> CanaryRun | None:
         return canary.recorded_run(self.api.status)
 
+    def gate_jobs_end(self, how: str) -> None:
+        """Every gate Job still running ends `how` (GATE_ENDS): its condition, and its pod's message."""
+        for (kind, name), job in self.api.objects.items():
+            if kind != "Job" or job["status"].get("conditions"):
+                continue
+            env = {
+                item["name"]: item.get("value")
+                for item in job["spec"]["template"]["spec"]["containers"][0]["env"]
+            }
+            metrics = list(json.loads(env["ALIASROLL_GATE_THRESHOLDS"]))
+            self.gate_ends[name] = how
+            condition = {"type": "Complete", "status": "True"}
+            if how in ("error", "garbage", "silent", "deadline"):
+                condition = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+            if how == "deadline":
+                condition["reason"] = "DeadlineExceeded"
+            job["status"] = {"conditions": [condition]}
+            # The evaluator's own encoder (aliasroll/serving/gate/message.py): the operator reads
+            # what the Job really writes.
+            report = {
+                "passed": Report(PASSED, REASON_PASSED, _judged(metrics, ok=True), run_id="0a1b2c"),
+                "failed": Report(FAILED, REASON_FAILED, _judged(metrics, ok=False), run_id="0a1b2c"),
+                "error": Report(ERROR, MISSING_COLUMN),
+            }.get(how)
+            text = encode(report).decode() if report else ("{not json" if how == "garbage" else None)
+            terminated: dict[str, Any] = {"exitCode": 0 if how in ("passed", "failed") else 1}
+            if text is not None:
+                terminated["message"] = text
+            self.api.job_pods[name] = {
+                "metadata": {
+                    "name": f"{name}-x",
+                    "ownerReferences": [{"kind": "Job", "name": name, "controller": True}],
+                },
+                "status": {
+                    "containerStatuses": [{"name": "model-server", "state": {"terminated": terminated}}]
+                },
+            }
+
+
+def _judged(metrics: list[str], *, ok: bool) -> tuple[MetricReport, ...]:
+    """The evaluator's metrics: all met, or the first one not."""
+    return tuple(
+        MetricReport(name=name, candidate=0.9 if ok or i else 0.5, baseline=0.8, bound=0.8, ok=ok or i > 0)
+        for i, name in enumerate(metrics)
+    )
+
 
 def parsed(world: World) -> ModelDeploymentSpec:
     spec = accepted(world.spec)
@@ -471,6 +593,7 @@ class CanaryHistories(RuleBasedStateMachine):
         self.production_writes: dict[int, int] = {}
         self.started_from: dict[int, str | None] = {}  # run -> where @production pointed when it began
         self.writes_seen = 0
+        self.served_runs: set[int] = set()  # runs whose canary Deployment asked for pods
         self.world.run_pass()
         self.world.pods_start()
 
@@ -503,6 +626,11 @@ class CanaryHistories(RuleBasedStateMachine):
     @rule(outcome=st.sampled_from(["passed", "failed", "inconclusive", "unreadable"]))
     def the_next_reading_is(self, outcome: str) -> None:
         self.world.metrics.next = outcome
+
+    @rule(how=st.sampled_from(GATE_ENDS))
+    def gate_jobs_end(self, how: str) -> None:
+        self.world.gate_jobs_end(how)
+        self._pass()
 
     @rule(down=st.booleans())
     def registry_outage(self, down: bool) -> None:
@@ -550,6 +678,36 @@ class CanaryHistories(RuleBasedStateMachine):
         self.world.generation += 1
         self._pass()
 
+    @rule(data=st.data())
+    def gate_is_set_or_removed(self, data: st.DataObject) -> None:
+        """spec.canary.gate alone is edited: set (drawn from its schema), changed or removed."""
+        gate = data.draw(st.one_of(st.none(), GATES))
+        canary_spec = {key: value for key, value in self.world.spec["canary"].items() if key != "gate"}
+        edited = {**self.world.spec, "canary": canary_spec if gate is None else {**canary_spec, "gate": gate}}
+        if accepted(edited) is not None:
+            self.world.spec = edited
+            self.world.generation += 1
+        self._pass()
+
+    @rule(data=st.data(), how=st.sampled_from(GATE_ENDS))
+    def a_new_version_meets_the_gate(self, data: st.DataObject, how: str) -> None:
+        """Under a gate (drawn, if the spec has none), @canary moves to a version it does not name,
+        a pass starts its Job, and the Job ends `how`: the gate's whole turn, in one rule."""
+        if "gate" not in self.world.spec["canary"]:
+            edited = {**self.world.spec, "canary": {**self.world.spec["canary"], "gate": data.draw(GATES)}}
+            if accepted(edited) is None:
+                return
+            self.world.spec = edited
+            self.world.generation += 1
+        aliases = self.world.registry.aliases
+        run = self.world.run()
+        taken = {*aliases.values(), run.version if run is not None else ""}
+        aliases["canary"] = next((v for v in VERSIONS if v not in taken), "5")
+        self.world.registry.read()
+        self._pass()
+        self.world.gate_jobs_end(how)
+        self._pass()
+
     @rule(suspend=st.booleans())
     def suspend(self, suspend: bool) -> None:
         self.world.spec = {**self.world.spec, "suspend": suspend}
@@ -590,7 +748,8 @@ class CanaryHistories(RuleBasedStateMachine):
             assert after.window_start is not None
             assert before.step_started_at is not None
             assert after.window_start >= before.step_started_at, (before, after)
-        # A held step is not passed again before its next event.
+        # A held step is not passed again before its next event (nor later than the next poll: a
+        # resource with something under way is passed every poll interval).
         if (
             after is not None
             and after.message.startswith(canary.HOLDING)
@@ -615,7 +774,9 @@ class CanaryHistories(RuleBasedStateMachine):
                     ).total_seconds()
                 )
             assert (
-                result.next_in >= min(max(1.0, min(gaps)), spec.canary.analysis.interval_seconds) - 0.001
+                result.next_in
+                >= min(max(1.0, min(gaps)), spec.canary.analysis.interval_seconds, spec.registry.poll_seconds)
+                - 0.001
             ), (
                 result.next_in,
                 gaps,
@@ -627,10 +788,61 @@ class CanaryHistories(RuleBasedStateMachine):
                 assert spec.canary.steps, after
             if after.phase is Phase.PROGRESSING and spec.canary.steps and spec.canary.analysis is not None:
                 assert after.step_started_at is None or after.step_index >= len(spec.canary.steps), after
+        self._check_gate(spec, before, after)
         # Zero replicas: no Deployment asks for a pod, whatever the router.
         if spec.replicas == 0 and result.failed is None:
             asked = {name: obj["spec"].get("replicas") for name, obj in world.api.deployments().items()}
             assert all(replicas == 0 for replicas in asked.values()), asked
+
+    def _check_gate(
+        self, spec: ModelDeploymentSpec, before: CanaryRun | None, after: CanaryRun | None
+    ) -> None:
+        """A version spec.canary.gate has not cleared gets no pod and no share; a gate clears only on
+        a verdict its Job gave: passed, or any verdict with dryRun."""
+        if (
+            before is not None
+            and after is not None
+            and (before.phase, after.phase) == (Phase.GATING, Phase.ABORTED)
+        ):
+            SEEN["gate aborted a run"] += 1
+            # Aborted on a verdict the Job gave (or a Job that gave none), never on its own.
+            assert after.gate is not None, after
+            assert self.world.gate_ends.get(after.gate.job, "passed") != "passed", after
+        if after is None or after.ended or spec.canary is None:
+            return
+        gate = after.gate
+        if self._canary_pods(after.version):
+            self.served_runs.add(self.run_id)
+        # A run that began under a gate and has had no pod (its gate was not removed meanwhile).
+        held = gate is not None and not gate.cleared and self.run_id not in self.served_runs
+        if spec.canary.gate is not None and held:
+            SEEN["gate held a version"] += 1
+            assert self.world.api.status["canary"]["weight"] == 0, self.world.api.status["canary"]
+            assert not self._canary_pods(after.version), after
+        was_cleared = (
+            before is not None
+            and before.gate is not None
+            and before.gate.cleared
+            and before.version == after.version
+        )
+        if gate is not None and gate.cleared and not was_cleared:
+            ended = self.world.gate_ends.get(gate.job)
+            assert ended is not None, f"a gate cleared that no Job of the world ended: {gate}"
+            assert ended == "passed" or (spec.canary.gate is not None and spec.canary.gate.dry_run), (
+                gate,
+                ended,
+            )
+            assert (gate.verdict is gate_verdicts.PASSED) == (ended == "passed"), (gate, ended)
+            SEEN["gate cleared"] += 1
+
+    def _canary_pods(self, version: str) -> bool:
+        """Whether a canary Deployment of `version` asks for pods."""
+        return any(
+            obj["metadata"]["labels"].get("aliasroll.io/track") == "canary"
+            and obj["metadata"]["labels"].get("aliasroll.io/model-version") == version
+            and obj["spec"].get("replicas", 1) > 0
+            for obj in self.world.api.deployments().values()
+        )
 
     def _count(self, before: CanaryRun | None, after: CanaryRun | None) -> None:
         if after is None or before is None or (before.model, before.version) != (after.model, after.version):
@@ -703,9 +915,10 @@ class CanaryHistories(RuleBasedStateMachine):
             return  # suspended: nothing moves, by the user's choice
         for _ in range(400):
             world.pods_start()
+            world.gate_jobs_end("passed")
             world.now += timedelta(seconds=300)
             world.registry.read()
-            world.run_pass()
+            self._pass()  # checked as every other pass
             run = world.run()
             if run is None or run.ended or run.phase in (Phase.AWAITING_PROMOTION, Phase.PAUSED):
                 return
@@ -733,7 +946,14 @@ def test_canary_histories() -> None:
     run_state_machine_as_test(CanaryHistories, settings=HISTORIES)
     # The histories reached what the invariants are about (else they would hold vacuously). Rarer
     # turns, such as a promotion called off, have named cases in test_canary_defects.py.
-    for outcome in ("@production moved by the operator", "run aborted", "step passed"):
+    for outcome in (
+        "@production moved by the operator",
+        "run aborted",
+        "step passed",
+        "gate held a version",
+        "gate cleared",
+        "gate aborted a run",
+    ):
         assert SEEN[outcome] > 0, (outcome, SEEN)
 
 
