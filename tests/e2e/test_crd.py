@@ -31,6 +31,16 @@ def with_spec(path: str, value: Any, *, name: str = "bad", base: dict[str, Any] 
 
 WARM = with_spec("spec.rollback", {"window": "30m"})
 BAKE_RULES = {"errorRate": {"maxPercent": 1}}
+GATE = {
+    "data": "runs:/0a1b2c/holdout.parquet",
+    "target": "label",
+    "modelType": "classifier",
+    "thresholds": [{"metric": "accuracy_score", "higherIsBetter": True, "threshold": 0.8}],
+}
+
+
+def gated(**gate: Any) -> dict[str, Any]:
+    return with_spec("spec.canary", {"weight": 10, "gate": {**GATE, **gate}})
 
 
 BAD = [
@@ -251,6 +261,42 @@ BAD = [
         ),
         "spec.rollback.bake.analysis.failureLimit",
     ),
+    # spec.canary.gate (issue 24): the holdout from the registry's artifacts, thresholds with a bound.
+    ("gate data from the web", gated(data="https://example.com/holdout.csv"), "spec.canary.gate.data"),
+    ("gate data not a table", gated(data="runs:/0a1b2c/holdout.json"), "spec.canary.gate.data"),
+    (
+        "gate without target",
+        with_spec("spec.canary", {"weight": 10, "gate": {**GATE, "target": ""}}),
+        "spec.canary.gate.target",
+    ),
+    ("gate model type", gated(modelType="ranker"), "spec.canary.gate.modelType"),
+    ("gate without thresholds", gated(thresholds=[]), "spec.canary.gate.thresholds"),
+    (
+        "gate threshold without a bound",
+        gated(thresholds=[{"metric": "accuracy_score", "higherIsBetter": True}]),
+        "spec.canary.gate.thresholds[] needs a bound",
+    ),
+    (
+        "gate threshold without a direction",
+        gated(thresholds=[{"metric": "accuracy_score", "threshold": 0.8}]),
+        "higherIsBetter",
+    ),
+    (
+        "gate metric twice",
+        gated(thresholds=[GATE["thresholds"][0], GATE["thresholds"][0]]),
+        "spec.canary.gate.thresholds",
+    ),
+    (
+        "gate gain of 0",
+        gated(thresholds=[{"metric": "f1_score", "higherIsBetter": True, "minAbsoluteChange": 0}]),
+        "minAbsoluteChange",
+    ),
+    (
+        "gate relative gain over 1",
+        gated(thresholds=[{"metric": "f1_score", "higherIsBetter": True, "minRelativeChange": 2}]),
+        "minRelativeChange",
+    ),
+    ("gate timeout over 1h", gated(timeout="61m"), "spec.canary.gate.timeout must be from 1s to 1h"),
 ]
 
 
@@ -303,6 +349,11 @@ def test_kubectl_explain_describes_the_fields(kube: Kube) -> None:
         ("modeldeployment.spec.serving.podTemplate.spec.tolerations", "toleration"),
         ("modeldeployment.spec.rollback.window", "How long a version stays warm after it leaves @production"),
         ("modeldeployment.status.fastSwitch.kind", "rollback (back to a warm version)"),
+        (
+            "modeldeployment.spec.canary.gate.thresholds.minRelativeChange",
+            "0 means not worse than production",
+        ),
+        ("modeldeployment.status.canary.gate.verdict", "passed, failed"),
     ):
         explained = " ".join(kube.cluster.kubectl("explain", path).stdout.split())
         assert said in explained, f"{path}: {explained}"
