@@ -511,7 +511,9 @@ def _made(write: AliasWrite | None) -> AliasWrite | None:
 
 
 def _paused(spec: ModelDeploymentSpec, run: CanaryRun) -> CanaryRun:
-    if not spec.suspend:
+    # A run awaiting promotion already waits for a human, and may be there because a human called
+    # the operator's promotion off: pausing it, then resuming at its step, would promote it again.
+    if not spec.suspend or run.phase is Phase.AWAITING_PROMOTION:
         return run
     return replace(
         run,

@@ -82,6 +82,27 @@ def test_1_a_human_moving_production_back_after_the_operators_move_wins() -> Non
     assert reasons.PROMOTION_CALLED_OFF in [e.reason for e in w.events.posted]
 
 
+def test_1_a_called_off_promotion_stays_called_off_through_a_pause() -> None:
+    """Found by the histories: the human's rollback called the promotion off (AwaitingPromotion);
+    spec.suspend paused the run and, on resume, it went back to its (passed) last step and promoted
+    the version a second time over the human's move."""
+    w = world()
+    w.registry.aliases["canary"] = "2"
+    w.run_pass()
+    until(w, Phase.PROMOTING)
+    w.registry.aliases["production"] = "1"
+    until(w, Phase.AWAITING_PROMOTION)
+    for suspend in (True, False):
+        w.spec = {**w.spec, "suspend": suspend}
+        w.generation += 1
+        go(w, passes=4)
+    assert w.registry.aliases["production"] == "1", "the operator wrote @production again"
+    assert len([x for x in w.registry.writes if x.alias == "production"]) == 1
+    run = w.run()
+    assert run is not None
+    assert run.phase is Phase.AWAITING_PROMOTION
+
+
 def test_1_a_move_made_after_the_last_poll_is_not_overwritten() -> None:
     """The decision is made on a snapshot up to a poll old; the write reads the alias first."""
     w = world()
