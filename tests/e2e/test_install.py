@@ -243,7 +243,7 @@ def test_the_operator_runs_with_these_rights_alone(kube: Kube, namespaced_operat
     cached = re.findall(r"Watching (\S+) objects (.+) \(", log)
     assert set(cached) == {
         (kind, f"in '{WATCHED}'")
-        for kind in ("Deployment", "PodDisruptionBudget", "Service", "HTTPRoute", "Pod")
+        for kind in ("Deployment", "PodDisruptionBudget", "Service", "HTTPRoute", "Job", "Pod")
     }, log
     for trouble in ("Not enough permissions", "forbidden", "Forbidden", "Failed to post"):
         assert trouble not in log, f"{trouble!r} in the operator's log:\n{namespaced_operator.log_tail(40)}"
