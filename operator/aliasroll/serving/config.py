@@ -307,28 +307,31 @@ def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int
 
 def _seconds(env: Mapping[str, str], name: str, default: float, *, high: int, hint: str = "") -> float:
     """A duration in seconds, fractions allowed, from 0 to `high`."""
+    return _number(env, name, default, low=0, high=high, unit="seconds", hint=hint)
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    low: float,
+    high: float,
+    unit: str = "",
+    hint: str = "",
+) -> float:
+    """A number from `low` to `high` (fractions allowed), said in `unit` in the messages."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 <= value <= high:  # also refuses nan
-        raise ConfigError(f"{name}={raw!r} must be between 0 and {high} seconds{hint}")
-    return value
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not a number{f' of {unit}' if unit else ''}") from None
     if not low <= value <= high:  # also refuses nan
-        raise ConfigError(f"{name}={raw!r} must be between {low:g} and {high:g}")
+        raise ConfigError(
+            f"{name}={raw!r} must be between {low:g} and {high:g}{f' {unit}' if unit else ''}{hint}"
+        )
     return value
 
 
