@@ -34,6 +34,7 @@ from aliasroll.planning.workloads import (
     Manifest,
     WorkloadDefaults,
     common_labels,
+    hardened_container,
     metadata,
     pod_credentials_secret,
     pod_spec,
@@ -209,11 +210,7 @@ def job(
         "image": spec.serving.image or defaults.image,
         "command": EVALUATOR,
         "env": _env(spec, gate, candidate, baseline),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": hardened_container(),
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_PATH}],
         "terminationMessagePolicy": "File",
     }

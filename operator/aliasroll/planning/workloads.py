@@ -231,11 +231,7 @@ def serving_container(
         "startupProbe": _probe(LIVENESS_PATH, period=5, failures=120),
         # The sleep action needs no binary in the image.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": hardened_container(),
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_PATH}],
         # Why a version cannot start (a requirement the index lacks, ...) reaches the pod's status,
         # where the operator reads it for the RolloutStalled condition (kube/observe.py). The
@@ -250,6 +246,15 @@ def serving_container(
         # The Secret's keys are MLflow's own variable names (MLFLOW_TRACKING_USERNAME, ...).
         container["envFrom"] = [{"secretRef": {"name": secret}}]
     return container
+
+
+def hardened_container() -> dict[str, Any]:
+    """The container securityContext of every pod the operator makes (serving, the holdout gate)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def pod_credentials_secret(spec: ModelDeploymentSpec) -> str | None:
